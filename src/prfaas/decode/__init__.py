@@ -1,0 +1,1 @@
+"""Decode role: the KV receiver plus an engine."""

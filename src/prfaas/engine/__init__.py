@@ -1,0 +1,1 @@
+"""One inference instance: request state machine, batch scheduler, runner, sampler."""

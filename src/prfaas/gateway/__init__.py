@@ -1,0 +1,1 @@
+"""HTTP front door: OpenAI API, auth, SSE, /metrics, /health."""

@@ -1,0 +1,1 @@
+"""Models in plain PyTorch (Llama family) and their loaders (safetensors, GGUF)."""

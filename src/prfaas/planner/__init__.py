@@ -1,0 +1,1 @@
+"""KV size and throughput from configs and profiles; the paper's model; t and P/D search."""

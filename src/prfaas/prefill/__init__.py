@@ -1,0 +1,1 @@
+"""Prefill role: an engine plus the KV sender."""

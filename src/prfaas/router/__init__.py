@@ -1,0 +1,1 @@
+"""The global scheduler: routing policies (plain Python), CHWBL, kv index, control loop."""

@@ -1,0 +1,1 @@
+"""Discrete-event simulator driving the real router policies and batch scheduler."""

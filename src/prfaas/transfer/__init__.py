@@ -1,0 +1,1 @@
+"""KV over TCP: wire format, codecs, pacing, TLS, sender, receiver. Bytes, not models."""
