@@ -1,0 +1,304 @@
+"""One inference instance: admit requests, step the batch, hand KV off and take it in.
+
+``step()`` is the whole main loop: the scheduler picks the step's chunks, the runner computes
+them, sampled tokens are appended, detokenized and checked for stopping.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+import torch
+
+from prfaas.config import EngineConfig
+from prfaas.engine.detokenizer import IncrementalDetokenizer
+from prfaas.engine.handoff import KvImportError, KvPayload, LayerLayout
+from prfaas.engine.outputs import TokenDelta
+from prfaas.engine.request import Request, RequestStatus
+from prfaas.engine.runner import ModelRunner
+from prfaas.engine.sampler import sample
+from prfaas.engine.sampling_params import SamplingParams
+from prfaas.engine.scheduler import Scheduler
+from prfaas.engine.stopping import check_stop
+from prfaas.kvcache.hashing import root_hash
+from prfaas.kvcache.manager import KVCacheManager, cdiv
+from prfaas.model.llama import head_dim_of
+from prfaas.model.loader import LoadedModel, load_model
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class _Live:
+    """Engine-side companions of a request (torch and tokenizer state the scheduler never sees)."""
+
+    request: Request
+    detok: IncrementalDetokenizer
+    generator: torch.Generator | None
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, loaded: LoadedModel | None = None) -> None:
+        self.config = config
+        if config.num_threads is not None:
+            torch.set_num_threads(config.num_threads)
+        self.device = resolve_device(config.device)
+        dtype = None if config.dtype == "auto" else _DTYPES[config.dtype]
+        self.loaded = loaded or load_model(
+            config.model, self.device, dtype, config.resolved_cache_dir, config.max_model_len
+        )
+        hf = self.loaded.hf_config
+        self.tokenizer = self.loaded.tokenizer
+        self.fingerprint = self.loaded.fingerprint
+        self.max_model_len = self.loaded.max_model_len
+        self.vocab_size = int(hf.vocab_size)
+        self.dtype = next(self.loaded.model.parameters()).dtype
+        num_kv_heads, head_dim = int(hf.num_key_value_heads), head_dim_of(hf)
+        self.layout = [
+            LayerLayout(i, "full_attention", num_kv_heads, head_dim)
+            for i in range(int(hf.num_hidden_layers))
+        ]
+        block_bytes = (
+            len(self.layout) * 2 * config.block_size * num_kv_heads * head_dim * self.dtype.itemsize
+        )
+        num_blocks = config.num_kv_blocks or max(
+            1, int(config.kv_cache_memory_gb * 2**30) // block_bytes
+        )
+        self.kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.kv, config.max_num_batched_tokens, config.max_num_seqs)
+        self.runner = ModelRunner(
+            self.loaded.model,
+            num_blocks,
+            config.block_size,
+            num_kv_heads,
+            head_dim,
+            self.dtype,
+            self.device,
+        )
+        eos = getattr(hf, "eos_token_id", None)
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            eos_ids.add(int(self.tokenizer.eos_token_id))
+        self.eos_token_ids = frozenset(int(e) for e in eos_ids)
+        self._live: dict[str, _Live] = {}
+        self._pending: list[TokenDelta] = []
+        logger.info(
+            "engine ready: %d KV blocks of %d tokens on %s (%s)",
+            num_blocks,
+            config.block_size,
+            self.device,
+            self.dtype,
+        )
+
+    # ---- admission -------------------------------------------------------------------------
+
+    def add_request(
+        self,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        request_id: str | None = None,
+        *,
+        prefill_only: bool = False,
+        tenant_salt: bytes = b"",
+        prompt: str | None = None,
+    ) -> Request:
+        """Queue a request. Raises ValueError (nothing queued) for input this engine can't serve."""
+        req = self._new_request(
+            prompt_token_ids, params, request_id, prefill_only, tenant_salt, prompt
+        )
+        self.scheduler.add(req)
+        return req
+
+    def reserve_for_kv(
+        self,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        request_id: str | None = None,
+        *,
+        tenant_salt: bytes = b"",
+        prompt: str | None = None,
+    ) -> Request:
+        """Hold blocks for a request whose prompt KV will arrive (``land_kv``) or fail
+        (``fail_kv``). Raises KvImportError when the pool cannot hold it now."""
+        req = self._new_request(prompt_token_ids, params, request_id, False, tenant_salt, prompt)
+        req.status = RequestStatus.WAITING_FOR_KV
+        if not self.scheduler.park(req, req.num_prompt_tokens):
+            del self._live[req.request_id]
+            raise KvImportError("no free KV blocks for the incoming payload")
+        return req
+
+    def land_kv(self, request_id: str, payload: KvPayload) -> None:
+        """Write a payload into a reserved request's blocks; it then decodes. On a payload that
+        does not fit, raise KvImportError and leave the request waiting for KV."""
+        req = self.scheduler.parked[request_id]
+        if req.status is not RequestStatus.WAITING_FOR_KV:
+            raise KvImportError(f"request {request_id} is not waiting for KV")
+        payload.validate(self.fingerprint, self.layout, self.dtype, self.vocab_size)
+        if payload.token_ids != req.prompt_token_ids:
+            raise KvImportError("payload tokens differ from the request's prompt")
+        self.runner.write_kv(self.kv.block_table(request_id), payload.kv)
+        req.num_computed_tokens = req.num_cached_tokens = payload.num_tokens
+        self.kv.cache_blocks(request_id, req.block_hashes, req.num_computed_tokens)
+        req.move_to(RequestStatus.DECODING)
+        self.scheduler.unpark_running(req)
+        req.append_token(payload.first_token_id)
+        # The first token streams out of the next step(), like every other token.
+        self._pending.append(self._after_token(req))
+
+    def fail_kv(self, request_id: str) -> None:
+        """The KV will not come: prefill this request locally instead (the fallback)."""
+        req = self.scheduler.parked[request_id]
+        req.move_to(RequestStatus.WAITING)
+        self.scheduler.unpark_waiting(req)
+
+    def import_request(
+        self,
+        payload: KvPayload,
+        params: SamplingParams,
+        request_id: str | None = None,
+        *,
+        tenant_salt: bytes = b"",
+    ) -> Request:
+        """Admit a request together with its prompt's KV; nothing is kept if it is refused."""
+        payload.validate(self.fingerprint, self.layout, self.dtype, self.vocab_size)
+        req = self.reserve_for_kv(payload.token_ids, params, request_id, tenant_salt=tenant_salt)
+        try:
+            self.land_kv(req.request_id, payload)
+        except Exception:
+            self.abort(req.request_id)
+            raise
+        return req
+
+    # ---- the main loop ---------------------------------------------------------------------
+
+    def step(self) -> list[TokenDelta]:
+        deltas, self._pending = self._pending, []
+        out = self.scheduler.schedule()
+        if not out.chunks:
+            return deltas
+        logits = self.runner.execute(out)
+        to_sample = [self._live[c.request_id] for c in out.chunks if c.sample]
+        tokens = sample(
+            logits, [x.request.params for x in to_sample], [x.generator for x in to_sample]
+        )
+        sampled = {x.request.request_id: t for x, t in zip(to_sample, tokens, strict=True)}
+        deltas.extend(self._after_token(req) for req in self.scheduler.update(out, sampled))
+        return deltas
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.num_unfinished > 0 or bool(self._pending)
+
+    # ---- hand-off and lifecycle ------------------------------------------------------------
+
+    def export_kv(self, request_id: str) -> KvPayload:
+        """The KV of a prefill-only request that finished its prefill (SENDING_KV)."""
+        req = self.scheduler.parked.get(request_id)
+        if req is None or req.status is not RequestStatus.SENDING_KV:
+            raise KeyError(f"request {request_id} has no KV ready to export")
+        kv = self.runner.read_kv(self.kv.block_table(request_id), req.num_prompt_tokens)
+        return KvPayload(
+            model_fingerprint=self.fingerprint,
+            token_ids=list(req.prompt_token_ids),
+            first_token_id=req.output_token_ids[0],
+            dtype=str(self.dtype).removeprefix("torch."),
+            layout=list(self.layout),
+            kv=kv,
+        )
+
+    def release(self, request_id: str) -> None:
+        """The exported KV was acknowledged (or its lease expired): free the blocks."""
+        self._end(request_id, RequestStatus.FINISHED)
+
+    def abort(self, request_id: str) -> None:
+        if request_id in self._live:
+            self._end(request_id, RequestStatus.ABORTED)
+
+    def check_integrity(self) -> None:
+        self.kv.check_integrity()
+        held = {r.request_id for r in self.scheduler.requests()}
+        if held != set(self._live):
+            raise AssertionError(f"engine tracks {sorted(self._live)}, scheduler {sorted(held)}")
+
+    # ---- internals -------------------------------------------------------------------------
+
+    def _new_request(
+        self,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        request_id: str | None,
+        prefill_only: bool,
+        tenant_salt: bytes,
+        prompt: str | None,
+    ) -> Request:
+        request_id = request_id or uuid.uuid4().hex
+        if request_id in self._live:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        if not prompt_token_ids:
+            raise ValueError("the prompt is empty")
+        if any(not 0 <= t < self.vocab_size for t in prompt_token_ids):
+            raise ValueError(f"prompt token ids must be in [0, {self.vocab_size})")
+        total = len(prompt_token_ids) + (1 if prefill_only else params.max_tokens)
+        if total > self.max_model_len:
+            raise ValueError(
+                f"this model's maximum context length is {self.max_model_len} tokens; the "
+                f"request needs {total} ({len(prompt_token_ids)} prompt + "
+                f"{total - len(prompt_token_ids)} output)"
+            )
+        if cdiv(total, self.kv.block_size) > self.kv.pool.num_blocks:
+            raise ValueError(
+                f"the request needs {total} tokens of KV; the pool holds "
+                f"{self.kv.pool.num_blocks * self.kv.block_size}"
+            )
+        req = Request(
+            request_id=request_id,
+            prompt_token_ids=list(prompt_token_ids),
+            params=params,
+            root_hash=root_hash(self.fingerprint, tenant_salt),
+            block_size=self.kv.block_size,
+            prefill_only=prefill_only,
+            prompt=prompt,
+        )
+        generator = None
+        if params.seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(params.seed)
+        self._live[request_id] = _Live(
+            req, IncrementalDetokenizer(self.tokenizer, req.prompt_token_ids), generator
+        )
+        return req
+
+    def _after_token(self, req: Request) -> TokenDelta:
+        live = self._live[req.request_id]
+        token = req.output_token_ids[-1]
+        delta = live.detok.add(token)
+        if req.status is RequestStatus.SENDING_KV:
+            return TokenDelta(req.request_id, [token], delta, finished=False)
+        stop = check_stop(req, live.detok.text, len(delta), self.eos_token_ids, self.max_model_len)
+        if stop is None:
+            return TokenDelta(req.request_id, [token], delta, finished=False)
+        delta += live.detok.flush()
+        if stop.keep_chars is not None:
+            cut = len(live.detok.text) - stop.keep_chars
+            live.detok.text = live.detok.text[: stop.keep_chars]
+            delta = delta[: max(0, len(delta) - cut)]
+        req.finish_reason, req.stop_reason = stop.finish_reason, stop.stop_reason
+        self._end(req.request_id, RequestStatus.FINISHED)
+        return TokenDelta(
+            req.request_id, [token], delta, True, stop.finish_reason, stop.stop_reason
+        )
+
+    def _end(self, request_id: str, status: RequestStatus) -> None:
+        live = self._live.pop(request_id)
+        req = live.request
+        if status is RequestStatus.ABORTED and req.finish_reason is None:
+            req.finish_reason = "abort"
+        self.scheduler.finish(req, status)

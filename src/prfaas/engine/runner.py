@@ -1,0 +1,133 @@
+"""The model runner: turns a scheduler decision into tensors, runs the model, returns logits.
+
+It owns the KV cache tensors (one K and one V per full-attention layer, each
+``(num_blocks * block_size, num_kv_heads, head_dim)``) and nothing about policy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from prfaas.engine.scheduler import SchedulerOutput
+from prfaas.model.attention import AttentionMetadata, PrefillSegment
+
+KVCache = tuple[torch.Tensor, torch.Tensor]
+
+
+def kv_cache_shape(
+    num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int
+) -> tuple[int, int, int]:
+    return (num_blocks * block_size, num_kv_heads, head_dim)
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model: nn.Module,
+        num_blocks: int,
+        block_size: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        self.model = model
+        self.block_size = block_size
+        self.device = device
+        self.dtype = dtype
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        shape = kv_cache_shape(num_blocks, block_size, num_kv_heads, head_dim)
+        num_layers: int = model.num_kv_layers  # type: ignore[assignment]
+        self.caches: list[KVCache] = [
+            (
+                torch.zeros(shape, dtype=dtype, device=device),
+                torch.zeros(shape, dtype=dtype, device=device),
+            )
+            for _ in range(num_layers)
+        ]
+
+    def slots(self, block_table: list[int], start: int, end: int) -> np.ndarray:
+        """Slot ids of token positions ``[start, end)`` under ``block_table``."""
+        pos = np.arange(start, end, dtype=np.int64)
+        table = np.asarray(block_table, dtype=np.int64)
+        return table[pos // self.block_size] * self.block_size + pos % self.block_size
+
+    def prepare(
+        self, out: SchedulerOutput
+    ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
+        """Flatten the step: (input_ids (T,), positions (T,), metadata, rows to sample)."""
+        ids: list[int] = []
+        positions: list[np.ndarray] = []
+        slot_parts: list[np.ndarray] = []
+        prefills: list[PrefillSegment] = []
+        decode_rows: list[int] = []
+        decode_ctx: list[np.ndarray] = []
+        sample_rows: list[int] = []
+        row = 0
+        for chunk in out.chunks:
+            n = len(chunk.token_ids)
+            end = chunk.start + n
+            ids.extend(chunk.token_ids)
+            positions.append(np.arange(chunk.start, end, dtype=np.int64))
+            slot_parts.append(self.slots(chunk.block_table, chunk.start, end))
+            if n == 1 and chunk.start > 0:
+                decode_rows.append(row)
+                decode_ctx.append(self.slots(chunk.block_table, 0, end))
+            elif chunk.start == 0:
+                prefills.append(PrefillSegment(row, row + n, None, None))
+            else:
+                ctx = torch.from_numpy(self.slots(chunk.block_table, 0, end)).to(self.device)
+                q_pos = torch.arange(chunk.start, end, device=self.device)
+                mask = torch.arange(end, device=self.device)[None, :] <= q_pos[:, None]
+                prefills.append(PrefillSegment(row, row + n, ctx, mask))
+            row += n
+            if chunk.sample:
+                sample_rows.append(row - 1)
+        meta = AttentionMetadata(
+            slot_mapping=self._tensor(np.concatenate(slot_parts)),
+            prefills=prefills,
+            decode_rows=None,
+            decode_slots=None,
+            decode_mask=None,
+        )
+        if decode_rows:
+            max_ctx = max(len(c) for c in decode_ctx)
+            padded = np.zeros((len(decode_ctx), max_ctx), dtype=np.int64)
+            valid = np.zeros((len(decode_ctx), max_ctx), dtype=bool)
+            for i, c in enumerate(decode_ctx):
+                padded[i, : len(c)] = c
+                valid[i, : len(c)] = True
+            meta.decode_rows = self._tensor(np.asarray(decode_rows, dtype=np.int64))
+            meta.decode_slots = self._tensor(padded)
+            meta.decode_mask = torch.from_numpy(valid).to(self.device)[:, None, None, :]
+        input_ids = self._tensor(np.asarray(ids, dtype=np.int64))
+        return input_ids, self._tensor(np.concatenate(positions)), meta, sample_rows
+
+    @torch.inference_mode()
+    def execute(self, out: SchedulerOutput) -> torch.Tensor:
+        """Run one step; returns float32 logits (num_sampled, vocab) in chunk order."""
+        input_ids, positions, meta, sample_rows = self.prepare(out)
+        hidden = self.model(input_ids, positions, meta, self.caches)
+        if not sample_rows:
+            return torch.empty(0, device=self.device)
+        rows = torch.tensor(sample_rows, device=self.device)
+        return self.model.compute_logits(hidden[rows])  # type: ignore[operator]
+
+    def read_kv(self, block_table: list[int], num_tokens: int) -> list[KVCache]:
+        """Copies of K and V of tokens ``[0, num_tokens)``: per layer (num_tokens, Hkv, d)."""
+        idx = self._tensor(self.slots(block_table, 0, num_tokens))
+        return [(k.index_select(0, idx), v.index_select(0, idx)) for k, v in self.caches]
+
+    def write_kv(self, block_table: list[int], layers: list[KVCache]) -> None:
+        """Store imported K and V (per layer (num_tokens, Hkv, d)) in the request's blocks."""
+        num_tokens = layers[0][0].shape[0]
+        idx = self._tensor(self.slots(block_table, 0, num_tokens))
+        for (k_cache, v_cache), (k, v) in zip(self.caches, layers, strict=True):
+            k_cache.index_copy_(0, idx, k.to(device=self.device, dtype=self.dtype))
+            v_cache.index_copy_(0, idx, v.to(device=self.device, dtype=self.dtype))
+
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a).to(self.device)

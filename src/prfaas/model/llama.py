@@ -1,0 +1,184 @@
+"""The Llama family in plain PyTorch: Llama, SmolLM2, Qwen2 (q/k/v bias), Qwen3 (q/k norm).
+
+Activations are flattened: a step's tokens from all requests form rows ``(T, hidden)``; the
+attention layers find each request's context through ``AttentionMetadata``. Parameter names
+follow Hugging Face, except that q/k/v and gate/up projections are fused into ``qkv_proj`` and
+``gate_up_proj`` (one matmul each); ``load_weights`` maps the names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prfaas.model.attention import AttentionMetadata, paged_attention, write_kv
+from prfaas.model.layers import RMSNorm
+from prfaas.model.rope import RotaryEmbedding
+
+KVCache = tuple[torch.Tensor, torch.Tensor]  # K, V: (num_slots, num_kv_heads, head_dim)
+
+
+def head_dim_of(cfg: Any) -> int:
+    return int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, cfg: Any, rope: RotaryEmbedding) -> None:
+        super().__init__()
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = cfg.num_key_value_heads
+        self.head_dim = head_dim_of(cfg)
+        self.scale = self.head_dim**-0.5
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+        bias = bool(getattr(cfg, "attention_bias", False)) or cfg.model_type == "qwen2"
+        self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=bias)
+        self.o_proj = nn.Linear(
+            self.q_size, cfg.hidden_size, bias=bool(getattr(cfg, "attention_bias", False))
+        )
+        self.qk_norm = cfg.model_type == "qwen3"
+        if self.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        self.rope = rope
+
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, cache: KVCache
+    ) -> torch.Tensor:
+        num_tokens = x.shape[0]
+        qkv = self.qkv_proj(x)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(num_tokens, self.num_heads, self.head_dim)
+        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
+        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.rope(positions, q, k)
+        write_kv(cache[0], cache[1], k, v, meta.slot_mapping)
+        o = paged_attention(q, k, v, cache[0], cache[1], meta, self.scale)
+        return self.o_proj(o.reshape(num_tokens, self.q_size))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, cfg: Any) -> None:
+        super().__init__()
+        bias = bool(getattr(cfg, "mlp_bias", False))
+        self.intermediate = cfg.intermediate_size
+        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * self.intermediate, bias=bias)
+        self.down_proj = nn.Linear(self.intermediate, cfg.hidden_size, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, cfg: Any, rope: RotaryEmbedding) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = LlamaAttention(cfg, rope)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = LlamaMLP(cfg)
+
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, cache: KVCache
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), positions, meta, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaBackbone(nn.Module):
+    def __init__(self, cfg: Any, max_positions: int) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        # One table shared by all layers (not a parameter, so it is not in the state dict).
+        rope = RotaryEmbedding(cfg, head_dim_of(cfg), max_positions)
+        self.rope = rope
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(cfg, rope) for _ in range(cfg.num_hidden_layers)
+        )
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class LlamaForCausalLM(nn.Module):
+    """forward(input_ids (T,), positions (T,), meta, caches) -> hidden (T, hidden_size)."""
+
+    def __init__(self, cfg: Any, max_positions: int) -> None:
+        super().__init__()
+        self.config = cfg
+        self.model = LlamaBackbone(cfg, max_positions)
+        self.tie_word_embeddings = bool(getattr(cfg, "tie_word_embeddings", False))
+        if not self.tie_word_embeddings:
+            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    @property
+    def num_kv_layers(self) -> int:
+        return len(self.model.layers)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        meta: AttentionMetadata,
+        caches: list[KVCache],
+    ) -> torch.Tensor:
+        x = self.model.embed_tokens(input_ids)
+        for layer, cache in zip(self.model.layers, caches, strict=True):
+            x = layer(x, positions, meta, cache)
+        return self.model.norm(x)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: (N, hidden_size) -> float32 logits (N, vocab_size)."""
+        weight = self.model.embed_tokens.weight if self.tie_word_embeddings else self.lm_head.weight
+        return F.linear(hidden, weight).float()
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load Hugging Face named tensors, fusing q/k/v and gate/up as they arrive."""
+        params = dict(self.named_parameters())
+        pending: dict[str, dict[str, torch.Tensor]] = {}
+        fused = {
+            "q_proj": ("qkv_proj", 3),
+            "k_proj": ("qkv_proj", 3),
+            "v_proj": ("qkv_proj", 3),
+            "gate_proj": ("gate_up_proj", 2),
+            "up_proj": ("gate_up_proj", 2),
+        }
+        order = {"q_proj": 0, "k_proj": 1, "v_proj": 2, "gate_proj": 0, "up_proj": 1}
+        loaded: set[str] = set()
+        for name, tensor in weights:
+            if "rotary_emb" in name:
+                continue
+            if name == "lm_head.weight" and self.tie_word_embeddings:
+                continue
+            parts = name.split(".")
+            part = parts[-2] if len(parts) >= 2 else ""
+            if part in fused:
+                target, num_parts = fused[part]
+                key = ".".join([*parts[:-2], target, parts[-1]])
+                group = pending.setdefault(key, {})
+                group[part] = tensor
+                if len(group) < num_parts:
+                    continue
+                tensor = torch.cat(
+                    [t for _, t in sorted(group.items(), key=lambda kv: order[kv[0]])], dim=0
+                )
+                del pending[key]
+                name = key
+            if name not in params:
+                raise KeyError(f"checkpoint tensor {name!r} has no place in the model")
+            param = params[name]
+            if param.shape != tensor.shape:
+                raise ValueError(
+                    f"{name}: checkpoint shape {tuple(tensor.shape)}, "
+                    f"model expects {tuple(param.shape)}"
+                )
+            with torch.no_grad():
+                param.copy_(tensor)
+            loaded.add(name)
+        missing = set(params) - loaded
+        if pending or missing:
+            raise ValueError(f"checkpoint incomplete: missing {sorted(missing)[:8]}")

@@ -1,0 +1,148 @@
+"""Load a model for the engine: a Hugging Face folder, a .gguf file, or the embedded default.
+
+A GGUF file is converted once into a cached Hugging Face folder (``model/gguf.py``); both
+paths then load the same way. The *model fingerprint* is a digest of the config and of every
+weight byte: it enters every block hash and every KV transfer, so KV computed under other
+weights is never reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from prfaas.model.llama import LlamaForCausalLM
+
+logger = logging.getLogger(__name__)
+
+# model_type -> constructor(hf_config, max_positions)
+MODEL_REGISTRY: dict[str, Callable[[Any, int], nn.Module]] = {
+    "llama": LlamaForCausalLM,
+    "mistral": LlamaForCausalLM,
+    "qwen2": LlamaForCausalLM,
+    "qwen3": LlamaForCausalLM,
+}
+
+
+class ModelLoadError(ValueError):
+    """The model path or its files cannot be used; the message says why."""
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    hf_config: Any
+    tokenizer: Any
+    folder: Path
+    fingerprint: str
+    max_model_len: int
+
+
+def resolve_model_folder(model: str | None, cache_dir: Path) -> Path:
+    """The Hugging Face folder for ``model`` (converting a GGUF file once, cached)."""
+    from prfaas.model.default import default_gguf_path
+    from prfaas.model.gguf import cached_hf_folder
+
+    if model is None:
+        return cached_hf_folder(default_gguf_path(), cache_dir / "gguf")
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"model path {str(path)!r} does not exist (no hub downloads)")
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelLoadError(f"{path}: a model file must be .gguf; else pass a folder")
+        return cached_hf_folder(path, cache_dir / "gguf")
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path}: no config.json in the model folder")
+    return path
+
+
+def weight_files(folder: Path) -> list[Path]:
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"{folder}: no .safetensors weights")
+    return files
+
+
+def iter_weights(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                yield name, f.get_tensor(name)
+
+
+def fingerprint_folder(folder: Path, cache_dir: Path) -> str:
+    """blake2b over config.json and all weight bytes; memoized by (path, size, mtime)."""
+    files = [folder / "config.json", *weight_files(folder)]
+    stat_key = hashlib.sha256(
+        json.dumps(
+            [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+        ).encode()
+    ).hexdigest()
+    memo = cache_dir / "fingerprints" / stat_key
+    if memo.is_file():
+        return memo.read_text().strip()
+    h = hashlib.blake2b(digest_size=16)
+    for path in files:
+        h.update(path.name.encode())
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 24):
+                h.update(chunk)
+    digest = h.hexdigest()
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    tmp = memo.with_suffix(".tmp")
+    tmp.write_text(digest)
+    tmp.replace(memo)
+    return digest
+
+
+def load_model(
+    model: str | None,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    cache_dir: Path,
+    max_model_len: int | None = None,
+) -> LoadedModel:
+    from transformers import AutoConfig, AutoTokenizer
+
+    folder = resolve_model_folder(model, cache_dir)
+    try:
+        hf_config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    except Exception as e:  # transformers raises many kinds; the user needs the message
+        raise ModelLoadError(f"{folder}: cannot read config.json: {e}") from e
+    model_type = getattr(hf_config, "model_type", None)
+    if model_type not in MODEL_REGISTRY:
+        raise ModelLoadError(
+            f"{folder}: model_type {model_type!r} not supported; known: {sorted(MODEL_REGISTRY)}"
+        )
+    limit = int(getattr(hf_config, "max_position_embeddings", 0) or 0) or 4096
+    if max_model_len is not None:
+        if max_model_len > limit:
+            raise ModelLoadError(f"max_model_len {max_model_len} exceeds the model's {limit}")
+        limit = max_model_len
+    if dtype is None:
+        dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    with torch.device("meta"):
+        net = MODEL_REGISTRY[model_type](hf_config, limit)
+    net = net.to_empty(device=device)
+    net.load_weights(iter_weights(weight_files(folder)))  # type: ignore[operator]
+    net = net.to(dtype=dtype)
+    net.eval()
+    return LoadedModel(
+        model=net,
+        hf_config=hf_config,
+        tokenizer=tokenizer,
+        folder=folder,
+        fingerprint=fingerprint_folder(folder, cache_dir),
+        max_model_len=limit,
+    )

@@ -1,0 +1,54 @@
+"""Test helpers: run the real engine while recording the logits its runner returns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prfaas.config import EngineConfig
+from prfaas.engine.engine import Engine
+from prfaas.engine.sampling_params import SamplingParams
+
+GREEDY = SamplingParams(max_tokens=32, temperature=0.0, ignore_eos=True)
+
+
+def make_engine(model: Path | str | None, cache_dir: Path, **kw: Any) -> Engine:
+    kw.setdefault("num_kv_blocks", 256)
+    return Engine(
+        EngineConfig(model=None if model is None else str(model), cache_dir=cache_dir, **kw)
+    )
+
+
+def run_recording_logits(
+    engine: Engine, prompt: list[int], params: SamplingParams = GREEDY
+) -> tuple[list[int], list[torch.Tensor]]:
+    """Generate greedily for one request; returns its tokens and the logits row of each."""
+    rows: list[torch.Tensor] = []
+    execute = engine.runner.execute
+
+    def spy(out: Any) -> torch.Tensor:
+        logits = execute(out)
+        rows.extend(logits[i] for i in range(logits.shape[0]))
+        return logits
+
+    engine.runner.execute = spy  # type: ignore[method-assign]
+    try:
+        req = engine.add_request(prompt, params)
+        while engine.has_unfinished():
+            engine.step()
+            engine.check_integrity()
+    finally:
+        engine.runner.execute = execute  # type: ignore[method-assign]
+    return list(req.output_token_ids), rows
+
+
+def hf_logits(folder: Path, token_ids: list[int], num_prompt: int) -> torch.Tensor:
+    """transformers' logits at each position that predicts an output token."""
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    with torch.no_grad():
+        logits = model(torch.tensor([token_ids])).logits[0]
+    return logits[num_prompt - 1 : len(token_ids) - 1]
