@@ -98,4 +98,4 @@ def test_mooncake_sample_prefix_hits_shorten_prompts() -> None:
     assert np.mean(prompts) == pytest.approx(15325, rel=0.01)  # the trace README's average
     cached = incremental_lengths(requests, "unbounded")
     assert all(1 <= c <= p for c, p in zip(cached, prompts, strict=True))
-    assert np.mean(cached) < 0.9 * np.mean(prompts)
+    assert np.mean(cached) == pytest.approx(5345, rel=0.01)  # measured: 5,344.9
