@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from prfaas.planner.build import build_inputs
 from prfaas.planner.config import PlanConfigError, load_plan_config, parse_plan_config
 from tests.planner._cli import run_cli as main
 
@@ -108,3 +109,12 @@ def test_trace_workload_runs(tmp_path: Path) -> None:
     config_path = tmp_path / "plan.yaml"
     config_path.write_text(yaml.safe_dump(raw))
     assert main(["plan", "--config", str(config_path), "--json"]) == 0
+
+
+def test_prfaas_profile_without_kv_sizes_is_named() -> None:
+    raw = _case_study()
+    for row in raw["profiles"]["h200-1t"]["points"]:
+        del row["kv_mib"]
+    config = parse_plan_config(raw)
+    with pytest.raises(PlanConfigError, match=r"deployments.0.prfaas.prefill_profile: .*kv_mib"):
+        build_inputs(config)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from prfaas.planner.config import PlanConfig, PlanConfigError, ProfileSection
 from prfaas.planner.deployments import (
     Deployment,
@@ -44,7 +46,13 @@ def build_inputs(config: PlanConfig, base_dir: Path = Path(".")) -> PlanInputs:
     }
     bandwidth_gbps = config.link.bandwidth_gbps if config.link is not None else 0.0
     deployments: list[Deployment] = []
-    for dep in config.deployments:
+    for i, dep in enumerate(config.deployments):
+        if dep.prfaas is not None:
+            _require_kv_sizes(
+                f"deployments.{i}.prfaas.prefill_profile",
+                dep.prfaas.prefill_profile,
+                profiles[dep.prfaas.prefill_profile],
+            )
         pd_prefill = profiles[dep.pd.prefill_profile] if dep.pd.prefill_profile else None
         if dep.kind == "prfaas_pd":
             assert dep.prfaas is not None and pd_prefill is not None
@@ -83,6 +91,16 @@ def build_inputs(config: PlanConfig, base_dir: Path = Path(".")) -> PlanInputs:
         tuple(deployments),
         float(config.search.threshold_step_tokens),
     )
+
+
+def _require_kv_sizes(key: str, name: str, profile: PrefillProfile) -> None:
+    """The link term of eq. 3 needs S_kv(l) from the PrfaaS profile."""
+    try:
+        profile.kv_bytes(np.array([1.0]))
+    except ValueError:
+        raise PlanConfigError(
+            f"{key}: profile {name!r} has no KV sizes; give kv_mib on every row"
+        ) from None
 
 
 def run_plans(inputs: PlanInputs) -> list[PlanResult]:

@@ -55,7 +55,7 @@ def run_plan(args: argparse.Namespace) -> int:
         config = load_plan_config(args.config)
         inputs = build_inputs(config, base_dir=Path(args.config).parent)
         results = run_plans(inputs)
-    except PlanConfigError as exc:
+    except (PlanConfigError, ValueError) as exc:
         return _fail(str(exc))
     if args.json:
         print(json.dumps([r.to_json() for r in results], indent=2))
