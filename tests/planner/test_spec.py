@@ -114,6 +114,9 @@ def test_gated_deltanet_from_interval_and_nested_text_config() -> None:
     a = specs_from_hf_config({"text_config": text})
     b = specs_from_hf_config(PRESETS["qwen3.5-397b"].config)
     assert a == b
+    del text["torch_dtype"]
+    fp32 = specs_from_hf_config({"torch_dtype": "float32", "text_config": text})
+    assert fp32[3] == FullAttentionSpec(2, 256, 4)  # the top-level dtype applies
 
 
 def test_mimo_mixes_global_and_sliding_shapes() -> None:

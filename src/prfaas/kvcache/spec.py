@@ -167,7 +167,10 @@ def specs_from_hf_config(
     recurrent states (float32 in the KDA/GDN/lightning kernels and by default here for Mamba2).
     """
     cfg: Mapping[str, Any] = config.get("text_config") or config
-    model_dtype = kv_dtype_bytes or _dtype_bytes(cfg.get("torch_dtype") or cfg.get("dtype"))
+    dtype_name = next(
+        (c.get(k) for c in (cfg, config) for k in ("torch_dtype", "dtype") if c.get(k)), None
+    )
+    model_dtype = kv_dtype_bytes or _dtype_bytes(dtype_name)
     kinds = _layer_kinds(cfg)
     specs: list[LayerSpec] = []
     for kind in kinds:
