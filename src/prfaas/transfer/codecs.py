@@ -1,0 +1,222 @@
+"""Transport codecs: a lossy stage (raw, int8, fp8) then an optional lossless stage.
+
+A codec works on one chunk: a C-contiguous array of whole blocks, shape (num_blocks, ...).
+Scales are per block and per head: the chunk is viewed as (B, M, H, D) with B = blocks,
+H = shape[-2] (heads), D = shape[-1] (head_dim) and M = the product of the axes between;
+2-D chunks are (B, 1, 1, D) and 1-D chunks (1, 1, 1, N). Lossy stages apply to float
+BLOCKS layers only; states and integer layers always travel raw (a recurrent state's error
+would compound over decoding), optionally through the lossless stage.
+
+Error bounds (per element, before the final rounding to the stored dtype):
+  raw   exact
+  int8  |x - x'| <= s / 2 with s = amax(block, head) / 127
+  fp8   |x - x'| <= |x| / 16 + s * 2^-10 with s = amax(block, head) / 448
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from math import prod
+from typing import Protocol
+
+import numpy as np
+
+from prfaas.transfer import fp8
+from prfaas.transfer.errors import CorruptFrame
+from prfaas.transfer.lossless import Lossless, compress, decompress
+from prfaas.transfer.messages import DType, LayerEntry, LayerKind
+
+
+class LossyId(IntEnum):
+    RAW = 0
+    INT8 = 1
+    FP8 = 2
+
+
+def geometry(shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """(B, M, H, D) view of a chunk for per-block, per-head scales."""
+    if len(shape) >= 3:
+        return shape[0], prod(shape[1:-2]), shape[-2], shape[-1]
+    if len(shape) == 2:
+        return shape[0], 1, 1, shape[1]
+    return 1, 1, 1, shape[0]
+
+
+def to_float32(x: np.ndarray, dtype: DType) -> np.ndarray:
+    if dtype == DType.BFLOAT16:  # the upper half of a float32
+        return (x.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    return x.astype(np.float32)
+
+
+def store_float32(values: np.ndarray, dtype: DType, out: np.ndarray) -> None:
+    """Round float32 ``values`` to ``dtype`` into ``out`` (same shape)."""
+    if dtype == DType.BFLOAT16:
+        bits = values.view(np.uint32)
+        rounded = bits + (np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1)))  # nearest even
+        np.copyto(out.view(np.uint16), (rounded >> 16).astype(np.uint16))
+    else:
+        np.copyto(out, values, casting="unsafe")
+
+
+def abs_max(x: np.ndarray, dtype: DType) -> np.ndarray:
+    """amax over (M, D) of a (B, M, H, D) array -> (B, H) float32, via the bit patterns
+    (clearing the sign bit keeps the order of finite floats, and integer max is fast)."""
+    if dtype == DType.FLOAT32:
+        bits = x.view(np.uint32) & np.uint32(0x7FFFFFFF)
+        return bits.max(axis=(1, 3)).view(np.float32)
+    top16 = (x.view(np.uint16) & np.uint16(0x7FFF)).max(axis=(1, 3))
+    if dtype == DType.BFLOAT16:
+        return to_float32(top16, dtype)
+    return top16.view(np.float16).astype(np.float32)
+
+
+class LossyCodec(Protocol):
+    """Plug point for a lossy stage. Contract: encode() output has exactly encoded_nbytes()
+    bytes; decode_into() accepts exactly that many and fills every element of ``out``."""
+
+    codec_id: LossyId
+
+    def encoded_nbytes(self, dtype: DType, shape: tuple[int, ...]) -> int: ...
+    def element_nbytes(self, dtype: DType) -> int: ...
+    def encode(self, chunk: np.ndarray, dtype: DType) -> np.ndarray: ...
+    def decode_into(self, data: np.ndarray, out: np.ndarray, dtype: DType) -> None: ...
+
+
+class RawCodec:
+    """Bytes as stored; encode is a zero-copy view."""
+
+    codec_id = LossyId.RAW
+
+    def encoded_nbytes(self, dtype: DType, shape: tuple[int, ...]) -> int:
+        return prod(shape) * dtype.itemsize
+
+    def element_nbytes(self, dtype: DType) -> int:
+        return dtype.itemsize
+
+    def encode(self, chunk: np.ndarray, dtype: DType) -> np.ndarray:
+        return chunk.reshape(-1).view(np.uint8)
+
+    def decode_into(self, data: np.ndarray, out: np.ndarray, dtype: DType) -> None:
+        np.copyto(out.reshape(-1).view(np.uint8), data)
+
+
+class _ScaledCodec:
+    """Shared layout of int8 and fp8: float32 scales (B, H), then one byte per element."""
+
+    codec_id: LossyId
+    qmax: float
+
+    def encoded_nbytes(self, dtype: DType, shape: tuple[int, ...]) -> int:
+        b, _, h, _ = geometry(shape)
+        return b * h * 4 + prod(shape)
+
+    def element_nbytes(self, dtype: DType) -> int:
+        return 1
+
+    def encode(self, chunk: np.ndarray, dtype: DType) -> np.ndarray:
+        b, m, h, d = geometry(chunk.shape)
+        x = chunk.reshape(b, m, h, d)
+        scale = abs_max(x, dtype) / np.float32(self.qmax)
+        scale[~(scale > 0)] = 1.0  # all-zero heads (and NaN) get a harmless scale
+        out = np.empty(b * h * 4 + x.size, np.uint8)
+        out[: b * h * 4].view(np.float32)[:] = scale.ravel()
+        values = to_float32(x, dtype)
+        values *= (np.float32(1.0) / scale)[:, None, :, None]
+        self._quantize_into(values, out[b * h * 4 :].reshape(b, m, h, d))
+        return out
+
+    def decode_into(self, data: np.ndarray, out: np.ndarray, dtype: DType) -> None:
+        b, m, h, d = geometry(out.shape)
+        scale = data[: b * h * 4].view(np.float32).reshape(b, 1, h, 1)
+        values = self._dequantize(data[b * h * 4 :].reshape(b, m, h, d))
+        values *= scale
+        store_float32(values, dtype, out.reshape(b, m, h, d))
+
+    def _quantize_into(self, values: np.ndarray, out: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _dequantize(self, codes: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class Int8Codec(_ScaledCodec):
+    codec_id = LossyId.INT8
+    qmax = 127.0
+
+    def _quantize_into(self, values: np.ndarray, out: np.ndarray) -> None:
+        np.rint(values, out=values)
+        np.copyto(out.view(np.int8), values, casting="unsafe")
+
+    def _dequantize(self, codes: np.ndarray) -> np.ndarray:
+        return codes.view(np.int8).astype(np.float32)
+
+
+class Fp8Codec(_ScaledCodec):
+    codec_id = LossyId.FP8
+    qmax = fp8.E4M3_MAX
+
+    def _quantize_into(self, values: np.ndarray, out: np.ndarray) -> None:
+        fp8.encode_into(values, out)
+
+    def _dequantize(self, codes: np.ndarray) -> np.ndarray:
+        return fp8.decode(codes)
+
+
+LOSSY: dict[LossyId, LossyCodec] = {
+    LossyId.RAW: RawCodec(),
+    LossyId.INT8: Int8Codec(),
+    LossyId.FP8: Fp8Codec(),
+}
+
+
+@dataclass(frozen=True)
+class CodecSpec:
+    """A transfer's codec, written "raw", "int8", "fp8", optionally "+zstd" or "+lz4"."""
+
+    lossy: LossyId = LossyId.RAW
+    lossless: Lossless = Lossless.NONE
+
+    @staticmethod
+    def parse(text: str) -> CodecSpec:
+        lossy_name, _, lossless_name = text.lower().partition("+")
+        try:
+            lossy = LossyId[lossy_name.upper()]
+            return CodecSpec(lossy, Lossless[(lossless_name or "none").upper()])
+        except KeyError:
+            raise ValueError(f"unknown codec {text!r} (raw|int8|fp8 [+zstd|+lz4])") from None
+
+    def __str__(self) -> str:
+        tail = "" if self.lossless == Lossless.NONE else f"+{self.lossless.name.lower()}"
+        return self.lossy.name.lower() + tail
+
+    def lossy_for(self, layer: LayerEntry) -> LossyId:
+        """Lossy stages apply to float BLOCKS layers only."""
+        if layer.kind == LayerKind.BLOCKS and layer.dtype.is_float:
+            return self.lossy
+        return LossyId.RAW
+
+
+def encode_chunk(chunk: np.ndarray, dtype: DType, lossy: LossyId, lossless: Lossless) -> memoryview:
+    """The bytes of one CHUNK's data (a view of ``chunk`` itself for raw)."""
+    codec = LOSSY[lossy]
+    encoded = codec.encode(chunk, dtype)
+    if lossless == Lossless.NONE:
+        return encoded.data
+    return memoryview(compress(encoded, lossless, codec.element_nbytes(dtype)))
+
+
+def decode_chunk(
+    data: np.ndarray, out: np.ndarray, dtype: DType, lossy: int, lossless: int
+) -> None:
+    """Decode one CHUNK's data (uint8) into ``out``, the destination block range."""
+    try:
+        codec, stage = LOSSY[LossyId(lossy)], Lossless(lossless)
+    except ValueError:
+        raise CorruptFrame(f"unknown codec ids {lossy}/{lossless}") from None
+    expected = codec.encoded_nbytes(dtype, out.shape)
+    if stage != Lossless.NONE:
+        data = decompress(data.data, stage, codec.element_nbytes(dtype), expected)
+    elif len(data) != expected:
+        raise CorruptFrame(f"chunk data is {len(data)} bytes, its codec implies {expected}")
+    codec.decode_into(data, out, dtype)

@@ -1,0 +1,138 @@
+"""Link monitor: goodput, RTT and retransmissions per link, for the router and the logs.
+
+Goodput is measured two ways: a sliding one-second window over bytes handed to the kernel
+(what the link carries now), and per transfer while it was backlogged (what the link can
+carry). Only the second is compared with the configured cap, because an idle or
+compute-bound sender is not a slow link. RTT and retransmissions come from TCP_INFO.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+# struct tcp_info (linux/tcp.h): 8 single-byte fields, then u32s; we read up to total_retrans.
+_TCP_INFO = struct.Struct("<8B24I")
+_RTT_US, _RTTVAR_US, _SND_CWND, _TOTAL_RETRANS = 15, 16, 18, 23  # indexes into the u32s
+
+
+@dataclass(frozen=True)
+class TcpInfo:
+    rtt_ms: float
+    rttvar_ms: float
+    snd_cwnd: int  # segments
+    total_retrans: int  # segments retransmitted over the connection's life
+
+
+def tcp_info(sock: socket.socket) -> TcpInfo | None:
+    """TCP_INFO of a connected socket (plain or TLS); None where the platform has none."""
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO.size)
+    except (AttributeError, OSError):
+        return None
+    if len(raw) < _TCP_INFO.size:
+        return None
+    words = _TCP_INFO.unpack(raw)[8:]
+    return TcpInfo(
+        rtt_ms=words[_RTT_US] / 1000,
+        rttvar_ms=words[_RTTVAR_US] / 1000,
+        snd_cwnd=words[_SND_CWND],
+        total_retrans=words[_TOTAL_RETRANS],
+    )
+
+
+@dataclass(frozen=True)
+class LinkStats:
+    """What the router reads about a link."""
+
+    name: str
+    rate_cap_gbps: float | None
+    goodput_gbps: float  # wire bits/s over the last second
+    backlogged_goodput_gbps: float | None  # last transfer that kept the link busy
+    rtt_ms: float | None
+    retransmits: int  # summed over finished connections
+    bytes_sent: int
+    transfers_ok: int
+    transfers_failed: int
+
+
+class LinkMonitor:
+    WINDOW_S = 1.0
+
+    def __init__(self, name: str, warn_fraction: float = 0.5) -> None:
+        self.name = name
+        self.warn_fraction = warn_fraction
+        self._lock = threading.Lock()
+        self._bytes_sent = 0
+        self._samples: collections.deque[tuple[float, int]] = collections.deque()
+        self._backlogged_gbps: float | None = None
+        self._rtt_ms: float | None = None
+        self._retransmits = 0
+        self._ok = 0
+        self._failed = 0
+
+    def record_sent(self, num_bytes: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._bytes_sent += num_bytes
+            if not self._samples or now - self._samples[-1][0] >= 0.01:
+                self._samples.append((now, self._bytes_sent))
+            while len(self._samples) > 2 and now - self._samples[1][0] > self.WINDOW_S:
+                self._samples.popleft()
+
+    def record_connection(self, info: TcpInfo | None) -> None:
+        """Called once per connection before it closes."""
+        if info is None:
+            return
+        with self._lock:
+            self._rtt_ms = info.rtt_ms
+            self._retransmits += info.total_retrans
+
+    def record_transfer(
+        self, ok: bool, wire_bytes: int, busy_s: float, rate_cap_gbps: float | None
+    ) -> None:
+        """``busy_s``: time the transfer had data waiting to be sent (backlogged)."""
+        with self._lock:
+            if not ok:
+                self._failed += 1
+                return
+            self._ok += 1
+            if busy_s < 0.05 or wire_bytes < 1 << 20:
+                return  # too small to say anything about the link
+            goodput_gbps = wire_bytes * 8 / busy_s / 1e9
+            self._backlogged_gbps = goodput_gbps
+        if rate_cap_gbps and goodput_gbps < self.warn_fraction * rate_cap_gbps:
+            logger.warning(
+                "link %s: backlogged goodput %.3f Gbit/s is below %.0f%% of its %.3f Gbit/s cap",
+                self.name,
+                goodput_gbps,
+                self.warn_fraction * 100,
+                rate_cap_gbps,
+            )
+
+    def stats(self, rate_cap_gbps: float | None) -> LinkStats:
+        now = time.monotonic()
+        with self._lock:
+            goodput = 0.0
+            if self._samples and now - self._samples[-1][0] < self.WINDOW_S:
+                t0, b0 = self._samples[0]
+                span_s = max(now - t0, 1e-3)
+                goodput = (self._bytes_sent - b0) * 8 / span_s / 1e9
+            return LinkStats(
+                name=self.name,
+                rate_cap_gbps=rate_cap_gbps,
+                goodput_gbps=goodput,
+                backlogged_goodput_gbps=self._backlogged_gbps,
+                rtt_ms=self._rtt_ms,
+                retransmits=self._retransmits,
+                bytes_sent=self._bytes_sent,
+                transfers_ok=self._ok,
+                transfers_failed=self._failed,
+            )

@@ -1,0 +1,133 @@
+"""Mutual TLS 1.3 between clusters: a private CA, one certificate per cluster.
+
+``write_certs`` (behind `prfaas certs`) makes ``ca.pem`` and, per cluster, ``NAME.pem`` and
+``NAME.key`` (EC P-256; the cluster name is the certificate's DNS name). Both ends present
+their certificate and verify the peer's against the CA; the sender also checks that the
+receiver's name is the cluster it meant to reach. TLS 1.2 and below are refused.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+_VALID_DAYS = 365
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "prfaas"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _builder(
+    subject: str, issuer: x509.Name, key: ec.EllipticCurvePrivateKey
+) -> x509.CertificateBuilder:
+    now = datetime.datetime.now(datetime.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=_VALID_DAYS))
+    )
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _write(path: Path, data: bytes, private: bool = False) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def write_certs(out_dir: Path, clusters: list[str]) -> list[Path]:
+    """Create a CA and one certificate per cluster under ``out_dir``; returns the files."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = (
+        _builder("prfaas CA", _name("prfaas CA"), ca_key)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    written = [out_dir / "ca.pem", out_dir / "ca.key"]
+    _write(written[0], ca_cert.public_bytes(serialization.Encoding.PEM))
+    _write(written[1], _key_pem(ca_key), private=True)
+    for cluster in clusters:
+        key = ec.generate_private_key(ec.SECP256R1())
+        names: list[x509.GeneralName] = [x509.DNSName(cluster), x509.DNSName("localhost")]
+        names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+        cert = (
+            _builder(cluster, ca_cert.subject, key)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        _write(out_dir / f"{cluster}.pem", cert.public_bytes(serialization.Encoding.PEM))
+        _write(out_dir / f"{cluster}.key", _key_pem(key), private=True)
+        written += [out_dir / f"{cluster}.pem", out_dir / f"{cluster}.key"]
+    return written
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """This cluster's identity and the CA it trusts (files written by `prfaas certs`)."""
+
+    ca_path: Path
+    cert_path: Path | None  # None: present no certificate (a receiver will refuse us)
+    key_path: Path | None
+
+    @staticmethod
+    def from_dir(certs_dir: Path, cluster: str) -> TlsConfig:
+        return TlsConfig(
+            certs_dir / "ca.pem", certs_dir / f"{cluster}.pem", certs_dir / f"{cluster}.key"
+        )
+
+
+def _context(purpose: ssl.Purpose, config: TlsConfig) -> ssl.SSLContext:
+    context = ssl.create_default_context(purpose, cafile=str(config.ca_path))
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    if config.cert_path is not None:
+        key = None if config.key_path is None else str(config.key_path)
+        context.load_cert_chain(str(config.cert_path), key)
+    return context
+
+
+def server_context(config: TlsConfig) -> ssl.SSLContext:
+    """Receiver side: requires a client certificate signed by the CA."""
+    context = _context(ssl.Purpose.CLIENT_AUTH, config)
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def client_context(config: TlsConfig) -> ssl.SSLContext:
+    """Sender side: verifies the receiver's certificate and name (pass server_hostname)."""
+    context = _context(ssl.Purpose.SERVER_AUTH, config)
+    context.check_hostname = True
+    return context
