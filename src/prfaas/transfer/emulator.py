@@ -162,7 +162,8 @@ class LinkEmulator:
 
     def wait_while_stalled(self) -> None:
         while (left_s := self._stalled_until_s - time.monotonic()) > 0:
-            time.sleep(min(left_s, 0.05))
+            if self._closing.wait(min(left_s, 0.05)):
+                return
 
     def count(self, num_bytes: int, up: bool) -> None:
         if not up:

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from prfaas.transfer.errors import CorruptFrame, TransferError
+from prfaas.transfer.errors import CorruptFrame, PeerGone, TransferError
 from prfaas.transfer.messages import Trailer, TransferHeader, chunk_digest
 from prfaas.transfer.pool import BufferPool, arena_bytes, carve
 
@@ -57,20 +57,26 @@ class Landing:
 
     def start_attempt(self, attempt: int, num_connections: int) -> None:
         """Begin (or resume) an attempt: incomplete layers start over."""
-        self.attempt = attempt
-        self.num_connections = num_connections
-        self.ended: dict[int, int] = {}  # conn index -> chunks it carried (from END)
-        self.records: list[tuple[int, int, int, bytes]] = []
-        for i, claimed in enumerate(self.claimed):
-            if i not in self.complete:
-                claimed[:] = False
-                self.landed_rows[i] = 0
-        self.state = LandingState.RECEIVING
+        with self.lock:
+            self.attempt = attempt
+            self.num_connections = num_connections
+            self.ended: dict[int, int] = {}  # conn index -> chunks it carried (from END)
+            self.records: list[tuple[int, int, int, bytes]] = []
+            for i, claimed in enumerate(self.claimed):
+                if i not in self.complete:
+                    claimed[:] = False
+                    self.landed_rows[i] = 0
+            self.state = LandingState.RECEIVING
 
-    def claim(self, layer: int, start: int, end: int) -> np.ndarray:
+    def _check_current(self, attempt: int) -> None:
+        if attempt != self.attempt or self.state != LandingState.RECEIVING:
+            raise PeerGone(f"attempt {attempt} is no longer current")
+
+    def claim(self, attempt: int, layer: int, start: int, end: int) -> np.ndarray:
         """The destination of blocks [start, end) of ``layer``; CorruptFrame if out of bounds
         or any of them was already claimed in this attempt."""
         with self.lock:
+            self._check_current(attempt)
             if layer >= len(self.buffers) or end > self.header.layers[layer].shape[0]:
                 raise CorruptFrame(f"chunk layer {layer} blocks {start}..{end} out of bounds")
             if self.claimed[layer][start:end].any():
@@ -78,9 +84,10 @@ class Landing:
             self.claimed[layer][start:end] = True
             return self.buffers[layer][start:end]
 
-    def landed(self, layer: int, start: int, end: int, tag: bytes) -> bool:
+    def landed(self, attempt: int, layer: int, start: int, end: int, tag: bytes) -> bool:
         """Record a verified chunk; True when it completed its layer."""
         with self.lock:
+            self._check_current(attempt)
             self.records.append((layer, start, end, tag))
             self.landed_rows[layer] += end - start
             if self.landed_rows[layer] == self.header.layers[layer].shape[0]:
@@ -110,16 +117,32 @@ class Landing:
                 raise CorruptFrame("trailer digest mismatch")
 
     def free(self) -> int:
-        """Give the buffers back to the pool; returns the bytes released."""
-        freed, self.num_bytes = self.num_bytes, 0
-        self.buffers = []
-        if self._arena is not None:
-            self._pool.give(self._arena)
-            self._arena = None
-        self.claimed = []
+        """Drop the buffers; returns the bytes released. The arena goes back to the pool
+        once no connection thread can still write into it (see detach)."""
+        with self.lock:
+            freed, self.num_bytes = self.num_bytes, 0
+            self.buffers = []
+            self._recycle_if_idle()
         return freed
 
+    def attach(self, sock: socket.socket) -> None:
+        with self.lock:
+            self.sockets.add(sock)
+
+    def detach(self, sock: socket.socket) -> None:
+        """A connection thread is done with this landing."""
+        with self.lock:
+            self.sockets.discard(sock)
+            self._recycle_if_idle()
+
+    def _recycle_if_idle(self) -> None:
+        if self.num_bytes == 0 and not self.sockets and self._arena is not None:
+            self._pool.give(self._arena)
+            self._arena = None
+
     def close_sockets(self) -> None:
-        for sock in list(self.sockets):
+        with self.lock:
+            sockets = list(self.sockets)
+        for sock in sockets:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)

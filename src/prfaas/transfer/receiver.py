@@ -215,7 +215,7 @@ class KvReceiver:
     # -- one connection ------------------------------------------------------------------
 
     def _serve(self, raw: socket.socket) -> None:
-        sock, landing, conn_index = raw, None, -1
+        sock, landing, conn_index, attempt = raw, None, -1, -1
         try:
             sock.settimeout(self.config.deadlines.first_byte_s)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -225,31 +225,30 @@ class KvReceiver:
             if frame_type == FrameType.ERROR:
                 return
             hello = Hello.decode(payload)
-            conn_index = hello.conn_index
+            conn_index, attempt = hello.conn_index, hello.attempt
             sock.settimeout(self.config.deadlines.stall_s)
             if conn_index == 0:
                 landing = self._admit(sock, hello)
             else:
                 landing = self._join(sock, hello)
-            self._receive(sock, landing, conn_index)
+            self._receive(sock, landing, hello)
         except ssl.SSLError as exc:
             logger.info("TLS handshake refused: %s", exc)
         except TransferError as exc:
             if landing is not None:
-                self._fail(landing, exc, sock if conn_index == 0 else None)
-            elif conn_index == 0:
+                self._fail(landing, exc, sock if conn_index == 0 else None, attempt)
+            else:
                 self._send_error(sock, exc)
             logger.info("transfer connection failed: %r", exc)
         except Exception:
             logger.exception("receiver connection crashed")
             if landing is not None:
-                self._fail(landing, TransferError("receiver internal error"))
+                self._fail(landing, TransferError("receiver internal error"), None, attempt)
         finally:
-            if landing is not None:
-                with landing.lock:
-                    landing.sockets.discard(sock)
             with contextlib.suppress(OSError):
                 sock.close()
+            if landing is not None:
+                landing.detach(sock)
 
     def _admit(self, sock: socket.socket, hello: Hello) -> Landing:
         """Validate HEADER, then allocate (or resume) before answering READY."""
@@ -282,7 +281,7 @@ class KvReceiver:
                 self._allocated_bytes += landing.num_bytes
                 self._landings[header.request_id] = landing
                 self._failures.pop(header.request_id, None)
-            landing.sockets.add(sock)
+            landing.attach(sock)
             ready = Ready(len(header.layers), frozenset(landing.complete))
             self._cond.notify_all()
         send_all(sock, frame_bytes(FrameType.READY, ready.encode()))
@@ -301,19 +300,19 @@ class KvReceiver:
                 ):
                     if hello.num_connections != landing.num_connections:
                         raise CorruptFrame("connections disagree on their count")
-                    landing.sockets.add(sock)
+                    landing.attach(sock)
                     return landing
                 left_s = end_s - time.monotonic()
                 if left_s <= 0:
                     raise TransferTimeout(f"connection {hello.conn_index}: no admitted header")
                 self._cond.wait(left_s)
 
-    def _receive(self, sock: socket.socket, landing: Landing, conn_index: int) -> None:
-        staging = bytearray()
+    def _receive(self, sock: socket.socket, landing: Landing, hello: Hello) -> None:
+        conn_index, staging = hello.conn_index, bytearray()
         while True:
             frame = read_frame_header(sock)
             if frame.frame_type == FrameType.CHUNK:
-                staging = self._land_chunk(sock, frame, landing, staging)
+                staging = self._land_chunk(sock, frame, landing, hello.attempt, staging)
             elif frame.frame_type == FrameType.END:
                 landing.connection_ended(
                     conn_index, End.decode(read_payload(sock, frame)).num_chunks
@@ -331,14 +330,19 @@ class KvReceiver:
                 raise CorruptFrame(f"unexpected {frame.frame_type.name} on connection {conn_index}")
 
     def _land_chunk(
-        self, sock: socket.socket, frame: FrameHeader, landing: Landing, staging: bytearray
+        self,
+        sock: socket.socket,
+        frame: FrameHeader,
+        landing: Landing,
+        attempt: int,
+        staging: bytearray,
     ) -> bytearray:
         meta_bytes = bytearray(CHUNK_META.size)
         if frame.length < len(meta_bytes):
             raise CorruptFrame("CHUNK shorter than its meta")
         recv_exact_into(sock, memoryview(meta_bytes))
         meta = ChunkMeta.decode(meta_bytes)
-        dest = landing.claim(meta.layer, meta.block_start, meta.block_end)
+        dest = landing.claim(attempt, meta.layer, meta.block_start, meta.block_end)
         entry = landing.header.layers[meta.layer]
         data_nbytes = frame.length - len(meta_bytes)
         if meta.lossy != LossyId.RAW and not entry.dtype.is_float:
@@ -363,7 +367,10 @@ class KvReceiver:
         if not direct:
             data = np.frombuffer(staging, np.uint8, count=data_nbytes)
             decode_chunk(data, dest, entry.dtype, meta.lossy, meta.lossless)
-        if landing.landed(meta.layer, meta.block_start, meta.block_end, tag) and self._listener:
+        if (
+            landing.landed(attempt, meta.layer, meta.block_start, meta.block_end, tag)
+            and self._listener
+        ):
             self._listener.on_layer(landing.header.request_id, meta.layer)
         return staging
 
@@ -387,10 +394,19 @@ class KvReceiver:
     # -- failure -------------------------------------------------------------------------
 
     def _fail(
-        self, landing: Landing, error: TransferError, conn0: socket.socket | None = None
+        self,
+        landing: Landing,
+        error: TransferError,
+        conn0: socket.socket | None = None,
+        attempt: int | None = None,
     ) -> None:
-        """Park (cut or stall, resumable) or free; tell waiters; close the attempt."""
+        """Park (cut or stall, resumable) or free; tell waiters; close the attempt.
+        A failure reported by a connection of an older attempt changes nothing."""
         with self._cond:
+            if attempt is not None and (
+                attempt != landing.attempt or landing.state == LandingState.PARKED
+            ):
+                return  # an older attempt, or the echo of the parking we did ourselves
             resumable = isinstance(error, PeerGone | TransferTimeout) and self._resumable(landing)
             if landing.state == LandingState.RECEIVING and resumable:
                 landing.state, landing.parked_s, landing.error = (

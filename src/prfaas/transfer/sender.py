@@ -420,17 +420,19 @@ class KvSender:
         *,
         retries: int = 0,
         deadline_s: float | None = None,
+        attempt_from: int = 0,
     ) -> TransferStats:
         """Send a whole payload; on PeerGone or TransferTimeout retry up to ``retries``
-        times, resuming from the last complete layer."""
-        for attempt in range(retries + 1):
+        times, resuming from the last complete layer. ``attempt_from`` > 0 resumes a
+        transfer an earlier call left cut."""
+        for attempt in range(attempt_from, attempt_from + retries + 1):
             try:
                 transfer = self.open(address, header, deadline_s=deadline_s, attempt=attempt)
                 for index, array in enumerate(layers):
                     transfer.send_layer(index, array)
                 return transfer.finish()
             except (PeerGone, TransferTimeout) as exc:
-                if attempt == retries:
+                if attempt == attempt_from + retries:
                     raise
                 logger.warning(
                     "transfer %s attempt %d: %s; resuming", header.request_id, attempt, exc
