@@ -15,7 +15,11 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-COMMAND_MODULES: tuple[str, ...] = ("prfaas.engine.cli",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "prfaas.engine.cli",
+    "prfaas.planner.cli",
+    "prfaas.transfer.cli",
+)
 
 Handler = Callable[[argparse.Namespace], int]
 
