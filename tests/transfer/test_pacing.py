@@ -1,0 +1,92 @@
+"""Pacing: the cap holds (±5 % over 2 s, end to end), transfers share it fairly, earlier
+deadlines go first, and the cap can change while transfers run."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from prfaas.transfer.pacing import Flow, Pacer
+from prfaas.transfer.receiver import KvReceiver
+
+from .conftest import make_payload, make_sender
+
+GRANT = 64 << 10
+
+
+def _drain(flow: Flow, stop: threading.Event, sent: list[int], index: int) -> None:
+    while not stop.is_set():
+        flow.acquire(GRANT)
+        sent[index] += GRANT
+
+
+def _run(pacer: Pacer, flows: list[Flow], seconds: float) -> list[int]:
+    stop, sent = threading.Event(), [0] * len(flows)
+    threads = [
+        threading.Thread(target=_drain, args=(f, stop, sent, i)) for i, f in enumerate(flows)
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(seconds)
+    stop.set()
+    pacer.set_rate_gbps(None)  # release any waiter at once
+    for thread in threads:
+        thread.join(2)
+    return sent
+
+
+def test_end_to_end_goodput_within_5_percent_of_the_cap(receiver: KvReceiver) -> None:
+    rate_gbps = 0.2  # 25 MB/s: 2 s
+    header, arrays = make_payload(num_full=96, num_blocks=64, num_linear=0)  # 48 MiB
+    sender = make_sender(connections=2, rate_gbps=rate_gbps, chunk_bytes=256 << 10)
+    stats = sender.send(receiver.address, header, arrays)
+    assert stats.seconds > 1.8
+    assert stats.goodput_gbps == pytest.approx(rate_gbps, rel=0.05)
+    link = sender.link.stats()
+    assert link.backlogged_goodput_gbps == pytest.approx(rate_gbps, rel=0.05)
+    receiver.release(header.request_id)
+
+
+def test_two_flows_share_the_cap_evenly() -> None:
+    pacer = Pacer(0.4)  # 50 MB/s
+    sent = _run(pacer, [pacer.register(), pacer.register()], 1.0)
+    assert sum(sent) * 8 / 1e9 == pytest.approx(0.4, rel=0.1)
+    assert sent[0] == pytest.approx(sent[1], rel=0.1)
+
+
+def test_earliest_deadline_first() -> None:
+    pacer = Pacer(0.4)
+    now = time.monotonic()
+    urgent, relaxed = pacer.register(deadline_s=now + 1), pacer.register(deadline_s=now + 60)
+    sent = _run(pacer, [relaxed, urgent], 0.6)
+    assert sent[1] > 0.9 * sum(sent)
+
+
+def test_late_joiner_gets_an_even_share_not_a_catch_up() -> None:
+    pacer = Pacer(0.4)
+    first = pacer.register()
+    _run(pacer, [first], 0.3)
+    pacer.set_rate_gbps(0.4)
+    second = pacer.register()
+    sent = _run(pacer, [first, second], 0.6)
+    assert sent[0] == pytest.approx(sent[1], rel=0.15)
+
+
+def test_cap_changes_at_run_time() -> None:
+    pacer = Pacer(0.2)
+    flow = pacer.register()
+    stop, sent = threading.Event(), [0]
+    thread = threading.Thread(target=_drain, args=(flow, stop, sent, 0))
+    thread.start()
+    time.sleep(0.5)
+    before, t0 = sent[0], time.monotonic()
+    pacer.set_rate_gbps(0.8)
+    time.sleep(0.5)
+    after_gbps = (sent[0] - before) * 8 / (time.monotonic() - t0) / 1e9
+    stop.set()
+    pacer.set_rate_gbps(None)
+    thread.join(2)
+    assert before * 8 / 0.5 / 1e9 == pytest.approx(0.2, rel=0.15)
+    assert after_gbps == pytest.approx(0.8, rel=0.15)
