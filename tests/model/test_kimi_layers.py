@@ -249,6 +249,25 @@ def test_mla_split_prefill_equals_one_call(hf_mla_model: KimiLinearForCausalLM, 
     _close(torch.cat([latent1, latent2]), latent_all)
 
 
+@torch.no_grad()
+@pytest.mark.parametrize(("num_tokens", "num_past"), [(1, 0), (1, 40), (5, 20), (30, 0)])
+def test_mla_absorbed_equals_expanded(
+    hf_mla_model: KimiLinearForCausalLM, num_tokens: int, num_past: int
+) -> None:
+    ours = _ours(hf_mla_model, KimiMLAttention, MLA_LAYER)
+    assert isinstance(ours, KimiMLAttention)
+    x = _hidden(num_past + num_tokens)
+    _, past = ours(x[:num_past], None)
+    num_rows = num_past + num_tokens
+    q = ours._query(x[num_past:]).view(num_tokens, 4, 24)
+    rows = torch.cat([past, ours.latent(x[num_past:])])
+    visible = torch.ones(num_tokens, num_rows, dtype=torch.bool).tril(diagonal=num_past)
+    _close(ours._attend_absorbed(q, rows, visible), ours._attend_expanded(q, rows, visible))
+    # Decode steps take the absorbed form, long prefills the expanded one.
+    assert ours.absorbed_is_cheaper(1, 40)
+    assert not ours.absorbed_is_cheaper(70, 70)
+
+
 # MLP -----------------------------------------------------------------------------------------
 
 
@@ -260,3 +279,17 @@ def test_mlp_matches_transformers(
     ours = _ours(hf_model, module, idx)
     x = _hidden(50)
     _close(ours(x), hf_model.model.layers[idx].mlp(x[None])[0])
+
+
+@torch.no_grad()
+def test_zero_tokens_is_a_no_op(hf_model: KimiLinearForCausalLM) -> None:
+    kda = _ours(hf_model, KimiDeltaAttention, KDA_LAYER)
+    _, state = kda(_hidden(5), None)
+    out, same = kda(_hidden(0), state)
+    assert out.shape == (0, HIDDEN)
+    for name, t in vars(state).items():
+        assert torch.equal(getattr(same, name), t)
+    mla = _ours(hf_model, KimiMLAttention, MLA_LAYER)
+    out, latent = mla(_hidden(0), None)
+    assert out.shape == (0, HIDDEN) and latent.shape == (0, 24)
+    assert _ours(hf_model, KimiMoE, MOE_LAYER)(_hidden(0)).shape == (0, HIDDEN)

@@ -207,15 +207,41 @@ class KimiMLAttention(nn.Module):
         q = self._query(hidden).view(num_tokens, self.num_heads, self.qk_head_dim)
         new_latent = self.latent(hidden)
         rows = new_latent if past_latent is None else torch.cat([past_latent, new_latent])
+        # Query i sits at position num_past + i and sees rows 0 .. num_past + i.
         num_past = rows.shape[0] - num_tokens
+        visible = torch.ones(num_tokens, rows.shape[0], dtype=torch.bool, device=hidden.device)
+        visible = visible.tril(diagonal=num_past)
+        if self.absorbed_is_cheaper(num_tokens, rows.shape[0]):
+            o = self._attend_absorbed(q, rows, visible)
+        else:
+            o = self._attend_expanded(q, rows, visible)
+        return self.o_proj(o.reshape(num_tokens, self.num_heads * self.v_head_dim)), new_latent
+
+    def absorbed_is_cheaper(self, num_tokens: int, num_rows: int) -> bool:
+        """Multiply-adds of the two equivalent forms (projections plus attention)."""
+        heads, rank = self.num_heads, self.kv_lora_rank
+        nope, rope, v = self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim
+        expanded = num_rows * rank * heads * (nope + v) + num_tokens * num_rows * heads * (
+            nope + rope + v
+        )
+        absorbed = num_tokens * heads * rank * (nope + v) + num_tokens * num_rows * heads * (
+            2 * rank + rope
+        )
+        return absorbed < expanded
+
+    def _attend_expanded(self, q: Tensor, rows: Tensor, visible: Tensor) -> Tensor:
+        """Keys and values per head from every row: cheap when queries are many (prefill).
+
+        q: (num_tokens, num_heads, qk_head_dim); rows: (num_rows, latent_dim);
+        visible: (num_tokens, num_rows) bool. Returns (num_tokens, num_heads, v_head_dim).
+        """
         c_kv, k_shared = rows.split([self.kv_lora_rank, self.qk_rope_head_dim], dim=-1)
-        kv = self.kv_b_proj(c_kv).view(rows.shape[0], self.num_heads, -1)
+        kv = self.kv_b_proj(c_kv).view(
+            rows.shape[0], self.num_heads, self.qk_nope_head_dim + self.v_head_dim
+        )
         k_nope, v = kv.split([self.qk_nope_head_dim, self.v_head_dim], dim=-1)
         k_shared = k_shared[:, None, :].expand(-1, self.num_heads, -1)
         k = torch.cat([k_nope, k_shared], dim=-1)  # (num_rows, num_heads, qk_head_dim)
-        # Query i sits at position num_past + i and sees rows 0 .. num_past + i.
-        visible = torch.ones(num_tokens, rows.shape[0], dtype=torch.bool, device=hidden.device)
-        visible = visible.tril(diagonal=num_past)
         o = F.scaled_dot_product_attention(
             q.transpose(0, 1),
             k.transpose(0, 1),
@@ -223,5 +249,22 @@ class KimiMLAttention(nn.Module):
             attn_mask=visible,
             scale=self.scaling,
         )  # (num_heads, num_tokens, v_head_dim)
-        out = self.o_proj(o.transpose(0, 1).reshape(num_tokens, -1))
-        return out, new_latent
+        return o.transpose(0, 1)
+
+    def _attend_absorbed(self, q: Tensor, rows: Tensor, visible: Tensor) -> Tensor:
+        """Attention in latent space, rows used as they are: cheap for few queries (decode).
+
+        q_nope . (W_uk c) = (W_uk^T q_nope) . c, so the query is [W_uk^T q_nope | q_rope] and
+        the keys are the rows themselves; the values are c, mapped by W_uv after attention.
+        Same shapes as `_attend_expanded`.
+        """
+        rank, nope = self.kv_lora_rank, self.qk_nope_head_dim
+        w_kv = self.kv_b_proj.weight.view(self.num_heads, nope + self.v_head_dim, rank)
+        w_uk, w_uv = w_kv.split([nope, self.v_head_dim], dim=1)  # (num_heads, dim, rank)
+        q_nope, q_rope = q.transpose(0, 1).split([nope, self.qk_rope_head_dim], dim=-1)
+        q_latent = torch.cat([q_nope @ w_uk, q_rope], dim=-1)  # (num_heads, num_tokens, latent)
+        keys = rows[None].expand(self.num_heads, -1, -1)
+        o_latent = F.scaled_dot_product_attention(
+            q_latent, keys, keys[..., :rank], attn_mask=visible, scale=self.scaling
+        )  # (num_heads, num_tokens, rank)
+        return (o_latent @ w_uv.transpose(1, 2)).transpose(0, 1)

@@ -61,11 +61,11 @@ class KimiTopkRouter(nn.Module):
         # x: (num_tokens, hidden) -> weights: (num_tokens, top_k) float32, indices: like weights
         scores = F.linear(x.float(), self.weight.float()).sigmoid()  # (num_tokens, num_experts)
         choice = scores + self.e_score_correction_bias
-        per_group = choice.view(x.shape[0], self.num_group, -1)
+        per_group = choice.view(x.shape[0], self.num_group, self.num_experts // self.num_group)
         group_scores = per_group.topk(2, dim=-1)[0].sum(dim=-1)  # (num_tokens, num_group)
         group_idx = group_scores.topk(self.topk_group, dim=-1, sorted=False)[1]
         group_mask = torch.zeros_like(group_scores).scatter_(1, group_idx, 1.0).bool()
-        expert_mask = group_mask[:, :, None].expand_as(per_group).reshape(x.shape[0], -1)
+        expert_mask = group_mask[:, :, None].expand_as(per_group).reshape(choice.shape)
         choice = choice.masked_fill(~expert_mask, float("-inf"))
         indices = choice.topk(self.top_k, dim=-1, sorted=False)[1]
         weights = scores.gather(1, indices)
