@@ -22,8 +22,8 @@ run: setup
 	$(VENV)/bin/prfaas generate --chat "What is the capital of France?"
 
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check
+	$(VENV)/bin/ruff format --check
 
 typecheck: setup
 	$(VENV)/bin/mypy
