@@ -191,3 +191,19 @@ def balance_checks(result: PlanResult) -> tuple[float, float] | None:
     prefill_total = result.theta_prfaas_rps + result.theta_pd_p_rps
     eq8 = (prefill_total - result.theta_pd_d_rps) / result.theta_pd_d_rps
     return eq7, eq8
+
+
+def best_threshold_for_split(result: PlanResult, n_p: int) -> tuple[float, float]:
+    """(t, Λ_max) of the best threshold with the PD split held at ``n_p`` prefill instances.
+
+    For a control loop that moves t quickly while the split changes only slowly: it reads
+    the curves of an already-solved PrfaaS-PD plan, so it costs no new search.
+    """
+    if result.kind != "prfaas_pd" or result.curves is None:
+        raise ValueError("best_threshold_for_split needs a PrfaaS-PD plan with curves")
+    curves = result.curves
+    if n_p not in curves.n_p_values:
+        raise ValueError(f"n_p {n_p} not in the searched splits {curves.n_p_values}")
+    row = curves.throughput_rps[curves.n_p_values.index(n_p)]
+    col = int(np.flatnonzero(row == row.max())[0])  # ties: the lower threshold
+    return float(curves.thresholds_tokens[col]), float(row[col])

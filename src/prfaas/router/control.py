@@ -1,0 +1,156 @@
+"""The adaptive control loop: the paper's two timescales (section 3.4.3), over the planner.
+
+Short term (``short_tick``, about a second):
+- mode: egress utilization above ``scarce_above`` → scarce; below ``abundant_below`` →
+  abundant; in between the mode holds (hysteresis, so it does not flap).
+- t: ``t_plan`` is the planner's best threshold for the current split at the link capacity
+  last solved for; it is re-solved when the capacity moves by more than
+  ``bandwidth_change``. Around it, queue depth nudges t by ``nudge`` per tick: more queued
+  prefill work (in seconds) on the PrfaaS side, or a saturated link, raises t; more on the
+  PD-P side lowers it. t stays within [t_plan / max_nudge, t_plan * max_nudge] and relaxes
+  toward t_plan when the queues are balanced.
+Long term (``long_tick``, minutes): re-solve the planner (t and the N_p/N_d split) on the
+observed incremental lengths; if the best split beats the current one by ``min_gain``, return
+the role changes (least-loaded instances first) and adopt the new t_plan.
+
+The controller only decides; the caller applies role changes (drain, then switch) and
+installs the returned ``RouterState`` in the router.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from prfaas.planner.deployments import PlanResult, PrfaasPd
+from prfaas.planner.search import best_threshold_for_split, plan
+from prfaas.planner.workload import EmpiricalLengths, LengthDistribution
+from prfaas.router.types import InstanceView, LinkView, Mode, Role, RouterState
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    short_interval_s: float = 1.0
+    long_interval_s: float = 300.0
+    scarce_above: float = 0.7  # egress utilization
+    abundant_below: float = 0.4
+    saturated_above: float = 0.95  # egress utilization at which t rises regardless of queues
+    queue_ratio: float = 2.0  # queued-seconds imbalance that nudges t
+    queue_slack_s: float = 2.0  # imbalances below this many seconds are noise
+    nudge: float = 0.05  # relative t step per short tick
+    max_nudge: float = 2.0
+    bandwidth_change: float = 0.2  # relative capacity change that re-solves t_plan
+    min_gain: float = 0.05  # relative Λ_max gain that justifies converting instances
+    min_samples: int = 200  # observed lengths needed before a long-term re-plan
+    threshold_step_tokens: float = 250.0
+
+
+@dataclass(frozen=True)
+class RoleChange:
+    instance: str
+    to_role: Role
+
+
+class Controller:
+    def __init__(
+        self,
+        config: ControlConfig,
+        deployment: PrfaasPd,
+        workload: LengthDistribution,
+        output_tokens: float,
+        pd_cluster: str,
+        prfaas_cluster: str,
+    ) -> None:
+        self.config, self.output_tokens = config, output_tokens
+        self.pd_cluster, self.prfaas_cluster = pd_cluster, prfaas_cluster
+        self._deployment, self._workload = deployment, workload
+        self._plan = self._solve(deployment.bandwidth_gbps)
+        assert self._plan.n_p is not None
+        self.n_p = self._plan.n_p  # the split the loop steers to (counts pending conversions)
+        self.t_plan = best_threshold_for_split(self._plan, self.n_p)[0]
+        self._solved_gbps = deployment.bandwidth_gbps
+        self.state = RouterState(self.t_plan, "scarce")
+
+    def short_tick(self, instances: Sequence[InstanceView], egress: LinkView) -> RouterState:
+        c = self.config
+        if abs(egress.capacity_gbps - self._solved_gbps) > c.bandwidth_change * self._solved_gbps:
+            self._plan = self._solve(egress.capacity_gbps)
+            self._solved_gbps = egress.capacity_gbps
+            self.t_plan = best_threshold_for_split(self._plan, self.n_p)[0]
+        mode: Mode = self.state.mode
+        if egress.utilization > c.scarce_above:
+            mode = "scarce"
+        elif egress.utilization < c.abundant_below:
+            mode = "abundant"
+        remote_s, local_s = self._queued_seconds(instances)
+        t = self.state.threshold_tokens
+        if (
+            egress.utilization > c.saturated_above
+            or remote_s > c.queue_ratio * local_s + c.queue_slack_s
+        ):
+            t *= 1 + c.nudge
+        elif local_s > c.queue_ratio * remote_s + c.queue_slack_s:
+            t /= 1 + c.nudge
+        else:
+            t += 0.1 * (self.t_plan - t)
+        t = min(max(t, self.t_plan / c.max_nudge), self.t_plan * c.max_nudge)
+        self.state = RouterState(t, mode)
+        return self.state
+
+    def long_tick(
+        self, instances: Sequence[InstanceView], lengths: Sequence[int]
+    ) -> tuple[RouterState, list[RoleChange]]:
+        if len(lengths) < self.config.min_samples:
+            return self.state, []
+        self._workload = EmpiricalLengths(tuple(max(int(n), 1) for n in lengths))
+        self._plan = self._solve(self._solved_gbps)
+        assert self._plan.n_p is not None
+        _, current = best_threshold_for_split(self._plan, self.n_p)
+        changes: list[RoleChange] = []
+        if self._plan.throughput_rps > (1 + self.config.min_gain) * current:
+            changes = self._conversions(instances, self._plan.n_p - self.n_p)
+            self.n_p += sum(1 if ch.to_role == "prefill" else -1 for ch in changes)
+        self.t_plan = best_threshold_for_split(self._plan, self.n_p)[0]
+        self.state = RouterState(self.t_plan, self.state.mode)
+        return self.state, changes
+
+    def _solve(self, bandwidth_gbps: float) -> PlanResult:
+        deployment = dataclasses.replace(self._deployment, bandwidth_gbps=max(bandwidth_gbps, 1e-6))
+        step = self.config.threshold_step_tokens
+        return plan(deployment, self._workload, self.output_tokens, step)
+
+    def _queued_seconds(self, instances: Sequence[InstanceView]) -> tuple[float, float]:
+        """Queued prefill work per path in seconds: tokens over the side's token rate."""
+        result = []
+        for cluster, length in (
+            (self.prfaas_cluster, self._plan.l_long_tokens),
+            (self.pd_cluster, self._plan.l_short_tokens),
+        ):
+            group = [i for i in instances if i.cluster == cluster and i.role == "prefill"]
+            if not group or not length:
+                result.append(0.0)
+                continue
+            profile = (
+                self._deployment.prfaas_profile
+                if cluster == self.prfaas_cluster
+                else self._deployment.pd_prefill_profile
+            )
+            tokens_per_s = length / float(profile.prefill_s(np.array([length]))[0])
+            queued = sum(i.queued_tokens for i in group)
+            result.append(queued / (len(group) * tokens_per_s))
+        return result[0], result[1]
+
+    def _conversions(self, instances: Sequence[InstanceView], delta: int) -> list[RoleChange]:
+        """``delta`` > 0: decode → prefill; < 0: prefill → decode; least loaded first."""
+        from_role: Role = "decode" if delta > 0 else "prefill"
+        to_role: Role = "prefill" if delta > 0 else "decode"
+        group = [
+            i
+            for i in instances
+            if i.cluster == self.pd_cluster and i.role == from_role and i.healthy
+        ]
+        group.sort(key=lambda i: (i.load, i.name))
+        return [RoleChange(i.name, to_role) for i in group[: min(abs(delta), len(group) - 1)]]

@@ -1,0 +1,116 @@
+"""Path policies: PD-P or PrfaaS, and from which cluster, for one request. Pure functions of
+their arguments; the ``Router`` does residency, the kv index and instance choice around them.
+
+Contract of ``PathPolicy.choose``: ``cached_tokens`` maps each *allowed* cluster to the
+longest prefix (tokens) any of its instances holds, at most ``prompt_len - 1`` (one token is
+always computed); ``prfaas_clusters`` are the allowed PrfaaS clusters (empty when residency
+forbids them, and then the answer must be PD-P). The answer's ``incremental_tokens`` is what
+the prefill computes if the cluster-level prefix is used.
+
+The PrfaaS rule (paper section 3.4.3), threshold t from ``RouterState``:
+- scarce bandwidth: each cluster's cache is judged on its own:
+  ``prompt_len - cached[pd] <= t`` → PD-P, else PrfaaS (incremental = prompt - cached[prfaas]).
+- abundant bandwidth: ``l_prefix = max over clusters``; ``prompt_len - l_prefix <= t`` → PD-P,
+  else PrfaaS; if the longer prefix sits in the other cluster it is pulled across first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from prfaas.router.types import PathChoice, RouteRequest, RouterState
+
+
+class PathPolicy(Protocol):
+    name: str
+
+    def choose(
+        self,
+        request: RouteRequest,
+        cached_tokens: Mapping[str, int],
+        pd_cluster: str,
+        prfaas_clusters: Sequence[str],
+        state: RouterState,
+    ) -> PathChoice: ...
+
+
+def _local(request: RouteRequest, cached: Mapping[str, int], pd: str) -> PathChoice:
+    return PathChoice("pd-p", pd, request.prompt_len - cached.get(pd, 0))
+
+
+def _best_prfaas(cached: Mapping[str, int], prfaas_clusters: Sequence[str]) -> str:
+    """The PrfaaS cluster with the longest cached prefix (first listed on ties)."""
+    return max(prfaas_clusters, key=lambda c: cached.get(c, 0))
+
+
+class HomogeneousPd:
+    """Everything prefilled in the local PD cluster (the paper's baseline)."""
+
+    name = "homogeneous"
+
+    def choose(
+        self,
+        request: RouteRequest,
+        cached_tokens: Mapping[str, int],
+        pd_cluster: str,
+        prfaas_clusters: Sequence[str],
+        state: RouterState,
+    ) -> PathChoice:
+        return _local(request, cached_tokens, pd_cluster)
+
+
+class NaiveHeterogeneous:
+    """Every prefill on PrfaaS, every decode local: no length routing (t = 0)."""
+
+    name = "naive"
+
+    def choose(
+        self,
+        request: RouteRequest,
+        cached_tokens: Mapping[str, int],
+        pd_cluster: str,
+        prfaas_clusters: Sequence[str],
+        state: RouterState,
+    ) -> PathChoice:
+        if not prfaas_clusters:  # residency keeps this tenant local
+            return _local(request, cached_tokens, pd_cluster)
+        cluster = _best_prfaas(cached_tokens, prfaas_clusters)
+        return PathChoice("prfaas", cluster, request.prompt_len - cached_tokens.get(cluster, 0))
+
+
+class PrfaasThreshold:
+    """The paper's length-threshold rule with scarce/abundant modes (module docstring)."""
+
+    name = "prfaas"
+
+    def choose(
+        self,
+        request: RouteRequest,
+        cached_tokens: Mapping[str, int],
+        pd_cluster: str,
+        prfaas_clusters: Sequence[str],
+        state: RouterState,
+    ) -> PathChoice:
+        if not prfaas_clusters:
+            return _local(request, cached_tokens, pd_cluster)
+        remote = _best_prfaas(cached_tokens, prfaas_clusters)
+        l_pd, l_remote = cached_tokens.get(pd_cluster, 0), cached_tokens.get(remote, 0)
+        l_total, t = request.prompt_len, state.threshold_tokens
+        if state.mode == "scarce":
+            if l_total - l_pd <= t:
+                return PathChoice("pd-p", pd_cluster, l_total - l_pd)
+            return PathChoice("prfaas", remote, l_total - l_remote)
+        l_prefix = max(l_pd, l_remote)
+        if l_total - l_prefix <= t:
+            pull = remote if l_remote > l_pd else None
+            return PathChoice("pd-p", pd_cluster, l_total - l_prefix, pull_from=pull)
+        pull = pd_cluster if l_pd > l_remote else None
+        return PathChoice("prfaas", remote, l_total - l_prefix, pull_from=pull)
+
+
+POLICIES: dict[str, type[HomogeneousPd] | type[NaiveHeterogeneous] | type[PrfaasThreshold]] = {
+    "homogeneous": HomogeneousPd,
+    "naive": NaiveHeterogeneous,
+    "prfaas": PrfaasThreshold,
+}

@@ -1,0 +1,166 @@
+"""The router: one decision per request, from the fleet's current view and the kv index.
+
+``Router.route`` is the whole algorithm: residency filter → cached prefix per cluster →
+path policy → prefill instance (cache affinity under CHWBL's load bound) → decode instance
+(least loaded). The caller (live gateway or simulator) owns the ``Fleet`` view, feeds the
+kv index with cache events and installs new ``RouterState``s from the control loop; the
+router itself keeps no per-request state beyond a window of observed incremental lengths
+that the long-term control loop re-plans on.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from prfaas.router.chwbl import ConsistentHashRing, load_bound, pick
+from prfaas.router.kv_index import KvIndex
+from prfaas.router.policies import PathPolicy
+from prfaas.router.types import (
+    ClusterView,
+    InstanceView,
+    NoRouteError,
+    PathChoice,
+    Role,
+    RouteDecision,
+    RouteRequest,
+    RouterState,
+)
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    block_tokens: int  # tokens per kv-index block
+    balance_factor: float = 1.25  # CHWBL: no instance above this multiple of the mean load
+    cache_aware: bool = True  # False: ignore the kv index (least-loaded prefill instance)
+    virtual_nodes: int = 64
+    length_window: int = 2000  # incremental lengths kept for the long-term re-plan
+
+    def __post_init__(self) -> None:
+        if self.block_tokens < 1 or self.balance_factor < 1 or self.length_window < 1:
+            raise ValueError("need block_tokens >= 1, balance_factor >= 1, length_window >= 1")
+
+
+class Fleet(Protocol):
+    """The live view the router decides on; implemented by the gateway and the simulator."""
+
+    def clusters(self) -> Sequence[ClusterView]: ...
+
+    def instances(self) -> Sequence[InstanceView]: ...
+
+
+class Router:
+    def __init__(
+        self,
+        config: RouterConfig,
+        policy: PathPolicy,
+        fleet: Fleet,
+        kv_index: KvIndex,
+        state: RouterState,
+    ) -> None:
+        self.config, self.policy, self.fleet, self.kv_index = config, policy, fleet, kv_index
+        self.state = state  # replaced whole by the control loop
+        self.observed_lengths: deque[int] = deque(maxlen=config.length_window)
+        self._rings: dict[tuple[str, ...], ConsistentHashRing] = {}
+
+    def route(self, request: RouteRequest) -> RouteDecision:
+        pd, prfaas = self._allowed_clusters(request)  # residency: a hard filter, first
+        instances = [i for i in self.fleet.instances() if i.healthy and request.allows(i.cluster)]
+        held = self._held_blocks(request)
+        cached = self._cluster_tokens(request, held, instances)
+        choice = self.policy.choose(request, cached, pd, prfaas, self.state)
+        prefill = self._pick_prefill(request, choice.prefill_cluster, instances, held)
+        decode = self._pick_least_loaded(pd, "decode", instances)
+        self.observed_lengths.append(request.prompt_len - max(cached.values(), default=0))
+        return self._decision(request, choice, prefill, decode, held, cached)
+
+    def _allowed_clusters(self, request: RouteRequest) -> tuple[str, list[str]]:
+        allowed = [c for c in self.fleet.clusters() if request.allows(c.name)]
+        pd = [c.name for c in allowed if c.kind == "pd"]
+        if not pd:
+            raise NoRouteError(f"{request.request_id}: no allowed PD cluster to decode in")
+        return pd[0], [c.name for c in allowed if c.kind == "prfaas"]
+
+    def _held_blocks(self, request: RouteRequest) -> dict[str, int]:
+        if not self.config.cache_aware:
+            return {}
+        return self.kv_index.prefix_blocks(request.block_hashes)
+
+    def _cluster_tokens(
+        self, request: RouteRequest, held: Mapping[str, int], instances: Sequence[InstanceView]
+    ) -> dict[str, int]:
+        """Longest cached prefix per allowed cluster, in tokens, leaving >= 1 token to compute."""
+        cluster_of = {i.name: i.cluster for i in instances if i.role == "prefill"}
+        cached: dict[str, int] = {}
+        for name, blocks in held.items():
+            cluster = cluster_of.get(name)
+            if cluster is not None:
+                tokens = self._tokens(request, blocks)
+                cached[cluster] = max(cached.get(cluster, 0), tokens)
+        return cached
+
+    def _tokens(self, request: RouteRequest, blocks: int) -> int:
+        return min(blocks * self.config.block_tokens, request.prompt_len - 1)
+
+    def _pick_prefill(
+        self,
+        request: RouteRequest,
+        cluster: str,
+        instances: Sequence[InstanceView],
+        held: Mapping[str, int],
+    ) -> str:
+        """Longest cached prefix among instances within CHWBL's load bound, else the ring."""
+        group = [i for i in instances if i.cluster == cluster and i.role == "prefill"]
+        if not group:
+            raise NoRouteError(f"{request.request_id}: no healthy prefill instance in {cluster}")
+        loads = {i.name: i.load for i in group}
+        if not self.config.cache_aware:
+            return min(group, key=lambda i: (i.load, i.name)).name
+        bound = load_bound(loads, self.config.balance_factor)
+        warm = [(held[n], n) for n in loads if held.get(n, 0) > 0 and loads[n] < bound]
+        if warm:
+            return max(warm)[1]  # most cached blocks; the name breaks ties deterministically
+        key = request.block_hashes[0] if request.block_hashes else request.request_id
+        return pick(self._ring(tuple(sorted(loads))), key, loads, self.config.balance_factor)
+
+    def _pick_least_loaded(
+        self, cluster: str, role: Role, instances: Sequence[InstanceView]
+    ) -> str:
+        group = [i for i in instances if i.cluster == cluster and i.role == role]
+        if not group:
+            raise NoRouteError(f"no healthy {role} instance in {cluster}")
+        return min(group, key=lambda i: (i.load, i.name)).name
+
+    def _ring(self, names: tuple[str, ...]) -> ConsistentHashRing:
+        ring = self._rings.get(names)
+        if ring is None:
+            ring = self._rings[names] = ConsistentHashRing(names, self.config.virtual_nodes)
+        return ring
+
+    def _decision(
+        self,
+        request: RouteRequest,
+        choice: PathChoice,
+        prefill: str,
+        decode: str,
+        held: Mapping[str, int],
+        cached: Mapping[str, int],
+    ) -> RouteDecision:
+        at_instance = self._tokens(request, held[prefill]) if prefill in held else 0
+        pull_tokens = 0
+        if choice.pull_from is not None:
+            pull_tokens = max(cached.get(choice.pull_from, 0) - at_instance, 0)
+        cached_tokens = at_instance + pull_tokens
+        return RouteDecision(
+            request_id=request.request_id,
+            path=choice.path,
+            prefill_cluster=choice.prefill_cluster,
+            prefill_instance=prefill,
+            decode_instance=decode,
+            cached_tokens=cached_tokens,
+            incremental_tokens=request.prompt_len - cached_tokens,
+            pull_from=choice.pull_from if pull_tokens > 0 else None,
+            pull_tokens=pull_tokens,
+        )

@@ -1,0 +1,80 @@
+"""The dual-timescale controller on the paper's case study."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prfaas.planner.build import build_inputs
+from prfaas.planner.config import load_plan_config
+from prfaas.planner.deployments import PrfaasPd
+from prfaas.router.control import ControlConfig, Controller
+from prfaas.router.types import InstanceView, LinkView
+
+CASE = Path(__file__).parents[2] / "examples/paper/case-study.yaml"
+
+
+def controller() -> Controller:
+    inputs = build_inputs(load_plan_config(CASE), CASE.parent)
+    deployment = inputs.deployments[0]
+    assert isinstance(deployment, PrfaasPd)
+    return Controller(ControlConfig(), deployment, inputs.workload, 1024, "pd", "remote")
+
+
+def fleet(remote_tokens: int = 0, local_tokens: int = 0) -> list[InstanceView]:
+    views = [
+        InstanceView(f"r{k}", "remote", "prefill", queued_tokens=remote_tokens) for k in range(4)
+    ]
+    views += [InstanceView(f"p{k}", "pd", "prefill", queued_tokens=local_tokens) for k in range(3)]
+    views += [InstanceView(f"d{k}", "pd", "decode", load=k) for k in range(5)]
+    return views
+
+
+def link(capacity: float = 100.0, utilization: float = 0.1) -> LinkView:
+    return LinkView("remote", "pd", capacity, capacity * utilization, utilization)
+
+
+def test_starts_at_the_planner_optimum() -> None:
+    c = controller()
+    assert c.n_p == 3
+    assert c.state.threshold_tokens == pytest.approx(19_378, abs=250)
+
+
+def test_mode_has_hysteresis() -> None:
+    c = controller()
+    assert c.short_tick(fleet(), link(utilization=0.3)).mode == "abundant"
+    assert c.short_tick(fleet(), link(utilization=0.6)).mode == "abundant"
+    assert c.short_tick(fleet(), link(utilization=0.8)).mode == "scarce"
+    assert c.short_tick(fleet(), link(utilization=0.5)).mode == "scarce"
+
+
+def test_a_bandwidth_drop_re_solves_the_threshold_upward() -> None:
+    c = controller()
+    before = c.t_plan
+    c.short_tick(fleet(), link(capacity=5.0))
+    assert c.t_plan > 1.5 * before  # the planner's own answer at 5 Gbps is ~32K
+
+
+def test_queue_imbalance_nudges_t_within_bounds() -> None:
+    c = controller()
+    t0 = c.state.threshold_tokens
+    assert c.short_tick(fleet(remote_tokens=400_000), link()).threshold_tokens > t0
+    for _ in range(200):
+        c.short_tick(fleet(local_tokens=400_000), link())
+    assert c.state.threshold_tokens == pytest.approx(c.t_plan / 2)
+    for _ in range(200):
+        c.short_tick(fleet(), link(utilization=0.99))  # saturated link raises t
+    assert c.state.threshold_tokens == pytest.approx(c.t_plan * 2)
+
+
+def test_long_tick_converts_decode_to_prefill_when_prompts_grow() -> None:
+    c = controller()
+    rng = np.random.default_rng(0)
+    lengths = np.exp(rng.normal(10.5, 1.0, 4000))
+    lengths = lengths[(lengths >= 128) & (lengths <= 131072)].astype(int).tolist()
+    state, changes = c.long_tick(fleet(), lengths)
+    assert changes and all(ch.to_role == "prefill" for ch in changes)
+    assert changes[0].instance == "d0"  # least loaded first
+    assert c.n_p == 3 + len(changes)
+    assert state.threshold_tokens > 25_000
+    assert c.long_tick(fleet(), lengths[:10]) == (c.state, [])  # too few samples: no change

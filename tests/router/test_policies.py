@@ -1,0 +1,53 @@
+"""Path policies at the boundaries of t, in both modes, with residency."""
+
+from prfaas.router.policies import HomogeneousPd, NaiveHeterogeneous, PrfaasThreshold
+from prfaas.router.types import PathChoice, RouteRequest, RouterState
+
+T = 1000.0
+
+
+def req(prompt_len: int) -> RouteRequest:
+    return RouteRequest("r", "tenant", prompt_len)
+
+
+def choose(prompt_len: int, cached: dict[str, int], mode: str = "scarce") -> PathChoice:
+    state = RouterState(T, "scarce" if mode == "scarce" else "abundant")
+    return PrfaasThreshold().choose(req(prompt_len), cached, "pd", ["remote"], state)
+
+
+def test_scarce_threshold_boundary_is_inclusive_for_pd_p() -> None:
+    assert choose(1000, {}).path == "pd-p"  # l_inc == t stays local
+    assert choose(1001, {}) == PathChoice("prfaas", "remote", 1001)
+    assert choose(999, {}).path == "pd-p"
+
+
+def test_scarce_judges_each_cluster_on_its_own() -> None:
+    # 600 cached locally: l_inc at PD = 900 <= t → local, even though remote holds more.
+    assert choose(1500, {"pd": 600, "remote": 1400}) == PathChoice("pd-p", "pd", 900)
+    # 499 cached locally: l_inc at PD = 1001 > t → PrfaaS, computing 1500 - 1400.
+    assert choose(1500, {"pd": 499, "remote": 1400}) == PathChoice("prfaas", "remote", 100)
+    assert choose(1500, {"pd": 500}).path == "pd-p"
+
+
+def test_abundant_uses_the_longer_prefix_and_pulls_it() -> None:
+    got = choose(1500, {"pd": 0, "remote": 500}, mode="abundant")
+    assert got == PathChoice("pd-p", "pd", 1000, pull_from="remote")
+    got = choose(1500, {"pd": 0, "remote": 499}, mode="abundant")
+    assert got == PathChoice("prfaas", "remote", 1001)
+    got = choose(5000, {"pd": 3000, "remote": 100}, mode="abundant")
+    assert got == PathChoice("prfaas", "remote", 2000, pull_from="pd")
+    got = choose(1500, {"pd": 500, "remote": 500}, mode="abundant")
+    assert got == PathChoice("pd-p", "pd", 1000)  # equal prefixes: nothing to pull
+
+
+def test_residency_without_remote_clusters_is_always_local() -> None:
+    state = RouterState(T, "abundant")
+    for policy in (PrfaasThreshold(), NaiveHeterogeneous(), HomogeneousPd()):
+        got = policy.choose(req(100_000), {"pd": 10}, "pd", [], state)
+        assert got == PathChoice("pd-p", "pd", 99_990)
+
+
+def test_naive_and_homogeneous_ignore_the_threshold() -> None:
+    state = RouterState(T)
+    assert NaiveHeterogeneous().choose(req(10), {}, "pd", ["remote"], state).path == "prfaas"
+    assert HomogeneousPd().choose(req(10**6), {}, "pd", ["remote"], state).path == "pd-p"

@@ -1,0 +1,95 @@
+"""Router.route end to end over a static fleet and a real kv index."""
+
+import dataclasses
+
+import pytest
+
+from prfaas.router.kv_index import KvIndex
+from prfaas.router.policies import PrfaasThreshold
+from prfaas.router.router import Router, RouterConfig
+from prfaas.router.types import InstanceView, NoRouteError, RouteRequest, RouterState
+from tests.router.fleet import StaticFleet
+
+BLOCK = 100
+
+
+def make(
+    mode: str = "scarce", cache_aware: bool = True, fleet: StaticFleet | None = None
+) -> tuple[Router, KvIndex, StaticFleet]:
+    fleet = fleet or StaticFleet()
+    index = KvIndex()
+    for inst in fleet.instance_views:
+        index.register(inst.name, inst.cluster)
+    state = RouterState(1000.0, "scarce" if mode == "scarce" else "abundant")
+    config = RouterConfig(block_tokens=BLOCK, cache_aware=cache_aware)
+    return Router(config, PrfaasThreshold(), fleet, index, state), index, fleet
+
+
+def test_short_local_long_remote_decode_least_loaded() -> None:
+    router, _, _ = make()
+    short = router.route(RouteRequest("a", "t", 1000, tuple(range(10))))
+    assert (short.path, short.prefill_cluster, short.decode_instance) == ("pd-p", "pd", "pd-d1")
+    long = router.route(RouteRequest("b", "t", 1001, tuple(range(10))))
+    assert long.path == "prfaas" and long.prefill_instance in ("r0", "r1")
+    assert long.cached_tokens == 0 and long.incremental_tokens == 1001
+
+
+def test_cached_prefix_brings_the_request_home_and_to_the_warm_instance() -> None:
+    router, index, _ = make()
+    index.stored("pd-p1", 0, range(6))  # 600 tokens at pd-p1
+    got = router.route(RouteRequest("a", "t", 1500, tuple(range(15))))
+    assert (got.path, got.prefill_instance, got.cached_tokens) == ("pd-p", "pd-p1", 600)
+    assert got.incremental_tokens == 900
+    assert list(router.observed_lengths) == [900]
+
+
+def test_a_fully_cached_prompt_still_computes_one_token() -> None:
+    router, index, _ = make()
+    index.stored("pd-p0", 0, range(5))
+    got = router.route(RouteRequest("a", "t", 500, tuple(range(5))))
+    assert got.cached_tokens == 499 and got.incremental_tokens == 1
+
+
+def test_abundant_mode_pulls_the_remote_prefix() -> None:
+    router, index, _ = make(mode="abundant")
+    index.stored("r0", 0, range(8))
+    got = router.route(RouteRequest("a", "t", 1500, tuple(range(15))))
+    assert (got.path, got.pull_from, got.pull_tokens, got.cached_tokens) == (
+        "pd-p",
+        "remote",
+        800,
+        800,
+    )
+
+
+def test_residency_keeps_a_pinned_tenant_home_even_with_a_remote_cache() -> None:
+    router, index, _ = make(mode="abundant")
+    index.stored("r0", 0, range(100))
+    pinned = RouteRequest("a", "t", 100_000, tuple(range(100)), frozenset({"pd"}))
+    got = router.route(pinned)
+    assert got.path == "pd-p" and got.pull_from is None and got.cached_tokens == 0
+    with pytest.raises(NoRouteError):
+        router.route(RouteRequest("b", "t", 10, (), frozenset({"remote"})))
+
+
+def test_overloaded_warm_instance_is_skipped() -> None:
+    fleet = StaticFleet()
+    fleet.instance_views[1] = InstanceView("pd-p1", "pd", "prefill", load=10)
+    router, index, _ = make(fleet=fleet)
+    index.stored("pd-p1", 0, range(6))
+    got = router.route(RouteRequest("a", "t", 1500, tuple(range(15))))
+    assert got.prefill_instance == "pd-p0" and got.cached_tokens == 0
+
+
+def test_unhealthy_instances_are_never_chosen_and_cache_blind_ignores_the_index() -> None:
+    fleet = StaticFleet()
+    fleet.instance_views = [
+        dataclasses.replace(i, healthy=False) if i.name == "r0" else i for i in fleet.instance_views
+    ]
+    router, index, _ = make(fleet=fleet)
+    for k in range(20):
+        assert router.route(RouteRequest(f"r{k}", "t", 5000, (k,))).prefill_instance == "r1"
+    blind, index, _ = make(cache_aware=False)
+    index.stored("pd-p1", 0, range(6))
+    got = blind.route(RouteRequest("a", "t", 1500, tuple(range(15))))
+    assert got.path == "prfaas" and got.cached_tokens == 0
