@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from transformers.models.kimi_linear import modeling_kimi_linear as hf
@@ -17,6 +19,15 @@ from prfaas.model.kda import (
 
 Tensor = torch.Tensor
 ATOL = 1e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny tensors: intra-op threads only add synchronisation (and stall on shared cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _inputs(
@@ -76,11 +87,12 @@ def test_chunked_without_initial_state_and_small_steps() -> None:
     _close(s, s_ref)
 
 
-def test_batched_equals_each_sequence() -> None:
-    x = _inputs(70, batch=2)
-    o, s = kda_chunked(**x)
+@pytest.mark.parametrize("num_tokens", [70, 128])
+def test_batched_equals_each_sequence(num_tokens: int) -> None:
+    x = _inputs(num_tokens, batch=2)
+    o, s = kda_chunked(**x, chunk_size=32, step_elems=1)  # several steps over strided slices
     for b in range(2):
-        o_b, s_b = kda_chunked(**{name: t[b] for name, t in x.items()})
+        o_b, s_b = kda_recurrent(**{name: t[b] for name, t in x.items()})
         _close(o[b], o_b)
         _close(s[b], s_b)
 
@@ -225,3 +237,14 @@ def test_conv_state_of_a_short_prefix_keeps_leading_zeros() -> None:
     x, weight, _ = _conv_inputs(2)
     _, state = causal_conv1d(x, weight, None, None)
     _close(state, torch.cat([torch.zeros(1, 10), x]))
+
+
+def test_runs_with_autograd_enabled() -> None:
+    x = _inputs(100, max_step_decay=8.0)  # exercises the recursive gram too
+    leaves = {name: t.requires_grad_() for name, t in x.items()}
+    o, s = kda_chunked(**leaves)
+    assert o.requires_grad
+    with torch.no_grad():
+        o_ref, s_ref = kda_recurrent(**x)
+    _close(o.detach(), o_ref)
+    _close(s.detach(), s_ref)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -16,6 +17,16 @@ from prfaas.model.kimi_mlp import KimiMLP, KimiMoE
 Tensor = torch.Tensor
 ATOL = 1e-4
 HIDDEN = 64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny tensors: intra-op threads only add synchronisation (and stall on shared cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 # 1-based layer indices as in a checkpoint's linear_attn_config: KDA, MLA, KDA, MLA.
 TINY = {

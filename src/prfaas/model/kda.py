@@ -141,7 +141,7 @@ def decayed_gram(x: Tensor, y: Tensor, g_cum: Tensor) -> Tensor:
         groups = chunk // (2 * s)
         xs, ys, gs = (t.unflatten(-2, (groups, 2 * s)) for t in (x, y, g_cum))
         group_decay = gs[..., 0, :] - gs[..., -1, :]  # (..., groups, dim), >= 0
-        if float(group_decay.max()) <= SAFE_LOG_RANGE:
+        if float(group_decay.detach().max()) <= SAFE_LOG_RANGE:
             ref = gs[..., :1, :]  # (..., groups, 1, dim): first row of each group
             xa = xs * torch.exp(gs - ref)
             yb = ys * torch.exp(ref - gs)
@@ -193,14 +193,14 @@ def _intra_chunk(
     decay_in = g_cum.exp()  # in (0, 1]
     q_in, k_in = q * decay_in, k * decay_in
     g_last = g_cum[..., -1:, :]
-    if float(-g_last.min()) <= SAFE_LOG_RANGE:
+    if float(-g_last.detach().min()) <= SAFE_LOG_RANGE:
         # Every chunk within range: factor all pairs around the chunk start, one matmul.
         k_inv = k / decay_in  # k exp(-g_cum), at most e^SAFE_LOG_RANGE |k|
         grams = torch.cat([k_in, q_in], dim=-2) @ k_inv.transpose(-1, -2)  # (..., 2 chunk, chunk)
         kk, qk = grams[..., :chunk, :].tril(-1), grams[..., chunk:, :].tril()
         return kk, qk, q_in, k_in, k_inv * decay_in[..., -1:, :]
-    kk, qk = decayed_gram(torch.stack([k, q]), k, g_cum)
-    qk.diagonal(dim1=-2, dim2=-1).copy_((q * k).sum(-1))
+    grams = decayed_gram(torch.stack([k, q]), k, g_cum)
+    kk, qk = grams[0], grams[1] + torch.diag_embed((q * k).sum(-1))
     return kk, qk, q_in, k_in, k * torch.exp(g_last - g_cum)
 
 
@@ -230,13 +230,13 @@ def _scan_chunks(
     k_out = k_out.transpose(-1, -2).reshape(num_chunks, bh, head_k_dim, chunk)
     end_decay = g_cum[..., -1, :].exp().view(num_chunks, bh, head_k_dim, 1)
     s = state.reshape(bh, head_k_dim, head_v_dim)
-    o = v.new_empty(num_chunks, bh, chunk, head_v_dim)
+    outs = []
     for n in range(num_chunks):
         read = torch.bmm(reads[n], s)  # (bh, 2 chunk, head_v_dim): w S0 and q_in S0
         delta = u[n] - read[:, :chunk]
-        torch.baddbmm(read[:, chunk:], qk[n], delta, out=o[n])
+        outs.append(torch.baddbmm(read[:, chunk:], qk[n], delta))
         s = torch.baddbmm(s * end_decay[n], k_out[n], delta)
-    return o.view(v.shape), s.view(state.shape)
+    return torch.stack(outs).view(v.shape), s.view(state.shape)
 
 
 def _to_chunks(x: Tensor, chunk_size: int) -> Tensor:
@@ -245,8 +245,9 @@ def _to_chunks(x: Tensor, chunk_size: int) -> Tensor:
     The last chunk is zero-padded; zero g and beta make padded rows leave the state unchanged.
     """
     batch, num_tokens, num_heads, dim = x.shape
-    x = F.pad(x.float(), (0, 0, 0, 0, 0, -num_tokens % chunk_size))
-    x = x.view(batch, -1, chunk_size, num_heads, dim)
+    pad = -num_tokens % chunk_size
+    x = F.pad(x.float(), (0, 0, 0, 0, 0, pad)) if pad else x.float()
+    x = x.reshape(batch, (num_tokens + pad) // chunk_size, chunk_size, num_heads, dim)
     return x.permute(1, 0, 3, 2, 4).contiguous()
 
 
