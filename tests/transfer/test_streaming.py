@@ -49,6 +49,9 @@ def test_layers_out_of_order_across_connections_land_exactly() -> None:
             assert landed.dtype == sent.dtype and np.array_equal(landed, sent)
         assert stats.raw_bytes == header.raw_bytes
         assert sorted(recorder.layers) == list(range(len(arrays)))
+        deadline_s = time.monotonic() + 2  # on_complete runs after the ACK, maybe after wait
+        while not recorder.completed and time.monotonic() < deadline_s:
+            time.sleep(0.01)
         assert recorder.completed == [header.request_id]
         assert rx.allocated_bytes == header.raw_bytes  # held for the consumer until release
         rx.release(header.request_id)

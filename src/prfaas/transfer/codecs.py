@@ -15,6 +15,7 @@ Error bounds (per element, before the final rounding to the stored dtype):
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from enum import IntEnum
 from math import prod
@@ -48,11 +49,28 @@ _F16_TO_F32 = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.flo
 GROUP_ELEMENTS = 1 << 18  # codec math runs on groups of blocks this size, in cache
 
 
+_local = threading.local()
+
+
+def scratch(name: str, shape: tuple[int, ...], dtype: type[np.generic]) -> np.ndarray:
+    """A per-thread reusable array: fresh multi-MiB temporaries cost a page fault and a
+    zeroed page per 4 KiB, which was most of the decode time."""
+    size = prod(shape)
+    buf: np.ndarray | None = getattr(_local, name, None)
+    if buf is None or buf.size < size or buf.dtype != dtype:
+        buf = np.empty(max(size, GROUP_ELEMENTS), dtype)
+        setattr(_local, name, buf)
+    return buf[:size].reshape(shape)
+
+
 def to_float32(x: np.ndarray, dtype: DType) -> np.ndarray:
+    """float32 copy of ``x`` (a per-thread scratch array for float16: use it at once)."""
     if dtype == DType.BFLOAT16:  # the upper half of a float32
         return (x.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
     if dtype == DType.FLOAT16:
-        return np.take(_F16_TO_F32, x.view(np.uint16))
+        index = scratch("f16_index", x.shape, np.intp)
+        np.copyto(index, x.view(np.uint16))
+        return np.take(_F16_TO_F32, index, out=scratch("f16_values", x.shape, np.float32))
     return x.astype(np.float32)
 
 
@@ -152,8 +170,9 @@ class _ScaledCodec:
         base = (np.arange(b * h, dtype=np.intp) * 256).reshape(b, 1, h, 1)
         step = max(1, GROUP_ELEMENTS // (m * h * d))
         for i in range(0, b, step):
-            index = codes[i : i + step].astype(np.intp)
-            index += base[i : i + step]
+            group = codes[i : i + step]
+            index = scratch("code_index", group.shape, np.intp)
+            np.add(group, base[i : i + step], out=index)
             np.take(flat_table, index, out=target[i : i + step])
 
     code_values: np.ndarray  # (256,) float32: the value of each code before scaling
