@@ -90,3 +90,29 @@ def test_cap_changes_at_run_time() -> None:
     thread.join(2)
     assert before * 8 / 0.5 / 1e9 == pytest.approx(0.2, rel=0.15)
     assert after_gbps == pytest.approx(0.8, rel=0.15)
+
+
+def test_two_concurrent_transfers_share_one_link_end_to_end(receiver: KvReceiver) -> None:
+    sender = make_sender(connections=2, rate_gbps=0.2, chunk_bytes=128 << 10)
+    payloads = [
+        make_payload(f"fair-{i}", num_full=12, num_blocks=64, num_linear=0, seed=i)
+        for i in range(2)
+    ]  # 6 MiB each: ~0.25 s alone at 25 MB/s, ~0.5 s together
+    results: dict[str, float] = {}
+
+    def run(header: object, arrays: object) -> None:
+        stats = sender.send(receiver.address, header, arrays)  # type: ignore[arg-type]
+        results[stats.request_id] = stats.seconds
+
+    threads = [threading.Thread(target=run, args=p) for p in payloads]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(results) == 2
+    # Fair sharing: both finish together, each after about twice its solo time.
+    assert results["fair-0"] == pytest.approx(results["fair-1"], rel=0.15)
+    assert min(results.values()) > 0.4
+    for header, _ in payloads:
+        receiver.wait(header.request_id, 5)
+        receiver.release(header.request_id)

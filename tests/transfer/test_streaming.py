@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from prfaas.transfer.config import ReceiverConfig
-from prfaas.transfer.errors import FingerprintMismatch, TransferRefused
+from prfaas.transfer.errors import FingerprintMismatch, TransferError, TransferRefused
 from prfaas.transfer.messages import TransferHeader
 from prfaas.transfer.receiver import KvReceiver
 
@@ -146,3 +146,12 @@ def test_concurrent_transfers_share_one_sender(receiver: KvReceiver) -> None:
     stats = sender.link.stats()
     assert stats.transfers_ok == 3 and stats.bytes_sent > 0
     assert stats.rtt_ms is not None
+
+
+def test_leaving_a_transfer_unfinished_aborts_it(receiver: KvReceiver) -> None:
+    header, arrays = make_payload()
+    with make_sender().open(receiver.address, header) as transfer:
+        transfer.send_layer(0, arrays[0])  # and then the producer fails
+    with pytest.raises(TransferError):
+        receiver.wait(header.request_id, timeout_s=3)  # parked 0.5 s, then freed
+    assert receiver.allocated_bytes == 0

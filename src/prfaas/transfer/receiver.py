@@ -29,7 +29,7 @@ from typing import Protocol
 
 import numpy as np
 
-from prfaas.transfer.codecs import LossyId, decode_chunk
+from prfaas.transfer.chunks import ChunkReader
 from prfaas.transfer.config import ReceiverConfig
 from prfaas.transfer.errors import (
     CorruptFrame,
@@ -41,11 +41,8 @@ from prfaas.transfer.errors import (
     error_from_code,
 )
 from prfaas.transfer.landing import Landing, LandingState
-from prfaas.transfer.lossless import Lossless
 from prfaas.transfer.messages import (
-    CHUNK_META,
     Ack,
-    ChunkMeta,
     End,
     ErrorMessage,
     Hello,
@@ -55,16 +52,11 @@ from prfaas.transfer.messages import (
 )
 from prfaas.transfer.pool import BufferPool
 from prfaas.transfer.wire import (
-    CHECK_BYTES,
-    FrameHeader,
     FrameType,
-    chunk_checksum,
     frame_bytes,
     read_control_frame,
     read_frame_header,
     read_payload,
-    recv_exact_into,
-    recv_exact_into_checked,
     send_all,
 )
 
@@ -308,11 +300,13 @@ class KvReceiver:
                 self._cond.wait(left_s)
 
     def _receive(self, sock: socket.socket, landing: Landing, hello: Hello) -> None:
-        conn_index, staging = hello.conn_index, bytearray()
+        conn_index, chunks = hello.conn_index, ChunkReader(sock, landing, hello.attempt)
         while True:
             frame = read_frame_header(sock)
             if frame.frame_type == FrameType.CHUNK:
-                staging = self._land_chunk(sock, frame, landing, hello.attempt, staging)
+                completed = chunks.read(frame)
+                if completed is not None and self._listener:
+                    self._listener.on_layer(landing.header.request_id, completed)
             elif frame.frame_type == FrameType.END:
                 landing.connection_ended(
                     conn_index, End.decode(read_payload(sock, frame)).num_chunks
@@ -328,51 +322,6 @@ class KvReceiver:
                 raise error_from_code(message.code, f"sender: {message.message}")
             else:
                 raise CorruptFrame(f"unexpected {frame.frame_type.name} on connection {conn_index}")
-
-    def _land_chunk(
-        self,
-        sock: socket.socket,
-        frame: FrameHeader,
-        landing: Landing,
-        attempt: int,
-        staging: bytearray,
-    ) -> bytearray:
-        meta_bytes = bytearray(CHUNK_META.size)
-        if frame.length < len(meta_bytes):
-            raise CorruptFrame("CHUNK shorter than its meta")
-        recv_exact_into(sock, memoryview(meta_bytes))
-        meta = ChunkMeta.decode(meta_bytes)
-        dest = landing.claim(attempt, meta.layer, meta.block_start, meta.block_end)
-        entry = landing.header.layers[meta.layer]
-        data_nbytes = frame.length - len(meta_bytes)
-        if meta.lossy != LossyId.RAW and not entry.dtype.is_float:
-            raise CorruptFrame(f"lossy codec on {entry.dtype.name} layer {entry.name!r}")
-        direct = meta.lossy == LossyId.RAW and meta.lossless == Lossless.NONE
-        if direct:
-            if data_nbytes != dest.nbytes:
-                raise CorruptFrame(f"raw chunk of {data_nbytes} bytes for {dest.nbytes}")
-            view = dest.reshape(-1).view(np.uint8).data  # dest is a C-contiguous row range
-        else:
-            if len(staging) < data_nbytes:  # bounded by the frame header's check
-                staging = bytearray(data_nbytes)
-            view = memoryview(staging)[:data_nbytes]
-        check = chunk_checksum()
-        check.update(meta_bytes)
-        recv_exact_into_checked(sock, view, check)  # raw: in place
-        footer = bytearray(CHECK_BYTES)
-        recv_exact_into(sock, memoryview(footer))
-        tag = check.finalize()
-        if tag != footer:
-            raise CorruptFrame(f"chunk layer {meta.layer} blocks {meta.block_start}.. checksum")
-        if not direct:
-            data = np.frombuffer(staging, np.uint8, count=data_nbytes)
-            decode_chunk(data, dest, entry.dtype, meta.lossy, meta.lossless)
-        if (
-            landing.landed(attempt, meta.layer, meta.block_start, meta.block_end, tag)
-            and self._listener
-        ):
-            self._listener.on_layer(landing.header.request_id, meta.layer)
-        return staging
 
     def _complete(self, sock: socket.socket, landing: Landing, trailer: Trailer) -> None:
         """After TRAILER: wait for every connection's END, verify, then ACK."""

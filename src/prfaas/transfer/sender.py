@@ -12,8 +12,8 @@ Any failure aborts every connection and surfaces as a typed error from ``finish`
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
+import functools
 import logging
 import queue
 import socket
@@ -26,23 +26,19 @@ from dataclasses import dataclass
 import numpy as np
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
-from prfaas.transfer.codecs import CodecSpec, encode_chunk
+from prfaas.transfer.chunks import ChunkJob, Record, write_chunk
+from prfaas.transfer.codecs import CodecSpec
 from prfaas.transfer.config import Deadlines
 from prfaas.transfer.errors import (
     PeerGone,
     TransferError,
-    TransferRefused,
     TransferTimeout,
-    error_from_code,
 )
+from prfaas.transfer.handshake import open_session, raise_error_frame
 from prfaas.transfer.link import Link
 from prfaas.transfer.messages import (
     Ack,
-    ChunkMeta,
     End,
-    ErrorMessage,
-    Hello,
-    Ready,
     Trailer,
     TransferHeader,
     chunk_digest,
@@ -51,9 +47,7 @@ from prfaas.transfer.monitor import tcp_info
 from prfaas.transfer.pacing import GRANT_MAX_BYTES, Flow
 from prfaas.transfer.wire import (
     MAX_CHUNK_FRAME_BYTES,
-    FrameHeader,
     FrameType,
-    chunk_checksum,
     frame_bytes,
     read_control_frame,
     send_all,
@@ -84,19 +78,6 @@ class TransferStats:
         return self.raw_bytes * 8 / self.seconds / 1e9
 
 
-@dataclass(frozen=True)
-class _Job:
-    layer: int
-    start: int
-    end: int
-    rows: np.ndarray  # blocks [start, end) of the layer's array
-
-
-def _raise_error_frame(payload: bytes) -> None:
-    message = ErrorMessage.decode(payload)
-    raise error_from_code(message.code, f"receiver: {message.message}")
-
-
 class OutgoingTransfer:
     def __init__(
         self,
@@ -114,18 +95,30 @@ class OutgoingTransfer:
         self._deadline_s = self._started_s + self._deadlines.total_s
         self._lock = threading.Lock()
         self._error: TransferError | None = None
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._records: list[tuple[int, int, int, bytes]] = []
+        self._queue: queue.SimpleQueue[ChunkJob | None] = queue.SimpleQueue()
+        self._records: list[Record] = []
         self._wire_bytes = 0
         self._raw_bytes = 0
         self._given: set[int] = set()
         self._idle_s = [0.0] * self._link.config.connections
         self._writers: list[threading.Thread] = []
+        self._finalized = False
         for layer in header.layers:
             if layer.row_bytes * 2 > MAX_CHUNK_FRAME_BYTES:
                 raise ValueError(f"layer {layer.name!r}: one block exceeds the frame bound")
-        self._socks = self._connect_all(sender, address, attempt)
-        self.completed_layers = self._await_ready()
+        first_byte_end_s = self._started_s + min(
+            self._deadlines.first_byte_s, self._deadlines.total_s
+        )
+        self._socks, self.completed_layers = open_session(
+            address,
+            header,
+            self._link.config.connections,
+            attempt,
+            sender.tls,
+            sender.server_name,
+            first_byte_end_s,
+            self._deadlines.stall_s,
+        )
         self._flow: Flow = self._link.pacer.register(deadline_s)
         self._writers = [
             threading.Thread(target=self._writer, args=(i,), name=f"kv-send-{i}", daemon=True)
@@ -133,82 +126,6 @@ class OutgoingTransfer:
         ]
         for writer in self._writers:
             writer.start()
-
-    # -- setup ---------------------------------------------------------------------------
-
-    def _remaining_s(self, budget_s: float) -> float:
-        left = min(self._started_s + budget_s, self._deadline_s) - time.monotonic()
-        if left <= 0:
-            raise TransferTimeout("deadline passed during setup")
-        return left
-
-    def _connect_all(self, sender: KvSender, address: Address, attempt: int) -> list[socket.socket]:
-        n = self._link.config.connections
-        resume = attempt > 0
-        hellos = [Hello(self.header.request_id, i, n, attempt, resume) for i in range(n)]
-        with concurrent.futures.ThreadPoolExecutor(n) as pool:
-            futures = [pool.submit(self._connect, sender, address, h) for h in hellos]
-            socks, errors = [], []
-            for future in futures:
-                try:
-                    socks.append(future.result())
-                except TransferError as exc:
-                    errors.append(exc)
-        if errors:
-            for sock in socks:
-                sock.close()
-            raise errors[0]
-        return socks
-
-    def _connect(self, sender: KvSender, address: Address, hello: Hello) -> socket.socket:
-        budget_s = self._deadlines.first_byte_s
-        try:
-            sock = socket.create_connection(address, timeout=self._remaining_s(budget_s))
-        except TimeoutError:
-            raise TransferTimeout(f"connect to {address} timed out") from None
-        except OSError as exc:
-            raise PeerGone(f"connect to {address} failed: {exc}") from None
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if sender.tls is not None:
-                sock = sender.tls.wrap_socket(sock, server_hostname=sender.server_name)
-            send_all(sock, frame_bytes(FrameType.HELLO, hello.encode()))
-            if hello.conn_index == 0:
-                send_all(sock, frame_bytes(FrameType.HEADER, self.header.encode()))
-            return sock
-        except ssl.SSLError as exc:
-            sock.close()
-            raise TransferRefused(f"TLS handshake with {address} failed: {exc}") from None
-        except TimeoutError:
-            sock.close()
-            raise TransferTimeout(f"handshake with {address} timed out") from None
-        except BaseException:
-            sock.close()
-            raise
-
-    def _await_ready(self) -> frozenset[int]:
-        sock = self._socks[0]
-        try:
-            sock.settimeout(self._remaining_s(self._deadlines.first_byte_s))
-            frame_type, payload = read_control_frame(sock, FrameType.READY)
-            if frame_type == FrameType.ERROR:
-                _raise_error_frame(payload)
-            ready = Ready.decode(payload)
-            for s in self._socks:
-                s.settimeout(self._deadlines.stall_s)
-        except ssl.SSLError as exc:
-            self._close()
-            raise TransferRefused(f"TLS: receiver refused us: {exc}") from None
-        except PeerGone as exc:  # a TLS alert after the handshake reads as a closed socket
-            self._close()
-            raise PeerGone(f"no READY from the receiver: {exc}") from None
-        except BaseException:
-            self._close()
-            raise
-        if ready.num_layers != len(self.header.layers):
-            self._close()
-            raise TransferError("READY disagrees with the header's layer count")
-        return ready.complete_layers
 
     # -- streaming -----------------------------------------------------------------------
 
@@ -230,7 +147,7 @@ class OutgoingTransfer:
         rows = max(1, self._link.config.chunk_bytes // entry.row_bytes)
         for start in range(0, entry.shape[0], rows):
             end = min(start + rows, entry.shape[0])
-            self._queue.put(_Job(index, start, end, array[start:end]))
+            self._queue.put(ChunkJob(index, start, end, array[start:end]))
 
     def _writer(self, conn_index: int) -> None:
         sock = self._socks[conn_index]
@@ -242,35 +159,22 @@ class OutgoingTransfer:
                 self._idle_s[conn_index] += time.monotonic() - waited_s
                 if job is None or self._error is not None:
                     break
-                self._send_chunk(sock, job)
+                entry = self.header.layers[job.layer]
+                send = functools.partial(self._send, sock)
+                record = write_chunk(send, job, entry, self._spec)
+                with self._lock:
+                    self._records.append(record)
+                    self._raw_bytes += job.rows.nbytes
                 num_chunks += 1
             if self._error is None:
-                self._send(sock, frame_bytes(FrameType.END, End(num_chunks).encode()))
+                self._send(sock, frame_bytes(FrameType.END, End(num_chunks).encode()), None)
         except TransferError as exc:
             self._fail(exc)
         except Exception as exc:  # a bug must still abort the transfer, not hang it
             logger.exception("writer %d failed", conn_index)
             self._fail(TransferError(f"writer failed: {exc!r}"))
 
-    def _send_chunk(self, sock: socket.socket, job: _Job) -> None:
-        entry = self.header.layers[job.layer]
-        lossy = self._spec.lossy_for(entry)
-        data = encode_chunk(job.rows, entry.dtype, lossy, self._spec.lossless)
-        meta = ChunkMeta(job.layer, job.start, job.end, lossy, self._spec.lossless).encode()
-        head = FrameHeader(FrameType.CHUNK, len(meta) + len(data), 0).encode()
-        check = chunk_checksum()
-        check.update(meta)
-        self._send(sock, head + meta)
-        self._send(sock, data, check)
-        tag = check.finalize()
-        self._send(sock, tag)
-        with self._lock:
-            self._records.append((job.layer, job.start, job.end, tag))
-            self._raw_bytes += job.rows.nbytes
-
-    def _send(
-        self, sock: socket.socket, data: bytes | memoryview, check: Poly1305 | None = None
-    ) -> None:
+    def _send(self, sock: socket.socket, data: bytes | memoryview, check: Poly1305 | None) -> None:
         """Paced send in grants of at most GRANT_MAX_BYTES, checking the total deadline
         between them; feeds ``check`` each grant while it is in cache."""
         view = memoryview(data).cast("B")
@@ -324,14 +228,14 @@ class OutgoingTransfer:
     def _trailer_and_ack(self) -> Ack:
         sock = self._socks[0]
         trailer = Trailer(len(self._records), chunk_digest(self._records))
-        self._send(sock, frame_bytes(FrameType.TRAILER, trailer.encode()))
+        self._send(sock, frame_bytes(FrameType.TRAILER, trailer.encode()), None)
         left_s = self._deadline_s - time.monotonic()
         if left_s <= 0:
             raise TransferTimeout("total deadline passed before the ACK")
         sock.settimeout(left_s)
         frame_type, payload = read_control_frame(sock, FrameType.ACK)
         if frame_type == FrameType.ERROR:
-            _raise_error_frame(payload)
+            raise_error_frame(payload)
         return Ack.decode(payload)
 
     def _fail(self, error: TransferError) -> None:
@@ -353,6 +257,10 @@ class OutgoingTransfer:
         self._finalize(ok=False)
 
     def _finalize(self, ok: bool) -> None:
+        """Once per transfer: join the writers, record the link's view, close everything."""
+        if self._finalized:
+            return
+        self._finalized = True
         for writer in self._writers:
             if writer is not threading.current_thread():
                 writer.join(self._deadlines.stall_s)
@@ -379,7 +287,7 @@ class OutgoingTransfer:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._error is None and exc_info[0] is not None:
+        if not self._finalized:  # left without finish(): nothing may stay open
             self.abort()
 
 
