@@ -111,6 +111,12 @@ def test_split_with_state_carry_equals_one_call(split: int) -> None:
     _close(s3, s_all)
 
 
+@pytest.mark.parametrize("chunk_size", [0, 48])
+def test_chunk_size_must_be_a_power_of_two(chunk_size: int) -> None:
+    with pytest.raises(ValueError, match="power of two"):
+        kda_chunked(**_inputs(10), chunk_size=chunk_size)
+
+
 def test_empty_sequence_keeps_state() -> None:
     x = _inputs(0)
     for fn in (kda_recurrent, kda_chunked):

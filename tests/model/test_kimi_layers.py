@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Iterator
 
@@ -99,7 +100,7 @@ def _ours(hf_model: KimiLinearForCausalLM, module: type[nn.Module], idx: int) ->
     config = KimiConfig.from_hf_dict(hf_model.config.to_dict())
     layer = hf_model.model.layers[idx]
     hf_module = layer.mlp if module in (KimiMLP, KimiMoE) else layer.self_attn
-    ours = module(config).eval()
+    ours = module(config).to(next(hf_module.parameters()).dtype).eval()
     ours.load_state_dict(hf_module.state_dict(), strict=True)
     return ours
 
@@ -304,3 +305,24 @@ def test_zero_tokens_is_a_no_op(hf_model: KimiLinearForCausalLM) -> None:
     out, latent = mla(_hidden(0), None)
     assert out.shape == (0, HIDDEN) and latent.shape == (0, 24)
     assert _ours(hf_model, KimiMoE, MOE_LAYER)(_hidden(0)).shape == (0, HIDDEN)
+
+
+@torch.no_grad()
+def test_bfloat16_layers_follow_transformers_casts() -> None:
+    hf_model = copy.deepcopy(_hf_model()).to(torch.bfloat16)
+    x = _hidden(40).to(torch.bfloat16)
+    kda = _ours(hf_model, KimiDeltaAttention, KDA_LAYER)
+    out, state = kda(x[:39], None)
+    step, state = kda(x[39:], state)
+    assert out.dtype == step.dtype == torch.bfloat16
+    assert state.recurrent.dtype == torch.float32 and state.q_conv.dtype == torch.bfloat16
+    cache = DynamicCache(config=hf_model.config)
+    expected = torch.cat([_hf_kda(hf_model, x[:39], cache), _hf_kda(hf_model, x[39:], cache)])
+    # Same casts at the same points: bitwise equal on this machine; allow one bfloat16 ulp
+    # (2^-7 relative) for float32 sums rounded differently before a cast.
+    torch.testing.assert_close(torch.cat([out, step]), expected, atol=1e-2, rtol=1e-2)
+    mla = _ours(hf_model, KimiMLAttention, MLA_LAYER)
+    out, latent = mla(x, None)
+    assert latent.dtype == torch.bfloat16
+    expected = hf_model.model.layers[MLA_LAYER].self_attn(x[None], attention_mask=None)[0][0]
+    torch.testing.assert_close(out, expected, atol=1e-2, rtol=1e-2)

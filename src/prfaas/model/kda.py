@@ -99,6 +99,18 @@ def kda_recurrent(
     return (o[0], state[0]) if unbatched else (o, state)
 
 
+# Decays below e^MIN_LOG_DECAY (~4e-18) are taken as e^MIN_LOG_DECAY: far below the float32
+# resolution of the O(1) terms they are added to. It keeps exp() and the matmuls out of the
+# subnormal range (products of two such factors are >= e^-80, still normal), where CPUs run
+# ~10x slower.
+MIN_LOG_DECAY = -40.0
+
+
+def _exp_decay(log_decay: Tensor) -> Tensor:
+    """exp of a log decay (<= 0), floored at e^MIN_LOG_DECAY."""
+    return torch.exp(log_decay.clamp(min=MIN_LOG_DECAY))
+
+
 def _diagonal_blocks(m: Tensor, size: int) -> Tensor:
     """View of the (size, size) blocks on the diagonal of m.
 
@@ -143,15 +155,15 @@ def decayed_gram(x: Tensor, y: Tensor, g_cum: Tensor) -> Tensor:
         group_decay = gs[..., 0, :] - gs[..., -1, :]  # (..., groups, dim), >= 0
         if float(group_decay.detach().max()) <= SAFE_LOG_RANGE:
             ref = gs[..., :1, :]  # (..., groups, 1, dim): first row of each group
-            xa = xs * torch.exp(gs - ref)
-            yb = ys * torch.exp(ref - gs)
+            decay = torch.exp(gs - ref)  # in [e^-SAFE_LOG_RANGE, 1]: its inverse is finite
+            xa, yb = xs * decay, ys / decay
             strict = torch.ones(2 * s, 2 * s, dtype=torch.bool, device=x.device).tril(-1)
             block = (xa @ yb.transpose(-1, -2)) * strict
             _diagonal_blocks(m, 2 * s).copy_(block)
             return m
         ref = gs[..., s - 1 : s, :]  # (..., groups, 1, dim)
-        xa = xs[..., s:, :] * torch.exp(gs[..., s:, :] - ref)
-        yb = ys[..., :s, :] * torch.exp(ref - gs[..., :s, :])
+        xa = xs[..., s:, :] * _exp_decay(gs[..., s:, :] - ref)
+        yb = ys[..., :s, :] * _exp_decay(ref - gs[..., :s, :])
         # (..., groups, 2s, 2s) diagonal blocks; rows s.. and cols ..s are the lower-left block.
         _diagonal_blocks(m, 2 * s)[..., s:, :s] = xa @ yb.transpose(-1, -2)
         s //= 2
@@ -190,18 +202,20 @@ def _intra_chunk(
       k_out: k times exp(g_last - g_cum) (decayed to the chunk end).
     """
     chunk = k.shape[-2]
-    decay_in = g_cum.exp()  # in (0, 1]
-    q_in, k_in = q * decay_in, k * decay_in
     g_last = g_cum[..., -1:, :]
     if float(-g_last.detach().min()) <= SAFE_LOG_RANGE:
         # Every chunk within range: factor all pairs around the chunk start, one matmul.
+        decay_in = torch.exp(g_cum)  # in [e^-SAFE_LOG_RANGE, 1], exact
+        q_in, k_in = q * decay_in, k * decay_in
         k_inv = k / decay_in  # k exp(-g_cum), at most e^SAFE_LOG_RANGE |k|
         grams = torch.cat([k_in, q_in], dim=-2) @ k_inv.transpose(-1, -2)  # (..., 2 chunk, chunk)
         kk, qk = grams[..., :chunk, :].tril(-1), grams[..., chunk:, :].tril()
         return kk, qk, q_in, k_in, k_inv * decay_in[..., -1:, :]
+    decay_in = _exp_decay(g_cum)
+    q_in, k_in = q * decay_in, k * decay_in
     grams = decayed_gram(torch.stack([k, q]), k, g_cum)
     kk, qk = grams[0], grams[1] + torch.diag_embed((q * k).sum(-1))
-    return kk, qk, q_in, k_in, k * torch.exp(g_last - g_cum)
+    return kk, qk, q_in, k_in, k * _exp_decay(g_last - g_cum)
 
 
 def _scan_chunks(
@@ -228,7 +242,7 @@ def _scan_chunks(
     reads = torch.cat([w, q_in], dim=-2).view(num_chunks, bh, 2 * chunk, head_k_dim)
     u, qk = u.view(num_chunks, bh, chunk, head_v_dim), qk.view(num_chunks, bh, chunk, chunk)
     k_out = k_out.transpose(-1, -2).reshape(num_chunks, bh, head_k_dim, chunk)
-    end_decay = g_cum[..., -1, :].exp().view(num_chunks, bh, head_k_dim, 1)
+    end_decay = _exp_decay(g_cum[..., -1, :]).view(num_chunks, bh, head_k_dim, 1)
     s = state.reshape(bh, head_k_dim, head_v_dim)
     outs = []
     for n in range(num_chunks):
@@ -266,12 +280,15 @@ def kda_chunked(
 ) -> tuple[Tensor, Tensor]:
     """Chunked KDA (WY / UT transform), equal to `kda_recurrent` up to float32 rounding.
 
-    Same shapes and conventions as `kda_recurrent`. Any length: the tail is padded with
+    Same shapes and conventions as `kda_recurrent`; chunk_size a power of two (the intra-chunk
+    products and the triangular inverse halve blocks). Any length: the tail is padded with
     g = 0, beta = 0 tokens, which leave the state unchanged. Intra-chunk work is done for
     as many chunks at once as keep one (chunks, batch, heads, chunk, dim) tensor within
     `step_elems` elements: bounded memory for long prompts, and on CPU, small tensors that
     the allocator reuses (large fresh allocations page-fault on every call).
     """
+    if chunk_size < 1 or chunk_size & (chunk_size - 1):
+        raise ValueError(f"chunk_size must be a power of two, not {chunk_size}")
     out_dtype = q.dtype
     (q, k, v, g, beta), state, unbatched = _as_batched(q, k, v, g, beta, initial_state)
     batch, num_tokens, num_heads, _ = k.shape
@@ -300,19 +317,21 @@ def causal_conv1d(
     conv_state: ([batch,] kernel - 1, channels), the inputs just before x (zeros when None,
     i.e. at the start of a sequence). Returns y like x (SiLU applied when `silu`) and the new
     state: the last kernel - 1 rows of cat(conv_state, x), in x's dtype.
-    Output t is `bias + sum_j weight[:, j] * window[t + j]` with window = cat(conv_state, x).
+    Output t is `bias + sum_j weight[:, j] * window[t + j]` with window = cat(conv_state, x),
+    accumulated in float32 and rounded to x's dtype before the SiLU (as F.conv1d then SiLU).
     """
     kernel = weight.shape[-1]
     if conv_state is None:
         conv_state = x.new_zeros(*x.shape[:-2], kernel - 1, x.shape[-1])
     window = torch.cat([conv_state.to(x.dtype), x], dim=-2)  # (..., kernel - 1 + num_tokens, ch)
     num_tokens = x.shape[-2]
-    w = weight.to(x.dtype)
-    y = window[..., 0:num_tokens, :] * w[:, 0]
+    window32, w = window.float(), weight.float()
+    y = window32[..., 0:num_tokens, :] * w[:, 0]
     for j in range(1, kernel):
-        y = y + window[..., j : j + num_tokens, :] * w[:, j]
+        y = y + window32[..., j : j + num_tokens, :] * w[:, j]
     if bias is not None:
-        y = y + bias.to(x.dtype)
+        y = y + bias.float()
+    y = y.to(x.dtype)
     if silu:
         y = F.silu(y)
     return y, window[..., window.shape[-2] - (kernel - 1) :, :]

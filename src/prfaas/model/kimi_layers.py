@@ -138,7 +138,7 @@ class KimiDeltaAttention(nn.Module):
         k, k_conv = causal_conv1d(self.k_proj(hidden), w_k, None, state.k_conv)
         v, v_conv = causal_conv1d(self.v_proj(hidden), w_v, None, state.v_conv)
         g = self.forget_gate(hidden)
-        beta = torch.sigmoid(self.b_proj(hidden).float())  # (num_tokens, num_heads)
+        beta = torch.sigmoid(self.b_proj(hidden))  # (num_tokens, num_heads), model dtype as HF
         kda = kda_recurrent if num_tokens == 1 else kda_chunked
         o, recurrent = kda(q.view(heads), k.view(heads), v.view(heads), g, beta, state.recurrent)
         gate = self.g_b_proj(self.g_a_proj(hidden)).view(heads)
