@@ -78,6 +78,16 @@ def test_chunked_equals_recurrence_for_any_decay(max_step_decay: float) -> None:
     _close(s, s_ref)
 
 
+def test_chunked_equals_recurrence_with_fast_and_slow_heads() -> None:
+    # Head 0 decays mildly (one matmul per chunk), heads 1-2 strongly (recursive halving).
+    x = _inputs(150, max_step_decay=1.0)
+    x["g"] = x["g"] * torch.tensor([0.1, 5.0, 30.0])[:, None]
+    o_ref, s_ref = kda_recurrent(**x)
+    o, s = kda_chunked(**x)
+    _close(o, o_ref)
+    _close(s, s_ref)
+
+
 def test_chunked_without_initial_state_and_small_steps() -> None:
     x = _inputs(300)
     x["initial_state"] = None  # type: ignore[assignment]

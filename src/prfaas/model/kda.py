@@ -189,9 +189,10 @@ def unit_lower_inverse(lower: Tensor) -> Tensor:
     return inv
 
 
-def _intra_chunk(
-    q: Tensor, k: Tensor, g_cum: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+IntraChunk = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
+def _intra_chunk(q: Tensor, k: Tensor, g_cum: Tensor) -> IntraChunk:
     """Decayed products within each chunk.
 
     q, k, g_cum: (..., chunk, head_k_dim), g_cum the decay from the chunk start up to and
@@ -200,22 +201,43 @@ def _intra_chunk(
       qk: likewise for <q_a, k_b>, b <= a;
       q_in, k_in: q, k times exp(g_cum) (decayed from the chunk start);
       k_out: k times exp(g_last - g_cum) (decayed to the chunk end).
+    Each (chunk, head) decaying by at most SAFE_LOG_RANGE takes one factorised matmul, the
+    others the exact recursive halving of `decayed_gram`.
     """
+    in_range = -g_cum[..., -1, :].amin(dim=-1) <= SAFE_LOG_RANGE  # (...): per chunk and head
+    if bool(in_range.all()):
+        return _intra_factored(q, k, g_cum)
+    if not bool(in_range.any()):
+        return _intra_halving(q, k, g_cum)
+    fast = _intra_factored(q[in_range], k[in_range], g_cum[in_range])
+    slow = _intra_halving(q[~in_range], k[~in_range], g_cum[~in_range])
+    merged = []
+    for f, s in zip(fast, slow, strict=True):
+        out = f.new_empty(*in_range.shape, *f.shape[1:])
+        out[in_range], out[~in_range] = f, s
+        merged.append(out)
+    kk, qk, q_in, k_in, k_out = merged
+    return kk, qk, q_in, k_in, k_out
+
+
+def _intra_factored(q: Tensor, k: Tensor, g_cum: Tensor) -> IntraChunk:
+    """`_intra_chunk` for chunks within SAFE_LOG_RANGE: all pairs around the chunk start."""
     chunk = k.shape[-2]
-    g_last = g_cum[..., -1:, :]
-    if float(-g_last.detach().min()) <= SAFE_LOG_RANGE:
-        # Every chunk within range: factor all pairs around the chunk start, one matmul.
-        decay_in = torch.exp(g_cum)  # in [e^-SAFE_LOG_RANGE, 1], exact
-        q_in, k_in = q * decay_in, k * decay_in
-        k_inv = k / decay_in  # k exp(-g_cum), at most e^SAFE_LOG_RANGE |k|
-        grams = torch.cat([k_in, q_in], dim=-2) @ k_inv.transpose(-1, -2)  # (..., 2 chunk, chunk)
-        kk, qk = grams[..., :chunk, :].tril(-1), grams[..., chunk:, :].tril()
-        return kk, qk, q_in, k_in, k_inv * decay_in[..., -1:, :]
+    decay_in = torch.exp(g_cum)  # in [e^-SAFE_LOG_RANGE, 1], exact
+    q_in, k_in = q * decay_in, k * decay_in
+    k_inv = k / decay_in  # k exp(-g_cum), at most e^SAFE_LOG_RANGE |k|
+    grams = torch.cat([k_in, q_in], dim=-2) @ k_inv.transpose(-1, -2)  # (..., 2 chunk, chunk)
+    kk, qk = grams[..., :chunk, :].tril(-1), grams[..., chunk:, :].tril()
+    return kk, qk, q_in, k_in, k_inv * decay_in[..., -1:, :]
+
+
+def _intra_halving(q: Tensor, k: Tensor, g_cum: Tensor) -> IntraChunk:
+    """`_intra_chunk` for any decay, by `decayed_gram`'s recursive halving."""
     decay_in = _exp_decay(g_cum)
     q_in, k_in = q * decay_in, k * decay_in
     grams = decayed_gram(torch.stack([k, q]), k, g_cum)
     kk, qk = grams[0], grams[1] + torch.diag_embed((q * k).sum(-1))
-    return kk, qk, q_in, k_in, k * _exp_decay(g_last - g_cum)
+    return kk, qk, q_in, k_in, k * _exp_decay(g_cum[..., -1:, :] - g_cum)
 
 
 def _scan_chunks(

@@ -150,9 +150,12 @@ class KimiMLAttention(nn.Module):
     """MLA layer without positional encoding (Kimi Linear's full-attention layers).
 
     Per token the layer produces one latent row `[rmsnorm(c_kv) | k_shared]` of
-    `kv_lora_rank + qk_rope_head_dim` values, the only thing to cache. Keys and values of all
-    heads are expanded from the rows on every call: k = [W_uk c_kv | k_shared],
-    v = W_uv c_kv; the `rope` part is a plain projection, no rotation is applied.
+    `kv_lora_rank + qk_rope_head_dim` values, the only thing to cache (transformers caches
+    the same two parts). Per head, k = [W_uk c_kv | k_shared] and v = W_uv c_kv, with
+    scale (qk_nope_head_dim + qk_rope_head_dim)^-0.5; the `rope` part is a plain projection
+    shared by all heads, no rotation is applied. Attention runs either on keys and values
+    expanded from the rows, or in latent space with W_uk / W_uv absorbed into q and the
+    output, whichever costs fewer multiply-adds for the call's shape.
     """
 
     def __init__(self, config: KimiConfig) -> None:
