@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from prfaas.transfer import fp8
-from prfaas.transfer.codecs import CodecSpec, LossyId, decode_chunk, encode_chunk, geometry
+from prfaas.transfer.codecs import (
+    CodecSpec,
+    LossyId,
+    codec_report,
+    decode_chunk,
+    encode_chunk,
+    geometry,
+)
 from prfaas.transfer.errors import CorruptFrame
 from prfaas.transfer.lossless import Lossless, shuffle, unshuffle
 from prfaas.transfer.messages import DType
@@ -124,3 +131,12 @@ def test_codec_spec_parses_and_prints() -> None:
     assert CodecSpec.parse("raw") == CodecSpec()
     with pytest.raises(ValueError):
         CodecSpec.parse("gzip")
+
+
+def test_codec_report_states_ratio_and_error() -> None:
+    x = _sample(DType.FLOAT16)
+    raw = codec_report(x, DType.FLOAT16, CodecSpec.parse("raw"))
+    int8 = codec_report(x, DType.FLOAT16, CodecSpec.parse("int8"))
+    assert raw.ratio == 1.0 and raw.max_abs_error == 0.0
+    assert int8.ratio == pytest.approx(0.5, abs=0.01)
+    assert 0 < int8.rel_rms_error < 0.02

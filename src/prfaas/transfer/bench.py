@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from prfaas.transfer.codecs import CodecSpec, codec_report
 from prfaas.transfer.config import Deadlines, LinkConfig, ReceiverConfig
 from prfaas.transfer.errors import TransferError
 from prfaas.transfer.link import Link
@@ -49,6 +50,7 @@ class BenchResult:
     rate_gbps: float | None
     cpu_s: float
     receiver_cpu_s: float | None = None
+    codec_rel_rms_error: float = 0.0  # of the KV blocks, measured on one layer
 
     @property
     def goodput_gbps(self) -> float:
@@ -70,7 +72,8 @@ class BenchResult:
             f"{self.bytes / 2**20:.0f} MiB {self.codec} over {self.connections} conn"
             f"{' TLS' if self.tls else ''}: goodput {self.goodput_gbps:.2f} Gbit/s, "
             f"KV rate {self.kv_rate_gbps:.2f} Gbit/s ({self.kv_rate_gbps / 8:.2f} GB/s), "
-            f"{self.seconds:.2f}s, CPU sender {self.cpu_s:.2f}s{rx}"
+            f"{self.seconds:.2f}s, CPU sender {self.cpu_s:.2f}s{rx}, "
+            f"codec error {self.codec_rel_rms_error:.2%} rms"
         )
 
 
@@ -108,6 +111,7 @@ def send_once(
         tls = client_context(TlsConfig.from_dir(certs_dir, SENDER_CLUSTER))
     sender = KvSender(link, tls=tls, server_name=RECEIVER_CLUSTER, deadlines=Deadlines())
     header, layers = make_payload(size_mb, request_id, codec)
+    report = codec_report(layers[0][:64], DType.FLOAT16, CodecSpec.parse(codec))
     cpu0 = time.process_time()
     stats = sender.send(address, header, layers)
     return BenchResult(
@@ -119,6 +123,7 @@ def send_once(
         tls=certs_dir is not None,
         rate_gbps=rate_gbps,
         cpu_s=time.process_time() - cpu0,
+        codec_rel_rms_error=report.rel_rms_error,
     )
 
 

@@ -259,3 +259,28 @@ def decode_chunk(
     elif len(data) != expected:
         raise CorruptFrame(f"chunk data is {len(data)} bytes, its codec implies {expected}")
     codec.decode_into(data, out, dtype)
+
+
+@dataclass(frozen=True)
+class CodecReport:
+    """What a codec does to a sample: wire bytes per stored byte, and its error."""
+
+    ratio: float  # encoded bytes / stored bytes
+    max_abs_error: float
+    rel_rms_error: float  # rms(error) / rms(sample)
+
+
+def codec_report(sample: np.ndarray, dtype: DType, spec: CodecSpec) -> CodecReport:
+    """Run ``spec`` on a sample chunk (float BLOCKS data, shape (blocks, ...))."""
+    encoded = encode_chunk(np.ascontiguousarray(sample), dtype, spec.lossy, spec.lossless)
+    decoded = np.empty_like(sample)
+    data = np.frombuffer(encoded, np.uint8)
+    decode_chunk(data, decoded, dtype, spec.lossy, spec.lossless)
+    ref, got = to_float32(sample, dtype).copy(), to_float32(decoded, dtype).copy()
+    error = got.astype(np.float64) - ref
+    rms = float(np.sqrt(np.mean(ref.astype(np.float64) ** 2))) or 1.0
+    return CodecReport(
+        ratio=len(encoded) / sample.nbytes,
+        max_abs_error=float(np.abs(error).max()),
+        rel_rms_error=float(np.sqrt(np.mean(error**2))) / rms,
+    )
