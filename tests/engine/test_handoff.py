@@ -11,6 +11,7 @@ import torch
 from prfaas.engine.engine import Engine
 from prfaas.engine.handoff import FingerprintMismatchError, KvImportError, KvPayload
 from prfaas.engine.sampling_params import SamplingParams
+from prfaas.kvcache.spec import kv_bytes
 from tests.engine.helpers import make_engine
 
 GREEDY = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
@@ -60,6 +61,7 @@ def test_handoff_matches_one_engine(
     assert payload.num_tokens == prompt_len
     # (num_tokens, num_kv_heads=2, head_dim=16) x K,V x 2 layers x 4 bytes
     assert payload.kv_bytes == prompt_len * 2 * 16 * 2 * 2 * 4
+    assert payload.kv_bytes == kv_bytes(a.layer_specs, prompt_len)  # the planner's function
     assert import_decode(b, payload) == generate_alone(ref, prompt)
     for e in engines:
         e.check_integrity()

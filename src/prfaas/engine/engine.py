@@ -24,6 +24,7 @@ from prfaas.engine.scheduler import Scheduler
 from prfaas.engine.stopping import check_stop
 from prfaas.kvcache.hashing import root_hash
 from prfaas.kvcache.manager import KVCacheManager, cdiv
+from prfaas.kvcache.spec import kv_bytes, specs_from_hf_config
 from prfaas.model.llama import head_dim_of
 from prfaas.model.loader import LoadedModel, load_model
 
@@ -68,9 +69,9 @@ class Engine:
             LayerLayout(i, "full_attention", num_kv_heads, head_dim)
             for i in range(int(hf.num_hidden_layers))
         ]
-        block_bytes = (
-            len(self.layout) * 2 * config.block_size * num_kv_heads * head_dim * self.dtype.itemsize
-        )
+        # The same accounting the planner uses to predict S_kv from a config.
+        self.layer_specs = specs_from_hf_config(hf.to_dict(), kv_dtype_bytes=self.dtype.itemsize)
+        block_bytes = kv_bytes(self.layer_specs, config.block_size)
         num_blocks = config.num_kv_blocks or max(
             1, int(config.kv_cache_memory_gb * 2**30) // block_bytes
         )

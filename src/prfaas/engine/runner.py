@@ -102,7 +102,8 @@ class ModelRunner:
                 valid[i, : len(c)] = True
             meta.decode_rows = self._tensor(np.asarray(decode_rows, dtype=np.int64))
             meta.decode_slots = self._tensor(padded)
-            meta.decode_mask = torch.from_numpy(valid).to(self.device)[:, None, None, :]
+            if not valid.all():
+                meta.decode_mask = torch.from_numpy(valid).to(self.device)[:, None, None, :]
         input_ids = self._tensor(np.asarray(ids, dtype=np.int64))
         return input_ids, self._tensor(np.concatenate(positions)), meta, sample_rows
 
@@ -114,7 +115,7 @@ class ModelRunner:
         if not sample_rows:
             return torch.empty(0, device=self.device)
         rows = torch.tensor(sample_rows, device=self.device)
-        return self.model.compute_logits(hidden[rows])  # type: ignore[operator]
+        return self.model.compute_logits(hidden.index_select(0, rows))  # type: ignore[operator]
 
     def read_kv(self, block_table: list[int], num_tokens: int) -> list[KVCache]:
         """Copies of K and V of tokens ``[0, num_tokens)``: per layer (num_tokens, Hkv, d)."""

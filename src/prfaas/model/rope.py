@@ -42,8 +42,8 @@ class RotaryEmbedding(nn.Module):
         """q: (T, num_heads, head_dim), k: (T, num_kv_heads, head_dim); positions: (T,)."""
         if self.cos.device != positions.device:
             self.cos, self.sin = self.cos.to(positions.device), self.sin.to(positions.device)
-        cos = self.cos[positions].unsqueeze(1).to(q.dtype)  # (T, 1, head_dim)
-        sin = self.sin[positions].unsqueeze(1).to(q.dtype)
+        cos = self.cos.index_select(0, positions).unsqueeze(1).to(q.dtype)  # (T, 1, head_dim)
+        sin = self.sin.index_select(0, positions).unsqueeze(1).to(q.dtype)
         return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
 
 
