@@ -157,7 +157,9 @@ class LinkEmulator:
         self._closing.set()
         self._server.close()
         self.cut()
-        for thread in self._threads:
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
             thread.join(5.0)
 
     def __enter__(self) -> LinkEmulator:
@@ -203,8 +205,9 @@ class LinkEmulator:
 
     def _spawn(self, target: object, *args: object) -> None:
         thread = threading.Thread(target=target, args=args, daemon=True)  # type: ignore[arg-type]
-        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
-        thread.start()
+        with self._lock:  # close() copies the list under this lock: never an unstarted one
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+            thread.start()
 
     def _accept_loop(self) -> None:
         while not self._closing.is_set():

@@ -96,6 +96,7 @@ class KvReceiver:
         self._allocated_bytes = 0
         self._pool = BufferPool(config.pool_bytes)
         self._threads: set[threading.Thread] = set()
+        self._conn_socks: set[socket.socket] = set()  # every open connection, for close()
         self._closing = threading.Event()
         self._server = socket.create_server((config.host, config.port), backlog=128)
         self._server.settimeout(0.2)  # the accept loop polls the closing flag
@@ -149,11 +150,17 @@ class KvReceiver:
     def close(self) -> None:
         self._closing.set()
         self._server.close()
-        with self._cond:
-            for landing in list(self._landings.values()):
-                landing.close_sockets()
-        for thread in list(self._threads):
-            thread.join(5.0)
+        end_s = time.monotonic() + 5.0
+        while time.monotonic() < end_s:  # a connection accepted during close() included
+            with self._cond:
+                threads = [t for t in self._threads if t is not threading.current_thread()]
+                for sock in self._conn_socks:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+                self._cond.notify_all()
+            if not threads:
+                break
+            threads[0].join(max(0.0, end_s - time.monotonic()))
         with self._cond:
             for landing in list(self._landings.values()):
                 self._remove(landing)
@@ -168,9 +175,9 @@ class KvReceiver:
 
     def _spawn(self, target: object, name: str, *args: object) -> None:
         thread = threading.Thread(target=self._run, args=(target, *args), name=name, daemon=True)
-        with self._cond:
+        with self._cond:  # close() copies the set under this lock: it never sees it unstarted
             self._threads.add(thread)
-        thread.start()
+            thread.start()
 
     def _run(self, target: object, *args: object) -> None:
         try:
@@ -208,6 +215,8 @@ class KvReceiver:
 
     def _serve(self, raw: socket.socket) -> None:
         sock, landing, conn_index, attempt = raw, None, -1, -1
+        with self._cond:
+            self._conn_socks.add(raw)
         try:
             sock.settimeout(self.config.deadlines.first_byte_s)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -237,6 +246,8 @@ class KvReceiver:
             if landing is not None:
                 self._fail(landing, TransferError("receiver internal error"), None, attempt)
         finally:
+            with self._cond:
+                self._conn_socks.discard(raw)
             with contextlib.suppress(OSError):
                 sock.close()
             if landing is not None:
@@ -295,6 +306,8 @@ class KvReceiver:
                     landing.attach(sock)
                     return landing
                 left_s = end_s - time.monotonic()
+                if self._closing.is_set():
+                    raise PeerGone("receiver closing")
                 if left_s <= 0:
                     raise TransferTimeout(f"connection {hello.conn_index}: no admitted header")
                 self._cond.wait(left_s)
