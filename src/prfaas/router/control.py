@@ -4,11 +4,11 @@ Short term (``short_tick``, about a second):
 - mode: egress utilization above ``scarce_above`` → scarce; below ``abundant_below`` →
   abundant; in between the mode holds (hysteresis, so it does not flap).
 - t: ``t_plan`` is the planner's best threshold for the current split at the link capacity
-  last solved for; it is re-solved when the capacity moves by more than
-  ``bandwidth_change``. Around it, queue depth nudges t by ``nudge`` per tick: more queued
-  prefill work (in seconds) on the PrfaaS side, or a saturated link, raises t; more on the
-  PD-P side lowers it. t stays within [t_plan / max_nudge, t_plan * max_nudge] and relaxes
-  toward t_plan when the queues are balanced.
+  last solved for (decode left out: with the split fixed it does not depend on t); it is
+  re-solved when the capacity moves by more than ``bandwidth_change``. Around it, queue
+  depth nudges t by ``nudge`` per tick: more queued prefill work (in seconds) on the PrfaaS
+  side, or a saturated link, raises t; more on the PD-P side lowers it. t stays within
+  [t_plan / max_nudge, t_plan * max_nudge] and relaxes toward t_plan when queues balance.
 Long term (``long_tick``, minutes): re-solve the planner (t and the N_p/N_d split) on the
 observed incremental lengths; if the best split beats the current one by ``min_gain``, return
 the role changes (least-loaded instances first) and adopt the new t_plan.
@@ -27,6 +27,7 @@ import numpy as np
 
 from prfaas.planner.deployments import PlanResult, PrfaasPd
 from prfaas.planner.search import best_threshold_for_split, plan
+from prfaas.planner.throughput import DecodeSpec
 from prfaas.planner.workload import EmpiricalLengths, LengthDistribution
 from prfaas.router.types import InstanceView, LinkView, Mode, Role, RouterState
 
@@ -70,16 +71,16 @@ class Controller:
         self._plan = self._solve(deployment.bandwidth_gbps)
         assert self._plan.n_p is not None
         self.n_p = self._plan.n_p  # the split the loop steers to (counts pending conversions)
-        self.t_plan = best_threshold_for_split(self._plan, self.n_p)[0]
         self._solved_gbps = deployment.bandwidth_gbps
+        self.t_plan = self._threshold()
         self.state = RouterState(self.t_plan, "scarce")
 
     def short_tick(self, instances: Sequence[InstanceView], egress: LinkView) -> RouterState:
         c = self.config
         if abs(egress.capacity_gbps - self._solved_gbps) > c.bandwidth_change * self._solved_gbps:
-            self._plan = self._solve(egress.capacity_gbps)
             self._solved_gbps = egress.capacity_gbps
-            self.t_plan = best_threshold_for_split(self._plan, self.n_p)[0]
+            self._plan = self._solve(egress.capacity_gbps)
+            self.t_plan = self._threshold()
         mode: Mode = self.state.mode
         if egress.utilization > c.scarce_above:
             mode = "scarce"
@@ -113,14 +114,23 @@ class Controller:
         if self._plan.throughput_rps > (1 + self.config.min_gain) * current:
             changes = self._conversions(instances, self._plan.n_p - self.n_p)
             self.n_p += sum(1 if ch.to_role == "prefill" else -1 for ch in changes)
-        self.t_plan = best_threshold_for_split(self._plan, self.n_p)[0]
+        self.t_plan = self._threshold()
         self.state = RouterState(self.t_plan, self.state.mode)
         return self.state, changes
 
-    def _solve(self, bandwidth_gbps: float) -> PlanResult:
+    def _solve(self, bandwidth_gbps: float, unbounded_decode: bool = False) -> PlanResult:
         deployment = dataclasses.replace(self._deployment, bandwidth_gbps=max(bandwidth_gbps, 1e-6))
+        if unbounded_decode:
+            deployment = dataclasses.replace(deployment, decode=DecodeSpec(10**9, 1.0))
         step = self.config.threshold_step_tokens
         return plan(deployment, self._workload, self.output_tokens, step)
+
+    def _threshold(self) -> float:
+        """Best t for the current split. With the split fixed, decode capacity does not
+        depend on t, so t is solved with decode left out: otherwise, whenever decode binds,
+        every t ties and the tie-break would pick the lowest, sending all traffic remote."""
+        unbounded = self._solve(self._solved_gbps, unbounded_decode=True)
+        return best_threshold_for_split(unbounded, self.n_p)[0]
 
     def _queued_seconds(self, instances: Sequence[InstanceView]) -> tuple[float, float]:
         """Queued prefill work per path in seconds: tokens over the side's token rate."""

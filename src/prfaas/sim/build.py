@@ -53,6 +53,7 @@ class FleetOptions:
     max_batch_tokens: int = 8192
     pipeline_layers: int = 32
     balance_factor: float = 1.25
+    length_window: int = 2000
     link_schedule: tuple[tuple[float, float], ...] = ()
     control: ControlConfig = field(default_factory=ControlConfig)
 
@@ -85,6 +86,7 @@ def build_setup(
     router_config = RouterConfig(
         block_tokens=options.block_tokens,
         balance_factor=options.balance_factor,
+        length_window=options.length_window,
         cache_aware=policy != "prfaas-cache-blind",
     )
     setup: PolicySetup
