@@ -1,0 +1,160 @@
+"""AsyncEngine: the real engine on its own thread, driven from asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from prfaas.engine.async_engine import AsyncEngine
+from prfaas.engine.engine import Engine
+from prfaas.engine.handoff import KvPayload
+from prfaas.engine.sampling_params import SamplingParams
+from tests.engine.helpers import make_engine
+
+T = TypeVar("T")
+GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+PROMPTS = [[(7 * i + k) % 250 + 3 for i in range(n)] for k, n in ((1, 5), (2, 19), (3, 40))]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llama: Path, cache_dir: Path) -> Engine:
+    return make_engine(tiny_llama, cache_dir)
+
+
+@pytest.fixture(scope="module")
+def engine_b(tiny_llama: Path, cache_dir: Path) -> Engine:
+    return make_engine(tiny_llama, cache_dir)
+
+
+def run(engines: list[Engine], body: Callable[..., Awaitable[T]]) -> T:
+    """Start an AsyncEngine per engine, run ``body(*async_engines)``, check pools, shut down."""
+
+    async def main() -> T:
+        aes = [AsyncEngine(e) for e in engines]
+        for ae in aes:
+            ae.start()
+        try:
+            result = await body(*aes)
+            for ae in aes:
+                await ae.call(lambda e: e.check_integrity())
+                assert await ae.call(lambda e: e.has_unfinished()) is False
+            return result
+        finally:
+            for ae in aes:
+                await ae.shutdown()
+
+    return asyncio.run(main())
+
+
+async def collect(ae: AsyncEngine, prompt: list[int], rid: str) -> list[int]:
+    return [t async for d in ae.generate(prompt, GREEDY, rid) for t in d.new_token_ids]
+
+
+def test_concurrent_equals_sequential(engine: Engine) -> None:
+    async def body(ae: AsyncEngine) -> tuple[list[list[int]], list[list[int]]]:
+        seq = [await collect(ae, p, f"s{i}") for i, p in enumerate(PROMPTS)]
+        conc = await asyncio.gather(*(collect(ae, p, f"c{i}") for i, p in enumerate(PROMPTS)))
+        return seq, list(conc)
+
+    seq, conc = run([engine], body)
+    assert conc == seq
+    assert all(len(toks) == GREEDY.max_tokens for toks in seq)
+
+
+def test_input_error_raises_before_any_delta(engine: Engine) -> None:
+    async def body(ae: AsyncEngine) -> None:
+        with pytest.raises(ValueError, match="empty"):
+            await collect(ae, [], "bad")
+        with pytest.raises(ValueError, match="context length"):
+            await collect(ae, [5] * 600, "long")
+        assert await collect(ae, PROMPTS[0], "bad") != []  # the id is free again
+
+    run([engine], body)
+
+
+def test_cancel_aborts_and_frees_blocks(engine: Engine) -> None:
+    long = SamplingParams(max_tokens=400, temperature=0.0, ignore_eos=True)
+
+    async def body(ae: AsyncEngine) -> None:
+        got: list[int] = []
+
+        async def consume() -> None:
+            async for d in ae.generate(PROMPTS[2], long, "cancelled"):
+                got.extend(d.new_token_ids)
+
+        task = asyncio.create_task(consume())
+        while len(got) < 3:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # A consumer that just stops iterating (client gone) also aborts.
+        stream = ae.generate(PROMPTS[1], long, "dropped")
+        await anext(stream)
+        await stream.aclose()
+        await ae.call(lambda e: e.check_integrity())
+        assert await ae.call(lambda e: e.kv.usage) == 0.0
+        assert ae.stats().num_running == 0
+
+    run([engine], body)
+
+
+def test_prefill_then_decode_with_kv_equals_generate(engine: Engine, engine_b: Engine) -> None:
+    async def body(a: AsyncEngine, b: AsyncEngine) -> tuple[list[int], list[int]]:
+        ref = await collect(b, PROMPTS[2], "ref")
+        payload = await a.prefill(PROMPTS[2], GREEDY, "p")
+        assert isinstance(payload, KvPayload) and payload.num_tokens == len(PROMPTS[2])
+
+        async def ready() -> KvPayload:
+            await asyncio.sleep(0.05)
+            return payload
+
+        deltas = b.decode_with_kv(PROMPTS[2], GREEDY, "d", ready(), deadline_s=5.0)
+        got = [t async for d in deltas for t in d.new_token_ids]
+        assert b.stats().fallbacks == 0
+        return ref, got
+
+    ref, got = run([engine, engine_b], body)
+    assert got == ref
+
+
+@pytest.mark.parametrize("failure", ["raises", "deadline"])
+def test_failed_kv_falls_back_to_local_prefill(engine: Engine, failure: str) -> None:
+    async def body(ae: AsyncEngine) -> tuple[list[int], list[int]]:
+        ref = await collect(ae, PROMPTS[1], "ref")
+
+        async def broken() -> KvPayload:
+            if failure == "raises":
+                raise ConnectionError("link cut")
+            await asyncio.sleep(10)
+            raise AssertionError("unreachable")
+
+        before = ae.stats().fallbacks
+        deltas = ae.decode_with_kv(PROMPTS[1], GREEDY, "d", broken(), deadline_s=0.1)
+        got = [t async for d in deltas for t in d.new_token_ids]
+        assert ae.stats().fallbacks == before + 1
+        return ref, got
+
+    ref, got = run([engine], body)
+    assert got == ref
+
+
+def test_stats_and_cache_events(engine: Engine) -> None:
+    async def body(ae: AsyncEngine) -> None:
+        ae.drain_cache_events()
+        fresh = [(13 * i) % 250 + 3 for i in range(40)]
+        await collect(ae, fresh, "one")
+        await collect(ae, fresh, "two")  # same prompt: its full blocks come from the cache
+        for _ in range(2):  # the thread publishes after each batch of commands
+            await ae.call(lambda e: None)
+        stats = ae.stats()
+        assert stats.num_prompt_tokens >= 80
+        assert stats.num_cached_tokens >= 32
+        assert any(ev.stored for ev in ae.drain_cache_events())
+        assert ae.drain_cache_events() == []
+
+    run([engine], body)
