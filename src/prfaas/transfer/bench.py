@@ -206,4 +206,6 @@ def run_loopback(
             if child.poll() is None:
                 child.kill()
                 child.wait()
+            if child.stdout is not None:
+                child.stdout.close()
     return BenchResult(**(asdict(result) | {"receiver_cpu_s": report["receiver_cpu_s"]}))

@@ -98,7 +98,8 @@ def abs_max(x: np.ndarray, dtype: DType) -> np.ndarray:
 
 class LossyCodec(Protocol):
     """Plug point for a lossy stage. Contract: encode() output has exactly encoded_nbytes()
-    bytes; decode_into() accepts exactly that many and fills every element of ``out``."""
+    bytes and stays valid until the thread's next encode(); decode_into() accepts exactly
+    that many bytes and fills every element of ``out``."""
 
     codec_id: LossyId
 
@@ -144,7 +145,8 @@ class _ScaledCodec:
         x = chunk.reshape(b, m, h, d)
         scale = abs_max(x, dtype) / np.float32(self.qmax)
         scale[~(scale > 0)] = 1.0  # all-zero heads (and NaN) get a harmless scale
-        out = np.empty(b * h * 4 + x.size, np.uint8)
+        # Reused per thread: the caller sends (or compresses) it before its next encode.
+        out = scratch("encoded", (b * h * 4 + x.size,), np.uint8)
         out[: b * h * 4].view(np.float32)[:] = scale.ravel()
         codes = out[b * h * 4 :].reshape(b, m, h, d)
         inverse = (np.float32(1.0) / scale)[:, None, :, None]
