@@ -30,6 +30,7 @@ def register(commands: Commands) -> None:
     p.add_argument("--rate", type=float, help="arrival rate, requests/s")
     p.add_argument("--duration", type=float, help="simulated seconds of arrivals")
     p.add_argument("--scenario", help="a scenario of the scenarios file")
+    p.add_argument("--warmup", type=float, help="simulated seconds before measuring")
     p.add_argument("--seed", type=int)
     p.add_argument("--ttft-slo", type=float, help="TTFT bound (s) for SLO attainment")
     p.add_argument(
@@ -66,6 +67,7 @@ def run_simulate(args: argparse.Namespace) -> int:
             k: v
             for k, v in (
                 ("duration_s", args.duration),
+                ("warmup_s", args.warmup),
                 ("seed", args.seed),
                 ("ttft_slo_s", args.ttft_slo),
             )

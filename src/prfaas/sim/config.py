@@ -61,6 +61,13 @@ class SimSettings:
     length_window: Annotated[int, Field(ge=1)] = 2000
     control: ControlSettings = ControlSettings()
 
+    def __post_init__(self) -> None:
+        if self.warmup_s >= self.duration_s:
+            raise ValueError(
+                f"warmup_s ({self.warmup_s:g}) must be < duration_s ({self.duration_s:g}); "
+                "nothing would be measured (pass --warmup)"
+            )
+
 
 @dataclass(frozen=True, config=_STRICT)
 class BurstSection:
