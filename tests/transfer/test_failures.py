@@ -166,7 +166,7 @@ def test_dead_sender_is_detected_and_everything_freed(receiver: KvReceiver, how:
         start_s = time.monotonic()
         with pytest.raises(PeerGone if how == signal.SIGKILL else TransferTimeout):
             receiver.wait(header.request_id, timeout_s=5)
-        assert time.monotonic() - start_s < 3.0  # stall 1 s + resume window 0.5 s
+        assert time.monotonic() - start_s < 4.0  # stall 1 s + resume window 0.5 s + slack
         assert receiver.allocated_bytes == 0 and receiver.num_transfers == 0
     finally:
         child.kill()
@@ -219,7 +219,7 @@ def test_stalled_link_fires_deadlines_on_both_sides(receiver: KvReceiver) -> Non
         start_s = time.monotonic()
         with pytest.raises(TransferError):
             sender.send(emulator.address, header, arrays)
-        assert time.monotonic() - start_s < 2.5
+        assert time.monotonic() - start_s < 4.0  # total deadline 2 s + slack
         with pytest.raises(TransferTimeout):  # the receiver's stall deadline
             receiver.wait(header.request_id, timeout_s=3)
     assert receiver.allocated_bytes == 0 and receiver.num_transfers == 0
