@@ -13,7 +13,7 @@ from prfaas.transfer.link import Link
 from prfaas.transfer.messages import DType, LayerEntry, LayerKind, TransferHeader
 from prfaas.transfer.receiver import KvReceiver
 from prfaas.transfer.sender import KvSender
-from prfaas.transfer.tls import write_certs
+from prfaas.transfer.tls import PLAINTEXT, write_certs
 
 FINGERPRINT = b"model-v1"
 FAST = Deadlines(first_byte_s=2.0, stall_s=1.0, total_s=10.0)
@@ -59,13 +59,13 @@ def make_sender(
             chunk_bytes=chunk_bytes,
         )
     )
-    return KvSender(link, deadlines=deadlines)
+    return KvSender(link, tls=PLAINTEXT, deadlines=deadlines)
 
 
 @pytest.fixture
 def receiver() -> Iterator[KvReceiver]:
     config = ReceiverConfig(fingerprint=FINGERPRINT, deadlines=FAST, resume_window_s=0.5)
-    with KvReceiver(config) as rx:
+    with KvReceiver(config, tls=PLAINTEXT) as rx:
         yield rx
 
 

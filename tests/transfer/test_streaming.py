@@ -12,6 +12,7 @@ from prfaas.transfer.config import ReceiverConfig
 from prfaas.transfer.errors import FingerprintMismatch, TransferError, TransferRefused
 from prfaas.transfer.messages import TransferHeader
 from prfaas.transfer.receiver import KvReceiver
+from prfaas.transfer.tls import PLAINTEXT
 
 from .conftest import FAST, FINGERPRINT, make_payload, make_sender
 
@@ -36,7 +37,7 @@ def test_layers_out_of_order_across_connections_land_exactly() -> None:
     header, arrays = make_payload(num_full=8, num_blocks=40)
     recorder = Recorder()
     config = ReceiverConfig(fingerprint=FINGERPRINT, deadlines=FAST)
-    with KvReceiver(config, listener=recorder) as rx:
+    with KvReceiver(config, tls=PLAINTEXT, listener=recorder) as rx:
         sender = make_sender(connections=4, chunk_bytes=16 << 10)  # several chunks per layer
         transfer = sender.open(rx.address, header)
         order = np.random.default_rng(1).permutation(len(arrays))
@@ -69,7 +70,7 @@ def test_receiver_lands_layers_before_the_sender_finishes(receiver: KvReceiver) 
                 landed.set()
 
     with KvReceiver(
-        ReceiverConfig(fingerprint=FINGERPRINT, deadlines=FAST), listener=Listener()
+        ReceiverConfig(fingerprint=FINGERPRINT, deadlines=FAST), tls=PLAINTEXT, listener=Listener()
     ) as rx:
         transfer = make_sender().open(rx.address, header)
         transfer.send_layer(0, arrays[0])
@@ -123,7 +124,7 @@ def test_oversized_transfer_is_refused() -> None:
     config = ReceiverConfig(
         fingerprint=FINGERPRINT, deadlines=FAST, max_transfer_bytes=header.raw_bytes - 1
     )
-    with KvReceiver(config) as rx:
+    with KvReceiver(config, tls=PLAINTEXT) as rx:
         with pytest.raises(TransferRefused):
             make_sender().send(rx.address, header, arrays)
         assert rx.allocated_bytes == 0

@@ -10,7 +10,7 @@ Public API (see docs/transfer.md):
   link.Link(LinkConfig)                                  pacer + monitor, .set_rate_gbps, .stats
   config.Deadlines / LinkConfig / ReceiverConfig         frozen configuration
   errors.TransferError and its subclasses                 the only exceptions callers see
-  tls.write_certs / TlsConfig / server_context / client_context
+  tls.write_certs / TlsConfig / server_context / client_context / PLAINTEXT (explicit)
   emulator.LinkEmulator(EmulatorConfig)                  a WAN link in a TCP relay
 
 Kept import-free on purpose: `prfaas` commands load without numpy or cryptography.

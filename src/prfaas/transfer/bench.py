@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -29,7 +30,14 @@ from prfaas.transfer.link import Link
 from prfaas.transfer.messages import DType, LayerEntry, LayerKind, TransferHeader
 from prfaas.transfer.receiver import KvReceiver
 from prfaas.transfer.sender import Address, KvSender
-from prfaas.transfer.tls import TlsConfig, client_context, server_context, write_certs
+from prfaas.transfer.tls import (
+    PLAINTEXT,
+    Plaintext,
+    TlsConfig,
+    client_context,
+    server_context,
+    write_certs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +114,7 @@ def send_once(
     request_id: str = "bench-0",
 ) -> BenchResult:
     link = Link(LinkConfig("bench", rate_gbps=rate_gbps, connections=connections, codec=codec))
-    tls = None
+    tls: ssl.SSLContext | Plaintext = PLAINTEXT  # --tls or not: the bench user said so
     if certs_dir is not None:
         tls = client_context(TlsConfig.from_dir(certs_dir, SENDER_CLUSTER))
     sender = KvSender(link, tls=tls, server_name=RECEIVER_CLUSTER, deadlines=Deadlines())
@@ -155,7 +163,7 @@ class _Reporter:
 
 def serve(host: str, port: int, certs_dir: Path | None, count: int | None, as_json: bool) -> int:
     """Receive transfers until ``count`` ended (forever if None). Prints the address first."""
-    tls = None
+    tls: ssl.SSLContext | Plaintext = PLAINTEXT
     if certs_dir is not None:
         tls = server_context(TlsConfig.from_dir(certs_dir, RECEIVER_CLUSTER))
     ref: list[KvReceiver] = []

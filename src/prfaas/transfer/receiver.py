@@ -19,6 +19,7 @@ buffer. Waiters then get the typed error. Nothing is held after a failure.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import socket
 import ssl
@@ -51,6 +52,7 @@ from prfaas.transfer.messages import (
     TransferHeader,
 )
 from prfaas.transfer.pool import BufferPool
+from prfaas.transfer.tls import Plaintext
 from prfaas.transfer.wire import (
     FrameType,
     frame_bytes,
@@ -84,11 +86,16 @@ class KvReceiver:
         self,
         config: ReceiverConfig,
         *,
-        tls: ssl.SSLContext | None = None,
+        tls: ssl.SSLContext | Plaintext,
         listener: ReceiveListener | None = None,
     ) -> None:
         self.config = config
-        self._tls = tls
+        self._tls = tls if isinstance(tls, ssl.SSLContext) else None
+        if (
+            self._tls is None
+            and not ipaddress.ip_address(socket.gethostbyname(config.host)).is_loopback
+        ):
+            logger.warning("KV receiver on %s without TLS (explicitly configured)", config.host)
         self._listener = listener
         self._cond = threading.Condition()
         self._landings: dict[str, Landing] = {}

@@ -45,6 +45,7 @@ from prfaas.transfer.messages import (
 )
 from prfaas.transfer.monitor import tcp_info
 from prfaas.transfer.pacing import GRANT_MAX_BYTES, Flow
+from prfaas.transfer.tls import Plaintext
 from prfaas.transfer.wire import (
     MAX_CHUNK_FRAME_BYTES,
     FrameType,
@@ -298,12 +299,12 @@ class KvSender:
         self,
         link: Link,
         *,
-        tls: ssl.SSLContext | None = None,
+        tls: ssl.SSLContext | Plaintext,
         server_name: str | None = None,
         deadlines: Deadlines | None = None,
     ) -> None:
         self.link = link
-        self.tls = tls
+        self.tls = tls if isinstance(tls, ssl.SSLContext) else None
         self.server_name = server_name
         self.deadlines = deadlines or Deadlines()
 

@@ -96,6 +96,15 @@ def write_certs(out_dir: Path, clusters: list[str]) -> list[Path]:
 
 
 @dataclass(frozen=True)
+class Plaintext:
+    """The explicit choice of no TLS (loopback, tests, a link that is already private).
+    Sender and receiver take ``tls=`` without a default: plaintext is never an accident."""
+
+
+PLAINTEXT = Plaintext()
+
+
+@dataclass(frozen=True)
 class TlsConfig:
     """This cluster's identity and the CA it trusts (files written by `prfaas certs`)."""
 
