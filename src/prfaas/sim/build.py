@@ -7,7 +7,6 @@ where the analytical model says to operate. Cluster names: ``prfaas`` and ``pd``
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -140,7 +139,3 @@ def _fleet(d: Deployment, r: PlanResult, o: FleetOptions, max_tokens: int) -> Fl
         max_batch_tokens=o.max_batch_tokens,
         pipeline_layers=o.pipeline_layers,
     )
-
-
-def with_bandwidth(d: PrfaasPd, bandwidth_gbps: float) -> PrfaasPd:
-    return dataclasses.replace(d, bandwidth_gbps=bandwidth_gbps)

@@ -64,17 +64,10 @@ class Metrics:
         self.series = Series()
         self.role_changes: list[tuple[float, str, str]] = []
         self._egress_sent = 0.0
-        self._num_finished = 0
 
     def arrived(self, request: SimRequest) -> None:
         if self.config.warmup_s <= request.arrival_s < self.config.duration_s:
             self.measured.append(request)
-
-    def first_token(self, request: SimRequest) -> None:
-        pass  # TTFT is read off the request; kept as a hook for streaming metrics
-
-    def finished(self, request: SimRequest) -> None:
-        self._num_finished += 1
 
     def sample(self) -> None:
         sim, s = self.sim, self.series

@@ -136,7 +136,6 @@ class Simulator:
         instance.active -= 1
         request.finish_s = self.now_s
         self._in_flight -= 1
-        self.metrics.finished(request)
         self._start_decode(instance)
         self._maybe_retire(instance)
 
@@ -246,7 +245,6 @@ class Simulator:
 
     def _start_decode(self, instance: DecodeInstance) -> None:
         for finish_s, request in instance.admit(self.now_s):
-            self.metrics.first_token(request)
             self.queue.push(finish_s, ev.DecodeDone(instance, request))
 
     def _maybe_retire(self, instance: PrefillInstance | DecodeInstance) -> None:
