@@ -14,18 +14,18 @@ import torch
 
 from prfaas.config import EngineConfig
 from prfaas.engine.detokenizer import IncrementalDetokenizer
-from prfaas.engine.handoff import KvImportError, KvPayload, LayerLayout
+from prfaas.engine.handoff import KvImportError, KvPayload, layout_from_specs
+from prfaas.engine.kv_setup import build_kv_cache
 from prfaas.engine.outputs import TokenDelta
 from prfaas.engine.request import Request, RequestStatus
-from prfaas.engine.runner import ModelRunner
 from prfaas.engine.sampler import sample
 from prfaas.engine.sampling_params import SamplingParams
 from prfaas.engine.scheduler import Scheduler
 from prfaas.engine.stopping import check_stop
 from prfaas.kvcache.hashing import root_hash
-from prfaas.kvcache.manager import KVCacheManager, cdiv
-from prfaas.kvcache.spec import kv_bytes, specs_from_hf_config
-from prfaas.model.llama import head_dim_of
+from prfaas.kvcache.hybrid import StateCacheConfig
+from prfaas.kvcache.manager import cdiv
+from prfaas.kvcache.spec import specs_from_hf_config
 from prfaas.model.loader import LoadedModel, load_model
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,13 @@ class _Live:
 
 
 class Engine:
-    def __init__(self, config: EngineConfig, loaded: LoadedModel | None = None) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        loaded: LoadedModel | None = None,
+        state_config: StateCacheConfig | None = None,
+    ) -> None:
+        """``state_config`` sizes linear-attention state snapshots (hybrid models only)."""
         self.config = config
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
@@ -64,28 +70,19 @@ class Engine:
         self.max_model_len = self.loaded.max_model_len
         self.vocab_size = int(hf.vocab_size)
         self.dtype = next(self.loaded.model.parameters()).dtype
-        num_kv_heads, head_dim = int(hf.num_key_value_heads), head_dim_of(hf)
-        self.layout = [
-            LayerLayout(i, "full_attention", num_kv_heads, head_dim)
-            for i in range(int(hf.num_hidden_layers))
-        ]
         # The same accounting the planner uses to predict S_kv from a config.
         self.layer_specs = specs_from_hf_config(hf.to_dict(), kv_dtype_bytes=self.dtype.itemsize)
-        block_bytes = kv_bytes(self.layer_specs, config.block_size)
-        num_blocks = config.num_kv_blocks or max(
-            1, int(config.kv_cache_memory_gb * 2**30) // block_bytes
-        )
-        self.kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
-        self.scheduler = Scheduler(self.kv, config.max_num_batched_tokens, config.max_num_seqs)
-        self.runner = ModelRunner(
+        self.layout = layout_from_specs(self.layer_specs)
+        self.kv, self.runner = build_kv_cache(
+            config,
+            self.layer_specs,
+            self.layout,
             self.loaded.model,
-            num_blocks,
-            config.block_size,
-            num_kv_heads,
-            head_dim,
             self.dtype,
             self.device,
+            state_config or StateCacheConfig(),
         )
+        self.scheduler = Scheduler(self.kv, config.max_num_batched_tokens, config.max_num_seqs)
         eos = getattr(hf, "eos_token_id", None)
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if self.tokenizer.eos_token_id is not None:
@@ -95,7 +92,7 @@ class Engine:
         self._pending: list[TokenDelta] = []
         logger.info(
             "engine ready: %d KV blocks of %d tokens on %s (%s)",
-            num_blocks,
+            self.kv.pool.num_blocks,
             config.block_size,
             self.device,
             self.dtype,
@@ -147,7 +144,9 @@ class Engine:
         payload.validate(self.fingerprint, self.layout, self.dtype, self.vocab_size)
         if payload.token_ids != req.prompt_token_ids:
             raise KvImportError("payload tokens differ from the request's prompt")
-        self.runner.write_kv(self.kv.block_table(request_id), payload.kv)
+        self.runner.write_payload(
+            self.kv.block_table(request_id), self.kv.state_slot(request_id), payload
+        )
         req.num_computed_tokens = req.num_cached_tokens = payload.num_tokens
         self.kv.cache_blocks(request_id, req.block_hashes, req.num_computed_tokens)
         req.move_to(RequestStatus.DECODING)
@@ -206,14 +205,18 @@ class Engine:
         req = self.scheduler.parked.get(request_id)
         if req is None or req.status is not RequestStatus.SENDING_KV:
             raise KeyError(f"request {request_id} has no KV ready to export")
-        kv = self.runner.read_kv(self.kv.block_table(request_id), req.num_prompt_tokens)
+        tensors = self.runner.read_payload(
+            self.kv.block_table(request_id), self.kv.state_slot(request_id), req.num_prompt_tokens
+        )
         return KvPayload(
             model_fingerprint=self.fingerprint,
             token_ids=list(req.prompt_token_ids),
             first_token_id=req.output_token_ids[0],
             dtype=str(self.dtype).removeprefix("torch."),
             layout=list(self.layout),
-            kv=kv,
+            kv=tensors.kv,
+            latent=tensors.latent,
+            states=tensors.states,
         )
 
     def release(self, request_id: str) -> None:

@@ -1,16 +1,24 @@
 """The KV hand-off payload: what a prefill instance exports and a decode instance imports.
 
-It carries the KV of every prompt token in every full-attention layer, the first token the
-prefill side sampled, and what the receiver needs to refuse a payload that does not fit it:
-the model fingerprint, the layer layout, dtype and shapes. Tensors here; the wire format
-(``prfaas.transfer``) turns it into bytes.
+It carries the KV of every prompt token in every full-attention layer (K and V for GQA
+layers, the latent rows for MLA layers), the final state of every linear-attention (KDA)
+layer, the first token the prefill side sampled, and what the receiver needs to refuse a
+payload that does not fit it: the model fingerprint, the layer layout, dtypes and shapes.
+Tensors here; the wire format (``prfaas.transfer``) turns it into bytes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
+
+from prfaas.kvcache.spec import FullAttentionSpec, LayerSpec, LinearStateSpec, MLASpec
+
+FULL_ATTENTION = "full_attention"  # K and V per token: kv
+MLA = "mla"  # one latent row per token: latent
+KDA = "kda"  # one fixed-size state: states
 
 
 class KvImportError(ValueError):
@@ -23,12 +31,49 @@ class FingerprintMismatchError(KvImportError):
 
 @dataclass(frozen=True)
 class LayerLayout:
-    """One KV-bearing layer: its index in the model and its per-token tensor shape."""
+    """One KV-bearing layer: its index in the model, its kind and its tensor shapes.
+
+    full_attention: K and V (num_tokens, num_kv_heads, head_dim).
+    mla: latent rows (num_tokens, head_dim), head_dim = kv_lora_rank + rope dim, num_kv_heads 1.
+    kda: recurrent (num_kv_heads, head_dim, head_dim) float32 and conv
+    (conv_taps, 3 * num_kv_heads * head_dim) in the KV dtype.
+    """
 
     layer_index: int
-    kind: str  # "full_attention"
+    kind: str  # FULL_ATTENTION | MLA | KDA
     num_kv_heads: int
     head_dim: int
+    conv_taps: int = 0
+
+    def state_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(recurrent, conv) shapes of a KDA layer's state."""
+        heads, dim = self.num_kv_heads, self.head_dim
+        return (heads, dim, dim), (self.conv_taps, 3 * heads * dim)
+
+
+@dataclass
+class LinearState:
+    """The state of one KDA layer after the prompt."""
+
+    recurrent: torch.Tensor  # (num_heads, head_k_dim, head_v_dim) float32
+    conv: torch.Tensor  # (conv_kernel - 1, 3 * num_heads * head_dim): last q | k | v inputs
+
+
+def layout_from_specs(specs: Sequence[LayerSpec]) -> list[LayerLayout]:
+    """The payload layout of a model with these layer specs (``kvcache.spec``)."""
+    layout = []
+    for i, spec in enumerate(specs):
+        if isinstance(spec, FullAttentionSpec):
+            # The engine keeps every token, sliding window or not.
+            layout.append(LayerLayout(i, FULL_ATTENTION, spec.num_kv_heads, spec.head_dim))
+        elif isinstance(spec, MLASpec):
+            layout.append(LayerLayout(i, MLA, 1, spec.kv_lora_rank + spec.qk_rope_head_dim))
+        elif isinstance(spec, LinearStateSpec) and spec.kind == KDA:
+            recurrent, conv = (part.shape for part in spec.parts)
+            layout.append(LayerLayout(i, KDA, recurrent[0], recurrent[1], conv_taps=conv[0]))
+        else:
+            raise ValueError(f"layer {i}: {spec} has no payload layout")
+    return layout
 
 
 @dataclass
@@ -36,10 +81,14 @@ class KvPayload:
     model_fingerprint: str
     token_ids: list[int]  # the prompt; the KV below covers all of them
     first_token_id: int  # sampled by the prefill side from the last prompt position
-    dtype: str  # torch dtype name of the tensors, e.g. "float32"
+    dtype: str  # torch dtype name of the KV tensors (KDA recurrent states are float32)
     layout: list[LayerLayout]
-    # Per layer (K, V), each (num_tokens, num_kv_heads, head_dim).
+    # Per full_attention layer, in layout order, (K, V), each (num_tokens, num_kv_heads, head_dim).
     kv: list[tuple[torch.Tensor, torch.Tensor]]
+    # Per mla layer, in layout order: (num_tokens, kv_lora_rank + qk_rope_head_dim).
+    latent: list[torch.Tensor] = field(default_factory=list)
+    # Per kda layer, in layout order: the state after all num_tokens tokens.
+    states: list[LinearState] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
@@ -48,7 +97,9 @@ class KvPayload:
     @property
     def kv_bytes(self) -> int:
         """Bytes of KV data (what the transfer moves, before any codec)."""
-        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.kv)
+        tensors = [t for kv in self.kv for t in kv] + self.latent
+        tensors += [t for s in self.states for t in (s.recurrent, s.conv)]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def validate(
         self, fingerprint: str, layout: list[LayerLayout], dtype: torch.dtype, vocab_size: int
@@ -69,13 +120,28 @@ class KvPayload:
             raise KvImportError("payload layer layout differs from this model's")
         if self.dtype != str(dtype).removeprefix("torch."):
             raise KvImportError(f"payload dtype {self.dtype} differs from the KV cache's {dtype}")
-        if len(self.kv) != len(layout):
-            raise KvImportError(f"payload has {len(self.kv)} layers, layout says {len(layout)}")
-        for entry, (k, v) in zip(layout, self.kv, strict=True):
-            want = (self.num_tokens, entry.num_kv_heads, entry.head_dim)
-            for name, t in (("K", k), ("V", v)):
-                if tuple(t.shape) != want or t.dtype != dtype:
-                    raise KvImportError(
-                        f"layer {entry.layer_index} {name}: shape {tuple(t.shape)} {t.dtype}, "
-                        f"expected {want} {dtype}"
-                    )
+        by_kind = {
+            kind: [e for e in layout if e.kind == kind] for kind in (FULL_ATTENTION, MLA, KDA)
+        }
+        for kind, entries in ((FULL_ATTENTION, self.kv), (MLA, self.latent), (KDA, self.states)):
+            if len(entries) != len(by_kind[kind]):
+                raise KvImportError(
+                    f"payload has {len(entries)} {kind} layers, layout says {len(by_kind[kind])}"
+                )
+        n = self.num_tokens
+        expected: list[tuple[LayerLayout, str, torch.Tensor, tuple[int, ...], torch.dtype]] = []
+        for entry, (k, v) in zip(by_kind[FULL_ATTENTION], self.kv, strict=True):
+            want = (n, entry.num_kv_heads, entry.head_dim)
+            expected += [(entry, "K", k, want, dtype), (entry, "V", v, want, dtype)]
+        for entry, rows in zip(by_kind[MLA], self.latent, strict=True):
+            expected.append((entry, "latent", rows, (n, entry.head_dim), dtype))
+        for entry, state in zip(by_kind[KDA], self.states, strict=True):
+            recurrent, conv = entry.state_shapes()
+            expected.append((entry, "recurrent state", state.recurrent, recurrent, torch.float32))
+            expected.append((entry, "conv state", state.conv, conv, dtype))
+        for entry, name, t, shape, want_dtype in expected:
+            if tuple(t.shape) != shape or t.dtype != want_dtype:
+                raise KvImportError(
+                    f"layer {entry.layer_index} {name}: shape {tuple(t.shape)} {t.dtype}, "
+                    f"expected {shape} {want_dtype}"
+                )

@@ -1,19 +1,41 @@
 """The model runner: turns a scheduler decision into tensors, runs the model, returns logits.
 
 It owns the KV cache tensors (one K and one V per full-attention layer, each
-``(num_blocks * block_size, num_kv_heads, head_dim)``) and nothing about policy.
+``(num_blocks * block_size, num_kv_heads, head_dim)``) and nothing about policy. Hybrid
+models have their own runner (``hybrid_runner``) with the same ``Runner`` interface.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
+from prfaas.engine.handoff import KvPayload, LinearState
 from prfaas.engine.scheduler import SchedulerOutput
 from prfaas.model.attention import AttentionMetadata, PrefillSegment
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
+
+
+class KvTensors(NamedTuple):
+    """A request's KV as the payload carries it (see ``KvPayload``)."""
+
+    kv: list[KVCache]
+    latent: list[torch.Tensor]
+    states: list[LinearState]
+
+
+class Runner(Protocol):
+    def execute(self, out: SchedulerOutput) -> torch.Tensor: ...
+    def read_payload(
+        self, block_table: list[int], state_slot: int | None, num_tokens: int
+    ) -> KvTensors: ...
+    def write_payload(
+        self, block_table: list[int], state_slot: int | None, payload: KvPayload
+    ) -> None: ...
 
 
 def kv_cache_shape(
@@ -51,61 +73,12 @@ class ModelRunner:
 
     def slots(self, block_table: list[int], start: int, end: int) -> np.ndarray:
         """Slot ids of token positions ``[start, end)`` under ``block_table``."""
-        pos = np.arange(start, end, dtype=np.int64)
-        table = np.asarray(block_table, dtype=np.int64)
-        return table[pos // self.block_size] * self.block_size + pos % self.block_size
+        return slot_ids(block_table, self.block_size, start, end)
 
     def prepare(
         self, out: SchedulerOutput
     ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
-        """Flatten the step: (input_ids (T,), positions (T,), metadata, rows to sample)."""
-        ids: list[int] = []
-        positions: list[np.ndarray] = []
-        slot_parts: list[np.ndarray] = []
-        prefills: list[PrefillSegment] = []
-        decode_rows: list[int] = []
-        decode_ctx: list[np.ndarray] = []
-        sample_rows: list[int] = []
-        row = 0
-        for chunk in out.chunks:
-            n = len(chunk.token_ids)
-            end = chunk.start + n
-            ids.extend(chunk.token_ids)
-            positions.append(np.arange(chunk.start, end, dtype=np.int64))
-            slot_parts.append(self.slots(chunk.block_table, chunk.start, end))
-            if n == 1 and chunk.start > 0:
-                decode_rows.append(row)
-                decode_ctx.append(self.slots(chunk.block_table, 0, end))
-            elif chunk.start == 0:
-                prefills.append(PrefillSegment(row, row + n, None, None))
-            else:
-                ctx = torch.from_numpy(self.slots(chunk.block_table, 0, end)).to(self.device)
-                q_pos = torch.arange(chunk.start, end, device=self.device)
-                mask = torch.arange(end, device=self.device)[None, :] <= q_pos[:, None]
-                prefills.append(PrefillSegment(row, row + n, ctx, mask))
-            row += n
-            if chunk.sample:
-                sample_rows.append(row - 1)
-        meta = AttentionMetadata(
-            slot_mapping=self._tensor(np.concatenate(slot_parts)),
-            prefills=prefills,
-            decode_rows=None,
-            decode_slots=None,
-            decode_mask=None,
-        )
-        if decode_rows:
-            max_ctx = max(len(c) for c in decode_ctx)
-            padded = np.zeros((len(decode_ctx), max_ctx), dtype=np.int64)
-            valid = np.zeros((len(decode_ctx), max_ctx), dtype=bool)
-            for i, c in enumerate(decode_ctx):
-                padded[i, : len(c)] = c
-                valid[i, : len(c)] = True
-            meta.decode_rows = self._tensor(np.asarray(decode_rows, dtype=np.int64))
-            meta.decode_slots = self._tensor(padded)
-            if not valid.all():
-                meta.decode_mask = torch.from_numpy(valid).to(self.device)[:, None, None, :]
-        input_ids = self._tensor(np.asarray(ids, dtype=np.int64))
-        return input_ids, self._tensor(np.concatenate(positions)), meta, sample_rows
+        return flatten_step(out, self.block_size, self.device)
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> torch.Tensor:
@@ -130,5 +103,79 @@ class ModelRunner:
             k_cache.index_copy_(0, idx, k.to(device=self.device, dtype=self.dtype))
             v_cache.index_copy_(0, idx, v.to(device=self.device, dtype=self.dtype))
 
+    def read_payload(
+        self, block_table: list[int], state_slot: int | None, num_tokens: int
+    ) -> KvTensors:
+        return KvTensors(self.read_kv(block_table, num_tokens), [], [])
+
+    def write_payload(
+        self, block_table: list[int], state_slot: int | None, payload: KvPayload
+    ) -> None:
+        self.write_kv(block_table, payload.kv)
+
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a).to(self.device)
+
+
+def slot_ids(block_table: list[int], block_size: int, start: int, end: int) -> np.ndarray:
+    """Slot ids of token positions ``[start, end)`` under ``block_table``."""
+    pos = np.arange(start, end, dtype=np.int64)
+    table = np.asarray(block_table, dtype=np.int64)
+    return table[pos // block_size] * block_size + pos % block_size
+
+
+def flatten_step(
+    out: SchedulerOutput, block_size: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
+    """Flatten the step: (input_ids (T,), positions (T,), metadata, rows to sample)."""
+    ids: list[int] = []
+    positions: list[np.ndarray] = []
+    slot_parts: list[np.ndarray] = []
+    prefills: list[PrefillSegment] = []
+    decode_rows: list[int] = []
+    decode_ctx: list[np.ndarray] = []
+    sample_rows: list[int] = []
+    row = 0
+    for chunk in out.chunks:
+        n = len(chunk.token_ids)
+        end = chunk.start + n
+        ids.extend(chunk.token_ids)
+        positions.append(np.arange(chunk.start, end, dtype=np.int64))
+        slot_parts.append(slot_ids(chunk.block_table, block_size, chunk.start, end))
+        if n == 1 and chunk.start > 0:
+            decode_rows.append(row)
+            decode_ctx.append(slot_ids(chunk.block_table, block_size, 0, end))
+        elif chunk.start == 0:
+            prefills.append(PrefillSegment(row, row + n, None, None))
+        else:
+            ctx = torch.from_numpy(slot_ids(chunk.block_table, block_size, 0, end)).to(device)
+            q_pos = torch.arange(chunk.start, end, device=device)
+            mask = torch.arange(end, device=device)[None, :] <= q_pos[:, None]
+            prefills.append(PrefillSegment(row, row + n, ctx, mask))
+        row += n
+        if chunk.sample:
+            sample_rows.append(row - 1)
+    meta = AttentionMetadata(
+        slot_mapping=_tensor(device, np.concatenate(slot_parts)),
+        prefills=prefills,
+        decode_rows=None,
+        decode_slots=None,
+        decode_mask=None,
+    )
+    if decode_rows:
+        max_ctx = max(len(c) for c in decode_ctx)
+        padded = np.zeros((len(decode_ctx), max_ctx), dtype=np.int64)
+        valid = np.zeros((len(decode_ctx), max_ctx), dtype=bool)
+        for i, c in enumerate(decode_ctx):
+            padded[i, : len(c)] = c
+            valid[i, : len(c)] = True
+        meta.decode_rows = _tensor(device, np.asarray(decode_rows, dtype=np.int64))
+        meta.decode_slots = _tensor(device, padded)
+        if not valid.all():
+            meta.decode_mask = torch.from_numpy(valid).to(device)[:, None, None, :]
+    input_ids = _tensor(device, np.asarray(ids, dtype=np.int64))
+    return input_ids, _tensor(device, np.concatenate(positions)), meta, sample_rows
+
+
+def _tensor(device: torch.device, a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(a).to(device)

@@ -16,7 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from prfaas.engine.request import Request, RequestStatus
-from prfaas.kvcache.manager import KVCacheManager
+from prfaas.kvcache.linear_state import StatePlan
+from prfaas.kvcache.manager import CacheManager
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class ScheduledChunk:
     block_table: list[int]
     # True when the chunk ends at the request's last known token: its logits pick a token.
     sample: bool
+    # Linear-attention state slots for this chunk (hybrid models); None for dense models.
+    state: StatePlan | None = None
 
 
 @dataclass
@@ -42,7 +45,7 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, kv: KVCacheManager, max_num_batched_tokens: int, max_num_seqs: int) -> None:
+    def __init__(self, kv: CacheManager, max_num_batched_tokens: int, max_num_seqs: int) -> None:
         self.kv = kv
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_num_seqs = max_num_seqs
@@ -163,12 +166,16 @@ class Scheduler:
 
     def _chunk(self, req: Request, num_new: int) -> ScheduledChunk:
         start = req.num_computed_tokens
+        end = start + num_new
         return ScheduledChunk(
             request_id=req.request_id,
-            token_ids=req.token_ids[start : start + num_new],
+            token_ids=req.token_ids[start:end],
             start=start,
             block_table=list(self.kv.block_table(req.request_id)),
-            sample=start + num_new == req.num_tokens,
+            sample=end == req.num_tokens,
+            state=self.kv.plan_state(
+                req.request_id, start, end, req.block_hashes, req.num_prompt_tokens
+            ),
         )
 
     def _preempt(self, req: Request) -> None:

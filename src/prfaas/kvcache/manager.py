@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from typing import Protocol
 
 from prfaas.kvcache.block_pool import BlockPool, CacheEvent
 from prfaas.kvcache.hashing import BlockHash
+from prfaas.kvcache.linear_state import StatePlan
 
 
 def cdiv(a: int, b: int) -> int:
@@ -46,6 +48,23 @@ class KVCacheManager:
 
     def has_request(self, request_id: str) -> bool:
         return request_id in self._tables
+
+    def request_ids(self) -> list[str]:
+        return list(self._tables)
+
+    def state_slot(self, request_id: str) -> int | None:
+        """No linear-attention layers, so no state slot (see ``HybridKVCacheManager``)."""
+        return None
+
+    def plan_state(
+        self,
+        request_id: str,
+        start: int,
+        end: int,
+        hashes: Sequence[BlockHash],
+        prompt_len: int,
+    ) -> StatePlan | None:
+        return None
 
     def find_prefix(self, hashes: Sequence[BlockHash], num_tokens: int) -> list[int]:
         """Cached blocks matching the longest prefix of ``hashes``.
@@ -121,3 +140,40 @@ class KVCacheManager:
         for table in self._tables.values():
             owners.update(table)
         self.pool.check_integrity(owners)
+
+
+class CacheManager(Protocol):
+    """What the engine and its scheduler need of a KV cache manager: ``KVCacheManager`` for
+    models with full-attention layers only, ``HybridKVCacheManager`` when some layers keep a
+    linear-attention state."""
+
+    block_size: int
+    enable_prefix_caching: bool
+
+    @property
+    def pool(self) -> BlockPool: ...
+    @property
+    def num_free_blocks(self) -> int: ...
+    @property
+    def usage(self) -> float: ...
+    def block_table(self, request_id: str) -> list[int]: ...
+    def state_slot(self, request_id: str) -> int | None: ...
+    def has_request(self, request_id: str) -> bool: ...
+    def find_prefix(self, hashes: Sequence[BlockHash], num_tokens: int) -> list[int]: ...
+    def allocate(
+        self, request_id: str, num_tokens: int, prefix_blocks: Sequence[int] = ()
+    ) -> bool: ...
+    def plan_state(
+        self,
+        request_id: str,
+        start: int,
+        end: int,
+        hashes: Sequence[BlockHash],
+        prompt_len: int,
+    ) -> StatePlan | None: ...
+    def cache_blocks(
+        self, request_id: str, hashes: Sequence[BlockHash], num_computed_tokens: int
+    ) -> None: ...
+    def free(self, request_id: str) -> None: ...
+    def drain_events(self) -> list[CacheEvent]: ...
+    def check_integrity(self) -> None: ...

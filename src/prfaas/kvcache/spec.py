@@ -93,11 +93,16 @@ class MLASpec:
 
 @dataclass(frozen=True)
 class StatePart:
-    """One tensor of a fixed-size state, e.g. ``recurrent`` (heads, d_k, d_v) in float32."""
+    """One tensor of a fixed-size state, e.g. ``recurrent`` (heads, d_k, d_v) in float32.
+
+    ``shape`` is the tensor's shape where the engine stores this part as one tensor (KDA);
+    empty where only the size is known.
+    """
 
     name: str
     num_elements: int
     dtype_bytes: int
+    shape: tuple[int, ...] = ()
 
     @property
     def num_bytes(self) -> int:
@@ -214,6 +219,12 @@ def _layer_kinds(cfg: Mapping[str, Any]) -> list[str]:
     if isinstance(linear_attn, Mapping) and "kda_layers" in linear_attn:
         kda_layers = {int(i) for i in linear_attn["kda_layers"]}  # 1-based
         return ["kda" if i + 1 in kda_layers else "full" for i in range(num_layers)]
+    if isinstance(linear_attn, Mapping) and cfg.get("layer_types") is not None:
+        # Kimi Linear as transformers saves it: layer_types names, KDA shapes in linear_attn_config
+        kimi = {"linear_attention": "kda", "full_attention": "full"}
+        if not set(cfg["layer_types"]) <= set(kimi):
+            raise ConfigFormatError(f"unknown Kimi Linear layer_types {cfg['layer_types']}")
+        return [kimi[name] for name in cfg["layer_types"]][:num_layers]
     if cfg.get("layer_types") is not None:
         names = {
             "full_attention": "full",
@@ -302,11 +313,13 @@ def _kda_spec(cfg: Mapping[str, Any], dtype_bytes: int, state_bytes: int) -> Lin
     lin = cfg["linear_attn_config"]
     heads, head_dim = int(lin["num_heads"]), int(lin["head_dim"])
     conv_taps = int(lin.get("short_conv_kernel_size", 4)) - 1
+    recurrent = (heads, head_dim, head_dim)  # (H, d_k, d_v)
+    conv = (conv_taps, 3 * heads * head_dim)  # the last inputs of the [q | k | v] short conv
     return LinearStateSpec(
         kind="kda",
         parts=(
-            StatePart("recurrent", heads * head_dim * head_dim, state_bytes),  # (H, d_k, d_v)
-            StatePart("conv", 3 * heads * head_dim * conv_taps, dtype_bytes),  # q, k, v windows
+            StatePart("recurrent", heads * head_dim * head_dim, state_bytes, recurrent),
+            StatePart("conv", 3 * heads * head_dim * conv_taps, dtype_bytes, conv),
         ),
     )
 

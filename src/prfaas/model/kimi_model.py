@@ -20,7 +20,7 @@ from torch import nn
 from prfaas.model.kimi_config import LINEAR_ATTENTION, SPARSE_MLP, KimiConfig
 from prfaas.model.kimi_layers import KdaState, KimiDeltaAttention, KimiMLAttention, KimiRMSNorm
 from prfaas.model.kimi_mlp import KimiMLP, KimiMoE
-from prfaas.model.kimi_weights import kimi_module_weights
+from prfaas.model.kimi_weights import load_kimi_weights
 
 Tensor = torch.Tensor
 LayerState = KdaState | Tensor | None
@@ -97,23 +97,7 @@ class KimiSequenceModel(nn.Module):
 
     def load_weights(self, weights: Iterable[tuple[str, Tensor]]) -> None:
         """Loads checkpoint-named (or module-named) tensors; every tensor must find a place."""
-        targets = dict(self.named_parameters()) | dict(self.named_buffers())
-        loaded = set()
-        for name, tensor in kimi_module_weights(weights, self.config.num_local_experts):
-            if name == "lm_head.weight" and self.lm_head is None:
-                continue  # tied to the embedding
-            if name not in targets:
-                raise KeyError(f"checkpoint tensor {name!r} has no place in the model")
-            if targets[name].shape != tensor.shape:
-                raise ValueError(
-                    f"{name}: checkpoint shape {tuple(tensor.shape)}, "
-                    f"model expects {tuple(targets[name].shape)}"
-                )
-            with torch.no_grad():
-                targets[name].copy_(tensor)
-            loaded.add(name)
-        if missing := sorted(set(targets) - loaded):
-            raise ValueError(f"checkpoint incomplete: missing {missing[:8]}")
+        load_kimi_weights(self, weights, self.config, tied=self.lm_head is None)
 
     @classmethod
     def from_folder(cls, folder: Path, dtype: torch.dtype = torch.float32) -> KimiSequenceModel:

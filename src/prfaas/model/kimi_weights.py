@@ -17,8 +17,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from prfaas.model.kimi_config import KimiConfig
 
 Tensor = torch.Tensor
 
@@ -72,3 +77,28 @@ def _merge_experts(
     # w1 / w3: (moe_intermediate, hidden) each -> (E, 2 * moe_intermediate, hidden), gate first
     yield prefix + "gate_up_proj", torch.cat([stacked("w1"), stacked("w3")], dim=1)
     yield prefix + "down_proj", stacked("w2")  # (E, hidden, moe_intermediate)
+
+
+def load_kimi_weights(
+    module: nn.Module, weights: Iterable[tuple[str, Tensor]], config: KimiConfig, tied: bool
+) -> None:
+    """Copy checkpoint-named (or module-named) tensors into ``module``; every tensor must find
+    a place and every parameter and buffer must be loaded. ``tied``: no ``lm_head`` (it is
+    the embedding)."""
+    targets = dict(module.named_parameters()) | dict(module.named_buffers())
+    loaded = set()
+    for name, tensor in kimi_module_weights(weights, config.num_local_experts):
+        if name == "lm_head.weight" and tied:
+            continue
+        if name not in targets:
+            raise KeyError(f"checkpoint tensor {name!r} has no place in the model")
+        if targets[name].shape != tensor.shape:
+            raise ValueError(
+                f"{name}: checkpoint shape {tuple(tensor.shape)}, "
+                f"model expects {tuple(targets[name].shape)}"
+            )
+        with torch.no_grad():
+            targets[name].copy_(tensor)
+        loaded.add(name)
+    if missing := sorted(set(targets) - loaded):
+        raise ValueError(f"checkpoint incomplete: missing {missing[:8]}")

@@ -20,6 +20,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from prfaas.model.kimi import KimiLinearForCausalLM
 from prfaas.model.llama import LlamaForCausalLM
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ MODEL_REGISTRY: dict[str, Callable[[Any, int], nn.Module]] = {
     "mistral": LlamaForCausalLM,
     "qwen2": LlamaForCausalLM,
     "qwen3": LlamaForCausalLM,
+    "kimi_linear": KimiLinearForCausalLM,
 }
 
 

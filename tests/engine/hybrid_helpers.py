@@ -1,0 +1,103 @@
+"""Tiny random-weight Kimi Linear checkpoints (saved with transformers) for the engine tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prfaas.engine.engine import Engine
+from prfaas.engine.sampling_params import SamplingParams
+from prfaas.kvcache.hybrid import StateCacheConfig
+from tests.conftest import _tokenizer_files
+from tests.engine.helpers import make_engine
+
+VOCAB = 97
+KDA, MLA = "linear_attention", "full_attention"
+# (layer pattern, first_k_dense_replace): 3:1, 1:1, full attention first, a single MLA
+# layer; dense and MoE MLPs.
+PATTERNS: dict[str, tuple[list[str], int]] = {
+    "3to1_moe": ([KDA, KDA, KDA, MLA], 1),
+    "1to1_moe": ([KDA, MLA, KDA, MLA], 0),
+    "mla_first_dense": ([MLA, KDA, KDA], 3),
+    "single_mla_dense": ([KDA, MLA, KDA], 3),
+}
+BASE: dict[str, Any] = {
+    "vocab_size": VOCAB,
+    "hidden_size": 48,
+    "intermediate_size": 64,
+    "moe_intermediate_size": 24,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "kv_lora_rank": 16,
+    "qk_rope_head_dim": 8,
+    "qk_nope_head_dim": 16,
+    "v_head_dim": 12,
+    "num_experts": 6,
+    "num_experts_per_token": 2,
+    "num_expert_group": 3,
+    "topk_group": 2,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+
+
+def save_kimi_checkpoint(folder: Path, layer_types: list[str], first_dense: int) -> Path:
+    from transformers import KimiLinearConfig, KimiLinearForCausalLM
+
+    config = KimiLinearConfig(
+        **BASE,
+        num_hidden_layers=len(layer_types),
+        layer_types=layer_types,
+        first_k_dense_replace=first_dense,
+        linear_attn_config={"head_dim": 8, "num_heads": 4, "short_conv_kernel_size": 4},
+    )
+    torch.manual_seed(0)
+    model = KimiLinearForCausalLM(config).eval()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        # Spread-out weights so greedy decoding is decisive (random init is nearly flat).
+        for name, p in model.named_parameters():
+            if name.endswith(("A_log", "dt_bias")):
+                continue
+            noise = torch.randn(p.shape, generator=gen)
+            p.copy_(1.0 + 0.2 * noise if name.endswith("norm.weight") else 0.3 * noise)
+        for name, buf in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                buf.copy_(0.1 * torch.randn(buf.shape, generator=gen))
+    model.save_pretrained(folder)
+    _tokenizer_files(folder, VOCAB)
+    return folder
+
+
+def kimi_engine(
+    folder: Path, cache_dir: Path, state: StateCacheConfig | None = None, **kw: Any
+) -> Engine:
+    kw.setdefault("block_size", 16)
+    kw.setdefault("num_kv_blocks", 64)
+    kw.setdefault("dtype", "float32")
+    kw.setdefault("device", "cpu")
+    engine = make_engine(folder, cache_dir, **kw)
+    if state is None:
+        return engine
+    return Engine(engine.config, engine.loaded, state)
+
+
+def greedy(max_tokens: int) -> SamplingParams:
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+
+
+def prompt_of(num_tokens: int, seed: int = 4) -> list[int]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(3, VOCAB, (num_tokens,), generator=gen).tolist()
+
+
+def run(engine: Engine, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
+    """Generate for all prompts at once (batched), checking the pool after every step."""
+    reqs = [engine.add_request(p, greedy(max_tokens)) for p in prompts]
+    while engine.has_unfinished():
+        engine.step()
+        engine.check_integrity()
+    return [list(r.output_token_ids) for r in reqs]
