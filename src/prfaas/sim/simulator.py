@@ -8,6 +8,7 @@ instance) → KV lands → wait for a decode slot → first token → last token
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -23,6 +24,8 @@ from prfaas.sim.link import Flow, Link
 from prfaas.sim.metrics import Metrics, RunResult
 from prfaas.sim.request import SimRequest
 from prfaas.sim.topology import Fleet, FleetSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,7 @@ class Simulator:
     # --- links, control, roles, sampling ---------------------------------------------------
 
     def change_capacity(self, link: Link, capacity_gbps: float) -> None:
+        log.info("t=%.0fs: link %s now %g Gbps", self.now_s, link.name, capacity_gbps)
         self._schedule_link(link, link.set_capacity(capacity_gbps, self.now_s))
 
     def short_control(self) -> None:
@@ -158,6 +162,7 @@ class Simulator:
         for change in changes:
             instance = self.fleet.by_name[change.instance]
             instance.draining = True
+            log.info("t=%.0fs: draining %s to become %s", self.now_s, instance.name, change.to_role)
             self.metrics.role_changes.append((self.now_s, change.instance, change.to_role))
             self._maybe_retire(instance)
         self.queue.push(self.now_s + controller.config.long_interval_s, ev.LongControlTick())
