@@ -48,6 +48,7 @@ class PrefillInstance:
         self.running: list[SimRequest] = []
         self.queued_tokens = 0
         self.busy_s = 0.0
+        self.pulls_inbound = 0  # routed here, cached prefix still crossing the link
         self.draining = False  # converting to decode: takes no new requests
         self.switch_pending = False
 
@@ -82,10 +83,10 @@ class PrefillInstance:
 
     @property
     def idle(self) -> bool:
-        return not self.queue and not self.running
+        return not self.queue and not self.running and self.pulls_inbound == 0
 
     def view(self) -> InstanceView:
-        load = len(self.queue) + len(self.running)
+        load = len(self.queue) + len(self.running) + self.pulls_inbound
         return InstanceView(
             self.name, self.cluster, "prefill", load, self.queued_tokens, not self.draining
         )

@@ -100,6 +100,7 @@ class Simulator:
         if decision.pull_from is None:
             self._enqueue_prefill(request)
             return
+        self._prefill(decision.prefill_instance).pulls_inbound += 1
         size = self._kv_size(decision.pull_from, decision.pull_tokens)
         landed = self._pusher(ev.PrefixPulled, request)
         self._send(decision.pull_from, decision.prefill_cluster, size, None, landed)
@@ -107,7 +108,9 @@ class Simulator:
     def land_pull(self, request: SimRequest) -> None:
         assert request.decision is not None
         blocks = request.decision.pull_tokens // self.fleet.spec.block_tokens
-        self._prefill(request.decision.prefill_instance).cache.insert(request.hash_ids[:blocks])
+        instance = self._prefill(request.decision.prefill_instance)
+        instance.pulls_inbound -= 1
+        instance.cache.insert(request.hash_ids[:blocks])
         self._enqueue_prefill(request)
 
     def finish_prefill(self, instance: PrefillInstance) -> None:
