@@ -1,0 +1,190 @@
+"""The OpenAI-compatible HTTP front door, as an app factory over a ``Backend``.
+
+Per request: authenticate (API key → tenant, salt derived here), parse and validate the body,
+tokenize, admit (bounded in-flight count, else 429), submit to the backend, and answer as a
+whole body or as SSE. Bad input is a 4xx in the OpenAI error format, never a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from prfaas.gateway.auth import Authenticator, Tenant
+from prfaas.gateway.backend import Backend, GenerationRequest, NoWorker, Overloaded
+from prfaas.gateway.config import GatewayConfig
+from prfaas.gateway.errors import APIError
+from prfaas.gateway.generation import Generation, GenerationStream
+from prfaas.gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from prfaas.gateway.middleware import ROUTE_HEADER, BodyLimitMiddleware
+from prfaas.gateway.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
+)
+from prfaas.gateway.serving import (
+    Prepared,
+    check_model,
+    parse_body,
+    prepare_chat,
+    prepare_completion,
+)
+
+logger = logging.getLogger(__name__)
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class Admission:
+    """At most ``limit`` requests in flight; the next one gets 429 with Retry-After."""
+
+    def __init__(self, limit: int, retry_after_s: float) -> None:
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        self.in_flight = 0
+
+    def acquire(self) -> None:
+        if self.in_flight >= self.limit:
+            raise _overloaded(self.retry_after_s, f"more than {self.limit} requests in flight")
+        self.in_flight += 1
+
+    def release(self) -> None:
+        self.in_flight -= 1
+
+
+def create_app(
+    backend: Backend, config: GatewayConfig | None = None, *, metrics: GatewayMetrics | None = None
+) -> FastAPI:
+    """The gateway app. ``metrics`` (default: a fresh registry) is where other components add
+    their gauges; it is also ``app.state.metrics``."""
+    config = config or GatewayConfig()
+    metrics = metrics or GatewayMetrics()
+    auth = Authenticator(config.api_keys, config.server_secret, config.default_tenant)
+    admission = Admission(config.max_in_flight, config.retry_after_s)
+    metrics.in_flight.set_function(lambda: admission.in_flight)
+
+    app = FastAPI(title="prfaas", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.metrics = metrics
+    app.state.admission = admission
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return APIError(exc.status_code, str(exc.detail)).response()
+
+    @app.get("/health")
+    async def health() -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> Response:
+        try:
+            auth.authenticate(request.headers.get("authorization"))
+        except APIError as exc:
+            return exc.response()
+        card = ModelCard(id=backend.model_name, max_model_len=backend.max_model_len)
+        return JSONResponse(ModelList(data=[card]).model_dump())
+
+    async def generate(request: Request, chat: bool) -> Response:
+        arrival_s = time.perf_counter()
+        tenant = auth.authenticate(request.headers.get("authorization"))
+        raw = await request.body()
+        prepared: Prepared
+        if chat:
+            chat_req = parse_body(raw, ChatCompletionRequest)
+            check_model(chat_req.model, backend.model_name)
+            prepared = prepare_chat(chat_req, backend.tokenizer, backend.max_model_len)
+        else:
+            req = parse_body(raw, CompletionRequest)
+            check_model(req.model, backend.model_name)
+            prepared = prepare_completion(req, backend.tokenizer, backend.max_model_len)
+        request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        gen = await _submit(backend, metrics, admission, tenant, prepared, request_id, arrival_s)
+        if prepared.stream:
+            chunks = gen.chat_chunks if chat else gen.completion_chunks
+            return GenerationStream(gen, chunks(prepared.include_usage))
+        status = 500
+        try:
+            body = await (gen.chat_completion() if chat else gen.completion())
+            status = 200
+        finally:
+            await gen.close(status)
+        return JSONResponse(body.model_dump(), headers={ROUTE_HEADER: gen.route})
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await _answer(metrics, generate(request, chat=True))
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await _answer(metrics, generate(request, chat=False))
+
+    return app
+
+
+async def _submit(
+    backend: Backend,
+    metrics: GatewayMetrics,
+    admission: Admission,
+    tenant: Tenant,
+    prepared: Prepared,
+    request_id: str,
+    arrival_s: float,
+) -> Generation:
+    admission.acquire()
+    req = GenerationRequest(
+        request_id, tenant.name, tenant.salt, prepared.prompt_token_ids, prepared.params
+    )
+    try:
+        handle = await backend.submit(req)
+    except ValueError as exc:
+        admission.release()
+        raise APIError(400, str(exc)[:500]) from None
+    except Overloaded as exc:
+        admission.release()
+        raise _overloaded(exc.retry_after_s, str(exc)) from None
+    except NoWorker as exc:
+        admission.release()
+        raise APIError(503, f"no worker can serve this request: {exc}"[:500]) from None
+    except BaseException:
+        admission.release()
+        raise
+    return Generation(
+        handle,
+        metrics,
+        request_id=request_id,
+        model=backend.model_name,
+        num_prompt_tokens=len(prepared.prompt_token_ids),
+        arrival_s=arrival_s,
+        release=admission.release,
+    )
+
+
+async def _answer(metrics: GatewayMetrics, work: Awaitable[Response]) -> Response:
+    """Run an endpoint; refusals become OpenAI errors, and a bug a 500 (logged), never a crash."""
+    try:
+        return await work
+    except APIError as exc:
+        error = exc
+    except Exception:
+        logger.exception("unexpected error while serving a request")
+        error = APIError(500, "internal server error")
+    metrics.requests.labels("none", str(error.status)).inc()
+    return error.response()
+
+
+def _overloaded(retry_after_s: float, message: str) -> APIError:
+    retry = str(max(1, math.ceil(retry_after_s)))
+    return APIError(429, message, code="rate_limit_exceeded", headers={"Retry-After": retry})

@@ -1,0 +1,212 @@
+"""One admitted request between the backend and its HTTP response: the OpenAI bodies and SSE
+chunks it becomes, its timings, and its metrics (recorded once, when it closes)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from prfaas.engine.outputs import TokenDelta
+from prfaas.gateway import sse
+from prfaas.gateway.backend import GenerationHandle, aclose
+from prfaas.gateway.metrics import GatewayMetrics, route_kind
+from prfaas.gateway.protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    Completion,
+    CompletionChoice,
+    DeltaMessage,
+    ErrorInfo,
+    ErrorResponse,
+    PromptTokensDetails,
+    Usage,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class Generation:
+    def __init__(
+        self,
+        handle: GenerationHandle,
+        metrics: GatewayMetrics,
+        *,
+        request_id: str,
+        model: str,
+        num_prompt_tokens: int,
+        arrival_s: float,
+        release: Callable[[], None],
+    ) -> None:
+        self.handle = handle
+        self.request_id = request_id
+        self.model = model
+        self.num_prompt_tokens = num_prompt_tokens
+        self.num_output_tokens = 0
+        self.failed = False
+        self._metrics = metrics
+        self._arrival_s = arrival_s
+        self._first_s: float | None = None
+        self._last_s: float | None = None
+        self._release: Callable[[], None] | None = release
+
+    @property
+    def route(self) -> str:
+        return self.handle.route
+
+    async def deltas(self) -> AsyncIterator[TokenDelta]:
+        async for delta in self.handle.events:
+            now = time.perf_counter()
+            if self._first_s is None:
+                self._first_s = now
+            self._last_s = now
+            self.num_output_tokens += len(delta.new_token_ids)
+            yield delta
+            if delta.finished:
+                return
+
+    def usage(self) -> Usage:
+        return Usage(
+            prompt_tokens=self.num_prompt_tokens,
+            completion_tokens=self.num_output_tokens,
+            total_tokens=self.num_prompt_tokens + self.num_output_tokens,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=self.handle.cached_tokens),
+        )
+
+    async def close(self, status: int) -> None:
+        """Stop the backend stream (aborts an unfinished request), free the admission slot
+        and record the request's metrics. Idempotent."""
+        if self._release is None:
+            return
+        release, self._release = self._release, None
+        try:
+            await aclose(self.handle.events)
+        finally:
+            release()
+            self._observe(status)
+
+    def _observe(self, status: int) -> None:
+        m, route = self._metrics, route_kind(self.route)
+        m.requests.labels(route, str(status)).inc()
+        m.prompt_tokens.inc(self.num_prompt_tokens)
+        m.cached_tokens.inc(self.handle.cached_tokens)
+        m.generation_tokens.inc(self.num_output_tokens)
+        if self._first_s is None or self._last_s is None:
+            return
+        m.ttft_s.labels(route).observe(self._first_s - self._arrival_s)
+        m.e2e_s.labels(route).observe(self._last_s - self._arrival_s)
+        if self.num_output_tokens > 1:
+            tpot = (self._last_s - self._first_s) / (self.num_output_tokens - 1)
+            m.tpot_s.labels(route).observe(tpot)
+
+    # ---- whole responses -------------------------------------------------------------------
+
+    async def collect(self) -> tuple[str, str | None]:
+        texts: list[str] = []
+        finish_reason: str | None = None
+        async for delta in self.deltas():
+            texts.append(delta.new_text)
+            if delta.finished:
+                finish_reason = delta.finish_reason
+        return "".join(texts), finish_reason
+
+    async def chat_completion(self) -> ChatCompletion:
+        text, finish_reason = await self.collect()
+        choice = ChatChoice(message=AssistantMessage(content=text), finish_reason=finish_reason)
+        return ChatCompletion(
+            id=self.request_id, model=self.model, choices=[choice], usage=self.usage()
+        )
+
+    async def completion(self) -> Completion:
+        text, finish_reason = await self.collect()
+        choice = CompletionChoice(text=text, finish_reason=finish_reason)
+        return Completion(
+            id=self.request_id, model=self.model, choices=[choice], usage=self.usage()
+        )
+
+    # ---- streams ---------------------------------------------------------------------------
+
+    async def chat_chunks(self, include_usage: bool) -> AsyncIterator[bytes]:
+        def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> bytes:
+            return sse.event(
+                ChatCompletionChunk(
+                    id=self.request_id, model=self.model, choices=choices, usage=usage
+                )
+            )
+
+        yield chunk([ChatChunkChoice(delta=DeltaMessage(role="assistant", content=""))])
+        async for delta in self._guarded():
+            if delta.new_text or delta.finished:
+                finish = delta.finish_reason if delta.finished else None
+                content = DeltaMessage(content=delta.new_text)
+                yield chunk([ChatChunkChoice(delta=content, finish_reason=finish)])
+        if include_usage and not self.failed:
+            yield chunk([], self.usage())
+        yield sse.DONE
+
+    async def completion_chunks(self, include_usage: bool) -> AsyncIterator[bytes]:
+        def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> bytes:
+            return sse.event(
+                Completion(id=self.request_id, model=self.model, choices=choices, usage=usage)
+            )
+
+        async for delta in self._guarded():
+            if delta.new_text or delta.finished:
+                finish = delta.finish_reason if delta.finished else None
+                yield chunk([CompletionChoice(text=delta.new_text, finish_reason=finish)])
+        if include_usage and not self.failed:
+            yield chunk([], self.usage())
+        yield sse.DONE
+
+    async def _guarded(self) -> AsyncIterator[TokenDelta]:
+        """The deltas; a backend failure mid-stream becomes an error event (status 200 is
+        already sent), never a silently truncated answer."""
+        try:
+            async for delta in self.deltas():
+                yield delta
+        except Exception as exc:
+            logger.exception("request %s failed mid-stream", self.request_id)
+            self.failed = True
+            info = ErrorInfo(
+                message=f"generation failed: {type(exc).__name__}", type="server_error"
+            )
+            raise _StreamFailed(sse.error_event(ErrorResponse(error=info))) from exc
+
+
+class _StreamFailed(Exception):
+    def __init__(self, event: bytes) -> None:
+        super().__init__("stream failed")
+        self.event = event
+
+
+class GenerationStream(StreamingResponse):
+    """An SSE response that closes its generation however the connection ends."""
+
+    def __init__(self, generation: Generation, chunks: AsyncIterator[bytes]) -> None:
+        self.generation = generation
+        super().__init__(
+            _until_failure(chunks),
+            media_type="text/event-stream",
+            headers={"x-prfaas-route": generation.route, "cache-control": "no-cache"},
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.generation.close(500 if self.generation.failed else 200)
+
+
+async def _until_failure(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except _StreamFailed as failed:
+        yield failed.event
+        yield sse.DONE

@@ -1,0 +1,146 @@
+"""Gateway test fixtures: a uvicorn server on a free loopback port in a background thread,
+the tiny checkpoint behind a LocalBackend, and a fake backend for admission and fuzz tests."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from prfaas.engine.async_engine import AsyncEngine
+from prfaas.engine.engine import Engine
+from prfaas.engine.outputs import TokenDelta
+from prfaas.gateway.app import create_app
+from prfaas.gateway.backend import GenerationHandle, GenerationRequest, LocalBackend
+from prfaas.gateway.config import GatewayConfig
+from tests.engine.helpers import make_engine
+
+T = TypeVar("T")
+API_KEY = "sk-test-acme"
+TINY_CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerThread:
+    """Serve ``app`` with uvicorn on its own loop; ``start``/``stop`` hooks run on that loop."""
+
+    def __init__(
+        self,
+        app: FastAPI,
+        on_start: Callable[[], None] | None = None,
+        on_stop: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+        )
+        self.server = uvicorn.Server(config)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._on_start, self._on_stop = on_start, on_stop
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
+
+    async def _main(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        if self._on_start is not None:
+            self._on_start()
+        self._ready.set()
+        try:
+            await self.server.serve()
+        finally:
+            if self._on_stop is not None:
+                await self._on_stop()
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        self._ready.wait(30)
+        for _ in range(300):
+            if self.server.started:
+                return self
+            self._thread.join(0.05)
+        raise RuntimeError("server did not start")
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self._thread.join(30)
+        assert not self._thread.is_alive()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the server's loop (e.g. an AsyncEngine call) and wait for it."""
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+
+class LocalServer:
+    def __init__(self, engine: Engine, config: GatewayConfig, model_name: str = "tiny") -> None:
+        self.async_engine = AsyncEngine(engine)
+        self.backend = LocalBackend(self.async_engine, model_name)
+        self.app = create_app(self.backend, config)
+        self.thread = ServerThread(self.app, self.async_engine.start, self.async_engine.shutdown)
+
+    @property
+    def base_url(self) -> str:
+        return self.thread.base_url
+
+    def check_engine(self) -> None:
+        """Nothing left running, and the pool's bookkeeping holds."""
+
+        def check(e: Engine) -> bool:
+            e.check_integrity()
+            return e.has_unfinished()
+
+        assert self.thread.run(self.async_engine.call(check)) is False
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_llama: Path, cache_dir: Path) -> Engine:
+    engine = make_engine(tiny_llama, cache_dir)
+    engine.tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    return engine
+
+
+@pytest.fixture(scope="session")
+def local_server(tiny_engine: Engine) -> Iterator[LocalServer]:
+    server = LocalServer(tiny_engine, GatewayConfig(api_keys={API_KEY: "acme"}))
+    with server.thread:
+        yield server
+
+
+class FakeBackend:
+    """Instant (or held) generation without an engine: echoes the first prompt tokens."""
+
+    def __init__(self, tokenizer: Any, max_model_len: int = 512) -> None:
+        self.model_name = "fake"
+        self.max_model_len = max_model_len
+        self.tokenizer = tokenizer
+        self.hold: asyncio.Event | None = None
+        self.submitted: list[GenerationRequest] = []
+
+    async def submit(self, req: GenerationRequest) -> GenerationHandle:
+        self.submitted.append(req)
+        return GenerationHandle("fake instance=f-0", 0, self._events(req))
+
+    async def _events(self, req: GenerationRequest) -> AsyncIterator[TokenDelta]:
+        if self.hold is not None:
+            await self.hold.wait()
+        n = req.params.max_tokens
+        for i in range(n):
+            yield TokenDelta(req.request_id, [3 + i % 7], f" w{3 + i % 7}", i == n - 1, "length")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_engine: Engine) -> Any:
+    return tiny_engine.tokenizer

@@ -1,0 +1,210 @@
+"""Bad input is a 4xx in the OpenAI error format and the server stays healthy; overload is a
+429 with Retry-After; a property test of the request schema never sees a 500."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from prfaas.gateway.app import create_app
+from prfaas.gateway.config import GatewayConfig
+from tests.gateway.conftest import API_KEY, FakeBackend, LocalServer, ServerThread
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+LONG = " ".join(["w9"] * 600)  # over the tiny model's 512-token context
+CASES: list[tuple[str, str, bytes | dict[str, Any], int, str | None]] = [
+    ("malformed json", "/v1/completions", b'{"prompt": "w5",', 400, None),
+    ("not an object", "/v1/completions", b"[1, 2]", 400, None),
+    ("invalid utf-8", "/v1/completions", b'{"prompt": "\xff\xfe"}', 400, None),
+    ("wrong type", "/v1/chat/completions", {"messages": "hi"}, 400, None),
+    ("wrong type 2", "/v1/completions", {"prompt": "w5", "temperature": "hot"}, 400, None),
+    ("missing prompt", "/v1/completions", {"model": "tiny"}, 400, None),
+    (
+        "unknown model",
+        "/v1/completions",
+        {"model": "gpt-9", "prompt": "w5"},
+        404,
+        "model_not_found",
+    ),
+    ("prompt too long", "/v1/completions", {"prompt": LONG}, 400, "context_length_exceeded"),
+    (
+        "absurd max_tokens",
+        "/v1/completions",
+        {"prompt": "w5", "max_tokens": 10**12},
+        400,
+        "context_length_exceeded",
+    ),
+    ("zero max_tokens", "/v1/completions", {"prompt": "w5", "max_tokens": 0}, 400, None),
+    ("too many stops", "/v1/completions", {"prompt": "w5", "stop": ["x"] * 17}, 400, None),
+    (
+        "n > 1",
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "w5"}], "n": 2},
+        400,
+        None,
+    ),
+    ("token out of vocab", "/v1/completions", {"prompt": [5, 10**6]}, 400, None),
+    ("empty prompt", "/v1/completions", {"prompt": []}, 400, None),
+    ("bad temperature", "/v1/completions", {"prompt": "w5", "temperature": -1}, 400, None),
+    ("nan top_p", "/v1/completions", b'{"prompt": "w5", "top_p": NaN}', 400, None),
+    ("huge seed", "/v1/completions", {"prompt": "w5", "seed": 10**30}, 400, None),
+    ("deep nesting", "/v1/completions", b"[" * 100_000 + b"]" * 100_000, 400, None),
+    ("lone surrogate", "/v1/completions", b'{"prompt": "w5 \\ud800"}', 400, None),
+    (
+        "image part",
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+        400,
+        None,
+    ),
+    ("oversized body", "/v1/completions", {"prompt": "w5 " * 1_500_000}, 413, None),
+]
+
+
+def assert_openai_error(r: httpx.Response, status: int, code: str | None = None) -> None:
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert isinstance(error["message"], str) and error["message"]
+    if code is not None:
+        assert error["code"] == code
+
+
+@pytest.mark.parametrize(
+    ("name", "path", "body", "status", "code"), CASES, ids=[c[0] for c in CASES]
+)
+def test_bad_input_is_refused(
+    local_server: LocalServer,
+    name: str,
+    path: str,
+    body: bytes | dict[str, Any],
+    status: int,
+    code: str | None,
+) -> None:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {**AUTH, "Content-Type": "application/json"}
+    r = httpx.post(f"{local_server.base_url}{path}", content=content, headers=headers)
+    assert_openai_error(r, status, code)
+    assert "x-prfaas-route" in r.headers
+    ok = httpx.post(
+        f"{local_server.base_url}/v1/completions",
+        json={"prompt": "w5 w6", "max_tokens": 2},
+        headers=AUTH,
+    )
+    assert ok.status_code == 200
+    local_server.check_engine()
+
+
+def test_context_message_is_vllm_style(local_server: LocalServer) -> None:
+    r = httpx.post(
+        f"{local_server.base_url}/v1/completions",
+        json={"prompt": "w5 w6 w7", "max_tokens": 510},
+        headers=AUTH,
+    )
+    assert r.json()["error"]["message"].startswith(
+        "This model's maximum context length is 512 tokens. However, you requested 513 tokens"
+    )
+
+
+def test_unknown_path_is_openai_404(local_server: LocalServer) -> None:
+    assert_openai_error(httpx.get(f"{local_server.base_url}/v1/nothing"), 404)
+
+
+@pytest.fixture(scope="module")
+def fake_server(tiny_tokenizer: Any) -> Iterator[tuple[FakeBackend, ServerThread]]:
+    backend = FakeBackend(tiny_tokenizer)
+    app = create_app(backend, GatewayConfig(max_in_flight=2, retry_after_s=3.0))
+    with ServerThread(app) as server:
+        yield backend, server
+
+
+def test_full_admission_is_429(fake_server: tuple[FakeBackend, ServerThread]) -> None:
+    backend, server = fake_server
+    hold = asyncio.Event()
+
+    async def set_hold() -> None:
+        backend.hold = hold
+
+    server.run(set_hold())
+    url = f"{server.base_url}/v1/completions"
+    body = {"prompt": "w5", "max_tokens": 2, "stream": True}
+    with httpx.Client(timeout=10) as client:
+        held = [client.stream("POST", url, json=body) for _ in range(2)]
+        responses = [h.__enter__() for h in held]
+        try:
+            r = client.post(url, json=body)
+            assert_openai_error(r, 429)
+            assert r.headers["retry-after"] == "3"
+        finally:
+            server.loop.call_soon_threadsafe(hold.set)  # type: ignore[union-attr]
+            for h, resp in zip(held, responses, strict=True):
+                assert resp.status_code == 200
+                resp.read()
+                h.__exit__(None, None, None)
+
+    async def clear_hold() -> None:
+        backend.hold = None
+
+    server.run(clear_hold())
+    assert client_ok(server.base_url)
+
+
+def client_ok(base_url: str) -> bool:
+    r = httpx.post(f"{base_url}/v1/completions", json={"prompt": "w5", "max_tokens": 3})
+    return r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+FIELDS = [
+    "model",
+    "prompt",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "stop",
+    "n",
+    "stream",
+    "stream_options",
+    "logprobs",
+    "echo",
+    "stop_token_ids",
+    "ignore_eos",
+    "presence_penalty",
+]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    path=st.sampled_from(["/v1/completions", "/v1/chat/completions"]),
+    body=st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=6),
+    prompt=st.one_of(st.text(max_size=30), st.lists(st.integers(-5, 300), max_size=6)),
+)
+def test_request_schema_never_500(
+    fake_server: tuple[FakeBackend, ServerThread], path: str, body: dict[str, Any], prompt: Any
+) -> None:
+    _, server = fake_server
+    if path.endswith("/completions") and "prompt" not in body:
+        body["prompt"] = prompt
+    if "max_tokens" not in body:
+        body["max_tokens"] = 4
+    r = httpx.post(f"{server.base_url}{path}", content=json.dumps(body).encode())
+    assert r.status_code < 500, r.text
+    if r.status_code >= 400:
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
