@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from prfaas.cli import Commands
+    from prfaas.sim.config import ScenarioSection, SimSettings
     from prfaas.sim.metrics import RunResult
+    from prfaas.sim.runner import SimContext
 
 
 def register(commands: Commands) -> None:
@@ -92,11 +94,18 @@ def run_simulate(args: argparse.Namespace) -> int:
         return _fail(str(exc))
 
 
-def _single(args: argparse.Namespace, ctx: Any, s: Any, scenario: Any, dep: str, rate: Any) -> int:
+def _single(
+    args: argparse.Namespace,
+    ctx: SimContext,
+    s: SimSettings,
+    scenario: ScenarioSection | None,
+    dep: str,
+    rate: float | None,
+) -> int:
     from prfaas.sim.progress import progress_bar
     from prfaas.sim.runner import run_one
 
-    with progress_bar(not args.json) as start:
+    with progress_bar(not args.json and sys.stderr.isatty()) as start:
         result = run_one(ctx, dep, args.policy, rate, s, scenario, start(dep, s.duration_s))
     summary = {"deployment": dep, "rate_rps": rate, **result.summary}
     _emit(args, summary)
@@ -105,12 +114,17 @@ def _single(args: argparse.Namespace, ctx: Any, s: Any, scenario: Any, dep: str,
 
 
 def _scenario(
-    args: argparse.Namespace, ctx: Any, s: Any, scenario: Any, dep: str, rate: Any
+    args: argparse.Namespace,
+    ctx: SimContext,
+    s: SimSettings,
+    scenario: ScenarioSection,
+    dep: str,
+    rate: float | None,
 ) -> int:
     from prfaas.sim.progress import progress_bar
     from prfaas.sim.scenarios import run_scenario
 
-    with progress_bar(not args.json) as start:
+    with progress_bar(not args.json and sys.stderr.isatty()) as start:
         report = run_scenario(
             ctx, args.scenario, scenario, s, dep, list(scenario.policies), rate, start
         )
@@ -127,7 +141,13 @@ def _scenario(
     return 0
 
 
-def _max_rate(args: argparse.Namespace, ctx: Any, s: Any, scenario: Any, dep: str) -> int:
+def _max_rate(
+    args: argparse.Namespace,
+    ctx: SimContext,
+    s: SimSettings,
+    scenario: ScenarioSection | None,
+    dep: str,
+) -> int:
     from prfaas.planner.search import plan
     from prfaas.sim.build import find_deployment
     from prfaas.sim.runner import find_max_rate, meets_slo, run_one
