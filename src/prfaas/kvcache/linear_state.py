@@ -133,9 +133,10 @@ class LinearStateManager:
         snapshots: list[tuple[int, int]] = []
         pending = self._pending.setdefault(request_id, [])
         taken = {p.block_hash for p in pending}
-        for n in self._snapshot_points(start, end, prompt_len):
+        # Latest first: when slots are short, the longest prefixes are the ones worth keeping.
+        for n in reversed(self._snapshot_points(start, end, prompt_len)):
             if n // self.block_size > len(hashes):
-                break
+                continue
             block_hash = hashes[n // self.block_size - 1]
             if block_hash in self._cached or block_hash in taken:
                 continue
@@ -145,7 +146,8 @@ class LinearStateManager:
             pending.append(_Pending(n, block_hash, slot))
             taken.add(block_hash)
             snapshots.append((n, slot))
-        return StatePlan(self._live[request_id], self._loading.get(request_id), tuple(snapshots))
+        live = self._live[request_id]
+        return StatePlan(live, self._loading.get(request_id), tuple(sorted(snapshots)))
 
     def commit(self, request_id: str, num_computed_tokens: int) -> None:
         """After a step: snapshots up to ``num_computed_tokens`` become reusable."""
