@@ -29,8 +29,13 @@ class Series:
     queue_prfaas: list[int] = field(default_factory=list)  # requests waiting for prefill
     queue_pd_p: list[int] = field(default_factory=list)
     queue_decode: list[int] = field(default_factory=list)  # KV landed, waiting for a slot
+    transfers_egress: list[int] = field(default_factory=list)  # KV flows on PrfaaS -> PD
     threshold_tokens: list[float] = field(default_factory=list)
     pd_prefill_instances: list[int] = field(default_factory=list)
+    # instantaneous: share of the stage's instances mid-batch / of decode slots occupied
+    busy_prfaas: list[float] = field(default_factory=list)
+    busy_pd_p: list[float] = field(default_factory=list)
+    busy_decode: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -78,18 +83,28 @@ class Metrics:
             self._egress_sent = link.bytes_sent
             s.egress_gbps.append(sent * 8 / 1e9 / self.config.sample_interval_s)
             s.link_capacity_gbps.append(link.capacity_gbps)
+            s.transfers_egress.append(len(link.flows))
         queues = {"prfaas": 0, "pd": 0}
-        decode_wait, pd_prefill = 0, 0
+        busy = {"prfaas": 0, "pd": 0}
+        count = {"prfaas": 0, "pd": 0}
+        decode_wait, active, slots = 0, 0, 0
         kinds = {c.name: c.kind for c in sim.fleet.clusters()}
         for inst in sim.fleet.by_name.values():
             if isinstance(inst, PrefillInstance):
-                queues[kinds[inst.cluster]] += len(inst.queue)
-                pd_prefill += kinds[inst.cluster] == "pd"
+                kind = kinds[inst.cluster]
+                queues[kind] += len(inst.queue)
+                busy[kind] += bool(inst.running)
+                count[kind] += 1
             else:
                 decode_wait += len(inst.waiting)
+                active, slots = active + inst.active, slots + inst.max_batch_size
         s.queue_prfaas.append(queues["prfaas"])
         s.queue_pd_p.append(queues["pd"])
         s.queue_decode.append(decode_wait)
+        s.busy_prfaas.append(busy["prfaas"] / max(count["prfaas"], 1))
+        s.busy_pd_p.append(busy["pd"] / max(count["pd"], 1))
+        s.busy_decode.append(active / max(slots, 1))
+        pd_prefill = count["pd"]
         s.threshold_tokens.append(sim.router.state.threshold_tokens)
         s.pd_prefill_instances.append(pd_prefill)
 

@@ -39,32 +39,49 @@ def write_plots(runs: Mapping[str, RunResult], out_dir: Path, prefix: str) -> li
     paths.append(_save(fig, out_dir / f"sim-{prefix}-ttft-cdf.png"))
     plt.close(fig)
 
-    fig, axes = plt.subplots(3, 1, figsize=(7, 6), dpi=80, sharex=True)
+    fig, axes = plt.subplots(4, 1, figsize=(7, 7.5), dpi=80, sharex=True)
     for policy, result in runs.items():
         s = result.series
         minutes = [t / 60 for t in s.time_s]
         if s.egress_gbps:
             axes[0].plot(minutes[: len(s.egress_gbps)], s.egress_gbps, label=f"{policy} egress")
         queue = [a + b for a, b in zip(s.queue_prfaas, s.queue_pd_p, strict=True)]
-        axes[1].plot(minutes, queue, label=policy)
+        axes[1].plot(minutes, queue, label=f"{policy} prefill")
+        if s.transfers_egress:
+            flows = s.transfers_egress
+            axes[1].plot(minutes[: len(flows)], flows, ":", label=f"{policy} KV in flight")
         axes[2].plot(minutes, [t / 1000 for t in s.threshold_tokens], label=policy)
+        axes[3].plot(minutes, _smooth(s.busy_pd_p), label=f"{policy} PD-P")
+        if any(s.busy_prfaas):
+            axes[3].plot(minutes, _smooth(s.busy_prfaas), ":", label=f"{policy} PrfaaS")
     first = next(iter(runs.values()), None)
     if first is not None and first.series.link_capacity_gbps:
         s = first.series
         axes[0].plot([t / 60 for t in s.time_s], s.link_capacity_gbps, "k--", label="capacity")
     axes[0].set_ylabel("Gbps")
     axes[0].set_yscale("symlog", linthresh=1)
-    axes[1].set_ylabel("prefill queue")
+    axes[1].set_ylabel("requests")
+    axes[1].set_yscale("symlog", linthresh=10)
     axes[2].set_ylabel("t (K tokens)")
-    axes[2].set_xlabel("time (min)")
+    axes[3].set_ylabel("prefill busy")
+    axes[3].set_xlabel("time (min)")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    axes[0].set_title(f"{prefix}: egress, queued prefills, threshold")
+    axes[0].set_title(f"{prefix}: egress, queues, threshold, prefill utilization")
     fig.tight_layout()
     paths.append(_save(fig, out_dir / f"sim-{prefix}-timeline.png"))
     plt.close(fig)
     return paths
+
+
+def _smooth(values: list[float], width: int = 6) -> list[float]:
+    """Trailing mean over ``width`` samples (instantaneous busy flags are 0/1-ish)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v - (values[i - width] if i >= width else 0.0)
+        out.append(total / min(i + 1, width))
+    return out
 
 
 def _save(fig: object, path: Path) -> Path:
