@@ -18,6 +18,9 @@ from dataclasses import dataclass
 COMMAND_MODULES: tuple[str, ...] = (
     "prfaas.engine.cli",
     "prfaas.planner.cli",
+    "prfaas.sim.cli",
+    "prfaas.gateway.serve_cli",
+    "prfaas.gateway.cli",
     "prfaas.transfer.cli",
 )
 

@@ -1,0 +1,114 @@
+"""The decode role: hold blocks for an incoming KV payload, land it, decode, stream tokens.
+
+If the KV does not arrive by the deadline, or arrives corrupt or for another model, the
+engine prefills the prompt here instead (the fallback): the request still completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from prfaas.decode.kv_import import wire_to_payload
+from prfaas.engine.async_engine import AsyncEngine
+from prfaas.engine.handoff import KvImportError, KvPayload, LayerLayout
+from prfaas.engine.outputs import TokenDelta
+from prfaas.messages import DecodeCommand, TokenEvent
+from prfaas.sampling import to_sampling_params
+from prfaas.transfer.receiver import KvReceiver
+
+logger = logging.getLogger(__name__)
+
+
+class DecodeRole:
+    def __init__(
+        self, engine: AsyncEngine, receiver: KvReceiver, layout: list[LayerLayout]
+    ) -> None:
+        self.engine = engine
+        self.receiver = receiver
+        self.layout = layout
+        # KV awaited per request; failing one early starts the local fallback at once.
+        self._awaited: dict[str, asyncio.Future[KvPayload]] = {}
+
+    def fail(self, request_id: str, reason: str) -> bool:
+        """The KV for ``request_id`` will not come (its prefill failed): fall back now."""
+        future = self._awaited.get(request_id)
+        if future is None or future.done():
+            return False
+        future.set_exception(KvImportError(f"prefill side failed: {reason}"))
+        return True
+
+    def _wait_kv(self, request_id: str, prompt: list[int], timeout_s: float) -> KvPayload:
+        received = self.receiver.wait(request_id, timeout_s=timeout_s)
+        try:
+            payload = wire_to_payload(received, prompt, self.layout)
+            # The receiver's buffers are reused after release: the payload must own its data.
+            payload.kv = [(k.clone(), v.clone()) for k, v in payload.kv]
+            return payload
+        finally:
+            self.receiver.release(request_id)
+
+    async def run(self, cmd: DecodeCommand) -> AsyncIterator[TokenEvent]:
+        params = to_sampling_params(cmd.params)
+        fallbacks_before = self.engine.stats().fallbacks
+        salt = bytes.fromhex(cmd.tenant_salt_hex)
+        deltas: AsyncIterator[TokenDelta]
+        if cmd.expect_kv:
+            kv: asyncio.Future[KvPayload] = asyncio.get_running_loop().create_future()
+            self._awaited[cmd.request_id] = kv
+            waiter = asyncio.ensure_future(
+                asyncio.to_thread(
+                    self._wait_kv, cmd.request_id, cmd.prompt_token_ids, cmd.deadline_s
+                )
+            )
+            waiter.add_done_callback(lambda done: _settle(kv, done))
+            deltas = self.engine.decode_with_kv(
+                cmd.prompt_token_ids,
+                params,
+                cmd.request_id,
+                kv,
+                deadline_s=cmd.deadline_s,
+                tenant_salt=salt,
+            )
+        else:
+            deltas = self.engine.generate(
+                cmd.prompt_token_ids, params, cmd.request_id, tenant_salt=salt
+            )
+        try:
+            async for event in self._events(cmd, deltas, fallbacks_before):
+                yield event
+        finally:
+            self._awaited.pop(cmd.request_id, None)
+
+    async def _events(
+        self, cmd: DecodeCommand, deltas: AsyncIterator[TokenDelta], fallbacks_before: int
+    ) -> AsyncIterator[TokenEvent]:
+        first = True
+        async for d in deltas:
+            fallback = False
+            if first and cmd.expect_kv:
+                fallback = self.engine.stats().fallbacks > fallbacks_before
+            first = False
+            yield TokenEvent(
+                request_id=cmd.request_id,
+                token_ids=d.new_token_ids,
+                text=d.new_text,
+                finished=d.finished,
+                finish_reason=d.finish_reason,
+                fallback=fallback,
+            )
+
+
+def _settle(future: asyncio.Future[KvPayload], done: asyncio.Future[KvPayload]) -> None:
+    """Pass the receiver thread's outcome on, unless the KV was already given up on."""
+    if future.done():
+        if not done.cancelled():
+            done.exception()  # retrieved: a late failure is expected, not an error
+        return
+    if done.cancelled():
+        future.cancel()
+    elif done.exception() is not None:
+        future.set_exception(done.exception())  # type: ignore[arg-type]
+    else:
+        future.set_result(done.result())

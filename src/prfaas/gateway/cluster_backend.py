@@ -1,0 +1,226 @@
+"""The cluster backend: route each request, start the decode stream, ship the prefill.
+
+For every request: derive its salted block hashes, ask the router (PrfaaS rule, cache
+affinity, residency), open the token stream at the chosen decode worker (which reserves
+blocks and waits for KV), and tell the chosen prefill worker to compute the prompt and ship
+its KV to that decode worker over the link between their clusters. If the KV never comes,
+the decode worker prefills locally; the stream still completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from prfaas.engine.outputs import TokenDelta
+from prfaas.gateway.backend import GenerationHandle, GenerationRequest, NoWorker
+from prfaas.gateway.fleet import WorkerFleet
+from prfaas.kvcache.hashing import block_hashes, root_hash
+from prfaas.messages import (
+    DecodeCommand,
+    KvFailed,
+    KvTarget,
+    PrefillCommand,
+    PrefillResult,
+    TokenEvent,
+)
+from prfaas.router.router import Router
+from prfaas.router.types import NoRouteError, RouteDecision, RouteRequest
+from prfaas.sampling import to_spec
+from prfaas.worker import TOKEN_HEADER
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LinkRoute:
+    """How KV from one source cluster reaches decode workers: through ``via[decode_name]``
+    (a link emulator or a WAN address) when set, else straight to the worker's receiver."""
+
+    name: str
+    codec: str = "raw"
+    connections: int = 1
+    tls: bool = False
+    via: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    model_name: str
+    cluster_token: str
+    kv_deadline_s: float = 30.0
+    links: dict[str, LinkRoute] = field(default_factory=dict)  # by source cluster
+    residency: dict[str, frozenset[str]] = field(default_factory=dict)  # tenant -> clusters
+
+
+class ClusterBackend:
+    def __init__(
+        self,
+        settings: BackendSettings,
+        fleet: WorkerFleet,
+        router: Router,
+        tokenizer: Any,
+        max_model_len: int,
+        block_size: int,
+        on_prefill: Callable[[RouteDecision, PrefillResult], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.fleet = fleet
+        self.router = router
+        self.tokenizer = tokenizer
+        self.model_name = settings.model_name
+        self.max_model_len = max_model_len
+        self.block_size = block_size
+        self.on_prefill = on_prefill
+        self._client = httpx.AsyncClient(
+            headers={TOKEN_HEADER: settings.cluster_token}, timeout=httpx.Timeout(10.0, read=None)
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await self._client.aclose()
+
+    def route(self, req: GenerationRequest) -> RouteDecision:
+        fingerprint = self.fleet.fingerprint
+        if fingerprint is None:
+            raise NoWorker("no worker has registered yet")
+        hashes = block_hashes(
+            req.prompt_token_ids, self.block_size, root_hash(fingerprint, req.tenant_salt)
+        )
+        try:
+            return self.router.route(
+                RouteRequest(
+                    request_id=req.request_id,
+                    tenant=req.tenant,
+                    prompt_len=len(req.prompt_token_ids),
+                    block_hashes=hashes,
+                    allowed_clusters=self.settings.residency.get(req.tenant),
+                )
+            )
+        except NoRouteError as e:
+            raise NoWorker(str(e)) from e
+
+    async def submit(self, req: GenerationRequest) -> GenerationHandle:
+        decision = self.route(req)
+        prefill = self.fleet.workers[decision.prefill_instance]
+        decode = self.fleet.workers[decision.decode_instance]
+        link = self.settings.links.get(prefill.info.cluster, LinkRoute("local"))
+        host, port = link.via.get(decode.info.name, (decode.info.kv_host, decode.info.kv_port))
+        salt = req.tenant_salt.hex()
+        spec = to_spec(req.params)
+        decode_cmd = DecodeCommand(
+            request_id=req.request_id,
+            prompt_token_ids=req.prompt_token_ids,
+            params=spec,
+            tenant_salt_hex=salt,
+            expect_kv=True,
+            deadline_s=self.settings.kv_deadline_s,
+        )
+        try:
+            response = await self._client.send(
+                self._client.build_request(
+                    "POST", decode.info.http_url + "/decode", content=decode_cmd.encode()
+                ),
+                stream=True,
+            )
+        except httpx.HTTPError as e:
+            raise NoWorker(f"decode worker {decode.info.name} unreachable: {e}") from e
+        if response.status_code != 200:
+            await response.aclose()
+            raise NoWorker(f"decode worker {decode.info.name} answered {response.status_code}")
+        prefill_cmd = PrefillCommand(
+            request_id=req.request_id,
+            prompt_token_ids=req.prompt_token_ids,
+            params=spec,
+            tenant_salt_hex=salt,
+            deadline_s=self.settings.kv_deadline_s,
+            target=KvTarget(
+                host=host,
+                port=port,
+                link=link.name,
+                codec=link.codec,
+                connections=link.connections,
+                tls=link.tls,
+                server_name=decode.info.cluster,
+            ),
+        )
+        self._spawn(
+            self._prefill(prefill.info.http_url, decode.info.http_url, prefill_cmd, decision)
+        )
+        decode.inflight += 1
+        route = (
+            f"{decision.path} prefill={decision.prefill_instance} decode={decision.decode_instance}"
+        )
+        return GenerationHandle(
+            route=route,
+            cached_tokens=decision.cached_tokens,
+            events=self._events(response, decode.info.name),
+        )
+
+    async def _events(
+        self, response: httpx.Response, decode_name: str
+    ) -> AsyncIterator[TokenDelta]:
+        try:
+            async for line in response.aiter_lines():
+                if not line:
+                    continue
+                event = TokenEvent.decode(line)
+                if event.error is not None:
+                    raise ValueError(event.error)
+                yield TokenDelta(
+                    event.request_id,
+                    event.token_ids,
+                    event.text,
+                    event.finished,
+                    event.finish_reason,
+                )
+                if event.finished:
+                    return
+            raise ConnectionError(f"decode worker {decode_name} closed the stream early")
+        finally:
+            await response.aclose()
+            record = self.fleet.workers.get(decode_name)
+            if record is not None:
+                record.inflight = max(0, record.inflight - 1)
+
+    async def _prefill(
+        self, url: str, decode_url: str, cmd: PrefillCommand, decision: RouteDecision
+    ) -> None:
+        try:
+            r = await self._client.post(
+                url + "/prefill", content=cmd.encode(), timeout=cmd.deadline_s
+            )
+            result = (
+                PrefillResult.decode(r.content)
+                if r.status_code == 200
+                else PrefillResult(
+                    request_id=cmd.request_id, ok=False, error=f"HTTP {r.status_code}"
+                )
+            )
+        except httpx.HTTPError as e:
+            result = PrefillResult(request_id=cmd.request_id, ok=False, error=str(e))
+        if not result.ok:
+            logger.warning(
+                "prefill of %s failed (%s); the decode side falls back",
+                cmd.request_id,
+                result.error,
+            )
+            # Tell the decode worker now rather than letting it wait out the KV deadline.
+            failed = KvFailed(request_id=cmd.request_id, reason=(result.error or "")[:1024])
+            with contextlib.suppress(httpx.HTTPError):
+                await self._client.post(decode_url + "/kv_failed", content=failed.encode())
+        if self.on_prefill is not None:
+            self.on_prefill(decision, result)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

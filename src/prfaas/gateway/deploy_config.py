@@ -1,0 +1,134 @@
+"""`prfaas serve --config deploy.yaml`: clusters, instances, links, tenants, policy.
+
+Validated at the edge with clear errors naming the key; the embedded default (no file) is a
+local PD cluster (one PD-P, one PD-D) and a remote PrfaaS cluster (one prefill instance)
+behind an emulated WAN link.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class InstanceSpec(_Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    role: Literal["prefill", "decode"]
+    spawn: bool = True  # False: already running elsewhere; it registers itself
+
+
+class ClusterSpec(_Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: Literal["pd", "prfaas"]
+    instances: list[InstanceSpec]
+
+
+class LinkSpec(_Strict):
+    """KV from ``src`` to ``dst``. ``emulate`` puts a link emulator in the path (rate,
+    RTT); otherwise the rate is the sender's pacing cap only."""
+
+    src: str
+    dst: str
+    rate_gbps: float | None = Field(None, gt=0)
+    rtt_ms: float = Field(0.0, ge=0)
+    codec: str = "raw"
+    connections: int = Field(2, ge=1, le=16)
+    tls: bool = True
+    emulate: bool = True
+
+
+class TenantSpec(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+    api_keys: list[str] = Field(default_factory=list)
+    clusters: list[str] | None = None  # residency: the only clusters it may use
+
+
+class PolicySpec(_Strict):
+    name: Literal["prfaas", "homogeneous", "naive"] = "prfaas"
+    threshold_tokens: int | None = Field(None, ge=0)  # None: measured at start-up
+    mode: Literal["scarce", "abundant"] = "scarce"
+
+
+class DeployConfig(_Strict):
+    model: str | None = None
+    served_model_name: str | None = None  # the name clients pass; default: the model's
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    clusters: list[ClusterSpec]
+    links: list[LinkSpec] = Field(default_factory=list)
+    tenants: list[TenantSpec] = Field(default_factory=list)
+    policy: PolicySpec = PolicySpec()
+    kv_deadline_s: float = Field(30.0, gt=0)
+    max_model_len: int | None = Field(None, gt=1)
+
+    @model_validator(mode="after")
+    def _references(self) -> DeployConfig:
+        names = [c.name for c in self.clusters]
+        if len(set(names)) != len(names):
+            raise ValueError("cluster names must be unique")
+        pd = [c for c in self.clusters if c.kind == "pd"]
+        if len(pd) != 1:
+            raise ValueError("exactly one cluster of kind 'pd' (the local cluster) is needed")
+        if not any(i.role == "decode" for i in pd[0].instances):
+            raise ValueError(f"cluster {pd[0].name!r} needs at least one decode instance")
+        for c in self.clusters:
+            if c.kind == "prfaas" and any(i.role != "prefill" for i in c.instances):
+                raise ValueError(f"cluster {c.name!r}: PrfaaS instances are prefill-only")
+        instance_names = [i.name for c in self.clusters for i in c.instances]
+        if len(set(instance_names)) != len(instance_names):
+            raise ValueError("instance names must be unique")
+        for link in self.links:
+            for end in (link.src, link.dst):
+                if end not in names:
+                    raise ValueError(f"link {link.src}->{link.dst}: unknown cluster {end!r}")
+        for t in self.tenants:
+            for allowed in t.clusters or []:
+                if allowed not in names:
+                    raise ValueError(f"tenant {t.name!r}: unknown cluster {allowed!r}")
+        return self
+
+
+def default_config() -> DeployConfig:
+    return DeployConfig(
+        clusters=[
+            ClusterSpec(
+                name="local",
+                kind="pd",
+                instances=[
+                    InstanceSpec(name="pd-p-0", role="prefill"),
+                    InstanceSpec(name="pd-d-0", role="decode"),
+                ],
+            ),
+            ClusterSpec(
+                name="remote",
+                kind="prfaas",
+                instances=[InstanceSpec(name="prfaas-0", role="prefill")],
+            ),
+        ],
+        links=[LinkSpec(src="remote", dst="local", rate_gbps=1.0, rtt_ms=10.0)],
+    )
+
+
+class DeployConfigError(ValueError):
+    pass
+
+
+def load_deploy_config(path: Path) -> DeployConfig:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise DeployConfigError(f"{path}: {e}") from e
+    try:
+        return DeployConfig.model_validate(raw)
+    except ValidationError as e:
+        lines = [
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors()
+        ]
+        raise DeployConfigError(f"{path}: invalid deployment:\n  " + "\n  ".join(lines)) from e

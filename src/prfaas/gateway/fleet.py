@@ -1,0 +1,110 @@
+"""The gateway's live view of its workers: registration, heartbeats, health, and the kv
+index fed by their cache events. Implements the router's ``Fleet`` protocol."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from prfaas.messages import Heartbeat, WorkerInfo
+from prfaas.router.kv_index import KvIndex
+from prfaas.router.types import ClusterKind, ClusterView, InstanceView
+
+logger = logging.getLogger(__name__)
+
+
+class FingerprintConflictError(ValueError):
+    """A worker serves other model weights than the rest of the fleet."""
+
+
+@dataclass
+class WorkerRecord:
+    info: WorkerInfo
+    last_seen_s: float
+    num_waiting: int = 0
+    num_running: int = 0
+    inflight: int = 0  # requests this gateway sent and has not seen finish
+    fallbacks: int = 0
+
+
+class WorkerFleet:
+    def __init__(
+        self, clusters: dict[str, ClusterKind], kv_index: KvIndex, heartbeat_timeout_s: float = 3.0
+    ) -> None:
+        self._clusters = [ClusterView(name, kind) for name, kind in clusters.items()]
+        self.kv_index = kv_index
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.workers: dict[str, WorkerRecord] = {}
+
+    @property
+    def fingerprint(self) -> str | None:
+        for record in self.workers.values():
+            return record.info.fingerprint
+        return None
+
+    def register(self, info: WorkerInfo) -> None:
+        if info.cluster not in {c.name for c in self._clusters}:
+            raise ValueError(f"worker {info.name}: unknown cluster {info.cluster!r}")
+        others = {r.info.fingerprint for n, r in self.workers.items() if n != info.name}
+        if others and info.fingerprint not in others:
+            raise FingerprintConflictError(
+                f"worker {info.name} serves model {info.fingerprint[:12]}…, the fleet "
+                f"{sorted(others)[0][:12]}…"
+            )
+        old = self.workers.get(info.name)
+        inflight = old.inflight if old else 0
+        self.workers[info.name] = WorkerRecord(info, time.monotonic(), inflight=inflight)
+        self.kv_index.register(info.name, info.cluster, info.epoch)
+        logger.info(
+            "worker %s registered: %s in %s (epoch %d)",
+            info.name,
+            info.role,
+            info.cluster,
+            info.epoch,
+        )
+
+    def heartbeat(self, hb: Heartbeat) -> bool:
+        """Apply a heartbeat; False if the worker must register (again)."""
+        record = self.workers.get(hb.name)
+        if record is None or record.info.epoch != hb.epoch or record.info.role != hb.role:
+            return False
+        record.last_seen_s = time.monotonic()
+        record.num_waiting, record.num_running = hb.num_waiting, hb.num_running
+        record.fallbacks = hb.fallbacks
+        for e in hb.events:  # in order: a block may be evicted and stored again
+            h = bytes.fromhex(e.block_hash)
+            if e.stored:
+                self.kv_index.stored(hb.name, hb.epoch, (h,))
+            else:
+                self.kv_index.evicted(hb.name, hb.epoch, (h,))
+        return True
+
+    def healthy(self, name: str) -> bool:
+        record = self.workers.get(name)
+        return record is not None and (
+            time.monotonic() - record.last_seen_s <= self.heartbeat_timeout_s
+        )
+
+    def forget(self, name: str) -> None:
+        self.workers.pop(name, None)
+        self.kv_index.remove(name)
+
+    # -- router.Fleet ------------------------------------------------------------------------
+
+    def clusters(self) -> Sequence[ClusterView]:
+        return self._clusters
+
+    def instances(self) -> Sequence[InstanceView]:
+        return [
+            InstanceView(
+                name=name,
+                cluster=r.info.cluster,
+                role=r.info.role,
+                load=max(r.num_waiting + r.num_running, r.inflight),
+                queued_tokens=0,
+                healthy=self.healthy(name),
+            )
+            for name, r in self.workers.items()
+        ]

@@ -1,0 +1,67 @@
+"""The gateway's internal endpoints: worker registration and heartbeats (cluster token)."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+
+from prfaas.gateway.fleet import WorkerFleet
+from prfaas.messages import Heartbeat, WorkerInfo
+from prfaas.worker import TOKEN_HEADER
+
+
+def add_internal_routes(app: FastAPI, fleet: WorkerFleet, cluster_token: str) -> None:
+    def check(request: Request) -> None:
+        if not hmac.compare_digest(request.headers.get(TOKEN_HEADER, ""), cluster_token):
+            raise HTTPException(401, "missing or invalid cluster token")
+
+    @app.post("/internal/register", include_in_schema=False)
+    async def register(request: Request) -> Response:
+        check(request)
+        try:
+            info = WorkerInfo.decode(await request.body())
+            fleet.register(info)
+        except (ValidationError, ValueError) as e:
+            raise HTTPException(400, str(e)) from e
+        return Response(b"{}", media_type="application/json")
+
+    @app.post("/internal/heartbeat", include_in_schema=False)
+    async def heartbeat(request: Request) -> Response:
+        check(request)
+        try:
+            hb = Heartbeat.decode(await request.body())
+        except ValidationError as e:
+            raise HTTPException(400, str(e)) from e
+        if not fleet.heartbeat(hb):
+            raise HTTPException(404, "unknown worker or epoch: register again")
+        return Response(b"{}", media_type="application/json")
+
+
+def add_status_route(app: FastAPI, fleet: WorkerFleet, router: Any) -> None:
+    """GET /status: clusters, instances and roles, queue depths, threshold and mode."""
+
+    @app.get("/status")
+    async def status() -> dict[str, Any]:
+        return {
+            "threshold_tokens": router.state.threshold_tokens,
+            "mode": router.state.mode,
+            "policy": router.policy.name,
+            "kv_index_blocks": len(fleet.kv_index),
+            "instances": [
+                {
+                    "name": n,
+                    "cluster": r.info.cluster,
+                    "role": r.info.role,
+                    "healthy": fleet.healthy(n),
+                    "waiting": r.num_waiting,
+                    "running": r.num_running,
+                    "inflight": r.inflight,
+                    "fallbacks": r.fallbacks,
+                }
+                for n, r in sorted(fleet.workers.items())
+            ],
+        }

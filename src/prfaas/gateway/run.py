@@ -1,0 +1,88 @@
+"""Run a deployment in the foreground: start it, show progress, print the endpoint, serve
+until Ctrl-C, then stop every process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from pathlib import Path
+
+from prfaas.gateway.deploy_config import DeployConfig
+
+logger = logging.getLogger(__name__)
+START_TIMEOUT_S = 600.0
+
+
+def model_facts(cfg: DeployConfig) -> tuple[str, object, int]:
+    """Resolve the model once here (GGUF converted before workers start, so they don't
+    race): its folder, tokenizer and context limit."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from prfaas.config import default_cache_dir
+    from prfaas.model.loader import resolve_model_folder
+
+    folder = resolve_model_folder(cfg.model, default_cache_dir())
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    hf = AutoConfig.from_pretrained(folder, local_files_only=True)
+    limit = int(getattr(hf, "max_position_embeddings", 0) or 4096)
+    if cfg.max_model_len is not None:
+        limit = min(limit, cfg.max_model_len)
+    return str(folder), tokenizer, limit
+
+
+async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: Path | None) -> int:
+    import uvicorn
+    from rich.console import Console
+
+    from prfaas.gateway.serve import build_deployment, wait_ready
+
+    console = Console(stderr=True)
+    with console.status("resolving the model…"):
+        folder, tokenizer, max_model_len = await asyncio.to_thread(model_facts, cfg)
+    url = f"http://{cfg.host}:{cfg.port}"
+    deployment = build_deployment(
+        cfg,
+        tokenizer,
+        folder,
+        max_model_len,
+        16,
+        gateway_url=url,
+        api_keys=api_keys,
+        log_dir=log_dir,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(deployment.app, host=cfg.host, port=cfg.port, log_level="warning")
+    )
+    serving = asyncio.create_task(server.serve())
+    try:
+        names = ", ".join(deployment.expected_workers)
+        with console.status(f"starting workers ({names}); loading the model in each…"):
+            await wait_ready(deployment, START_TIMEOUT_S)
+        key = next(iter(api_keys), None)
+        auth = f" -H 'Authorization: Bearer {key}'" if key else ""
+        print(f"prfaas is serving {deployment.backend.model_name} at {url}/v1")
+        print(
+            f"  threshold t = {deployment.backend.router.state.threshold_tokens:.0f} tokens; "
+            f"status: prfaas status --url {url}"
+        )
+        print(
+            f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} "
+            """-d '{"model": "default", "messages": [{"role": "user", """
+            """"content": "What is the capital of France?"}]}'"""
+        )
+        sys.stdout.flush()
+        await serving
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        pass
+    except (RuntimeError, TimeoutError) as e:
+        print(f"prfaas serve: {e}", file=sys.stderr)
+        return 1
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(serving, 10.0)
+        await deployment.backend.aclose()
+        deployment.close()
+    return 0

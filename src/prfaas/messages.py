@@ -1,0 +1,140 @@
+"""Typed messages between the gateway and the workers (the control plane, JSON over HTTP).
+
+KV itself never travels here: it goes over ``prfaas.transfer``'s framed wire format. Every
+message is a pydantic model with bounded fields, validated on receipt; nothing is pickled.
+``encode``/``decode`` are the only way in and out, and each has a round-trip test.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_PROMPT_TOKENS = 1 << 20
+MAX_NAME = 128
+MAX_EVENTS = 65536
+HEX_HASH = Annotated[str, Field(min_length=32, max_length=32, pattern=r"^[0-9a-f]+$")]
+Role = Literal["prefill", "decode"]
+
+M = TypeVar("M", bound="Message")
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def encode(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def decode(cls: type[M], data: bytes | str) -> M:
+        return cls.model_validate_json(data)
+
+
+class SamplingSpec(Message):
+    """SamplingParams on the wire (validated again by SamplingParams on the worker)."""
+
+    max_tokens: int = Field(16, ge=1, le=1 << 20)
+    temperature: float = Field(1.0, ge=0.0, le=100.0)
+    top_k: int = Field(0, ge=0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: list[Annotated[str, Field(max_length=256)]] = Field(default_factory=list, max_length=16)
+    stop_token_ids: list[int] = Field(default_factory=list, max_length=64)
+    ignore_eos: bool = False
+
+
+class WorkerInfo(Message):
+    """A worker announces itself to the gateway (authenticated by the cluster token)."""
+
+    name: str = Field(max_length=MAX_NAME)
+    cluster: str = Field(max_length=MAX_NAME)
+    role: Role
+    http_url: str = Field(max_length=512)
+    kv_host: str = Field(max_length=256)
+    kv_port: int = Field(ge=0, le=65535)  # the KV receiver (decode role); 0 when none
+    fingerprint: str = Field(max_length=64)
+    model_name: str = Field(max_length=512)
+    max_model_len: int = Field(ge=1)
+    block_size: int = Field(ge=1)
+    epoch: int = Field(ge=0)  # changes on every worker start: stale index entries vanish
+
+
+class CacheEventMsg(Message):
+    block_hash: HEX_HASH
+    stored: bool
+
+
+class Heartbeat(Message):
+    name: str = Field(max_length=MAX_NAME)
+    epoch: int = Field(ge=0)
+    role: Role
+    num_waiting: int = Field(ge=0)
+    num_running: int = Field(ge=0)
+    kv_usage: float = Field(ge=0.0, le=1.0)
+    fallbacks: int = Field(ge=0)
+    events: list[CacheEventMsg] = Field(default_factory=list, max_length=MAX_EVENTS)
+
+
+class KvTarget(Message):
+    """Where and how a prefill worker ships KV: the decode worker's receiver via a link."""
+
+    host: str = Field(max_length=256)
+    port: int = Field(ge=1, le=65535)
+    link: str = Field("local", max_length=MAX_NAME)
+    codec: str = Field("raw", max_length=64)
+    connections: int = Field(1, ge=1, le=16)
+    tls: bool = False
+    server_name: str = Field("", max_length=MAX_NAME)  # the receiver's cluster (TLS identity)
+
+
+class PrefillCommand(Message):
+    request_id: str = Field(max_length=MAX_NAME)
+    prompt_token_ids: list[int] = Field(max_length=MAX_PROMPT_TOKENS)
+    params: SamplingSpec
+    tenant_salt_hex: str = Field(max_length=128)
+    target: KvTarget
+    deadline_s: float = Field(gt=0.0, le=3600.0)
+
+
+class PrefillResult(Message):
+    request_id: str
+    ok: bool
+    kv_bytes: int = 0
+    wire_bytes: int = 0
+    seconds: float = 0.0
+    cached_tokens: int = 0
+    error: str | None = None
+
+
+class DecodeCommand(Message):
+    request_id: str = Field(max_length=MAX_NAME)
+    prompt_token_ids: list[int] = Field(max_length=MAX_PROMPT_TOKENS)
+    params: SamplingSpec
+    tenant_salt_hex: str = Field(max_length=128)
+    expect_kv: bool  # False: prefill here too (a PD-P worker that also decodes, or fallback)
+    deadline_s: float = Field(gt=0.0, le=3600.0)
+
+
+class TokenEvent(Message):
+    """One line of a decode worker's NDJSON token stream."""
+
+    request_id: str
+    token_ids: list[int] = Field(default_factory=list)
+    text: str = ""
+    finished: bool = False
+    finish_reason: str | None = None
+    cached_tokens: int = 0
+    fallback: bool = False  # the KV never came; this worker prefilled the prompt itself
+    error: str | None = None
+
+
+class KvFailed(Message):
+    """The gateway tells a decode worker that the KV it waits for will not come."""
+
+    request_id: str = Field(max_length=MAX_NAME)
+    reason: str = Field("", max_length=1024)
+
+
+class RoleSwitch(Message):
+    role: Role

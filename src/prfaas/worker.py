@@ -1,0 +1,240 @@
+"""One worker process: an engine with a role (prefill or decode), its HTTP control endpoint,
+its KV receiver, and its registration and heartbeat to the gateway.
+
+Endpoints (all require the cluster token in ``x-prfaas-cluster-token``):
+  POST /prefill  PrefillCommand -> PrefillResult    (role prefill)
+  POST /decode   DecodeCommand  -> NDJSON TokenEvent lines (role decode)
+  POST /role     RoleSwitch: drain, then switch (PD-cluster workers)
+  GET  /health
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import ssl
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import ValidationError
+
+from prfaas.config import EngineConfig
+from prfaas.decode.role import DecodeRole
+from prfaas.engine.async_engine import AsyncEngine
+from prfaas.engine.engine import Engine
+from prfaas.messages import (
+    CacheEventMsg,
+    DecodeCommand,
+    Heartbeat,
+    KvFailed,
+    PrefillCommand,
+    Role,
+    RoleSwitch,
+    TokenEvent,
+    WorkerInfo,
+)
+from prfaas.prefill.role import LinkSettings, PrefillRole
+from prfaas.transfer.config import ReceiverConfig
+from prfaas.transfer.receiver import KvReceiver
+from prfaas.transfer.tls import PLAINTEXT, Plaintext, TlsConfig, client_context, server_context
+
+logger = logging.getLogger(__name__)
+TOKEN_HEADER = "x-prfaas-cluster-token"
+HEARTBEAT_S = 0.5
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    name: str
+    cluster: str
+    role: Role
+    host: str
+    port: int
+    gateway_url: str
+    cluster_token: str
+    engine: EngineConfig
+    kv_host: str = "127.0.0.1"
+    kv_port: int = 0
+    certs_dir: Path | None = None
+    link_rate_gbps: dict[str, float] = field(default_factory=dict)
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.role: Role = config.role
+        self.draining = False
+        self.epoch = time.time_ns() + os.getpid()  # unique per start: stale entries vanish
+        engine = Engine(config.engine)
+        self.fingerprint = engine.fingerprint
+        self.engine = AsyncEngine(engine)
+        tls_server: ssl.SSLContext | Plaintext = PLAINTEXT
+        tls_client: ssl.SSLContext | None = None
+        if config.certs_dir is not None:
+            tls = TlsConfig.from_dir(config.certs_dir, config.cluster)
+            tls_server, tls_client = server_context(tls), client_context(tls)
+        self.receiver = KvReceiver(
+            ReceiverConfig(
+                host=config.kv_host,
+                port=config.kv_port,
+                fingerprint=bytes.fromhex(engine.fingerprint),
+            ),
+            tls=tls_server,
+        )
+        self.prefill = PrefillRole(self.engine, LinkSettings(config.link_rate_gbps), tls_client)
+        self.decode = DecodeRole(self.engine, self.receiver, engine.layout)
+        host, port = self.receiver.address
+        self._info = WorkerInfo(
+            name=config.name,
+            cluster=config.cluster,
+            role=config.role,
+            http_url=f"http://{config.host}:{config.port}",
+            kv_host=host,
+            kv_port=port,
+            fingerprint=engine.fingerprint,
+            model_name=str(engine.loaded.folder),
+            max_model_len=engine.max_model_len,
+            block_size=engine.kv.block_size,
+            epoch=self.epoch,
+        )
+
+    def info(self) -> WorkerInfo:
+        return self._info.model_copy(update={"role": self.role, "epoch": self.epoch})
+
+    def heartbeat(self) -> Heartbeat:
+        stats = self.engine.stats()
+        events = [
+            CacheEventMsg(block_hash=e.block_hash.hex(), stored=e.stored)
+            for e in self.engine.drain_cache_events()
+        ]
+        return Heartbeat(
+            name=self.config.name,
+            epoch=self.epoch,
+            role=self.role,
+            num_waiting=stats.num_waiting,
+            num_running=stats.num_running,
+            kv_usage=min(1.0, stats.kv_usage),
+            fallbacks=stats.fallbacks,
+            events=events,
+        )
+
+    async def gateway_loop(self) -> None:
+        """Register, then heartbeat; re-register whenever the gateway forgets us."""
+        headers = {TOKEN_HEADER: self.config.cluster_token}
+        async with httpx.AsyncClient(
+            base_url=self.config.gateway_url, headers=headers, timeout=5.0
+        ) as client:
+            registered = False
+            while True:
+                try:
+                    if not registered:
+                        r = await client.post("/internal/register", content=self.info().encode())
+                        registered = r.status_code == 200
+                    if registered:
+                        r = await client.post(
+                            "/internal/heartbeat", content=self.heartbeat().encode()
+                        )
+                        registered = r.status_code == 200
+                except httpx.HTTPError as e:
+                    logger.debug("gateway unreachable: %s", e)
+                    registered = False
+                await asyncio.sleep(HEARTBEAT_S)
+
+    async def switch_role(self, role: Role) -> None:
+        """Drain (the gateway stops routing here once it sees the flag), then switch."""
+        self.draining = True
+        try:
+            while True:
+                s = self.engine.stats()
+                if s.num_waiting + s.num_running + s.num_parked == 0:
+                    break
+                await asyncio.sleep(0.05)
+            self.role = role
+            self.epoch += 1  # a new identity in the index: the gateway re-reads our role
+        finally:
+            self.draining = False
+
+
+def create_worker_app(worker: Worker) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        worker.receiver.start()
+        worker.engine.start()
+        task = asyncio.create_task(worker.gateway_loop())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await worker.engine.shutdown()
+            worker.receiver.close()
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.exception_handler(ValidationError)
+    async def invalid(request: Request, exc: ValidationError) -> Response:
+        return Response(f"invalid message: {exc.error_count()} errors", status_code=400)
+
+    def check(request: Request, role: Role | None = None) -> None:
+        token = request.headers.get(TOKEN_HEADER, "")
+        if not hmac.compare_digest(token, worker.config.cluster_token):
+            raise HTTPException(401, "missing or invalid cluster token")
+        if role is not None and (worker.role != role or worker.draining):
+            raise HTTPException(409, f"this worker is {worker.role}, not {role}")
+
+    @app.post("/prefill")
+    async def prefill(request: Request) -> Response:
+        check(request, "prefill")
+        cmd = PrefillCommand.decode(await request.body())
+        result = await worker.prefill.run(cmd)
+        return Response(result.encode(), media_type="application/json")
+
+    @app.post("/decode")
+    async def decode(request: Request) -> StreamingResponse:
+        check(request, "decode")
+        cmd = DecodeCommand.decode(await request.body())
+
+        async def lines() -> AsyncIterator[bytes]:
+            try:
+                async for event in worker.decode.run(cmd):
+                    yield event.encode() + b"\n"
+            except ValueError as e:  # input the engine refuses: a clear error event
+                yield (
+                    TokenEvent(
+                        request_id=cmd.request_id,
+                        finished=True,
+                        finish_reason="error",
+                        error=str(e),
+                    ).encode()
+                    + b"\n"
+                )
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    @app.post("/kv_failed")
+    async def kv_failed(request: Request) -> dict[str, bool]:
+        check(request, "decode")
+        msg = KvFailed.decode(await request.body())
+        return {"fallback": worker.decode.fail(msg.request_id, msg.reason)}
+
+    @app.post("/role")
+    async def role(request: Request) -> Response:
+        check(request)
+        switch = RoleSwitch.decode(await request.body())
+        await worker.switch_role(switch.role)
+        return Response(worker.info().encode(), media_type="application/json")
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "role": worker.role}
+
+    return app
