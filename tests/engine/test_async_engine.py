@@ -158,3 +158,25 @@ def test_stats_and_cache_events(engine: Engine) -> None:
         assert ae.drain_cache_events() == []
 
     run([engine], body)
+
+
+def test_shutdown_ends_open_streams(engine: Engine) -> None:
+    from prfaas.engine.async_engine import EngineError
+
+    long = SamplingParams(max_tokens=400, temperature=0.0, ignore_eos=True)
+
+    async def main() -> None:
+        ae = AsyncEngine(engine)
+        ae.start()
+        stream = ae.generate(PROMPTS[0], long, "open")
+        await anext(stream)
+        await ae.shutdown()
+        with pytest.raises(EngineError):
+            async for _ in stream:
+                pass
+        with pytest.raises(EngineError):
+            await collect(ae, PROMPTS[0], "late")
+        engine.check_integrity()  # the thread aborted what was running before it ended
+        assert not engine.has_unfinished()
+
+    asyncio.run(main())
