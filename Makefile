@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The main job: the embedded default deployment (gateway on 127.0.0.1:8000, a local PD
+# cluster and a remote PrfaaS cluster behind an emulated WAN link). Ctrl-C stops it.
 run: setup
-	$(VENV)/bin/prfaas generate --chat "What is the capital of France?"
+	$(VENV)/bin/prfaas serve
 
 lint: setup
 	$(VENV)/bin/ruff check

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import sys
 from pathlib import Path
@@ -67,10 +68,16 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
             f"  threshold t = {deployment.backend.router.state.threshold_tokens:.0f} tokens; "
             f"status: prfaas status --url {url}"
         )
+        body = json.dumps(
+            {
+                "model": deployment.backend.model_name,
+                "temperature": 0,
+                "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            }
+        )
         print(
             f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} "
-            """-d '{"model": "default", "messages": [{"role": "user", """
-            """"content": "What is the capital of France?"}]}'"""
+            f"-d '{body}'"
         )
         sys.stdout.flush()
         await serving
