@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,6 +43,7 @@ class ServerThread:
         on_start: Callable[[], None] | None = None,
         on_stop: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        self.app = app
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
@@ -77,6 +79,15 @@ class ServerThread:
         self.server.should_exit = True
         self._thread.join(30)
         assert not self._thread.is_alive()
+
+    def in_flight(self) -> int:
+        """Requests the app has admitted and not yet closed (waits briefly for them to close)."""
+        admission = self.app.state.admission
+        for _ in range(100):
+            if admission.in_flight == 0:
+                break
+            time.sleep(0.02)
+        return int(admission.in_flight)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine on the server's loop (e.g. an AsyncEngine call) and wait for it."""
@@ -127,10 +138,14 @@ class FakeBackend:
         self.max_model_len = max_model_len
         self.tokenizer = tokenizer
         self.hold: asyncio.Event | None = None
+        self.fail: BaseException | None = None  # raised by submit
+        self.fail_mid_stream = False
         self.submitted: list[GenerationRequest] = []
 
     async def submit(self, req: GenerationRequest) -> GenerationHandle:
         self.submitted.append(req)
+        if self.fail is not None:
+            raise self.fail
         return GenerationHandle("fake instance=f-0", 0, self._events(req))
 
     async def _events(self, req: GenerationRequest) -> AsyncIterator[TokenDelta]:
@@ -138,7 +153,17 @@ class FakeBackend:
             await self.hold.wait()
         n = req.params.max_tokens
         for i in range(n):
+            if self.fail_mid_stream and i == 1:
+                raise ConnectionError("decode worker lost")
             yield TokenDelta(req.request_id, [3 + i % 7], f" w{3 + i % 7}", i == n - 1, "length")
+
+
+@pytest.fixture(scope="session")
+def fake_server(tiny_tokenizer: Any) -> Iterator[tuple[FakeBackend, ServerThread]]:
+    backend = FakeBackend(tiny_tokenizer)
+    app = create_app(backend, GatewayConfig(max_in_flight=2, retry_after_s=3.0))
+    with ServerThread(app) as server:
+        yield backend, server
 
 
 @pytest.fixture(scope="session")

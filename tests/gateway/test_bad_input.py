@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -13,8 +12,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prfaas.gateway.app import create_app
-from prfaas.gateway.config import GatewayConfig
 from tests.gateway.conftest import API_KEY, FakeBackend, LocalServer, ServerThread
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -115,14 +112,6 @@ def test_context_message_is_vllm_style(local_server: LocalServer) -> None:
 
 def test_unknown_path_is_openai_404(local_server: LocalServer) -> None:
     assert_openai_error(httpx.get(f"{local_server.base_url}/v1/nothing"), 404)
-
-
-@pytest.fixture(scope="module")
-def fake_server(tiny_tokenizer: Any) -> Iterator[tuple[FakeBackend, ServerThread]]:
-    backend = FakeBackend(tiny_tokenizer)
-    app = create_app(backend, GatewayConfig(max_in_flight=2, retry_after_s=3.0))
-    with ServerThread(app) as server:
-        yield backend, server
 
 
 def test_full_admission_is_429(fake_server: tuple[FakeBackend, ServerThread]) -> None:

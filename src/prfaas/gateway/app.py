@@ -74,6 +74,7 @@ def create_app(
     app = FastAPI(title="prfaas", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.metrics = metrics
     app.state.admission = admission
+    app.state.authenticator = auth
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes)
 
     @app.exception_handler(StarletteHTTPException)
