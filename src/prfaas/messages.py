@@ -102,7 +102,8 @@ class PrefillResult(Message):
     ok: bool
     kv_bytes: int = 0
     wire_bytes: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # command received to KV acknowledged
+    transfer_s: float = 0.0  # transfer opened to acknowledged
     cached_tokens: int = 0
     error: str | None = None
 

@@ -116,3 +116,16 @@ def test_no_transfer_fell_back(deployed: Deployed) -> None:
     time.sleep(1.0)  # one heartbeat period for the counters to arrive
     data = httpx.get(deployed.base_url + "/status").json()
     assert [i["fallbacks"] for i in data["instances"]] == [0, 0, 0]
+
+
+def test_metrics_show_routes_transfers_and_threshold(deployed: Deployed) -> None:
+    client(deployed).completions.create(model=MODEL, prompt=LONG, max_tokens=2, temperature=0)
+    text = httpx.get(deployed.base_url + "/metrics").text
+    assert f"prfaas_threshold_tokens {float(THRESHOLD_TOKENS)}" in text
+    assert 'prfaas_kv_transfers_total{link="remote",outcome="ok"}' in text
+    assert 'prfaas_kv_transfers_total{link="local",outcome="ok"}' in text
+    assert 'prfaas_instance_queue_depth{cluster="local",instance="pd-d-0",role="decode"}' in text
+    assert "prfaas_time_to_first_token_seconds_bucket" in text
+    goodput = [line for line in text.splitlines()
+               if line.startswith('prfaas_link_goodput_gbps{link="remote"}')]
+    assert goodput and float(goodput[0].split()[-1]) > 0

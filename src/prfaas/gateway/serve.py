@@ -20,10 +20,12 @@ from typing import Any
 from fastapi import FastAPI
 
 from prfaas.gateway.cluster_backend import BackendSettings, ClusterBackend, LinkRoute
+from prfaas.gateway.cluster_metrics import ClusterMetrics
 from prfaas.gateway.deploy_config import DeployConfig
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.gateway.internal import add_internal_routes, add_status_route
 from prfaas.gateway.launcher import Launcher, WorkerSpawn, free_port
+from prfaas.gateway.metrics import GatewayMetrics
 from prfaas.router.kv_index import KvIndex
 from prfaas.router.policies import POLICIES
 from prfaas.router.router import Router, RouterConfig
@@ -153,8 +155,18 @@ def build_deployment(
         links=links,
         residency={t.name: frozenset(t.clusters) for t in cfg.tenants if t.clusters},
     )
-    backend = ClusterBackend(settings, fleet, router, tokenizer, max_model_len, block_size)
-    app = create_app(backend, GatewayConfig(api_keys=api_keys))
+    metrics = GatewayMetrics()
+    cluster_metrics = ClusterMetrics(metrics, fleet, router)
+    backend = ClusterBackend(
+        settings,
+        fleet,
+        router,
+        tokenizer,
+        max_model_len,
+        block_size,
+        on_prefill=cluster_metrics.on_prefill,
+    )
+    app = create_app(backend, GatewayConfig(api_keys=api_keys), metrics=metrics)
     add_internal_routes(app, fleet, cluster_token)
     add_status_route(app, fleet, router)
     launcher = Launcher(cluster_token, log_dir or Path(tmp.name) / "logs")

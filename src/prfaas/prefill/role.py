@@ -108,5 +108,6 @@ class PrefillRole:
             ok=True,
             kv_bytes=stats.raw_bytes,
             wire_bytes=stats.wire_bytes,
+            transfer_s=stats.seconds,
             seconds=time.monotonic() - started,
         )

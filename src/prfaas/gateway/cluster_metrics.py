@@ -1,0 +1,72 @@
+"""Cluster gauges on the gateway's /metrics: the threshold, per-instance queue depth and
+health, KV transfers per link (bytes, outcomes, goodput) and local-prefill fallbacks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+
+from prfaas.gateway.fleet import WorkerFleet
+from prfaas.gateway.metrics import GatewayMetrics
+from prfaas.messages import PrefillResult
+from prfaas.router.types import RouteDecision
+
+GOODPUT_EWMA = 0.3  # weight of the newest transfer in the per-link goodput estimate
+
+
+class ClusterMetrics:
+    def __init__(self, metrics: GatewayMetrics, fleet: WorkerFleet, router: Any) -> None:
+        r = metrics.registry
+        self.fleet, self.router = fleet, router
+        self.threshold = Gauge("prfaas_threshold_tokens", "Routing threshold t", registry=r)
+        self.queue_depth = Gauge(
+            "prfaas_instance_queue_depth",
+            "Waiting + running requests",
+            ["instance", "cluster", "role"],
+            registry=r,
+        )
+        self.healthy = Gauge(
+            "prfaas_instance_healthy", "1 if heartbeats arrive", ["instance"], registry=r
+        )
+        self.fallbacks = Gauge(
+            "prfaas_instance_kv_fallbacks",
+            "KV hand-offs this decode instance prefilled locally instead",
+            ["instance"],
+            registry=r,
+        )
+        self.kv_bytes = Counter(
+            "prfaas_kv_transfer_bytes",
+            "KV bytes delivered (before the codec)",
+            ["link"],
+            registry=r,
+        )
+        self.transfers = Counter(
+            "prfaas_kv_transfers", "KV transfers by outcome", ["link", "outcome"], registry=r
+        )
+        self.goodput = Gauge(
+            "prfaas_link_goodput_gbps", "Recent wire goodput of KV transfers", ["link"], registry=r
+        )
+        self.routes = Counter("prfaas_routes", "Routing decisions by path", ["path"], registry=r)
+        metrics.add_scrape_hook(self.refresh)
+
+    def refresh(self) -> None:
+        self.threshold.set(self.router.state.threshold_tokens)
+        for name, rec in self.fleet.workers.items():
+            self.queue_depth.labels(name, rec.info.cluster, rec.info.role).set(
+                rec.num_waiting + rec.num_running
+            )
+            self.healthy.labels(name).set(1.0 if self.fleet.healthy(name) else 0.0)
+            self.fallbacks.labels(name).set(rec.fallbacks)
+
+    def on_prefill(self, decision: RouteDecision, result: PrefillResult) -> None:
+        link = decision.prefill_cluster
+        self.routes.labels(decision.path).inc()
+        self.transfers.labels(link, "ok" if result.ok else "failed").inc()
+        if result.ok:
+            self.kv_bytes.labels(link).inc(result.kv_bytes)
+            if result.transfer_s > 0:
+                gbps = result.wire_bytes * 8 / result.transfer_s / 1e9
+                gauge = self.goodput.labels(link)
+                old = gauge._value.get()
+                gauge.set(gbps if old == 0 else GOODPUT_EWMA * gbps + (1 - GOODPUT_EWMA) * old)
