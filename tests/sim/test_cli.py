@@ -120,3 +120,19 @@ def test_a_warmup_longer_than_the_run_is_refused(capsys: pytest.CaptureFixture[s
     argv = ["simulate", "--config", str(CASE), "--rate", "1", "--duration", "100"]
     assert run_cli(argv) == 2
     assert "warmup_s (300) must be < duration_s (100)" in capsys.readouterr().err
+
+
+def test_bad_scenarios_name_the_scenario_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        f"plan: {CASE}\n"
+        "scenarios:\n"
+        "  b: {rate_rps: 1, bursts: [{start_s: 0, end_s: 10, factor: -2}], colour: red}\n"
+        "  c: {settings: {duration_s: 0}}\n"
+    )
+    assert run_cli(["simulate", "--config", str(bad), "--scenario", "b"]) == 2
+    err = capsys.readouterr().err
+    assert "scenarios.b.bursts.0.factor: Input should be greater than or equal to 0" in err
+    assert "scenarios.b.colour: unknown key" in err
