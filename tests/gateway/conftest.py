@@ -19,8 +19,9 @@ from prfaas.engine.async_engine import AsyncEngine
 from prfaas.engine.engine import Engine
 from prfaas.engine.outputs import TokenDelta
 from prfaas.gateway.app import create_app
-from prfaas.gateway.backend import GenerationHandle, GenerationRequest, LocalBackend
+from prfaas.gateway.backend import GenerationHandle, GenerationRequest
 from prfaas.gateway.config import GatewayConfig
+from prfaas.gateway.local import LocalBackend
 from tests.engine.helpers import make_engine
 
 T = TypeVar("T")
@@ -42,12 +43,13 @@ class ServerThread:
         app: FastAPI,
         on_start: Callable[[], None] | None = None,
         on_stop: Callable[[], Awaitable[None]] | None = None,
+        lifespan: str = "off",
     ) -> None:
         self.app = app
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan=lifespan
         )
         self.server = uvicorn.Server(config)
         self.loop: asyncio.AbstractEventLoop | None = None

@@ -12,6 +12,7 @@ import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -40,7 +41,7 @@ from prfaas.gateway.serving import (
 
 logger = logging.getLogger(__name__)
 
-Endpoint = Callable[[Request], Awaitable[Response]]
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
 class Admission:
@@ -61,17 +62,24 @@ class Admission:
 
 
 def create_app(
-    backend: Backend, config: GatewayConfig | None = None, *, metrics: GatewayMetrics | None = None
+    backend: Backend,
+    config: GatewayConfig | None = None,
+    *,
+    metrics: GatewayMetrics | None = None,
+    lifespan: Lifespan | None = None,
 ) -> FastAPI:
     """The gateway app. ``metrics`` (default: a fresh registry) is where other components add
-    their gauges; it is also ``app.state.metrics``."""
+    their gauges; it is also ``app.state.metrics``. ``lifespan`` starts and stops what the
+    backend needs (engines, connections) with the server."""
     config = config or GatewayConfig()
     metrics = metrics or GatewayMetrics()
     auth = Authenticator(config.api_keys, config.server_secret, config.default_tenant)
     admission = Admission(config.max_in_flight, config.retry_after_s)
     metrics.in_flight.set_function(lambda: admission.in_flight)
 
-    app = FastAPI(title="prfaas", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="prfaas", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
+    )
     app.state.metrics = metrics
     app.state.admission = admission
     app.state.authenticator = auth

@@ -17,11 +17,21 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from prfaas.engine.async_engine import AsyncEngine
 from prfaas.engine.outputs import TokenDelta
 from prfaas.engine.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["Backend", "GenerationHandle", "GenerationRequest", "NoWorker", "Overloaded", "aclose"]
+
+
+def __getattr__(name: str) -> Any:
+    # ``LocalBackend`` lives in ``local`` (it imports torch); the cluster gateway does not.
+    if name == "LocalBackend":
+        from prfaas.gateway.local import LocalBackend
+
+        return LocalBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Overloaded(Exception):
@@ -63,39 +73,6 @@ class Backend(Protocol):
     tokenizer: Any  # a Hugging Face tokenizer with a chat template
 
     async def submit(self, req: GenerationRequest) -> GenerationHandle: ...
-
-
-class LocalBackend:
-    """One in-process engine (route ``local``): for tests and single-process serving."""
-
-    def __init__(self, async_engine: AsyncEngine, model_name: str) -> None:
-        self.engine = async_engine
-        self.model_name = model_name
-        self.max_model_len = async_engine.max_model_len
-        self.tokenizer = async_engine.tokenizer
-
-    async def submit(self, req: GenerationRequest) -> GenerationHandle:
-        events = self.engine.generate(
-            req.prompt_token_ids, req.params, req.request_id, tenant_salt=req.tenant_salt
-        )
-        # Pull the first delta here so that input errors surface before any response starts.
-        try:
-            first = await anext(events)
-        except BaseException:
-            await aclose(events)
-            raise
-        cached = self.engine.num_cached_tokens(req.request_id) or 0
-        return GenerationHandle("local", cached, _prepend(first, events))
-
-
-async def _prepend(first: TokenDelta, rest: AsyncIterator[TokenDelta]) -> AsyncIterator[TokenDelta]:
-    try:
-        yield first
-        if not first.finished:
-            async for delta in rest:
-                yield delta
-    finally:
-        await aclose(rest)
 
 
 async def aclose(events: AsyncIterator[TokenDelta]) -> None:
