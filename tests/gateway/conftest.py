@@ -142,10 +142,13 @@ class FakeBackend:
         self.hold: asyncio.Event | None = None
         self.fail: BaseException | None = None  # raised by submit
         self.fail_mid_stream = False
+        self.submit_hold: asyncio.Event | None = None  # the backend's queue never moves
         self.submitted: list[GenerationRequest] = []
 
     async def submit(self, req: GenerationRequest) -> GenerationHandle:
         self.submitted.append(req)
+        if self.submit_hold is not None:
+            await self.submit_hold.wait()
         if self.fail is not None:
             raise self.fail
         return GenerationHandle("fake instance=f-0", 0, self._events(req))

@@ -3,6 +3,7 @@ truncated answer; tenants get gateway-derived salts and never share a cache."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -127,3 +128,18 @@ def test_chunked_body_over_limit_is_413(small_body_server: ServerThread) -> None
     r = httpx.post(f"{small_body_server.base_url}/v1/completions", content=chunks())
     assert r.status_code == 413
     assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_queue_ttl_is_429(tiny_tokenizer: Any) -> None:
+    from prfaas.gateway.app import create_app
+
+    backend = FakeBackend(tiny_tokenizer)
+    app = create_app(backend, GatewayConfig(queue_ttl_s=0.2, retry_after_s=2))
+    with ServerThread(app) as server:
+        set_fail(server, backend, submit_hold=asyncio.Event())
+        r = httpx.post(f"{server.base_url}/v1/completions", json=BODY)
+        assert r.status_code == 429 and r.headers["retry-after"] == "2"
+        assert "timed out" in r.json()["error"]["message"]
+        set_fail(server, backend, submit_hold=None)
+        assert httpx.post(f"{server.base_url}/v1/completions", json=BODY).status_code == 200
+        assert server.in_flight() == 0

@@ -168,3 +168,23 @@ def generated_tokens(server: LocalServer) -> float:
     text = httpx.get(f"{server.base_url}/metrics").text
     line = next(x for x in text.splitlines() if x.startswith("prfaas_generation_tokens_total "))
     return float(line.split()[1])
+
+
+def test_client_gone_before_a_whole_answer_aborts_it(local_server: LocalServer) -> None:
+    before = generated_tokens(local_server)
+    body = {"prompt": PROMPT, "max_tokens": 450, "ignore_eos": True}
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{local_server.base_url}/v1/completions", json=body, headers=headers, timeout=0.3
+        )
+    for _ in range(100):
+        try:
+            local_server.check_engine()
+            break
+        except AssertionError:
+            time.sleep(0.05)
+    local_server.check_engine()
+    assert generated_tokens(local_server) - before < 450
+    text = httpx.get(f"{local_server.base_url}/metrics").text
+    assert 'prfaas_requests_total{route="local",status="499"}' in text

@@ -7,12 +7,15 @@ whole body or as SSE. Bad input is a 4xx in the OpenAI error format, never a 500
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from typing import TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -41,15 +44,19 @@ from prfaas.gateway.serving import (
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
 class Admission:
-    """At most ``limit`` requests in flight; the next one gets 429 with Retry-After."""
+    """At most ``limit`` requests in flight, each waiting at most ``queue_ttl_s`` for the
+    backend to take it; beyond either: 429 with Retry-After."""
 
-    def __init__(self, limit: int, retry_after_s: float) -> None:
+    def __init__(self, limit: int, retry_after_s: float, queue_ttl_s: float | None) -> None:
         self.limit = limit
         self.retry_after_s = retry_after_s
+        self.queue_ttl_s = queue_ttl_s
         self.in_flight = 0
 
     def acquire(self) -> None:
@@ -74,7 +81,7 @@ def create_app(
     config = config or GatewayConfig()
     metrics = metrics or GatewayMetrics()
     auth = Authenticator(config.api_keys, config.server_secret, config.default_tenant)
-    admission = Admission(config.max_in_flight, config.retry_after_s)
+    admission = Admission(config.max_in_flight, config.retry_after_s, config.queue_ttl_s)
     metrics.in_flight.set_function(lambda: admission.in_flight)
 
     app = FastAPI(
@@ -126,8 +133,12 @@ def create_app(
             return GenerationStream(gen, chunks(prepared.include_usage))
         status = 500
         try:
-            body = await (gen.chat_completion() if chat else gen.completion())
+            whole = gen.chat_completion() if chat else gen.completion()
+            body = await _unless_disconnected(request, whole)
             status = 200
+        except ClientDisconnected:
+            status = CLIENT_CLOSED
+            raise
         finally:
             await gen.close(status)
         return JSONResponse(body.model_dump(), headers={ROUTE_HEADER: gen.route})
@@ -157,7 +168,10 @@ async def _submit(
         request_id, tenant.name, tenant.salt, prepared.prompt_token_ids, prepared.params
     )
     try:
-        handle = await backend.submit(req)
+        handle = await asyncio.wait_for(backend.submit(req), admission.queue_ttl_s)
+    except TimeoutError:
+        admission.release()
+        raise _overloaded(admission.retry_after_s, "timed out waiting for capacity") from None
     except ValueError as exc:
         admission.release()
         raise APIError(400, str(exc)[:500]) from None
@@ -181,12 +195,44 @@ async def _submit(
     )
 
 
+class ClientDisconnected(Exception):
+    """The client went away before its whole (non-streamed) answer was ready."""
+
+
+CLIENT_CLOSED = 499  # the status nginx logs for it; counted in metrics, never sent
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``, but cancel it (the backend then aborts the request and frees its
+    blocks) if the client disconnects first."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        raise ClientDisconnected
+    return task.result()
+
+
 async def _answer(metrics: GatewayMetrics, work: Awaitable[Response]) -> Response:
     """Run an endpoint; refusals become OpenAI errors, and a bug a 500 (logged), never a crash."""
     try:
         return await work
     except APIError as exc:
         error = exc
+    except ClientDisconnected:
+        return Response(status_code=CLIENT_CLOSED)  # nobody reads it
     except Exception:
         logger.exception("unexpected error while serving a request")
         error = APIError(500, "internal server error")

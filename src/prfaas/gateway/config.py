@@ -23,6 +23,9 @@ class GatewayConfig:
     max_in_flight: int = 256  # requests admitted at once; beyond: 429 + Retry-After
     retry_after_s: float = 1.0
     max_body_bytes: int = 4 * 2**20
+    # Time-to-live of a request waiting for the backend to admit it (for a LocalBackend: until
+    # its first token); past it: 429 + Retry-After. None: wait as long as it takes.
+    queue_ttl_s: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "api_keys", MappingProxyType(dict(self.api_keys)))
@@ -34,6 +37,8 @@ class GatewayConfig:
             raise ValueError("max_in_flight must be positive")
         if self.retry_after_s <= 0:
             raise ValueError("retry_after_s must be positive")
+        if self.queue_ttl_s is not None and self.queue_ttl_s <= 0:
+            raise ValueError("queue_ttl_s must be positive")
         if self.max_body_bytes <= 0:
             raise ValueError("max_body_bytes must be positive")
 
