@@ -126,6 +126,9 @@ def test_metrics_show_routes_transfers_and_threshold(deployed: Deployed) -> None
     assert 'prfaas_kv_transfers_total{link="local",outcome="ok"}' in text
     assert 'prfaas_instance_queue_depth{cluster="local",instance="pd-d-0",role="decode"}' in text
     assert "prfaas_time_to_first_token_seconds_bucket" in text
-    goodput = [line for line in text.splitlines()
-               if line.startswith('prfaas_link_goodput_gbps{link="remote"}')]
+    goodput = [
+        line
+        for line in text.splitlines()
+        if line.startswith('prfaas_link_goodput_gbps{link="remote"}')
+    ]
     assert goodput and float(goodput[0].split()[-1]) > 0
