@@ -179,18 +179,39 @@ FIELDS = [
 ]
 
 
+part = st.fixed_dictionaries(
+    {"type": st.sampled_from(["text", "image_url"]), "text": st.text(max_size=10)}
+)
+messages = st.lists(
+    st.fixed_dictionaries(
+        {
+            "role": st.sampled_from(["user", "system", "assistant", "tool"]) | st.text(max_size=5),
+            "content": st.none() | st.text(max_size=30) | st.lists(part, max_size=2),
+        }
+    ),
+    max_size=3,
+)
+
+
 @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     path=st.sampled_from(["/v1/completions", "/v1/chat/completions"]),
     body=st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=6),
     prompt=st.one_of(st.text(max_size=30), st.lists(st.integers(-5, 300), max_size=6)),
+    conversation=messages,
 )
 def test_request_schema_never_500(
-    fake_server: tuple[FakeBackend, ServerThread], path: str, body: dict[str, Any], prompt: Any
+    fake_server: tuple[FakeBackend, ServerThread],
+    path: str,
+    body: dict[str, Any],
+    prompt: Any,
+    conversation: list[dict[str, Any]],
 ) -> None:
     _, server = fake_server
-    if path.endswith("/completions") and "prompt" not in body:
-        body["prompt"] = prompt
+    if path == "/v1/completions":
+        body.setdefault("prompt", prompt)
+    else:
+        body.setdefault("messages", conversation)
     if "max_tokens" not in body:
         body["max_tokens"] = 4
     r = httpx.post(f"{server.base_url}{path}", content=json.dumps(body).encode())
