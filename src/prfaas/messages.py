@@ -11,6 +11,7 @@ from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+TOKEN_HEADER = "x-prfaas-cluster-token"  # the shared cluster token on every control call
 MAX_PROMPT_TOKENS = 1 << 20
 MAX_NAME = 128
 MAX_EVENTS = 65536

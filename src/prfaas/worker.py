@@ -31,6 +31,7 @@ from prfaas.decode.role import DecodeRole
 from prfaas.engine.async_engine import AsyncEngine
 from prfaas.engine.engine import Engine
 from prfaas.messages import (
+    TOKEN_HEADER,
     CacheEventMsg,
     DecodeCommand,
     Heartbeat,
@@ -47,7 +48,6 @@ from prfaas.transfer.receiver import KvReceiver
 from prfaas.transfer.tls import PLAINTEXT, Plaintext, TlsConfig, client_context, server_context
 
 logger = logging.getLogger(__name__)
-TOKEN_HEADER = "x-prfaas-cluster-token"
 HEARTBEAT_S = 0.5
 
 

@@ -23,6 +23,7 @@ from prfaas.gateway.backend import GenerationHandle, GenerationRequest, NoWorker
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.kvcache.hashing import block_hashes, root_hash
 from prfaas.messages import (
+    TOKEN_HEADER,
     DecodeCommand,
     KvFailed,
     KvTarget,
@@ -33,7 +34,6 @@ from prfaas.messages import (
 from prfaas.router.router import Router
 from prfaas.router.types import NoRouteError, RouteDecision, RouteRequest
 from prfaas.sampling import to_spec
-from prfaas.worker import TOKEN_HEADER
 
 logger = logging.getLogger(__name__)
 

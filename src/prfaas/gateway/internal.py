@@ -10,8 +10,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from prfaas.gateway.fleet import WorkerFleet
-from prfaas.messages import Heartbeat, WorkerInfo
-from prfaas.worker import TOKEN_HEADER
+from prfaas.messages import TOKEN_HEADER, Heartbeat, WorkerInfo
 
 
 def add_internal_routes(app: FastAPI, fleet: WorkerFleet, cluster_token: str) -> None:
