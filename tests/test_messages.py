@@ -1,0 +1,97 @@
+"""Control-plane messages: round trips, bounds, and refusals of malformed input."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from prfaas.messages import (
+    CacheEventMsg,
+    DecodeCommand,
+    Heartbeat,
+    KvFailed,
+    KvTarget,
+    Message,
+    PrefillCommand,
+    PrefillResult,
+    RoleSwitch,
+    SamplingSpec,
+    TokenEvent,
+    WorkerInfo,
+)
+
+SPEC = SamplingSpec(max_tokens=8, temperature=0.0, stop=["\n"], seed=3)
+EXAMPLES: list[Message] = [
+    SPEC,
+    WorkerInfo(
+        name="pd-d-0",
+        cluster="local",
+        role="decode",
+        http_url="http://h:1",
+        kv_host="127.0.0.1",
+        kv_port=7000,
+        fingerprint="ab" * 16,
+        model_name="m",
+        max_model_len=2048,
+        block_size=16,
+        epoch=5,
+    ),
+    Heartbeat(
+        name="w",
+        epoch=1,
+        role="prefill",
+        num_waiting=1,
+        num_running=2,
+        kv_usage=0.5,
+        fallbacks=0,
+        events=[CacheEventMsg(block_hash="0f" * 16, stored=True)],
+    ),
+    PrefillCommand(
+        request_id="r",
+        prompt_token_ids=[1, 2, 3],
+        params=SPEC,
+        tenant_salt_hex="00ff",
+        deadline_s=5.0,
+        target=KvTarget(host="h", port=9, tls=True, server_name="local"),
+    ),
+    PrefillResult(request_id="r", ok=True, kv_bytes=10, wire_bytes=12, transfer_s=0.5),
+    DecodeCommand(
+        request_id="r",
+        prompt_token_ids=[1],
+        params=SPEC,
+        tenant_salt_hex="",
+        expect_kv=True,
+        deadline_s=1.0,
+    ),
+    TokenEvent(request_id="r", token_ids=[5], text="hi", finished=True, finish_reason="stop"),
+    KvFailed(request_id="r", reason="link cut"),
+    RoleSwitch(role="decode"),
+]
+
+
+@pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: type(m).__name__)
+def test_round_trip(message: Message) -> None:
+    assert type(message).decode(message.encode()) == message
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"not json",
+        b"{}",
+        b'{"request_id": "r", "extra": 1}',
+        b'{"request_id": "' + b"x" * 200 + b'", "reason": ""}',
+    ],
+)
+def test_malformed_kv_failed_is_refused(raw: bytes) -> None:
+    with pytest.raises(ValidationError):
+        KvFailed.decode(raw)
+
+
+def test_bounds_are_enforced() -> None:
+    with pytest.raises(ValidationError):
+        SamplingSpec(stop=["x"] * 17)
+    with pytest.raises(ValidationError):
+        CacheEventMsg(block_hash="zz" * 16, stored=True)
+    with pytest.raises(ValidationError):
+        KvTarget(host="h", port=70000)
