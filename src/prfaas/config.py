@@ -10,6 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DTYPES = ("float32", "bfloat16", "float16")
+CLUSTER_TOKEN_ENV = "PRFAAS_CLUSTER_TOKEN"
+
+
+def cluster_token_from_env() -> str | None:
+    """The shared secret workers and the gateway authenticate each other with."""
+    return os.environ.get(CLUSTER_TOKEN_ENV) or None
 
 
 def default_cache_dir() -> Path:

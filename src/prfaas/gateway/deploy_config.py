@@ -66,6 +66,7 @@ class DeployConfig(_Strict):
     tenants: list[TenantSpec] = Field(default_factory=list)
     policy: PolicySpec = PolicySpec()
     kv_deadline_s: float = Field(30.0, gt=0)
+    certs_dir: Path | None = None  # from `prfaas certs`; default: a fresh CA per run
     max_model_len: int | None = Field(None, gt=1)
 
     @model_validator(mode="after")
@@ -126,9 +127,12 @@ def load_deploy_config(path: Path) -> DeployConfig:
     except (OSError, yaml.YAMLError) as e:
         raise DeployConfigError(f"{path}: {e}") from e
     try:
-        return DeployConfig.model_validate(raw)
+        cfg = DeployConfig.model_validate(raw)
     except ValidationError as e:
         lines = [
             f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors()
         ]
         raise DeployConfigError(f"{path}: invalid deployment:\n  " + "\n  ".join(lines)) from e
+    if cfg.certs_dir is not None and not cfg.certs_dir.is_absolute():
+        cfg = cfg.model_copy(update={"certs_dir": path.parent / cfg.certs_dir})  # file-relative
+    return cfg

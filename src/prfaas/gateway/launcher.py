@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-CLUSTER_TOKEN_ENV = "PRFAAS_CLUSTER_TOKEN"
+from prfaas.config import CLUSTER_TOKEN_ENV
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -19,6 +19,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from prfaas.config import cluster_token_from_env
 from prfaas.gateway.cluster_backend import BackendSettings, ClusterBackend, LinkRoute
 from prfaas.gateway.cluster_metrics import ClusterMetrics
 from prfaas.gateway.deploy_config import DeployConfig
@@ -80,9 +81,10 @@ def build_deployment(
     from prfaas.gateway.config import GatewayConfig
 
     tmp = tempfile.TemporaryDirectory(prefix="prfaas-serve-")
-    cluster_token = secrets.token_hex(16)
-    certs_dir: Path | None = None
-    if any(link.tls for link in cfg.links):
+    # Workers started elsewhere must share the token (PRFAAS_CLUSTER_TOKEN) and the CA.
+    cluster_token = cluster_token_from_env() or secrets.token_hex(16)
+    certs_dir: Path | None = cfg.certs_dir
+    if certs_dir is None and any(link.tls for link in cfg.links):
         certs_dir = Path(tmp.name) / "certs"
         write_certs(certs_dir, [c.name for c in cfg.clusters])
     spawns: list[WorkerSpawn] = []

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import ipaddress
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,11 +55,10 @@ def _split_host_port(value: str) -> tuple[str, int]:
 def _worker(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from prfaas.config import EngineConfig
-    from prfaas.gateway.launcher import CLUSTER_TOKEN_ENV
+    from prfaas.config import CLUSTER_TOKEN_ENV, EngineConfig, cluster_token_from_env
     from prfaas.worker import Worker, WorkerConfig, create_worker_app
 
-    token = os.environ.get(CLUSTER_TOKEN_ENV)
+    token = cluster_token_from_env()
     if not token:
         print(f"prfaas worker: set {CLUSTER_TOKEN_ENV} to the cluster token", file=sys.stderr)
         return 2
