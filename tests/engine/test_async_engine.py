@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -180,3 +180,30 @@ def test_shutdown_ends_open_streams(engine: Engine) -> None:
         assert not engine.has_unfinished()
 
     asyncio.run(main())
+
+
+def test_thread_sleeps_while_every_request_waits_for_kv(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    steps = 0
+    step = engine.step
+
+    def counting_step() -> list[Any]:
+        nonlocal steps
+        steps += 1
+        return step()
+
+    monkeypatch.setattr(engine, "step", counting_step)
+
+    async def body(ae: AsyncEngine) -> list[int]:
+        async def slow() -> KvPayload:
+            await asyncio.sleep(0.5)
+            raise ConnectionError("never came")
+
+        deltas = ae.decode_with_kv(PROMPTS[0], GREEDY, "parked", slow(), deadline_s=5.0)
+        got = [t async for d in deltas for t in d.new_token_ids]
+        return got
+
+    got = run([engine], body)
+    assert len(got) == GREEDY.max_tokens
+    assert steps < 3 * GREEDY.max_tokens  # not a busy loop during the 0.5 s wait

@@ -165,9 +165,10 @@ class EngineThread:
 
     def _run(self) -> None:
         engine = self.engine
+        stalled = False
         while True:
-            # Sleep on the queue while there is nothing to step; otherwise take what is there.
-            for command in self._take_commands(block=not engine.has_unfinished()):
+            # Sleep on the queue while stepping cannot make progress; else take what is there.
+            for command in self._take_commands(block=stalled or not engine.has_unfinished()):
                 if command is None:
                     logger.info("engine thread stopping")
                     return
@@ -175,8 +176,7 @@ class EngineThread:
                     command(engine)
                 except Exception:
                     logger.exception("engine command failed")
-            if engine.has_unfinished():
-                self._step()
+            stalled = engine.has_unfinished() and not self._step()
             self._publish()
 
     def _take_commands(self, block: bool) -> list[Command | None]:
@@ -189,14 +189,17 @@ class EngineThread:
             except queue.Empty:
                 return commands
 
-    def _step(self) -> None:
+    def _step(self) -> bool:
+        """One engine step; False when it could not progress and only a command can change
+        that: every request is parked (waiting for KV, or for its export), or the waiting
+        ones cannot be admitted while parked ones hold the blocks."""
         engine = self.engine
         try:
             deltas = engine.step()
         except Exception as exc:
             logger.exception("engine step failed; aborting every request")
             self._abort_all(EngineError(f"engine failed: {exc}"))
-            return
+            return True
         cached: dict[str, int] = {}
         for delta in deltas:
             admitted = self._uncounted.pop(delta.request_id, None)
@@ -208,6 +211,8 @@ class EngineThread:
             if export_to is not None:
                 self._export(delta.request_id, export_to)
         self._loop.call_soon_threadsafe(self._deliver, deltas, cached)
+        # A running request always computes something; without one, no delta means no progress.
+        return bool(deltas) or bool(engine.scheduler.running)
 
     def _abort_all(self, error: EngineError) -> None:
         """End every request: free its blocks, and end its stream or export with ``error``."""
