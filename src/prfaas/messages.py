@@ -74,6 +74,7 @@ class Heartbeat(Message):
     num_running: int = Field(ge=0)
     kv_usage: float = Field(ge=0.0, le=1.0)
     fallbacks: int = Field(ge=0)
+    draining: bool = False  # switching role: route nothing new here
     events: list[CacheEventMsg] = Field(default_factory=list, max_length=MAX_EVENTS)
 
 
@@ -140,3 +141,4 @@ class KvFailed(Message):
 
 class RoleSwitch(Message):
     role: Role
+    name: str = Field("", max_length=MAX_NAME)  # the worker, when sent to the gateway

@@ -123,6 +123,7 @@ class Worker:
             num_running=stats.num_running,
             kv_usage=min(1.0, stats.kv_usage),
             fallbacks=stats.fallbacks,
+            draining=self.draining,
             events=events,
         )
 
@@ -188,7 +189,9 @@ def create_worker_app(worker: Worker) -> FastAPI:
         token = request.headers.get(TOKEN_HEADER, "")
         if not hmac.compare_digest(token, worker.config.cluster_token):
             raise HTTPException(401, "missing or invalid cluster token")
-        if role is not None and (worker.role != role or worker.draining):
+        # A draining worker still takes commands of its current role: they were routed
+        # before the gateway stopped routing here, and the drain waits for them.
+        if role is not None and worker.role != role:
             raise HTTPException(409, f"this worker is {worker.role}, not {role}")
 
     @app.post("/prefill")

@@ -93,3 +93,19 @@ def test_unhealthy_instances_are_never_chosen_and_cache_blind_ignores_the_index(
     index.stored("pd-p1", 0, range(6))
     got = blind.route(RouteRequest("a", "t", 1500, tuple(range(15))))
     assert got.path == "prfaas" and got.cached_tokens == 0
+
+
+def test_a_path_with_no_healthy_prefill_instance_falls_to_the_other_path() -> None:
+    fleet = StaticFleet()
+    draining = {"pd-p0", "pd-p1"}  # both PD-P instances are switching to decode
+    fleet.instance_views = [
+        dataclasses.replace(i, healthy=False) if i.name in draining else i
+        for i in fleet.instance_views
+    ]
+    router, _, _ = make(fleet=fleet)
+    short = router.route(RouteRequest("a", "t", 100, (1,)))
+    assert short.path == "prfaas" and short.prefill_instance in ("r0", "r1")
+    assert short.incremental_tokens == 100
+    # A tenant pinned to the PD cluster is never sent remote for it: no route at all.
+    with pytest.raises(NoRouteError):
+        router.route(RouteRequest("b", "t", 100, (1,), allowed_clusters=frozenset({"pd"})))

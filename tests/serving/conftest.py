@@ -18,6 +18,7 @@ import yaml
 from prfaas.gateway.launcher import free_port
 
 THRESHOLD_TOKENS = 32
+CLUSTER_TOKEN = "test-cluster-token"
 
 
 @dataclass
@@ -72,7 +73,12 @@ def deployed(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     port = free_port()
     config = tmp / "deploy.yaml"
     config.write_text(yaml.safe_dump(deploy_yaml(tiny_llama, port)))
-    env = dict(os.environ, PRFAAS_CACHE_DIR=str(tmp / "cache"), PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        PRFAAS_CACHE_DIR=str(tmp / "cache"),
+        PYTHONUNBUFFERED="1",
+        PRFAAS_CLUSTER_TOKEN=CLUSTER_TOKEN,
+    )
     proc = subprocess.Popen(
         [
             sys.executable,

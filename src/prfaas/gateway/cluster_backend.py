@@ -36,6 +36,7 @@ from prfaas.router.types import NoRouteError, RouteDecision, RouteRequest
 from prfaas.sampling import to_spec
 
 logger = logging.getLogger(__name__)
+MAX_ROUTE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -109,33 +110,22 @@ class ClusterBackend:
             raise NoWorker(str(e)) from e
 
     async def submit(self, req: GenerationRequest) -> GenerationHandle:
-        decision = self.route(req)
-        prefill = self.fleet.workers[decision.prefill_instance]
-        decode = self.fleet.workers[decision.decode_instance]
+        # A worker that started draining (role switch) since its last heartbeat answers 409:
+        # stop routing to it and route again.
+        for _ in range(MAX_ROUTE_ATTEMPTS):
+            decision = self.route(req)
+            prefill = self.fleet.workers[decision.prefill_instance]
+            decode = self.fleet.workers[decision.decode_instance]
+            response = await self._open_decode(req, decode.info.name, decode.info.http_url)
+            if response is not None:
+                break
+            decode.draining = True
+        else:
+            raise NoWorker("every decode worker is switching roles")
         link = self.settings.links.get(prefill.info.cluster, LinkRoute("local"))
         host, port = link.via.get(decode.info.name, (decode.info.kv_host, decode.info.kv_port))
-        salt = req.tenant_salt.hex()
         spec = to_spec(req.params)
-        decode_cmd = DecodeCommand(
-            request_id=req.request_id,
-            prompt_token_ids=req.prompt_token_ids,
-            params=spec,
-            tenant_salt_hex=salt,
-            expect_kv=True,
-            deadline_s=self.settings.kv_deadline_s,
-        )
-        try:
-            response = await self._client.send(
-                self._client.build_request(
-                    "POST", decode.info.http_url + "/decode", content=decode_cmd.encode()
-                ),
-                stream=True,
-            )
-        except httpx.HTTPError as e:
-            raise NoWorker(f"decode worker {decode.info.name} unreachable: {e}") from e
-        if response.status_code != 200:
-            await response.aclose()
-            raise NoWorker(f"decode worker {decode.info.name} answered {response.status_code}")
+        salt = req.tenant_salt.hex()
         prefill_cmd = PrefillCommand(
             request_id=req.request_id,
             prompt_token_ids=req.prompt_token_ids,
@@ -164,6 +154,34 @@ class ClusterBackend:
             cached_tokens=decision.cached_tokens,
             events=self._events(response, decode.info.name),
         )
+
+    async def _open_decode(
+        self, req: GenerationRequest, name: str, url: str
+    ) -> httpx.Response | None:
+        """Open the token stream at a decode worker (it reserves blocks and waits for KV);
+        None if the worker is draining."""
+        cmd = DecodeCommand(
+            request_id=req.request_id,
+            prompt_token_ids=req.prompt_token_ids,
+            params=to_spec(req.params),
+            tenant_salt_hex=req.tenant_salt.hex(),
+            expect_kv=True,
+            deadline_s=self.settings.kv_deadline_s,
+        )
+        try:
+            response = await self._client.send(
+                self._client.build_request("POST", url + "/decode", content=cmd.encode()),
+                stream=True,
+            )
+        except httpx.HTTPError as e:
+            raise NoWorker(f"decode worker {name} unreachable: {e}") from e
+        if response.status_code == 409:
+            await response.aclose()
+            return None
+        if response.status_code != 200:
+            await response.aclose()
+            raise NoWorker(f"decode worker {name} answered {response.status_code}")
+        return response
 
     async def _events(
         self, response: httpx.Response, decode_name: str

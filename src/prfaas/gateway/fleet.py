@@ -27,6 +27,7 @@ class WorkerRecord:
     num_running: int = 0
     inflight: int = 0  # requests this gateway sent and has not seen finish
     fallbacks: int = 0
+    draining: bool = False
 
 
 class WorkerFleet:
@@ -73,6 +74,7 @@ class WorkerFleet:
         record.last_seen_s = time.monotonic()
         record.num_waiting, record.num_running = hb.num_waiting, hb.num_running
         record.fallbacks = hb.fallbacks
+        record.draining = hb.draining
         for e in hb.events:  # in order: a block may be evicted and stored again
             h = bytes.fromhex(e.block_hash)
             if e.stored:
@@ -91,6 +93,9 @@ class WorkerFleet:
         self.workers.pop(name, None)
         self.kv_index.remove(name)
 
+    def cluster_kind(self, name: str) -> ClusterKind | None:
+        return next((c.kind for c in self._clusters if c.name == name), None)
+
     # -- router.Fleet ------------------------------------------------------------------------
 
     def clusters(self) -> Sequence[ClusterView]:
@@ -104,7 +109,7 @@ class WorkerFleet:
                 role=r.info.role,
                 load=max(r.num_waiting + r.num_running, r.inflight),
                 queued_tokens=0,
-                healthy=self.healthy(name),
+                healthy=self.healthy(name) and not r.draining,
             )
             for name, r in self.workers.items()
         ]

@@ -24,7 +24,7 @@ from prfaas.gateway.cluster_backend import BackendSettings, ClusterBackend, Link
 from prfaas.gateway.cluster_metrics import ClusterMetrics
 from prfaas.gateway.deploy_config import DeployConfig
 from prfaas.gateway.fleet import WorkerFleet
-from prfaas.gateway.internal import add_internal_routes, add_status_route
+from prfaas.gateway.internal import add_internal_routes, add_role_route, add_status_route
 from prfaas.gateway.launcher import Launcher, WorkerSpawn, free_port
 from prfaas.gateway.metrics import GatewayMetrics
 from prfaas.router.kv_index import KvIndex
@@ -171,6 +171,7 @@ def build_deployment(
     app = create_app(backend, GatewayConfig(api_keys=api_keys), metrics=metrics)
     add_internal_routes(app, fleet, cluster_token)
     add_status_route(app, fleet, router)
+    add_role_route(app, fleet, cluster_token)
     launcher = Launcher(cluster_token, log_dir or Path(tmp.name) / "logs")
     deployment = Deployment(
         cfg, app, backend, fleet, launcher, emulators, [s.name for s in spawns], tmp

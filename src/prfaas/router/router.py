@@ -22,6 +22,7 @@ from prfaas.router.types import (
     ClusterView,
     InstanceView,
     NoRouteError,
+    Path,
     PathChoice,
     Role,
     RouteDecision,
@@ -71,7 +72,9 @@ class Router:
         held = self._held_blocks(request)
         cached = self._cluster_tokens(request, held, instances)
         choice = self.policy.choose(request, cached, pd, prfaas, self.state)
-        prefill = self._pick_prefill(request, choice.prefill_cluster, instances, held)
+        choice, prefill = self._prefill_or_other_path(
+            request, choice, instances, held, cached, pd, prfaas
+        )
         decode = self._pick_least_loaded(pd, "decode", instances)
         self.observed_lengths.append(request.prompt_len - max(cached.values(), default=0))
         return self._decision(request, choice, prefill, decode, held, cached)
@@ -124,6 +127,30 @@ class Router:
             return max(warm)[1]  # most cached blocks; the name breaks ties deterministically
         key = request.block_hashes[0] if request.block_hashes else request.request_id
         return pick(self._ring(tuple(sorted(loads))), key, loads, self.config.balance_factor)
+
+    def _prefill_or_other_path(
+        self,
+        request: RouteRequest,
+        choice: PathChoice,
+        instances: Sequence[InstanceView],
+        held: Mapping[str, int],
+        cached: Mapping[str, int],
+        pd: str,
+        prfaas: Sequence[str],
+    ) -> tuple[PathChoice, str]:
+        """The policy's prefill instance; if its cluster has none healthy (all draining for a
+        role switch, or down), the other path's, so that the request is still served. The
+        fallback stays inside the allowed clusters: residency is never traded for it."""
+        try:
+            return choice, self._pick_prefill(request, choice.prefill_cluster, instances, held)
+        except NoRouteError:
+            others = [c for c in ([pd, *prfaas]) if c != choice.prefill_cluster]
+            for cluster in others:
+                if any(i.cluster == cluster and i.role == "prefill" for i in instances):
+                    path: Path = "pd-p" if cluster == pd else "prfaas"
+                    other = PathChoice(path, cluster, request.prompt_len - cached.get(cluster, 0))
+                    return other, self._pick_prefill(request, cluster, instances, held)
+            raise
 
     def _pick_least_loaded(
         self, cluster: str, role: Role, instances: Sequence[InstanceView]
