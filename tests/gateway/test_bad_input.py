@@ -49,6 +49,7 @@ CASES: list[tuple[str, str, bytes | dict[str, Any], int, str | None]] = [
     ),
     ("token out of vocab", "/v1/completions", {"prompt": [5, 10**6]}, 400, None),
     ("empty prompt", "/v1/completions", {"prompt": []}, 400, None),
+    ("batched prompts", "/v1/completions", {"prompt": ["w5", "w6"]}, 400, None),
     ("bad temperature", "/v1/completions", {"prompt": "w5", "temperature": -1}, 400, None),
     ("nan top_p", "/v1/completions", b'{"prompt": "w5", "top_p": NaN}', 400, None),
     ("huge seed", "/v1/completions", {"prompt": "w5", "seed": 10**30}, 400, None),
@@ -97,6 +98,16 @@ def test_bad_input_is_refused(
     )
     assert ok.status_code == 200
     local_server.check_engine()
+
+
+@pytest.mark.parametrize("prompt", [["w5 w6"], [[5, 6]]])
+def test_batch_of_one_is_one_prompt(local_server: LocalServer, prompt: list[Any]) -> None:
+    r = httpx.post(
+        f"{local_server.base_url}/v1/completions",
+        json={"prompt": prompt, "max_tokens": 2},
+        headers=AUTH,
+    )
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == 2
 
 
 def test_context_message_is_vllm_style(local_server: LocalServer) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 
 from prfaas.engine.sampling_params import SamplingParams
 from prfaas.gateway.errors import APIError
-from prfaas.gateway.protocol import ChatCompletionRequest, CompletionRequest
+from prfaas.gateway.protocol import ChatCompletionRequest, CompletionRequest, ContentPart
 
 M = TypeVar("M", bound=BaseModel)
 GREEDY_BELOW = 1e-5  # temperatures below this are greedy (as in vLLM)
@@ -77,23 +77,26 @@ def prepare_completion(req: CompletionRequest, tokenizer: Any, max_model_len: in
     _refuse_unsupported(req)
     if req.echo or req.logprobs:
         raise APIError(400, "echo and logprobs are not supported", param="echo")
-    prompt: str | list[int]
-    if isinstance(req.prompt, list) and req.prompt and not isinstance(req.prompt[0], int):
-        if len(req.prompt) != 1:
-            raise APIError(
-                400, "one prompt per request (batched prompts are not supported)", param="prompt"
-            )
-        prompt = req.prompt[0]
-    else:
-        prompt = req.prompt  # type: ignore[assignment]
+    prompt = _single_prompt(req.prompt)
     if isinstance(prompt, str):
         try:
             ids = [int(t) for t in tokenizer.encode(prompt)]
         except Exception:
             raise APIError(400, "the prompt could not be tokenized", param="prompt") from None
     else:
-        ids = list(prompt)
+        ids = prompt
     return _prepared(req, ids, req.max_tokens, max_model_len, "prompt")
+
+
+def _single_prompt(prompt: str | list[str] | list[int] | list[list[int]]) -> str | list[int]:
+    """Text or token ids; a batch of one (``["text"]``, ``[[ids]]``) is that one prompt."""
+    if isinstance(prompt, str) or not prompt or isinstance(prompt[0], int):
+        return cast("str | list[int]", prompt)
+    if len(prompt) != 1:
+        raise APIError(
+            400, "one prompt per request (batched prompts are not supported)", param="prompt"
+        )
+    return list(prompt[0]) if isinstance(prompt[0], list) else prompt[0]
 
 
 def _refuse_unsupported(req: ChatCompletionRequest | CompletionRequest) -> None:
@@ -105,11 +108,11 @@ def _refuse_unsupported(req: ChatCompletionRequest | CompletionRequest) -> None:
         )
 
 
-def _text_of(content: object) -> str:
+def _text_of(content: str | list[ContentPart] | None) -> str:
     if content is None or isinstance(content, str):
         return content or ""
     texts = []
-    for part in content:  # type: ignore[attr-defined]
+    for part in content:
         if part.type != "text" or part.text is None:
             raise APIError(400, "only text content parts are supported", param="messages")
         texts.append(part.text)
