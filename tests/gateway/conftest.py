@@ -142,6 +142,7 @@ class FakeBackend:
         self.hold: asyncio.Event | None = None
         self.fail: BaseException | None = None  # raised by submit
         self.fail_mid_stream = False
+        self.end_early = False  # events end without a finished delta
         self.submit_hold: asyncio.Event | None = None  # the backend's queue never moves
         self.submitted: list[GenerationRequest] = []
 
@@ -160,6 +161,8 @@ class FakeBackend:
         for i in range(n):
             if self.fail_mid_stream and i == 1:
                 raise ConnectionError("decode worker lost")
+            if self.end_early and i == 1:
+                return
             yield TokenDelta(req.request_id, [3 + i % 7], f" w{3 + i % 7}", i == n - 1, "length")
 
 

@@ -59,14 +59,15 @@ def test_backend_refusals(
     assert server.in_flight() == 0
 
 
-def test_failure_mid_stream(fake_server: tuple[FakeBackend, ServerThread]) -> None:
+@pytest.mark.parametrize("failure", ["fail_mid_stream", "end_early"])
+def test_failure_mid_stream(fake_server: tuple[FakeBackend, ServerThread], failure: str) -> None:
     backend, server = fake_server
-    set_fail(server, backend, fail_mid_stream=True)
+    set_fail(server, backend, **{failure: True})
     try:
         streamed = httpx.post(f"{server.base_url}/v1/completions", json={**BODY, "stream": True})
         whole = httpx.post(f"{server.base_url}/v1/completions", json=BODY)
     finally:
-        set_fail(server, backend, fail_mid_stream=False)
+        set_fail(server, backend, **{failure: False})
     events = [line[6:] for line in streamed.text.splitlines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     assert json.loads(events[-2])["error"]["type"] == "server_error"

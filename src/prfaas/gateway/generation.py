@@ -32,6 +32,10 @@ from prfaas.gateway.protocol import (
 logger = logging.getLogger(__name__)
 
 
+class IncompleteStreamError(RuntimeError):
+    """The backend's events ended without a finished delta."""
+
+
 class Generation:
     def __init__(
         self,
@@ -70,6 +74,9 @@ class Generation:
             yield delta
             if delta.finished:
                 return
+        # A backend stream must end with a finished delta; anything else is a lost request
+        # (e.g. a worker gone), reported as such, never passed off as a complete answer.
+        raise IncompleteStreamError(f"request {self.request_id}: the backend stream ended early")
 
     def usage(self) -> Usage:
         return Usage(
