@@ -3,6 +3,7 @@ single-process serving. Kept apart from ``backend`` because it imports torch."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -23,7 +24,9 @@ class LocalBackend:
         self.engine = async_engine
         self.model_name = model_name
         self.max_model_len = async_engine.max_model_len
-        self.tokenizer = async_engine.tokenizer
+        # The engine thread detokenizes with its tokenizer; the gateway tokenizes with its own
+        # copy, so the two threads never share one (fast tokenizers can fail when shared).
+        self.tokenizer = copy.deepcopy(async_engine.tokenizer)
 
     async def submit(self, req: GenerationRequest) -> GenerationHandle:
         events = self.engine.generate(
