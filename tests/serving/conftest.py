@@ -63,7 +63,7 @@ def deploy_yaml(model: Path, port: int) -> dict[str, object]:
             {"name": "bob", "api_keys": ["key-bob"], "clusters": ["local"]},
         ],
         "policy": {"name": "prfaas", "threshold_tokens": THRESHOLD_TOKENS},
-        "kv_deadline_s": 20.0,
+        "kv_deadline_s": 60.0,
     }
 
 

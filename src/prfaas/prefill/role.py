@@ -60,7 +60,7 @@ class PrefillRole:
                     link,
                     tls=self.tls if target.tls and self.tls else PLAINTEXT,
                     server_name=target.server_name or None,
-                    deadlines=Deadlines(first_byte_s=5.0, stall_s=5.0, total_s=120.0),
+                    deadlines=Deadlines(first_byte_s=15.0, stall_s=15.0, total_s=300.0),
                 )
             return sender
 
