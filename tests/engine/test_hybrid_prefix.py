@@ -122,3 +122,16 @@ def test_preempted_hybrid_request_resumes_exactly(checkpoint: Path, cache_dir: P
     assert sum(r.num_preemptions for r in reqs) > 0
     for req, prompt in zip(reqs, prompts, strict=True):
         assert req.output_token_ids == _generate_counting(ref, prompt, max_tokens=24)[0]
+
+
+def test_follow_up_turn_resumes_from_a_snapshot_taken_while_decoding(
+    checkpoint: Path, cache_dir: Path
+) -> None:
+    engine = kimi_engine(checkpoint, cache_dir, state=StateCacheConfig(snapshot_interval=BLOCK))
+    cold = kimi_engine(checkpoint, cache_dir, enable_prefix_caching=False)
+    prompt = prompt_of(20, seed=51)
+    answer, _, _ = _generate_counting(engine, prompt, max_tokens=30)  # decodes past 32 and 48
+    follow_up = prompt + answer[:29] + prompt_of(6, seed=52)  # the stored answer ends at 49
+    tokens, cached, _ = _generate_counting(engine, follow_up)
+    assert cached == 3 * BLOCK  # the decode step that completed block 3 left a snapshot
+    assert tokens == _generate_counting(cold, follow_up)[0]
