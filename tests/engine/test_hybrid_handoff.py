@@ -100,6 +100,25 @@ def test_handoff_after_prefix_cache_hit(engines: tuple[Engine, Engine, Engine]) 
     assert import_decode(b, payload) == run(ref, [prompt], MAX_TOKENS)[0]
 
 
+def test_full_blocks_stay_cached_and_the_tail_block_is_freed(
+    engines: tuple[Engine, Engine, Engine],
+) -> None:
+    a = engines[0]
+    assert isinstance(a.kv, HybridKVCacheManager)
+    a.kv.reset_cache()
+    req = a.add_request(prompt_of(77, seed=80), greedy(MAX_TOKENS), prefill_only=True)
+    while req.status.value != "sending_kv":
+        a.step()
+    # 4 full blocks (prefix-cache blocks, registered) + the 13-token tail (a transfer block).
+    assert len(a.kv.block_table(req.request_id)) == 5
+    assert a.kv.pool.num_cached == 4
+    a.export_kv(req.request_id)
+    a.release(req.request_id)
+    assert a.kv.usage == 0.0  # the transfer block is back in the pool ...
+    assert a.kv.pool.num_cached == 4  # ... and the prefix-cache blocks stay reusable
+    a.check_integrity()
+
+
 def _with_state(payload: KvPayload, i: int, **changes: torch.Tensor) -> KvPayload:
     states = list(payload.states)
     states[i] = dataclasses.replace(states[i], **changes)

@@ -166,6 +166,10 @@ class HybridKVCacheManager:
         self.blocks.free(request_id)
         self.states.free(request_id)
 
+    def reset_cache(self) -> int:
+        """Forget every unreferenced cached block and unpinned snapshot (weights changed)."""
+        return self.pool.reset_cache() + self.states.reset_cache()
+
     def drain_events(self) -> list[CacheEvent]:
         return self.blocks.drain_events()
 

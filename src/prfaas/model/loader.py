@@ -126,7 +126,9 @@ def load_model(
         raise ModelLoadError(
             f"{folder}: model_type {model_type!r} not supported; known: {sorted(MODEL_REGISTRY)}"
         )
-    limit = int(getattr(hf_config, "max_position_embeddings", 0) or 0) or 4096
+    # Kimi Linear names its context limit model_max_length (no position embeddings).
+    positions = getattr(hf_config, "max_position_embeddings", None)
+    limit = int(positions or getattr(hf_config, "model_max_length", 0) or 0) or 4096
     if max_model_len is not None:
         if max_model_len > limit:
             raise ModelLoadError(f"max_model_len {max_model_len} exceeds the model's {limit}")
