@@ -84,3 +84,19 @@ def test_chunked_prefill_equals_unchunked(
     torch.testing.assert_close(
         torch.stack(chunked_rows), torch.stack(whole_rows), atol=ATOL, rtol=ATOL
     )
+
+
+def test_bfloat16_engine_follows_the_sequence_model(checkpoint: Path, cache_dir: Path) -> None:
+    from prfaas.model.kimi_model import KimiSequenceModel
+
+    prompts = [prompt_of(21), prompt_of(40, seed=9)]
+    batched = run(kimi_engine(checkpoint, cache_dir, dtype="bfloat16"), prompts, 10)
+    reference = KimiSequenceModel.from_folder(checkpoint, torch.bfloat16)
+    for prompt, tokens in zip(prompts, batched, strict=True):
+        expected: list[int] = []
+        with torch.no_grad():
+            logits, state = reference(torch.tensor(prompt), None)
+            for _ in range(10):
+                expected.append(int(logits[-1].argmax()))
+                logits, state = reference(torch.tensor(expected[-1:]), state)
+        assert tokens == expected
