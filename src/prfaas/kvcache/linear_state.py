@@ -86,9 +86,6 @@ class LinearStateManager:
     def live_slot(self, request_id: str) -> int:
         return self._live[request_id]
 
-    def has_snapshot(self, block_hash: BlockHash) -> bool:
-        return block_hash in self._cached
-
     def longest_hit(self, hashes: Sequence[BlockHash], max_blocks: int) -> int:
         """The largest ``j <= max_blocks`` with a snapshot after block ``j - 1``; 0 if none."""
         for j in range(min(max_blocks, len(hashes)), 0, -1):
@@ -110,14 +107,14 @@ class LinearStateManager:
         source = None if snapshot is None else self._cached[snapshot]
         if source is not None:
             self._pins[source] += 1  # before taking a slot, so it is not the one evicted
-            self._cached.move_to_end(snapshot)  # type: ignore[arg-type]
         slot = self._take_slot()
         if slot is None:
             if source is not None:
                 self._unpin(source)
             return False
         self._live[request_id] = slot
-        if source is not None:
+        if snapshot is not None and source is not None:
+            self._cached.move_to_end(snapshot)  # a hit makes it the most recently used
             self._loading[request_id] = source
         return True
 
