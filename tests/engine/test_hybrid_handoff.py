@@ -119,6 +119,35 @@ def test_full_blocks_stay_cached_and_the_tail_block_is_freed(
     a.check_integrity()
 
 
+def test_named_tensors_round_trip(engines: tuple[Engine, Engine, Engine]) -> None:
+    a, b, ref = engines
+    prompt = prompt_of(23, seed=90)
+    payload = prefill_export(a, prompt)
+    named = payload.named_tensors()
+    assert [(n, per_token) for n, per_token, _ in named] == [
+        ("L0.recurrent", False),
+        ("L0.conv", False),
+        ("L1.latent", True),
+        ("L2.recurrent", False),
+        ("L2.conv", False),
+        ("L3.latent", True),
+    ]
+    tensors = {name: t.clone() for name, _, t in named}
+    rebuilt = KvPayload.from_named_tensors(
+        payload.model_fingerprint,
+        prompt,
+        payload.first_token_id,
+        payload.dtype,
+        payload.layout,
+        tensors,
+    )
+    assert rebuilt.kv_bytes == payload.kv_bytes
+    assert import_decode(b, rebuilt) == run(ref, [prompt], MAX_TOKENS)[0]
+    del tensors["L2.conv"]
+    with pytest.raises(KvImportError, match="missing"):
+        KvPayload.from_named_tensors("", prompt, 0, payload.dtype, payload.layout, tensors)
+
+
 def _with_state(payload: KvPayload, i: int, **changes: torch.Tensor) -> KvPayload:
     states = list(payload.states)
     states[i] = dataclasses.replace(states[i], **changes)

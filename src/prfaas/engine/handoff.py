@@ -9,7 +9,7 @@ Tensors here; the wire format (``prfaas.transfer``) turns it into bytes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -76,6 +76,18 @@ def layout_from_specs(specs: Sequence[LayerSpec]) -> list[LayerLayout]:
     return layout
 
 
+def tensor_names(layout: Sequence[LayerLayout]) -> list[tuple[str, bool]]:
+    """(name, per_token) of every payload tensor, in layout order: ``L{i}.k``, ``L{i}.v``
+    (full_attention), ``L{i}.latent`` (mla), ``L{i}.recurrent``, ``L{i}.conv`` (kda).
+    ``per_token``: one row per prompt token (block data); else a fixed-size state."""
+    parts = {FULL_ATTENTION: ("k", "v"), MLA: ("latent",), KDA: ("recurrent", "conv")}
+    return [
+        (f"L{entry.layer_index}.{part}", entry.kind != KDA)
+        for entry in layout
+        for part in parts[entry.kind]
+    ]
+
+
 @dataclass
 class KvPayload:
     model_fingerprint: str
@@ -100,6 +112,49 @@ class KvPayload:
         tensors = [t for kv in self.kv for t in kv] + self.latent
         tensors += [t for s in self.states for t in (s.recurrent, s.conv)]
         return sum(t.numel() * t.element_size() for t in tensors)
+
+    def named_tensors(self) -> list[tuple[str, bool, torch.Tensor]]:
+        """(name, per_token, tensor) in ``tensor_names`` order: what a wire format carries."""
+        kv, latent, states = iter(self.kv), iter(self.latent), iter(self.states)
+        tensors: list[torch.Tensor] = []
+        for entry in self.layout:
+            if entry.kind == FULL_ATTENTION:
+                tensors.extend(next(kv))
+            elif entry.kind == MLA:
+                tensors.append(next(latent))
+            else:
+                state = next(states)
+                tensors += [state.recurrent, state.conv]
+        names = tensor_names(self.layout)
+        return [(n, per_token, t) for (n, per_token), t in zip(names, tensors, strict=True)]
+
+    @classmethod
+    def from_named_tensors(
+        cls,
+        model_fingerprint: str,
+        token_ids: list[int],
+        first_token_id: int,
+        dtype: str,
+        layout: list[LayerLayout],
+        tensors: Mapping[str, torch.Tensor],
+    ) -> KvPayload:
+        """The inverse of ``named_tensors``; KvImportError if a name is missing or unknown."""
+        expected = [name for name, _ in tensor_names(layout)]
+        if set(tensors) != set(expected):
+            missing, extra = set(expected) - set(tensors), set(tensors) - set(expected)
+            raise KvImportError(
+                f"payload tensors: missing {sorted(missing)[:4]}, unknown {sorted(extra)[:4]}"
+            )
+        payload = cls(model_fingerprint, token_ids, first_token_id, dtype, layout, kv=[])
+        for entry in layout:
+            at = f"L{entry.layer_index}."
+            if entry.kind == FULL_ATTENTION:
+                payload.kv.append((tensors[at + "k"], tensors[at + "v"]))
+            elif entry.kind == MLA:
+                payload.latent.append(tensors[at + "latent"])
+            else:
+                payload.states.append(LinearState(tensors[at + "recurrent"], tensors[at + "conv"]))
+        return payload
 
     def validate(
         self, fingerprint: str, layout: list[LayerLayout], dtype: torch.dtype, vocab_size: int
