@@ -80,9 +80,8 @@ def kimi_engine(
     kw.setdefault("dtype", "float32")
     kw.setdefault("device", "cpu")
     engine = make_engine(folder, cache_dir, **kw)
-    if state is None:
-        return engine
-    return Engine(engine.config, engine.loaded, state)
+    # Tiny states: the default share of a 64-block pool would hold only one snapshot.
+    return Engine(engine.config, engine.loaded, state or StateCacheConfig(max_snapshots=16))
 
 
 def greedy(max_tokens: int) -> SamplingParams:

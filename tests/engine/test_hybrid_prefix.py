@@ -84,7 +84,7 @@ def test_hit_stops_at_the_last_snapshot(checkpoint: Path, cache_dir: Path) -> No
     # Snapshots every 2 blocks (and at the prompt's last block boundary, 48): a later prompt
     # sharing only 3 blocks of a 5-block prompt has MLA blocks up to 48 but snapshots at 32
     # and 64 (and 80), so it may reuse 32 tokens only.
-    engine = kimi_engine(checkpoint, cache_dir, state=StateCacheConfig(snapshot_interval=2 * BLOCK))
+    engine = kimi_engine(checkpoint, cache_dir, state=StateCacheConfig(2 * BLOCK, max_snapshots=16))
     cold = kimi_engine(checkpoint, cache_dir, enable_prefix_caching=False)
     long_prompt = prompt_of(5 * BLOCK + 3, seed=21)
     _generate_counting(engine, long_prompt, max_tokens=2)
@@ -127,7 +127,7 @@ def test_preempted_hybrid_request_resumes_exactly(checkpoint: Path, cache_dir: P
 def test_follow_up_turn_resumes_from_a_snapshot_taken_while_decoding(
     checkpoint: Path, cache_dir: Path
 ) -> None:
-    engine = kimi_engine(checkpoint, cache_dir, state=StateCacheConfig(snapshot_interval=BLOCK))
+    engine = kimi_engine(checkpoint, cache_dir, state=StateCacheConfig(BLOCK, max_snapshots=16))
     cold = kimi_engine(checkpoint, cache_dir, enable_prefix_caching=False)
     prompt = prompt_of(20, seed=51)
     answer, _, _ = _generate_counting(engine, prompt, max_tokens=30)  # decodes past 32 and 48

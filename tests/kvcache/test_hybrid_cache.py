@@ -101,6 +101,9 @@ def test_budget_split_keeps_snapshots_to_their_share() -> None:
     assert budget.num_blocks == (1000 - 9 * 50) // 10
     with pytest.raises(ValueError):
         StateBudget.split(100, 10, 50, StateCacheConfig(), max_num_seqs=4)
+    # A fixed block count: snapshots get a quarter of blocks plus snapshots (800 + 250 bytes).
+    fixed = StateBudget.split(10**9, 10, 50, config, max_num_seqs=4, num_blocks=80)
+    assert (fixed.num_blocks, fixed.max_snapshots) == (80, 5)
 
 
 def test_snapshot_interval_must_be_whole_blocks() -> None:

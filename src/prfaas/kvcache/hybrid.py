@@ -70,11 +70,15 @@ class StateBudget:
         num_blocks: int | None = None,
     ) -> StateBudget:
         """Snapshots get their fraction of the budget, live states one per sequence, KV blocks
-        the rest (``num_blocks``, when given, fixes the block count instead)."""
+        the rest. ``num_blocks``, when given, fixes the block count instead, and snapshots get
+        their fraction of blocks plus snapshots."""
         live = config.num_live_states or max_num_seqs
         snapshots = config.max_snapshots
         if snapshots is None:
-            snapshots = int(budget_bytes * config.snapshot_memory_fraction) // max(1, state_bytes)
+            fraction = config.snapshot_memory_fraction
+            if num_blocks is not None:
+                budget_bytes = int(num_blocks * block_bytes / (1.0 - fraction))
+            snapshots = int(budget_bytes * fraction) // max(1, state_bytes)
         if num_blocks is None:
             num_blocks = (budget_bytes - (live + snapshots) * state_bytes) // max(1, block_bytes)
             if num_blocks <= 0:
