@@ -40,9 +40,12 @@ class HybridModelRunner:
         self.kda = [c for c in self.caches if isinstance(c, KdaCache)]
         self.mla = [c for c in self.caches if isinstance(c, torch.Tensor)]
 
-    def prepare(self, out: SchedulerOutput) -> tuple[torch.Tensor, HybridMetadata, list[int]]:
-        """(input_ids (T,), metadata, rows to sample); applies the chunks' state loads."""
-        input_ids, _, attn, sample_rows = flatten_step(out, self.block_size, self.device)
+    def prepare(
+        self, out: SchedulerOutput
+    ) -> tuple[torch.Tensor, torch.Tensor, HybridMetadata, list[int]]:
+        """(input_ids (T,), positions (T,), metadata, rows to sample); applies the chunks'
+        state loads (zero or copy from a snapshot) first."""
+        input_ids, positions, attn, sample_rows = flatten_step(out, self.block_size, self.device)
         linear = LinearMetadata(prefills=[], decode_rows=None, decode_slots=None)
         decode_rows: list[int] = []
         decode_slots: list[int] = []
@@ -66,13 +69,13 @@ class HybridModelRunner:
         if decode_rows:
             linear.decode_rows = torch.tensor(decode_rows, device=self.device)
             linear.decode_slots = torch.tensor(decode_slots, device=self.device)
-        return input_ids, HybridMetadata(attn, linear), sample_rows
+        return input_ids, positions, HybridMetadata(attn, linear), sample_rows
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> torch.Tensor:
         """Run one step; returns float32 logits (num_sampled, vocab) in chunk order."""
-        input_ids, meta, sample_rows = self.prepare(out)
-        hidden = self.model(input_ids, None, meta, self.caches)
+        input_ids, positions, meta, sample_rows = self.prepare(out)
+        hidden = self.model(input_ids, positions, meta, self.caches)
         if not sample_rows:
             return torch.empty(0, device=self.device)
         rows = torch.tensor(sample_rows, device=self.device)
