@@ -12,6 +12,8 @@ from typing import Annotated, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 TOKEN_HEADER = "x-prfaas-cluster-token"  # the shared cluster token on every control call
+# The wire layer after a KV payload's tensors that carries the first sampled token (int64).
+KV_FIRST_TOKEN_LAYER = "first_token"
 MAX_PROMPT_TOKENS = 1 << 20
 MAX_NAME = 128
 MAX_EVENTS = 65536

@@ -1,7 +1,9 @@
 """Rebuild an engine KV payload from a landed transfer (see ``prefill/kv_export.py``).
 
-Everything is checked against what this worker expects (names, kinds, dtypes, shapes);
-the engine's own ``KvPayload.validate`` then checks the payload against the model.
+The wire layers must be exactly this model's tensor names (``tensor_names(layout)``) plus
+the first token, each of the kind its name implies; the engine's ``KvPayload.validate`` then
+checks shapes and dtypes against the model. The tensors are copies: the receiver reuses its
+buffers once released.
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from prfaas.engine.handoff import KvImportError, KvPayload, LayerLayout
+from prfaas.engine.handoff import KvImportError, KvPayload, LayerLayout, tensor_names
+from prfaas.messages import KV_FIRST_TOKEN_LAYER
 from prfaas.transfer.messages import DType, LayerKind
 from prfaas.transfer.receiver import ReceivedTransfer
 
@@ -22,39 +25,40 @@ WIRE_TO_TORCH = {
 
 def _as_torch(array: np.ndarray, dtype: DType) -> torch.Tensor:
     if dtype is DType.BFLOAT16:
-        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(array)
+        return torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(array.copy())
 
 
 def wire_to_payload(
     received: ReceivedTransfer, prompt_token_ids: list[int], layout: list[LayerLayout]
 ) -> KvPayload:
     entries, arrays = received.header.layers, received.layers
-    if len(entries) != 2 * len(layout) + 1:
+    expected = tensor_names(layout)
+    if len(entries) != len(expected) + 1:
         raise KvImportError(
-            f"transfer has {len(entries)} wire layers, expected {2 * len(layout) + 1}"
+            f"transfer has {len(entries)} wire layers, expected {len(expected) + 1}"
         )
-    kv: list[tuple[torch.Tensor, torch.Tensor]] = []
-    dtype: DType | None = None
-    for i, layer in enumerate(layout):
-        pair = []
-        for j, name in enumerate(("k", "v")):
-            entry, array = entries[2 * i + j], arrays[2 * i + j]
-            if entry.name != f"L{layer.layer_index}.{name}" or entry.kind is not LayerKind.BLOCKS:
-                raise KvImportError(f"unexpected wire layer {entry.name!r}")
-            if entry.dtype not in WIRE_TO_TORCH or (dtype is not None and entry.dtype != dtype):
-                raise KvImportError(f"wire layer {entry.name!r} has dtype {entry.dtype.name}")
-            dtype = entry.dtype
-            pair.append(_as_torch(array, entry.dtype))
-        kv.append((pair[0], pair[1]))
+    tensors: dict[str, torch.Tensor] = {}
+    kv_dtype: DType | None = None
+    for (name, per_token), entry, array in zip(expected, entries, arrays, strict=False):
+        kind = LayerKind.BLOCKS if per_token else LayerKind.STATE
+        if entry.name != name or entry.kind is not kind or entry.dtype not in WIRE_TO_TORCH:
+            raise KvImportError(
+                f"unexpected wire layer {entry.name!r} ({entry.kind.name}, "
+                f"{entry.dtype.name}); expected {name!r}"
+            )
+        if per_token:
+            kv_dtype = kv_dtype or entry.dtype
+        tensors[name] = _as_torch(array, entry.dtype)
     meta, first = entries[-1], arrays[-1]
-    if meta.name != "first_token" or meta.dtype is not DType.INT64 or meta.shape != (1,):
+    if meta.name != KV_FIRST_TOKEN_LAYER or meta.dtype is not DType.INT64 or meta.shape != (1,):
         raise KvImportError("transfer lacks the first token")
-    return KvPayload(
-        model_fingerprint=received.header.fingerprint.hex(),
-        token_ids=list(prompt_token_ids),
-        first_token_id=int(first[0]),
-        dtype=str(WIRE_TO_TORCH[dtype or DType.FLOAT32]).removeprefix("torch."),
-        layout=list(layout),
-        kv=kv,
+    dtype = str(WIRE_TO_TORCH[kv_dtype or DType.FLOAT32]).removeprefix("torch.")
+    return KvPayload.from_named_tensors(
+        received.header.fingerprint.hex(),
+        list(prompt_token_ids),
+        int(first[0]),
+        dtype,
+        list(layout),
+        tensors,
     )

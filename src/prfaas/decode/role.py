@@ -42,10 +42,7 @@ class DecodeRole:
     def _wait_kv(self, request_id: str, prompt: list[int], timeout_s: float) -> KvPayload:
         received = self.receiver.wait(request_id, timeout_s=timeout_s)
         try:
-            payload = wire_to_payload(received, prompt, self.layout)
-            # The receiver's buffers are reused after release: the payload must own its data.
-            payload.kv = [(k.clone(), v.clone()) for k, v in payload.kv]
-            return payload
+            return wire_to_payload(received, prompt, self.layout)  # copies: owns its data
         finally:
             self.receiver.release(request_id)
 
