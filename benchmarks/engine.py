@@ -93,7 +93,7 @@ def main() -> None:
     llm = LLM(
         None,
         num_threads=args.threads,
-        kv_cache_memory_gb=6.0,
+        kv_cache_memory_gb=4.0,
         max_num_seqs=64,
         max_num_batched_tokens=2048,
     )

@@ -15,6 +15,7 @@ import contextlib
 import hmac
 import logging
 import os
+import signal
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -65,6 +66,7 @@ class WorkerConfig:
     kv_port: int = 0
     certs_dir: Path | None = None
     link_rate_gbps: dict[str, float] = field(default_factory=dict)
+    parent_pid: int | None = None  # exit when this process (the launcher) is gone
 
 
 class Worker:
@@ -164,18 +166,30 @@ class Worker:
             self.draining = False
 
 
+async def _exit_with_parent(parent_pid: int) -> None:
+    """A worker spawned by `prfaas serve` must not outlive it, however it ended (even
+    SIGKILL): once reparented, shut down gracefully (SIGTERM to ourselves)."""
+    while os.getppid() == parent_pid:
+        await asyncio.sleep(1.0)
+    logger.warning("launcher %d is gone; shutting down", parent_pid)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def create_worker_app(worker: Worker) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         worker.receiver.start()
         worker.engine.start()
-        task = asyncio.create_task(worker.gateway_loop())
+        tasks = [asyncio.create_task(worker.gateway_loop())]
+        if worker.config.parent_pid is not None:
+            tasks.append(asyncio.create_task(_exit_with_parent(worker.config.parent_pid)))
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await worker.engine.shutdown()
             worker.receiver.close()
 

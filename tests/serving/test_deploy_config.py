@@ -50,3 +50,46 @@ def test_unreadable_yaml(tmp_path: Path) -> None:
     path.write_text("clusters: [")
     with pytest.raises(DeployConfigError):
         load_deploy_config(path)
+
+
+def test_a_spawned_worker_exits_when_its_launcher_dies(tmp_path: Path) -> None:
+    """`prfaas serve` killed outright (SIGKILL) must not leave workers behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # A launcher that spawns one worker (with --parent-pid) and then idles.
+    script = tmp_path / "launch.py"
+    script.write_text(
+        "import os, subprocess, sys, time\n"
+        "p = subprocess.Popen([sys.executable, '-m', 'prfaas.cli', 'worker', '--name', 'w',"
+        " '--role', 'prefill', '--cluster', 'c', '--listen', '127.0.0.1:0',"
+        " '--gateway', 'http://127.0.0.1:9', '--model', sys.argv[1],"
+        " '--parent-pid', str(os.getpid())], start_new_session=True,"
+        " env=dict(os.environ, PRFAAS_CLUSTER_TOKEN='t'))\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    from tests.conftest import make_tiny_checkpoint
+
+    model = make_tiny_checkpoint(tmp_path / "tiny", "llama")
+    env = dict(os.environ, PRFAAS_CACHE_DIR=str(tmp_path / "cache"))
+    launcher = subprocess.Popen(
+        [sys.executable, str(script), str(model)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert launcher.stdout is not None
+    worker_pid = int(launcher.stdout.readline())
+    time.sleep(8.0)  # let the worker load and start its watchdog
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker_pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.5)
+    os.kill(worker_pid, signal.SIGKILL)
+    pytest.fail("the worker outlived its launcher")

@@ -52,6 +52,8 @@ class WorkerSpawn:
             f"{self.host}:{self.kv_port}",
             "--gateway",
             self.gateway_url,
+            "--parent-pid",
+            str(os.getpid()),
         ]
         if self.model is not None:
             args += ["--model", self.model]

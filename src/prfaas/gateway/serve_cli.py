@@ -39,6 +39,8 @@ def register(commands: Commands) -> None:
     w.add_argument("--link-rate", action="append", default=[], metavar="LINK=GBPS")
     w.add_argument("--max-model-len", type=int, default=None)
     w.add_argument("--num-threads", type=int, default=None)
+    w.add_argument("--kv-cache-gb", type=float, default=1.0, help="KV pool memory (GiB)")
+    w.add_argument("--parent-pid", type=int, default=None, help="exit when it exits")
     w.set_defaults(handler=_worker)
 
     s = commands.top.add_parser("status", help="show a running deployment")
@@ -78,8 +80,12 @@ def _worker(args: argparse.Namespace) -> int:
         certs_dir=args.certs,
         link_rate_gbps=rates,
         engine=EngineConfig(
-            model=args.model, max_model_len=args.max_model_len, num_threads=args.num_threads
+            model=args.model,
+            max_model_len=args.max_model_len,
+            num_threads=args.num_threads,
+            kv_cache_memory_gb=args.kv_cache_gb,
         ),
+        parent_pid=args.parent_pid,
     )
     worker = Worker(config)
     uvicorn.run(create_worker_app(worker), host=host, port=port, log_level="warning")
