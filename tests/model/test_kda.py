@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from transformers.models.kimi_linear import modeling_kimi_linear as hf
@@ -21,13 +19,8 @@ Tensor = torch.Tensor
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: intra-op threads only add synchronisation (and stall on shared cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: intra-op threads only add synchronisation (and stall on shared cores).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _inputs(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -20,13 +19,8 @@ ATOL = 1e-4
 HIDDEN = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: intra-op threads only add synchronisation (and stall on shared cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: intra-op threads only add synchronisation (and stall on shared cores).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # 1-based layer indices as in a checkpoint's linear_attn_config: KDA, MLA, KDA, MLA.
