@@ -15,9 +15,11 @@ from torch import nn
 
 from prfaas.engine.handoff import KvPayload, LinearState
 from prfaas.engine.scheduler import SchedulerOutput
-from prfaas.model.attention import AttentionMetadata, PrefillSegment
+from prfaas.model.attention import AttentionMetadata, DecodeGroup, PrefillSegment
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
+DECODE_GROUPS = 4  # decode rows are attended in up to this many length groups
+MIN_GROUP_ROWS = 4  # ... of at least this many rows each
 
 
 class KvTensors(NamedTuple):
@@ -163,18 +165,42 @@ def flatten_step(
         decode_mask=None,
     )
     if decode_rows:
-        max_ctx = max(len(c) for c in decode_ctx)
-        padded = np.zeros((len(decode_ctx), max_ctx), dtype=np.int64)
-        valid = np.zeros((len(decode_ctx), max_ctx), dtype=bool)
-        for i, c in enumerate(decode_ctx):
-            padded[i, : len(c)] = c
-            valid[i, : len(c)] = True
-        meta.decode_rows = _tensor(device, np.asarray(decode_rows, dtype=np.int64))
-        meta.decode_slots = _tensor(device, padded)
-        if not valid.all():
-            meta.decode_mask = torch.from_numpy(valid).to(device)[:, None, None, :]
+        meta.decode_rows, meta.decode_slots, meta.decode_mask = _padded(
+            device, decode_rows, decode_ctx
+        )
+        meta.decode_groups = _decode_groups(device, decode_rows, decode_ctx)
     input_ids = _tensor(device, np.asarray(ids, dtype=np.int64))
     return input_ids, _tensor(device, np.concatenate(positions)), meta, sample_rows
+
+
+def _padded(
+    device: torch.device, rows: list[int], ctx: list[np.ndarray]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Decode rows, their context slots padded to the longest, and the padding mask."""
+    max_ctx = max(len(c) for c in ctx)
+    padded = np.zeros((len(ctx), max_ctx), dtype=np.int64)
+    valid = np.zeros((len(ctx), max_ctx), dtype=bool)
+    for i, c in enumerate(ctx):
+        padded[i, : len(c)] = c
+        valid[i, : len(c)] = True
+    mask = None if valid.all() else torch.from_numpy(valid).to(device)[:, None, None, :]
+    return _tensor(device, np.asarray(rows, dtype=np.int64)), _tensor(device, padded), mask
+
+
+def _decode_groups(
+    device: torch.device, rows: list[int], ctx: list[np.ndarray]
+) -> list[DecodeGroup]:
+    """Split decode rows, sorted by context length, into up to DECODE_GROUPS groups of equal
+    count: each group pads only to its own longest context (attention and gather work drop
+    with the padding; a group costs one more attention call)."""
+    order = sorted(range(len(rows)), key=lambda i: len(ctx[i]))
+    num_groups = min(DECODE_GROUPS, max(1, len(rows) // MIN_GROUP_ROWS))
+    groups: list[DecodeGroup] = []
+    for part in np.array_split(np.asarray(order), num_groups):
+        idx = [int(i) for i in part]
+        g_rows, g_slots, g_mask = _padded(device, [rows[i] for i in idx], [ctx[i] for i in idx])
+        groups.append(DecodeGroup(g_rows, g_slots, g_mask))
+    return groups
 
 
 def _tensor(device: torch.device, a: np.ndarray) -> torch.Tensor:

@@ -32,6 +32,15 @@ class PrefillSegment:
 
 
 @dataclass
+class DecodeGroup:
+    """Decode rows of similar context length, attended to together (less padding)."""
+
+    rows: torch.Tensor  # (G,) rows of the step
+    slots: torch.Tensor  # (G, group_max_ctx) context slots, padded with 0
+    mask: torch.Tensor | None  # (G, 1, 1, group_max_ctx), False on padding; None if none
+
+
+@dataclass
 class AttentionMetadata:
     slot_mapping: torch.Tensor  # (T,) int64: the slot each new token's K/V is written to
     prefills: list[PrefillSegment]
@@ -39,6 +48,8 @@ class AttentionMetadata:
     decode_slots: torch.Tensor | None  # (D, max_ctx) int64 context slots, padded with 0
     # (D, 1, 1, max_ctx) bool, False on padding; None when no row is padded.
     decode_mask: torch.Tensor | None
+    # The same decode rows split by context length (for attention over the flat KV cache).
+    decode_groups: list[DecodeGroup] | None = None
 
 
 def write_kv(
@@ -106,11 +117,15 @@ def paged_attention(
         # One query per request: fold each KV head's query group into the query axis,
         # (D, Hkv, group, d), so no KV head is copied. Exact, since decode has no causal
         # structure among the group's queries.
-        num_decode, head_dim = meta.decode_rows.shape[0], q.shape[2]
-        num_kv_heads = k_cache.shape[1]
-        qd = q.index_select(0, meta.decode_rows).view(num_decode, num_kv_heads, -1, head_dim)
-        kd = _gather(k_cache, meta.decode_slots).transpose(1, 2).to(q.dtype)  # (D, Hkv, ctx, d)
-        vd = _gather(v_cache, meta.decode_slots).transpose(1, 2).to(q.dtype)
-        od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, scale=scale)
-        out.index_copy_(0, meta.decode_rows, od.reshape(num_decode, num_heads, head_dim))
+        groups = meta.decode_groups or [
+            DecodeGroup(meta.decode_rows, meta.decode_slots, meta.decode_mask)
+        ]
+        for g in groups:
+            num_decode, head_dim = g.rows.shape[0], q.shape[2]
+            num_kv_heads = k_cache.shape[1]
+            qd = q.index_select(0, g.rows).view(num_decode, num_kv_heads, -1, head_dim)
+            kd = _gather(k_cache, g.slots).transpose(1, 2).to(q.dtype)  # (G, Hkv, ctx, d)
+            vd = _gather(v_cache, g.slots).transpose(1, 2).to(q.dtype)
+            od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=g.mask, scale=scale)
+            out.index_copy_(0, g.rows, od.reshape(num_decode, num_heads, head_dim))
     return out
