@@ -6,39 +6,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import DynamicCache, KimiLinearConfig, KimiLinearForCausalLM
+from transformers import DynamicCache, KimiLinearForCausalLM
 
 from prfaas.model.kimi_model import KimiSequenceModel
 from prfaas.model.kimi_weights import kimi_module_weights
+from tests.engine.hybrid_helpers import VOCAB, save_kimi_checkpoint
 
 Tensor = torch.Tensor
 ATOL = 1e-4
-VOCAB = 97
 
 
 # Tiny tensors: intra-op threads only add synchronisation (and stall on shared cores).
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-BASE = {
-    "vocab_size": VOCAB,
-    "hidden_size": 48,
-    "intermediate_size": 64,
-    "moe_intermediate_size": 24,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 4,
-    "kv_lora_rank": 16,
-    "qk_rope_head_dim": 8,
-    "qk_nope_head_dim": 16,
-    "v_head_dim": 12,
-    "num_experts": 6,
-    "num_experts_per_token": 2,
-    "num_expert_group": 3,
-    "topk_group": 2,
-    "pad_token_id": 0,
-    "bos_token_id": 1,
-    "eos_token_id": 2,
-}
 KDA, MLA = "linear_attention", "full_attention"
 # (layer pattern, first_k_dense_replace): 3:1, 1:1, full attention first, a single MLA layer,
 # all dense and all MoE.
@@ -50,34 +31,10 @@ PATTERNS = {
 }
 
 
-def _save_random_checkpoint(folder: Path, layer_types: list[str], first_dense: int) -> None:
-    config = KimiLinearConfig(
-        **BASE,
-        num_hidden_layers=len(layer_types),
-        layer_types=layer_types,
-        first_k_dense_replace=first_dense,
-        linear_attn_config={"head_dim": 8, "num_heads": 4, "short_conv_kernel_size": 4},
-    )
-    torch.manual_seed(0)
-    model = KimiLinearForCausalLM(config).eval()
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("A_log", "dt_bias")):
-                continue
-            noise = torch.randn(p.shape, generator=gen)
-            p.copy_(1.0 + 0.2 * noise if name.endswith("norm.weight") else 0.3 * noise)
-        for name, buf in model.named_buffers():
-            if name.endswith("e_score_correction_bias"):
-                buf.copy_(0.1 * torch.randn(buf.shape, generator=gen))
-    model.save_pretrained(folder)
-
-
 @pytest.fixture(scope="module", params=sorted(PATTERNS))
 def checkpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp(request.param)
-    _save_random_checkpoint(folder, *PATTERNS[request.param])
-    return folder
+    return save_kimi_checkpoint(folder, *PATTERNS[request.param])
 
 
 def _prompt(num_tokens: int) -> Tensor:
