@@ -230,9 +230,7 @@ def deployment(
 def test_long_prompt_kv_crosses_the_shaped_namespace_link(
     deployment: NetnsDeployment, namespace: Namespace
 ) -> None:
-    client = openai.OpenAI(
-        base_url=deployment.base_url + "/v1", api_key="key-alice", max_retries=0
-    )
+    client = openai.OpenAI(base_url=deployment.base_url + "/v1", api_key="key-alice", max_retries=0)
     before = namespace.sent_bytes()
     raw = client.completions.with_raw_response.create(
         model="tiny", prompt=LONG, max_tokens=8, temperature=0
