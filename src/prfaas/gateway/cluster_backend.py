@@ -79,8 +79,12 @@ class ClusterBackend:
         self.max_model_len = max_model_len
         self.block_size = block_size
         self.on_prefill = on_prefill
+        # Every in-flight request holds a decode stream and a prefill call: keep enough idle
+        # connections alive that a busy gateway does not reconnect per request.
         self._client = httpx.AsyncClient(
-            headers={TOKEN_HEADER: settings.cluster_token}, timeout=httpx.Timeout(10.0, read=None)
+            headers={TOKEN_HEADER: settings.cluster_token},
+            timeout=httpx.Timeout(10.0, read=None),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=512),
         )
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -187,12 +191,16 @@ class ClusterBackend:
         self, response: httpx.Response, decode_name: str
     ) -> AsyncIterator[TokenDelta]:
         try:
+            finished = False
             async for line in response.aiter_lines():
-                if not line:
+                if not line or finished:
+                    # After the last event the worker ends the body; reading to its end (not
+                    # closing early) keeps the connection alive for the next request.
                     continue
                 event = TokenEvent.decode(line)
                 if event.error is not None:
                     raise ValueError(event.error)
+                finished = event.finished
                 yield TokenDelta(
                     event.request_id,
                     event.token_ids,
@@ -200,9 +208,8 @@ class ClusterBackend:
                     event.finished,
                     event.finish_reason,
                 )
-                if event.finished:
-                    return
-            raise ConnectionError(f"decode worker {decode_name} closed the stream early")
+            if not finished:
+                raise ConnectionError(f"decode worker {decode_name} closed the stream early")
         finally:
             await response.aclose()
             record = self.fleet.workers.get(decode_name)
