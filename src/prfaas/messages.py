@@ -144,3 +144,20 @@ class KvFailed(Message):
 class RoleSwitch(Message):
     role: Role
     name: str = Field("", max_length=MAX_NAME)  # the worker, when sent to the gateway
+
+
+class PullCommand(Message):
+    """Cross-cluster cache pull, at the receiving worker: expect the KV of a cached prefix
+    (sent by the instance holding it) and keep it as prefix cache."""
+
+    request_id: str = Field(max_length=MAX_NAME)
+    prompt_token_ids: list[int] = Field(max_length=MAX_PROMPT_TOKENS)  # the prefix
+    tenant_salt_hex: str = Field(max_length=128)
+    deadline_s: float = Field(gt=0.0, le=3600.0)
+
+
+class PullResult(Message):
+    request_id: str
+    ok: bool
+    cached_tokens: int = 0  # tokens of the prefix now cached at the receiving worker
+    error: str | None = None

@@ -4,6 +4,7 @@ its KV receiver, and its registration and heartbeat to the gateway.
 Endpoints (all require the cluster token in ``x-prfaas-cluster-token``):
   POST /prefill  PrefillCommand -> PrefillResult    (role prefill)
   POST /decode   DecodeCommand  -> NDJSON TokenEvent lines (role decode)
+  POST /pull     PullCommand    -> PullResult      (any role: land a pulled cached prefix)
   POST /role     RoleSwitch: drain, then switch (PD-cluster workers)
   GET  /health
 """
@@ -28,6 +29,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
 from prfaas.config import EngineConfig
+from prfaas.decode.pull import PullRole
 from prfaas.decode.role import DecodeRole
 from prfaas.engine.async_engine import AsyncEngine
 from prfaas.engine.engine import Engine
@@ -38,6 +40,7 @@ from prfaas.messages import (
     Heartbeat,
     KvFailed,
     PrefillCommand,
+    PullCommand,
     Role,
     RoleSwitch,
     TokenEvent,
@@ -93,6 +96,7 @@ class Worker:
         )
         self.prefill = PrefillRole(self.engine, LinkSettings(config.link_rate_gbps), tls_client)
         self.decode = DecodeRole(self.engine, self.receiver, engine.layout)
+        self.pull = PullRole(self.engine, self.receiver, engine.layout)
         host, port = self.receiver.address
         self._info = WorkerInfo(
             name=config.name,
@@ -242,6 +246,13 @@ def create_worker_app(worker: Worker) -> FastAPI:
         check(request, "decode")
         msg = KvFailed.decode(await request.body())
         return {"fallback": worker.decode.fail(msg.request_id, msg.reason)}
+
+    @app.post("/pull")
+    async def pull(request: Request) -> Response:
+        check(request)  # any role: the receiver of a cross-cluster cache pull
+        cmd = PullCommand.decode(await request.body())
+        result = await worker.pull.run(cmd)
+        return Response(result.encode(), media_type="application/json")
 
     @app.post("/role")
     async def role(request: Request) -> Response:

@@ -121,3 +121,36 @@ def test_reserved_request_falls_back_to_local_prefill(
     assert req.output_token_ids == generate_alone(ref, prompt)
     b.check_integrity()
     assert torch.is_tensor(prefill_export(a, prompt).kv[0][0])
+
+
+@pytest.mark.parametrize("prefix_len", [16, 40])
+def test_pulled_prefix_is_a_cache_hit_with_identical_tokens(
+    engines: tuple[Engine, Engine, Engine], prefix_len: int
+) -> None:
+    """A cross-cluster cache pull: engine A exports a prefix's KV, engine B keeps it only as
+    prefix cache; B's later prefill of a longer prompt hits its full blocks and decodes the
+    same tokens as an engine that computed everything."""
+    a, b, ref = engines
+    prompt = [(7 * i + prefix_len) % 240 + 5 for i in range(prefix_len + 21)]
+    salt = b"tenant-pull"
+    req = a.add_request(prompt[:prefix_len], GREEDY, prefill_only=True, tenant_salt=salt)
+    while req.status.value != "sending_kv":
+        a.step()
+    payload = a.export_kv(req.request_id)
+    a.release(req.request_id)
+    block = b.kv.block_size
+    free_before = b.kv.num_free_blocks
+    assert b.import_prefix(payload, tenant_salt=salt) == prefix_len // block * block
+    assert not b.has_unfinished()  # nothing streams: the request ended at once
+    b.check_integrity()
+    assert b.kv.num_free_blocks == free_before  # cached blocks stay evictable, none leased
+    hit = b.add_request(prompt, GREEDY, tenant_salt=salt)
+    while b.has_unfinished():
+        b.step()
+    assert hit.num_cached_tokens == prefix_len // block * block
+    other = b.add_request(prompt, GREEDY, tenant_salt=b"another-tenant")
+    while b.has_unfinished():
+        b.step()
+    assert other.num_cached_tokens == 0  # the pulled prefix is salted to its tenant
+    assert list(hit.output_token_ids) == generate_alone(ref, prompt)
+    b.check_integrity()

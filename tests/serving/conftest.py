@@ -3,6 +3,7 @@ mutual TLS) spawned as real processes on a tiny checkpoint, shared by the servin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -67,12 +68,11 @@ def deploy_yaml(model: Path, port: int) -> dict[str, object]:
     }
 
 
-@pytest.fixture(scope="package")
-def deployed(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
-    tmp = tmp_path_factory.mktemp("serve")
-    port = free_port()
-    config = tmp / "deploy.yaml"
-    config.write_text(yaml.safe_dump(deploy_yaml(tiny_llama, port)))
+@contextlib.contextmanager
+def serving(config: dict[str, object], tmp: Path, model: Path) -> Iterator[Deployed]:
+    """`prfaas serve --config` with ``config`` as real processes, until the block exits."""
+    path = tmp / "deploy.yaml"
+    path.write_text(yaml.safe_dump(config))
     env = dict(
         os.environ,
         PRFAAS_CACHE_DIR=str(tmp / "cache"),
@@ -86,7 +86,7 @@ def deployed(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
             "prfaas.cli",
             "serve",
             "--config",
-            str(config),
+            str(path),
             "--log-dir",
             str(tmp / "logs"),
         ],
@@ -111,7 +111,7 @@ def deployed(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         logs = "".join(p.read_text() for p in (tmp / "logs").glob("*.log"))
         pytest.fail("prfaas serve did not start:\n" + "".join(lines) + logs)
     try:
-        yield Deployed(f"http://127.0.0.1:{port}", proc, tiny_llama)
+        yield Deployed(f"http://127.0.0.1:{config['port']}", proc, model)
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:
@@ -119,3 +119,10 @@ def deployed(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@pytest.fixture(scope="package")
+def deployed(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
+    tmp = tmp_path_factory.mktemp("serve")
+    with serving(deploy_yaml(tiny_llama, free_port()), tmp, tiny_llama) as d:
+        yield d

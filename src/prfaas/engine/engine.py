@@ -179,6 +179,19 @@ class Engine:
             raise
         return req
 
+    def import_prefix(self, payload: KvPayload, *, tenant_salt: bytes = b"") -> int:
+        """Land a payload as prefix cache only (a cross-cluster cache pull): its full blocks
+        are registered under their salted hashes and the request ends at once, leaving them
+        cached and evictable. Returns the tokens now cached; nothing is kept on an error."""
+        req = self.import_request(
+            payload, SamplingParams(max_tokens=1, ignore_eos=True), tenant_salt=tenant_salt
+        )
+        # Nobody streams this request: drop the first token's delta land_kv queued.
+        self._pending = [d for d in self._pending if d.request_id != req.request_id]
+        if req.request_id in self._live:
+            self._end(req.request_id, RequestStatus.FINISHED)
+        return payload.num_tokens // self.kv.block_size * self.kv.block_size
+
     # ---- the main loop ---------------------------------------------------------------------
 
     def step(self) -> list[TokenDelta]:

@@ -29,6 +29,9 @@ from prfaas.messages import (
     KvTarget,
     PrefillCommand,
     PrefillResult,
+    PullCommand,
+    PullResult,
+    SamplingSpec,
     TokenEvent,
 )
 from prfaas.router.router import Router
@@ -70,6 +73,7 @@ class ClusterBackend:
         max_model_len: int,
         block_size: int,
         on_prefill: Callable[[RouteDecision, PrefillResult], None] | None = None,
+        on_pull: Callable[[RouteDecision, PullResult], None] | None = None,
     ) -> None:
         self.settings = settings
         self.fleet = fleet
@@ -79,6 +83,7 @@ class ClusterBackend:
         self.max_model_len = max_model_len
         self.block_size = block_size
         self.on_prefill = on_prefill
+        self.on_pull = on_pull
         # Every in-flight request holds a decode stream and a prefill call: keep enough idle
         # connections alive that a busy gateway does not reconnect per request.
         self._client = httpx.AsyncClient(
@@ -153,6 +158,8 @@ class ClusterBackend:
         route = (
             f"{decision.path} prefill={decision.prefill_instance} decode={decision.decode_instance}"
         )
+        if decision.pull_instance is not None:
+            route += f" pull={decision.pull_instance}"  # its cached prefix is copied first
         return GenerationHandle(
             route=route,
             cached_tokens=decision.cached_tokens,
@@ -219,6 +226,8 @@ class ClusterBackend:
     async def _prefill(
         self, url: str, decode_url: str, cmd: PrefillCommand, decision: RouteDecision
     ) -> None:
+        if decision.pull_instance is not None:
+            await self._pull(cmd, decision)
         try:
             r = await self._client.post(
                 url + "/prefill", content=cmd.encode(), timeout=cmd.deadline_s
@@ -244,6 +253,70 @@ class ClusterBackend:
                 await self._client.post(decode_url + "/kv_failed", content=failed.encode())
         if self.on_prefill is not None:
             self.on_prefill(decision, result)
+
+    async def _pull(self, cmd: PrefillCommand, decision: RouteDecision) -> None:
+        """Abundant mode: copy the longer cached prefix from the instance holding it (in
+        ``pull_from``) to the chosen prefill instance before its prefill, over the link out
+        of the holder's cluster. The holder recomputes at most the prefix's last token; the
+        puller lands it as prefix cache. On any failure the prefill just computes more."""
+        holder = self.fleet.workers.get(decision.pull_instance or "")
+        puller = self.fleet.workers.get(decision.prefill_instance)
+        if holder is None or puller is None:
+            return
+        prefix = cmd.prompt_token_ids[: decision.cached_tokens]
+        pull_id = f"{cmd.request_id}-pull"
+        deadline = self.settings.kv_deadline_s / 3  # leave the decode side time to fall back
+        link = self.settings.links.get(holder.info.cluster, LinkRoute("local"))
+        host, port = link.via.get(puller.info.name, (puller.info.kv_host, puller.info.kv_port))
+        send = PrefillCommand(
+            request_id=pull_id,
+            prompt_token_ids=prefix,
+            params=SamplingSpec(max_tokens=1, temperature=0.0),
+            tenant_salt_hex=cmd.tenant_salt_hex,
+            deadline_s=deadline,
+            target=KvTarget(
+                host=host,
+                port=port,
+                link=link.name,
+                codec=link.codec,
+                connections=link.connections,
+                tls=link.tls,
+                server_name=puller.info.cluster,
+            ),
+        )
+        land = PullCommand(
+            request_id=pull_id,
+            prompt_token_ids=prefix,
+            tenant_salt_hex=cmd.tenant_salt_hex,
+            deadline_s=deadline,
+        )
+        landing = asyncio.ensure_future(
+            self._client.post(
+                puller.info.http_url + "/pull", content=land.encode(), timeout=deadline + 5
+            )
+        )
+        result = PullResult(request_id=pull_id, ok=False)
+        try:
+            sent = await self._client.post(
+                holder.info.http_url + "/prefill", content=send.encode(), timeout=deadline + 5
+            )
+            if sent.status_code != 200 or not PrefillResult.decode(sent.content).ok:
+                result = PullResult(request_id=pull_id, ok=False, error="holder did not send")
+            else:
+                landed = await landing
+                if landed.status_code == 200:
+                    result = PullResult.decode(landed.content)
+        except (httpx.HTTPError, ValueError) as e:
+            result = PullResult(request_id=pull_id, ok=False, error=str(e)[:1024])
+        finally:
+            if not landing.done():
+                landing.cancel()  # the puller's own deadline ends its wait
+                with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+                    await landing
+        if not result.ok:
+            logger.info("cache pull for %s failed: %s", cmd.request_id, result.error)
+        if self.on_pull is not None:
+            self.on_pull(decision, result)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

@@ -9,7 +9,7 @@ from prometheus_client import Counter, Gauge
 
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.gateway.metrics import GatewayMetrics
-from prfaas.messages import PrefillResult
+from prfaas.messages import PrefillResult, PullResult
 from prfaas.router.types import RouteDecision
 
 GOODPUT_EWMA = 0.3  # weight of the newest transfer in the per-link goodput estimate
@@ -48,6 +48,15 @@ class ClusterMetrics:
             "prfaas_link_goodput_gbps", "Recent wire goodput of KV transfers", ["link"], registry=r
         )
         self.routes = Counter("prfaas_routes", "Routing decisions by path", ["path"], registry=r)
+        self.pulls = Counter(
+            "prfaas_cache_pulls",
+            "Cross-cluster cache pulls (abundant mode) by source cluster and outcome",
+            ["source", "outcome"],
+            registry=r,
+        )
+        self.pulled_tokens = Counter(
+            "prfaas_cache_pulled_tokens", "Prefix tokens landed by cache pulls", registry=r
+        )
         metrics.add_scrape_hook(self.refresh)
 
     def refresh(self) -> None:
@@ -70,3 +79,8 @@ class ClusterMetrics:
                 gauge = self.goodput.labels(link)
                 old = gauge._value.get()
                 gauge.set(gbps if old == 0 else GOODPUT_EWMA * gbps + (1 - GOODPUT_EWMA) * old)
+
+    def on_pull(self, decision: RouteDecision, result: PullResult) -> None:
+        self.pulls.labels(decision.pull_from or "", "ok" if result.ok else "failed").inc()
+        if result.ok:
+            self.pulled_tokens.inc(result.cached_tokens)

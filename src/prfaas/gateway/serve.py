@@ -167,6 +167,7 @@ def build_deployment(
         max_model_len,
         block_size,
         on_prefill=cluster_metrics.on_prefill,
+        on_pull=cluster_metrics.on_pull,
     )
     app = create_app(backend, GatewayConfig(api_keys=api_keys), metrics=metrics)
     add_internal_routes(app, fleet, cluster_token)

@@ -77,7 +77,7 @@ class Router:
         )
         decode = self._pick_least_loaded(pd, "decode", instances)
         self.observed_lengths.append(request.prompt_len - max(cached.values(), default=0))
-        return self._decision(request, choice, prefill, decode, held, cached)
+        return self._decision(request, choice, prefill, decode, held, cached, instances)
 
     def _allowed_clusters(self, request: RouteRequest) -> tuple[str, list[str]]:
         allowed = [c for c in self.fleet.clusters() if request.allows(c.name)]
@@ -174,11 +174,17 @@ class Router:
         decode: str,
         held: Mapping[str, int],
         cached: Mapping[str, int],
+        instances: Sequence[InstanceView],
     ) -> RouteDecision:
         at_instance = self._tokens(request, held[prefill]) if prefill in held else 0
-        pull_tokens = 0
+        pull_tokens, holder = 0, None
         if choice.pull_from is not None:
             pull_tokens = max(cached.get(choice.pull_from, 0) - at_instance, 0)
+            in_cluster = {
+                i.name for i in instances if i.cluster == choice.pull_from and i.role == "prefill"
+            }
+            holders = [(blocks, name) for name, blocks in held.items() if name in in_cluster]
+            holder = max(holders)[1] if holders and pull_tokens > 0 else None
         cached_tokens = at_instance + pull_tokens
         return RouteDecision(
             request_id=request.request_id,
@@ -190,4 +196,5 @@ class Router:
             incremental_tokens=request.prompt_len - cached_tokens,
             pull_from=choice.pull_from if pull_tokens > 0 else None,
             pull_tokens=pull_tokens,
+            pull_instance=holder,
         )

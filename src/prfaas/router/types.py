@@ -97,6 +97,7 @@ class RouteDecision:
     incremental_tokens: int  # prompt tokens the prefill computes
     pull_from: str | None = None  # cluster the cached prefix is pulled from, if any
     pull_tokens: int = 0
+    pull_instance: str | None = None  # the instance in ``pull_from`` holding that prefix
 
 
 class NoRouteError(RuntimeError):
