@@ -40,6 +40,7 @@ from prfaas.sampling import to_spec
 
 logger = logging.getLogger(__name__)
 MAX_ROUTE_ATTEMPTS = 3
+MAX_EVENT_BYTES = 1 << 20  # one NDJSON token event from a decode worker, at most
 
 
 @dataclass(frozen=True)
@@ -197,24 +198,29 @@ class ClusterBackend:
     async def _events(
         self, response: httpx.Response, decode_name: str
     ) -> AsyncIterator[TokenDelta]:
+        """The decode worker's NDJSON events as deltas. Events that arrive in one read are
+        merged into one delta, so a gateway that falls behind sends fewer, larger chunks
+        instead of paying per token (the text and token ids are unchanged)."""
         try:
-            finished = False
-            async for line in response.aiter_lines():
-                if not line or finished:
-                    # After the last event the worker ends the body; reading to its end (not
-                    # closing early) keeps the connection alive for the next request.
-                    continue
-                event = TokenEvent.decode(line)
-                if event.error is not None:
-                    raise ValueError(event.error)
-                finished = event.finished
-                yield TokenDelta(
-                    event.request_id,
-                    event.token_ids,
-                    event.text,
-                    event.finished,
-                    event.finish_reason,
-                )
+            buffer, finished = b"", False
+            async for chunk in response.aiter_bytes():
+                buffer += chunk
+                if len(buffer) > MAX_EVENT_BYTES:
+                    raise ValueError(f"decode worker {decode_name} sent an oversized event")
+                *lines, buffer = buffer.split(b"\n")
+                merged: TokenDelta | None = None
+                for line in lines:
+                    if not line or finished:
+                        # After the last event the worker ends the body; reading to its end
+                        # (not closing early) keeps the connection alive for the next request.
+                        continue
+                    event = TokenEvent.decode(line)
+                    if event.error is not None:
+                        raise ValueError(event.error)
+                    finished = event.finished
+                    merged = _merge(merged, event)
+                if merged is not None:
+                    yield merged
             if not finished:
                 raise ConnectionError(f"decode worker {decode_name} closed the stream early")
         finally:
@@ -322,3 +328,17 @@ class ClusterBackend:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _merge(delta: TokenDelta | None, event: TokenEvent) -> TokenDelta:
+    if delta is None:
+        return TokenDelta(
+            event.request_id, event.token_ids, event.text, event.finished, event.finish_reason
+        )
+    return TokenDelta(
+        delta.request_id,
+        delta.new_token_ids + event.token_ids,
+        delta.new_text + event.text,
+        event.finished,
+        event.finish_reason,
+    )
