@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from prfaas.gateway.deploy_config import DeployConfig
+from prfaas.router.kv_index import KvIndexUnavailableError
 
 logger = logging.getLogger(__name__)
 START_TIMEOUT_S = 600.0
@@ -43,16 +44,20 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
     with console.status("resolving the model…"):
         folder, tokenizer, max_model_len = await asyncio.to_thread(model_facts, cfg)
     url = f"http://{cfg.host}:{cfg.port}"
-    deployment = build_deployment(
-        cfg,
-        tokenizer,
-        folder,
-        max_model_len,
-        16,
-        gateway_url=url,
-        api_keys=api_keys,
-        log_dir=log_dir,
-    )
+    try:
+        deployment = build_deployment(
+            cfg,
+            tokenizer,
+            folder,
+            max_model_len,
+            16,
+            gateway_url=url,
+            api_keys=api_keys,
+            log_dir=log_dir,
+        )
+    except KvIndexUnavailableError as e:
+        print(f"prfaas serve: {e} (kv_index.url in the deployment config)", file=sys.stderr)
+        return 2
     server = uvicorn.Server(
         uvicorn.Config(deployment.app, host=cfg.host, port=cfg.port, log_level="warning")
     )

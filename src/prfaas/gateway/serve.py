@@ -27,7 +27,7 @@ from prfaas.gateway.fleet import WorkerFleet
 from prfaas.gateway.internal import add_internal_routes, add_role_route, add_status_route
 from prfaas.gateway.launcher import Launcher, WorkerSpawn, free_port
 from prfaas.gateway.metrics import GatewayMetrics
-from prfaas.router.kv_index import KvIndex
+from prfaas.gateway.redis_index import RedisKvIndex, open_kv_index
 from prfaas.router.policies import POLICIES
 from prfaas.router.router import Router, RouterConfig
 from prfaas.router.types import RouterState
@@ -80,6 +80,9 @@ def build_deployment(
     from prfaas.gateway.app import create_app
     from prfaas.gateway.config import GatewayConfig
 
+    kv_index = open_kv_index(cfg.kv_index)  # first: an unreachable Redis stops us here
+    # Spawned workers heartbeat to every gateway; with several, they outlive this one.
+    gateway_urls = (gateway_url, *(u for u in cfg.gateways if u != gateway_url))
     tmp = tempfile.TemporaryDirectory(prefix="prfaas-serve-")
     # Workers started elsewhere must share the token (PRFAAS_CLUSTER_TOKEN) and the CA.
     cluster_token = cluster_token_from_env() or secrets.token_hex(16)
@@ -103,11 +106,12 @@ def build_deployment(
                         role=inst.role,
                         port=free_port(),
                         kv_port=free_port(),
-                        gateway_url=gateway_url,
+                        gateway_urls=gateway_urls,
                         model=model_folder,
                         certs_dir=certs_dir,
                         link_rates=rates,
                         max_model_len=cfg.max_model_len,
+                        exit_with_launcher=len(gateway_urls) == 1,
                     )
                 )
     emulators: list[LinkEmulator] = []
@@ -138,7 +142,6 @@ def build_deployment(
     # KV connection (intra-cluster too) is mutual TLS, since a receiver speaks one protocol.
     for cluster in cfg.clusters:
         links.setdefault(cluster.name, LinkRoute(name="local", tls=certs_dir is not None))
-    kv_index = KvIndex()
     fleet = WorkerFleet({c.name: c.kind for c in cfg.clusters}, kv_index)
     threshold = cfg.policy.threshold_tokens
     if threshold is None:
@@ -158,6 +161,8 @@ def build_deployment(
         residency={t.name: frozenset(t.clusters) for t in cfg.tenants if t.clusters},
     )
     metrics = GatewayMetrics()
+    if isinstance(kv_index, RedisKvIndex):
+        kv_index.add_metrics(metrics)
     cluster_metrics = ClusterMetrics(metrics, fleet, router)
     backend = ClusterBackend(
         settings,

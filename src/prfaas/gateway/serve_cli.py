@@ -33,7 +33,13 @@ def register(commands: Commands) -> None:
     w.add_argument("--cluster", required=True)
     w.add_argument("--listen", required=True, metavar="HOST:PORT")
     w.add_argument("--kv-listen", default="127.0.0.1:0", metavar="HOST:PORT")
-    w.add_argument("--gateway", required=True, metavar="URL")
+    w.add_argument(
+        "--gateway",
+        action="append",
+        required=True,
+        metavar="URL[,URL…]",
+        help="a gateway to register with; repeat or comma-separate for several",
+    )
     w.add_argument("--model", default=None)
     w.add_argument("--certs", type=Path, default=None, help="cluster certificates (mTLS)")
     w.add_argument("--link-rate", action="append", default=[], metavar="LINK=GBPS")
@@ -73,7 +79,7 @@ def _worker(args: argparse.Namespace) -> int:
         role=args.role,
         host=host,
         port=port,
-        gateway_url=args.gateway,
+        gateway_urls=tuple(u for arg in args.gateway for u in arg.split(",") if u),
         cluster_token=token,
         kv_host=kv_host,
         kv_port=kv_port,
