@@ -38,26 +38,29 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
     import uvicorn
     from rich.console import Console
 
+    from prfaas.gateway.redis_index import open_kv_index
     from prfaas.gateway.serve import build_deployment, wait_ready
 
     console = Console(stderr=True)
-    with console.status("resolving the model…"):
-        folder, tokenizer, max_model_len = await asyncio.to_thread(model_facts, cfg)
-    url = f"http://{cfg.host}:{cfg.port}"
-    try:
-        deployment = build_deployment(
-            cfg,
-            tokenizer,
-            folder,
-            max_model_len,
-            16,
-            gateway_url=url,
-            api_keys=api_keys,
-            log_dir=log_dir,
-        )
+    try:  # before the model: an unreachable Redis is a configuration error, said at once
+        kv_index = open_kv_index(cfg.kv_index)
     except KvIndexUnavailableError as e:
         print(f"prfaas serve: {e} (kv_index.url in the deployment config)", file=sys.stderr)
         return 2
+    with console.status("resolving the model…"):
+        folder, tokenizer, max_model_len = await asyncio.to_thread(model_facts, cfg)
+    url = f"http://{cfg.host}:{cfg.port}"
+    deployment = build_deployment(
+        cfg,
+        tokenizer,
+        folder,
+        max_model_len,
+        16,
+        gateway_url=url,
+        api_keys=api_keys,
+        log_dir=log_dir,
+        kv_index=kv_index,
+    )
     server = uvicorn.Server(
         uvicorn.Config(deployment.app, host=cfg.host, port=cfg.port, log_level="warning")
     )

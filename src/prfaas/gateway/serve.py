@@ -19,7 +19,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from prfaas.config import cluster_token_from_env
+from prfaas.config import cluster_token_from_env, server_secret_from_env
 from prfaas.gateway.cluster_backend import BackendSettings, ClusterBackend, LinkRoute
 from prfaas.gateway.cluster_metrics import ClusterMetrics
 from prfaas.gateway.deploy_config import DeployConfig
@@ -28,6 +28,7 @@ from prfaas.gateway.internal import add_internal_routes, add_role_route, add_sta
 from prfaas.gateway.launcher import Launcher, WorkerSpawn, free_port
 from prfaas.gateway.metrics import GatewayMetrics
 from prfaas.gateway.redis_index import RedisKvIndex, open_kv_index
+from prfaas.router.kv_index import KvIndexBackend
 from prfaas.router.policies import POLICIES
 from prfaas.router.router import Router, RouterConfig
 from prfaas.router.types import RouterState
@@ -76,11 +77,13 @@ def build_deployment(
     gateway_url: str,
     api_keys: dict[str, str],
     log_dir: Path | None = None,
+    kv_index: KvIndexBackend | None = None,
 ) -> Deployment:
     from prfaas.gateway.app import create_app
     from prfaas.gateway.config import GatewayConfig
 
-    kv_index = open_kv_index(cfg.kv_index)  # first: an unreachable Redis stops us here
+    if kv_index is None:
+        kv_index = open_kv_index(cfg.kv_index)  # first: an unreachable Redis stops us here
     # Spawned workers heartbeat to every gateway; with several, they outlive this one.
     gateway_urls = (gateway_url, *(u for u in cfg.gateways if u != gateway_url))
     tmp = tempfile.TemporaryDirectory(prefix="prfaas-serve-")
@@ -173,7 +176,8 @@ def build_deployment(
         block_size,
         on_prefill=cluster_metrics.on_prefill,
     )
-    app = create_app(backend, GatewayConfig(api_keys=api_keys), metrics=metrics)
+    gateway_config = GatewayConfig(api_keys=api_keys, server_secret=server_secret_from_env() or b"")
+    app = create_app(backend, gateway_config, metrics=metrics)
     add_internal_routes(app, fleet, cluster_token)
     add_status_route(app, fleet, router)
     add_role_route(app, fleet, cluster_token)

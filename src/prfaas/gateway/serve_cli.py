@@ -132,6 +132,15 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from prfaas.config import SERVER_SECRET_ENV, server_secret_from_env
+
+    if cfg.kv_index.backend != "memory" and server_secret_from_env() is None:
+        print(
+            f"prfaas serve: a shared kv index needs {SERVER_SECRET_ENV} set, the same at every "
+            "gateway (tenant salts derive from it, so a prompt hashes alike at each)",
+            file=sys.stderr,
+        )
+        return 2
     from prfaas.gateway.run import run_deployment
 
     return asyncio.run(run_deployment(cfg, api_keys, args.log_dir))
