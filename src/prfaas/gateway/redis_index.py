@@ -15,8 +15,11 @@ Keys (``p`` = the deployment prefix; block hashes are raw bytes, ints as ``#<n>`
 
 The scripts name keys they build from the prefix, so this needs one Redis server (or a
 primary with replicas), not Redis Cluster. A server that cannot be reached costs cache
-affinity, never a request: lookups answer ``{}`` and are not retried for ``retry_after_s``;
-writes raise ``KvIndexUnavailableError`` so that workers keep their batches and resend them.
+affinity, never a request: lookups answer ``{}``, writes raise ``KvIndexUnavailableError``
+(workers keep their batches and resend them), and the server is not tried again for
+``retry_after_s``, doubling up to ``MAX_RETRY_AFTER_S`` while it stays down. Calls are
+synchronous on the gateway's event loop: one round trip per lookup and per event batch,
+bounded by ``timeout_s``.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+MAX_RETRY_AFTER_S = 8.0
 
 _LIB = """
 local function newer(a, b)  -- decimal strings without leading zeros: is a > b?
@@ -121,49 +125,54 @@ return 'applied'
 """
 )
 
-# ARGV: prefix, then the request's block hashes in chain order.
-# Returns flat {instance, leading blocks held, ...} for the instances holding block 0.
+# ARGV: prefix, then the request's block hashes in chain order packed into one string, each
+# as (1 byte: length, the hash): one argument instead of hundreds to encode and parse.
+# Returns flat {instance, leading blocks held, ...} for the instances holding block 0; a
+# block's holders are checked only for the instances still alive (SMISMEMBER).
 _PREFIX_BLOCKS = """
-local p, n = ARGV[1], #ARGV - 1
-local alive, n_alive, result = {}, 0, {}
-for _, inst in ipairs(redis.call('SMEMBERS', p .. ':h:' .. ARGV[2])) do
-  alive[inst] = true
-  n_alive = n_alive + 1
+local p, blob = ARGV[1], ARGV[2]
+local pos, i = 1, 0
+local function next_key()
+  if pos > #blob then return nil end
+  local len = string.byte(blob, pos)
+  local h = string.sub(blob, pos + 1, pos + len)
+  pos = pos + 1 + len
+  return p .. ':h:' .. h
 end
-if n_alive == 0 then return result end
-for i = 1, n - 1 do
-  local still, n_still = {}, 0
-  for _, inst in ipairs(redis.call('SMEMBERS', p .. ':h:' .. ARGV[i + 2])) do
-    if alive[inst] then
-      still[inst] = true
-      n_still = n_still + 1
+local alive = redis.call('SMEMBERS', next_key())
+local result = {}
+if #alive == 0 then return result end
+while true do
+  local key = next_key()
+  if key == nil then break end
+  i = i + 1
+  local held = redis.call('SMISMEMBER', key, unpack(alive))
+  local still = {}
+  for k, inst in ipairs(alive) do
+    if held[k] == 1 then
+      still[#still + 1] = inst
+    else
+      result[#result + 1] = inst
+      result[#result + 1] = i
     end
   end
-  if n_still ~= n_alive then
-    for inst in pairs(alive) do
-      if not still[inst] then
-        table.insert(result, inst)
-        table.insert(result, i)
-      end
-    end
-    if n_still == 0 then return result end
-  end
-  alive, n_alive = still, n_still
+  if #still == 0 then return result end
+  alive = still
 end
-for inst in pairs(alive) do
-  table.insert(result, inst)
-  table.insert(result, n)
+for _, inst in ipairs(alive) do
+  result[#result + 1] = inst
+  result[#result + 1] = i + 1
 end
 return result
 """
 
 
 def _hash_arg(h: Hashable) -> bytes:
-    if isinstance(h, bytes):
+    if isinstance(h, bytes) and len(h) < 256:
         return h
     if isinstance(h, int):
         return b"#%d" % h
-    raise TypeError(f"block hashes are bytes or ints, not {type(h).__name__}")
+    raise TypeError(f"block hashes are bytes (< 256) or ints, not {type(h).__name__}")
 
 
 class RedisKvIndex:
@@ -190,6 +199,7 @@ class RedisKvIndex:
         self.up = True
         self.errors = 0  # calls that failed because the server was unreachable or refused
         self._down_until = 0.0
+        self._backoff_s = retry_after_s
 
     def check(self) -> None:
         """Raise ``KvIndexUnavailableError`` with the cause if the server does not answer."""
@@ -224,7 +234,8 @@ class RedisKvIndex:
         """Instance → leading blocks of ``hashes`` it holds; ``{}`` while Redis is down."""
         if not hashes:
             return {}
-        args = [self.prefix.encode(), *(_hash_arg(h) for h in hashes)]
+        packed = b"".join(bytes((len(a),)) + a for a in map(_hash_arg, hashes))
+        args = [self.prefix.encode(), packed]
         try:
             flat: list[Any] = self._call(lambda: self._prefix_blocks(args=args))
         except KvIndexUnavailableError:
@@ -257,14 +268,17 @@ class RedisKvIndex:
             result = fn()
         except redis.RedisError as e:
             self.errors += 1
-            self._down_until = time.monotonic() + self.retry_after_s
-            if self.up:
+            if not self.up:  # failed again after the back-off
+                self._backoff_s = min(2 * self._backoff_s, MAX_RETRY_AFTER_S)
+            else:
+                self._backoff_s = self.retry_after_s
                 logger.warning(
                     "kv index: Redis at %s failed (%s); routing without cache affinity until "
                     "it answers again",
                     self.url,
                     e,
                 )
+            self._down_until = time.monotonic() + self._backoff_s
             self.up = False
             raise KvIndexUnavailableError(f"kv index: Redis at {self.url}: {e}") from e
         if not self.up:
