@@ -80,6 +80,19 @@ def test_epochs_beyond_double_precision_compare_exactly(index: KvIndexBackend) -
     assert index.apply("p0", epoch + 1, 1, [(b"y" * 16, True)]) == "applied"
 
 
+def test_long_chains_with_holes_past_a_lookup_chunk(index: KvIndexBackend) -> None:
+    """Redis checks a chain 256 blocks at a time: holes in later chunks still end a prefix."""
+    chain = [i.to_bytes(16, "big") for i in range(700)]
+    for name, hole in [("p0", 300), ("p1", 513), ("p2", 256), ("p3", None)]:
+        index.register(name, "pd", 1)
+        index.apply(name, 1, 1, [(h, True) for h in chain])
+        if hole is not None:
+            index.apply(name, 1, 2, [(chain[hole], False)])
+    index.register("p4", "pd", 1)
+    index.apply("p4", 1, 1, [(h, True) for h in chain[1:]])  # all but block 0: no prefix
+    assert index.prefix_blocks(chain) == {"p0": 300, "p1": 513, "p2": 256, "p3": 700}
+
+
 def random_ops(rng: random.Random, steps: int) -> Iterator[tuple[str, tuple[object, ...]]]:
     """Registrations (same or newer epoch), batches (fresh, repeated, late, stale), removals
     and lookups over a small universe of block hashes, so that they collide a lot."""

@@ -3,14 +3,15 @@
 Same semantics as ``prfaas.router.kv_index.KvIndex`` (epochs, numbered batches), kept in
 Redis under ``{prefix}:``. Every operation is one Lua script, hence atomic against the other
 gateways and one round trip: a batch that two gateways deliver applies once, and a lookup
-walks the hash chain server-side and stops at the first block no candidate holds.
+checks the chain server-side against each instance that holds its first block.
 
 Keys (``p`` = the deployment prefix; block hashes are raw bytes, ints as ``#<n>``):
   p:e  HASH instance -> epoch (decimal; compared as strings: epochs exceed 2**53, and
        Lua numbers are doubles)
   p:c  HASH instance -> cluster        p:s  HASH instance -> last batch applied
   p:o:<instance>  SET of the block hashes its current epoch holds
-  p:h:<hash>      SET of the instances holding the block (absent when none)
+  p:h:<hash>      SET of the instances holding the block (absent when none); always
+                  h in p:o:<i>  <=>  i in p:h:<h>
   p:n  the number of blocks with at least one holder (``len``)
 
 The scripts name keys they build from the prefix, so this needs one Redis server (or a
@@ -126,42 +127,41 @@ return 'applied'
 )
 
 # ARGV: prefix, then the request's block hashes in chain order packed into one string, each
-# as (1 byte: length, the hash): one argument instead of hundreds to encode and parse.
-# Returns flat {instance, leading blocks held, ...} for the instances holding block 0; a
-# block's holders are checked only for the instances still alive (SMISMEMBER).
+# as (1 byte: length, the hash): one argument instead of hundreds to encode.
+# Returns flat {instance, leading blocks held, ...} for the instances holding block 0. Each
+# such candidate's own set is asked about the chain in chunks (SMISMEMBER): a few calls per
+# candidate instead of one per block; the first miss ends its prefix.
 _PREFIX_BLOCKS = """
-local p, blob = ARGV[1], ARGV[2]
-local pos, i = 1, 0
-local function next_key()
-  if pos > #blob then return nil end
-  local len = string.byte(blob, pos)
-  local h = string.sub(blob, pos + 1, pos + len)
-  pos = pos + 1 + len
-  return p .. ':h:' .. h
-end
-local alive = redis.call('SMEMBERS', next_key())
+local p, blob, chunk = ARGV[1], ARGV[2], 256
 local result = {}
-if #alive == 0 then return result end
-while true do
-  local key = next_key()
-  if key == nil then break end
-  i = i + 1
-  local held = redis.call('SMISMEMBER', key, unpack(alive))
-  local still = {}
-  for k, inst in ipairs(alive) do
-    if held[k] == 1 then
-      still[#still + 1] = inst
-    else
-      result[#result + 1] = inst
-      result[#result + 1] = i
+if #blob == 0 then return result end
+local holders = redis.call('SMEMBERS', p .. ':h:' .. string.sub(blob, 2, 1 + string.byte(blob, 1)))
+if #holders == 0 then return result end  -- the common miss: no need to unpack the chain
+local hashes, pos = {}, 1
+while pos <= #blob do
+  local len = string.byte(blob, pos)
+  hashes[#hashes + 1] = string.sub(blob, pos + 1, pos + len)
+  pos = pos + 1 + len
+end
+for _, inst in ipairs(holders) do
+  local owned, held = p .. ':o:' .. inst, #hashes
+  for first = 1, #hashes, chunk do
+    local flags = redis.call('SMISMEMBER', owned,
+                             unpack(hashes, first, math.min(first + chunk - 1, #hashes)))
+    local miss = nil
+    for k = 1, #flags do
+      if flags[k] == 0 then
+        miss = first + k - 2  -- blocks held before the first miss
+        break
+      end
+    end
+    if miss then
+      held = miss
+      break
     end
   end
-  if #still == 0 then return result end
-  alive = still
-end
-for _, inst in ipairs(alive) do
   result[#result + 1] = inst
-  result[#result + 1] = i + 1
+  result[#result + 1] = held
 end
 return result
 """
