@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from prfaas.messages import CacheEventMsg
+from prfaas.messages import MAX_EVENTS, CacheEventMsg
 
 logger = logging.getLogger(__name__)
 MAX_BATCHES = 256  # ~2 minutes of heartbeats that had events
@@ -47,13 +47,12 @@ class CacheEventLog:
             self.epoch, self._next_seq = epoch, 1
             self._batches.clear()
             self._acked = dict.fromkeys(self._gateways, 0)
-        if not events:
-            return
-        self._batches.append(EventBatch(self._next_seq, events))
-        self._next_seq += 1
-        if len(self._batches) > self.max_batches:
-            lost = self._batches.popleft()
-            logger.warning("cache event batch %d dropped: a gateway is unreachable", lost.seq)
+        for start in range(0, len(events), MAX_EVENTS):  # a heartbeat carries at most that
+            self._batches.append(EventBatch(self._next_seq, events[start : start + MAX_EVENTS]))
+            self._next_seq += 1
+            if len(self._batches) > self.max_batches:
+                lost = self._batches.popleft()
+                logger.warning("cache event batch %d dropped: a gateway is unreachable", lost.seq)
 
     def pending(self, gateway: str, epoch: int) -> list[EventBatch]:
         """The batches ``gateway`` has not acknowledged, in order (none of another epoch)."""

@@ -32,7 +32,7 @@ from prfaas.gateway.deploy_config import (
     load_deploy_config,
 )
 from prfaas.gateway.launcher import WorkerSpawn, free_port
-from prfaas.messages import CacheEventMsg
+from prfaas.messages import MAX_EVENTS, CacheEventMsg
 
 __all__ = ["redis_server"]  # the fixture, imported for pytest
 
@@ -224,7 +224,7 @@ def test_a_shared_index_without_secret_or_redis_is_a_clear_error(
         return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
 
     done = serve()
-    assert done.returncode == 2 and "needs PRFAAS_SERVER_SECRET set" in done.stderr
+    assert done.returncode == 2 and "need PRFAAS_SERVER_SECRET set" in done.stderr
     env["PRFAAS_SERVER_SECRET"] = "s"
     done = serve()
     assert done.returncode == 2
@@ -296,3 +296,5 @@ def test_event_log_keeps_each_batch_until_every_gateway_has_it() -> None:
     assert [b.seq for b in log.pending("b", 8)] == [1] and log.pending("b", 7) == []
     log.ack("a", 7, 99)  # an answer about the old epoch changes nothing
     assert [b.seq for b in log.pending("a", 8)] == [1]
+    log.add(8, events(*range(MAX_EVENTS + 1)))  # too many for one heartbeat: two batches
+    assert [len(b.events) for b in log.pending("a", 8)] == [1, MAX_EVENTS, 1]

@@ -79,7 +79,7 @@ def _worker(args: argparse.Namespace) -> int:
         role=args.role,
         host=host,
         port=port,
-        gateway_urls=tuple(u for arg in args.gateway for u in arg.split(",") if u),
+        gateway_urls=tuple(dict.fromkeys(u for arg in args.gateway for u in arg.split(",") if u)),
         cluster_token=token,
         kv_host=kv_host,
         kv_port=kv_port,
@@ -134,10 +134,11 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     from prfaas.config import SERVER_SECRET_ENV, server_secret_from_env
 
-    if cfg.kv_index.backend != "memory" and server_secret_from_env() is None:
+    if (cfg.kv_index.backend != "memory" or cfg.gateways) and server_secret_from_env() is None:
         print(
-            f"prfaas serve: a shared kv index needs {SERVER_SECRET_ENV} set, the same at every "
-            "gateway (tenant salts derive from it, so a prompt hashes alike at each)",
+            f"prfaas serve: several gateways (a shared kv index, `gateways`) need "
+            f"{SERVER_SECRET_ENV} set, the same at each (tenant salts derive from it, so that "
+            "a prompt hashes alike at every gateway)",
             file=sys.stderr,
         )
         return 2
