@@ -22,9 +22,9 @@ import httpx
 import openai
 import pytest
 import yaml
-from tests.redis_fixture import RedisServer, redis_server
+from tests.redis_fixture import start_redis
 
-from prfaas.cache_event_log import CacheEventLog
+from prfaas.cache_event_log import CacheEventLog, EventBatch
 from prfaas.gateway.deploy_config import (
     DeployConfigError,
     KvIndexSpec,
@@ -32,9 +32,7 @@ from prfaas.gateway.deploy_config import (
     load_deploy_config,
 )
 from prfaas.gateway.launcher import WorkerSpawn, free_port
-from prfaas.messages import MAX_EVENTS, CacheEventMsg
-
-__all__ = ["redis_server"]  # the fixture, imported for pytest
+from prfaas.messages import MAX_EVENTS, CacheEventMsg, Heartbeat
 
 CLUSTER_TOKEN = "ha-cluster-token"
 LONG = " ".join(f"w{(11 * i) % 200 + 3}" for i in range(80))  # 80 tokens: above t, remote
@@ -170,9 +168,8 @@ def healthy_workers(base_url: str) -> set[str]:
 
 
 @pytest.mark.slow
-def test_killing_a_gateway_loses_no_routing_state(
-    tiny_llama: Path, redis_server: RedisServer, tmp_path: Path
-) -> None:
+def test_killing_a_gateway_loses_no_routing_state(tiny_llama: Path, tmp_path: Path) -> None:
+    redis_server = start_redis(tmp_path)  # its own: killed at the end
     port_a, port_b = free_port(), free_port()
     url_a, url_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
     gateways = [url_a, url_b]
@@ -202,7 +199,16 @@ def test_killing_a_gateway_loses_no_routing_state(
         assert prefill == first
         assert cached_tokens >= 64  # 4 full blocks of 16 out of 80 tokens, known to B
         assert healthy_workers(url_b) == everyone
+
+        # Redis lost too: B still serves, without cache affinity, and says so on /metrics.
+        redis_server.kill()
+        for _ in range(3):
+            assert complete(url_b)[1] == 0
+        metrics = httpx.get(url_b + "/metrics").text
+        assert "prfaas_kv_index_up 0.0" in metrics
+        assert healthy_workers(url_b) == everyone  # heartbeats still count (answered 503)
     finally:
+        redis_server.kill()
         if gateway_a.poll() is None:
             stop(gateway_a)
         if gateway_b is not None:
@@ -298,3 +304,52 @@ def test_event_log_keeps_each_batch_until_every_gateway_has_it() -> None:
     assert [b.seq for b in log.pending("a", 8)] == [1]
     log.add(8, events(*range(MAX_EVENTS + 1)))  # too many for one heartbeat: two batches
     assert [len(b.events) for b in log.pending("a", 8)] == [1, MAX_EVENTS, 1]
+
+
+class _Worker:
+    """The three things ``Worker._send_heartbeats`` uses, without an engine: this test is
+    about the resend rule, so the gateway is an httpx mock answering 503, then 200."""
+
+    def __init__(self) -> None:
+        self.epoch = 7
+        self.events = CacheEventLog(["g"])
+        self.events.add(7, events(1))
+        self.events.add(7, events(2))
+
+    def heartbeat(self, batch: EventBatch | None) -> Heartbeat:
+        return Heartbeat(
+            name="w",
+            epoch=self.epoch,
+            role="prefill",
+            num_waiting=0,
+            num_running=0,
+            kv_usage=0.0,
+            fallbacks=0,
+            events=batch.events if batch else [],
+            seq=batch.seq if batch else 0,
+        )
+
+
+def test_a_worker_resends_batches_its_gateway_could_not_index() -> None:
+    import asyncio
+
+    from prfaas.worker import Worker
+
+    answers = iter([503, 200, 200, 404])
+    seen: list[int] = []
+
+    def gateway(request: httpx.Request) -> httpx.Response:
+        seen.append(Heartbeat.decode(request.content).seq)
+        return httpx.Response(next(answers))
+
+    async def run() -> list[bool]:
+        worker = _Worker()
+        transport = httpx.MockTransport(gateway)
+        async with httpx.AsyncClient(transport=transport, base_url="http://g") as client:
+            send = Worker._send_heartbeats
+            return [await send(worker, client, "g") for _ in range(3)]  # type: ignore[arg-type]
+
+    # 503: kv index down, stay registered, keep batch 1; then 1 and 2 in order; then a plain
+    # heartbeat answered 404: register again.
+    assert asyncio.run(run()) == [True, True, False]
+    assert seen == [1, 1, 2, 0]
