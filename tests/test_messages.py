@@ -45,6 +45,7 @@ EXAMPLES: list[Message] = [
         kv_usage=0.5,
         fallbacks=0,
         events=[CacheEventMsg(block_hash="0f" * 16, stored=True)],
+        seq=3,
     ),
     PrefillCommand(
         request_id="r",

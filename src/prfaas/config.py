@@ -11,11 +11,19 @@ from pathlib import Path
 
 DTYPES = ("float32", "bfloat16", "float16")
 CLUSTER_TOKEN_ENV = "PRFAAS_CLUSTER_TOKEN"
+SERVER_SECRET_ENV = "PRFAAS_SERVER_SECRET"
 
 
 def cluster_token_from_env() -> str | None:
     """The shared secret workers and the gateway authenticate each other with."""
     return os.environ.get(CLUSTER_TOKEN_ENV) or None
+
+
+def server_secret_from_env() -> bytes | None:
+    """The secret tenant salts are derived from; gateways that share a kv index share it
+    (else the same prompt hashes differently at each). Unset: random per gateway."""
+    value = os.environ.get(SERVER_SECRET_ENV)
+    return value.encode() if value else None
 
 
 def default_cache_dir() -> Path:

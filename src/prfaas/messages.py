@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 TOKEN_HEADER = "x-prfaas-cluster-token"  # the shared cluster token on every control call
 # The wire layer after a KV payload's tensors that carries the first sampled token (int64).
@@ -78,6 +78,16 @@ class Heartbeat(Message):
     fallbacks: int = Field(ge=0)
     draining: bool = False  # switching role: route nothing new here
     events: list[CacheEventMsg] = Field(default_factory=list, max_length=MAX_EVENTS)
+    # The number of the batch in ``events`` within this epoch (1, 2, …), so that a batch
+    # sent to several gateways sharing one kv index, or sent again, applies once and in
+    # order; 0 when the heartbeat carries no events.
+    seq: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _events_are_numbered(self) -> Heartbeat:
+        if self.events and self.seq < 1:
+            raise ValueError("a heartbeat with events needs seq >= 1")
+        return self
 
 
 class KvTarget(Message):

@@ -28,6 +28,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
+from prfaas.cache_event_log import CacheEventLog, EventBatch
 from prfaas.config import EngineConfig
 from prfaas.decode.pull import PullRole
 from prfaas.decode.role import DecodeRole
@@ -62,7 +63,7 @@ class WorkerConfig:
     role: Role
     host: str
     port: int
-    gateway_url: str
+    gateway_urls: tuple[str, ...]  # every gateway it registers and heartbeats with
     cluster_token: str
     engine: EngineConfig
     kv_host: str = "127.0.0.1"
@@ -78,6 +79,7 @@ class Worker:
         self.role: Role = config.role
         self.draining = False
         self.epoch = time.time_ns() + os.getpid()  # unique per start: stale entries vanish
+        self.events = CacheEventLog(config.gateway_urls)
         engine = Engine(config.engine)
         self.fingerprint = engine.fingerprint
         self.engine = AsyncEngine(engine)
@@ -115,12 +117,16 @@ class Worker:
     def info(self) -> WorkerInfo:
         return self._info.model_copy(update={"role": self.role, "epoch": self.epoch})
 
-    def heartbeat(self) -> Heartbeat:
-        stats = self.engine.stats()
+    def collect_events(self) -> None:
+        """Move the engine's new cache events into the log as the next numbered batch."""
         events = [
             CacheEventMsg(block_hash=e.block_hash.hex(), stored=e.stored)
             for e in self.engine.drain_cache_events()
         ]
+        self.events.add(self.epoch, events)
+
+    def heartbeat(self, batch: EventBatch | None = None) -> Heartbeat:
+        stats = self.engine.stats()
         return Heartbeat(
             name=self.config.name,
             epoch=self.epoch,
@@ -130,30 +136,45 @@ class Worker:
             kv_usage=min(1.0, stats.kv_usage),
             fallbacks=stats.fallbacks,
             draining=self.draining,
-            events=events,
+            events=batch.events if batch else [],
+            seq=batch.seq if batch else 0,
         )
 
-    async def gateway_loop(self) -> None:
-        """Register, then heartbeat; re-register whenever the gateway forgets us."""
+    async def gateway_loop(self, url: str) -> None:
+        """Register, then heartbeat; re-register whenever the gateway forgets us. One loop
+        per gateway, so that a dead gateway never delays the others."""
         headers = {TOKEN_HEADER: self.config.cluster_token}
-        async with httpx.AsyncClient(
-            base_url=self.config.gateway_url, headers=headers, timeout=5.0
-        ) as client:
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=5.0) as client:
             registered = False
             while True:
+                self.collect_events()
                 try:
                     if not registered:
                         r = await client.post("/internal/register", content=self.info().encode())
                         registered = r.status_code == 200
                     if registered:
-                        r = await client.post(
-                            "/internal/heartbeat", content=self.heartbeat().encode()
-                        )
-                        registered = r.status_code == 200
+                        registered = await self._send_heartbeats(client, url)
                 except httpx.HTTPError as e:
-                    logger.debug("gateway unreachable: %s", e)
+                    logger.debug("gateway %s unreachable: %s", url, e)
                     registered = False
                 await asyncio.sleep(HEARTBEAT_S)
+
+    async def _send_heartbeats(self, client: httpx.AsyncClient, url: str) -> bool:
+        """One heartbeat per event batch this gateway lacks, in order (one without events if
+        none); False if the gateway wants us to register again."""
+        epoch = self.epoch
+        batches: list[EventBatch | None] = [*self.events.pending(url, epoch)] or [None]
+        for batch in batches:
+            if self.epoch != epoch:  # switched roles meanwhile: the log starts over
+                return True
+            r = await client.post("/internal/heartbeat", content=self.heartbeat(batch).encode())
+            if r.status_code == 503:  # its kv index is unreachable: send the batch later
+                return True
+            if r.status_code != 200:
+                return False
+            if batch is not None:
+                self.events.ack(url, epoch, batch.seq)
+        return True
 
     async def switch_role(self, role: Role) -> None:
         """Drain (the gateway stops routing here once it sees the flag), then switch."""
@@ -184,7 +205,7 @@ def create_worker_app(worker: Worker) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         worker.receiver.start()
         worker.engine.start()
-        tasks = [asyncio.create_task(worker.gateway_loop())]
+        tasks = [asyncio.create_task(worker.gateway_loop(u)) for u in worker.config.gateway_urls]
         if worker.config.parent_pid is not None:
             tasks.append(asyncio.create_task(_exit_with_parent(worker.config.parent_pid)))
         try:

@@ -56,6 +56,27 @@ class PolicySpec(_Strict):
     mode: Literal["scarce", "abundant"] = "scarce"
 
 
+class KvIndexSpec(_Strict):
+    """Where the gateway keeps its kv index: in its own memory (the default), or in a Redis
+    server that several gateways share (``url`` ``redis://host:port/db``, ``rediss://`` or
+    ``unix://``; ``prefix`` namespaces this deployment's keys)."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    url: str | None = Field(None, max_length=512)
+    prefix: str = Field("prfaas", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+
+    @model_validator(mode="after")
+    def _url_matches_backend(self) -> KvIndexSpec:
+        if self.backend == "memory" and self.url is not None:
+            raise ValueError("url is only for backend 'redis'")
+        if self.backend == "redis":
+            if self.url is None:
+                raise ValueError("backend 'redis' needs a url, e.g. redis://127.0.0.1:6379/0")
+            if not self.url.startswith(("redis://", "rediss://", "unix://")):
+                raise ValueError(f"url {self.url!r}: expected redis://, rediss:// or unix://")
+        return self
+
+
 class DeployConfig(_Strict):
     model: str | None = None
     served_model_name: str | None = None  # the name clients pass; default: the model's
@@ -68,6 +89,10 @@ class DeployConfig(_Strict):
     kv_deadline_s: float = Field(30.0, gt=0)
     certs_dir: Path | None = None  # from `prfaas certs`; default: a fresh CA per run
     max_model_len: int | None = Field(None, gt=1)
+    kv_index: KvIndexSpec = KvIndexSpec()
+    # Every gateway the spawned workers register and heartbeat with (this one is added). With
+    # several, the workers outlive a gateway that dies, so that the others keep serving.
+    gateways: list[str] = Field(default_factory=list, max_length=16)
 
     @model_validator(mode="after")
     def _references(self) -> DeployConfig:
@@ -89,6 +114,9 @@ class DeployConfig(_Strict):
             for end in (link.src, link.dst):
                 if end not in names:
                     raise ValueError(f"link {link.src}->{link.dst}: unknown cluster {end!r}")
+        for url in self.gateways:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"gateways: {url!r} is not an http(s):// URL")
         for t in self.tenants:
             for allowed in t.clusters or []:
                 if allowed not in names:

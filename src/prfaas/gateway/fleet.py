@@ -1,15 +1,20 @@
 """The gateway's live view of its workers: registration, heartbeats, health, and the kv
-index fed by their cache events. Implements the router's ``Fleet`` protocol."""
+index fed by their cache events. Implements the router's ``Fleet`` protocol.
+
+Liveness is this gateway's own (another gateway keeps its own fleet); the kv index may be
+shared with other gateways (``RedisKvIndex``): registration there is idempotent per epoch and
+event batches apply once, whichever gateway delivers them first."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from prfaas.messages import Heartbeat, WorkerInfo
-from prfaas.router.kv_index import KvIndex
+from prfaas.router.kv_index import KvIndexBackend, KvIndexUnavailableError
 from prfaas.router.types import ClusterKind, ClusterView, InstanceView
 
 logger = logging.getLogger(__name__)
@@ -32,7 +37,10 @@ class WorkerRecord:
 
 class WorkerFleet:
     def __init__(
-        self, clusters: dict[str, ClusterKind], kv_index: KvIndex, heartbeat_timeout_s: float = 3.0
+        self,
+        clusters: dict[str, ClusterKind],
+        kv_index: KvIndexBackend,
+        heartbeat_timeout_s: float = 3.0,
     ) -> None:
         self._clusters = [ClusterView(name, kind) for name, kind in clusters.items()]
         self.kv_index = kv_index
@@ -57,7 +65,10 @@ class WorkerFleet:
         old = self.workers.get(info.name)
         inflight = old.inflight if old else 0
         self.workers[info.name] = WorkerRecord(info, time.monotonic(), inflight=inflight)
-        self.kv_index.register(info.name, info.cluster, info.epoch)
+        # Unreachable shared index: routable without affinity; the worker's batches answer
+        # "unknown" once it is back, and the worker registers again.
+        with contextlib.suppress(KvIndexUnavailableError):
+            self.kv_index.register(info.name, info.cluster, info.epoch)
         logger.info(
             "worker %s registered: %s in %s (epoch %d)",
             info.name,
@@ -67,7 +78,9 @@ class WorkerFleet:
         )
 
     def heartbeat(self, hb: Heartbeat) -> bool:
-        """Apply a heartbeat; False if the worker must register (again)."""
+        """Apply a heartbeat; False if the worker must register (again). Raises
+        ``KvIndexUnavailableError`` after taking the liveness part if its events could not
+        reach the kv index: the worker keeps the batch and sends it again."""
         record = self.workers.get(hb.name)
         if record is None or record.info.epoch != hb.epoch or record.info.role != hb.role:
             return False
@@ -75,12 +88,10 @@ class WorkerFleet:
         record.num_waiting, record.num_running = hb.num_waiting, hb.num_running
         record.fallbacks = hb.fallbacks
         record.draining = hb.draining
-        for e in hb.events:  # in order: a block may be evicted and stored again
-            h = bytes.fromhex(e.block_hash)
-            if e.stored:
-                self.kv_index.stored(hb.name, hb.epoch, (h,))
-            else:
-                self.kv_index.evicted(hb.name, hb.epoch, (h,))
+        if hb.events:
+            events = [(bytes.fromhex(e.block_hash), e.stored) for e in hb.events]
+            if self.kv_index.apply(hb.name, hb.epoch, hb.seq, events) == "unknown":
+                return False  # e.g. a restarted shared index: registering again restores it
         return True
 
     def healthy(self, name: str) -> bool:

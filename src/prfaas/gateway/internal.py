@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.messages import TOKEN_HEADER, Heartbeat, RoleSwitch, WorkerInfo
+from prfaas.router.kv_index import KvIndexUnavailableError
 
 
 def add_internal_routes(app: FastAPI, fleet: WorkerFleet, cluster_token: str) -> None:
@@ -36,7 +37,11 @@ def add_internal_routes(app: FastAPI, fleet: WorkerFleet, cluster_token: str) ->
             hb = Heartbeat.decode(await request.body())
         except ValidationError as e:
             raise HTTPException(400, str(e)) from e
-        if not fleet.heartbeat(hb):
+        try:
+            known = fleet.heartbeat(hb)
+        except KvIndexUnavailableError as e:  # liveness taken; the worker resends the batch
+            raise HTTPException(503, str(e)) from e
+        if not known:
             raise HTTPException(404, "unknown worker or epoch: register again")
         return Response(b"{}", media_type="application/json")
 

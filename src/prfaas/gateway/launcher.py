@@ -27,12 +27,13 @@ class WorkerSpawn:
     role: str
     port: int
     kv_port: int
-    gateway_url: str
+    gateway_urls: tuple[str, ...]
     model: str | None
     certs_dir: Path | None
     link_rates: dict[str, float]
     max_model_len: int | None = None
     host: str = "127.0.0.1"
+    exit_with_launcher: bool = True  # False: outlive it (several gateways: the others serve)
 
     def argv(self) -> list[str]:
         args = [
@@ -51,10 +52,10 @@ class WorkerSpawn:
             "--kv-listen",
             f"{self.host}:{self.kv_port}",
             "--gateway",
-            self.gateway_url,
-            "--parent-pid",
-            str(os.getpid()),
+            ",".join(self.gateway_urls),
         ]
+        if self.exit_with_launcher:
+            args += ["--parent-pid", str(os.getpid())]
         if self.model is not None:
             args += ["--model", self.model]
         if self.certs_dir is not None:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from prfaas.gateway.deploy_config import DeployConfig
+from prfaas.router.kv_index import KvIndexUnavailableError
 
 logger = logging.getLogger(__name__)
 START_TIMEOUT_S = 600.0
@@ -37,9 +38,15 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
     import uvicorn
     from rich.console import Console
 
+    from prfaas.gateway.redis_index import open_kv_index
     from prfaas.gateway.serve import build_deployment, wait_ready
 
     console = Console(stderr=True)
+    try:  # before the model: an unreachable Redis is a configuration error, said at once
+        kv_index = open_kv_index(cfg.kv_index)
+    except KvIndexUnavailableError as e:
+        print(f"prfaas serve: {e} (kv_index.url in the deployment config)", file=sys.stderr)
+        return 2
     with console.status("resolving the model…"):
         folder, tokenizer, max_model_len = await asyncio.to_thread(model_facts, cfg)
     url = f"http://{cfg.host}:{cfg.port}"
@@ -52,6 +59,7 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
         gateway_url=url,
         api_keys=api_keys,
         log_dir=log_dir,
+        kv_index=kv_index,
     )
     server = uvicorn.Server(
         uvicorn.Config(deployment.app, host=cfg.host, port=cfg.port, log_level="warning")

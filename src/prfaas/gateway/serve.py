@@ -19,7 +19,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from prfaas.config import cluster_token_from_env
+from prfaas.config import cluster_token_from_env, server_secret_from_env
 from prfaas.gateway.cluster_backend import BackendSettings, ClusterBackend, LinkRoute
 from prfaas.gateway.cluster_metrics import ClusterMetrics
 from prfaas.gateway.deploy_config import DeployConfig
@@ -27,7 +27,8 @@ from prfaas.gateway.fleet import WorkerFleet
 from prfaas.gateway.internal import add_internal_routes, add_role_route, add_status_route
 from prfaas.gateway.launcher import Launcher, WorkerSpawn, free_port
 from prfaas.gateway.metrics import GatewayMetrics
-from prfaas.router.kv_index import KvIndex
+from prfaas.gateway.redis_index import RedisKvIndex, open_kv_index
+from prfaas.router.kv_index import KvIndexBackend
 from prfaas.router.policies import POLICIES
 from prfaas.router.router import Router, RouterConfig
 from prfaas.router.types import RouterState
@@ -76,10 +77,15 @@ def build_deployment(
     gateway_url: str,
     api_keys: dict[str, str],
     log_dir: Path | None = None,
+    kv_index: KvIndexBackend | None = None,
 ) -> Deployment:
     from prfaas.gateway.app import create_app
     from prfaas.gateway.config import GatewayConfig
 
+    if kv_index is None:
+        kv_index = open_kv_index(cfg.kv_index)  # first: an unreachable Redis stops us here
+    # Spawned workers heartbeat to every gateway; with several, they outlive this one.
+    gateway_urls = (gateway_url, *(u for u in cfg.gateways if u != gateway_url))
     tmp = tempfile.TemporaryDirectory(prefix="prfaas-serve-")
     # Workers started elsewhere must share the token (PRFAAS_CLUSTER_TOKEN) and the CA.
     cluster_token = cluster_token_from_env() or secrets.token_hex(16)
@@ -103,11 +109,12 @@ def build_deployment(
                         role=inst.role,
                         port=free_port(),
                         kv_port=free_port(),
-                        gateway_url=gateway_url,
+                        gateway_urls=gateway_urls,
                         model=model_folder,
                         certs_dir=certs_dir,
                         link_rates=rates,
                         max_model_len=cfg.max_model_len,
+                        exit_with_launcher=len(gateway_urls) == 1,
                     )
                 )
     emulators: list[LinkEmulator] = []
@@ -138,7 +145,6 @@ def build_deployment(
     # KV connection (intra-cluster too) is mutual TLS, since a receiver speaks one protocol.
     for cluster in cfg.clusters:
         links.setdefault(cluster.name, LinkRoute(name="local", tls=certs_dir is not None))
-    kv_index = KvIndex()
     fleet = WorkerFleet({c.name: c.kind for c in cfg.clusters}, kv_index)
     threshold = cfg.policy.threshold_tokens
     if threshold is None:
@@ -158,6 +164,8 @@ def build_deployment(
         residency={t.name: frozenset(t.clusters) for t in cfg.tenants if t.clusters},
     )
     metrics = GatewayMetrics()
+    if isinstance(kv_index, RedisKvIndex):
+        kv_index.add_metrics(metrics)
     cluster_metrics = ClusterMetrics(metrics, fleet, router)
     backend = ClusterBackend(
         settings,
@@ -169,7 +177,8 @@ def build_deployment(
         on_prefill=cluster_metrics.on_prefill,
         on_pull=cluster_metrics.on_pull,
     )
-    app = create_app(backend, GatewayConfig(api_keys=api_keys), metrics=metrics)
+    gateway_config = GatewayConfig(api_keys=api_keys, server_secret=server_secret_from_env() or b"")
+    app = create_app(backend, gateway_config, metrics=metrics)
     add_internal_routes(app, fleet, cluster_token)
     add_status_route(app, fleet, router)
     add_role_route(app, fleet, cluster_token)

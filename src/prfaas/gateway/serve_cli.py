@@ -33,7 +33,13 @@ def register(commands: Commands) -> None:
     w.add_argument("--cluster", required=True)
     w.add_argument("--listen", required=True, metavar="HOST:PORT")
     w.add_argument("--kv-listen", default="127.0.0.1:0", metavar="HOST:PORT")
-    w.add_argument("--gateway", required=True, metavar="URL")
+    w.add_argument(
+        "--gateway",
+        action="append",
+        required=True,
+        metavar="URL[,URL…]",
+        help="a gateway to register with; repeat or comma-separate for several",
+    )
     w.add_argument("--model", default=None)
     w.add_argument("--certs", type=Path, default=None, help="cluster certificates (mTLS)")
     w.add_argument("--link-rate", action="append", default=[], metavar="LINK=GBPS")
@@ -73,7 +79,7 @@ def _worker(args: argparse.Namespace) -> int:
         role=args.role,
         host=host,
         port=port,
-        gateway_url=args.gateway,
+        gateway_urls=tuple(dict.fromkeys(u for arg in args.gateway for u in arg.split(",") if u)),
         cluster_token=token,
         kv_host=kv_host,
         kv_port=kv_port,
@@ -123,6 +129,16 @@ def _serve(args: argparse.Namespace) -> int:
         print(
             "prfaas serve: refusing to serve a non-loopback address without API keys; "
             "pass --api-key or --no-auth",
+            file=sys.stderr,
+        )
+        return 2
+    from prfaas.config import SERVER_SECRET_ENV, server_secret_from_env
+
+    if (cfg.kv_index.backend != "memory" or cfg.gateways) and server_secret_from_env() is None:
+        print(
+            f"prfaas serve: several gateways (a shared kv index, `gateways`) need "
+            f"{SERVER_SECRET_ENV} set, the same at each (tenant salts derive from it, so that "
+            "a prompt hashes alike at every gateway)",
             file=sys.stderr,
         )
         return 2

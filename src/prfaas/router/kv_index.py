@@ -9,11 +9,50 @@ Invariants:
   holds, so a query costs O(longest cached prefix), not O(prompt). Because hashes chain, a
   holder of block ``i`` that misses block ``j < i`` (an out-of-order eviction) only counts up
   to ``j``: a prefix hit needs every block before it.
+- Event batches (``apply``) are numbered per (instance, epoch): a batch applies only if its
+  number is above the last one applied, so a batch delivered twice (two gateways, or a
+  retry) applies once, and one that arrives after a later batch is dropped rather than
+  applied out of order. A new epoch starts the numbering over.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import Literal, Protocol
+
+# What ``apply`` did with a batch: ``unknown`` (the index has no such instance, or an older
+# epoch of it: it must be registered first), ``stale`` (a newer epoch is registered: the
+# batch is from a process that is gone), ``duplicate`` (not newer than the last applied).
+Applied = Literal["applied", "duplicate", "stale", "unknown"]
+CacheEvent = tuple[Hashable, bool]  # (block hash, True if stored / False if evicted)
+
+
+class KvIndexUnavailableError(RuntimeError):
+    """A shared kv index could not be reached; the caller routes without cache affinity."""
+
+
+class KvIndexBackend(Protocol):
+    """What the router and the gateway's fleet need from a kv index.
+
+    ``KvIndex`` (in this process, the default) and the gateway's ``RedisKvIndex`` (shared by
+    several gateways) implement it with the same semantics, epochs and batch numbers
+    included (see this module's docstring). A backend that can be unreachable raises
+    ``KvIndexUnavailableError`` from ``register``, ``remove`` and ``apply``; its
+    ``prefix_blocks`` never raises for that reason and answers ``{}`` (no affinity).
+    Epochs are >= 0 and may exceed 2**53 (they are start times in ns).
+    """
+
+    def __len__(self) -> int: ...
+
+    def register(self, instance: str, cluster: str, epoch: int = 0) -> None: ...
+
+    def remove(self, instance: str) -> None: ...
+
+    def apply(self, instance: str, epoch: int, seq: int, events: Sequence[CacheEvent]) -> Applied:
+        """Apply batch ``seq`` (>= 1) of the instance's cache events, in order, at most once."""
+        ...
+
+    def prefix_blocks(self, hashes: Sequence[Hashable]) -> dict[str, int]: ...
 
 
 class KvIndex:
@@ -22,6 +61,7 @@ class KvIndex:
         self._by_instance: dict[str, set[Hashable]] = {}
         self._epoch: dict[str, int] = {}
         self._cluster: dict[str, str] = {}
+        self._seq: dict[str, int] = {}  # the last batch applied in the instance's epoch
 
     def __len__(self) -> int:
         return len(self._holders)
@@ -33,11 +73,29 @@ class KvIndex:
             self._drop_instance(instance)
             self._epoch[instance] = epoch
             self._by_instance[instance] = set()
+            self._seq[instance] = 0
 
     def remove(self, instance: str) -> None:
         self._drop_instance(instance)
         self._epoch.pop(instance, None)
         self._cluster.pop(instance, None)
+        self._seq.pop(instance, None)
+
+    def apply(self, instance: str, epoch: int, seq: int, events: Sequence[CacheEvent]) -> Applied:
+        current = self._epoch.get(instance)
+        if current is None or current < epoch:
+            return "unknown"
+        if current > epoch:
+            return "stale"
+        if seq <= self._seq[instance]:
+            return "duplicate"
+        self._seq[instance] = seq
+        for h, stored in events:  # in order: a block may be evicted and stored again
+            if stored:
+                self.stored(instance, epoch, (h,))
+            else:
+                self.evicted(instance, epoch, (h,))
+        return "applied"
 
     def stored(self, instance: str, epoch: int, hashes: Iterable[Hashable]) -> None:
         owned = self._current(instance, epoch)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from prfaas.router.chwbl import ConsistentHashRing, load_bound, pick
-from prfaas.router.kv_index import KvIndex
+from prfaas.router.kv_index import KvIndexBackend
 from prfaas.router.policies import PathPolicy
 from prfaas.router.types import (
     ClusterView,
@@ -58,7 +58,7 @@ class Router:
         config: RouterConfig,
         policy: PathPolicy,
         fleet: Fleet,
-        kv_index: KvIndex,
+        kv_index: KvIndexBackend,
         state: RouterState,
     ) -> None:
         self.config, self.policy, self.fleet, self.kv_index = config, policy, fleet, kv_index
