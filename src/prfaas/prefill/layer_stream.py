@@ -159,8 +159,8 @@ class LayerStream:
                     )
                 if isinstance(item, str):  # _OPEN
                     continue
+                self._arrays.update(item)  # all of them first: a resume needs every one
                 for index, array in item:
-                    self._arrays[index] = array
                     transfer.send_layer(index, array)
                     if self.first_layer_queued_s is None:
                         self.first_layer_queued_s = time.monotonic()
