@@ -85,8 +85,9 @@ class LayerStream:
     def layer(self, layer_index: int, tensors: list[tuple[str, torch.Tensor]]) -> None:
         try:
             self._put([(self._index[name], as_numpy(t)) for name, t in tensors])
-        except KeyError as exc:  # a bug: the header and the engine disagree
-            logger.error("layer %d: tensor %s is not in the header", layer_index, exc)
+        except Exception:  # a bug (say, header and engine disagree): fail this transfer
+            logger.exception("layer %d of %s", layer_index, self.header.request_id)
+            self._put(_ABORT)  # never raise into the engine's step
 
     # ---- the role ---------------------------------------------------------------------------
 
