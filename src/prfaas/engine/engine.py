@@ -266,6 +266,8 @@ class Engine:
         held = {r.request_id for r in self.scheduler.requests()}
         if held != set(self._live):
             raise AssertionError(f"engine tracks {sorted(self._live)}, scheduler {sorted(held)}")
+        if not set(self._layer_sinks) <= held:
+            raise AssertionError(f"layer sinks of ended requests: {sorted(self._layer_sinks)}")
 
     # ---- internals -------------------------------------------------------------------------
 
