@@ -1,14 +1,15 @@
 """Layer-wise KV hand-off over real TCP: a prefill role streams each layer as its prompt's
 last chunk computes it, a decode role lands it and decodes. Greedy tokens equal those of the
 whole-payload path and of ``prfaas.LLM`` (dense and hybrid models, prompts of one chunk and
-of several); the first layer lands before the last layer is computed; a failure mid-stream
-(receiver gone, deadline) reports ok=False and leaves the engine's pool and the receiver
-clean."""
+of several); the first layer lands before the last layer is computed; a cut mid-stream is
+resumed; a failure mid-stream (receiver gone, deadline) reports ok=False and leaves the
+engine's pool and the receiver clean."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from prfaas.engine.engine import Engine
 from prfaas.messages import DecodeCommand, KvTarget, PrefillCommand, PrefillResult, SamplingSpec
 from prfaas.prefill.role import LinkSettings, PrefillRole
 from prfaas.transfer.config import ReceiverConfig
+from prfaas.transfer.emulator import EmulatorConfig, LinkEmulator
 from prfaas.transfer.errors import TransferError
 from prfaas.transfer.receiver import KvReceiver
 from prfaas.transfer.tls import PLAINTEXT
@@ -124,9 +126,14 @@ class Deployment:
         self.receiver.close()
 
     def prefill_command(
-        self, prompt: list[int], deadline_s: float = 30.0, codec: str = "raw"
+        self,
+        prompt: list[int],
+        deadline_s: float = 30.0,
+        codec: str = "raw",
+        via: tuple[str, int] | None = None,
     ) -> PrefillCommand:
-        host, port = self.receiver.address
+        """``via``: send to this address (a link emulator) instead of the receiver's."""
+        host, port = via or self.receiver.address
         return PrefillCommand(
             request_id=f"r{next(self._ids)}",
             prompt_token_ids=prompt,
@@ -136,9 +143,11 @@ class Deployment:
             deadline_s=deadline_s,
         )
 
-    async def handoff(self, prompt: list[int]) -> tuple[list[int], PrefillResult]:
+    async def handoff(
+        self, prompt: list[int], via: tuple[str, int] | None = None
+    ) -> tuple[list[int], PrefillResult]:
         """Prefill there, decode here; the tokens, asserting no fallback happened."""
-        cmd = self.prefill_command(prompt)
+        cmd = self.prefill_command(prompt, via=via)
         decode = DecodeCommand(
             request_id=cmd.request_id,
             prompt_token_ids=prompt,
@@ -257,6 +266,35 @@ def test_first_layer_lands_before_the_last_layer_is_computed(
         assert first_landed < done[-1] - 0.5
     else:
         assert first_landed > done[-1]
+
+
+def test_cut_mid_stream_resumes_and_decodes_the_same_tokens(
+    engines: dict[str, tuple[Engine, Engine]], reference: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    prefill, _ = engines["llama"]
+    prompt = prompt_of(20, seed=7)
+
+    async def body(d: Deployment) -> tuple[list[int], PrefillResult]:
+        config = EmulatorConfig(("127.0.0.1", 0), d.receiver.address)
+        with LinkEmulator(config) as emulator:
+
+            def cut_once_layer_0_landed() -> None:
+                for _ in range(200):
+                    if d.landed.at:
+                        break
+                    time.sleep(0.05)
+                emulator.cut()
+
+            with slow_last_layer(prefill, 0.3, before=cut_once_layer_0_landed):
+                out = await d.handoff(prompt, via=emulator.address)
+        await d.check_clean()
+        return out
+
+    with caplog.at_level(logging.WARNING, "prfaas.prefill.layer_stream"):
+        tokens, result = run(engines["llama"], True, body)
+    assert result.ok
+    assert any("resuming" in r.getMessage() for r in caplog.records)  # the cut did hit it
+    assert tokens == reference("llama", prompt)
 
 
 def test_receiver_gone_mid_stream_reports_failure_and_leaves_pools_clean(
