@@ -18,9 +18,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from prfaas.engine.engine import Engine
+import torch
+
+from prfaas.engine.engine import Engine, LayerSink
 from prfaas.engine.engine_thread import EngineError, EngineStats, EngineThread
-from prfaas.engine.handoff import KvPayload
+from prfaas.engine.handoff import KvPayload, LayerLayout
 from prfaas.engine.outputs import TokenDelta
 from prfaas.engine.sampling_params import SamplingParams
 from prfaas.kvcache.block_pool import CacheEvent
@@ -60,6 +62,14 @@ class AsyncEngine:
     @property
     def max_model_len(self) -> int:
         return self._engine.max_model_len
+
+    @property
+    def layout(self) -> list[LayerLayout]:
+        return self._engine.layout
+
+    @property
+    def kv_dtype(self) -> torch.dtype:
+        return self._engine.dtype
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -118,6 +128,30 @@ class AsyncEngine:
             raise
         self._close(request_id, abort=False)
         return payload
+
+    async def prefill_streamed(
+        self,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        request_id: str,
+        sink: LayerSink,
+        *,
+        tenant_salt: bytes = b"",
+    ) -> int:
+        """Prefill only, handing the KV to ``sink`` layer by layer as the last chunk computes
+        it (``Engine.stream_layers``); returns the first sampled token once the blocks are
+        free. Cancelling aborts the request (its blocks are freed on the thread)."""
+        self._open(request_id)
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        args = (prompt_token_ids, params, request_id, tenant_salt, sink, done)
+        try:
+            await self._thread_call(lambda t: t.admit_streamed(*args))
+            first_token = await done
+        except BaseException as exc:
+            self._close(request_id, abort=isinstance(exc, asyncio.CancelledError))
+            raise
+        self._close(request_id, abort=False)
+        return first_token
 
     async def decode_with_kv(
         self,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -18,9 +19,10 @@ from prfaas.engine.handoff import KvImportError, KvPayload, layout_from_specs
 from prfaas.engine.kv_setup import build_kv_cache
 from prfaas.engine.outputs import TokenDelta
 from prfaas.engine.request import Request, RequestStatus
+from prfaas.engine.runner import LayerHook, NamedTensors
 from prfaas.engine.sampler import sample
 from prfaas.engine.sampling_params import SamplingParams
-from prfaas.engine.scheduler import Scheduler
+from prfaas.engine.scheduler import Scheduler, SchedulerOutput
 from prfaas.engine.stopping import check_stop
 from prfaas.kvcache.hashing import root_hash
 from prfaas.kvcache.hybrid import StateCacheConfig
@@ -37,6 +39,19 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+class LayerSink(Protocol):
+    """Takes a prefill-only request's KV layer by layer as the engine computes it.
+
+    Called on the engine thread, in the middle of a step: it must copy what it keeps and
+    return at once (no network, no waiting). ``begin`` comes once, just before the step
+    that runs the prompt's last chunk; then ``layer(i, tensors)`` once per model layer, in
+    order, each with that layer's final payload tensors (``KvPayload.named_tensors`` names).
+    """
+
+    def begin(self) -> None: ...
+    def layer(self, layer_index: int, tensors: NamedTensors) -> None: ...
 
 
 @dataclass
@@ -89,6 +104,7 @@ class Engine:
             eos_ids.add(int(self.tokenizer.eos_token_id))
         self.eos_token_ids = frozenset(int(e) for e in eos_ids)
         self._live: dict[str, _Live] = {}
+        self._layer_sinks: dict[str, LayerSink] = {}  # prefill-only requests streamed per layer
         self._pending: list[TokenDelta] = []
         logger.info(
             "engine ready: %d KV blocks of %d tokens on %s (%s)",
@@ -199,7 +215,8 @@ class Engine:
         out = self.scheduler.schedule()
         if not out.chunks:
             return deltas
-        logits = self.runner.execute(out)
+        hook = self._layer_hook(out) if self._layer_sinks else None
+        logits = self.runner.execute(out) if hook is None else self.runner.execute(out, hook)
         to_sample = [self._live[c.request_id] for c in out.chunks if c.sample]
         tokens = sample(
             logits, [x.request.params for x in to_sample], [x.generator for x in to_sample]
@@ -232,6 +249,23 @@ class Engine:
             states=tensors.states,
         )
 
+    def stream_layers(self, request_id: str, sink: LayerSink) -> None:
+        """Hand a queued prefill-only request's KV to ``sink`` layer by layer, during the step
+        that completes its prompt (``LayerSink``); ``export_first_token`` then gives the rest."""
+        live = self._live.get(request_id)
+        if live is None or not live.request.prefill_only:
+            raise KeyError(f"request {request_id} is not a live prefill-only request")
+        if live.request.num_computed_tokens > 0:
+            raise ValueError(f"request {request_id} has started its prefill")
+        self._layer_sinks[request_id] = sink
+
+    def export_first_token(self, request_id: str) -> int:
+        """The first token of a prefill-only request that finished its prefill (SENDING_KV)."""
+        req = self.scheduler.parked.get(request_id)
+        if req is None or req.status is not RequestStatus.SENDING_KV:
+            raise KeyError(f"request {request_id} has no first token to export")
+        return req.output_token_ids[0]
+
     def release(self, request_id: str) -> None:
         """The exported KV was acknowledged (or its lease expired): free the blocks."""
         self._end(request_id, RequestStatus.FINISHED)
@@ -245,6 +279,8 @@ class Engine:
         held = {r.request_id for r in self.scheduler.requests()}
         if held != set(self._live):
             raise AssertionError(f"engine tracks {sorted(self._live)}, scheduler {sorted(held)}")
+        if not set(self._layer_sinks) <= held:
+            raise AssertionError(f"layer sinks of ended requests: {sorted(self._layer_sinks)}")
 
     # ---- internals -------------------------------------------------------------------------
 
@@ -313,7 +349,37 @@ class Engine:
             req.request_id, [token], delta, True, stop.finish_reason, stop.stop_reason
         )
 
+    def _layer_hook(self, out: SchedulerOutput) -> LayerHook | None:
+        """The per-layer hook of a step, or None when no streamed request completes its
+        prompt in it.
+
+        The rule (chunked prefill): a layer is streamed only by the step running the prompt's
+        last chunk (``sample`` is set on exactly that chunk of a prefill-only request), after
+        that step's layer ``i`` has run: only then are all of the prompt's K/V rows of layer
+        ``i`` written (earlier chunks, prefix-cache hits, this chunk) and a KDA layer's state
+        the state after the whole prompt. Earlier chunks stream nothing, so no KV that is not
+        final ever leaves, and each layer leaves exactly once.
+        """
+        readers = []
+        for chunk in out.chunks:
+            sink = self._layer_sinks.get(chunk.request_id)
+            if sink is None or not chunk.sample:
+                continue
+            num_tokens = chunk.start + len(chunk.token_ids)
+            slot = self.kv.state_slot(chunk.request_id)
+            readers.append((sink, self.runner.layer_reader(chunk.block_table, slot, num_tokens)))
+            sink.begin()
+        if not readers:
+            return None
+
+        def hook(layer_index: int) -> None:
+            for sink, read in readers:
+                sink.layer(layer_index, read(layer_index))
+
+        return hook
+
     def _end(self, request_id: str, status: RequestStatus) -> None:
+        self._layer_sinks.pop(request_id, None)
         live = self._live.pop(request_id)
         req = live.request
         if status is RequestStatus.ABORTED and req.finish_reason is None:

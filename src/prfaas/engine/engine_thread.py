@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from prfaas.engine.engine import Engine
+from prfaas.engine.engine import Engine, LayerSink
 from prfaas.engine.handoff import KvImportError, KvPayload
 from prfaas.engine.outputs import TokenDelta
 from prfaas.engine.request import Request
@@ -73,6 +73,8 @@ class EngineThread:
         # prefill-only requests whose KV is exported as soon as they have their first token.
         self._uncounted: dict[str, Request] = {}
         self._exports: dict[str, asyncio.Future[KvPayload]] = {}
+        # Prefill-only requests streamed layer by layer: only the first token is exported.
+        self._first_tokens: dict[str, asyncio.Future[int]] = {}
         self._num_prompt_tokens = 0
         self._num_cached_tokens = 0
 
@@ -139,6 +141,24 @@ class EngineThread:
         if export_to is not None:
             self._exports[request_id] = export_to
 
+    def admit_streamed(
+        self,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        request_id: str,
+        tenant_salt: bytes,
+        sink: LayerSink,
+        first_token_to: asyncio.Future[int],
+    ) -> None:
+        """Queue a prefill-only request whose KV goes to ``sink`` layer by layer
+        (``Engine.stream_layers``); its first token goes to ``first_token_to``."""
+        req = self.engine.add_request(
+            prompt_token_ids, params, request_id, prefill_only=True, tenant_salt=tenant_salt
+        )
+        self.engine.stream_layers(request_id, sink)
+        self._uncounted[request_id] = req
+        self._first_tokens[request_id] = first_token_to
+
     def reserve(
         self,
         prompt_token_ids: list[int],
@@ -160,6 +180,7 @@ class EngineThread:
         self.engine.abort(request_id)
         self._uncounted.pop(request_id, None)
         self._exports.pop(request_id, None)
+        self._first_tokens.pop(request_id, None)
 
     # ---- the thread's loop -----------------------------------------------------------------
 
@@ -210,6 +231,9 @@ class EngineThread:
             export_to = self._exports.pop(delta.request_id, None)
             if export_to is not None:
                 self._export(delta.request_id, export_to)
+            first_token_to = self._first_tokens.pop(delta.request_id, None)
+            if first_token_to is not None:
+                self._export_first_token(delta.request_id, first_token_to)
         self._loop.call_soon_threadsafe(self._deliver, deltas, cached)
         # A running request always computes something; without one, no delta means no progress.
         return bool(deltas) or bool(engine.scheduler.running)
@@ -220,8 +244,11 @@ class EngineThread:
             self.engine.abort(req.request_id)
         for future in self._exports.values():
             self._loop.call_soon_threadsafe(settle, future, None, error)
+        for first_token_to in self._first_tokens.values():
+            self._loop.call_soon_threadsafe(settle, first_token_to, None, error)
         self._uncounted.clear()
         self._exports.clear()
+        self._first_tokens.clear()
         self._loop.call_soon_threadsafe(self._fail_all, error)
 
     def _export(self, request_id: str, export_to: asyncio.Future[KvPayload]) -> None:
@@ -233,6 +260,17 @@ class EngineThread:
             return
         self.engine.release(request_id)
         self._loop.call_soon_threadsafe(settle, export_to, payload, None)
+
+    def _export_first_token(self, request_id: str, first_token_to: asyncio.Future[int]) -> None:
+        """The layers already went to the sink during the step: free the blocks now."""
+        try:
+            token = self.engine.export_first_token(request_id)
+        except Exception as exc:  # handed to the waiting coroutine
+            self.engine.abort(request_id)
+            self._loop.call_soon_threadsafe(settle, first_token_to, None, exc)
+            return
+        self.engine.release(request_id)
+        self._loop.call_soon_threadsafe(settle, first_token_to, token, None)
 
     def _publish(self) -> None:
         engine, sched = self.engine, self.engine.scheduler

@@ -15,7 +15,14 @@ from typing import Any
 import torch
 
 from prfaas.engine.handoff import KvPayload, LinearState
-from prfaas.engine.runner import KvTensors, flatten_step, slot_ids
+from prfaas.engine.runner import (
+    KvTensors,
+    LayerHook,
+    LayerReader,
+    NamedTensors,
+    flatten_step,
+    slot_ids,
+)
 from prfaas.engine.scheduler import SchedulerOutput
 from prfaas.model.kimi_paged import HybridMetadata, KdaCache, LinearMetadata, LinearSegment
 
@@ -72,10 +79,14 @@ class HybridModelRunner:
         return input_ids, positions, HybridMetadata(attn, linear), sample_rows
 
     @torch.inference_mode()
-    def execute(self, out: SchedulerOutput) -> torch.Tensor:
-        """Run one step; returns float32 logits (num_sampled, vocab) in chunk order."""
+    def execute(self, out: SchedulerOutput, on_layer: LayerHook | None = None) -> torch.Tensor:
+        """Run one step; returns float32 logits (num_sampled, vocab) in chunk order.
+        ``on_layer(i)`` is called after layer ``i`` has written its rows or states."""
         input_ids, positions, meta, sample_rows = self.prepare(out)
-        hidden = self.model(input_ids, positions, meta, self.caches)
+        if on_layer is None:
+            hidden = self.model(input_ids, positions, meta, self.caches)
+        else:
+            hidden = self.model(input_ids, positions, meta, self.caches, on_layer)
         if not sample_rows:
             return torch.empty(0, device=self.device)
         rows = torch.tensor(sample_rows, device=self.device)
@@ -94,6 +105,26 @@ class HybridModelRunner:
             for c in self.kda
         ]
         return KvTensors([], latent, states)
+
+    def layer_reader(
+        self, block_table: list[int], state_slot: int | None, num_tokens: int
+    ) -> LayerReader:
+        """``read(i)``: copies of layer ``i``'s part of the payload: ``L{i}.latent`` rows of
+        tokens ``[0, num_tokens)`` (MLA) or the live ``L{i}.recurrent`` and ``L{i}.conv``
+        states (KDA; final once the prompt's last chunk has run layer ``i``)."""
+        assert state_slot is not None
+        idx = self._slots(block_table, num_tokens)
+
+        def read(i: int) -> NamedTensors:
+            cache = self.caches[i]
+            if isinstance(cache, KdaCache):
+                return [
+                    (f"L{i}.recurrent", cache.recurrent[state_slot].clone()),
+                    (f"L{i}.conv", cache.conv[state_slot].clone()),
+                ]
+            return [(f"L{i}.latent", cache.index_select(0, idx))]
+
+        return read
 
     def write_payload(
         self, block_table: list[int], state_slot: int | None, payload: KvPayload

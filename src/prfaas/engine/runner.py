@@ -7,6 +7,7 @@ models have their own runner (``hybrid_runner``) with the same ``Runner`` interf
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 import numpy as np
@@ -18,6 +19,11 @@ from prfaas.engine.scheduler import SchedulerOutput
 from prfaas.model.attention import AttentionMetadata, DecodeGroup, PrefillSegment
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
+# Called by the model after layer i has written the step's KV (``on_layer`` of ``execute``).
+LayerHook = Callable[[int], None]
+# One layer's payload tensors of one request, named as in ``tensor_names`` (``L3.k``, ...).
+NamedTensors = list[tuple[str, torch.Tensor]]
+LayerReader = Callable[[int], NamedTensors]
 DECODE_GROUPS = 4  # decode rows are attended in up to this many length groups
 MIN_GROUP_ROWS = 4  # ... of at least this many rows each
 
@@ -31,7 +37,10 @@ class KvTensors(NamedTuple):
 
 
 class Runner(Protocol):
-    def execute(self, out: SchedulerOutput) -> torch.Tensor: ...
+    def execute(self, out: SchedulerOutput, on_layer: LayerHook | None = None) -> torch.Tensor: ...
+    def layer_reader(
+        self, block_table: list[int], state_slot: int | None, num_tokens: int
+    ) -> LayerReader: ...
     def read_payload(
         self, block_table: list[int], state_slot: int | None, num_tokens: int
     ) -> KvTensors: ...
@@ -83,10 +92,14 @@ class ModelRunner:
         return flatten_step(out, self.block_size, self.device)
 
     @torch.inference_mode()
-    def execute(self, out: SchedulerOutput) -> torch.Tensor:
-        """Run one step; returns float32 logits (num_sampled, vocab) in chunk order."""
+    def execute(self, out: SchedulerOutput, on_layer: LayerHook | None = None) -> torch.Tensor:
+        """Run one step; returns float32 logits (num_sampled, vocab) in chunk order.
+        ``on_layer(i)`` is called after layer ``i`` has written the step's K/V."""
         input_ids, positions, meta, sample_rows = self.prepare(out)
-        hidden = self.model(input_ids, positions, meta, self.caches)
+        if on_layer is None:
+            hidden = self.model(input_ids, positions, meta, self.caches)
+        else:
+            hidden = self.model(input_ids, positions, meta, self.caches, on_layer)
         if not sample_rows:
             return torch.empty(0, device=self.device)
         rows = torch.tensor(sample_rows, device=self.device)
@@ -96,6 +109,19 @@ class ModelRunner:
         """Copies of K and V of tokens ``[0, num_tokens)``: per layer (num_tokens, Hkv, d)."""
         idx = self._tensor(self.slots(block_table, 0, num_tokens))
         return [(k.index_select(0, idx), v.index_select(0, idx)) for k, v in self.caches]
+
+    def layer_reader(
+        self, block_table: list[int], state_slot: int | None, num_tokens: int
+    ) -> LayerReader:
+        """``read(i)``: copies of layer ``i``'s K and V of tokens ``[0, num_tokens)``, each
+        (num_tokens, Hkv, d), named ``L{i}.k`` and ``L{i}.v``. The slot ids are computed once."""
+        idx = self._tensor(self.slots(block_table, 0, num_tokens))
+
+        def read(i: int) -> NamedTensors:
+            k, v = self.caches[i]
+            return [(f"L{i}.k", k.index_select(0, idx)), (f"L{i}.v", v.index_select(0, idx))]
+
+        return read
 
     def write_kv(self, block_table: list[int], layers: list[KVCache]) -> None:
         """Store imported K and V (per layer (num_tokens, Hkv, d)) in the request's blocks."""

@@ -7,7 +7,7 @@ single-sequence reference it is tested against), so checkpoints load the same wa
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 import torch
@@ -69,11 +69,14 @@ class KimiLinearForCausalLM(nn.Module):
         positions: Tensor,
         meta: HybridMetadata,
         caches: list[LayerCache],
+        on_layer: Callable[[int], None] | None = None,
     ) -> Tensor:
+        """``on_layer(i)`` runs after layer ``i`` has written this step's latent rows or
+        advanced its states in ``caches``."""
         # No positional encoding anywhere (MLA is NoPE, KDA is recurrent): positions unused.
         x = self.model.embed_tokens(input_ids)
         layers = cast(list[KimiDecoderLayer], list(self.model.layers))
-        for layer, cache in zip(layers, caches, strict=True):
+        for i, (layer, cache) in enumerate(zip(layers, caches, strict=True)):
             h = layer.input_layernorm(x)
             if isinstance(layer.self_attn, KimiDeltaAttention):
                 assert isinstance(cache, KdaCache)
@@ -83,6 +86,8 @@ class KimiLinearForCausalLM(nn.Module):
                 h = mla_paged(layer.self_attn, h, meta.attn, cache)
             x = x + h
             x = x + layer.mlp(layer.post_attention_layernorm(x))
+            if on_layer is not None:
+                on_layer(i)
         return self.model.norm(x)
 
     def compute_logits(self, hidden: Tensor) -> Tensor:

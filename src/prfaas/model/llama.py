@@ -8,7 +8,7 @@ follow Hugging Face, except that q/k/v and gate/up projections are fused into ``
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -125,10 +125,14 @@ class LlamaForCausalLM(nn.Module):
         positions: torch.Tensor,
         meta: AttentionMetadata,
         caches: list[KVCache],
+        on_layer: Callable[[int], None] | None = None,
     ) -> torch.Tensor:
+        """``on_layer(i)`` runs after layer ``i`` has written this step's K/V into ``caches``."""
         x = self.model.embed_tokens(input_ids)
-        for layer, cache in zip(self.model.layers, caches, strict=True):
+        for i, (layer, cache) in enumerate(zip(self.model.layers, caches, strict=True)):
             x = layer(x, positions, meta, cache)
+            if on_layer is not None:
+                on_layer(i)
         return self.model.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,10 @@ and ``L{i}.v`` for full attention, ``L{i}.latent`` for MLA, ``L{i}.recurrent`` a
 token range is a whole number of rows) and fixed-size states as STATE; then ``first_token``
 (STATE, one int64). The receiver rebuilds the payload from the prompt it already has and
 these arrays (``decode/kv_import.py``).
+
+``stream_header`` declares the same header before any KV exists (from the prompt length and
+the model's layout), for a transfer streamed layer by layer while prefill runs
+(``prefill/layer_stream.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from prfaas.engine.handoff import KvPayload
+from prfaas.engine.handoff import FULL_ATTENTION, KDA, KvPayload, LayerLayout
 from prfaas.messages import KV_FIRST_TOKEN_LAYER
 from prfaas.transfer.messages import DType, LayerEntry, LayerKind, TransferHeader
 
@@ -24,7 +28,8 @@ TORCH_TO_WIRE = {
 }
 
 
-def _as_numpy(t: torch.Tensor) -> np.ndarray:
+def as_numpy(t: torch.Tensor) -> np.ndarray:
+    """A CPU numpy copy (or view of a CPU copy) of ``t``; bfloat16 as its raw uint16 bits."""
     t = t.detach().contiguous().cpu()
     if t.dtype == torch.bfloat16:
         return t.view(torch.int16).numpy().view(np.uint16)  # raw 16-bit pattern
@@ -39,9 +44,9 @@ def payload_to_wire(
     for name, per_token, t in payload.named_tensors():
         kind = LayerKind.BLOCKS if per_token else LayerKind.STATE
         entries.append(LayerEntry(name, kind, TORCH_TO_WIRE[t.dtype], tuple(t.shape)))
-        arrays.append(_as_numpy(t))
+        arrays.append(as_numpy(t))
     entries.append(LayerEntry(KV_FIRST_TOKEN_LAYER, LayerKind.STATE, DType.INT64, (1,)))
-    arrays.append(np.array([payload.first_token_id], dtype=np.int64))
+    arrays.append(first_token_array(payload.first_token_id))
     header = TransferHeader(
         request_id=request_id,
         fingerprint=bytes.fromhex(payload.model_fingerprint),
@@ -49,3 +54,42 @@ def payload_to_wire(
         layers=tuple(entries),
     )
     return header, arrays
+
+
+def stream_header(
+    layout: list[LayerLayout],
+    fingerprint: str,
+    dtype: torch.dtype,
+    num_tokens: int,
+    request_id: str,
+    codec: str,
+) -> TransferHeader:
+    """The header ``payload_to_wire`` would build for a ``num_tokens`` prompt, before the KV
+    exists: per-token tensors (num_tokens, heads, dim) or (num_tokens, dim) in the KV dtype,
+    KDA states recurrent float32 and conv in the KV dtype, then the first token."""
+    wire = TORCH_TO_WIRE[dtype]
+    entries: list[LayerEntry] = []
+    for entry in layout:
+        at = f"L{entry.layer_index}."
+        if entry.kind == FULL_ATTENTION:
+            shape = (num_tokens, entry.num_kv_heads, entry.head_dim)
+            entries += [LayerEntry(at + p, LayerKind.BLOCKS, wire, shape) for p in ("k", "v")]
+        elif entry.kind == KDA:
+            recurrent, conv = entry.state_shapes()
+            entries.append(LayerEntry(at + "recurrent", LayerKind.STATE, DType.FLOAT32, recurrent))
+            entries.append(LayerEntry(at + "conv", LayerKind.STATE, wire, conv))
+        else:  # MLA
+            rows = (num_tokens, entry.head_dim)
+            entries.append(LayerEntry(at + "latent", LayerKind.BLOCKS, wire, rows))
+    entries.append(LayerEntry(KV_FIRST_TOKEN_LAYER, LayerKind.STATE, DType.INT64, (1,)))
+    return TransferHeader(
+        request_id=request_id,
+        fingerprint=bytes.fromhex(fingerprint),
+        codec=codec,
+        layers=tuple(entries),
+    )
+
+
+def first_token_array(token_id: int) -> np.ndarray:
+    """The last wire layer: the first sampled token, one int64."""
+    return np.array([token_id], dtype=np.int64)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from prfaas.engine.async_engine import AsyncEngine
 from prfaas.messages import KvTarget, PrefillCommand, PrefillResult
-from prfaas.prefill.kv_export import payload_to_wire
+from prfaas.prefill.kv_export import payload_to_wire, stream_header
+from prfaas.prefill.layer_stream import LayerStream
 from prfaas.sampling import to_sampling_params
 from prfaas.transfer.config import Deadlines, LinkConfig
 from prfaas.transfer.errors import TransferError
@@ -29,6 +30,9 @@ class LinkSettings:
     """This worker's egress caps per link name (the cross-cluster link is paced)."""
 
     rate_gbps: dict[str, float]
+    # Stream each layer's KV while the prefill computes the next ones (prefill/layer_stream);
+    # False: send the whole payload after the prefill (kept to compare the two).
+    layerwise: bool = True
 
 
 class PrefillRole:
@@ -76,6 +80,8 @@ class PrefillRole:
 
     async def run(self, cmd: PrefillCommand) -> PrefillResult:
         started = time.monotonic()
+        if self.links.layerwise:
+            return await self.run_layerwise(cmd, started)
         payload = await self.engine.prefill(
             cmd.prompt_token_ids,
             to_sampling_params(cmd.params),
@@ -94,6 +100,59 @@ class PrefillRole:
                 retries=1,
                 deadline_s=deadline,
             )
+        except TransferError as e:
+            logger.warning(
+                "transfer %s to %s:%d failed: %s",
+                cmd.request_id,
+                cmd.target.host,
+                cmd.target.port,
+                e,
+            )
+            return PrefillResult(request_id=cmd.request_id, ok=False, error=str(e))
+        return PrefillResult(
+            request_id=cmd.request_id,
+            ok=True,
+            kv_bytes=stats.raw_bytes,
+            wire_bytes=stats.wire_bytes,
+            transfer_s=stats.seconds,
+            seconds=time.monotonic() - started,
+        )
+
+    async def run_layerwise(self, cmd: PrefillCommand, started: float) -> PrefillResult:
+        """Like ``run``, but each layer leaves as soon as the prompt's last chunk has written
+        it (``LayerStream``); on any failure the transfer is aborted and the engine has
+        freed the request's blocks before this returns ok=False."""
+        sender = self.sender(cmd.target)
+        deadline = started + cmd.deadline_s
+        header = stream_header(
+            self.engine.layout,
+            self.engine.fingerprint,
+            self.engine.kv_dtype,
+            len(cmd.prompt_token_ids),
+            cmd.request_id,
+            cmd.target.codec,
+        )
+        stream = LayerStream(sender, (cmd.target.host, cmd.target.port), header, deadline)
+        try:
+            first_token = await asyncio.wait_for(
+                self.engine.prefill_streamed(
+                    cmd.prompt_token_ids,
+                    to_sampling_params(cmd.params),
+                    cmd.request_id,
+                    stream,
+                    tenant_salt=bytes.fromhex(cmd.tenant_salt_hex),
+                ),
+                max(0.0, deadline - time.monotonic()),
+            )
+        except TimeoutError:  # the engine aborted the request (blocks freed) on cancellation
+            stream.abort()
+            error = f"prefill missed its {cmd.deadline_s}s deadline"
+            return PrefillResult(request_id=cmd.request_id, ok=False, error=error)
+        except BaseException:
+            stream.abort()
+            raise
+        try:
+            stats = await asyncio.to_thread(stream.finish, first_token)
         except TransferError as e:
             logger.warning(
                 "transfer %s to %s:%d failed: %s",
