@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,9 @@ from typing import Any
 import httpx
 
 from prfaas.engine.outputs import TokenDelta
+from prfaas.gateway.audit import AuditLog, AuditRecord
 from prfaas.gateway.backend import GenerationHandle, GenerationRequest, NoWorker
+from prfaas.gateway.capacity import CapacityConfig, DecodeCapacity
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.kvcache.hashing import block_hashes, root_hash
 from prfaas.messages import (
@@ -58,6 +61,7 @@ class BackendSettings:
     kv_deadline_s: float = 30.0
     links: dict[str, LinkRoute] = field(default_factory=dict)  # by source cluster
     residency: dict[str, frozenset[str]] = field(default_factory=dict)  # tenant -> clusters
+    capacity: CapacityConfig = field(default_factory=CapacityConfig)
 
 
 class ClusterBackend:
@@ -70,6 +74,7 @@ class ClusterBackend:
         max_model_len: int,
         block_size: int,
         on_prefill: Callable[[RouteDecision, PrefillResult], None] | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.settings = settings
         self.fleet = fleet
@@ -79,15 +84,26 @@ class ClusterBackend:
         self.max_model_len = max_model_len
         self.block_size = block_size
         self.on_prefill = on_prefill
+        self.audit = audit
+        self.capacity = DecodeCapacity(settings.capacity, self._num_decode)
         self._client = httpx.AsyncClient(
             headers={TOKEN_HEADER: settings.cluster_token}, timeout=httpx.Timeout(10.0, read=None)
         )
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def _num_decode(self) -> int:
+        return sum(
+            1
+            for name, r in self.fleet.workers.items()
+            if r.info.role == "decode" and not r.draining and self.fleet.healthy(name)
+        )
+
     async def aclose(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await self._client.aclose()
+        if self.audit is not None:
+            self.audit.close()
 
     def route(self, req: GenerationRequest) -> RouteDecision:
         fingerprint = self.fleet.fingerprint
@@ -110,6 +126,14 @@ class ClusterBackend:
             raise NoWorker(str(e)) from e
 
     async def submit(self, req: GenerationRequest) -> GenerationHandle:
+        await self.capacity.acquire()  # a slot at some decode worker, or 429/503
+        try:
+            return await self._submit(req)
+        except BaseException:
+            self.capacity.release()
+            raise
+
+    async def _submit(self, req: GenerationRequest) -> GenerationHandle:
         # A worker that started draining (role switch) since its last heartbeat answers 409:
         # stop routing to it and route again.
         for _ in range(MAX_ROUTE_ATTEMPTS):
@@ -143,7 +167,9 @@ class ClusterBackend:
             ),
         )
         self._spawn(
-            self._prefill(prefill.info.http_url, decode.info.http_url, prefill_cmd, decision)
+            self._prefill(
+                prefill.info.http_url, decode.info.http_url, prefill_cmd, decision, req.tenant
+            )
         )
         decode.inflight += 1
         route = (
@@ -208,10 +234,12 @@ class ClusterBackend:
             record = self.fleet.workers.get(decode_name)
             if record is not None:
                 record.inflight = max(0, record.inflight - 1)
+            self.capacity.release()
 
     async def _prefill(
-        self, url: str, decode_url: str, cmd: PrefillCommand, decision: RouteDecision
+        self, url: str, decode_url: str, cmd: PrefillCommand, decision: RouteDecision, tenant: str
     ) -> None:
+        started_s = time.monotonic()
         try:
             r = await self._client.post(
                 url + "/prefill", content=cmd.encode(), timeout=cmd.deadline_s
@@ -237,6 +265,37 @@ class ClusterBackend:
                 await self._client.post(decode_url + "/kv_failed", content=failed.encode())
         if self.on_prefill is not None:
             self.on_prefill(decision, result)
+        self._audit(cmd, decision, result, tenant, time.monotonic() - started_s)
+
+    def _audit(
+        self,
+        cmd: PrefillCommand,
+        decision: RouteDecision,
+        result: PrefillResult,
+        tenant: str,
+        elapsed_s: float,
+    ) -> None:
+        """One audit line per cross-cluster transfer (never the prompt: ids and sizes only)."""
+        decode = self.fleet.workers.get(decision.decode_instance)
+        decode_cluster = decode.info.cluster if decode is not None else "?"
+        if self.audit is None or decision.prefill_cluster == decode_cluster:
+            return
+        self.audit.transfer(
+            AuditRecord(
+                request_id=cmd.request_id,
+                tenant=tenant,
+                kv_bytes=result.kv_bytes,
+                wire_bytes=result.wire_bytes,
+                link=cmd.target.link,
+                source_cluster=decision.prefill_cluster,
+                source_instance=decision.prefill_instance,
+                destination_cluster=decode_cluster,
+                destination_instance=decision.decode_instance,
+                outcome="ok" if result.ok else "failed",
+                reason=result.error,
+                seconds=result.transfer_s if result.ok else elapsed_s,
+            )
+        )
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

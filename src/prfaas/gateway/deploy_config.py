@@ -56,6 +56,16 @@ class PolicySpec(_Strict):
     mode: Literal["scarce", "abundant"] = "scarce"
 
 
+class OverloadSpec(_Strict):
+    """Admission at the gateway: per decode worker in-flight cap, then a bounded queue
+    with a time-to-live; beyond either, 429 with Retry-After."""
+
+    max_inflight_per_decode: int = Field(32, ge=1)
+    max_queued: int = Field(256, ge=0)
+    queue_ttl_s: float = Field(5.0, gt=0)
+    retry_after_s: float = Field(1.0, gt=0)
+
+
 class DeployConfig(_Strict):
     model: str | None = None
     served_model_name: str | None = None  # the name clients pass; default: the model's
@@ -68,6 +78,8 @@ class DeployConfig(_Strict):
     kv_deadline_s: float = Field(30.0, gt=0)
     certs_dir: Path | None = None  # from `prfaas certs`; default: a fresh CA per run
     max_model_len: int | None = Field(None, gt=1)
+    audit_log: Path | None = None  # also append the audit log's JSON lines to this file
+    overload: OverloadSpec = OverloadSpec()
 
     @model_validator(mode="after")
     def _references(self) -> DeployConfig:
@@ -135,4 +147,6 @@ def load_deploy_config(path: Path) -> DeployConfig:
         raise DeployConfigError(f"{path}: invalid deployment:\n  " + "\n  ".join(lines)) from e
     if cfg.certs_dir is not None and not cfg.certs_dir.is_absolute():
         cfg = cfg.model_copy(update={"certs_dir": path.parent / cfg.certs_dir})  # file-relative
+    if cfg.audit_log is not None and not cfg.audit_log.is_absolute():
+        cfg = cfg.model_copy(update={"audit_log": path.parent / cfg.audit_log})
     return cfg

@@ -20,6 +20,8 @@ from typing import Any
 from fastapi import FastAPI
 
 from prfaas.config import cluster_token_from_env
+from prfaas.gateway.audit import AuditLog
+from prfaas.gateway.capacity import CapacityConfig
 from prfaas.gateway.cluster_backend import BackendSettings, ClusterBackend, LinkRoute
 from prfaas.gateway.cluster_metrics import ClusterMetrics
 from prfaas.gateway.deploy_config import DeployConfig
@@ -156,6 +158,7 @@ def build_deployment(
         kv_deadline_s=cfg.kv_deadline_s,
         links=links,
         residency={t.name: frozenset(t.clusters) for t in cfg.tenants if t.clusters},
+        capacity=CapacityConfig(**cfg.overload.model_dump()),
     )
     metrics = GatewayMetrics()
     cluster_metrics = ClusterMetrics(metrics, fleet, router)
@@ -167,6 +170,7 @@ def build_deployment(
         max_model_len,
         block_size,
         on_prefill=cluster_metrics.on_prefill,
+        audit=AuditLog(cfg.audit_log),
     )
     app = create_app(backend, GatewayConfig(api_keys=api_keys), metrics=metrics)
     add_internal_routes(app, fleet, cluster_token)
