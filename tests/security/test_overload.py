@@ -14,8 +14,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from prfaas.gateway.backend import NoWorker, Overloaded
+from prfaas.gateway.backend import NoWorker, Overloaded, aclose
 from prfaas.gateway.capacity import CapacityConfig, DecodeCapacity
+from prfaas.gateway.cluster_backend import BackendSettings, ClusterBackend
+from prfaas.gateway.fleet import WorkerFleet
+from prfaas.messages import TokenEvent, WorkerInfo
+from prfaas.router.kv_index import KvIndex
 from tests.security.conftest import MAX_INFLIGHT_PER_DECODE, Secured
 
 PROMPT = " ".join(f"w{i}" for i in range(40, 50))  # below t: local PD path, one decode worker
@@ -150,3 +154,46 @@ def test_three_times_the_sustainable_rate_sheds_load(secured: Secured) -> None:
         f"{statuses.count(429)} refused; TPOT unloaded {out['unloaded_tpot_s']:.4f}s, "
         f"admitted median {statistics.median(admitted):.4f}s; RSS kB {rss[0][1]}->{rss[-1][1]}"
     )
+
+
+def test_a_stream_closed_before_its_first_event_gives_its_slot_back() -> None:
+    """A client that leaves before the first token: the decode stream is closed and the
+    slot returned exactly once (a plain async generator would skip its cleanup)."""
+
+    async def scenario() -> None:
+        fleet = WorkerFleet({"local": "pd"}, KvIndex())
+        fleet.register(
+            WorkerInfo(
+                name="d0",
+                cluster="local",
+                role="decode",
+                http_url="http://d0",
+                kv_host="127.0.0.1",
+                kv_port=1,
+                fingerprint="ab" * 16,
+                model_name="tiny",
+                max_model_len=512,
+                block_size=16,
+                epoch=1,
+            )
+        )
+        backend = ClusterBackend(BackendSettings("tiny", "t"), fleet, None, None, 512, 16)
+        for _ in range(2):
+            await backend.capacity.acquire()
+        event = TokenEvent(request_id="r", token_ids=[5], finished=True, finish_reason="stop")
+        # A real httpx response over an in-memory transport: no decode worker needed to
+        # test what the gateway does with one.
+        transport = httpx.MockTransport(lambda _: httpx.Response(200, content=event.encode()))
+        async with httpx.AsyncClient(transport=transport) as client:
+            request = client.build_request("POST", "http://d0/decode")
+            left_early = await client.send(request, stream=True)
+            read_through = await client.send(request, stream=True)
+        await aclose(backend._events(left_early, "d0"))  # never iterated
+        assert left_early.is_closed and backend.capacity.admitted == 1
+        events = backend._events(read_through, "d0")
+        assert [d.finished async for d in events] == [True]
+        await aclose(events)  # after the generator's own cleanup: released once, not twice
+        assert read_through.is_closed and backend.capacity.admitted == 0
+        await backend.aclose()
+
+    asyncio.run(scenario())

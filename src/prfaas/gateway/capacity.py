@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from prfaas.gateway.backend import NoWorker, Overloaded
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -87,3 +90,25 @@ class DecodeCapacity:
         while self._waiters and self._free():
             self._waiters.popleft().set_result(None)
             self.admitted += 1
+
+
+class ClosingEvents(AsyncGenerator[T, None]):
+    """An event stream whose ``aclose`` always runs ``cleanup``, even if it was never
+    iterated: a plain async generator closed before its first step skips its ``finally``,
+    and a request whose client left that early would keep its slot for ever."""
+
+    def __init__(self, events: AsyncGenerator[T, None], cleanup: Callable[[], Awaitable[None]]):
+        self._events = events
+        self._cleanup = cleanup
+
+    async def asend(self, value: None) -> T:
+        return await self._events.asend(value)
+
+    async def athrow(self, *args: Any) -> T:
+        return await self._events.athrow(*args)
+
+    async def aclose(self) -> None:
+        try:
+            await self._events.aclose()
+        finally:
+            await self._cleanup()

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,7 @@ import httpx
 from prfaas.engine.outputs import TokenDelta
 from prfaas.gateway.audit import AuditLog, AuditRecord
 from prfaas.gateway.backend import GenerationHandle, GenerationRequest, NoWorker
-from prfaas.gateway.capacity import CapacityConfig, DecodeCapacity
+from prfaas.gateway.capacity import CapacityConfig, ClosingEvents, DecodeCapacity
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.kvcache.hashing import block_hashes, root_hash
 from prfaas.messages import (
@@ -209,9 +209,27 @@ class ClusterBackend:
             raise NoWorker(f"decode worker {name} answered {response.status_code}")
         return response
 
-    async def _events(
-        self, response: httpx.Response, decode_name: str
-    ) -> AsyncIterator[TokenDelta]:
+    def _events(self, response: httpx.Response, decode_name: str) -> AsyncIterator[TokenDelta]:
+        finished = False
+
+        async def finish() -> None:
+            """Once, however the stream ends (even never started): close the decode stream
+            and give back the request's slot."""
+            nonlocal finished
+            if finished:
+                return
+            finished = True
+            await response.aclose()
+            record = self.fleet.workers.get(decode_name)
+            if record is not None:
+                record.inflight = max(0, record.inflight - 1)
+            self.capacity.release()
+
+        return ClosingEvents(self._deltas(response, decode_name, finish), finish)
+
+    async def _deltas(
+        self, response: httpx.Response, decode_name: str, finish: Callable[[], Awaitable[None]]
+    ) -> AsyncGenerator[TokenDelta, None]:
         try:
             async for line in response.aiter_lines():
                 if not line:
@@ -230,11 +248,7 @@ class ClusterBackend:
                     return
             raise ConnectionError(f"decode worker {decode_name} closed the stream early")
         finally:
-            await response.aclose()
-            record = self.fleet.workers.get(decode_name)
-            if record is not None:
-                record.inflight = max(0, record.inflight - 1)
-            self.capacity.release()
+            await finish()
 
     async def _prefill(
         self, url: str, decode_url: str, cmd: PrefillCommand, decision: RouteDecision, tenant: str
