@@ -3,6 +3,7 @@ how it ended, and never any prompt text or token ids."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -10,6 +11,12 @@ from pathlib import Path
 import openai
 
 from prfaas.gateway.audit import AuditLog, AuditRecord
+from prfaas.gateway.cluster_backend import BackendSettings, ClusterBackend
+from prfaas.gateway.fleet import WorkerFleet
+from prfaas.gateway.launcher import free_port
+from prfaas.messages import KvTarget, PrefillCommand, SamplingSpec, WorkerInfo
+from prfaas.router.kv_index import KvIndex
+from prfaas.router.types import RouteDecision
 from tests.security.conftest import Secured
 
 LONG = " ".join(f"w{(11 * i) % 190 + 7}" for i in range(80))  # above t: prefilled remotely
@@ -95,3 +102,54 @@ def test_audit_log_file_gets_whole_lines_and_cuts_reasons(tmp_path: Path) -> Non
     assert len(lines) == 2
     assert all(len(json.loads(line)["reason"]) == 200 for line in lines)
     assert (tmp_path / "sub" / "audit.jsonl").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_failed_cross_cluster_transfer_is_audited_as_failed(tmp_path: Path) -> None:
+    """The prefill worker is unreachable (a closed port): the line says failed, and why."""
+    fleet = WorkerFleet({"local": "pd", "remote": "prfaas"}, KvIndex())
+    fleet.register(
+        WorkerInfo(
+            name="pd-d-0",
+            cluster="local",
+            role="decode",
+            http_url=f"http://127.0.0.1:{free_port()}",
+            kv_host="127.0.0.1",
+            kv_port=1,
+            fingerprint="ab" * 16,
+            model_name="tiny",
+            max_model_len=512,
+            block_size=16,
+            epoch=1,
+        )
+    )
+    log = AuditLog(tmp_path / "audit.jsonl")
+    backend = ClusterBackend(BackendSettings("tiny", "t"), fleet, None, None, 512, 16, audit=log)
+    prompt = [int(w[1:]) for w in LONG.split()]
+    cmd = PrefillCommand(
+        request_id="cmpl-failed",
+        prompt_token_ids=prompt,
+        params=SamplingSpec(),
+        tenant_salt_hex="00" * 32,
+        target=KvTarget(host="127.0.0.1", port=1, link="remote->local", tls=True),
+        deadline_s=5.0,
+    )
+    decision = RouteDecision(
+        request_id="cmpl-failed",
+        path="prfaas",
+        prefill_cluster="remote",
+        prefill_instance="prfaas-0",
+        decode_instance="pd-d-0",
+        cached_tokens=0,
+        incremental_tokens=len(prompt),
+    )
+    dead = f"http://127.0.0.1:{free_port()}"
+
+    async def prefill() -> None:
+        await backend._prefill(dead, dead, cmd, decision, "alice")
+        await backend.aclose()
+
+    asyncio.run(prefill())
+    [line] = audit_lines(tmp_path / "audit.jsonl", "cmpl-failed", timeout_s=0)
+    assert line["outcome"] == "failed" and line["reason"]
+    assert (line["tenant"], line["kv_bytes"], line["link"]) == ("alice", 0, "remote->local")
+    assert str(prompt[:3])[1:-1] not in (tmp_path / "audit.jsonl").read_text()
