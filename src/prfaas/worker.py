@@ -48,6 +48,7 @@ from prfaas.messages import (
     WorkerInfo,
 )
 from prfaas.prefill.role import LinkSettings, PrefillRole
+from prfaas.transfer.auth import kv_auth_key
 from prfaas.transfer.config import ReceiverConfig
 from prfaas.transfer.receiver import KvReceiver
 from prfaas.transfer.tls import PLAINTEXT, Plaintext, TlsConfig, client_context, server_context
@@ -93,10 +94,16 @@ class Worker:
                 host=config.kv_host,
                 port=config.kv_port,
                 fingerprint=bytes.fromhex(engine.fingerprint),
+                auth_key=kv_auth_key(config.cluster_token),  # only peers holding the token
             ),
             tls=tls_server,
         )
-        self.prefill = PrefillRole(self.engine, LinkSettings(config.link_rate_gbps), tls_client)
+        self.prefill = PrefillRole(
+            self.engine,
+            LinkSettings(config.link_rate_gbps),
+            tls_client,
+            auth_key=kv_auth_key(config.cluster_token),
+        )
         self.decode = DecodeRole(self.engine, self.receiver, engine.layout)
         self.pull = PullRole(self.engine, self.receiver, engine.layout)
         host, port = self.receiver.address

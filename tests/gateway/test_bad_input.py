@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -12,6 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from prfaas.gateway.errors import APIError
+from prfaas.gateway.protocol import CompletionRequest
+from prfaas.gateway.serving import parse_body, prepare_completion
+from prfaas.messages import SamplingSpec
+from prfaas.sampling import to_sampling_params, to_spec
 from tests.gateway.conftest import API_KEY, FakeBackend, LocalServer, ServerThread
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -63,6 +70,34 @@ CASES: list[tuple[str, str, bytes | dict[str, Any], int, str | None]] = [
         None,
     ),
     ("oversized body", "/v1/completions", {"prompt": "w5 " * 1_500_000}, 413, None),
+    ("bool as integer", "/v1/completions", {"prompt": "w5", "max_tokens": True}, 400, None),
+    ("string as boolean", "/v1/completions", {"prompt": "w5", "stream": "yes"}, 400, None),
+    ("string as number", "/v1/completions", {"prompt": "w5", "temperature": "0.5"}, 400, None),
+    ("float as integer", "/v1/completions", {"prompt": "w5", "max_tokens": 2.5}, 400, None),
+    (
+        "too many stop token ids",
+        "/v1/completions",
+        {"prompt": "w5", "stop_token_ids": list(range(65))},
+        400,
+        None,
+    ),
+    ("stop string too long", "/v1/completions", {"prompt": "w5", "stop": ["x" * 257]}, 400, None),
+    ("empty stop string", "/v1/completions", {"prompt": "w5", "stop": [""]}, 400, None),
+    ("no messages", "/v1/chat/completions", {"messages": []}, 400, None),
+    (
+        "integer too long",
+        "/v1/completions",
+        b'{"prompt": "w5", "max_tokens": 1' + b"0" * 5000 + b"}",
+        400,
+        None,
+    ),
+    (
+        "absurd max_completion_tokens",
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "w5"}], "max_completion_tokens": 10**9},
+        400,
+        "context_length_exceeded",
+    ),
 ]
 
 
@@ -97,7 +132,40 @@ def test_bad_input_is_refused(
         headers=AUTH,
     )
     assert ok.status_code == 200
+    assert httpx.get(f"{local_server.base_url}/health").json() == {"status": "ok"}
     local_server.check_engine()
+
+
+def test_oversized_chunked_body_is_413(local_server: LocalServer) -> None:
+    """No Content-Length to refuse early: the body is counted as it streams in."""
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"prompt": "'
+        for _ in range(80):
+            yield b"w5 " * 20_000
+        yield b'"}'
+
+    r = httpx.post(f"{local_server.base_url}/v1/completions", content=chunks(), headers=AUTH)
+    assert_openai_error(r, 413)
+    assert httpx.get(f"{local_server.base_url}/health").status_code == 200
+
+
+@pytest.mark.parametrize("length", [b"abc", b"-5", b"99999999999999999999"])
+def test_bad_content_length_is_4xx(local_server: LocalServer, length: bytes) -> None:
+    request = (
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + b"Authorization: "
+        + AUTH["Authorization"].encode()
+        + b"\r\n"
+        + b"Content-Length: "
+        + length
+        + b"\r\n\r\n{}"
+    )
+    with socket.create_connection(("127.0.0.1", local_server.thread.port), timeout=10) as sock:
+        sock.sendall(request)
+        status_line = sock.recv(4096).split(b"\r\n", 1)[0]
+    assert status_line.split()[1] in (b"400", b"413"), status_line
+    assert httpx.get(f"{local_server.base_url}/health").status_code == 200
 
 
 @pytest.mark.parametrize("prompt", [["w5 w6"], [[5, 6]]])
@@ -229,3 +297,19 @@ def test_request_schema_never_500(
     assert r.status_code < 500, r.text
     if r.status_code >= 400:
         assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=8))
+def test_what_the_gateway_accepts_every_worker_accepts(tiny_tokenizer: Any, body: Any) -> None:
+    """The cluster path re-validates sampling parameters in each worker message: a request
+    the gateway admits must never become a message a worker refuses (a 503, not a 400)."""
+    body.setdefault("prompt", "w5 w6")
+    try:
+        req = parse_body(json.dumps(body).encode(), CompletionRequest)
+        prepared = prepare_completion(req, tiny_tokenizer, 512)
+    except APIError as exc:
+        assert 400 <= exc.status < 500
+        return
+    spec = SamplingSpec.decode(to_spec(prepared.params).encode())
+    assert to_sampling_params(spec) == prepared.params

@@ -28,6 +28,7 @@ from prfaas.transfer.messages import (
 from prfaas.transfer.wire import (
     FRAME_HEADER_BYTES,
     MAX_CHUNK_FRAME_BYTES,
+    VERSION,
     FrameHeader,
     FrameType,
     frame_bytes,
@@ -84,7 +85,7 @@ def test_frame_header_round_trip_and_refusals() -> None:
     assert FrameHeader.decode(encoded) == header
 
     wrong_version = bytearray(encoded)
-    wrong_version[4] = 2
+    wrong_version[4] = VERSION + 1
     wrong_version[16:20] = zlib.crc32(bytes(wrong_version[:16])).to_bytes(4, "little")
     with pytest.raises(CorruptFrame, match="version"):
         FrameHeader.decode(wrong_version)

@@ -12,14 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from prfaas.engine.outputs import TokenDelta
+from prfaas.gateway.audit import AuditLog, AuditRecord
 from prfaas.gateway.backend import GenerationHandle, GenerationRequest, NoWorker
+from prfaas.gateway.capacity import CapacityConfig, ClosingEvents, DecodeCapacity
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.kvcache.hashing import block_hashes, root_hash
 from prfaas.messages import (
@@ -62,6 +65,7 @@ class BackendSettings:
     kv_deadline_s: float = 30.0
     links: dict[str, LinkRoute] = field(default_factory=dict)  # by source cluster
     residency: dict[str, frozenset[str]] = field(default_factory=dict)  # tenant -> clusters
+    capacity: CapacityConfig = field(default_factory=CapacityConfig)
 
 
 class ClusterBackend:
@@ -75,6 +79,7 @@ class ClusterBackend:
         block_size: int,
         on_prefill: Callable[[RouteDecision, PrefillResult], None] | None = None,
         on_pull: Callable[[RouteDecision, PullResult], None] | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.settings = settings
         self.fleet = fleet
@@ -85,6 +90,8 @@ class ClusterBackend:
         self.block_size = block_size
         self.on_prefill = on_prefill
         self.on_pull = on_pull
+        self.audit = audit
+        self.capacity = DecodeCapacity(settings.capacity, self._num_decode)
         # Every in-flight request holds a decode stream and a prefill call: keep enough idle
         # connections alive that a busy gateway does not reconnect per request.
         self._client = httpx.AsyncClient(
@@ -94,10 +101,19 @@ class ClusterBackend:
         )
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def _num_decode(self) -> int:
+        return sum(
+            1
+            for name, r in self.fleet.workers.items()
+            if r.info.role == "decode" and not r.draining and self.fleet.healthy(name)
+        )
+
     async def aclose(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await self._client.aclose()
+        if self.audit is not None:
+            self.audit.close()
 
     def route(self, req: GenerationRequest) -> RouteDecision:
         fingerprint = self.fleet.fingerprint
@@ -120,6 +136,14 @@ class ClusterBackend:
             raise NoWorker(str(e)) from e
 
     async def submit(self, req: GenerationRequest) -> GenerationHandle:
+        await self.capacity.acquire()  # a slot at some decode worker, or 429/503
+        try:
+            return await self._submit(req)
+        except BaseException:
+            self.capacity.release()
+            raise
+
+    async def _submit(self, req: GenerationRequest) -> GenerationHandle:
         # A worker that started draining (role switch) since its last heartbeat answers 409:
         # stop routing to it and route again.
         for _ in range(MAX_ROUTE_ATTEMPTS):
@@ -153,7 +177,9 @@ class ClusterBackend:
             ),
         )
         self._spawn(
-            self._prefill(prefill.info.http_url, decode.info.http_url, prefill_cmd, decision)
+            self._prefill(
+                prefill.info.http_url, decode.info.http_url, prefill_cmd, decision, req.tenant
+            )
         )
         decode.inflight += 1
         route = (
@@ -195,12 +221,27 @@ class ClusterBackend:
             raise NoWorker(f"decode worker {name} answered {response.status_code}")
         return response
 
-    async def _events(
-        self, response: httpx.Response, decode_name: str
-    ) -> AsyncIterator[TokenDelta]:
-        """The decode worker's NDJSON events as deltas. Events that arrive in one read are
-        merged into one delta, so a gateway that falls behind sends fewer, larger chunks
-        instead of paying per token (the text and token ids are unchanged)."""
+    def _events(self, response: httpx.Response, decode_name: str) -> AsyncIterator[TokenDelta]:
+        finished = False
+
+        async def finish() -> None:
+            """Once, however the stream ends (even never started): close the decode stream
+            and give back the request's slot."""
+            nonlocal finished
+            if finished:
+                return
+            finished = True
+            await response.aclose()
+            record = self.fleet.workers.get(decode_name)
+            if record is not None:
+                record.inflight = max(0, record.inflight - 1)
+            self.capacity.release()
+
+        return ClosingEvents(self._deltas(response, decode_name, finish), finish)
+
+    async def _deltas(
+        self, response: httpx.Response, decode_name: str, finish: Callable[[], Awaitable[None]]
+    ) -> AsyncGenerator[TokenDelta, None]:
         try:
             buffer, finished = b"", False
             async for chunk in response.aiter_bytes():
@@ -224,16 +265,14 @@ class ClusterBackend:
             if not finished:
                 raise ConnectionError(f"decode worker {decode_name} closed the stream early")
         finally:
-            await response.aclose()
-            record = self.fleet.workers.get(decode_name)
-            if record is not None:
-                record.inflight = max(0, record.inflight - 1)
+            await finish()
 
     async def _prefill(
-        self, url: str, decode_url: str, cmd: PrefillCommand, decision: RouteDecision
+        self, url: str, decode_url: str, cmd: PrefillCommand, decision: RouteDecision, tenant: str
     ) -> None:
         if decision.pull_instance is not None:
-            await self._pull(cmd, decision)
+            await self._pull(cmd, decision, tenant)
+        started_s = time.monotonic()
         try:
             r = await self._client.post(
                 url + "/prefill", content=cmd.encode(), timeout=cmd.deadline_s
@@ -259,8 +298,50 @@ class ClusterBackend:
                 await self._client.post(decode_url + "/kv_failed", content=failed.encode())
         if self.on_prefill is not None:
             self.on_prefill(decision, result)
+        self._audit(
+            cmd,
+            decision.prefill_instance,
+            decision.decode_instance,
+            result,
+            tenant,
+            time.monotonic() - started_s,
+        )
 
-    async def _pull(self, cmd: PrefillCommand, decision: RouteDecision) -> None:
+    def _audit(
+        self,
+        cmd: PrefillCommand,
+        source: str,
+        destination: str,
+        result: PrefillResult,
+        tenant: str,
+        elapsed_s: float,
+    ) -> None:
+        """One audit line per cross-cluster transfer (never the prompt: ids and sizes only):
+        the prefill's KV to its decode instance, or a cache pull between prefill instances."""
+        clusters = []
+        for name in (source, destination):
+            record = self.fleet.workers.get(name)
+            clusters.append(record.info.cluster if record is not None else "?")
+        if self.audit is None or clusters[0] == clusters[1]:
+            return
+        self.audit.transfer(
+            AuditRecord(
+                request_id=cmd.request_id,
+                tenant=tenant,
+                kv_bytes=result.kv_bytes,
+                wire_bytes=result.wire_bytes,
+                link=cmd.target.link,
+                source_cluster=clusters[0],
+                source_instance=source,
+                destination_cluster=clusters[1],
+                destination_instance=destination,
+                outcome="ok" if result.ok else "failed",
+                reason=result.error,
+                seconds=result.transfer_s if result.ok else elapsed_s,
+            )
+        )
+
+    async def _pull(self, cmd: PrefillCommand, decision: RouteDecision, tenant: str) -> None:
         """Abundant mode: copy the longer cached prefix from the instance holding it (in
         ``pull_from``) to the chosen prefill instance before its prefill, over the link out
         of the holder's cluster. The holder recomputes at most the prefix's last token; the
@@ -302,11 +383,19 @@ class ClusterBackend:
             )
         )
         result = PullResult(request_id=pull_id, ok=False)
+        started_s = time.monotonic()
         try:
             sent = await self._client.post(
                 holder.info.http_url + "/prefill", content=send.encode(), timeout=deadline + 5
             )
-            if sent.status_code != 200 or not PrefillResult.decode(sent.content).ok:
+            shipped = (
+                PrefillResult.decode(sent.content)
+                if sent.status_code == 200
+                else PrefillResult(request_id=pull_id, ok=False, error=f"HTTP {sent.status_code}")
+            )
+            elapsed_s = time.monotonic() - started_s
+            self._audit(send, holder.info.name, puller.info.name, shipped, tenant, elapsed_s)
+            if not shipped.ok:
                 result = PullResult(request_id=pull_id, ok=False, error="holder did not send")
             else:
                 landed = await landing

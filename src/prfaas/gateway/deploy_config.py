@@ -77,6 +77,16 @@ class KvIndexSpec(_Strict):
         return self
 
 
+class OverloadSpec(_Strict):
+    """Admission at the gateway: per decode worker in-flight cap, then a bounded queue
+    with a time-to-live; beyond either, 429 with Retry-After."""
+
+    max_inflight_per_decode: int = Field(32, ge=1)
+    max_queued: int = Field(256, ge=0)
+    queue_ttl_s: float = Field(5.0, gt=0)
+    retry_after_s: float = Field(1.0, gt=0)
+
+
 class DeployConfig(_Strict):
     model: str | None = None
     served_model_name: str | None = None  # the name clients pass; default: the model's
@@ -93,6 +103,8 @@ class DeployConfig(_Strict):
     # Every gateway the spawned workers register and heartbeat with (this one is added). With
     # several, the workers outlive a gateway that dies, so that the others keep serving.
     gateways: list[str] = Field(default_factory=list, max_length=16)
+    audit_log: Path | None = None  # also append the audit log's JSON lines to this file
+    overload: OverloadSpec = OverloadSpec()
 
     @model_validator(mode="after")
     def _references(self) -> DeployConfig:
@@ -163,4 +175,6 @@ def load_deploy_config(path: Path) -> DeployConfig:
         raise DeployConfigError(f"{path}: invalid deployment:\n  " + "\n  ".join(lines)) from e
     if cfg.certs_dir is not None and not cfg.certs_dir.is_absolute():
         cfg = cfg.model_copy(update={"certs_dir": path.parent / cfg.certs_dir})  # file-relative
+    if cfg.audit_log is not None and not cfg.audit_log.is_absolute():
+        cfg = cfg.model_copy(update={"audit_log": path.parent / cfg.audit_log})
     return cfg

@@ -56,6 +56,11 @@ class WorkerFleet:
     def register(self, info: WorkerInfo) -> None:
         if info.cluster not in {c.name for c in self._clusters}:
             raise ValueError(f"worker {info.name}: unknown cluster {info.cluster!r}")
+        # Only live workers vote: after a fleet-wide weight update the old workers stop
+        # heartbeating, and the first new one to register forgets them (and their blocks).
+        for name in [n for n in self.workers if n != info.name and not self.healthy(n)]:
+            if self.workers[name].info.fingerprint != info.fingerprint:
+                self.forget(name)
         others = {r.info.fingerprint for n, r in self.workers.items() if n != info.name}
         if others and info.fingerprint not in others:
             raise FingerprintConflictError(

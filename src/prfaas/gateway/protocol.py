@@ -1,7 +1,10 @@
 """OpenAI API request and response bodies (pydantic at the HTTP edge).
 
 Unknown fields are ignored, as OpenAI-compatible servers do; fields we cannot honour
-(n > 1, logprobs, echo, penalties) are refused with a 400 by the serving layer.
+(n > 1, logprobs, echo, penalties) are refused with a 400 by the serving layer. Types are
+strict: ``true`` is not an integer, ``"yes"`` not a boolean, ``"1"`` not a number (an int is
+still a float). Bounds match the worker messages (``prfaas.messages.SamplingSpec``), so a
+request the gateway accepts is one every worker accepts.
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+MAX_STOP_TOKEN_IDS = 64  # vLLM extension; the worker messages' bound
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class StreamOptions(_In):
@@ -30,7 +34,7 @@ class _SamplingFields(_In):
     top_k: int | None = None  # vLLM extension
     seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
     stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None  # vLLM extension
+    stop_token_ids: list[int] | None = Field(default=None, max_length=MAX_STOP_TOKEN_IDS)
     ignore_eos: bool = False  # vLLM extension (benchmarks use it)
     n: int = 1
     stream: bool = False

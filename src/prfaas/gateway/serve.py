@@ -20,6 +20,8 @@ from typing import Any
 from fastapi import FastAPI
 
 from prfaas.config import cluster_token_from_env, server_secret_from_env
+from prfaas.gateway.audit import AuditLog
+from prfaas.gateway.capacity import CapacityConfig
 from prfaas.gateway.cluster_backend import BackendSettings, ClusterBackend, LinkRoute
 from prfaas.gateway.cluster_metrics import ClusterMetrics
 from prfaas.gateway.deploy_config import DeployConfig
@@ -162,6 +164,7 @@ def build_deployment(
         kv_deadline_s=cfg.kv_deadline_s,
         links=links,
         residency={t.name: frozenset(t.clusters) for t in cfg.tenants if t.clusters},
+        capacity=CapacityConfig(**cfg.overload.model_dump()),
     )
     metrics = GatewayMetrics()
     if isinstance(kv_index, RedisKvIndex):
@@ -176,6 +179,7 @@ def build_deployment(
         block_size,
         on_prefill=cluster_metrics.on_prefill,
         on_pull=cluster_metrics.on_pull,
+        audit=AuditLog(cfg.audit_log),
     )
     gateway_config = GatewayConfig(api_keys=api_keys, server_secret=server_secret_from_env() or b"")
     app = create_app(backend, gateway_config, metrics=metrics)

@@ -85,6 +85,11 @@ def prepare_completion(req: CompletionRequest, tokenizer: Any, max_model_len: in
             raise APIError(400, "the prompt could not be tokenized", param="prompt") from None
     else:
         ids = prompt
+        # Checked here, not only by the engine: on the cluster path the engine that would
+        # refuse them sits behind a stream that has already started.
+        vocab_size = len(tokenizer)
+        if any(not 0 <= t < vocab_size for t in ids):
+            raise APIError(400, f"prompt token ids must be in [0, {vocab_size})", param="prompt")
     return _prepared(req, ids, req.max_tokens, max_model_len, "prompt")
 
 

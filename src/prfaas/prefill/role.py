@@ -37,11 +37,16 @@ class LinkSettings:
 
 class PrefillRole:
     def __init__(
-        self, engine: AsyncEngine, links: LinkSettings, tls: ssl.SSLContext | None
+        self,
+        engine: AsyncEngine,
+        links: LinkSettings,
+        tls: ssl.SSLContext | None,
+        auth_key: bytes | None = None,  # kv_auth_key(cluster token), proven on every connection
     ) -> None:
         self.engine = engine
         self.links = links
         self.tls = tls
+        self.auth_key = auth_key
         self._senders: dict[tuple[str, str, int, bool, str], KvSender] = {}
         self._lock = threading.Lock()
 
@@ -65,6 +70,7 @@ class PrefillRole:
                     tls=self.tls if target.tls and self.tls else PLAINTEXT,
                     server_name=target.server_name or None,
                     deadlines=Deadlines(first_byte_s=15.0, stall_s=15.0, total_s=300.0),
+                    auth_key=self.auth_key,
                 )
             return sender
 

@@ -52,6 +52,9 @@ class ReceiverConfig:
     max_total_bytes: int = 64 << 30  # all transfers held at once (landing + unreleased)
     resume_window_s: float = 10.0  # how long a cut transfer keeps its complete layers
     pool_bytes: int = 4 << 30  # freed receive buffers kept for reuse (no page faults)
+    # kv_auth_key(cluster token): every connection must prove it (AUTH after HELLO) before
+    # anything is read or reserved. None: any peer that completes TLS (if any) is accepted.
+    auth_key: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.max_transfer_bytes > self.max_total_bytes:

@@ -11,6 +11,7 @@ import socket
 import ssl
 import time
 
+from prfaas.transfer.auth import AuthProof
 from prfaas.transfer.errors import (
     PeerGone,
     TransferError,
@@ -52,15 +53,19 @@ def open_session(
     server_name: str | None,
     first_byte_end_s: float,
     stall_s: float,
+    auth_key: bytes | None = None,
 ) -> tuple[list[socket.socket], frozenset[int]]:
-    """Connected sockets (timeouts set to ``stall_s``) and the receiver's complete layers."""
+    """Connected sockets (timeouts set to ``stall_s``) and the receiver's complete layers.
+    With ``auth_key``, every HELLO is followed by an AUTH frame (see transfer/auth.py)."""
     hellos = [
         Hello(header.request_id, i, num_connections, attempt, attempt > 0)
         for i in range(num_connections)
     ]
     with concurrent.futures.ThreadPoolExecutor(num_connections) as pool:
         futures = [
-            pool.submit(_connect, address, hello, header, tls, server_name, first_byte_end_s)
+            pool.submit(
+                _connect, address, hello, header, tls, server_name, first_byte_end_s, auth_key
+            )
             for hello in hellos
         ]
         socks, errors = [], []
@@ -89,6 +94,7 @@ def _connect(
     tls: ssl.SSLContext | None,
     server_name: str | None,
     end_s: float,
+    auth_key: bytes | None,
 ) -> socket.socket:
     try:
         sock = socket.create_connection(address, timeout=_left_s(end_s))
@@ -100,7 +106,11 @@ def _connect(
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if tls is not None:
             sock = tls.wrap_socket(sock, server_hostname=server_name)
-        send_all(sock, frame_bytes(FrameType.HELLO, hello.encode()))
+        hello_payload = hello.encode()
+        send_all(sock, frame_bytes(FrameType.HELLO, hello_payload))
+        if auth_key is not None:
+            proof = AuthProof.prove(auth_key, hello_payload)
+            send_all(sock, frame_bytes(FrameType.AUTH, proof.encode()))
         if hello.conn_index == 0:
             send_all(sock, frame_bytes(FrameType.HEADER, header.encode()))
         return sock

@@ -30,6 +30,7 @@ from typing import Protocol
 
 import numpy as np
 
+from prfaas.transfer.auth import AuthVerifier
 from prfaas.transfer.chunks import ChunkReader
 from prfaas.transfer.config import ReceiverConfig
 from prfaas.transfer.errors import (
@@ -97,6 +98,7 @@ class KvReceiver:
         ):
             logger.warning("KV receiver on %s without TLS (explicitly configured)", config.host)
         self._listener = listener
+        self._auth = None if config.auth_key is None else AuthVerifier(config.auth_key)
         self._cond = threading.Condition()
         self._landings: dict[str, Landing] = {}
         self._failures: dict[str, TransferError] = {}  # recent outcomes, for late waiters
@@ -233,6 +235,8 @@ class KvReceiver:
             if frame_type == FrameType.ERROR:
                 return
             hello = Hello.decode(payload)
+            if self._auth is not None:  # before any HEADER is read or byte reserved
+                self._authenticate(sock, payload)
             conn_index, attempt = hello.conn_index, hello.attempt
             sock.settimeout(self.config.deadlines.stall_s)
             if conn_index == 0:
@@ -259,6 +263,16 @@ class KvReceiver:
                 sock.close()
             if landing is not None:
                 landing.detach(sock)
+
+    def _authenticate(self, sock: socket.socket, hello_payload: bytes) -> None:
+        assert self._auth is not None
+        try:
+            frame_type, proof = read_control_frame(sock, FrameType.AUTH)
+        except CorruptFrame as exc:
+            raise TransferRefused(f"peer not authenticated: no valid AUTH frame ({exc})") from None
+        if frame_type == FrameType.ERROR:
+            raise PeerGone("sender gave up before AUTH")
+        self._auth.verify(hello_payload, proof)
 
     def _admit(self, sock: socket.socket, hello: Hello) -> Landing:
         """Validate HEADER, then allocate (or resume) before answering READY."""

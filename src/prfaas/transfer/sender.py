@@ -119,6 +119,7 @@ class OutgoingTransfer:
             sender.server_name,
             first_byte_end_s,
             self._deadlines.stall_s,
+            sender.auth_key,
         )
         self._flow: Flow = self._link.pacer.register(deadline_s)
         self._writers = [
@@ -302,8 +303,12 @@ class KvSender:
         tls: ssl.SSLContext | Plaintext,
         server_name: str | None = None,
         deadlines: Deadlines | None = None,
+        auth_key: bytes | None = None,
     ) -> None:
+        """``auth_key`` (``kv_auth_key(cluster token)``): prove it on every connection, as
+        a receiver configured with the same key requires."""
         self.link = link
+        self.auth_key = auth_key
         self.tls = tls if isinstance(tls, ssl.SSLContext) else None
         self.server_name = server_name
         self.deadlines = deadlines or Deadlines()

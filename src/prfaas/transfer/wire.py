@@ -18,10 +18,14 @@ from cryptography.hazmat.primitives.poly1305 import Poly1305
 from prfaas.transfer.errors import CorruptFrame, PeerGone, TransferTimeout
 
 MAGIC = b"PFKV"
-VERSION = 1
+VERSION = 2  # 2: the AUTH frame (peer authentication by the cluster's KV key)
 
 # Protocol bounds; a receiver may configure tighter ones, never looser.
-MAX_CONTROL_BYTES = 1 << 20  # HELLO, HEADER, READY, END, TRAILER, ACK, ERROR payloads
+MAX_CONTROL_BYTES = 1 << 20  # HEADER, READY, END, TRAILER, ACK, ERROR payloads
+# HELLO and AUTH arrive before the peer is authenticated: a stranger can make the receiver
+# read at most these few bytes.
+MAX_HELLO_BYTES = 512
+MAX_AUTH_BYTES = 64
 MAX_CHUNK_FRAME_BYTES = 64 << 20  # one CHUNK payload (meta + encoded data)
 MAX_LAYERS = 4096
 MAX_NDIM = 8
@@ -58,11 +62,18 @@ class FrameType(IntEnum):
     TRAILER = 6  # sender -> receiver on connection 0 after every END: chunk count + digest
     ACK = 7  # receiver -> sender on connection 0: everything landed and verified
     ERROR = 8  # either direction: typed refusal, then the sender closes
+    AUTH = 9  # sender -> receiver, right after HELLO when the receiver requires a KV key
 
 
 def max_payload_bytes(frame_type: FrameType) -> int:
     """Upper bound of a frame's payload, checked before reading or allocating."""
-    return MAX_CHUNK_FRAME_BYTES if frame_type == FrameType.CHUNK else MAX_CONTROL_BYTES
+    if frame_type == FrameType.CHUNK:
+        return MAX_CHUNK_FRAME_BYTES
+    if frame_type == FrameType.HELLO:
+        return MAX_HELLO_BYTES
+    if frame_type == FrameType.AUTH:
+        return MAX_AUTH_BYTES
+    return MAX_CONTROL_BYTES
 
 
 @dataclass(frozen=True)
