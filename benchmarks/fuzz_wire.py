@@ -166,6 +166,7 @@ def json_seeds() -> list[tuple[str, bytes]]:
         num_running=2,
         kv_usage=0.5,
         fallbacks=0,
+        seq=1,
         events=events,
     )
     return [

@@ -58,7 +58,7 @@ def worker(name: str, role: str, model: Path, cache_dir: Path) -> Worker:
             role=role,  # type: ignore[arg-type]
             host="127.0.0.1",
             port=1,
-            gateway_url="http://127.0.0.1:1",
+            gateway_urls=("http://127.0.0.1:1",),
             cluster_token=TOKEN,
             engine=engine,
         )
@@ -66,7 +66,13 @@ def worker(name: str, role: str, model: Path, cache_dir: Path) -> Worker:
 
 
 def heartbeat(fleet: WorkerFleet, w: Worker) -> None:
-    assert fleet.heartbeat(w.heartbeat())
+    """Deliver the worker's pending cache events as its heartbeat loop would."""
+    w.collect_events()
+    gateway = w.config.gateway_urls[0]
+    for batch in w.events.pending(gateway, w.epoch) or [None]:
+        assert fleet.heartbeat(w.heartbeat(batch))
+        if batch is not None:
+            w.events.ack(gateway, w.epoch, batch.seq)
 
 
 async def prefill_to(prefill: Worker, decode: Worker, request_id: str) -> tuple[bool, str]:

@@ -244,11 +244,16 @@ class ClusterBackend:
     ) -> AsyncGenerator[TokenDelta, None]:
         try:
             buffer, finished = b"", False
-            async for chunk in response.aiter_bytes():
-                buffer += chunk
-                if len(buffer) > MAX_EVENT_BYTES:
-                    raise ValueError(f"decode worker {decode_name} sent an oversized event")
-                *lines, buffer = buffer.split(b"\n")
+            chunks = response.aiter_bytes()
+            while True:
+                chunk = await anext(chunks, None)
+                if chunk is None:  # the body ended: a last line may lack its newline
+                    lines, buffer = [buffer], b""
+                else:
+                    buffer += chunk
+                    if len(buffer) > MAX_EVENT_BYTES:
+                        raise ValueError(f"decode worker {decode_name} sent an oversized event")
+                    *lines, buffer = buffer.split(b"\n")
                 merged: TokenDelta | None = None
                 for line in lines:
                     if not line or finished:
@@ -262,6 +267,8 @@ class ClusterBackend:
                     merged = _merge(merged, event)
                 if merged is not None:
                     yield merged
+                if chunk is None:
+                    break
             if not finished:
                 raise ConnectionError(f"decode worker {decode_name} closed the stream early")
         finally:
