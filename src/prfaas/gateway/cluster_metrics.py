@@ -48,6 +48,7 @@ class ClusterMetrics:
             "prfaas_link_goodput_gbps", "Recent wire goodput of KV transfers", ["link"], registry=r
         )
         self.routes = Counter("prfaas_routes", "Routing decisions by path", ["path"], registry=r)
+        self.wire_bytes: dict[str, int] = {}  # per link, since start: the control loop's egress
         metrics.add_scrape_hook(self.refresh)
 
     def refresh(self) -> None:
@@ -65,6 +66,7 @@ class ClusterMetrics:
         self.transfers.labels(link, "ok" if result.ok else "failed").inc()
         if result.ok:
             self.kv_bytes.labels(link).inc(result.kv_bytes)
+            self.wire_bytes[link] = self.wire_bytes.get(link, 0) + result.wire_bytes
             if result.transfer_s > 0:
                 gbps = result.wire_bytes * 8 / result.transfer_s / 1e9
                 gauge = self.goodput.labels(link)

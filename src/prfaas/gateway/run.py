@@ -37,7 +37,7 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
     import uvicorn
     from rich.console import Console
 
-    from prfaas.gateway.serve import build_deployment, wait_ready
+    from prfaas.gateway.serve import build_deployment, start_control, wait_ready
 
     console = Console(stderr=True)
     with console.status("resolving the model…"):
@@ -61,11 +61,14 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
         names = ", ".join(deployment.expected_workers)
         with console.status(f"starting workers ({names}); loading the model in each…"):
             await wait_ready(deployment, START_TIMEOUT_S)
+        with console.status("profiling the instances for the threshold t…"):
+            choice = await start_control(deployment)
         key = next(iter(api_keys), None)
         auth = f" -H 'Authorization: Bearer {key}'" if key else ""
         print(f"prfaas is serving {deployment.backend.model_name} at {url}/v1")
+        solved = "" if choice.solved_tokens is None else f", planner {choice.solved_tokens:.0f}"
         print(
-            f"  threshold t = {deployment.backend.router.state.threshold_tokens:.0f} tokens; "
+            f"  threshold t = {choice.applied_tokens:.0f} tokens ({choice.source}{solved}); "
             f"status: prfaas status --url {url}"
         )
         body = json.dumps(
