@@ -116,9 +116,7 @@ def config(model: Path) -> DeployConfig:
 
 
 @pytest.fixture(scope="module")
-def gateway(
-    tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Gateway]:
+def gateway(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     import os
 
     tmp = tmp_path_factory.mktemp("control")
