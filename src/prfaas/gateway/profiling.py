@@ -37,16 +37,17 @@ from prfaas.planner.workload import EmpiricalLengths
 logger = logging.getLogger(__name__)
 
 Source = Literal["profiled", "pinned", "default"]
-NUM_LENGTHS = 5
+NUM_LENGTHS = 4
 REPEATS = 2
-DECODE_BATCH = 8
-DECODE_TOKENS = 16
+DECODE_BATCH = 4
+DECODE_TOKENS = 8
 UNCAPPED_GBPS = 1e4  # a link with no rate cap: the planner sees it as never binding
 PRIOR_POINTS = 64  # lengths in the uniform prior the planner solves on before any traffic
 PROFILE_TIMEOUT_S = 300.0
-# The longest profiled prompt: beyond it T_prefill is extrapolated along the last segment
-# (start-up stays seconds on a CPU; prefill time is near-linear in length at these sizes).
-PROFILE_MAX_TOKENS = 2048
+# The longest profiled prompt, so that start-up profiling stays well under a minute on a
+# 2-core CPU with the embedded model. Beyond it T_prefill is extrapolated along the last
+# segment, which underestimates where attention dominates (long prompts on small models).
+PROFILE_MAX_TOKENS = 512
 
 
 def default_threshold(max_model_len: int) -> int:
@@ -207,13 +208,18 @@ def choose_threshold(
 ) -> ThresholdChoice:
     solved = solve_threshold(inputs, output_tokens)
     applied = clamp(solved, inputs.bounds)
+    lo, hi = inputs.bounds
     if applied == solved:
         reason = "planner optimum on the measured profiles"
-    else:
-        side = "local" if solved > applied else "remote"
+    elif solved > hi:
         reason = (
-            f"planner optimum {solved:.0f} would send (nearly) every prompt {side}; "
-            f"kept inside [{inputs.bounds[0]:.0f}, {inputs.bounds[1]:.0f}] so both paths serve"
+            f"planner optimum {solved:.0f} is beyond 3/4 of the context; kept at {hi:.0f} "
+            "so that both paths serve (longer prompts go remote)"
+        )
+    else:
+        reason = (
+            f"planner optimum {solved:.0f} is under 2 blocks; kept at {lo:.0f} "
+            "so that both paths serve (shorter prompts prefill locally)"
         )
     return ThresholdChoice(applied, "profiled", reason, solved, inputs.measured, decode)
 
