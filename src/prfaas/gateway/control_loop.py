@@ -91,7 +91,8 @@ class ControlLoop:
                 self._begun.set()
                 return
             c.n_p = inputs.n_p
-            c.t_plan = clamp(choice.solved_tokens or choice.applied_tokens, inputs.bounds)
+            solved = choice.solved_tokens
+            c.t_plan = clamp(choice.applied_tokens if solved is None else solved, inputs.bounds)
             c.state = RouterState(choice.applied_tokens, self.mode)
             self.controller = c
             self.egress = LinkView(
@@ -122,14 +123,15 @@ class ControlLoop:
             return []
         lengths = list(self.router.observed_lengths)
         state, changes = c.long_tick(self.fleet.instances(), lengths)
+        t = clamp(state.threshold_tokens, inputs.bounds)
         if len(lengths) >= c.config.min_samples and self.choice is not None:
             self.choice = dataclasses.replace(
                 self.choice,
+                applied_tokens=t,
                 solved_tokens=c.t_plan,
                 reason=f"re-planned on {len(lengths)} observed prompt lengths",
             )
         c.t_plan = clamp(c.t_plan, inputs.bounds)
-        t = clamp(state.threshold_tokens, inputs.bounds)
         c.state = RouterState(t, state.mode)
         self.router.state = RouterState(t, state.mode if self.spec.adapt_mode else self.mode)
         applied: list[RoleChange] = []
@@ -171,7 +173,7 @@ class ControlLoop:
             self._every(self.spec.long_interval_s, self.long_tick),
         )
 
-    async def _short(self) -> None:
+    async def _short(self) -> None:  # ``_every`` awaits its tick
         self.short_tick()
 
     async def _every(self, interval_s: float, tick: Callable[[], Awaitable[Any]]) -> None:
