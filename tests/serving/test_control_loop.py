@@ -24,7 +24,7 @@ from prfaas.gateway.deploy_config import DeployConfig
 from prfaas.gateway.launcher import free_port
 from prfaas.gateway.run import model_facts
 from prfaas.gateway.serve import Deployment, build_deployment, start_control, wait_ready
-from prfaas.messages import TOKEN_HEADER, Heartbeat
+from prfaas.messages import TOKEN_HEADER, Heartbeat, ProfileRequest, ProfileResult
 
 T = TypeVar("T")
 MAX_MODEL_LEN = 512
@@ -173,7 +173,8 @@ async def _backlog(gw: Gateway, name: str, queued_tokens: int) -> None:
 def test_a_prefill_backlog_moves_t(gateway: Gateway) -> None:
     control = gateway.deployment.control
     t0 = control.router.state.threshold_tokens
-    lo, hi = control.inputs.bounds if control.inputs else (0.0, 0.0)
+    assert control.inputs is not None
+    lo, hi = control.inputs.bounds
 
     async def ticks(name: str, n: int) -> float:
         for _ in range(n):
@@ -227,3 +228,17 @@ def test_long_tick_converts_a_decode_instance_on_a_real_worker(gateway: Gateway)
 
 async def _observe(gw: Gateway, lengths: list[int]) -> None:
     gw.deployment.backend.router.observed_lengths.extend(lengths)
+
+
+def test_profile_endpoint_checks_the_token_and_bounds_its_input(gateway: Gateway) -> None:
+    url = gateway.deployment.fleet.workers["prfaas-0"].info.http_url + "/profile"
+    ok = {TOKEN_HEADER: CLUSTER_TOKEN}
+    body = ProfileRequest(num_tokens=[32]).encode()
+    assert httpx.post(url, content=body, timeout=30).status_code == 401
+    too_long = ProfileRequest(num_tokens=[32, MAX_MODEL_LEN]).encode()
+    r = httpx.post(url, content=too_long, headers=ok, timeout=30)
+    assert r.status_code == 400 and "exceed" in r.text
+    many = b'{"num_tokens": [' + b",".join(b"8" for _ in range(17)) + b"]}"
+    assert httpx.post(url, content=many, headers=ok, timeout=30).status_code == 400
+    r = httpx.post(url, content=body, headers=ok, timeout=60)
+    assert r.status_code == 200 and ProfileResult.decode(r.content).num_tokens == [32]

@@ -95,6 +95,17 @@ def test_t_is_profiled_and_inside_the_context(served: tuple[str, str]) -> None:
     assert "t from: profiled" in out and "prefill remote (prfaas-0)" in out
 
 
+def test_the_control_loop_runs_by_itself(served: tuple[str, str]) -> None:
+    url, _ = served
+    deadline = time.monotonic() + 30
+    control = httpx.get(url + "/status", timeout=10).json()["control"]
+    while control["short_ticks"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        control = httpx.get(url + "/status", timeout=10).json()["control"]
+    assert control["running"] and control["short_ticks"] >= 2  # every second by default
+    assert control["egress"]["capacity_gbps"] == 1.0 and control["n_p"] == 1
+
+
 def test_long_prompts_go_remote_and_short_ones_local(served: tuple[str, str]) -> None:
     url, _ = served
     t = httpx.get(url + "/status", timeout=10).json()["threshold_tokens"]
