@@ -9,13 +9,14 @@ switch on a live worker is tests/serving/test_control_loop.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
 from prfaas.gateway.control_loop import ControlLoop
-from prfaas.gateway.deploy_config import ControlSpec, DeployConfig, LinkSpec, default_config
+from prfaas.gateway.deploy_config import DeployConfig, LinkSpec, default_config
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.gateway.internal import RoleSwitchError
 from prfaas.gateway.profiling import (
@@ -212,24 +213,33 @@ def backlog(f: WorkerFleet, name: str, queued_tokens: int) -> None:
 
 
 def loop(
-    f: WorkerFleet, fail: bool = False, wire: dict[str, int] | None = None, **spec: object
+    f: WorkerFleet,
+    fail: bool = False,
+    wire: dict[str, int] | None = None,
+    threshold_tokens: int | None = None,
+    adapt_mode: bool = False,
 ) -> tuple[ControlLoop, Recorder]:
-    cfg = default_config()
-    pd = cfg.clusters[0].model_copy(
-        update={
-            "instances": [
-                *cfg.clusters[0].instances,
-                cfg.clusters[0].instances[1].model_copy(update={"name": "pd-d-1"}),
-            ]
+    """A loop over ``NAMES`` behind a 1 Gbps link, begun as start-up would begin it."""
+    cfg = DeployConfig.model_validate(
+        {
+            "clusters": [
+                {
+                    "name": cluster,
+                    "kind": kind,
+                    "instances": [
+                        {"name": n, "role": r} for n, (c, r) in NAMES.items() if c == cluster
+                    ],
+                }
+                for cluster, kind in (("local", "pd"), ("remote", "prfaas"))
+            ],
+            "links": [{"src": "remote", "dst": "local", "rate_gbps": 1.0}],
+            "policy": {
+                "threshold_tokens": threshold_tokens,
+                "control": {"output_tokens": 2, "adapt_mode": adapt_mode},
+            },
         }
     )
-    cfg = cfg.model_copy(update={"clusters": [pd, cfg.clusters[1]]})
-    policy = cfg.policy.model_copy(
-        update={
-            "threshold_tokens": spec.pop("threshold_tokens", None),
-            "control": ControlSpec(output_tokens=2, **spec),  # type: ignore[arg-type]
-        }
-    )
+    policy = cfg.policy
     router = Router(RouterConfig(BLOCK), PrfaasThreshold(), f, KvIndex(), RouterState(1000.0))
     recorder = Recorder(f, fail)
     control = ControlLoop(policy.control, policy, router, f, {} if wire is None else wire, recorder)
@@ -237,8 +247,10 @@ def loop(
         cfg, measured("local"), measured("remote"), DECODE, MAX_MODEL_LEN, BLOCK
     )
     choice = choose_threshold(planned, DECODE, 2)
-    if policy.threshold_tokens is not None:
-        choice = choice.__class__(float(policy.threshold_tokens), "pinned", "pinned")
+    if threshold_tokens is not None:
+        choice = dataclasses.replace(
+            choice, applied_tokens=float(threshold_tokens), source="pinned", solved_tokens=None
+        )
     control.begin(choice, planned)
     return control, recorder
 
