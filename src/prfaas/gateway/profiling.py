@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
@@ -142,7 +142,7 @@ class PlannerInputs:
     n_p: int  # deployed PD prefill instances
     bounds: tuple[float, float]
     step_tokens: float
-    measured: tuple[MeasuredPrefill, ...] = field(default=())
+    measured: tuple[MeasuredPrefill, ...] = ()
 
 
 def uniform_prior(lo: float, max_model_len: int) -> EmpiricalLengths:
@@ -176,7 +176,7 @@ def planner_inputs(
         pd_instances=len(pd_spec.instances),
         pd_prefill_profile=pd.planner_profile(),
         decode=decode,
-        bandwidth_gbps=cap or UNCAPPED_GBPS,
+        bandwidth_gbps=UNCAPPED_GBPS if cap is None else cap,
     )
     return PlannerInputs(
         deployment=deployment,
