@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from prfaas.engine.async_engine import AsyncEngine
+from prfaas.engine.engine_thread import EngineThread
 from prfaas.engine.profiling import profile_engine
+from prfaas.engine.sampling_params import SamplingParams
 from prfaas.kvcache.spec import kv_bytes
 from prfaas.messages import ProfileRequest, ProfileResult
 from tests.engine.helpers import make_engine
@@ -57,3 +59,26 @@ def test_a_length_the_engine_cannot_serve_is_refused_before_running(
 ) -> None:
     with pytest.raises(ValueError, match="exceed"):
         profile(tiny_llama, cache_dir, ProfileRequest(num_tokens=[32, 512]))
+
+
+def test_stats_count_the_prompt_tokens_not_yet_prefilled(tiny_llama: Path, cache_dir: Path) -> None:
+    """What workers report as ``queued_tokens`` in their heartbeats: waiting prompts whole,
+    a prompt being prefilled in chunks by what is left of it, decoding requests nothing."""
+    engine = make_engine(tiny_llama, cache_dir, max_num_batched_tokens=64)
+    loop = asyncio.new_event_loop()
+    try:
+        thread = EngineThread(engine, loop, lambda *_: None, lambda _: None)  # never started:
+        params = SamplingParams(max_tokens=4, temperature=0)  # this test is its thread
+        for i, n in enumerate((100, 30)):
+            thread.admit([(5 * k + i) % 250 + 3 for k in range(n)], params, f"r{i}", b"")
+        thread._publish()
+        assert thread.stats.num_queued_tokens == 130
+        thread._step()  # 64 tokens of r0's prompt
+        thread._publish()
+        assert thread.stats.num_queued_tokens == 130 - 64
+        while thread.stats.num_queued_tokens:
+            thread._step()
+            thread._publish()
+        assert engine.has_unfinished()  # decoding: no prompt tokens left to prefill
+    finally:
+        loop.close()
