@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from prfaas.gateway.control_loop import ControlLoop
-from prfaas.gateway.deploy_config import DeployConfig, LinkSpec, default_config
+from prfaas.gateway.deploy_config import (
+    DeployConfig,
+    DeployConfigError,
+    LinkSpec,
+    default_config,
+    load_deploy_config,
+)
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.gateway.internal import RoleSwitchError
 from prfaas.gateway.profiling import (
@@ -317,3 +325,17 @@ def test_long_tick_applies_role_changes_and_counts_only_those_applied() -> None:
     assert recorder.calls == [("pd-d-0", "prefill")]
     assert control.controller is not None and control.controller.n_p == 1  # not applied
     assert f.workers["pd-d-0"].info.role == "decode"
+
+
+def test_control_settings_are_validated_at_the_edge(tmp_path: Path) -> None:
+    base = default_config().model_dump(mode="json")
+    base["policy"]["control"] = {"short_interval_s": 0, "bogus": 1}
+    path = tmp_path / "deploy.yaml"
+    path.write_text(yaml.safe_dump(base))
+    with pytest.raises(DeployConfigError) as err:
+        load_deploy_config(path)
+    assert "policy.control.short_interval_s" in str(err.value)
+    assert "policy.control.bogus" in str(err.value)
+    control = default_config().policy.control
+    assert (control.enabled, control.short_interval_s, control.long_interval_s) == (True, 1, 300)
+    assert control.role_changes and not control.adapt_mode
