@@ -176,15 +176,17 @@ def test_a_prefill_backlog_moves_t(gateway: Gateway) -> None:
     assert control.inputs is not None
     lo, hi = control.inputs.bounds
 
-    async def ticks(name: str, n: int) -> float:
+    async def ticks(busy: str, idle: str, n: int) -> float:
         for _ in range(n):
-            await _backlog(gateway, name, 10**9)
+            await _backlog(gateway, busy, 10**9)
+            await _backlog(gateway, idle, 0)
             control.short_tick()
         return control.router.state.threshold_tokens
 
-    low = gateway.call(ticks("pd-p-0", 5))  # the PD-P side is backed up: fewer prompts local
+    # The PD-P side is backed up: fewer prompts local; then the PrfaaS side: more local.
+    low = gateway.call(ticks("pd-p-0", "prfaas-0", 5))
     assert low < t0 or t0 <= lo
-    high = gateway.call(ticks("prfaas-0", 10))  # the PrfaaS side is backed up: more local
+    high = gateway.call(ticks("prfaas-0", "pd-p-0", 10))
     assert high > low or low >= hi
     assert lo <= low <= high <= hi
     assert status(gateway)["threshold_tokens"] == high
