@@ -107,9 +107,10 @@ def config(model: Path) -> DeployConfig:
             ],
             "links": [{"src": "remote", "dst": "local", "rate_gbps": 1.0, "rtt_ms": 2.0}],
             # No threshold_tokens: t is profiled. Long intervals: the test ticks the loop.
-            # Short outputs: decode does not bind, so the planner wants more PD prefill.
+            # One output token: decode cannot bind (a batch-4 step per request against a
+            # whole ~400-token prefill), so the planner wants more PD prefill.
             "policy": {
-                "control": {"short_interval_s": 3600, "long_interval_s": 3600, "output_tokens": 2}
+                "control": {"short_interval_s": 3600, "long_interval_s": 3600, "output_tokens": 1}
             },
         }
     )
@@ -196,8 +197,8 @@ def test_a_prefill_backlog_moves_t(gateway: Gateway) -> None:
 def test_long_tick_converts_a_decode_instance_on_a_real_worker(gateway: Gateway) -> None:
     control = gateway.deployment.control
     fleet = gateway.deployment.fleet
-    # The lengths 300 routed prompts would have left in the router's window.
-    gateway.call(_observe(gateway, [MAX_MODEL_LEN // 2 + (7 * i) % 200 for i in range(300)]))
+    # The lengths 300 routed long prompts would have left in the router's window.
+    gateway.call(_observe(gateway, [380 + (7 * i) % 120 for i in range(300)]))
     changes = gateway.call(control.long_tick(), 120)
     assert [(c.instance, c.to_role) for c in changes] == [("pd-d-0", "prefill")]
     assert fleet.workers["pd-d-0"].info.role == "prefill"
