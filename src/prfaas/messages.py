@@ -77,6 +77,7 @@ class Heartbeat(Message):
     kv_usage: float = Field(ge=0.0, le=1.0)
     fallbacks: int = Field(ge=0)
     draining: bool = False  # switching role: route nothing new here
+    queued_tokens: int = Field(0, ge=0, le=1 << 40)  # prompt tokens not yet prefilled
     events: list[CacheEventMsg] = Field(default_factory=list, max_length=MAX_EVENTS)
     # The number of the batch in ``events`` within this epoch (1, 2, …), so that a batch
     # sent to several gateways sharing one kv index, or sent again, applies once and in
@@ -171,3 +172,30 @@ class PullResult(Message):
     ok: bool
     cached_tokens: int = 0  # tokens of the prefix now cached at the receiving worker
     error: str | None = None
+
+
+MAX_PROFILE_LENGTHS = 16
+
+
+class ProfileRequest(Message):
+    """Short measured runs on a worker's engine (start-up profiling): one prefill per length
+    and repeat, on fresh random tokens (no prefix-cache hit); with ``decode_batch`` > 0, also
+    ``decode_batch`` requests decoding ``decode_tokens`` tokens together."""
+
+    num_tokens: list[Annotated[int, Field(ge=1, le=MAX_PROMPT_TOKENS)]] = Field(
+        min_length=1, max_length=MAX_PROFILE_LENGTHS
+    )
+    repeats: int = Field(2, ge=1, le=4)
+    decode_batch: int = Field(0, ge=0, le=64)
+    decode_tokens: int = Field(16, ge=2, le=256)
+
+
+class ProfileResult(Message):
+    """``prefill_s[i]``: the fastest of the repeats at ``num_tokens[i]`` (seconds, KV export
+    included); ``kv_bytes[i]``: that prompt's KV size by the engine's layer specs."""
+
+    num_tokens: list[int] = Field(max_length=MAX_PROFILE_LENGTHS)
+    prefill_s: list[Annotated[float, Field(gt=0.0)]] = Field(max_length=MAX_PROFILE_LENGTHS)
+    kv_bytes: list[Annotated[int, Field(ge=0)]] = Field(max_length=MAX_PROFILE_LENGTHS)
+    decode_batch: int = Field(0, ge=0, le=64)
+    decode_step_s: float = Field(0.0, ge=0.0)  # one step of the whole batch; 0: not measured

@@ -6,6 +6,7 @@ Endpoints (all require the cluster token in ``x-prfaas-cluster-token``):
   POST /decode   DecodeCommand  -> NDJSON TokenEvent lines (role decode)
   POST /pull     PullCommand    -> PullResult      (any role: land a pulled cached prefix)
   POST /role     RoleSwitch: drain, then switch (PD-cluster workers)
+  POST /profile  ProfileRequest -> ProfileResult   (start-up profiling: short measured runs)
   GET  /health
 """
 
@@ -34,6 +35,7 @@ from prfaas.decode.pull import PullRole
 from prfaas.decode.role import DecodeRole
 from prfaas.engine.async_engine import AsyncEngine
 from prfaas.engine.engine import Engine
+from prfaas.engine.profiling import profile_engine
 from prfaas.messages import (
     TOKEN_HEADER,
     CacheEventMsg,
@@ -41,6 +43,7 @@ from prfaas.messages import (
     Heartbeat,
     KvFailed,
     PrefillCommand,
+    ProfileRequest,
     PullCommand,
     Role,
     RoleSwitch,
@@ -83,6 +86,8 @@ class Worker:
         self.events = CacheEventLog(config.gateway_urls)
         engine = Engine(config.engine)
         self.fingerprint = engine.fingerprint
+        # Fixed at load, read by /profile from the loop (the engine itself lives on its thread).
+        self.vocab_size, self.layer_specs = engine.vocab_size, engine.layer_specs
         self.engine = AsyncEngine(engine)
         tls_server: ssl.SSLContext | Plaintext = PLAINTEXT
         tls_client: ssl.SSLContext | None = None
@@ -145,6 +150,7 @@ class Worker:
             draining=self.draining,
             events=batch.events if batch else [],
             seq=batch.seq if batch else 0,
+            queued_tokens=stats.num_queued_tokens,
         )
 
     async def gateway_loop(self, url: str) -> None:
@@ -288,6 +294,22 @@ def create_worker_app(worker: Worker) -> FastAPI:
         switch = RoleSwitch.decode(await request.body())
         await worker.switch_role(switch.role)
         return Response(worker.info().encode(), media_type="application/json")
+
+    @app.post("/profile")
+    async def profile(request: Request) -> Response:
+        check(request)
+        msg = ProfileRequest.decode(await request.body())
+        try:
+            result = await profile_engine(
+                worker.engine,
+                msg,
+                vocab_size=worker.vocab_size,
+                layer_specs=worker.layer_specs,
+                block_size=worker.info().block_size,
+            )
+        except ValueError as e:
+            raise HTTPException(400, str(e)) from e
+        return Response(result.encode(), media_type="application/json")
 
     @app.get("/health")
     async def health() -> dict[str, str]:

@@ -205,6 +205,7 @@ class AsyncEngine:
             s.num_prompt_tokens,
             s.num_cached_tokens,
             self._fallbacks,
+            s.num_queued_tokens,
         )
 
     def drain_cache_events(self) -> list[CacheEvent]:

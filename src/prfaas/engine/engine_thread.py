@@ -37,7 +37,8 @@ class EngineStats:
 
     ``num_prompt_tokens`` and ``num_cached_tokens`` count every request admitted so far
     (their ratio is the prefix hit rate); ``fallbacks`` counts KV hand-offs that failed and
-    were prefilled locally instead.
+    were prefilled locally instead; ``num_queued_tokens`` is the prompt tokens of waiting
+    and running requests not yet computed (the prefill backlog the control loop watches).
     """
 
     num_waiting: int = 0
@@ -47,6 +48,7 @@ class EngineStats:
     num_prompt_tokens: int = 0
     num_cached_tokens: int = 0
     fallbacks: int = 0
+    num_queued_tokens: int = 0
 
 
 class EngineError(RuntimeError):
@@ -281,6 +283,10 @@ class EngineThread:
             kv_usage=engine.kv.usage,
             num_prompt_tokens=self._num_prompt_tokens,
             num_cached_tokens=self._num_cached_tokens,
+            num_queued_tokens=sum(
+                max(r.num_prompt_tokens - r.num_computed_tokens, 0)
+                for r in (*sched.waiting, *sched.running)
+            ),
         )
         events = engine.kv.drain_events()
         if events:

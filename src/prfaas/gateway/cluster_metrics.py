@@ -57,6 +57,7 @@ class ClusterMetrics:
         self.pulled_tokens = Counter(
             "prfaas_cache_pulled_tokens", "Prefix tokens landed by cache pulls", registry=r
         )
+        self.wire_bytes: dict[str, int] = {}  # per link, since start: the control loop's egress
         metrics.add_scrape_hook(self.refresh)
 
     def refresh(self) -> None:
@@ -74,6 +75,7 @@ class ClusterMetrics:
         self.transfers.labels(link, "ok" if result.ok else "failed").inc()
         if result.ok:
             self.kv_bytes.labels(link).inc(result.kv_bytes)
+            self.wire_bytes[link] = self.wire_bytes.get(link, 0) + result.wire_bytes
             if result.transfer_s > 0:
                 gbps = result.wire_bytes * 8 / result.transfer_s / 1e9
                 gauge = self.goodput.labels(link)

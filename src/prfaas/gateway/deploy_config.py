@@ -50,10 +50,24 @@ class TenantSpec(_Strict):
     clusters: list[str] | None = None  # residency: the only clusters it may use
 
 
+class ControlSpec(_Strict):
+    """The live dual-timescale control loop (docs/serving.md, "Start-up profiling")."""
+
+    enabled: bool = True
+    short_interval_s: float = Field(1.0, gt=0, le=3600)  # t nudges, link use, mode
+    long_interval_s: float = Field(300.0, gt=0, le=86400)  # re-plan t and the PD split
+    role_changes: bool = True  # apply the long tick's PD prefill/decode conversions
+    # Off: policy.mode holds. On: the mode follows link use (abundant mode's cache pull
+    # is not served yet, so its decisions would count cached tokens nobody moved).
+    adapt_mode: bool = False
+    output_tokens: int = Field(256, ge=1, le=1 << 20)  # mean output length the planner assumes
+
+
 class PolicySpec(_Strict):
     name: Literal["prfaas", "homogeneous", "naive"] = "prfaas"
     threshold_tokens: int | None = Field(None, ge=0)  # None: measured at start-up
     mode: Literal["scarce", "abundant"] = "scarce"
+    control: ControlSpec = ControlSpec()
 
 
 class KvIndexSpec(_Strict):

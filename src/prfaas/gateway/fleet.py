@@ -30,6 +30,7 @@ class WorkerRecord:
     last_seen_s: float
     num_waiting: int = 0
     num_running: int = 0
+    queued_tokens: int = 0  # prompt tokens waiting for prefill, from the last heartbeat
     inflight: int = 0  # requests this gateway sent and has not seen finish
     fallbacks: int = 0
     draining: bool = False
@@ -92,6 +93,7 @@ class WorkerFleet:
         record.last_seen_s = time.monotonic()
         record.num_waiting, record.num_running = hb.num_waiting, hb.num_running
         record.fallbacks = hb.fallbacks
+        record.queued_tokens = hb.queued_tokens
         record.draining = hb.draining
         if hb.events:
             events = [(bytes.fromhex(e.block_hash), e.stored) for e in hb.events]
@@ -124,7 +126,7 @@ class WorkerFleet:
                 cluster=r.info.cluster,
                 role=r.info.role,
                 load=max(r.num_waiting + r.num_running, r.inflight),
-                queued_tokens=0,
+                queued_tokens=r.queued_tokens,
                 healthy=self.healthy(name) and not r.draining,
             )
             for name, r in self.workers.items()

@@ -39,7 +39,7 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
     from rich.console import Console
 
     from prfaas.gateway.redis_index import open_kv_index
-    from prfaas.gateway.serve import build_deployment, wait_ready
+    from prfaas.gateway.serve import build_deployment, start_control, wait_ready
 
     console = Console(stderr=True)
     try:  # before the model: an unreachable Redis is a configuration error, said at once
@@ -69,11 +69,14 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
         names = ", ".join(deployment.expected_workers)
         with console.status(f"starting workers ({names}); loading the model in each…"):
             await wait_ready(deployment, START_TIMEOUT_S)
+        with console.status("profiling the instances for the threshold t…"):
+            choice = await start_control(deployment)
         key = next(iter(api_keys), None)
         auth = f" -H 'Authorization: Bearer {key}'" if key else ""
         print(f"prfaas is serving {deployment.backend.model_name} at {url}/v1")
+        solved = "" if choice.solved_tokens is None else f", planner {choice.solved_tokens:.0f}"
         print(
-            f"  threshold t = {deployment.backend.router.state.threshold_tokens:.0f} tokens; "
+            f"  threshold t = {choice.applied_tokens:.0f} tokens ({choice.source}{solved}); "
             f"status: prfaas status --url {url}"
         )
         body = json.dumps(

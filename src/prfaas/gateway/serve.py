@@ -24,12 +24,20 @@ from prfaas.gateway.audit import AuditLog
 from prfaas.gateway.capacity import CapacityConfig
 from prfaas.gateway.cluster_backend import BackendSettings, ClusterBackend, LinkRoute
 from prfaas.gateway.cluster_metrics import ClusterMetrics
+from prfaas.gateway.control_loop import ControlLoop, running
 from prfaas.gateway.deploy_config import DeployConfig
 from prfaas.gateway.fleet import WorkerFleet
-from prfaas.gateway.internal import add_internal_routes, add_role_route, add_status_route
+from prfaas.gateway.internal import (
+    add_internal_routes,
+    add_role_route,
+    add_status_route,
+    switch_role,
+)
 from prfaas.gateway.launcher import Launcher, WorkerSpawn, free_port
 from prfaas.gateway.metrics import GatewayMetrics
+from prfaas.gateway.profiling import ThresholdChoice, default_threshold, profile_deployment
 from prfaas.gateway.redis_index import RedisKvIndex, open_kv_index
+from prfaas.messages import Role, WorkerInfo
 from prfaas.router.kv_index import KvIndexBackend
 from prfaas.router.policies import POLICIES
 from prfaas.router.router import Router, RouterConfig
@@ -49,6 +57,7 @@ class Deployment:
     backend: ClusterBackend
     fleet: WorkerFleet
     launcher: Launcher
+    control: ControlLoop
     emulators: list[LinkEmulator] = field(default_factory=list)
     expected_workers: list[str] = field(default_factory=list)
     tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -62,11 +71,6 @@ class Deployment:
             emu.close()
         if self.tmp is not None:
             self.tmp.cleanup()
-
-
-def default_threshold(max_model_len: int) -> int:
-    """Until start-up profiling sets it, t sits inside the context: both paths serve."""
-    return max(16, max_model_len // 8)
 
 
 def build_deployment(
@@ -181,14 +185,25 @@ def build_deployment(
         on_pull=cluster_metrics.on_pull,
         audit=AuditLog(cfg.audit_log),
     )
-    gateway_config = GatewayConfig(api_keys=api_keys, server_secret=server_secret_from_env() or b"")
-    app = create_app(backend, gateway_config, metrics=metrics)
+
+    async def switch(name: str, role: Role) -> WorkerInfo:
+        return await switch_role(fleet, cluster_token, name, role)
+
+    control = ControlLoop(
+        cfg.policy.control, cfg.policy, router, fleet, cluster_metrics.wire_bytes, switch
+    )
+    app = create_app(
+        backend,
+        GatewayConfig(api_keys=api_keys, server_secret=server_secret_from_env() or b""),
+        metrics=metrics,
+        lifespan=lambda _: running(control),
+    )
     add_internal_routes(app, fleet, cluster_token)
-    add_status_route(app, fleet, router)
+    add_status_route(app, fleet, router, control)
     add_role_route(app, fleet, cluster_token)
     launcher = Launcher(cluster_token, log_dir or Path(tmp.name) / "logs")
     deployment = Deployment(
-        cfg, app, backend, fleet, launcher, emulators, [s.name for s in spawns], tmp
+        cfg, app, backend, fleet, launcher, control, emulators, [s.name for s in spawns], tmp
     )
     for spec in spawns:
         launcher.spawn(spec)
@@ -209,6 +224,20 @@ async def wait_ready(deployment: Deployment, timeout_s: float) -> None:
         if loop.time() > end:
             raise TimeoutError("workers did not register in time")
         await asyncio.sleep(0.2)
+
+
+async def start_control(deployment: Deployment) -> ThresholdChoice:
+    """Once the workers are ready: profile them, solve t, install it, start the loop."""
+    backend = deployment.backend
+    choice, inputs = await profile_deployment(
+        deployment.config,
+        deployment.fleet,
+        backend.settings.cluster_token,
+        backend.max_model_len,
+        backend.block_size,
+    )
+    deployment.control.begin(choice, inputs)
+    return choice
 
 
 @contextlib.asynccontextmanager

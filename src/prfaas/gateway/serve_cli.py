@@ -148,6 +148,29 @@ def _serve(args: argparse.Namespace) -> int:
     return asyncio.run(run_deployment(cfg, api_keys, args.log_dir))
 
 
+def _print_threshold(data: dict[str, object]) -> None:
+    """Where t came from, the profiled prefill seconds, and the control loop's state."""
+    threshold, control = data.get("threshold"), data.get("control")
+    if isinstance(threshold, dict):
+        solved = threshold.get("solved_tokens")
+        planner = f", planner optimum {solved:.0f}" if isinstance(solved, float | int) else ""
+        print(f"t from: {threshold['source']}{planner} ({threshold['reason']})")
+        for cluster, p in dict(threshold.get("prefill_s") or {}).items():
+            pairs = "  ".join(
+                f"{n}:{s * 1000:.1f}ms" for n, s in zip(p["num_tokens"], p["seconds"], strict=True)
+            )
+            print(f"  prefill {cluster} ({p['instance']}): {pairs}")
+    if isinstance(control, dict) and control.get("running"):
+        egress = control["egress"]
+        changes = ", ".join(control["role_changes"]) or "none"
+        print(
+            f"control loop: every {control['short_interval_s']}s / {control['long_interval_s']}s, "
+            f"t_plan {control['t_plan_tokens']:.0f}, N_p {control['n_p']}, egress "
+            f"{egress['goodput_gbps']:.3f} of {egress['capacity_gbps']:g} Gbps, "
+            f"role changes: {changes}"
+        )
+
+
 def _resolve(host: str) -> str:
     import socket
 
@@ -169,6 +192,7 @@ def _status(args: argparse.Namespace) -> int:
         f"policy {data['policy']}  threshold t = {data['threshold_tokens']:.0f} tokens  "
         f"mode {data['mode']}  kv index {data['kv_index_blocks']} blocks"
     )
+    _print_threshold(data)
     print(
         f"{'instance':<14}{'cluster':<10}{'role':<9}{'healthy':<9}{'waiting':>8}"
         f"{'running':>8}{'fallbacks':>10}"

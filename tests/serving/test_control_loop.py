@@ -1,0 +1,247 @@
+"""The live control loop on a real deployment: a gateway in this process (so the test can
+drive the loop's ticks itself), four spawned workers on a tiny checkpoint (PD cluster of one
+prefill and two decode instances, one PrfaaS prefill instance), an emulated WAN link.
+
+Start-up profiling measures the workers and the planner solves t; a prefill backlog moves t
+(the backlog arrives as the heartbeat a busy worker would send); the long tick, on observed
+prompt lengths, converts a decode instance to prefill through the real drain-and-switch path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+import uvicorn
+from tests.serving.conftest import CLUSTER_TOKEN
+
+from prfaas.gateway.deploy_config import DeployConfig
+from prfaas.gateway.launcher import free_port
+from prfaas.gateway.run import model_facts
+from prfaas.gateway.serve import Deployment, build_deployment, start_control, wait_ready
+from prfaas.messages import TOKEN_HEADER, Heartbeat, ProfileRequest, ProfileResult
+
+T = TypeVar("T")
+MAX_MODEL_LEN = 512
+BLOCK = 16
+
+
+class Gateway:
+    """A deployment whose gateway runs on an event loop in a thread of this process."""
+
+    def __init__(self, cfg: DeployConfig, log_dir: Path) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{cfg.port}"
+        self.deployment: Deployment = self.call(self._start(cfg, log_dir), 300)
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout_s: float = 60) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+
+    async def _start(self, cfg: DeployConfig, log_dir: Path) -> Deployment:
+        folder, tokenizer, max_model_len = await asyncio.to_thread(model_facts, cfg)
+        deployment = build_deployment(
+            cfg,
+            tokenizer,
+            folder,
+            max_model_len,
+            BLOCK,
+            gateway_url=self.url,
+            api_keys={"key": "alice"},
+            log_dir=log_dir,
+        )
+        self.server = uvicorn.Server(
+            uvicorn.Config(deployment.app, host="127.0.0.1", port=cfg.port, log_level="warning")
+        )
+        self.serving = asyncio.ensure_future(self.server.serve())
+        try:
+            await wait_ready(deployment, 240)
+            await start_control(deployment)
+        except BaseException:
+            await self._stop(deployment)
+            raise
+        return deployment
+
+    async def _stop(self, deployment: Deployment) -> None:
+        self.server.should_exit = True
+        await asyncio.wait_for(self.serving, 10)
+        await deployment.backend.aclose()
+        deployment.close()
+
+    def close(self) -> None:
+        try:
+            self.call(self._stop(self.deployment), 30)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+
+
+def config(model: Path) -> DeployConfig:
+    return DeployConfig.model_validate(
+        {
+            "model": str(model),
+            "served_model_name": "tiny",
+            "port": free_port(),
+            "max_model_len": MAX_MODEL_LEN,
+            "clusters": [
+                {
+                    "name": "local",
+                    "kind": "pd",
+                    "instances": [
+                        {"name": "pd-p-0", "role": "prefill"},
+                        {"name": "pd-d-0", "role": "decode"},
+                        {"name": "pd-d-1", "role": "decode"},
+                    ],
+                },
+                {
+                    "name": "remote",
+                    "kind": "prfaas",
+                    "instances": [{"name": "prfaas-0", "role": "prefill"}],
+                },
+            ],
+            "links": [{"src": "remote", "dst": "local", "rate_gbps": 1.0, "rtt_ms": 2.0}],
+            # No threshold_tokens: t is profiled. Long intervals: the test ticks the loop.
+            # One output token: decode cannot bind (a batch-4 step per request against a
+            # whole ~400-token prefill), so the planner wants more PD prefill.
+            "policy": {
+                "control": {"short_interval_s": 3600, "long_interval_s": 3600, "output_tokens": 1}
+            },
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def gateway(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    import os
+
+    tmp = tmp_path_factory.mktemp("control")
+    saved = {k: os.environ.get(k) for k in ("PRFAAS_CLUSTER_TOKEN", "PRFAAS_CACHE_DIR")}
+    os.environ.update(PRFAAS_CLUSTER_TOKEN=CLUSTER_TOKEN, PRFAAS_CACHE_DIR=str(tmp / "cache"))
+    try:
+        gw = Gateway(config(tiny_llama), tmp / "logs")
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    try:
+        yield gw
+    finally:
+        gw.close()
+
+
+def status(gw: Gateway) -> dict[str, Any]:
+    return dict(httpx.get(gw.url + "/status", timeout=10).json())
+
+
+def test_start_up_profiling_sets_t_inside_the_context(gateway: Gateway) -> None:
+    data = status(gateway)
+    threshold = data["threshold"]
+    assert data["threshold_source"] == "profiled" == threshold["source"]
+    assert threshold["solved_tokens"] is not None
+    assert 2 * BLOCK <= data["threshold_tokens"] <= 0.75 * MAX_MODEL_LEN
+    for cluster in ("local", "remote"):
+        seconds = threshold["prefill_s"][cluster]["seconds"]
+        assert len(seconds) >= 3 and all(s > 0 for s in seconds)
+    assert threshold["decode_step_s"] > 0
+    assert data["control"]["running"] and data["control"]["n_p"] == 1
+
+
+async def _backlog(gw: Gateway, name: str, queued_tokens: int) -> None:
+    """The heartbeat a worker with this prefill backlog would send (its next real one
+    overwrites it; the test ticks in between)."""
+    record = gw.deployment.fleet.workers[name]
+    hb = Heartbeat(
+        name=name,
+        epoch=record.info.epoch,
+        role=record.info.role,
+        num_waiting=1,
+        num_running=0,
+        kv_usage=0.0,
+        fallbacks=0,
+        queued_tokens=queued_tokens,
+    )
+    assert gw.deployment.fleet.heartbeat(hb)
+
+
+def test_a_prefill_backlog_moves_t(gateway: Gateway) -> None:
+    control = gateway.deployment.control
+    t0 = control.router.state.threshold_tokens
+    assert control.inputs is not None
+    lo, hi = control.inputs.bounds
+
+    async def ticks(busy: str, idle: str, n: int) -> float:
+        for _ in range(n):
+            await _backlog(gateway, busy, 10**9)
+            await _backlog(gateway, idle, 0)
+            control.short_tick()
+        return control.router.state.threshold_tokens
+
+    # The PD-P side is backed up: fewer prompts local; then the PrfaaS side: more local.
+    low = gateway.call(ticks("pd-p-0", "prfaas-0", 5))
+    assert low < t0 or t0 <= lo
+    high = gateway.call(ticks("prfaas-0", "pd-p-0", 10))
+    assert high > low or low >= hi
+    assert lo <= low <= high <= hi
+    assert status(gateway)["threshold_tokens"] == high
+    assert control.short_ticks >= 15
+
+
+def test_long_tick_converts_a_decode_instance_on_a_real_worker(gateway: Gateway) -> None:
+    control = gateway.deployment.control
+    fleet = gateway.deployment.fleet
+    # The lengths 300 routed long prompts would have left in the router's window.
+    gateway.call(_observe(gateway, [380 + (7 * i) % 120 for i in range(300)]))
+    changes = gateway.call(control.long_tick(), 120)
+    assert [(c.instance, c.to_role) for c in changes] == [("pd-d-0", "prefill")]
+    assert fleet.workers["pd-d-0"].info.role == "prefill"
+    assert control.controller is not None and control.controller.n_p == 2
+    data = status(gateway)
+    roles = {i["name"]: i["role"] for i in data["instances"]}
+    assert roles == {
+        "pd-p-0": "prefill",
+        "pd-d-0": "prefill",
+        "pd-d-1": "decode",
+        "prfaas-0": "prefill",
+    }
+    assert data["control"]["role_changes"] == ["pd-d-0->prefill"]
+    assert 2 * BLOCK <= data["threshold_tokens"] <= 0.75 * MAX_MODEL_LEN
+    # The converted worker serves: a request still completes on the new split.
+    r = httpx.post(
+        gateway.url + "/v1/completions",
+        headers={"Authorization": "Bearer key"},
+        json={"model": "tiny", "prompt": "w5 w6 w7", "max_tokens": 4, "temperature": 0},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    health = httpx.get(
+        fleet.workers["pd-d-0"].info.http_url + "/health",
+        headers={TOKEN_HEADER: CLUSTER_TOKEN},
+        timeout=10,
+    ).json()
+    assert health["role"] == "prefill"
+
+
+async def _observe(gw: Gateway, lengths: list[int]) -> None:
+    gw.deployment.backend.router.observed_lengths.extend(lengths)
+
+
+def test_profile_endpoint_checks_the_token_and_bounds_its_input(gateway: Gateway) -> None:
+    url = gateway.deployment.fleet.workers["prfaas-0"].info.http_url + "/profile"
+    ok = {TOKEN_HEADER: CLUSTER_TOKEN}
+    body = ProfileRequest(num_tokens=[32]).encode()
+    assert httpx.post(url, content=body, timeout=30).status_code == 401
+    too_long = ProfileRequest(num_tokens=[32, MAX_MODEL_LEN]).encode()
+    r = httpx.post(url, content=too_long, headers=ok, timeout=30)
+    assert r.status_code == 400 and "exceed" in r.text
+    many = b'{"num_tokens": [' + b",".join(b"8" for _ in range(17)) + b"]}"
+    assert httpx.post(url, content=many, headers=ok, timeout=30).status_code == 400
+    r = httpx.post(url, content=body, headers=ok, timeout=60)
+    assert r.status_code == 200 and ProfileResult.decode(r.content).num_tokens == [32]
