@@ -57,8 +57,8 @@ class ControlSpec(_Strict):
     short_interval_s: float = Field(1.0, gt=0, le=3600)  # t nudges, link use, mode
     long_interval_s: float = Field(300.0, gt=0, le=86400)  # re-plan t and the PD split
     role_changes: bool = True  # apply the long tick's PD prefill/decode conversions
-    # Off: policy.mode holds. On: the mode follows link use (abundant mode's cache pull
-    # is not served yet, so its decisions would count cached tokens nobody moved).
+    # Off: policy.mode holds. On: the mode follows link use (abundant mode counts prefixes
+    # cached in the other cluster and pulls them across before the prefill).
     adapt_mode: bool = False
     output_tokens: int = Field(256, ge=1, le=1 << 20)  # mean output length the planner assumes
 
