@@ -150,7 +150,7 @@ class KvIndex:
         """Instance → number of leading blocks of ``hashes`` it can reuse (only those with
         > 0): the blocks it holds, cut back to its last snapshot for a hybrid instance."""
         runs = self._block_runs(hashes)
-        if self._hybrid.isdisjoint(runs):
+        if not self._hybrid or self._hybrid.isdisjoint(runs):
             return runs
         for instance in self._hybrid.intersection(runs):
             snapshots = self._snapshots.get(instance, set())
