@@ -81,7 +81,7 @@ class CacheEventMsg(Message):
     snapshot: bool = False
 
     @model_serializer(mode="wrap")
-    def _omit_block_flag(self, handler: SerializerFunctionWrapHandler) -> Any:
+    def _omit_false_snapshot(self, handler: SerializerFunctionWrapHandler) -> Any:
         data = handler(self)
         if not self.snapshot:
             data.pop("snapshot", None)
