@@ -1,12 +1,15 @@
 """Routing-decision latency with a large kv index (issue 6 goal: P99 <= 100 µs at 100K blocks).
 
-    .venv/bin/python benchmarks/router_decision.py [--blocks 100000] [--decisions 20000] [--json]
+    .venv/bin/python benchmarks/router_decision.py [--blocks 100000] [--decisions 20000]
+        [--hybrid] [--json]
 
 A fleet of 4 PrfaaS prefill, 3 PD-P and 5 PD-D instances; the kv index holds ``--blocks``
 16-byte block hashes spread over the prefill instances in chains of 64 blocks (shared
 prefixes, as a prefix cache holds them). Each decision routes a request whose hash chain
 (up to 256 blocks: a 128K prompt at 512-token blocks) shares a random cached prefix, then
 diverges. Timed: ``Router.route`` alone (the fleet view is built by the caller and reused).
+``--hybrid``: the prefill instances are hybrid (Kimi Linear), holding a state snapshot every
+``SNAPSHOT_EVERY`` blocks and at each chain's end, so every hit is cut back to a snapshot.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from prfaas.router.router import Router, RouterConfig
 from prfaas.router.types import ClusterView, InstanceView, RouteRequest, RouterState
 
 CHAIN = 64
+SNAPSHOT_EVERY = 8
 GOAL_US = 100.0
 
 
@@ -49,6 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, default=100_000)
     parser.add_argument("--decisions", type=int, default=20_000)
+    parser.add_argument("--hybrid", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rng = random.Random(0)
@@ -56,10 +61,14 @@ def main() -> None:
     index = KvIndex()
     prefill = [v for v in fleet.views if v.role == "prefill"]
     for v in prefill:
-        index.register(v.name, v.cluster)
+        index.register(v.name, v.cluster, hybrid=args.hybrid)
     chains = [[h(c, i) for i in range(CHAIN)] for c in range(args.blocks // CHAIN)]
     for c, chain in enumerate(chains):
-        index.stored(prefill[c % len(prefill)].name, 0, chain)
+        name = prefill[c % len(prefill)].name
+        index.stored(name, 0, chain)
+        if args.hybrid:
+            ends = [*chain[SNAPSHOT_EVERY - 1 :: SNAPSHOT_EVERY], chain[-1]]
+            index.apply(name, 0, c + 1, [(e, True, True) for e in ends])
     router = Router(RouterConfig(512), PrfaasThreshold(), fleet, index, RouterState(19_400))
     requests = []
     for k in range(args.decisions):
@@ -76,6 +85,7 @@ def main() -> None:
     times_us.sort()
     row = {
         "indexed_blocks": len(index),
+        "hybrid": args.hybrid,
         "decisions": len(times_us),
         "p50_us": times_us[len(times_us) // 2],
         "p99_us": times_us[int(len(times_us) * 0.99)],

@@ -44,7 +44,10 @@ EXAMPLES: list[Message] = [
         num_running=2,
         kv_usage=0.5,
         fallbacks=0,
-        events=[CacheEventMsg(block_hash="0f" * 16, stored=True)],
+        events=[
+            CacheEventMsg(block_hash="0f" * 16, stored=True),
+            CacheEventMsg(block_hash="0e" * 16, stored=False, snapshot=True),
+        ],
         seq=3,
     ),
     PrefillCommand(
@@ -96,3 +99,19 @@ def test_bounds_are_enforced() -> None:
         CacheEventMsg(block_hash="zz" * 16, stored=True)
     with pytest.raises(ValidationError):
         KvTarget(host="h", port=70000)
+
+
+def test_snapshot_and_hybrid_flags_default_off_and_dense_events_stay_small() -> None:
+    """Old workers (no flags) still validate; a block event's JSON has no snapshot key."""
+    block = CacheEventMsg(block_hash="0f" * 16, stored=True)
+    assert block.encode() == b'{"block_hash":"0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f","stored":true}'
+    assert not CacheEventMsg.decode(block.encode()).snapshot
+    snap = CacheEventMsg(block_hash="0f" * 16, stored=True, snapshot=True)
+    assert b'"snapshot":true' in snap.encode() and CacheEventMsg.decode(snap.encode()) == snap
+    info = EXAMPLES[1]
+    assert isinstance(info, WorkerInfo) and not info.hybrid
+    assert b"hybrid" in info.encode()
+    old = info.model_dump(exclude={"hybrid"})
+    assert not WorkerInfo.model_validate(old).hybrid
+    with pytest.raises(ValidationError):
+        CacheEventMsg.decode(b'{"block_hash":"' + b"0f" * 16 + b'","stored":true,"snapshot":3}')

@@ -7,9 +7,16 @@ message is a pydantic model with bounded fields, validated on receipt; nothing i
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 TOKEN_HEADER = "x-prfaas-cluster-token"  # the shared cluster token on every control call
 # The wire layer after a KV payload's tensors that carries the first sampled token (int64).
@@ -61,11 +68,24 @@ class WorkerInfo(Message):
     max_model_len: int = Field(ge=1)
     block_size: int = Field(ge=1)
     epoch: int = Field(ge=0)  # changes on every worker start: stale index entries vanish
+    # Linear-attention layers: a prefix hit also needs a state snapshot at its end, so the
+    # kv index counts only blocks up to the instance's snapshots (docs/hybrid.md).
+    hybrid: bool = False
 
 
 class CacheEventMsg(Message):
     block_hash: HEX_HASH
     stored: bool
+    # About the state snapshot keyed by the hash (hybrid models), not the block. Left out of
+    # the JSON when false, so dense workers' heartbeats are no larger than before.
+    snapshot: bool = False
+
+    @model_serializer(mode="wrap")
+    def _omit_false_snapshot(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if not self.snapshot:
+            data.pop("snapshot", None)
+        return data
 
 
 class Heartbeat(Message):

@@ -124,6 +124,7 @@ class Worker:
             max_model_len=engine.max_model_len,
             block_size=engine.kv.block_size,
             epoch=self.epoch,
+            hybrid=engine.hybrid,
         )
 
     def info(self) -> WorkerInfo:
@@ -132,7 +133,7 @@ class Worker:
     def collect_events(self) -> None:
         """Move the engine's new cache events into the log as the next numbered batch."""
         events = [
-            CacheEventMsg(block_hash=e.block_hash.hex(), stored=e.stored)
+            CacheEventMsg(block_hash=e.block_hash.hex(), stored=e.stored, snapshot=e.snapshot)
             for e in self.engine.drain_cache_events()
         ]
         self.events.add(self.epoch, events)

@@ -1,9 +1,9 @@
 """The Redis kv index against the in-process one, on a real redis-server.
 
 Same answers on the same random operation sequences (epochs, duplicate and late batches,
-removals); two gateways delivering the same batches in any interleaving, twice over, build
-the index one delivery would; a lost server costs affinity, not requests, and a restarted
-empty one is refilled by re-registration.
+removals, hybrid instances and their snapshot events); two gateways delivering the same
+batches in any interleaving, twice over, build the index one delivery would; a lost server
+costs affinity, not requests, and a restarted empty one is refilled by re-registration.
 """
 
 from __future__ import annotations
@@ -93,11 +93,60 @@ def test_long_chains_with_holes_past_a_lookup_chunk(index: KvIndexBackend) -> No
     assert index.prefix_blocks(chain) == {"p0": 300, "p1": 513, "p2": 256, "p3": 700}
 
 
+def test_hybrid_instances_reuse_blocks_up_to_their_last_snapshot(index: KvIndexBackend) -> None:
+    """A hybrid instance's hit ends at a snapshot within its block run; a dense one ignores
+    snapshots. Snapshot events follow the epoch and batch rules of blocks."""
+    chain = [bytes([i]) * 16 for i in range(8)]
+    index.register("h0", "pd", 3, hybrid=True)
+    index.register("d0", "pd", 3)
+    snapshots: list[CacheEvent] = [(chain[k], True, True) for k in (1, 3, 7)]
+    assert index.apply("h0", 3, 1, [(h, True) for h in chain[:6]] + snapshots) == "applied"
+    assert index.apply("d0", 3, 1, [(h, True) for h in chain[:6]] + snapshots[:1]) == "applied"
+    assert len(index) == 6  # snapshots are not blocks
+    # h0 holds 6 blocks; its snapshot after block 8 lies beyond them, the one after 4 counts.
+    assert index.prefix_blocks(chain) == {"h0": 4, "d0": 6}
+    assert index.prefix_blocks(chain[:3]) == {"h0": 2, "d0": 3}
+    assert index.prefix_blocks(chain[:1]) == {"d0": 1}  # blocks without a snapshot: no hit
+    assert index.apply("h0", 3, 2, [(chain[3], False, True), (chain[3], True)]) == "applied"
+    assert index.prefix_blocks(chain) == {"h0": 2, "d0": 6}
+    assert index.apply("h0", 3, 2, [(chain[5], True, True)]) == "duplicate"
+    assert index.apply("h0", 3, 3, [(chain[1], False)]) == "applied"  # a hole before it
+    assert index.prefix_blocks(chain) == {"d0": 6}
+    index.register("h0", "pd", 4, hybrid=True)  # restarted: its snapshots vanish too
+    assert index.apply("h0", 4, 1, [(h, True) for h in chain]) == "applied"
+    assert index.prefix_blocks(chain) == {"d0": 6}
+    assert index.apply("h0", 3, 4, [(chain[6], True, True)]) == "stale"
+    assert index.apply("h0", 4, 2, [(chain[6], True, True)]) == "applied"
+    assert index.prefix_blocks(chain) == {"h0": 7, "d0": 6}
+    index.register("h0", "pd", 4)  # announced as dense (same epoch): block runs again
+    assert index.prefix_blocks(chain) == {"h0": 8, "d0": 6}
+    index.register("h0", "pd", 4, hybrid=True)
+    index.remove("h0")
+    index.register("h0", "pd", 4, hybrid=True)  # removed: nothing of it is left
+    assert index.apply("h0", 4, 1, [(h, True) for h in chain]) == "applied"
+    assert index.prefix_blocks(chain) == {"d0": 6}
+
+
+def test_long_hybrid_chains_find_a_snapshot_far_back(index: KvIndexBackend) -> None:
+    """Redis walks a hybrid run back 64 blocks at a time: a snapshot several steps back, or
+    at the very first block, is still the one found."""
+    chain = [i.to_bytes(16, "big") for i in range(700)]
+    for name, snapshot in [("h0", 10), ("h1", 0), ("h2", 699), ("h3", 636), ("h4", None)]:
+        index.register(name, "pd", 1, hybrid=True)
+        events: list[CacheEvent] = [(h, True) for h in chain]
+        if snapshot is not None:
+            events.append((chain[snapshot], True, True))
+        events.append((chain[400], True, True) if name == "h3" else (chain[1], False, True))
+        index.apply(name, 1, 1, events)
+    index.apply("h3", 1, 2, [(chain[500], False)])  # run 500: the snapshot at 636 is past it
+    assert index.prefix_blocks(chain) == {"h0": 11, "h1": 1, "h2": 700, "h3": 401}
+
+
 def random_ops(rng: random.Random, steps: int) -> Iterator[tuple[str, tuple[object, ...]]]:
     """Registrations (same or newer epoch), batches (fresh, repeated, late, stale), removals
     and lookups over a small universe of block hashes, so that they collide a lot."""
     universe = [bytes([i]) * 16 for i in range(10)] + list(range(3))  # ints: simulator hashes
-    instances = {"p0": "pd", "p1": "pd", "r0": "remote"}
+    instances = {"p0": "pd", "p1": "pd", "r0": "remote", "h0": "remote"}
     epochs = dict.fromkeys(instances, 0)
     seqs = dict.fromkeys(instances, 0)
     for _ in range(steps):
@@ -107,14 +156,19 @@ def random_ops(rng: random.Random, steps: int) -> Iterator[tuple[str, tuple[obje
             if rng.random() < 0.5:
                 epochs[name] += rng.choice([1, 1 << 60])
                 seqs[name] = 0
-            yield "register", (name, instances[name], epochs[name])
+            # h0 is hybrid, p1 is announced either way (the flag follows the last one).
+            hybrid = name == "h0" or (name == "p1" and rng.random() < 0.5)
+            yield "register", (name, instances[name], epochs[name], hybrid)
         elif roll < 0.13:
             yield "remove", (name,)
         elif roll < 0.7:
             seqs[name] += rng.choice([1, 1, 1, 2])
             seq = seqs[name] - rng.choice([0, 0, 0, 1, 3])  # some repeated or late
             epoch = max(epochs[name] - rng.choice([0] * 9 + [1]), 0)  # some from an older one
-            events = [(rng.choice(universe), rng.random() < 0.7) for _ in range(rng.randint(0, 6))]
+            events: list[CacheEvent] = [
+                (rng.choice(universe), rng.random() < 0.7, rng.random() < 0.3)
+                for _ in range(rng.randint(0, 6))
+            ]
             yield "apply", (name, epoch, max(seq, 1), events)
         else:
             yield "lookup", ([rng.choice(universe) for _ in range(rng.randint(0, 8))],)
@@ -140,7 +194,7 @@ def two_fleets(server: RedisServer) -> tuple[WorkerFleet, WorkerFleet, RedisKvIn
     return WorkerFleet(clusters, a), WorkerFleet(clusters, b), a
 
 
-def info(name: str, cluster: str, epoch: int) -> WorkerInfo:
+def info(name: str, cluster: str, epoch: int, hybrid: bool = False) -> WorkerInfo:
     return WorkerInfo(
         name=name,
         cluster=cluster,
@@ -153,10 +207,13 @@ def info(name: str, cluster: str, epoch: int) -> WorkerInfo:
         max_model_len=256,
         block_size=16,
         epoch=epoch,
+        hybrid=hybrid,
     )
 
 
-def heartbeats(rng: random.Random, name: str, epoch: int, batches: int) -> list[Heartbeat]:
+def heartbeats(
+    rng: random.Random, name: str, epoch: int, batches: int, snapshot_share: float = 0.0
+) -> list[Heartbeat]:
     universe = [f"{i:032x}" for i in range(12)]
     return [
         Heartbeat(
@@ -169,7 +226,11 @@ def heartbeats(rng: random.Random, name: str, epoch: int, batches: int) -> list[
             fallbacks=0,
             seq=seq,
             events=[
-                CacheEventMsg(block_hash=rng.choice(universe), stored=rng.random() < 0.6)
+                CacheEventMsg(
+                    block_hash=rng.choice(universe),
+                    stored=rng.random() < 0.6,
+                    snapshot=snapshot_share > 0 and rng.random() < snapshot_share,
+                )
                 for _ in range(rng.randint(1, 5))
             ],
         )
@@ -178,7 +239,7 @@ def heartbeats(rng: random.Random, name: str, epoch: int, batches: int) -> list[
 
 
 def as_events(hb: Heartbeat) -> list[CacheEvent]:
-    return [(bytes.fromhex(e.block_hash), e.stored) for e in hb.events]
+    return [(bytes.fromhex(e.block_hash), e.stored, e.snapshot) for e in hb.events]
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -191,11 +252,14 @@ def test_two_gateways_delivering_every_batch_build_the_index_once(
     fleet_a, fleet_b, shared = two_fleets(redis_server)
     reference = KvIndex()
     streams: dict[str, list[Heartbeat]] = {}
-    for name, cluster, epoch in [("pd-p-0", "local", 11), ("prfaas-0", "remote", 12)]:
+    for name, cluster, epoch, hybrid in [
+        ("pd-p-0", "local", 11, False),
+        ("prfaas-0", "remote", 12, True),
+    ]:
         for fleet in (fleet_a, fleet_b):
-            fleet.register(info(name, cluster, epoch))
-        reference.register(name, cluster, epoch)
-        streams[name] = heartbeats(rng, name, epoch, 30)
+            fleet.register(info(name, cluster, epoch, hybrid))
+        reference.register(name, cluster, epoch, hybrid)
+        streams[name] = heartbeats(rng, name, epoch, 30, snapshot_share=0.3)
         for hb in streams[name]:
             reference.apply(name, epoch, hb.seq, as_events(hb))
     queues = {

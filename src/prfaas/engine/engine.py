@@ -25,7 +25,7 @@ from prfaas.engine.sampling_params import SamplingParams
 from prfaas.engine.scheduler import Scheduler, SchedulerOutput
 from prfaas.engine.stopping import check_stop
 from prfaas.kvcache.hashing import root_hash
-from prfaas.kvcache.hybrid import StateCacheConfig
+from prfaas.kvcache.hybrid import HybridKVCacheManager, StateCacheConfig
 from prfaas.kvcache.manager import cdiv
 from prfaas.kvcache.spec import specs_from_hf_config
 from prfaas.model.loader import LoadedModel, load_model
@@ -98,6 +98,9 @@ class Engine:
             state_config or StateCacheConfig(),
         )
         self.scheduler = Scheduler(self.kv, config.max_num_batched_tokens, config.max_num_seqs)
+        # A prefix hit here also needs a linear-state snapshot at its end (the kv index is
+        # told, and reports only such hits; the cache events name the snapshots).
+        self.hybrid = isinstance(self.kv, HybridKVCacheManager)
         eos = getattr(hf, "eos_token_id", None)
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if self.tokenizer.eos_token_id is not None:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from prfaas.messages import Heartbeat, WorkerInfo
-from prfaas.router.kv_index import KvIndexBackend, KvIndexUnavailableError
+from prfaas.router.kv_index import CacheEvent, KvIndexBackend, KvIndexUnavailableError
 from prfaas.router.types import ClusterKind, ClusterView, InstanceView
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class WorkerFleet:
         # Unreachable shared index: routable without affinity; the worker's batches answer
         # "unknown" once it is back, and the worker registers again.
         with contextlib.suppress(KvIndexUnavailableError):
-            self.kv_index.register(info.name, info.cluster, info.epoch)
+            self.kv_index.register(info.name, info.cluster, info.epoch, info.hybrid)
         logger.info(
             "worker %s registered: %s in %s (epoch %d)",
             info.name,
@@ -96,7 +96,9 @@ class WorkerFleet:
         record.queued_tokens = hb.queued_tokens
         record.draining = hb.draining
         if hb.events:
-            events = [(bytes.fromhex(e.block_hash), e.stored) for e in hb.events]
+            events: list[CacheEvent] = [
+                (bytes.fromhex(e.block_hash), e.stored, e.snapshot) for e in hb.events
+            ]
             if self.kv_index.apply(hb.name, hb.epoch, hb.seq, events) == "unknown":
                 return False  # e.g. a restarted shared index: registering again restores it
         return True

@@ -13,6 +13,8 @@ Keys (``p`` = the deployment prefix; block hashes are raw bytes, ints as ``#<n>`
   p:h:<hash>      SET of the instances holding the block (absent when none); always
                   h in p:o:<i>  <=>  i in p:h:<h>
   p:n  the number of blocks with at least one holder (``len``)
+  p:y  HASH instance -> '1' if hybrid (its hits need a state snapshot), else '0'
+  p:z:<instance>  SET of the hashes its current epoch holds a state snapshot for (hybrid)
 
 The scripts name keys they build from the prefix, so this needs one Redis server (or a
 primary with replicas), not Redis Cluster. A server that cannot be reached costs cache
@@ -69,16 +71,17 @@ end
 local function drop(p, inst)
   local owned = p .. ':o:' .. inst
   for _, h in ipairs(redis.call('SMEMBERS', owned)) do unhold(p, h, inst) end
-  redis.call('DEL', owned)
+  redis.call('DEL', owned, p .. ':z:' .. inst)
 end
 """
 
-# ARGV: prefix, instance, cluster, epoch
+# ARGV: prefix, instance, cluster, epoch, hybrid ('1' or '0')
 _REGISTER = (
     _LIB
     + """
 local p, inst, epoch = ARGV[1], ARGV[2], ARGV[4]
 redis.call('HSET', p .. ':c', inst, ARGV[3])
+redis.call('HSET', p .. ':y', inst, ARGV[5])
 local cur = redis.call('HGET', p .. ':e', inst)
 if cur and not newer(epoch, cur) then return 0 end
 drop(p, inst)
@@ -97,11 +100,13 @@ drop(p, inst)
 redis.call('HDEL', p .. ':e', inst)
 redis.call('HDEL', p .. ':c', inst)
 redis.call('HDEL', p .. ':s', inst)
+redis.call('HDEL', p .. ':y', inst)
 return 1
 """
 )
 
-# ARGV: prefix, instance, epoch, seq, then (flag, hash) pairs: flag '1' stored, '0' evicted
+# ARGV: prefix, instance, epoch, seq, then (flag, hash) pairs: flag '1' stored, '0' evicted;
+# a state snapshot keyed by the hash: '+' stored, '-' evicted
 _APPLY = (
     _LIB
     + """
@@ -111,15 +116,19 @@ if not cur or newer(epoch, cur) then return 'unknown' end
 if cur ~= epoch then return 'stale' end
 if seq <= tonumber(redis.call('HGET', p .. ':s', inst) or '0') then return 'duplicate' end
 redis.call('HSET', p .. ':s', inst, seq)
-local owned = p .. ':o:' .. inst
+local owned, snaps = p .. ':o:' .. inst, p .. ':z:' .. inst
 for i = 5, #ARGV, 2 do
-  local h = ARGV[i + 1]
-  if ARGV[i] == '1' then
+  local flag, h = ARGV[i], ARGV[i + 1]
+  if flag == '1' then
     hold(p, h, inst)
     redis.call('SADD', owned, h)
-  else
+  elseif flag == '0' then
     redis.call('SREM', owned, h)
     unhold(p, h, inst)
+  elseif flag == '+' then
+    redis.call('SADD', snaps, h)
+  else
+    redis.call('SREM', snaps, h)
   end
 end
 return 'applied'
@@ -128,11 +137,25 @@ return 'applied'
 
 # ARGV: prefix, then the request's block hashes in chain order packed into one string, each
 # as (1 byte: length, the hash): one argument instead of hundreds to encode.
-# Returns flat {instance, leading blocks held, ...} for the instances holding block 0. Each
-# such candidate's own set is asked about the chain in chunks (SMISMEMBER): a few calls per
-# candidate instead of one per block; the first miss ends its prefix.
+# Returns flat {instance, leading blocks reusable, ...} for the instances holding block 0.
+# Each such candidate's own set is asked about the chain in chunks (SMISMEMBER): a few calls
+# per candidate instead of one per block; the first miss ends its prefix. A hybrid one's
+# snapshot set is then asked the same way, backwards from there: the last snapshot within
+# the run ends its hit (none: left out).
 _PREFIX_BLOCKS = """
 local p, blob, chunk = ARGV[1], ARGV[2], 256
+local function last_snapshot(inst, hashes, held)
+  local snaps, last = p .. ':z:' .. inst, held
+  while last > 0 do
+    local first = math.max(1, last - 63)
+    local flags = redis.call('SMISMEMBER', snaps, unpack(hashes, first, last))
+    for k = #flags, 1, -1 do
+      if flags[k] == 1 then return first + k - 1 end
+    end
+    last = first - 1
+  end
+  return 0
+end
 local result = {}
 if #blob == 0 then return result end
 local holders = redis.call('SMEMBERS', p .. ':h:' .. string.sub(blob, 2, 1 + string.byte(blob, 1)))
@@ -160,8 +183,11 @@ for _, inst in ipairs(holders) do
       break
     end
   end
-  result[#result + 1] = inst
-  result[#result + 1] = held
+  if redis.call('HGET', p .. ':y', inst) == '1' then held = last_snapshot(inst, hashes, held) end
+  if held > 0 then
+    result[#result + 1] = inst
+    result[#result + 1] = held
+  end
 end
 return result
 """
@@ -217,16 +243,19 @@ class RedisKvIndex:
         except KvIndexUnavailableError:
             return 0
 
-    def register(self, instance: str, cluster: str, epoch: int = 0) -> None:
-        self._call(lambda: self._register(args=[self.prefix, instance, cluster, str(epoch)]))
+    def register(self, instance: str, cluster: str, epoch: int = 0, hybrid: bool = False) -> None:
+        args = [self.prefix, instance, cluster, str(epoch), "1" if hybrid else "0"]
+        self._call(lambda: self._register(args=args))
 
     def remove(self, instance: str) -> None:
         self._call(lambda: self._remove(args=[self.prefix, instance]))
 
     def apply(self, instance: str, epoch: int, seq: int, events: Sequence[CacheEvent]) -> Applied:
         args: list[str | bytes] = [self.prefix, instance, str(epoch), str(seq)]
-        for h, stored in events:
-            args += [b"1" if stored else b"0", _hash_arg(h)]
+        for event in events:
+            snapshot = len(event) == 3 and event[-1]
+            flag = (b"+" if event[1] else b"-") if snapshot else (b"1" if event[1] else b"0")
+            args += [flag, _hash_arg(event[0])]
         answer = self._call(lambda: self._apply(args=args))
         return cast(Applied, answer.decode() if isinstance(answer, bytes) else answer)
 

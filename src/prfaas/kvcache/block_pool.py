@@ -31,10 +31,16 @@ class IntegrityError(AssertionError):
 
 @dataclass(frozen=True)
 class CacheEvent:
-    """A block hash became reusable here (``stored``) or stopped being so (``removed``)."""
+    """A block hash became reusable here (``stored``) or stopped being so (``removed``).
+
+    ``snapshot``: the event is about a linear-attention state snapshot keyed by the hash
+    (the state after the prefix that block ends; hybrid models, ``LinearStateManager``),
+    not about the KV block itself.
+    """
 
     block_hash: BlockHash
     stored: bool
+    snapshot: bool = False
 
 
 class BlockPool:

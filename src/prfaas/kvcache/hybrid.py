@@ -175,7 +175,9 @@ class HybridKVCacheManager:
         return self.pool.reset_cache() + self.states.reset_cache()
 
     def drain_events(self) -> list[CacheEvent]:
-        return self.blocks.drain_events()
+        """Block events, then snapshot events (``snapshot=True``). The kv index keeps the two
+        kinds apart, so only the order within each kind matters."""
+        return self.blocks.drain_events() + self.states.drain_events()
 
     def check_integrity(self) -> None:
         self.blocks.check_integrity()

@@ -15,6 +15,11 @@ are taken at multiples of ``snapshot_interval`` tokens and at the last block bou
 prompt. At most ``max_snapshots`` slots hold snapshots (cached + pending): snapshots are a
 bounded cache beside the KV blocks, never eating them (vllm#45845). A request needing a live
 slot evicts the least recently used unpinned snapshot when no slot is free.
+
+Every snapshot that becomes cached, and every cached one that is dropped (recycled, evicted
+for a live slot, reset), is recorded as a ``CacheEvent(hash, stored, snapshot=True)`` for
+the kv index, which can then report the hits this rule allows rather than the block runs.
+Pending snapshots are never announced: they are not reusable until committed.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from prfaas.kvcache.block_pool import IntegrityError
+from prfaas.kvcache.block_pool import CacheEvent, IntegrityError
 from prfaas.kvcache.hashing import BlockHash
 
 
@@ -71,6 +76,7 @@ class LinearStateManager:
         # A request admitted on a snapshot pins it until its first chunk has copied it.
         self._loading: dict[str, int] = {}
         self._pins: Counter[int] = Counter()
+        self._events: list[CacheEvent] = []
 
     @property
     def num_snapshots(self) -> int:
@@ -158,6 +164,7 @@ class LinearStateManager:
                 self._free.append(p.slot)
             else:
                 self._cached[p.block_hash] = p.slot
+                self._events.append(CacheEvent(p.block_hash, stored=True, snapshot=True))
         if keep:
             self._pending[request_id] = keep
 
@@ -173,10 +180,14 @@ class LinearStateManager:
         dropped = 0
         for block_hash, slot in list(self._cached.items()):
             if not self._pins[slot]:
-                del self._cached[block_hash]
-                self._free.append(slot)
+                self._free.append(self._drop(block_hash))
                 dropped += 1
         return dropped
+
+    def drain_events(self) -> list[CacheEvent]:
+        """Snapshot events since the last drain, in order."""
+        events, self._events = self._events, []
+        return events
 
     def check_integrity(self) -> None:
         places: Counter[int] = Counter(self._free)
@@ -215,13 +226,18 @@ class LinearStateManager:
         victim = self._evictable()
         if victim is None:
             return None
-        return self._cached.pop(victim)
+        return self._drop(victim)
 
     def _take_snapshot_slot(self) -> int | None:
         if self.num_snapshots < self.max_snapshots and self._free:
             return self._free.pop()
         victim = self._evictable()  # at the cap or out of slots: recycle the LRU snapshot
-        return None if victim is None else self._cached.pop(victim)
+        return None if victim is None else self._drop(victim)
+
+    def _drop(self, block_hash: BlockHash) -> int:
+        """Forget a cached snapshot (announcing it); returns its slot, now unplaced."""
+        self._events.append(CacheEvent(block_hash, stored=False, snapshot=True))
+        return self._cached.pop(block_hash)
 
     def _evictable(self, keep: BlockHash | None = None) -> BlockHash | None:
         for block_hash, slot in self._cached.items():

@@ -13,6 +13,14 @@ Invariants:
   number is above the last one applied, so a batch delivered twice (two gateways, or a
   retry) applies once, and one that arrives after a later batch is dropped rather than
   applied out of order. A new epoch starts the numbering over.
+- Hybrid instances (registered with ``hybrid=True``: linear-attention layers) can reuse a
+  prefix only where they hold a state snapshot at its exact end (``docs/hybrid.md``). Their
+  snapshot events (``snapshot=True``, keyed by the hash of the block the prefix ends with)
+  fill ``_snapshots[instance]``, under the same epoch and batch rules as blocks; for them
+  ``prefix_blocks`` answers the largest ``j`` <= their block run with a snapshot keyed by
+  ``hashes[j - 1]`` (instances with no such ``j`` are left out). Snapshots have no holder
+  map: a lookup asks only the few hybrid candidates, walking back from their run's end,
+  where the snapshot of a long hit usually is. Dense instances are answered as before.
 """
 
 from __future__ import annotations
@@ -24,7 +32,9 @@ from typing import Literal, Protocol
 # epoch of it: it must be registered first), ``stale`` (a newer epoch is registered: the
 # batch is from a process that is gone), ``duplicate`` (not newer than the last applied).
 Applied = Literal["applied", "duplicate", "stale", "unknown"]
-CacheEvent = tuple[Hashable, bool]  # (block hash, True if stored / False if evicted)
+# (block hash, True if stored / False if evicted[, True if about the state snapshot keyed
+# by that hash rather than the block: hybrid instances]); a pair is a block event.
+CacheEvent = tuple[Hashable, bool] | tuple[Hashable, bool, bool]
 
 
 class KvIndexUnavailableError(RuntimeError):
@@ -44,7 +54,9 @@ class KvIndexBackend(Protocol):
 
     def __len__(self) -> int: ...
 
-    def register(self, instance: str, cluster: str, epoch: int = 0) -> None: ...
+    def register(
+        self, instance: str, cluster: str, epoch: int = 0, hybrid: bool = False
+    ) -> None: ...
 
     def remove(self, instance: str) -> None: ...
 
@@ -62,17 +74,25 @@ class KvIndex:
         self._epoch: dict[str, int] = {}
         self._cluster: dict[str, str] = {}
         self._seq: dict[str, int] = {}  # the last batch applied in the instance's epoch
+        self._hybrid: set[str] = set()  # instances whose hits need a snapshot
+        self._snapshots: dict[str, set[Hashable]] = {}  # snapshots of the current epoch
 
     def __len__(self) -> int:
         return len(self._holders)
 
-    def register(self, instance: str, cluster: str, epoch: int = 0) -> None:
-        """Announce ``instance`` (at start or restart); a new epoch forgets its old blocks."""
+    def register(self, instance: str, cluster: str, epoch: int = 0, hybrid: bool = False) -> None:
+        """Announce ``instance`` (at start or restart); a new epoch forgets its old blocks.
+        ``hybrid``: its prefix hits need a state snapshot (see the module docstring)."""
         self._cluster[instance] = cluster
+        if hybrid:
+            self._hybrid.add(instance)
+        else:
+            self._hybrid.discard(instance)
         if self._epoch.get(instance, -1) < epoch:
             self._drop_instance(instance)
             self._epoch[instance] = epoch
             self._by_instance[instance] = set()
+            self._snapshots[instance] = set()
             self._seq[instance] = 0
 
     def remove(self, instance: str) -> None:
@@ -80,6 +100,7 @@ class KvIndex:
         self._epoch.pop(instance, None)
         self._cluster.pop(instance, None)
         self._seq.pop(instance, None)
+        self._hybrid.discard(instance)
 
     def apply(self, instance: str, epoch: int, seq: int, events: Sequence[CacheEvent]) -> Applied:
         current = self._epoch.get(instance)
@@ -90,8 +111,15 @@ class KvIndex:
         if seq <= self._seq[instance]:
             return "duplicate"
         self._seq[instance] = seq
-        for h, stored in events:  # in order: a block may be evicted and stored again
-            if stored:
+        snapshots = self._snapshots[instance]
+        for event in events:  # in order: a block may be evicted and stored again
+            h, stored = event[0], event[1]
+            if len(event) == 3 and event[-1]:
+                if stored:
+                    snapshots.add(h)
+                else:
+                    snapshots.discard(h)
+            elif stored:
                 self.stored(instance, epoch, (h,))
             else:
                 self.evicted(instance, epoch, (h,))
@@ -119,6 +147,23 @@ class KvIndex:
                     del self._holders[h]
 
     def prefix_blocks(self, hashes: Sequence[Hashable]) -> dict[str, int]:
+        """Instance → number of leading blocks of ``hashes`` it can reuse (only those with
+        > 0): the blocks it holds, cut back to its last snapshot for a hybrid instance."""
+        runs = self._block_runs(hashes)
+        if not self._hybrid or self._hybrid.isdisjoint(runs):
+            return runs
+        for instance in self._hybrid.intersection(runs):
+            snapshots = self._snapshots.get(instance, set())
+            j = runs[instance]
+            while j and hashes[j - 1] not in snapshots:
+                j -= 1
+            if j:
+                runs[instance] = j
+            else:
+                del runs[instance]
+        return runs
+
+    def _block_runs(self, hashes: Sequence[Hashable]) -> dict[str, int]:
         """Instance → number of leading blocks of ``hashes`` it holds (only those with > 0)."""
         if not hashes:
             return {}
@@ -155,6 +200,7 @@ class KvIndex:
         return self._by_instance[instance]
 
     def _drop_instance(self, instance: str) -> None:
+        self._snapshots.pop(instance, None)
         for h in self._by_instance.pop(instance, ()):
             holders = self._holders.get(h)
             if holders is not None:
