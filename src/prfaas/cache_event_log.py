@@ -20,10 +20,13 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from prfaas.messages import MAX_EVENTS, CacheEventMsg
+from prfaas.messages import CacheEventMsg
 
 logger = logging.getLogger(__name__)
 MAX_BATCHES = 256  # ~2 minutes of heartbeats that had events
+# Events per batch: about 64 bytes of JSON each, so a heartbeat stays near 1 MiB, well
+# under the gateway's request-body limit (a full MAX_EVENTS batch would not be).
+BATCH_EVENTS = 16384
 
 
 @dataclass(frozen=True)
@@ -47,8 +50,8 @@ class CacheEventLog:
             self.epoch, self._next_seq = epoch, 1
             self._batches.clear()
             self._acked = dict.fromkeys(self._gateways, 0)
-        for start in range(0, len(events), MAX_EVENTS):  # a heartbeat carries at most that
-            self._batches.append(EventBatch(self._next_seq, events[start : start + MAX_EVENTS]))
+        for start in range(0, len(events), BATCH_EVENTS):
+            self._batches.append(EventBatch(self._next_seq, events[start : start + BATCH_EVENTS]))
             self._next_seq += 1
             if len(self._batches) > self.max_batches:
                 lost = self._batches.popleft()

@@ -24,7 +24,8 @@ import pytest
 import yaml
 from tests.redis_fixture import start_redis
 
-from prfaas.cache_event_log import CacheEventLog, EventBatch
+from prfaas.cache_event_log import BATCH_EVENTS, CacheEventLog, EventBatch
+from prfaas.gateway.config import GatewayConfig
 from prfaas.gateway.deploy_config import (
     DeployConfigError,
     KvIndexSpec,
@@ -32,7 +33,7 @@ from prfaas.gateway.deploy_config import (
     load_deploy_config,
 )
 from prfaas.gateway.launcher import WorkerSpawn, free_port
-from prfaas.messages import MAX_EVENTS, CacheEventMsg, Heartbeat
+from prfaas.messages import CacheEventMsg, Heartbeat
 
 CLUSTER_TOKEN = "ha-cluster-token"
 LONG = " ".join(f"w{(11 * i) % 200 + 3}" for i in range(80))  # 80 tokens: above t, remote
@@ -302,8 +303,15 @@ def test_event_log_keeps_each_batch_until_every_gateway_has_it() -> None:
     assert [b.seq for b in log.pending("b", 8)] == [1] and log.pending("b", 7) == []
     log.ack("a", 7, 99)  # an answer about the old epoch changes nothing
     assert [b.seq for b in log.pending("a", 8)] == [1]
-    log.add(8, events(*range(MAX_EVENTS + 1)))  # too many for one heartbeat: two batches
-    assert [len(b.events) for b in log.pending("a", 8)] == [1, MAX_EVENTS, 1]
+    log.add(8, events(*range(BATCH_EVENTS + 1)))  # too many for one heartbeat: two batches
+    assert [len(b.events) for b in log.pending("a", 8)] == [1, BATCH_EVENTS, 1]
+    # A full batch stays under the gateway's request-body limit.
+    batch = log.pending("a", 8)[1]
+    heartbeat = Heartbeat(
+        name="w", epoch=8, role="decode", num_waiting=0, num_running=0, kv_usage=0.0,
+        fallbacks=0, seq=batch.seq, events=batch.events,
+    )  # fmt: skip
+    assert len(heartbeat.encode()) < GatewayConfig().max_body_bytes
 
 
 class _Worker:

@@ -43,11 +43,16 @@ def test_cached_prefix_brings_the_request_home_and_to_the_warm_instance() -> Non
     assert list(router.observed_lengths) == [900]
 
 
-def test_a_fully_cached_prompt_still_computes_one_token() -> None:
+def test_a_fully_cached_prompt_still_computes_its_last_block() -> None:
+    """Like the engine: at least one token is computed, so a prompt ending on a block
+    boundary reuses only the blocks before its last; one that ends inside a block reuses
+    every full block."""
     router, index, _ = make()
     index.stored("pd-p0", 0, range(5))
     got = router.route(RouteRequest("a", "t", 500, tuple(range(5))))
-    assert got.cached_tokens == 499 and got.incremental_tokens == 1
+    assert got.cached_tokens == 400 and got.incremental_tokens == 100
+    got = router.route(RouteRequest("b", "t", 510, tuple(range(5))))
+    assert got.cached_tokens == 500 and got.incremental_tokens == 10
 
 
 def test_abundant_mode_pulls_the_remote_prefix() -> None:

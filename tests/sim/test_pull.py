@@ -40,9 +40,10 @@ def test_the_remote_prefix_is_pulled_and_reused() -> None:
     assert first.decision is not None and first.decision.path == "prfaas"
     assert second.decision is not None
     assert (second.decision.path, second.decision.pull_from) == ("pd-p", "remote")
-    assert second.decision.pull_tokens == 2999  # the router leaves one token to compute
-    # 2.999e9 B at 1e9 B/s: the pulled prefix lands at 13.0 s; 29 whole blocks hit.
-    assert second.prefill_start_s == pytest.approx(12.999)
+    # At least one token is computed, so the last whole block can't be reused: 29 blocks.
+    assert second.decision.pull_tokens == 2900
+    # 2.9e9 B at 1e9 B/s: the pulled prefix lands at 12.9 s; its 29 whole blocks hit.
+    assert second.prefill_start_s == pytest.approx(12.9)
     assert second.cached_tokens == 2900
-    assert second.prefill_end_s == pytest.approx(12.999 + 0.1)
+    assert second.prefill_end_s == pytest.approx(12.9 + 0.1)
     assert second.finish_s > 0

@@ -355,7 +355,9 @@ class ClusterBackend:
         puller lands it as prefix cache. On any failure the prefill just computes more."""
         holder = self.fleet.workers.get(decision.pull_instance or "")
         puller = self.fleet.workers.get(decision.prefill_instance)
-        if holder is None or puller is None:
+        if holder is None or puller is None or puller.info.hybrid:
+            # A hybrid model's hit also needs a state snapshot at the prefix's end, which an
+            # imported prefix does not carry yet: a pull there would buy nothing.
             return
         prefix = cmd.prompt_token_ids[: decision.cached_tokens]
         pull_id = f"{cmd.request_id}-pull"

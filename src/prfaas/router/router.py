@@ -89,7 +89,10 @@ class Router:
     def _held_blocks(self, request: RouteRequest) -> dict[str, int]:
         if not self.config.cache_aware:
             return {}
-        return self.kv_index.prefix_blocks(request.block_hashes)
+        # An engine computes at least one prompt token, so a hit covers at most the full
+        # blocks before the last token: a prompt ending on a block boundary can't use its last.
+        usable = max(request.prompt_len - 1, 0) // self.config.block_tokens
+        return self.kv_index.prefix_blocks(request.block_hashes[:usable])
 
     def _cluster_tokens(
         self, request: RouteRequest, held: Mapping[str, int], instances: Sequence[InstanceView]
