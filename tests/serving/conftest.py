@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -27,6 +27,7 @@ class Deployed:
     base_url: str
     proc: subprocess.Popen[str]
     model: Path
+    lines: list[str] = field(default_factory=list)  # what `prfaas serve` printed at start
 
 
 def deploy_yaml(model: Path, port: int) -> dict[str, object]:
@@ -69,8 +70,11 @@ def deploy_yaml(model: Path, port: int) -> dict[str, object]:
 
 
 @contextlib.contextmanager
-def serving(config: dict[str, object], tmp: Path, model: Path) -> Iterator[Deployed]:
-    """`prfaas serve --config` with ``config`` as real processes, until the block exits."""
+def serving(
+    config: dict[str, object], tmp: Path, model: Path, until: str = "prfaas is serving"
+) -> Iterator[Deployed]:
+    """`prfaas serve --config` with ``config`` as real processes, until the block exits;
+    start-up ends with the printed line containing ``until``."""
     path = tmp / "deploy.yaml"
     path.write_text(yaml.safe_dump(config))
     env = dict(
@@ -104,14 +108,14 @@ def serving(config: dict[str, object], tmp: Path, model: Path) -> Iterator[Deplo
         if not line:
             break
         lines.append(line)
-        if "prfaas is serving" in line:
+        if until in line:
             break
-    if not any("prfaas is serving" in line for line in lines):
+    if not any(until in line for line in lines):
         proc.kill()
         logs = "".join(p.read_text() for p in (tmp / "logs").glob("*.log"))
         pytest.fail("prfaas serve did not start:\n" + "".join(lines) + logs)
     try:
-        yield Deployed(f"http://127.0.0.1:{config['port']}", proc, model)
+        yield Deployed(f"http://127.0.0.1:{config['port']}", proc, model, lines)
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:

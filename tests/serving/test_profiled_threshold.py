@@ -3,8 +3,6 @@ model's context, and both paths serve real traffic with it (the official openai 
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,8 +12,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-import yaml
-from tests.serving.conftest import CLUSTER_TOKEN, deploy_yaml
+from tests.serving.conftest import deploy_yaml, serving
 
 from prfaas.gateway.launcher import free_port
 
@@ -29,45 +26,8 @@ def served(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     port = free_port()
     spec = deploy_yaml(tiny_llama, port)
     spec["policy"] = {"name": "prfaas"}  # no threshold_tokens: profiled
-    config = tmp / "deploy.yaml"
-    config.write_text(yaml.safe_dump(spec))
-    env = dict(
-        os.environ,
-        PRFAAS_CACHE_DIR=str(tmp / "cache"),
-        PYTHONUNBUFFERED="1",
-        PRFAAS_CLUSTER_TOKEN=CLUSTER_TOKEN,
-    )
-    argv = [sys.executable, "-m", "prfaas.cli", "serve", "--config", str(config)]
-    proc = subprocess.Popen(
-        [*argv, "--log-dir", str(tmp / "logs")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    lines: list[str] = []
-    deadline = time.monotonic() + 300
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if "threshold t =" in line:
-            break
-    try:
-        if not any("threshold t =" in line for line in lines):
-            logs = "".join(p.read_text() for p in (tmp / "logs").glob("*.log"))
-            pytest.fail("prfaas serve did not start:\n" + "".join(lines) + logs)
-        yield f"http://127.0.0.1:{port}", lines[-1]
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    with serving(spec, tmp, tiny_llama, until="threshold t =") as deployed:
+        yield deployed.base_url, deployed.lines[-1]
 
 
 def words(n: int) -> str:
