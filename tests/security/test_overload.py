@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiohttp import web
 
 from prfaas.gateway.backend import NoWorker, Overloaded, aclose
 from prfaas.gateway.capacity import CapacityConfig, DecodeCapacity
@@ -181,19 +182,29 @@ def test_a_stream_closed_before_its_first_event_gives_its_slot_back() -> None:
         for _ in range(2):
             await backend.capacity.acquire()
         event = TokenEvent(request_id="r", token_ids=[5], finished=True, finish_reason="stop")
-        # A real httpx response over an in-memory transport: no decode worker needed to
-        # test what the gateway does with one.
-        transport = httpx.MockTransport(lambda _: httpx.Response(200, content=event.encode()))
-        async with httpx.AsyncClient(transport=transport) as client:
-            request = client.build_request("POST", "http://d0/decode")
-            left_early = await client.send(request, stream=True)
-            read_through = await client.send(request, stream=True)
+
+        # A real decode-stream response over real TCP from a one-route server: no decode
+        # worker needed to test what the gateway does with one.
+        async def decode(_: web.Request) -> web.Response:
+            return web.Response(body=event.encode())  # the last line without its newline
+
+        app = web.Application()
+        app.router.add_post("/decode", decode)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        url = f"http://127.0.0.1:{port}/decode"
+        left_early = await backend._http.post(url)
+        read_through = await backend._http.post(url)
         await aclose(backend._events(left_early, "d0"))  # never iterated
-        assert left_early.is_closed and backend.capacity.admitted == 1
+        assert left_early.closed and backend.capacity.admitted == 1
         events = backend._events(read_through, "d0")
         assert [d.finished async for d in events] == [True]
         await aclose(events)  # after the generator's own cleanup: released once, not twice
-        assert read_through.is_closed and backend.capacity.admitted == 0
+        assert read_through.closed and backend.capacity.admitted == 0
         await backend.aclose()
+        await runner.cleanup()
 
     asyncio.run(scenario())

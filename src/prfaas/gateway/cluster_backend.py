@@ -17,7 +17,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 
 from prfaas.engine.outputs import TokenDelta
 from prfaas.gateway.audit import AuditLog, AuditRecord
@@ -44,6 +44,10 @@ from prfaas.sampling import to_spec
 logger = logging.getLogger(__name__)
 MAX_ROUTE_ATTEMPTS = 3
 MAX_EVENT_BYTES = 1 << 20  # one NDJSON token event from a decode worker, at most
+
+
+class WorkerCallError(ConnectionError):
+    """A worker could not be reached, or did not answer in time."""
 
 
 @dataclass(frozen=True)
@@ -92,13 +96,7 @@ class ClusterBackend:
         self.on_pull = on_pull
         self.audit = audit
         self.capacity = DecodeCapacity(settings.capacity, self._num_decode)
-        # Every in-flight request holds a decode stream and a prefill call: keep enough idle
-        # connections alive that a busy gateway does not reconnect per request.
-        self._client = httpx.AsyncClient(
-            headers={TOKEN_HEADER: settings.cluster_token},
-            timeout=httpx.Timeout(10.0, read=None),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=512),
-        )
+        self._session: aiohttp.ClientSession | None = None  # opened on the serving loop
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _num_decode(self) -> int:
@@ -108,10 +106,35 @@ class ClusterBackend:
             if r.info.role == "decode" and not r.draining and self.fleet.healthy(name)
         )
 
+    @property
+    def _http(self) -> aiohttp.ClientSession:
+        """Calls to workers (aiohttp: about a third of httpx's CPU per streamed call, which
+        is most of what a busy gateway spends). Every in-flight request holds a decode
+        stream and a prefill call, so connections are unbounded and kept alive."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                headers={TOKEN_HEADER: self.settings.cluster_token},
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60.0),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10.0),
+            )
+        return self._session
+
+    async def _post(self, url: str, body: bytes, timeout_s: float) -> tuple[int, bytes]:
+        """POST to a worker: its status and body; WorkerCallError if it cannot be reached
+        or does not answer within ``timeout_s``."""
+        try:
+            async with self._http.post(
+                url, data=body, timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as r:
+                return r.status, await r.read()
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise WorkerCallError(str(e) or type(e).__name__) from e
+
     async def aclose(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
         if self.audit is not None:
             self.audit.close()
 
@@ -195,7 +218,7 @@ class ClusterBackend:
 
     async def _open_decode(
         self, req: GenerationRequest, name: str, url: str
-    ) -> httpx.Response | None:
+    ) -> aiohttp.ClientResponse | None:
         """Open the token stream at a decode worker (it reserves blocks and waits for KV);
         None if the worker is draining."""
         cmd = DecodeCommand(
@@ -207,21 +230,20 @@ class ClusterBackend:
             deadline_s=self.settings.kv_deadline_s,
         )
         try:
-            response = await self._client.send(
-                self._client.build_request("POST", url + "/decode", content=cmd.encode()),
-                stream=True,
-            )
-        except httpx.HTTPError as e:
+            response = await self._http.post(url + "/decode", data=cmd.encode())
+        except (aiohttp.ClientError, TimeoutError) as e:
             raise NoWorker(f"decode worker {name} unreachable: {e}") from e
-        if response.status_code == 409:
-            await response.aclose()
+        if response.status == 409:
+            response.release()
             return None
-        if response.status_code != 200:
-            await response.aclose()
-            raise NoWorker(f"decode worker {name} answered {response.status_code}")
+        if response.status != 200:
+            response.release()
+            raise NoWorker(f"decode worker {name} answered {response.status}")
         return response
 
-    def _events(self, response: httpx.Response, decode_name: str) -> AsyncIterator[TokenDelta]:
+    def _events(
+        self, response: aiohttp.ClientResponse, decode_name: str
+    ) -> AsyncIterator[TokenDelta]:
         finished = False
 
         async def finish() -> None:
@@ -231,7 +253,7 @@ class ClusterBackend:
             if finished:
                 return
             finished = True
-            await response.aclose()
+            response.release()  # back to the pool if read to its end, else closed
             record = self.fleet.workers.get(decode_name)
             if record is not None:
                 record.inflight = max(0, record.inflight - 1)
@@ -240,11 +262,14 @@ class ClusterBackend:
         return ClosingEvents(self._deltas(response, decode_name, finish), finish)
 
     async def _deltas(
-        self, response: httpx.Response, decode_name: str, finish: Callable[[], Awaitable[None]]
+        self,
+        response: aiohttp.ClientResponse,
+        decode_name: str,
+        finish: Callable[[], Awaitable[None]],
     ) -> AsyncGenerator[TokenDelta, None]:
         try:
             buffer, finished = b"", False
-            chunks = response.aiter_bytes()
+            chunks = response.content.iter_any()
             while True:
                 chunk = await anext(chunks, None)
                 if chunk is None:  # the body ended: a last line may lack its newline
@@ -281,17 +306,13 @@ class ClusterBackend:
             await self._pull(cmd, decision, tenant)
         started_s = time.monotonic()
         try:
-            r = await self._client.post(
-                url + "/prefill", content=cmd.encode(), timeout=cmd.deadline_s
-            )
+            status, body = await self._post(url + "/prefill", cmd.encode(), cmd.deadline_s)
             result = (
-                PrefillResult.decode(r.content)
-                if r.status_code == 200
-                else PrefillResult(
-                    request_id=cmd.request_id, ok=False, error=f"HTTP {r.status_code}"
-                )
+                PrefillResult.decode(body)
+                if status == 200
+                else PrefillResult(request_id=cmd.request_id, ok=False, error=f"HTTP {status}")
             )
-        except httpx.HTTPError as e:
+        except WorkerCallError as e:
             result = PrefillResult(request_id=cmd.request_id, ok=False, error=str(e))
         if not result.ok:
             logger.warning(
@@ -301,8 +322,8 @@ class ClusterBackend:
             )
             # Tell the decode worker now rather than letting it wait out the KV deadline.
             failed = KvFailed(request_id=cmd.request_id, reason=(result.error or "")[:1024])
-            with contextlib.suppress(httpx.HTTPError):
-                await self._client.post(decode_url + "/kv_failed", content=failed.encode())
+            with contextlib.suppress(WorkerCallError):
+                await self._post(decode_url + "/kv_failed", failed.encode(), 10.0)
         if self.on_prefill is not None:
             self.on_prefill(decision, result)
         self._audit(
@@ -387,35 +408,33 @@ class ClusterBackend:
             deadline_s=deadline,
         )
         landing = asyncio.ensure_future(
-            self._client.post(
-                puller.info.http_url + "/pull", content=land.encode(), timeout=deadline + 5
-            )
+            self._post(puller.info.http_url + "/pull", land.encode(), deadline + 5)
         )
         result = PullResult(request_id=pull_id, ok=False)
         started_s = time.monotonic()
         try:
-            sent = await self._client.post(
-                holder.info.http_url + "/prefill", content=send.encode(), timeout=deadline + 5
+            status, body = await self._post(
+                holder.info.http_url + "/prefill", send.encode(), deadline + 5
             )
             shipped = (
-                PrefillResult.decode(sent.content)
-                if sent.status_code == 200
-                else PrefillResult(request_id=pull_id, ok=False, error=f"HTTP {sent.status_code}")
+                PrefillResult.decode(body)
+                if status == 200
+                else PrefillResult(request_id=pull_id, ok=False, error=f"HTTP {status}")
             )
             elapsed_s = time.monotonic() - started_s
             self._audit(send, holder.info.name, puller.info.name, shipped, tenant, elapsed_s)
             if not shipped.ok:
                 result = PullResult(request_id=pull_id, ok=False, error="holder did not send")
             else:
-                landed = await landing
-                if landed.status_code == 200:
-                    result = PullResult.decode(landed.content)
-        except (httpx.HTTPError, ValueError) as e:
+                status, body = await landing
+                if status == 200:
+                    result = PullResult.decode(body)
+        except (WorkerCallError, ValueError) as e:
             result = PullResult(request_id=pull_id, ok=False, error=str(e)[:1024])
         finally:
             if not landing.done():
                 landing.cancel()  # the puller's own deadline ends its wait
-                with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+                with contextlib.suppress(asyncio.CancelledError, WorkerCallError):
                     await landing
         if not result.ok:
             logger.info("cache pull for %s failed: %s", cmd.request_id, result.error)
