@@ -173,6 +173,11 @@ class AsyncEngine:
             self._fallbacks,
         )
 
+    @property
+    def num_streams(self) -> int:
+        """Requests whose stream the loop still follows (for leak checks)."""
+        return len(self._streams)
+
     def drain_cache_events(self) -> list[CacheEvent]:
         return self._thread.drain_events() if self._thread is not None else []
 

@@ -40,6 +40,7 @@ class PrefillRole:
         self.tls = tls
         self._senders: dict[tuple[str, str, int, bool, str], KvSender] = {}
         self._lock = threading.Lock()
+        self.num_sending = 0  # commands whose KV is being sent now (leak checks)
 
     def sender(self, target: KvTarget) -> KvSender:
         key = (target.link, target.codec, target.connections, target.tls, target.server_name)
@@ -85,6 +86,7 @@ class PrefillRole:
         header, arrays = payload_to_wire(payload, cmd.request_id, cmd.target.codec)
         sender = self.sender(cmd.target)
         deadline = started + cmd.deadline_s
+        self.num_sending += 1
         try:
             stats = await asyncio.to_thread(
                 sender.send,
@@ -103,6 +105,8 @@ class PrefillRole:
                 e,
             )
             return PrefillResult(request_id=cmd.request_id, ok=False, error=str(e))
+        finally:
+            self.num_sending -= 1
         return PrefillResult(
             request_id=cmd.request_id,
             ok=True,
