@@ -159,6 +159,7 @@ def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGINT) -> None:
 
 
 def start_serve(tmp: Path, config: dict[str, Any]) -> Serve:
+    tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / "deploy.yaml"
     path.write_text(yaml.safe_dump(config))
     proc = subprocess.Popen(
