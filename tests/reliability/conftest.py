@@ -144,6 +144,19 @@ class Serve:
             time.sleep(0.2)
         raise AssertionError(f"workers {names} not healthy: {self.status()}")
 
+    def assert_idle(self, settle_s: float = SETTLE_S) -> None:
+        """The gateway holds nothing: no request in flight, none counted at any worker."""
+        end = time.monotonic() + settle_s
+        while True:
+            text = httpx.get(self.base_url + "/metrics", timeout=10).text
+            in_flight = re.search(r"^prfaas_requests_in_flight (\S+)$", text, re.M)
+            counted = {i["name"]: i["inflight"] for i in self.status()["instances"]}
+            if in_flight and float(in_flight.group(1)) == 0 and not any(counted.values()):
+                return
+            if time.monotonic() > end:
+                raise AssertionError(f"gateway not idle: {in_flight}, {counted}")
+            time.sleep(0.25)
+
     def stop(self) -> None:
         stop_process(self.proc)
 

@@ -111,6 +111,7 @@ def test_prefill_worker_killed_mid_transfer(
     serve.restart("prfaas-0")
     serve.wait_healthy(["prfaas-0"], {"prfaas-0": victim.epoch})
     assert_clean(urls(serve), baseline)
+    serve.assert_idle()
 
 
 def test_link_cut_mid_transfer(
@@ -132,6 +133,7 @@ def test_link_cut_mid_transfer(
     # The sender resumes on a new connection; if that misses the deadline, one fallback.
     assert fallbacks_after(serve, before, 0) in (0, 1)
     assert_clean(urls(serve), baseline)
+    serve.assert_idle()
 
 
 def test_link_stalled_past_the_deadline(
@@ -146,6 +148,7 @@ def test_link_stalled_past_the_deadline(
     assert KV_DEADLINE_S * 0.9 < got.elapsed_s < KV_DEADLINE_S + MARGIN_S
     assert fallbacks_after(serve, before, 1) == 1
     assert_clean(urls(serve), baseline)
+    serve.assert_idle()
 
 
 def test_decode_worker_killed_mid_decode(
@@ -178,6 +181,7 @@ def test_decode_worker_killed_mid_decode(
     for prompt in (SHORT, long_prompt(4)):  # the emulated link reaches the new receiver too
         assert complete(serve, prompt).text == reference(prompt, MAX_TOKENS)
     assert_clean(urls(serve), baseline)
+    serve.assert_idle()
 
 
 def test_kv_index_entries_of_a_dead_then_restarted_worker(
@@ -204,3 +208,4 @@ def test_kv_index_entries_of_a_dead_then_restarted_worker(
     if "prefill=prfaas-0" in got.route:
         assert got.cached_tokens == 0  # nothing claimed from the dead worker's cache
     assert_clean(urls(serve), baseline)
+    serve.assert_idle()
