@@ -65,6 +65,7 @@ class Outcome:
 @dataclass
 class Report:
     model: str
+    threshold_tokens: int
     requests: int
     concurrency: int
     kv_deadline_s: float
@@ -81,16 +82,27 @@ class Report:
 
 
 def prompts(n: int, seed: int) -> list[str]:
-    """Half short (below t), half long (above t); a unique first word: no shared prefix."""
+    """Half short, half long; a unique first word: no shared prefix."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        words = rng.randint(8, 16) if i % 2 == 0 else rng.randint(120, 300)
+        words = rng.randint(8, 16) if i % 2 == 0 else rng.randint(60, 120)
         out.append(f"r{i} " + " ".join(f"w{rng.randrange(1000)}" for _ in range(words)))
     return out
 
 
-def deploy_yaml(model: str | None, port: int, kv_deadline_s: float) -> dict[str, Any]:
+def threshold_between(lengths: list[int]) -> int:
+    """The routing threshold t midway between the short prompts (even indices, local
+    prefill) and the long ones (remote prefill), in this model's tokens."""
+    longest_short, shortest_long = max(lengths[::2]), min(lengths[1::2])
+    if longest_short >= shortest_long:
+        raise SystemExit("short and long prompts overlap in tokens; change the word counts")
+    return (longest_short + shortest_long) // 2
+
+
+def deploy_yaml(
+    model: str | None, port: int, kv_deadline_s: float, threshold_tokens: int
+) -> dict[str, Any]:
     return {
         "model": model,
         "served_model_name": "stress",
@@ -112,17 +124,17 @@ def deploy_yaml(model: str | None, port: int, kv_deadline_s: float) -> dict[str,
         ],
         "links": [{"src": "remote", "dst": "local", "rate_gbps": 1.0, "rtt_ms": 5.0, "tls": True}],
         "tenants": [{"name": "stress", "api_keys": [API_KEY]}],
-        "policy": {"name": "prfaas", "threshold_tokens": 64},
+        "policy": {"name": "prfaas", "threshold_tokens": threshold_tokens},
         "kv_deadline_s": kv_deadline_s,
     }
 
 
 class Deployment:
-    def __init__(self, model: str | None, kv_deadline_s: float, tmp: Path) -> None:
+    def __init__(self, model: str | None, kv_deadline_s: float, threshold: int, tmp: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = tmp / "deploy.yaml"
-        config.write_text(yaml.safe_dump(deploy_yaml(model, self.port, kv_deadline_s)))
+        config.write_text(yaml.safe_dump(deploy_yaml(model, self.port, kv_deadline_s, threshold)))
         env = dict(os.environ, PRFAAS_CLUSTER_TOKEN=TOKEN, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "prfaas.cli", "serve", "--config", str(config)]
@@ -142,7 +154,8 @@ class Deployment:
         threading.Thread(target=self.proc.stdout.read, daemon=True).start()  # keep draining
 
     def status(self) -> dict[str, Any]:
-        return httpx.get(self.url + "/status", timeout=10).json()  # type: ignore[no-any-return]
+        status: dict[str, Any] = httpx.get(self.url + "/status", timeout=10).json()
+        return status
 
     def worker_urls(self) -> dict[str, str]:
         return {i["name"]: i["http_url"] for i in self.status()["instances"]}
@@ -233,14 +246,20 @@ def run(args: argparse.Namespace) -> Report:
     print(f"expected outputs: offline engine on {model_name} …", file=sys.stderr)
     llm = LLM(args.model)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=0)
+    threshold = threshold_between([len(llm.tokenizer(t).input_ids) for t in texts])
     expected = [o.outputs[0].text for o in llm.generate(texts, params)]
     del llm
     report = Report(
-        model_name, args.requests, args.concurrency, args.kv_deadline_s, args.kill_every_s
+        model_name,
+        threshold,
+        args.requests,
+        args.concurrency,
+        args.kv_deadline_s,
+        args.kill_every_s,
     )
     with tempfile.TemporaryDirectory(prefix="prfaas-stress-") as tmp:
         print("starting prfaas serve …", file=sys.stderr)
-        dep = Deployment(args.model, args.kv_deadline_s, Path(tmp))
+        dep = Deployment(args.model, args.kv_deadline_s, threshold, Path(tmp))
         try:
             client = openai.OpenAI(
                 base_url=dep.url + "/v1",
@@ -249,7 +268,7 @@ def run(args: argparse.Namespace) -> Report:
                 timeout=args.kv_deadline_s + args.margin_s,
             )
             fallbacks_before = dep.fallbacks()
-            stop, kills = threading.Event(), []
+            stop, kills = threading.Event(), list[float]()
             kill_thread = threading.Thread(
                 target=killer, args=(dep, args.kill_every_s, stop, kills), daemon=True
             )
@@ -293,6 +312,7 @@ def print_table(r: Report) -> None:
     rows = [
         ("model", r.model),
         ("requests / concurrency", f"{r.requests} / {r.concurrency}"),
+        ("threshold t", f"{r.threshold_tokens} tokens"),
         ("kv deadline", f"{r.kv_deadline_s:g} s"),
         ("kills of prfaas-0", f"{r.kills} (every {r.kill_every_s:g} s)"),
         ("completed (correct)", r.counts["completed"]),

@@ -98,7 +98,8 @@ class Serve:
         return {TOKEN_HEADER: CLUSTER_TOKEN}
 
     def status(self) -> dict[str, Any]:
-        return httpx.get(self.base_url + "/status", timeout=10).json()  # type: ignore[no-any-return]
+        status: dict[str, Any] = httpx.get(self.base_url + "/status", timeout=10).json()
+        return status
 
     def instance(self, name: str) -> dict[str, Any]:
         return next(i for i in self.status()["instances"] if i["name"] == name)
