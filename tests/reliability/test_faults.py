@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import httpx
 import openai
 import pytest
 
@@ -209,3 +210,17 @@ def test_kv_index_entries_of_a_dead_then_restarted_worker(
         assert got.cached_tokens == 0  # nothing claimed from the dead worker's cache
     assert_clean(urls(serve), baseline)
     serve.assert_idle()
+
+
+def test_admin_and_check_routes_need_the_cluster_token(serve: Serve) -> None:
+    worker = urls(serve)["pd-d-0"]
+    for method, url in (
+        ("POST", f"{serve.base_url}/internal/link/remote->local"),
+        ("POST", f"{serve.base_url}/internal/workers/prfaas-0/restart"),
+        ("GET", f"{worker}/internal/check"),
+    ):
+        assert httpx.request(method, url, content=b"{}", timeout=10).status_code == 401
+    unknown = httpx.post(
+        f"{serve.base_url}/internal/link/nowhere", content=b"{}", headers=serve.headers()
+    )
+    assert unknown.status_code == 404
