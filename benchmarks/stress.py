@@ -165,11 +165,16 @@ class Deployment:
         r.raise_for_status()
         return WorkerCheck.decode(r.content)
 
-    def restart(self, name: str) -> None:
+    def instance(self, name: str) -> dict[str, Any]:
+        return next(i for i in self.status()["instances"] if i["name"] == name)
+
+    def restart(self, name: str) -> int:
+        """Restart a spawned worker; its new pid."""
         r = httpx.post(
             f"{self.url}/internal/workers/{name}/restart", headers={TOKEN_HEADER: TOKEN}, timeout=30
         )
         r.raise_for_status()
+        return int(r.json()["pid"])
 
     def fallbacks(self) -> float:
         text = httpx.get(self.url + "/metrics", timeout=10).text
@@ -187,18 +192,23 @@ class Deployment:
 
 
 def killer(dep: Deployment, every_s: float, stop: threading.Event, kills: list[float]) -> None:
-    """SIGKILL the remote prefill worker ``every_s`` after it is back (registered, healthy),
-    and restart it at once."""
+    """SIGKILL the remote prefill worker ``every_s`` after it is back (registered with a new
+    epoch, healthy), and restart it at once. A busy worker may answer slowly: every call
+    here tolerates that rather than ending the drill."""
     url = dep.worker_urls()[VICTIM]
-    while not stop.wait(every_s):
-        pid = dep.check(url).pid
+    pid = None
+    while pid is None and not stop.is_set():
+        with contextlib.suppress(httpx.HTTPError):
+            pid = dep.check(url).pid
+    while pid is not None and not stop.wait(every_s):
+        epoch = dep.instance(VICTIM)["epoch"]
         os.kill(pid, signal.SIGKILL)
         kills.append(time.monotonic())
-        dep.restart(VICTIM)
-        while not stop.is_set():  # back: the new process answers and is registered
+        pid = dep.restart(VICTIM)
+        while not stop.is_set():
             with contextlib.suppress(httpx.HTTPError):
-                epoch = dep.check(url).epoch
-                if any(i["epoch"] == epoch for i in dep.status()["instances"]):
+                victim = dep.instance(VICTIM)
+                if victim["healthy"] and victim["epoch"] != epoch:
                     break
             time.sleep(0.2)
 
@@ -344,6 +354,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the deployment too
     report = run(args)
     if args.json:
         print(json.dumps(asdict(report), indent=2))
