@@ -219,3 +219,58 @@ class ProfileResult(Message):
     kv_bytes: list[Annotated[int, Field(ge=0)]] = Field(max_length=MAX_PROFILE_LENGTHS)
     decode_batch: int = Field(0, ge=0, le=64)
     decode_step_s: float = Field(0.0, ge=0.0)  # one step of the whole batch; 0: not measured
+
+
+class BlockCounts(Message):
+    """A worker's KV blocks: ``leased`` are held by a request; ``cached`` are free but keep a
+    prefix-cache hash (evictable); ``free`` counts every unreferenced block, cached included."""
+
+    total: int
+    free: int
+    cached: int
+    leased: int
+
+
+class WorkerCheck(Message):
+    """GET /internal/check on a worker: pool integrity and everything that could leak.
+
+    Idle and healthy means: ``integrity_error`` None, no leased blocks, no request waiting,
+    running or parked, no KV connection, landing or awaited reservation, nothing sending."""
+
+    name: str = Field(max_length=MAX_NAME)
+    pid: int
+    epoch: int
+    role: Role
+    integrity_error: str | None = None
+    blocks: BlockCounts
+    num_waiting: int
+    num_running: int
+    num_parked: int
+    num_streams: int  # request streams the asyncio side still follows
+    kv_connections: int  # open KV receiver connections
+    kv_landings: int  # transfers landing, parked for resume, or complete and unreleased
+    kv_allocated_bytes: int
+    kv_awaited: int  # reservations waiting for KV
+    kv_sending: int  # prefill commands whose KV is being sent
+    asyncio_tasks: int
+    threads: int
+
+    @property
+    def idle_clean(self) -> bool:
+        return (
+            self.integrity_error is None
+            and self.blocks.leased == 0
+            and self.num_waiting + self.num_running + self.num_parked + self.num_streams == 0
+            and self.kv_connections + self.kv_landings + self.kv_allocated_bytes == 0
+            and self.kv_awaited + self.kv_sending == 0
+        )
+
+
+class LinkControl(Message):
+    """POST /internal/link/{name} on the gateway of `prfaas serve`: drive the link emulator
+    of that link (tests, rehearsals). Applied in order: rate, stall, cut."""
+
+    rate_gbps: float | None = Field(None, gt=0.0)  # None: leave the rate as it is
+    uncapped: bool = False  # remove the rate cap
+    stall_s: float = Field(0.0, ge=0.0, le=3600.0)  # nothing moves for this long
+    cut: bool = False  # shut every open connection now

@@ -7,6 +7,7 @@ Endpoints (all require the cluster token in ``x-prfaas-cluster-token``):
   POST /pull     PullCommand    -> PullResult      (any role: land a pulled cached prefix)
   POST /role     RoleSwitch: drain, then switch (PD-cluster workers)
   POST /profile  ProfileRequest -> ProfileResult   (start-up profiling: short measured runs)
+  GET  /internal/check  WorkerCheck: pool integrity, blocks, requests, KV connections, tasks
   GET  /health
 """
 
@@ -19,6 +20,7 @@ import logging
 import os
 import signal
 import ssl
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -38,6 +40,7 @@ from prfaas.engine.engine import Engine
 from prfaas.engine.profiling import profile_engine
 from prfaas.messages import (
     TOKEN_HEADER,
+    BlockCounts,
     CacheEventMsg,
     DecodeCommand,
     Heartbeat,
@@ -48,6 +51,7 @@ from prfaas.messages import (
     Role,
     RoleSwitch,
     TokenEvent,
+    WorkerCheck,
     WorkerInfo,
 )
 from prfaas.prefill.role import LinkSettings, PrefillRole
@@ -190,6 +194,46 @@ class Worker:
                 self.events.ack(url, epoch, batch.seq)
         return True
 
+    async def check(self) -> WorkerCheck:
+        """Integrity and leak report; the engine parts are read on the engine thread."""
+
+        def engine_side(engine: Engine) -> tuple[str | None, BlockCounts, tuple[int, int, int]]:
+            try:
+                engine.check_integrity()
+                error = None
+            except AssertionError as e:
+                error = str(e) or type(e).__name__
+            pool, sched = engine.kv.pool, engine.scheduler
+            free = [b for b in range(pool.num_blocks) if pool.ref_counts[b] == 0]
+            blocks = BlockCounts(
+                total=pool.num_blocks,
+                free=len(free),
+                cached=sum(1 for b in free if pool.hashes[b] is not None),
+                leased=pool.num_blocks - len(free),
+            )
+            return error, blocks, (len(sched.waiting), len(sched.running), len(sched.parked))
+
+        error, blocks, (waiting, running, parked) = await self.engine.call(engine_side)
+        return WorkerCheck(
+            name=self.config.name,
+            pid=os.getpid(),
+            epoch=self.epoch,
+            role=self.role,
+            integrity_error=error,
+            blocks=blocks,
+            num_waiting=waiting,
+            num_running=running,
+            num_parked=parked,
+            num_streams=self.engine.num_streams,
+            kv_connections=self.receiver.num_connections,
+            kv_landings=self.receiver.num_transfers,
+            kv_allocated_bytes=self.receiver.allocated_bytes,
+            kv_awaited=self.decode.num_awaiting_kv,
+            kv_sending=self.prefill.num_sending,
+            asyncio_tasks=len(asyncio.all_tasks()),
+            threads=threading.active_count(),
+        )
+
     async def switch_role(self, role: Role) -> None:
         """Drain (the gateway stops routing here once it sees the flag), then switch."""
         self.draining = True
@@ -231,6 +275,7 @@ def create_worker_app(worker: Worker) -> FastAPI:
                     await task
             await worker.engine.shutdown()
             worker.receiver.close()
+            worker.decode.close()
 
     app = FastAPI(lifespan=lifespan)
 
@@ -311,6 +356,11 @@ def create_worker_app(worker: Worker) -> FastAPI:
         except ValueError as e:
             raise HTTPException(400, str(e)) from e
         return Response(result.encode(), media_type="application/json")
+
+    @app.get("/internal/check")
+    async def internal_check(request: Request) -> Response:
+        check(request)
+        return Response((await worker.check()).encode(), media_type="application/json")
 
     @app.get("/health")
     async def health() -> dict[str, str]:

@@ -1,7 +1,9 @@
 """The decode role: hold blocks for an incoming KV payload, land it, decode, stream tokens.
 
 If the KV does not arrive by the deadline, or arrives corrupt or for another model, the
-engine prefills the prompt here instead (the fallback): the request still completes.
+engine prefills the prompt here instead (the fallback): the request still completes. Once a
+request has given up on its KV, the receiver is told to abandon it: whatever landed is
+freed and a late (re)send is refused, so nothing is held for a request nobody awaits.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 from prfaas.decode.kv_import import wire_to_payload
 from prfaas.engine.async_engine import AsyncEngine
@@ -19,6 +22,9 @@ from prfaas.sampling import to_sampling_params
 from prfaas.transfer.receiver import KvReceiver
 
 logger = logging.getLogger(__name__)
+# Receiver waits block a thread each until their KV lands or their deadline passes; a pool of
+# their own, so they never queue behind (or starve) other to_thread work such as KV sends.
+MAX_KV_WAITERS = 256
 
 
 class DecodeRole:
@@ -30,6 +36,15 @@ class DecodeRole:
         self.layout = layout
         # KV awaited per request; failing one early starts the local fallback at once.
         self._awaited: dict[str, asyncio.Future[KvPayload]] = {}
+        self._waiters = ThreadPoolExecutor(MAX_KV_WAITERS, thread_name_prefix="kv-wait")
+
+    @property
+    def num_awaiting_kv(self) -> int:
+        """Requests holding blocks for KV that has neither landed nor been given up on."""
+        return sum(1 for f in self._awaited.values() if not f.done())
+
+    def close(self) -> None:
+        self._waiters.shutdown(wait=False, cancel_futures=True)
 
     def fail(self, request_id: str, reason: str) -> bool:
         """The KV for ``request_id`` will not come (its prefill failed): fall back now."""
@@ -38,6 +53,11 @@ class DecodeRole:
             return False
         future.set_exception(KvImportError(f"prefill side failed: {reason}"))
         return True
+
+    def _given_up(self, request_id: str, kv: asyncio.Future[KvPayload]) -> None:
+        """The KV future failed or was cancelled (deadline, prefill failed, client gone)."""
+        if kv.cancelled() or kv.exception() is not None:
+            self.receiver.abandon(request_id)
 
     def _wait_kv(self, request_id: str, prompt: list[int], timeout_s: float) -> KvPayload:
         received = self.receiver.wait(request_id, timeout_s=timeout_s)
@@ -52,12 +72,16 @@ class DecodeRole:
         salt = bytes.fromhex(cmd.tenant_salt_hex)
         deltas: AsyncIterator[TokenDelta]
         if cmd.expect_kv:
-            kv: asyncio.Future[KvPayload] = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            kv: asyncio.Future[KvPayload] = loop.create_future()
             self._awaited[cmd.request_id] = kv
-            waiter = asyncio.ensure_future(
-                asyncio.to_thread(
-                    self._wait_kv, cmd.request_id, cmd.prompt_token_ids, cmd.deadline_s
-                )
+            kv.add_done_callback(lambda done: self._given_up(cmd.request_id, done))
+            waiter = loop.run_in_executor(
+                self._waiters,
+                self._wait_kv,
+                cmd.request_id,
+                cmd.prompt_token_ids,
+                cmd.deadline_s,
             )
             waiter.add_done_callback(lambda done: _settle(kv, done))
             deltas = self.engine.decode_with_kv(
@@ -76,7 +100,9 @@ class DecodeRole:
             async for event in self._events(cmd, deltas, fallbacks_before):
                 yield event
         finally:
-            self._awaited.pop(cmd.request_id, None)
+            kv_left = self._awaited.pop(cmd.request_id, None)
+            if kv_left is not None and not kv_left.done():
+                kv_left.cancel()  # the stream ended first (client gone): abandon the KV now
 
     async def _events(
         self, cmd: DecodeCommand, deltas: AsyncIterator[TokenDelta], fallbacks_before: int

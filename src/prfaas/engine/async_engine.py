@@ -208,6 +208,11 @@ class AsyncEngine:
             s.num_queued_tokens,
         )
 
+    @property
+    def num_streams(self) -> int:
+        """Requests whose stream the loop still follows (for leak checks)."""
+        return len(self._streams)
+
     def drain_cache_events(self) -> list[CacheEvent]:
         return self._thread.drain_events() if self._thread is not None else []
 

@@ -125,6 +125,9 @@ def add_status_route(app: FastAPI, fleet: WorkerFleet, router: Any, control: Any
                     "running": r.num_running,
                     "inflight": r.inflight,
                     "fallbacks": r.fallbacks,
+                    "http_url": r.info.http_url,
+                    "epoch": r.info.epoch,
+                    "kv_index_blocks": fleet.kv_index.num_blocks_of(n),
                 }
                 for n, r in sorted(fleet.workers.items())
             ],

@@ -1,4 +1,4 @@
-"""Spawn and stop the worker processes of a deployment on this machine."""
+"""Spawn, restart and stop the worker processes of a deployment on this machine."""
 
 from __future__ import annotations
 
@@ -74,6 +74,7 @@ class Launcher:
         self.cluster_token = cluster_token
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.specs: dict[str, WorkerSpawn] = {}
 
     def spawn(self, spec: WorkerSpawn) -> subprocess.Popen[bytes]:
         env = dict(os.environ, **{CLUSTER_TOKEN_ENV: self.cluster_token})
@@ -89,7 +90,18 @@ class Launcher:
         )
         log.close()
         self.procs[spec.name] = proc
+        self.specs[spec.name] = spec
         return proc
+
+    def restart(self, name: str) -> subprocess.Popen[bytes]:
+        """Start worker ``name`` again on the same ports (SIGKILL first if it still runs).
+        The new process registers with a new epoch: the gateway forgets the old one's
+        kv-index entries."""
+        spec = self.specs[name]  # KeyError: never spawned here
+        old = self.procs.get(name)
+        if old is not None:
+            _wait_or_kill(old, 0.0)
+        return self.spawn(spec)
 
     def dead(self) -> list[str]:
         return [name for name, p in self.procs.items() if p.poll() is not None]
@@ -99,10 +111,15 @@ class Launcher:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
         for proc in self.procs.values():
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            _wait_or_kill(proc, timeout_s)
         self.procs.clear()
+
+
+def _wait_or_kill(proc: subprocess.Popen[bytes], wait_s: float) -> None:
+    """Wait up to ``wait_s`` for ``proc`` to exit, then SIGKILL its process group."""
+    try:
+        proc.wait(timeout=wait_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -243,6 +243,13 @@ class RedisKvIndex:
         except KvIndexUnavailableError:
             return 0
 
+    def num_blocks_of(self, instance: str) -> int:
+        """Blocks attributed to ``instance``'s current epoch (0 while Redis is down)."""
+        try:
+            return int(self._call(lambda: self._redis.scard(f"{self.prefix}:o:{instance}")))
+        except KvIndexUnavailableError:
+            return 0
+
     def register(self, instance: str, cluster: str, epoch: int = 0, hybrid: bool = False) -> None:
         args = [self.prefix, instance, cluster, str(epoch), "1" if hybrid else "0"]
         self._call(lambda: self._register(args=args))

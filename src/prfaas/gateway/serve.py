@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from prfaas.config import cluster_token_from_env, server_secret_from_env
+from prfaas.gateway.admin import add_admin_routes
 from prfaas.gateway.audit import AuditLog
 from prfaas.gateway.capacity import CapacityConfig
 from prfaas.gateway.cluster_backend import BackendSettings, ClusterBackend, LinkRoute
@@ -124,6 +125,7 @@ def build_deployment(
                     )
                 )
     emulators: list[LinkEmulator] = []
+    emulators_by_link: dict[str, list[LinkEmulator]] = {}  # for POST /internal/link/{name}
     links: dict[str, LinkRoute] = {}
     for link in cfg.links:
         via: dict[str, tuple[str, int]] = {}
@@ -139,6 +141,7 @@ def build_deployment(
                         )
                     ).start()
                     emulators.append(emu)
+                    emulators_by_link.setdefault(f"{link.src}->{link.dst}", []).append(emu)
                     via[s.name] = emu.address
         links[link.src] = LinkRoute(
             name=f"{link.src}->{link.dst}",
@@ -202,6 +205,7 @@ def build_deployment(
     add_status_route(app, fleet, router, control)
     add_role_route(app, fleet, cluster_token)
     launcher = Launcher(cluster_token, log_dir or Path(tmp.name) / "logs")
+    add_admin_routes(app, emulators_by_link, launcher, cluster_token)
     deployment = Deployment(
         cfg, app, backend, fleet, launcher, control, emulators, [s.name for s in spawns], tmp
     )

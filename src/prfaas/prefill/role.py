@@ -49,6 +49,7 @@ class PrefillRole:
         self.auth_key = auth_key
         self._senders: dict[tuple[str, str, int, bool, str], KvSender] = {}
         self._lock = threading.Lock()
+        self.num_sending = 0  # commands whose KV is being sent now (leak checks)
 
     def sender(self, target: KvTarget) -> KvSender:
         key = (target.link, target.codec, target.connections, target.tls, target.server_name)
@@ -97,6 +98,7 @@ class PrefillRole:
         header, arrays = payload_to_wire(payload, cmd.request_id, cmd.target.codec)
         sender = self.sender(cmd.target)
         deadline = started + cmd.deadline_s
+        self.num_sending += 1
         try:
             stats = await asyncio.to_thread(
                 sender.send,
@@ -115,6 +117,8 @@ class PrefillRole:
                 e,
             )
             return PrefillResult(request_id=cmd.request_id, ok=False, error=str(e))
+        finally:
+            self.num_sending -= 1
         return PrefillResult(
             request_id=cmd.request_id,
             ok=True,

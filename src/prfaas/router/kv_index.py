@@ -54,6 +54,8 @@ class KvIndexBackend(Protocol):
 
     def __len__(self) -> int: ...
 
+    def num_blocks_of(self, instance: str) -> int: ...
+
     def register(
         self, instance: str, cluster: str, epoch: int = 0, hybrid: bool = False
     ) -> None: ...
@@ -79,6 +81,13 @@ class KvIndex:
 
     def __len__(self) -> int:
         return len(self._holders)
+
+    def num_blocks_of(self, instance: str) -> int:
+        """Blocks the index attributes to ``instance``'s current epoch."""
+        return len(self._by_instance.get(instance, ()))
+
+    def epoch_of(self, instance: str) -> int | None:
+        return self._epoch.get(instance)
 
     def register(self, instance: str, cluster: str, epoch: int = 0, hybrid: bool = False) -> None:
         """Announce ``instance`` (at start or restart); a new epoch forgets its old blocks.

@@ -64,6 +64,7 @@ from prfaas.transfer.wire import (
 )
 
 logger = logging.getLogger(__name__)
+MAX_ABANDONED = 4096
 
 
 class ReceiveListener(Protocol):
@@ -102,6 +103,9 @@ class KvReceiver:
         self._cond = threading.Condition()
         self._landings: dict[str, Landing] = {}
         self._failures: dict[str, TransferError] = {}  # recent outcomes, for late waiters
+        # Requests the consumer gave up on (deadline, fallback): a late (re)send is refused,
+        # so nothing lands for a request nobody will release. Bounded, oldest forgotten.
+        self._abandoned: dict[str, None] = {}
         self._allocated_bytes = 0
         self._pool = BufferPool(config.pool_bytes)
         self._threads: set[threading.Thread] = set()
@@ -128,6 +132,12 @@ class KvReceiver:
         with self._cond:
             return len(self._landings)
 
+    @property
+    def num_connections(self) -> int:
+        """Open KV connections (any transfer, any state)."""
+        with self._cond:
+            return len(self._conn_socks)
+
     def start(self) -> KvReceiver:
         for target, name in ((self._accept_loop, "kv-accept"), (self._reap_loop, "kv-reap")):
             self._spawn(target, name)
@@ -143,6 +153,8 @@ class KvReceiver:
                     return ReceivedTransfer(landing.header, landing.buffers)
                 if landing is None and request_id in self._failures:
                     raise self._failures[request_id]
+                if request_id in self._abandoned:
+                    raise TransferRefused(f"{request_id} was abandoned")
                 left_s = end_s - time.monotonic()
                 if left_s <= 0:
                     raise TransferTimeout(f"{request_id} not complete within {timeout_s}s")
@@ -155,6 +167,21 @@ class KvReceiver:
             if landing is None or landing.state != LandingState.COMPLETE:
                 raise KeyError(f"{request_id} is not a complete transfer")
             self._remove(landing)
+
+    def abandon(self, request_id: str) -> None:
+        """The consumer gave up on ``request_id`` (it fell back to a local prefill): free
+        whatever has landed or is landing, wake its waiters, and refuse a late (re)send."""
+        with self._cond:
+            self._abandoned[request_id] = None
+            while len(self._abandoned) > MAX_ABANDONED:
+                self._abandoned.pop(next(iter(self._abandoned)))
+            landing = self._landings.get(request_id)
+            if landing is not None and landing.state == LandingState.COMPLETE:
+                self._remove(landing)
+                landing = None
+            self._cond.notify_all()
+        if landing is not None:
+            self._fail(landing, TransferRefused(f"{request_id} abandoned by the consumer"))
 
     def close(self) -> None:
         self._closing.set()
@@ -290,6 +317,8 @@ class KvReceiver:
         if header.raw_bytes > self.config.max_transfer_bytes:
             raise TransferRefused(f"{header.raw_bytes} bytes exceed max_transfer_bytes")
         with self._cond:
+            if header.request_id in self._abandoned:
+                raise TransferRefused(f"{header.request_id} was abandoned (deadline passed)")
             landing = self._landings.get(header.request_id)
             if landing is not None and landing.state == LandingState.COMPLETE:
                 raise TransferRefused(f"{header.request_id} is already complete")

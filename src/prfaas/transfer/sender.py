@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import queue
 import socket
 import ssl
@@ -93,7 +94,12 @@ class OutgoingTransfer:
         self._deadlines = sender.deadlines
         self._spec = CodecSpec.parse(header.codec)
         self._started_s = time.monotonic()
-        self._deadline_s = self._started_s + self._deadlines.total_s
+        # The request's deadline bounds the transfer too: past it the receiver has given up
+        # (fallen back), so sending on would only hold buffers at both ends.
+        self._deadline_s = min(
+            self._started_s + self._deadlines.total_s,
+            math.inf if deadline_s is None else deadline_s,
+        )
         self._lock = threading.Lock()
         self._error: TransferError | None = None
         self._queue: queue.SimpleQueue[ChunkJob | None] = queue.SimpleQueue()
@@ -107,9 +113,7 @@ class OutgoingTransfer:
         for layer in header.layers:
             if layer.row_bytes * 2 > MAX_CHUNK_FRAME_BYTES:
                 raise ValueError(f"layer {layer.name!r}: one block exceeds the frame bound")
-        first_byte_end_s = self._started_s + min(
-            self._deadlines.first_byte_s, self._deadlines.total_s
-        )
+        first_byte_end_s = min(self._started_s + self._deadlines.first_byte_s, self._deadline_s)
         self._socks, self.completed_layers = open_session(
             address,
             header,
@@ -182,7 +186,7 @@ class OutgoingTransfer:
         view = memoryview(data).cast("B")
         for offset in range(0, len(view), GRANT_MAX_BYTES):
             if time.monotonic() > self._deadline_s:
-                raise TransferTimeout(f"total deadline {self._deadlines.total_s}s passed")
+                raise TransferTimeout("transfer deadline passed")
             piece = view[offset : offset + GRANT_MAX_BYTES]
             if check is not None:
                 check.update(piece)
@@ -206,7 +210,7 @@ class OutgoingTransfer:
             for writer in self._writers:
                 writer.join(max(0.0, self._deadline_s - time.monotonic()))
                 if writer.is_alive():
-                    self._fail(TransferTimeout(f"total deadline {self._deadlines.total_s}s"))
+                    self._fail(TransferTimeout("transfer deadline passed"))
             self._raise_if_failed()
             ack = self._trailer_and_ack()
             if ack.num_chunks != len(self._records):
@@ -321,7 +325,8 @@ class KvSender:
         deadline_s: float | None = None,
         attempt: int = 0,
     ) -> OutgoingTransfer:
-        """Start a transfer. ``deadline_s``: time.monotonic() instant for EDF pacing.
+        """Start a transfer. ``deadline_s``: time.monotonic() instant by which it must be
+        acknowledged (TransferTimeout after it), also its EDF pacing priority.
         ``attempt`` > 0 resumes: layers the receiver already holds are skipped
         (``completed_layers``) and ``send_layer`` ignores them."""
         return OutgoingTransfer(self, address, header, deadline_s, attempt)
@@ -346,7 +351,8 @@ class KvSender:
                     transfer.send_layer(index, array)
                 return transfer.finish()
             except (PeerGone, TransferTimeout) as exc:
-                if attempt == attempt_from + retries:
+                past_deadline = deadline_s is not None and time.monotonic() >= deadline_s
+                if attempt == attempt_from + retries or past_deadline:
                     raise
                 logger.warning(
                     "transfer %s attempt %d: %s; resuming", header.request_id, attempt, exc
