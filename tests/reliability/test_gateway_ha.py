@@ -22,7 +22,6 @@ import httpx
 import openai
 import pytest
 import yaml
-from tests.redis_fixture import start_redis
 
 from prfaas.cache_event_log import BATCH_EVENTS, CacheEventLog, EventBatch
 from prfaas.gateway.config import GatewayConfig
@@ -34,6 +33,7 @@ from prfaas.gateway.deploy_config import (
 )
 from prfaas.gateway.launcher import WorkerSpawn, free_port
 from prfaas.messages import CacheEventMsg, Heartbeat
+from tests.redis_fixture import start_redis
 
 CLUSTER_TOKEN = "ha-cluster-token"
 LONG = " ".join(f"w{(11 * i) % 200 + 3}" for i in range(80))  # 80 tokens: above t, remote
