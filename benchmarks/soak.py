@@ -1,0 +1,197 @@
+"""Soak: mixed traffic for a long time with periodic faults; memory must stay flat.
+
+    .venv/bin/python benchmarks/soak.py [--minutes 20] [--model FOLDER] [--json]
+
+Spawns `prfaas serve` as `benchmarks/stress.py` does (local PD cluster, remote PrfaaS
+cluster behind the emulated WAN link with mutual TLS, a short KV deadline) and sends a
+steady mix of short (local) and long (remote) greedy requests, each checked against the
+offline engine's output. Faults recur: every ``--kill-every-s`` the remote prefill worker
+is SIGKILLed and restarted; every ``--stall-every-s`` the WAN link stalls past the KV
+deadline (the admin route of the link emulator). The RSS of every process that is not
+killed (the gateway, the PD-P and PD-D workers) is sampled every 10 s; growth is measured
+from the end of ``--warmup-min`` to the end (goal: < 5% per process). Counts as in the
+stress run: completed (correct), failed cleanly, hung, wrong; then a leak check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+import openai
+
+from prfaas import LLM, SamplingParams
+from prfaas.messages import TOKEN_HEADER
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stress import API_KEY, TOKEN, VICTIM, Deployment, Outcome, one, prompts, wait_clean
+
+STEADY = ("pd-p-0", "pd-d-0")  # workers never killed: their memory must stay flat
+
+
+@dataclass
+class SoakReport:
+    model: str
+    minutes: float
+    requests: int = 0
+    kills: int = 0
+    stalls: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    paths: dict[str, int] = field(default_factory=dict)
+    rss_mib: dict[str, list[float]] = field(default_factory=dict)  # process -> samples
+    growth_pct: dict[str, float] = field(default_factory=dict)
+    clean: bool = False
+    leaks: list[str] = field(default_factory=list)
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def faults(dep: Deployment, args: argparse.Namespace, stop: threading.Event, r: SoakReport) -> None:
+    headers = {TOKEN_HEADER: TOKEN}
+    url = dep.worker_urls()[VICTIM]
+    next_kill = time.monotonic() + args.kill_every_s
+    next_stall = time.monotonic() + args.stall_every_s
+    while not stop.wait(1.0):
+        now = time.monotonic()
+        with contextlib.suppress(httpx.HTTPError):
+            if now >= next_kill:
+                os.kill(dep.check(url).pid, signal.SIGKILL)
+                dep.restart(VICTIM)
+                r.kills += 1
+                next_kill = now + args.kill_every_s
+            if now >= next_stall:
+                httpx.post(
+                    f"{dep.url}/internal/link/remote->local",
+                    headers=headers,
+                    json={"stall_s": args.kv_deadline_s * 1.5},
+                    timeout=10,
+                ).raise_for_status()
+                r.stalls += 1
+                next_stall = now + args.stall_every_s
+
+
+def sampler(dep: Deployment, stop: threading.Event, r: SoakReport) -> None:
+    pids = {"gateway": dep.proc.pid}
+    for name, url in dep.worker_urls().items():
+        if name in STEADY:
+            pids[name] = dep.check(url).pid
+    while True:
+        for name, pid in pids.items():
+            with contextlib.suppress(OSError):
+                r.rss_mib.setdefault(name, []).append(rss_mib(pid))
+        if stop.wait(10.0):
+            return
+
+
+def run(args: argparse.Namespace) -> SoakReport:
+    pool_size = 64  # distinct prompts, reused: caches fill and evict as in real traffic
+    texts = prompts(pool_size, args.seed)
+    llm = LLM(args.model)
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=0)
+    expected = [o.outputs[0].text for o in llm.generate(texts, params)]
+    del llm
+    report = SoakReport(args.model or "embedded default (SmolLM2-135M-Instruct)", args.minutes)
+    outcomes: list[Outcome] = []
+    with tempfile.TemporaryDirectory(prefix="prfaas-soak-") as tmp:
+        dep = Deployment(args.model, args.kv_deadline_s, Path(tmp))
+        try:
+            client = openai.OpenAI(
+                base_url=dep.url + "/v1",
+                api_key=API_KEY,
+                max_retries=0,
+                timeout=args.kv_deadline_s + args.margin_s,
+            )
+            stop = threading.Event()
+            threads = [
+                threading.Thread(target=faults, args=(dep, args, stop, report), daemon=True),
+                threading.Thread(target=sampler, args=(dep, stop, report), daemon=True),
+            ]
+            for t in threads:
+                t.start()
+            end = time.monotonic() + 60 * args.minutes
+            rng = random.Random(args.seed)
+
+            def client_loop(_: int) -> list[Outcome]:
+                mine = []
+                while time.monotonic() < end:
+                    i = rng.randrange(pool_size)
+                    mine.append(one(client, texts[i], expected[i], args.max_tokens, 0.0))
+                    time.sleep(args.think_s)
+                return mine
+
+            with ThreadPoolExecutor(args.concurrency) as pool:
+                for mine in pool.map(client_loop, range(args.concurrency)):
+                    outcomes.extend(mine)
+            stop.set()
+            for t in threads:
+                t.join()
+            time.sleep(2.0)
+            report.leaks = wait_clean(dep, 60.0)
+            report.clean = not report.leaks
+        finally:
+            dep.stop()
+    report.requests = len(outcomes)
+    report.counts = dict(Counter(o.kind for o in outcomes))
+    for kind in ("completed", "failed", "hung", "wrong"):
+        report.counts.setdefault(kind, 0)
+    report.paths = dict(Counter(o.path for o in outcomes if o.path))
+    warm = max(1, int(6 * args.warmup_min))  # samples every 10 s
+    for name, samples in report.rss_mib.items():
+        if len(samples) > warm + 3:
+            base = statistics.median(samples[warm : warm + 3])
+            last = statistics.median(samples[-3:])
+            report.growth_pct[name] = 100 * (last - base) / base
+    return report
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--minutes", type=float, default=20.0)
+    p.add_argument("--warmup-min", type=float, default=3.0)
+    p.add_argument("--model", default=None)
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--think-s", type=float, default=0.2, help="pause between a client's requests")
+    p.add_argument("--max-tokens", type=int, default=8)
+    p.add_argument("--kill-every-s", type=float, default=60.0)
+    p.add_argument("--stall-every-s", type=float, default=90.0)
+    p.add_argument("--kv-deadline-s", type=float, default=5.0)
+    p.add_argument("--margin-s", type=float, default=60.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    r = run(args)
+    if args.json:
+        print(json.dumps(asdict(r), indent=2))
+    else:
+        print(f"soak: {r.minutes:g} min on {r.model}; {r.kills} kills, {r.stalls} link stalls")
+        print(f"requests {r.requests}: {r.counts}; routes {r.paths}")
+        for name, pct in r.growth_pct.items():
+            s = r.rss_mib[name]
+            print(f"  RSS {name:<8} {s[0]:7.0f} MiB at start, {s[-1]:7.0f} at end, {pct:+.1f}%")
+        print("pools clean afterwards:", "yes" if r.clean else f"NO: {r.leaks}")
+    bad = r.counts["hung"] + r.counts["wrong"] + (0 if r.clean else 1)
+    bad += sum(1 for pct in r.growth_pct.values() if pct >= 5.0)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
