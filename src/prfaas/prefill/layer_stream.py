@@ -72,6 +72,7 @@ class LayerStream:
         self.first_layer_queued_s: float | None = None  # monotonic: the first KV handed over
         self.stats: TransferStats | None = None
         self.error: TransferError | None = None
+        self.sending = False  # the transfer is open and not yet acknowledged or failed
         self._thread = threading.Thread(
             target=self._run, name=f"kv-stream-{header.request_id}", daemon=True
         )
@@ -145,6 +146,7 @@ class LayerStream:
             logger.exception("layer stream %s failed", self.header.request_id)
             self.error = TransferError(f"layer stream failed: {exc!r}")
         finally:
+            self.sending = False
             if self.error is not None and transfer is not None:
                 transfer.abort()  # idempotent; the receiver frees or parks what it holds
 
@@ -158,6 +160,7 @@ class LayerStream:
                     transfer = self._sender.open(
                         self._address, self.header, deadline_s=self._deadline_s
                     )
+                    self.sending = True
                 if isinstance(item, str):  # _OPEN
                     continue
                 self._arrays.update(item)  # all of them first: a resume needs every one

@@ -49,7 +49,8 @@ class PrefillRole:
         self.auth_key = auth_key
         self._senders: dict[tuple[str, str, int, bool, str], KvSender] = {}
         self._lock = threading.Lock()
-        self.num_sending = 0  # commands whose KV is being sent now (leak checks)
+        self._plain_sending = 0  # whole-payload sends in progress
+        self._streams: set[LayerStream] = set()  # layer-wise transfers of running commands
 
     def sender(self, target: KvTarget) -> KvSender:
         key = (target.link, target.codec, target.connections, target.tls, target.server_name)
@@ -85,6 +86,11 @@ class PrefillRole:
             out[s.link.config.name] = max(out.get(s.link.config.name, 0.0), stats.goodput_gbps)
         return out
 
+    @property
+    def num_sending(self) -> int:
+        """Commands whose KV is being sent now (leak checks)."""
+        return self._plain_sending + sum(1 for s in self._streams if s.sending)
+
     async def run(self, cmd: PrefillCommand) -> PrefillResult:
         started = time.monotonic()
         if self.links.layerwise:
@@ -98,7 +104,7 @@ class PrefillRole:
         header, arrays = payload_to_wire(payload, cmd.request_id, cmd.target.codec)
         sender = self.sender(cmd.target)
         deadline = started + cmd.deadline_s
-        self.num_sending += 1
+        self._plain_sending += 1
         try:
             stats = await asyncio.to_thread(
                 sender.send,
@@ -118,7 +124,7 @@ class PrefillRole:
             )
             return PrefillResult(request_id=cmd.request_id, ok=False, error=str(e))
         finally:
-            self.num_sending -= 1
+            self._plain_sending -= 1
         return PrefillResult(
             request_id=cmd.request_id,
             ok=True,
@@ -143,6 +149,15 @@ class PrefillRole:
             cmd.target.codec,
         )
         stream = LayerStream(sender, (cmd.target.host, cmd.target.port), header, deadline)
+        self._streams.add(stream)
+        try:
+            return await self._stream_prefill(cmd, stream, started, deadline)
+        finally:
+            self._streams.discard(stream)
+
+    async def _stream_prefill(
+        self, cmd: PrefillCommand, stream: LayerStream, started: float, deadline: float
+    ) -> PrefillResult:
         try:
             first_token = await asyncio.wait_for(
                 self.engine.prefill_streamed(
