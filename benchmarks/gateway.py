@@ -186,6 +186,12 @@ def _throughput(args: argparse.Namespace, base: str) -> dict[str, float]:
     }
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _wait_healthy(base: str, n: int, timeout_s: float) -> None:
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
@@ -253,7 +259,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         added_remote = (
             ttft["gateway, long (prfaas)"]["median_ms"] - ttft["direct at worker"]["median_ms"]
         )
+        busy_before = _cpu_s(procs[0].pid)
         load = _throughput(args, base)
+        # Gateway CPU over the load phase: near 1.0 (of its one CPU) means the gateway is
+        # the bottleneck; well below, the clients or the workers on the other CPU are.
+        load["gateway_cpu_share"] = (_cpu_s(procs[0].pid) - busy_before) / args.duration
+        load["gateway_cpu_ms_per_stream"] = (
+            1000 * load["gateway_cpu_share"] * args.duration / max(load["completed"], 1)
+        )
         return {
             "ttft": ttft,
             "added_median_ms": {"pd-p": added, "prfaas": added_remote},
@@ -299,7 +312,8 @@ def main() -> int:
     print(
         f"streamed completions/s through the gateway on CPUs {args.gateway_cpus}: "
         f"{t['streams_per_s']:.0f} ({t['completed']} ok, {t['failed']} failed, "
-        f"concurrency {t['concurrency']})"
+        f"concurrency {t['concurrency']}); gateway CPU {100 * t['gateway_cpu_share']:.0f}%, "
+        f"{t['gateway_cpu_ms_per_stream']:.2f} ms per stream"
     )
     return 0
 
