@@ -38,7 +38,17 @@ from prfaas import LLM, SamplingParams
 from prfaas.messages import TOKEN_HEADER
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stress import API_KEY, TOKEN, VICTIM, Deployment, Outcome, one, prompts, wait_clean
+from stress import (
+    API_KEY,
+    TOKEN,
+    VICTIM,
+    Deployment,
+    Outcome,
+    one,
+    prompts,
+    threshold_between,
+    wait_clean,
+)
 
 STEADY = ("pd-p-0", "pd-d-0")  # workers never killed: their memory must stay flat
 
@@ -108,11 +118,12 @@ def run(args: argparse.Namespace) -> SoakReport:
     llm = LLM(args.model)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=0)
     expected = [o.outputs[0].text for o in llm.generate(texts, params)]
+    threshold = threshold_between([len(llm.tokenizer(t).input_ids) for t in texts])
     del llm
     report = SoakReport(args.model or "embedded default (SmolLM2-135M-Instruct)", args.minutes)
     outcomes: list[Outcome] = []
     with tempfile.TemporaryDirectory(prefix="prfaas-soak-") as tmp:
-        dep = Deployment(args.model, args.kv_deadline_s, Path(tmp))
+        dep = Deployment(args.model, args.kv_deadline_s, threshold, Path(tmp))
         try:
             client = openai.OpenAI(
                 base_url=dep.url + "/v1",
