@@ -196,8 +196,8 @@ def test_a_stream_closed_before_its_first_event_gives_its_slot_back() -> None:
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         url = f"http://127.0.0.1:{port}/decode"
-        left_early = await backend._http.post(url)
-        read_through = await backend._http.post(url)
+        left_early = await backend.workers.open_stream(url, b"")
+        read_through = await backend.workers.open_stream(url, b"")
         await aclose(backend._events(left_early, "d0"))  # never iterated
         assert left_early.closed and backend.capacity.admitted == 1
         events = backend._events(read_through, "d0")

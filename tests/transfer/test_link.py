@@ -37,7 +37,7 @@ def test_emulator_caps_the_rate_and_the_monitor_warns(
     with LinkEmulator(config) as emulator, caplog.at_level(logging.WARNING):
         sender = make_sender(connections=2, rate_gbps=1.0)
         stats = sender.send(emulator.address, header, arrays)
-    assert stats.goodput_gbps == pytest.approx(0.1, rel=0.1)
+    assert 0.07 <= stats.goodput_gbps <= 0.11, stats.goodput_gbps  # the emulator's cap binds
     link = sender.link.stats()
     assert link.backlogged_goodput_gbps is not None and link.backlogged_goodput_gbps < 0.5
     assert any("below" in r.getMessage() for r in caplog.records)

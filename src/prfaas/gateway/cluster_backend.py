@@ -22,20 +22,20 @@ import aiohttp
 from prfaas.engine.outputs import TokenDelta
 from prfaas.gateway.audit import AuditLog, AuditRecord
 from prfaas.gateway.backend import GenerationHandle, GenerationRequest, NoWorker
+from prfaas.gateway.cache_pull import pull_prefix
 from prfaas.gateway.capacity import CapacityConfig, ClosingEvents, DecodeCapacity
 from prfaas.gateway.fleet import WorkerFleet
+from prfaas.gateway.worker_client import WorkerCallError, WorkerClient
 from prfaas.kvcache.hashing import block_hashes, root_hash
 from prfaas.messages import (
-    TOKEN_HEADER,
     DecodeCommand,
     KvFailed,
     KvTarget,
     PrefillCommand,
     PrefillResult,
-    PullCommand,
     PullResult,
-    SamplingSpec,
     TokenEvent,
+    WorkerInfo,
 )
 from prfaas.router.router import Router
 from prfaas.router.types import NoRouteError, RouteDecision, RouteRequest
@@ -44,10 +44,6 @@ from prfaas.sampling import to_spec
 logger = logging.getLogger(__name__)
 MAX_ROUTE_ATTEMPTS = 3
 MAX_EVENT_BYTES = 1 << 20  # one NDJSON token event from a decode worker, at most
-
-
-class WorkerCallError(ConnectionError):
-    """A worker could not be reached, or did not answer in time."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +92,7 @@ class ClusterBackend:
         self.on_pull = on_pull
         self.audit = audit
         self.capacity = DecodeCapacity(settings.capacity, self._num_decode)
-        self._session: aiohttp.ClientSession | None = None  # opened on the serving loop
+        self.workers = WorkerClient(settings.cluster_token)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _num_decode(self) -> int:
@@ -106,35 +102,10 @@ class ClusterBackend:
             if r.info.role == "decode" and not r.draining and self.fleet.healthy(name)
         )
 
-    @property
-    def _http(self) -> aiohttp.ClientSession:
-        """Calls to workers (aiohttp: about a third of httpx's CPU per streamed call, which
-        is most of what a busy gateway spends). Every in-flight request holds a decode
-        stream and a prefill call, so connections are unbounded and kept alive."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                headers={TOKEN_HEADER: self.settings.cluster_token},
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60.0),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10.0),
-            )
-        return self._session
-
-    async def _post(self, url: str, body: bytes, timeout_s: float) -> tuple[int, bytes]:
-        """POST to a worker: its status and body; WorkerCallError if it cannot be reached
-        or does not answer within ``timeout_s``."""
-        try:
-            async with self._http.post(
-                url, data=body, timeout=aiohttp.ClientTimeout(total=timeout_s)
-            ) as r:
-                return r.status, await r.read()
-        except (aiohttp.ClientError, TimeoutError) as e:
-            raise WorkerCallError(str(e) or type(e).__name__) from e
-
     async def aclose(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        if self._session is not None:
-            await self._session.close()
+        await self.workers.aclose()
         if self.audit is not None:
             self.audit.close()
 
@@ -179,8 +150,6 @@ class ClusterBackend:
             decode.draining = True
         else:
             raise NoWorker("every decode worker is switching roles")
-        link = self.settings.links.get(prefill.info.cluster, LinkRoute("local"))
-        host, port = link.via.get(decode.info.name, (decode.info.kv_host, decode.info.kv_port))
         spec = to_spec(req.params)
         salt = req.tenant_salt.hex()
         prefill_cmd = PrefillCommand(
@@ -189,15 +158,7 @@ class ClusterBackend:
             params=spec,
             tenant_salt_hex=salt,
             deadline_s=self.settings.kv_deadline_s,
-            target=KvTarget(
-                host=host,
-                port=port,
-                link=link.name,
-                codec=link.codec,
-                connections=link.connections,
-                tls=link.tls,
-                server_name=decode.info.cluster,
-            ),
+            target=self.kv_target(prefill.info.cluster, decode.info),
         )
         self._spawn(
             self._prefill(
@@ -216,6 +177,22 @@ class ClusterBackend:
             events=self._events(response, decode.info.name),
         )
 
+    def kv_target(self, source_cluster: str, receiver: WorkerInfo) -> KvTarget:
+        """Where KV from ``source_cluster`` reaches ``receiver``'s KV receiver: over that
+        cluster's link (through its emulator or WAN address when one is set), TLS identity
+        the receiver's cluster."""
+        link = self.settings.links.get(source_cluster, LinkRoute("local"))
+        host, port = link.via.get(receiver.name, (receiver.kv_host, receiver.kv_port))
+        return KvTarget(
+            host=host,
+            port=port,
+            link=link.name,
+            codec=link.codec,
+            connections=link.connections,
+            tls=link.tls,
+            server_name=receiver.cluster,
+        )
+
     async def _open_decode(
         self, req: GenerationRequest, name: str, url: str
     ) -> aiohttp.ClientResponse | None:
@@ -230,8 +207,8 @@ class ClusterBackend:
             deadline_s=self.settings.kv_deadline_s,
         )
         try:
-            response = await self._http.post(url + "/decode", data=cmd.encode())
-        except (aiohttp.ClientError, TimeoutError) as e:
+            response = await self.workers.open_stream(url + "/decode", cmd.encode())
+        except WorkerCallError as e:
             raise NoWorker(f"decode worker {name} unreachable: {e}") from e
         if response.status == 409:
             response.release()
@@ -303,10 +280,10 @@ class ClusterBackend:
         self, url: str, decode_url: str, cmd: PrefillCommand, decision: RouteDecision, tenant: str
     ) -> None:
         if decision.pull_instance is not None:
-            await self._pull(cmd, decision, tenant)
+            await pull_prefix(self, cmd, decision, tenant)
         started_s = time.monotonic()
         try:
-            status, body = await self._post(url + "/prefill", cmd.encode(), cmd.deadline_s)
+            status, body = await self.workers.post(url + "/prefill", cmd.encode(), cmd.deadline_s)
             result = (
                 PrefillResult.decode(body)
                 if status == 200
@@ -323,10 +300,10 @@ class ClusterBackend:
             # Tell the decode worker now rather than letting it wait out the KV deadline.
             failed = KvFailed(request_id=cmd.request_id, reason=(result.error or "")[:1024])
             with contextlib.suppress(WorkerCallError):
-                await self._post(decode_url + "/kv_failed", failed.encode(), 10.0)
+                await self.workers.post(decode_url + "/kv_failed", failed.encode(), 10.0)
         if self.on_prefill is not None:
             self.on_prefill(decision, result)
-        self._audit(
+        self.audit_transfer(
             cmd,
             decision.prefill_instance,
             decision.decode_instance,
@@ -335,7 +312,7 @@ class ClusterBackend:
             time.monotonic() - started_s,
         )
 
-    def _audit(
+    def audit_transfer(
         self,
         cmd: PrefillCommand,
         source: str,
@@ -368,78 +345,6 @@ class ClusterBackend:
                 seconds=result.transfer_s if result.ok else elapsed_s,
             )
         )
-
-    async def _pull(self, cmd: PrefillCommand, decision: RouteDecision, tenant: str) -> None:
-        """Abundant mode: copy the longer cached prefix from the instance holding it (in
-        ``pull_from``) to the chosen prefill instance before its prefill, over the link out
-        of the holder's cluster. The holder recomputes at most the prefix's last token; the
-        puller lands it as prefix cache. On any failure the prefill just computes more."""
-        holder = self.fleet.workers.get(decision.pull_instance or "")
-        puller = self.fleet.workers.get(decision.prefill_instance)
-        if holder is None or puller is None or puller.info.hybrid:
-            # A hybrid model's hit also needs a state snapshot at the prefix's end, which an
-            # imported prefix does not carry yet: a pull there would buy nothing.
-            return
-        prefix = cmd.prompt_token_ids[: decision.cached_tokens]
-        pull_id = f"{cmd.request_id}-pull"
-        deadline = self.settings.kv_deadline_s / 3  # leave the decode side time to fall back
-        link = self.settings.links.get(holder.info.cluster, LinkRoute("local"))
-        host, port = link.via.get(puller.info.name, (puller.info.kv_host, puller.info.kv_port))
-        send = PrefillCommand(
-            request_id=pull_id,
-            prompt_token_ids=prefix,
-            params=SamplingSpec(max_tokens=1, temperature=0.0),
-            tenant_salt_hex=cmd.tenant_salt_hex,
-            deadline_s=deadline,
-            target=KvTarget(
-                host=host,
-                port=port,
-                link=link.name,
-                codec=link.codec,
-                connections=link.connections,
-                tls=link.tls,
-                server_name=puller.info.cluster,
-            ),
-        )
-        land = PullCommand(
-            request_id=pull_id,
-            prompt_token_ids=prefix,
-            tenant_salt_hex=cmd.tenant_salt_hex,
-            deadline_s=deadline,
-        )
-        landing = asyncio.ensure_future(
-            self._post(puller.info.http_url + "/pull", land.encode(), deadline + 5)
-        )
-        result = PullResult(request_id=pull_id, ok=False)
-        started_s = time.monotonic()
-        try:
-            status, body = await self._post(
-                holder.info.http_url + "/prefill", send.encode(), deadline + 5
-            )
-            shipped = (
-                PrefillResult.decode(body)
-                if status == 200
-                else PrefillResult(request_id=pull_id, ok=False, error=f"HTTP {status}")
-            )
-            elapsed_s = time.monotonic() - started_s
-            self._audit(send, holder.info.name, puller.info.name, shipped, tenant, elapsed_s)
-            if not shipped.ok:
-                result = PullResult(request_id=pull_id, ok=False, error="holder did not send")
-            else:
-                status, body = await landing
-                if status == 200:
-                    result = PullResult.decode(body)
-        except (WorkerCallError, ValueError) as e:
-            result = PullResult(request_id=pull_id, ok=False, error=str(e)[:1024])
-        finally:
-            if not landing.done():
-                landing.cancel()  # the puller's own deadline ends its wait
-                with contextlib.suppress(asyncio.CancelledError, WorkerCallError):
-                    await landing
-        if not result.ok:
-            logger.info("cache pull for %s failed: %s", cmd.request_id, result.error)
-        if self.on_pull is not None:
-            self.on_pull(decision, result)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

@@ -1,0 +1,55 @@
+"""The gateway's HTTP calls to its workers: one kept-alive aiohttp session per gateway.
+
+aiohttp, not httpx: about a third of the CPU per streamed call (0.5 vs 1.5 ms against an
+instant worker), which is most of what a busy gateway spends. Every in-flight request holds
+a decode stream and a prefill call, so connections are unbounded and kept alive.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+
+from prfaas.messages import TOKEN_HEADER
+
+
+class WorkerCallError(ConnectionError):
+    """A worker could not be reached, or did not answer in time."""
+
+
+class WorkerClient:
+    def __init__(self, cluster_token: str) -> None:
+        self.cluster_token = cluster_token
+        self._session: aiohttp.ClientSession | None = None  # opened on the serving loop
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                headers={TOKEN_HEADER: self.cluster_token},
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60.0),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10.0),
+            )
+        return self._session
+
+    async def post(self, url: str, body: bytes, timeout_s: float) -> tuple[int, bytes]:
+        """POST to a worker: its status and body; WorkerCallError if it cannot be reached
+        or does not answer within ``timeout_s``."""
+        try:
+            async with self.session.post(
+                url, data=body, timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as r:
+                return r.status, await r.read()
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise WorkerCallError(str(e) or type(e).__name__) from e
+
+    async def open_stream(self, url: str, body: bytes) -> aiohttp.ClientResponse:
+        """POST and return the response with its body unread (the caller streams it and
+        must ``release()`` it)."""
+        try:
+            return await self.session.post(url, data=body)
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise WorkerCallError(str(e) or type(e).__name__) from e
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
