@@ -16,6 +16,8 @@ import enum
 import socket
 import threading
 import time
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -146,3 +148,17 @@ class Landing:
         for sock in sockets:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+class ReceiveListener(Protocol):
+    """Optional callbacks, called from connection threads; keep them short."""
+
+    def on_layer(self, request_id: str, layer: int) -> None: ...
+    def on_complete(self, request_id: str) -> None: ...
+    def on_failed(self, request_id: str, error: TransferError) -> None: ...
+
+
+@dataclass(frozen=True)
+class ReceivedTransfer:
+    header: TransferHeader
+    layers: list[np.ndarray]  # layer i: header.layers[i].shape, dtype numpy_name

@@ -23,12 +23,7 @@ import ipaddress
 import logging
 import socket
 import ssl
-import threading
 import time
-from dataclasses import dataclass
-from typing import Protocol
-
-import numpy as np
 
 from prfaas.transfer.auth import AuthVerifier
 from prfaas.transfer.chunks import ChunkReader
@@ -42,7 +37,7 @@ from prfaas.transfer.errors import (
     TransferTimeout,
     error_from_code,
 )
-from prfaas.transfer.landing import Landing, LandingState
+from prfaas.transfer.landing import Landing, LandingState, ReceivedTransfer, ReceiveListener
 from prfaas.transfer.messages import (
     Ack,
     End,
@@ -53,6 +48,7 @@ from prfaas.transfer.messages import (
     TransferHeader,
 )
 from prfaas.transfer.pool import BufferPool
+from prfaas.transfer.server import ConnectionServer
 from prfaas.transfer.tls import Plaintext
 from prfaas.transfer.wire import (
     FrameType,
@@ -67,21 +63,7 @@ logger = logging.getLogger(__name__)
 MAX_ABANDONED = 4096
 
 
-class ReceiveListener(Protocol):
-    """Optional callbacks, called from connection threads; keep them short."""
-
-    def on_layer(self, request_id: str, layer: int) -> None: ...
-    def on_complete(self, request_id: str) -> None: ...
-    def on_failed(self, request_id: str, error: TransferError) -> None: ...
-
-
-@dataclass(frozen=True)
-class ReceivedTransfer:
-    header: TransferHeader
-    layers: list[np.ndarray]  # layer i: header.layers[i].shape, dtype numpy_name
-
-
-class KvReceiver:
+class KvReceiver(ConnectionServer):
     REAP_INTERVAL_S = 0.05
 
     def __init__(
@@ -91,6 +73,7 @@ class KvReceiver:
         tls: ssl.SSLContext | Plaintext,
         listener: ReceiveListener | None = None,
     ) -> None:
+        super().__init__(config.host, config.port, self._serve)
         self.config = config
         self._tls = tls if isinstance(tls, ssl.SSLContext) else None
         if (
@@ -100,7 +83,6 @@ class KvReceiver:
             logger.warning("KV receiver on %s without TLS (explicitly configured)", config.host)
         self._listener = listener
         self._auth = None if config.auth_key is None else AuthVerifier(config.auth_key)
-        self._cond = threading.Condition()
         self._landings: dict[str, Landing] = {}
         self._failures: dict[str, TransferError] = {}  # recent outcomes, for late waiters
         # Requests the consumer gave up on (deadline, fallback): a late (re)send is refused,
@@ -108,18 +90,8 @@ class KvReceiver:
         self._abandoned: dict[str, None] = {}
         self._allocated_bytes = 0
         self._pool = BufferPool(config.pool_bytes)
-        self._threads: set[threading.Thread] = set()
-        self._conn_socks: set[socket.socket] = set()  # every open connection, for close()
-        self._closing = threading.Event()
-        self._server = socket.create_server((config.host, config.port), backlog=128)
-        self._server.settimeout(0.2)  # the accept loop polls the closing flag
 
     # -- public API ----------------------------------------------------------------------
-
-    @property
-    def address(self) -> tuple[str, int]:
-        host, port = self._server.getsockname()[:2]
-        return host, port
 
     @property
     def allocated_bytes(self) -> int:
@@ -131,12 +103,6 @@ class KvReceiver:
     def num_transfers(self) -> int:
         with self._cond:
             return len(self._landings)
-
-    @property
-    def num_connections(self) -> int:
-        """Open KV connections (any transfer, any state)."""
-        with self._cond:
-            return len(self._conn_socks)
 
     def start(self) -> KvReceiver:
         for target, name in ((self._accept_loop, "kv-accept"), (self._reap_loop, "kv-reap")):
@@ -184,19 +150,7 @@ class KvReceiver:
             self._fail(landing, TransferRefused(f"{request_id} abandoned by the consumer"))
 
     def close(self) -> None:
-        self._closing.set()
-        self._server.close()
-        end_s = time.monotonic() + 5.0
-        while time.monotonic() < end_s:  # a connection accepted during close() included
-            with self._cond:
-                threads = [t for t in self._threads if t is not threading.current_thread()]
-                for sock in self._conn_socks:
-                    with contextlib.suppress(OSError):
-                        sock.shutdown(socket.SHUT_RDWR)
-                self._cond.notify_all()
-            if not threads:
-                break
-            threads[0].join(max(0.0, end_s - time.monotonic()))
+        self._stop_threads()
         with self._cond:
             for landing in list(self._landings.values()):
                 self._remove(landing)
@@ -208,29 +162,6 @@ class KvReceiver:
         self.close()
 
     # -- threads -------------------------------------------------------------------------
-
-    def _spawn(self, target: object, name: str, *args: object) -> None:
-        thread = threading.Thread(target=self._run, args=(target, *args), name=name, daemon=True)
-        with self._cond:  # close() copies the set under this lock: it never sees it unstarted
-            self._threads.add(thread)
-            thread.start()
-
-    def _run(self, target: object, *args: object) -> None:
-        try:
-            target(*args)  # type: ignore[operator]
-        finally:
-            with self._cond:
-                self._threads.discard(threading.current_thread())
-
-    def _accept_loop(self) -> None:
-        while not self._closing.is_set():
-            try:
-                sock, peer = self._server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return  # closed
-            self._spawn(self._serve, f"kv-recv-{peer[1]}", sock)
 
     def _reap_loop(self) -> None:
         deadlines = self.config.deadlines
@@ -251,8 +182,6 @@ class KvReceiver:
 
     def _serve(self, raw: socket.socket) -> None:
         sock, landing, conn_index, attempt = raw, None, -1, -1
-        with self._cond:
-            self._conn_socks.add(raw)
         try:
             sock.settimeout(self.config.deadlines.first_byte_s)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -284,8 +213,6 @@ class KvReceiver:
             if landing is not None:
                 self._fail(landing, TransferError("receiver internal error"), None, attempt)
         finally:
-            with self._cond:
-                self._conn_socks.discard(raw)
             with contextlib.suppress(OSError):
                 sock.close()
             if landing is not None:
