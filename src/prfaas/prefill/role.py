@@ -19,7 +19,7 @@ from prfaas.sampling import to_sampling_params
 from prfaas.transfer.config import Deadlines, LinkConfig
 from prfaas.transfer.errors import TransferError
 from prfaas.transfer.link import Link
-from prfaas.transfer.sender import KvSender
+from prfaas.transfer.sender import KvSender, TransferStats
 from prfaas.transfer.tls import PLAINTEXT
 
 logger = logging.getLogger(__name__)
@@ -115,24 +115,10 @@ class PrefillRole:
                 deadline_s=deadline,
             )
         except TransferError as e:
-            logger.warning(
-                "transfer %s to %s:%d failed: %s",
-                cmd.request_id,
-                cmd.target.host,
-                cmd.target.port,
-                e,
-            )
-            return PrefillResult(request_id=cmd.request_id, ok=False, error=str(e))
+            return _failed(cmd, e)
         finally:
             self._plain_sending -= 1
-        return PrefillResult(
-            request_id=cmd.request_id,
-            ok=True,
-            kv_bytes=stats.raw_bytes,
-            wire_bytes=stats.wire_bytes,
-            transfer_s=stats.seconds,
-            seconds=time.monotonic() - started,
-        )
+        return _sent(cmd, stats, started)
 
     async def run_layerwise(self, cmd: PrefillCommand, started: float) -> PrefillResult:
         """Like ``run``, but each layer leaves as soon as the prompt's last chunk has written
@@ -179,19 +165,23 @@ class PrefillRole:
         try:
             stats = await asyncio.to_thread(stream.finish, first_token)
         except TransferError as e:
-            logger.warning(
-                "transfer %s to %s:%d failed: %s",
-                cmd.request_id,
-                cmd.target.host,
-                cmd.target.port,
-                e,
-            )
-            return PrefillResult(request_id=cmd.request_id, ok=False, error=str(e))
-        return PrefillResult(
-            request_id=cmd.request_id,
-            ok=True,
-            kv_bytes=stats.raw_bytes,
-            wire_bytes=stats.wire_bytes,
-            transfer_s=stats.seconds,
-            seconds=time.monotonic() - started,
-        )
+            return _failed(cmd, e)
+        return _sent(cmd, stats, started)
+
+
+def _failed(cmd: PrefillCommand, error: TransferError) -> PrefillResult:
+    logger.warning(
+        "transfer %s to %s:%d failed: %s", cmd.request_id, cmd.target.host, cmd.target.port, error
+    )
+    return PrefillResult(request_id=cmd.request_id, ok=False, error=str(error))
+
+
+def _sent(cmd: PrefillCommand, stats: TransferStats, started: float) -> PrefillResult:
+    return PrefillResult(
+        request_id=cmd.request_id,
+        ok=True,
+        kv_bytes=stats.raw_bytes,
+        wire_bytes=stats.wire_bytes,
+        transfer_s=stats.seconds,
+        seconds=time.monotonic() - started,
+    )
