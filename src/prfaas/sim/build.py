@@ -29,11 +29,19 @@ from prfaas.router.policies import PrfaasThreshold
 from prfaas.router.router import RouterConfig
 from prfaas.router.types import RouterState
 from prfaas.sim.curves import ScalarCurve
+from prfaas.sim.estimates import ttft_choice
 from prfaas.sim.instances import PrefillCost
 from prfaas.sim.simulator import PolicySetup
 from prfaas.sim.topology import ClusterSpec, FleetSpec, LinkSpec
 
-POLICIES = ("homogeneous", "naive", "prfaas-static", "prfaas-adaptive", "prfaas-cache-blind")
+POLICIES = (
+    "homogeneous",
+    "naive",
+    "prfaas-static",
+    "prfaas-adaptive",
+    "prfaas-cache-blind",
+    "prfaas-ttft",  # prfaas-static's path rule, prefill instance by estimated TTFT
+)
 DEFAULT_POLICY = {
     "prfaas_pd": "prfaas-static",
     "homogeneous_pd": "homogeneous",
@@ -102,7 +110,10 @@ def build_setup(
     else:
         assert result.threshold_tokens is not None
         state = RouterState(result.threshold_tokens, "scarce")
-        setup = PolicySetup(policy, PrfaasThreshold(), router_config, state)
+        choice = None
+        if policy == "prfaas-ttft":
+            choice = ttft_choice(fleet, options.balance_factor, int(inputs.workload.max_tokens))
+        setup = PolicySetup(policy, PrfaasThreshold(), router_config, state, None, choice)
     return RunSetup(fleet, setup, result)
 
 

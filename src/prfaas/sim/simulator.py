@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from prfaas.router.control import Controller
+from prfaas.router.instance_choice import InstanceChoice
 from prfaas.router.kv_index import KvIndex
 from prfaas.router.policies import PathPolicy
 from prfaas.router.router import Router, RouterConfig
@@ -46,6 +47,7 @@ class PolicySetup:
     router_config: RouterConfig
     state: RouterState
     controller: Controller | None = None  # None: static
+    instance_choice: InstanceChoice | None = None  # None: the router's CHWBL
 
 
 class Simulator:
@@ -63,7 +65,12 @@ class Simulator:
         self.kv_index = KvIndex()
         self.fleet = Fleet(fleet_spec, self.kv_index)
         self.router = Router(
-            policy.router_config, policy.path_policy, self.fleet, self.kv_index, policy.state
+            policy.router_config,
+            policy.path_policy,
+            self.fleet,
+            self.kv_index,
+            policy.state,
+            policy.instance_choice,
         )
         self.links = {
             (s.src, s.dst): Link(f"{s.src}->{s.dst}", s.src, s.dst, s.capacity_gbps, s.rtt_ms)
@@ -115,6 +122,7 @@ class Simulator:
 
     def finish_prefill(self, instance: PrefillInstance) -> None:
         for request in instance.finish_batch(self.now_s):
+            self.router.prefill_finished(request.request_id)
             flow = self._flows.pop(request.request_id, None)
             if flow is not None:
                 link = self._link_for(request)
