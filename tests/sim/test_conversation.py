@@ -139,3 +139,16 @@ def test_ttft_policy_runs_the_conversation_and_every_dispatch_is_finished() -> N
     assert result.summary["requests"] == result.summary["completed"] > 500
     assert result.summary["cache_hit_rate"] > 0.1
     assert len(sim.router.inflight) == 0  # the simulator reported every prefill's end
+
+
+def test_a_scenario_takes_a_trace_or_a_conversation_not_both(tmp_path: Path) -> None:
+    from prfaas.sim.config import SimConfigError
+
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        f"plan: {ROOT / 'examples/paper/case-study.yaml'}\n"
+        "scenarios:\n  x:\n    kind: routing\n    trace: {path: a.jsonl}\n"
+        "    conversation: {mean_turns: 2}\n"
+    )
+    with pytest.raises(SimConfigError, match=r"scenarios\.x: give a trace or a conversation"):
+        load_sim_config(path)

@@ -132,6 +132,10 @@ class ScenarioSection:
     measure_from_s: NonNegative | None = None  # drift: judge max rate from here on
     settings: dict[str, Any] = Field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.trace is not None and self.conversation is not None:
+            raise ValueError("give a trace or a conversation, not both")
+
 
 @dataclass(frozen=True, config=_STRICT)
 class ScenarioFile:
