@@ -16,7 +16,7 @@ from prfaas.planner.deployments import (
     PrfaasPd,
 )
 from prfaas.planner.hardware import get_gpu
-from prfaas.planner.model import load_model
+from prfaas.planner.model import load_planner_model
 from prfaas.planner.profile import PrefillProfile, RooflineProfile, ScaledProfile, TableProfile
 from prfaas.planner.roofline import Instance
 from prfaas.planner.search import plan
@@ -144,7 +144,7 @@ def _build_profile(
             instance = Instance(
                 get_gpu(r.gpu), r.gpus_per_instance, r.mfu, r.mbu, r.weight_bytes_per_param
             )
-            profile = RooflineProfile(load_model(r.model), instance)
+            profile = RooflineProfile(load_planner_model(r.model), instance)
     except (ValueError, KeyError, FileNotFoundError) as exc:
         raise PlanConfigError(f"profiles.{name}: {exc}") from None
     built[name] = profile

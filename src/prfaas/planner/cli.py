@@ -73,7 +73,7 @@ def run_plan(args: argparse.Namespace) -> int:
 
 def run_kv_throughput(args: argparse.Namespace) -> int:
     from prfaas.planner.hardware import get_gpu
-    from prfaas.planner.model import load_model
+    from prfaas.planner.model import load_planner_model
     from prfaas.planner.report import format_table
     from prfaas.planner.roofline import Instance, prefill_s
     from prfaas.planner.units import MIB, bytes_per_s_to_gbps, parse_tokens
@@ -84,7 +84,7 @@ def run_kv_throughput(args: argparse.Namespace) -> int:
             raise ValueError("--lengths needs positive token counts")
         if args.instances is not None and args.instances < 1:
             raise ValueError("--instances must be >= 1")
-        model = load_model(args.model)
+        model = load_planner_model(args.model)
         instance = Instance(get_gpu(args.gpu), args.gpus_per_instance, mfu=args.mfu)
     except (ValueError, KeyError, FileNotFoundError) as exc:
         return _fail(str(exc).strip("'\""))

@@ -79,7 +79,7 @@ class PlannerModel:
         return flops
 
 
-def load_model(name_or_path: str) -> PlannerModel:
+def load_planner_model(name_or_path: str) -> PlannerModel:
     """A preset by name (see ``PRESETS``) or a path to a Hugging Face ``config.json``."""
     if name_or_path in PRESETS:
         preset = PRESETS[name_or_path]
