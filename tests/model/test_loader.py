@@ -91,3 +91,43 @@ def test_a_truncated_weight_file_is_a_load_error(
     weights.write_bytes(weights.read_bytes()[:-100])
     with pytest.raises(ModelLoadError, match="outside the file"):
         load_model(str(broken), torch.device("cpu"), torch.float32, cache_dir)
+
+
+@pytest.mark.parametrize("window", [None, 24])
+def test_mistral_as_transformers_writes_it(
+    window: int | None, tmp_path: Path, cache_dir: Path
+) -> None:
+    # MistralConfig writes a sliding window by default; the engine serves full attention, equal
+    # to the window's up to the window's length, so the context is capped there.
+    import transformers
+
+    from prfaas.engine.sampling_params import SamplingParams
+    from tests.conftest import _tokenizer_files
+    from tests.engine.helpers import hf_logits, make_engine, run_recording_logits
+
+    config = transformers.MistralConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=512,
+        sliding_window=window,
+    )
+    torch.manual_seed(0)
+    model = transformers.MistralForCausalLM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(4.0)
+    model.save_pretrained(tmp_path)
+    _tokenizer_files(tmp_path, 128)
+    engine = make_engine(tmp_path, cache_dir, dtype="float32", device="cpu")
+    assert engine.max_model_len == (512 if window is None else window)
+    prompt = list(range(3, 19))
+    params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+    tokens, rows = run_recording_logits(engine, prompt, params)
+    expected = hf_logits(tmp_path, prompt + tokens, len(prompt))
+    torch.testing.assert_close(torch.stack(rows), expected, atol=1e-4, rtol=0)

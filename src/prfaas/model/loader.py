@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prfaas.kvcache.spec import FullAttentionSpec, specs_from_hf_config
 from prfaas.model.kimi import KimiLinearForCausalLM
 from prfaas.model.llama import LlamaForCausalLM
 from prfaas.model.safetensors_file import SafetensorsFormatError, iter_tensors
@@ -121,6 +122,26 @@ def fingerprint_folder(folder: Path, cache_dir: Path) -> str:
     return digest
 
 
+def _cap_at_sliding_window(hf_config: Any, limit: int, folder: Path) -> int:
+    """The engine's attention is full: within a sliding window the two are equal, beyond it
+    they are not, so a model with an active window serves contexts up to the window only."""
+    specs = specs_from_hf_config(hf_config.to_dict())
+    windows = [
+        s.sliding_window
+        for s in specs
+        if isinstance(s, FullAttentionSpec) and s.sliding_window is not None
+    ]
+    if windows and min(windows) < limit:
+        logger.warning(
+            "%s: sliding-window attention (window %d) is served as full attention; "
+            "max_model_len capped at the window, where the two are equal",
+            folder,
+            min(windows),
+        )
+        return min(windows)
+    return limit
+
+
 def load_model(
     model: str | None,
     device: torch.device,
@@ -143,6 +164,7 @@ def load_model(
     # Kimi Linear names its context limit model_max_length (no position embeddings).
     positions = getattr(hf_config, "max_position_embeddings", None)
     limit = int(positions or getattr(hf_config, "model_max_length", 0) or 0) or 4096
+    limit = _cap_at_sliding_window(hf_config, limit, folder)
     if max_model_len is not None:
         if max_model_len > limit:
             raise ModelLoadError(f"max_model_len {max_model_len} exceeds the model's {limit}")
