@@ -117,7 +117,7 @@ def run_kv_throughput(args: argparse.Namespace) -> int:
             profile_path=args.profile,
             instances=args.instances,
         )
-    except (ValueError, KeyError, FileNotFoundError) as exc:
+    except (ValueError, KeyError, OSError) as exc:
         return _fail(str(exc).strip("'\""))
     if args.json:
         print(json.dumps(rows, indent=2))
