@@ -131,3 +131,17 @@ def test_mistral_as_transformers_writes_it(
     tokens, rows = run_recording_logits(engine, prompt, params)
     expected = hf_logits(tmp_path, prompt + tokens, len(prompt))
     torch.testing.assert_close(torch.stack(rows), expected, atol=1e-4, rtol=0)
+
+
+def test_kv_of_another_dtype_is_refused_by_fingerprint(tiny_llama: Path, cache_dir: Path) -> None:
+    from prfaas import LLM, SamplingParams
+    from prfaas.engine.handoff import FingerprintMismatchError
+
+    bf16 = LLM(str(tiny_llama), cache_dir=cache_dir, dtype="bfloat16", num_kv_blocks=32)
+    fp32 = LLM(str(tiny_llama), cache_dir=cache_dir, dtype="float32", num_kv_blocks=32)
+    payload = bf16.prefill(list(range(3, 40)), SamplingParams(max_tokens=4))
+    assert payload.model_fingerprint == bf16.engine.fingerprint != fp32.engine.fingerprint
+    with pytest.raises(FingerprintMismatchError):
+        fp32.decode([payload])
+    fp32.engine.check_integrity()
+    assert bf16.decode([payload])[0].outputs[0].token_ids  # the same dtype accepts it
