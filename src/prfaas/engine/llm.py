@@ -14,6 +14,7 @@ from prfaas.engine.request import Request
 from prfaas.engine.sampling_params import SamplingParams
 
 Prompt = str | list[int]
+Params = SamplingParams | Sequence[SamplingParams] | None  # one for all, or one per prompt
 
 
 class LLM:
@@ -40,20 +41,23 @@ class LLM:
     def generate(
         self,
         prompts: Prompt | Sequence[Prompt],
-        params: SamplingParams | None = None,
+        params: Params = None,
         *,
         tenant_salt: bytes = b"",
     ) -> list[RequestOutput]:
-        """Complete each prompt (text or token ids); outputs come back in prompt order."""
-        params = params or SamplingParams()
+        """Complete each prompt (text or token ids); outputs come back in prompt order.
+
+        ``params`` is one ``SamplingParams`` for every prompt or a sequence of one per prompt.
+        """
         batch = _as_batch(prompts)
-        reqs = [self._add(p, params, tenant_salt) for p in batch]
+        per_prompt = _params_per_item(params, len(batch), "prompts")
+        reqs = [self._add(p, sp, tenant_salt) for p, sp in zip(batch, per_prompt, strict=True)]
         return self._run(reqs)
 
     def chat(
         self,
         messages: list[dict[str, str]] | list[list[dict[str, str]]],
-        params: SamplingParams | None = None,
+        params: Params = None,
         *,
         tenant_salt: bytes = b"",
     ) -> list[RequestOutput]:
@@ -93,15 +97,16 @@ class LLM:
     def decode(
         self,
         payloads: Sequence[KvPayload],
-        params: SamplingParams | None = None,
+        params: Params = None,
         *,
         tenant_salt: bytes = b"",
     ) -> list[RequestOutput]:
-        """Decode from imported KV payloads (the decode role's job)."""
-        params = params or SamplingParams()
+        """Decode from imported KV payloads (the decode role's job); ``params`` as in
+        ``generate``, one per payload when a sequence."""
+        per_payload = _params_per_item(params, len(payloads), "payloads")
         reqs = [
-            self.engine.import_request(p, params, str(next(self._ids)), tenant_salt=tenant_salt)
-            for p in payloads
+            self.engine.import_request(p, sp, str(next(self._ids)), tenant_salt=tenant_salt)
+            for p, sp in zip(payloads, per_payload, strict=True)
         ]
         return self._run(reqs)
 
@@ -155,3 +160,20 @@ def _as_batch(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
     if prompts and isinstance(prompts[0], int):
         return [list(prompts)]  # type: ignore[arg-type]
     return list(prompts)  # type: ignore[arg-type]
+
+
+def _params_per_item(params: Params, num_items: int, what: str) -> list[SamplingParams]:
+    if params is None:
+        return [SamplingParams()] * num_items
+    if isinstance(params, SamplingParams):
+        return [params] * num_items
+    per_item = list(params)
+    if len(per_item) != num_items:
+        raise ValueError(
+            f"got {len(per_item)} SamplingParams for {num_items} {what}; "
+            f"pass one SamplingParams for all or exactly one per item"
+        )
+    for i, sp in enumerate(per_item):
+        if not isinstance(sp, SamplingParams):
+            raise TypeError(f"params[{i}] is {type(sp).__name__}, not SamplingParams")
+    return per_item
