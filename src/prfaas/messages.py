@@ -42,15 +42,18 @@ class Message(BaseModel):
 
 
 class SamplingSpec(Message):
-    """SamplingParams on the wire (validated again by SamplingParams on the worker)."""
+    """Sampling parameters as the gateway takes them and workers receive them (validated
+    again by the engine's SamplingParams on the worker, which accepts whatever this does)."""
 
     max_tokens: int = Field(16, ge=1, le=1 << 20)
     temperature: float = Field(1.0, ge=0.0, le=100.0)
     top_k: int = Field(0, ge=0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = None
-    stop: list[Annotated[str, Field(max_length=256)]] = Field(default_factory=list, max_length=16)
-    stop_token_ids: list[int] = Field(default_factory=list, max_length=64)
+    stop: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list, max_length=16
+    )
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, max_length=64)
     ignore_eos: bool = False
 
 
@@ -88,6 +91,19 @@ class CacheEventMsg(Message):
         return data
 
 
+class LinkReport(Message):
+    """A sending instance's own measure of one link (its ``LinkMonitor``): the one source of
+    link goodput and egress; the gateway keeps the newest report per instance and link."""
+
+    link: str = Field(max_length=MAX_NAME)
+    bytes_sent: int = Field(ge=0)  # monotone wire bytes, transfers in flight included
+    rate_gbps: float = Field(ge=0.0)  # bytes on the wire per second over the last window
+    goodput_gbps: float = Field(ge=0.0)
+    backlog_bytes: int = Field(ge=0)
+    transfers_open: int = Field(ge=0)
+    cap_gbps: float | None = Field(None, gt=0.0)
+
+
 class Heartbeat(Message):
     name: str = Field(max_length=MAX_NAME)
     epoch: int = Field(ge=0)
@@ -103,6 +119,7 @@ class Heartbeat(Message):
     # sent to several gateways sharing one kv index, or sent again, applies once and in
     # order; 0 when the heartbeat carries no events.
     seq: int = Field(0, ge=0)
+    links: list[LinkReport] = Field(default_factory=list, max_length=64)
 
     @model_validator(mode="after")
     def _events_are_numbered(self) -> Heartbeat:

@@ -24,76 +24,41 @@ import pytest
 import yaml
 
 from prfaas.cache_event_log import BATCH_EVENTS, CacheEventLog, EventBatch
-from prfaas.gateway.config import GatewayConfig
-from prfaas.gateway.deploy_config import (
+from prfaas.deploy.config import (
     DeployConfigError,
     KvIndexSpec,
     default_config,
     load_deploy_config,
 )
-from prfaas.gateway.launcher import WorkerSpawn, free_port
+from prfaas.deploy.launcher import WorkerSpawn, free_port
+from prfaas.gateway.config import GatewayConfig
 from prfaas.messages import CacheEventMsg, Heartbeat
+from tests.deploy_helper import start, topology
 from tests.redis_fixture import start_redis
 
 CLUSTER_TOKEN = "ha-cluster-token"
 LONG = " ".join(f"w{(11 * i) % 200 + 3}" for i in range(80))  # 80 tokens: above t, remote
-START_S = 300.0
 
 
-def deploy_yaml(model: Path, port: int, redis_url: str, spawn: bool, gateways: list[str]) -> str:
-    def inst(name: str, role: str) -> dict[str, object]:
-        return {"name": name, "role": role, "spawn": spawn}
-
-    return yaml.safe_dump(
-        {
-            "model": str(model),
-            "served_model_name": "tiny",
-            "port": port,
-            "clusters": [
-                {
-                    "name": "local",
-                    "kind": "pd",
-                    "instances": [inst("pd-p-0", "prefill"), inst("pd-d-0", "decode")],
-                },
-                {"name": "remote", "kind": "prfaas", "instances": [inst("prfaas-0", "prefill")]},
-            ],
-            # Plain TCP, no emulator: gateway B must reach the same receivers as A.
-            "links": [{"src": "remote", "dst": "local", "tls": False, "emulate": False}],
-            "policy": {"name": "prfaas", "threshold_tokens": 32},
-            "kv_index": {"backend": "redis", "url": redis_url, "prefix": "ha-e2e"},
-            "gateways": gateways,
-            "kv_deadline_s": 60.0,
-        }
+def deploy_yaml(
+    model: Path, port: int, redis_url: str, spawn: bool, gateways: list[str]
+) -> dict[str, object]:
+    return topology(
+        model,
+        port,
+        spawn=spawn,
+        # Plain TCP, no emulator: gateway B must reach the same receivers as A.
+        link={"rate_gbps": None, "tls": False, "emulate": False},
+        kv_index={"backend": "redis", "url": redis_url, "prefix": "ha-e2e"},
+        gateways=gateways,
+        kv_deadline_s=60.0,
     )
 
 
-def start_gateway(tmp: Path, name: str, config: str) -> subprocess.Popen[bytes]:
-    (tmp / f"{name}.yaml").write_text(config)
-    env = dict(
-        os.environ,
-        PRFAAS_CACHE_DIR=str(tmp / "cache"),
-        PYTHONUNBUFFERED="1",
-        PRFAAS_CLUSTER_TOKEN=CLUSTER_TOKEN,
-        PRFAAS_SERVER_SECRET="ha-server-secret",  # one tenant salt at both gateways
-    )
-    argv = [sys.executable, "-m", "prfaas.cli", "serve", "--config", str(tmp / f"{name}.yaml")]
-    out = (tmp / f"{name}.out").open("wb")
-    proc = subprocess.Popen(
-        argv + ["--log-dir", str(tmp / f"{name}-logs")],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    out.close()
-    deadline = time.monotonic() + START_S
-    while "prfaas is serving" not in (tmp / f"{name}.out").read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop(proc)
-            logs = "".join(p.read_text() for p in tmp.glob(f"{name}-logs/*.log"))
-            pytest.fail(f"gateway {name} did not start:\n{(tmp / f'{name}.out').read_text()}{logs}")
-        time.sleep(0.2)
-    return proc
+def start_gateway(tmp: Path, name: str, config: dict[str, object]) -> subprocess.Popen[bytes]:
+    # One server secret at both gateways: one tenant salt.
+    env = {"PRFAAS_SERVER_SECRET": "ha-server-secret"}
+    return start(config, tmp, CLUSTER_TOKEN, name=name, env=env).proc
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -222,7 +187,7 @@ def test_a_shared_index_without_secret_or_redis_is_a_clear_error(
 ) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
     config = tmp_path / "deploy.yaml"
-    config.write_text(deploy_yaml(tiny_llama, free_port(), url, True, []))
+    config.write_text(yaml.safe_dump(deploy_yaml(tiny_llama, free_port(), url, True, [])))
     env = dict(os.environ, PRFAAS_CACHE_DIR=str(tmp_path / "cache"))
     env.pop("PRFAAS_SERVER_SECRET", None)
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from prfaas.config import EngineConfig
 from prfaas.engine.sampling_params import SamplingParams
 from prfaas.gateway.backend import GenerationRequest
-from prfaas.gateway.cluster_backend import BackendSettings, ClusterBackend
+from prfaas.gateway.dispatch import BackendSettings, ClusterBackend
 from prfaas.gateway.fleet import FingerprintConflictError, WorkerFleet
 from prfaas.kvcache.hashing import block_hashes, root_hash
 from prfaas.messages import KvTarget, PrefillCommand
@@ -120,7 +120,9 @@ async def restart_with_other_weights(tiny_llama: Path, new_weights: Path, cache_
     assert ok, error
     old_d.receiver.release("warm")
     heartbeat(fleet, old_p)
-    assert backend.route(request).cached_tokens == 64  # the old weights' blocks are indexed
+    assert (
+        backend.route(request, backend.block_hashes(request)).cached_tokens == 64
+    )  # the old weights' blocks are indexed
 
     # p0 restarts with new weights while d0 still serves the old ones: refused.
     new_p = worker("p0", "prefill", new_weights, cache_dir)
@@ -153,7 +155,7 @@ async def restart_with_other_weights(tiny_llama: Path, new_weights: Path, cache_
             fleet.register(w.info())
         assert fleet.fingerprint == new_p.fingerprint
         heartbeat(fleet, new_p)
-        assert backend.route(request).cached_tokens == 0
+        assert backend.route(request, backend.block_hashes(request)).cached_tokens == 0
         assert not kv_index.prefix_blocks(old_hashes)
     finally:
         await old_p.engine.shutdown()

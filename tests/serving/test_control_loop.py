@@ -20,10 +20,10 @@ import pytest
 import uvicorn
 from tests.serving.conftest import CLUSTER_TOKEN
 
-from prfaas.gateway.deploy_config import DeployConfig
-from prfaas.gateway.launcher import free_port
-from prfaas.gateway.run import model_facts
-from prfaas.gateway.serve import Deployment, build_deployment, start_control, wait_ready
+from prfaas.deploy.config import DeployConfig
+from prfaas.deploy.launcher import free_port
+from prfaas.deploy.run import model_facts
+from prfaas.deploy.serve import Deployment, build_deployment, start_control, wait_ready
 from prfaas.messages import TOKEN_HEADER, Heartbeat, ProfileRequest, ProfileResult
 
 T = TypeVar("T")

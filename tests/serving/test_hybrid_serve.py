@@ -18,8 +18,8 @@ from tests.engine.helpers import make_engine
 from tests.engine.hybrid_helpers import PATTERNS, greedy, prompt_of, save_kimi_checkpoint
 from tests.serving.conftest import serving
 
+from prfaas.deploy.launcher import free_port
 from prfaas.engine.engine import Engine
-from prfaas.gateway.launcher import free_port
 from prfaas.kvcache.hybrid import StateCacheConfig
 
 BLOCK = 16  # the workers' default block size

@@ -3,7 +3,7 @@
 ``Router.route`` is the whole algorithm: residency filter → cached prefix per cluster →
 path policy → prefill instance (cache affinity under CHWBL's load bound, or an
 ``InstanceChoice`` such as the TTFT estimate) → decode instance (least loaded). The
-caller (live gateway or simulator) owns the ``Fleet`` view, feeds the kv index with cache
+caller (live gateway or simulator) owns the ``FleetView``, feeds the kv index with cache
 events and installs new ``RouterState``s from the control loop; the router itself keeps no
 per-request state beyond a window of observed incremental lengths that the long-term
 control loop re-plans on and, with an ``InstanceChoice``, its record of dispatched
@@ -48,7 +48,7 @@ class RouterConfig:
             raise ValueError("need block_tokens >= 1, balance_factor >= 1, length_window >= 1")
 
 
-class Fleet(Protocol):
+class FleetView(Protocol):
     """The live view the router decides on; implemented by the gateway and the simulator."""
 
     def clusters(self) -> Sequence[ClusterView]: ...
@@ -61,7 +61,7 @@ class Router:
         self,
         config: RouterConfig,
         policy: PathPolicy,
-        fleet: Fleet,
+        fleet: FleetView,
         kv_index: KvIndexBackend,
         state: RouterState,
         instance_choice: InstanceChoice | None = None,  # None: CHWBL (or least loaded)

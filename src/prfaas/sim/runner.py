@@ -69,19 +69,7 @@ class SimContext:
 
 def fleet_options(s: SimSettings, scenario: ScenarioSection | None) -> FleetOptions:
     schedule = tuple((step.at_s, step.gbps) for step in scenario.link_schedule) if scenario else ()
-    c = s.control
-    control = ControlConfig(
-        short_interval_s=c.short_interval_s,
-        long_interval_s=c.long_interval_s,
-        scarce_above=c.scarce_above,
-        abundant_below=c.abundant_below,
-        queue_ratio=c.queue_ratio,
-        queue_slack_s=c.queue_slack_s,
-        nudge=c.nudge,
-        max_nudge=c.max_nudge,
-        min_gain=c.min_gain,
-        min_samples=c.min_samples,
-    )
+    control = ControlConfig(**dataclasses.asdict(s.control))  # the rest: its defaults
     return FleetOptions(
         rtt_ms=s.rtt_ms,
         local_link_gbps=s.local_link_gbps,

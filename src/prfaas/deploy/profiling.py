@@ -25,7 +25,7 @@ from typing import Any, Literal
 import httpx
 import numpy as np
 
-from prfaas.gateway.deploy_config import DeployConfig
+from prfaas.deploy.config import DeployConfig
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.messages import TOKEN_HEADER, ProfileRequest, ProfileResult
 from prfaas.planner.deployments import PrfaasPd

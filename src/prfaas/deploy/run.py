@@ -10,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from prfaas.gateway.deploy_config import DeployConfig
+from prfaas.deploy.config import DeployConfig
 from prfaas.router.kv_index import KvIndexUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -38,8 +38,9 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
     import uvicorn
     from rich.console import Console
 
-    from prfaas.gateway.redis_index import open_kv_index
-    from prfaas.gateway.serve import build_deployment, start_control, wait_ready
+    from prfaas.config import EngineConfig
+    from prfaas.deploy.config import open_kv_index
+    from prfaas.deploy.serve import build_deployment, start_control, wait_ready
 
     console = Console(stderr=True)
     try:  # before the model: an unreachable Redis is a configuration error, said at once
@@ -55,7 +56,7 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
         tokenizer,
         folder,
         max_model_len,
-        16,
+        EngineConfig().block_size,  # what spawned workers use; others must match it
         gateway_url=url,
         api_keys=api_keys,
         log_dir=log_dir,

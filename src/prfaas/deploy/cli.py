@@ -100,7 +100,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from prfaas.gateway.deploy_config import (
+    from prfaas.deploy.config import (
         DeployConfigError,
         default_config,
         load_deploy_config,
@@ -143,7 +143,7 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    from prfaas.gateway.run import run_deployment
+    from prfaas.deploy.run import run_deployment
 
     return asyncio.run(run_deployment(cfg, api_keys, args.log_dir))
 

@@ -1,5 +1,6 @@
 """Cluster gauges on the gateway's /metrics: the threshold, per-instance queue depth and
-health, KV transfers per link (bytes, outcomes, goodput) and local-prefill fallbacks."""
+health, KV transfers per link (bytes, outcomes), link goodput and egress as the sending
+instances measured them (their heartbeats' ``LinkReport``s), and local-prefill fallbacks."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from prometheus_client import Counter, Gauge
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.gateway.metrics import GatewayMetrics
 from prfaas.messages import PrefillResult, PullResult
+from prfaas.router.redis_index import RedisKvIndex
 from prfaas.router.types import RouteDecision
 
-GOODPUT_EWMA = 0.3  # weight of the newest transfer in the per-link goodput estimate
+GOODPUT_EWMA = 0.3  # until the workers' link reports arrive: weight of the newest transfer
 
 
 class ClusterMetrics:
@@ -45,7 +47,16 @@ class ClusterMetrics:
             "prfaas_kv_transfers", "KV transfers by outcome", ["link", "outcome"], registry=r
         )
         self.goodput = Gauge(
-            "prfaas_link_goodput_gbps", "Recent wire goodput of KV transfers", ["link"], registry=r
+            "prfaas_link_goodput_gbps",
+            "Wire goodput of KV transfers out of a cluster, as its sending instances measure it",
+            ["link"],
+            registry=r,
+        )
+        self.egress = Gauge(
+            "prfaas_link_egress_gbps",
+            "KV bytes on the wire per second out of a cluster, as its instances measure it",
+            ["link"],
+            registry=r,
         )
         self.routes = Counter("prfaas_routes", "Routing decisions by path", ["path"], registry=r)
         self.pulls = Counter(
@@ -57,7 +68,6 @@ class ClusterMetrics:
         self.pulled_tokens = Counter(
             "prfaas_cache_pulled_tokens", "Prefix tokens landed by cache pulls", registry=r
         )
-        self.wire_bytes: dict[str, int] = {}  # per link, since start: the control loop's egress
         metrics.add_scrape_hook(self.refresh)
 
     def refresh(self) -> None:
@@ -68,6 +78,11 @@ class ClusterMetrics:
             )
             self.healthy.labels(name).set(1.0 if self.fleet.healthy(name) else 0.0)
             self.fallbacks.labels(name).set(rec.fallbacks)
+        for cluster in self.fleet.clusters():  # labelled by source cluster, as transfers are
+            reports = self.fleet.link_reports(cluster.name)
+            if reports:
+                self.goodput.labels(cluster.name).set(sum(r.goodput_gbps for r in reports))
+                self.egress.labels(cluster.name).set(sum(r.rate_gbps for r in reports))
 
     def on_prefill(self, decision: RouteDecision, result: PrefillResult) -> None:
         link = decision.prefill_cluster
@@ -75,8 +90,7 @@ class ClusterMetrics:
         self.transfers.labels(link, "ok" if result.ok else "failed").inc()
         if result.ok:
             self.kv_bytes.labels(link).inc(result.kv_bytes)
-            self.wire_bytes[link] = self.wire_bytes.get(link, 0) + result.wire_bytes
-            if result.transfer_s > 0:
+            if result.transfer_s > 0 and not self.fleet.link_reports(link):
                 gbps = result.wire_bytes * 8 / result.transfer_s / 1e9
                 gauge = self.goodput.labels(link)
                 old = gauge._value.get()
@@ -86,3 +100,18 @@ class ClusterMetrics:
         self.pulls.labels(decision.pull_from or "", "ok" if result.ok else "failed").inc()
         if result.ok:
             self.pulled_tokens.inc(result.cached_tokens)
+
+
+def add_kv_index_metrics(metrics: GatewayMetrics, index: RedisKvIndex) -> None:
+    """``prfaas_kv_index_up`` and ``prfaas_kv_index_errors_total`` for a shared kv index."""
+    r = metrics.registry
+    up = Gauge("prfaas_kv_index_up", "1 if the shared kv index answers", registry=r)
+    errors = Counter("prfaas_kv_index_errors", "Shared kv index calls that failed", registry=r)
+    seen = [0]
+
+    def refresh() -> None:
+        up.set(1.0 if index.up else 0.0)
+        errors.inc(index.errors - seen[0])
+        seen[0] = index.errors
+
+    metrics.add_scrape_hook(refresh)

@@ -19,12 +19,12 @@ from typing import Any
 
 import aiohttp
 
-from prfaas.engine.outputs import TokenDelta
-from prfaas.gateway.audit import AuditLog, AuditRecord
+from prfaas.gateway.admission import ClosingEvents
+from prfaas.gateway.audit import AuditLog, audit_transfer
 from prfaas.gateway.backend import GenerationHandle, GenerationRequest, NoWorker
-from prfaas.gateway.cache_pull import pull_prefix
-from prfaas.gateway.capacity import CapacityConfig, ClosingEvents, DecodeCapacity
+from prfaas.gateway.cache_pull import CachePull
 from prfaas.gateway.fleet import WorkerFleet
+from prfaas.gateway.links import LinkRoute, kv_target
 from prfaas.gateway.worker_client import WorkerCallError, WorkerClient
 from prfaas.kvcache.hashing import block_hashes, root_hash
 from prfaas.messages import (
@@ -39,23 +39,10 @@ from prfaas.messages import (
 )
 from prfaas.router.router import Router
 from prfaas.router.types import NoRouteError, RouteDecision, RouteRequest
-from prfaas.sampling import to_spec
 
 logger = logging.getLogger(__name__)
 MAX_ROUTE_ATTEMPTS = 3
 MAX_EVENT_BYTES = 1 << 20  # one NDJSON token event from a decode worker, at most
-
-
-@dataclass(frozen=True)
-class LinkRoute:
-    """How KV from one source cluster reaches decode workers: through ``via[decode_name]``
-    (a link emulator or a WAN address) when set, else straight to the worker's receiver."""
-
-    name: str
-    codec: str = "raw"
-    connections: int = 1
-    tls: bool = False
-    via: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -65,7 +52,6 @@ class BackendSettings:
     kv_deadline_s: float = 30.0
     links: dict[str, LinkRoute] = field(default_factory=dict)  # by source cluster
     residency: dict[str, frozenset[str]] = field(default_factory=dict)  # tenant -> clusters
-    capacity: CapacityConfig = field(default_factory=CapacityConfig)
 
 
 class ClusterBackend:
@@ -76,7 +62,6 @@ class ClusterBackend:
         router: Router,
         tokenizer: Any,
         max_model_len: int,
-        block_size: int,
         on_prefill: Callable[[RouteDecision, PrefillResult], None] | None = None,
         on_pull: Callable[[RouteDecision, PullResult], None] | None = None,
         audit: AuditLog | None = None,
@@ -87,15 +72,16 @@ class ClusterBackend:
         self.tokenizer = tokenizer
         self.model_name = settings.model_name
         self.max_model_len = max_model_len
-        self.block_size = block_size
         self.on_prefill = on_prefill
         self.on_pull = on_pull
         self.audit = audit
-        self.capacity = DecodeCapacity(settings.capacity, self._num_decode)
         self.workers = WorkerClient(settings.cluster_token)
+        self.cache_pull = CachePull(
+            fleet, self.workers, settings.links, settings.kv_deadline_s, audit, on_pull
+        )
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def _num_decode(self) -> int:
+    def num_decode(self) -> int:
         return sum(
             1
             for name, r in self.fleet.workers.items()
@@ -109,13 +95,7 @@ class ClusterBackend:
         if self.audit is not None:
             self.audit.close()
 
-    def route(self, req: GenerationRequest) -> RouteDecision:
-        fingerprint = self.fleet.fingerprint
-        if fingerprint is None:
-            raise NoWorker("no worker has registered yet")
-        hashes = block_hashes(
-            req.prompt_token_ids, self.block_size, root_hash(fingerprint, req.tenant_salt)
-        )
+    def route(self, req: GenerationRequest, hashes: list[bytes]) -> RouteDecision:
         try:
             return self.router.route(
                 RouteRequest(
@@ -129,19 +109,22 @@ class ClusterBackend:
         except NoRouteError as e:
             raise NoWorker(str(e)) from e
 
-    async def submit(self, req: GenerationRequest) -> GenerationHandle:
-        await self.capacity.acquire()  # a slot at some decode worker, or 429/503
-        try:
-            return await self._submit(req)
-        except BaseException:
-            self.capacity.release()
-            raise
+    def block_hashes(self, req: GenerationRequest) -> list[bytes]:
+        """The prompt's salted block hashes, derived once per request (the router and the
+        kv index read them; workers derive the same ones from the same function)."""
+        fingerprint, block_size = self.fleet.fingerprint, self.fleet.block_size
+        if fingerprint is None or block_size is None:
+            raise NoWorker("no worker has registered yet")
+        root = root_hash(fingerprint, req.tenant_salt)
+        return block_hashes(req.prompt_token_ids, block_size, root)
 
-    async def _submit(self, req: GenerationRequest) -> GenerationHandle:
+    async def submit(self, req: GenerationRequest) -> GenerationHandle:
+        """Route, open the decode stream, start the prefill; admission happened before."""
+        hashes = self.block_hashes(req)
         # A worker that started draining (role switch) since its last heartbeat answers 409:
         # stop routing to it and route again.
         for _ in range(MAX_ROUTE_ATTEMPTS):
-            decision = self.route(req)
+            decision = self.route(req, hashes)
             prefill = self.fleet.workers[decision.prefill_instance]
             decode = self.fleet.workers[decision.decode_instance]
             response = await self._open_decode(req, decode.info.name, decode.info.http_url)
@@ -150,48 +133,41 @@ class ClusterBackend:
             decode.draining = True
         else:
             raise NoWorker("every decode worker is switching roles")
-        spec = to_spec(req.params)
-        salt = req.tenant_salt.hex()
         prefill_cmd = PrefillCommand(
             request_id=req.request_id,
             prompt_token_ids=req.prompt_token_ids,
-            params=spec,
-            tenant_salt_hex=salt,
+            params=req.params,
+            tenant_salt_hex=req.tenant_salt.hex(),
             deadline_s=self.settings.kv_deadline_s,
             target=self.kv_target(prefill.info.cluster, decode.info),
         )
-        self._spawn(
-            self._prefill(
-                prefill.info.http_url, decode.info.http_url, prefill_cmd, decision, req.tenant
-            )
-        )
-        decode.inflight += 1
         route = (
             f"{decision.path} prefill={decision.prefill_instance} decode={decision.decode_instance}"
         )
         if decision.pull_instance is not None:
             route += f" pull={decision.pull_instance}"  # its cached prefix is copied first
-        return GenerationHandle(
-            route=route,
-            cached_tokens=decision.cached_tokens,
-            events=self._events(response, decode.info.name),
+
+        # cached_tokens: the router's prediction until an instance reports its engine's hit.
+        def engine_hit(cached_tokens: int) -> None:
+            if cached_tokens:
+                handle.cached_tokens = cached_tokens
+
+        events = self._events(response, decode.info.name, engine_hit)
+        handle = GenerationHandle(route, decision.cached_tokens, events, decode.info.name)
+        self._spawn(
+            self._prefill(
+                prefill.info.http_url,
+                decode.info.http_url,
+                prefill_cmd,
+                decision,
+                req.tenant,
+                engine_hit,
+            )
         )
+        return handle
 
     def kv_target(self, source_cluster: str, receiver: WorkerInfo) -> KvTarget:
-        """Where KV from ``source_cluster`` reaches ``receiver``'s KV receiver: over that
-        cluster's link (through its emulator or WAN address when one is set), TLS identity
-        the receiver's cluster."""
-        link = self.settings.links.get(source_cluster, LinkRoute("local"))
-        host, port = link.via.get(receiver.name, (receiver.kv_host, receiver.kv_port))
-        return KvTarget(
-            host=host,
-            port=port,
-            link=link.name,
-            codec=link.codec,
-            connections=link.connections,
-            tls=link.tls,
-            server_name=receiver.cluster,
-        )
+        return kv_target(self.settings.links, source_cluster, receiver)
 
     async def _open_decode(
         self, req: GenerationRequest, name: str, url: str
@@ -201,7 +177,7 @@ class ClusterBackend:
         cmd = DecodeCommand(
             request_id=req.request_id,
             prompt_token_ids=req.prompt_token_ids,
-            params=to_spec(req.params),
+            params=req.params,
             tenant_salt_hex=req.tenant_salt.hex(),
             expect_kv=True,
             deadline_s=self.settings.kv_deadline_s,
@@ -219,31 +195,31 @@ class ClusterBackend:
         return response
 
     def _events(
-        self, response: aiohttp.ClientResponse, decode_name: str
-    ) -> AsyncIterator[TokenDelta]:
+        self,
+        response: aiohttp.ClientResponse,
+        decode_name: str,
+        engine_hit: Callable[[int], None],
+    ) -> AsyncIterator[TokenEvent]:
         finished = False
 
         async def finish() -> None:
             """Once, however the stream ends (even never started): close the decode stream
-            and give back the request's slot."""
+            (the gateway's admission gives back the request's slot)."""
             nonlocal finished
             if finished:
                 return
             finished = True
             response.release()  # back to the pool if read to its end, else closed
-            record = self.fleet.workers.get(decode_name)
-            if record is not None:
-                record.inflight = max(0, record.inflight - 1)
-            self.capacity.release()
 
-        return ClosingEvents(self._deltas(response, decode_name, finish), finish)
+        return ClosingEvents(self._deltas(response, decode_name, finish, engine_hit), finish)
 
     async def _deltas(
         self,
         response: aiohttp.ClientResponse,
         decode_name: str,
         finish: Callable[[], Awaitable[None]],
-    ) -> AsyncGenerator[TokenDelta, None]:
+        engine_hit: Callable[[int], None],
+    ) -> AsyncGenerator[TokenEvent, None]:
         try:
             buffer, finished = b"", False
             chunks = response.content.iter_any()
@@ -256,7 +232,7 @@ class ClusterBackend:
                     if len(buffer) > MAX_EVENT_BYTES:
                         raise ValueError(f"decode worker {decode_name} sent an oversized event")
                     *lines, buffer = buffer.split(b"\n")
-                merged: TokenDelta | None = None
+                merged: TokenEvent | None = None
                 for line in lines:
                     if not line or finished:
                         # After the last event the worker ends the body; reading to its end
@@ -265,6 +241,8 @@ class ClusterBackend:
                     event = TokenEvent.decode(line)
                     if event.error is not None:
                         raise ValueError(event.error)
+                    if event.cached_tokens:  # the decode instance prefilled the prompt itself
+                        engine_hit(event.cached_tokens)
                     finished = event.finished
                     merged = _merge(merged, event)
                 if merged is not None:
@@ -277,10 +255,16 @@ class ClusterBackend:
             await finish()
 
     async def _prefill(
-        self, url: str, decode_url: str, cmd: PrefillCommand, decision: RouteDecision, tenant: str
+        self,
+        url: str,
+        decode_url: str,
+        cmd: PrefillCommand,
+        decision: RouteDecision,
+        tenant: str,
+        engine_hit: Callable[[int], None],
     ) -> None:
         if decision.pull_instance is not None:
-            await pull_prefix(self, cmd, decision, tenant)
+            await self.cache_pull.run(cmd, decision, tenant)
         started_s = time.monotonic()
         try:
             status, body = await self.workers.post(url + "/prefill", cmd.encode(), cmd.deadline_s)
@@ -291,7 +275,9 @@ class ClusterBackend:
             )
         except WorkerCallError as e:
             result = PrefillResult(request_id=cmd.request_id, ok=False, error=str(e))
-        if not result.ok:
+        if result.ok:
+            engine_hit(result.cached_tokens)  # the prefill instance's real prefix hit
+        else:
             logger.warning(
                 "prefill of %s failed (%s); the decode side falls back",
                 cmd.request_id,
@@ -303,48 +289,9 @@ class ClusterBackend:
                 await self.workers.post(decode_url + "/kv_failed", failed.encode(), 10.0)
         if self.on_prefill is not None:
             self.on_prefill(decision, result)
-        self.audit_transfer(
-            cmd,
-            decision.prefill_instance,
-            decision.decode_instance,
-            result,
-            tenant,
-            time.monotonic() - started_s,
-        )
-
-    def audit_transfer(
-        self,
-        cmd: PrefillCommand,
-        source: str,
-        destination: str,
-        result: PrefillResult,
-        tenant: str,
-        elapsed_s: float,
-    ) -> None:
-        """One audit line per cross-cluster transfer (never the prompt: ids and sizes only):
-        the prefill's KV to its decode instance, or a cache pull between prefill instances."""
-        clusters = []
-        for name in (source, destination):
-            record = self.fleet.workers.get(name)
-            clusters.append(record.info.cluster if record is not None else "?")
-        if self.audit is None or clusters[0] == clusters[1]:
-            return
-        self.audit.transfer(
-            AuditRecord(
-                request_id=cmd.request_id,
-                tenant=tenant,
-                kv_bytes=result.kv_bytes,
-                wire_bytes=result.wire_bytes,
-                link=cmd.target.link,
-                source_cluster=clusters[0],
-                source_instance=source,
-                destination_cluster=clusters[1],
-                destination_instance=destination,
-                outcome="ok" if result.ok else "failed",
-                reason=result.error,
-                seconds=result.transfer_s if result.ok else elapsed_s,
-            )
-        )
+        route = (decision.prefill_instance, decision.decode_instance)
+        elapsed_s = time.monotonic() - started_s
+        audit_transfer(self.audit, self.fleet, cmd, route, result, tenant, elapsed_s)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -352,15 +299,14 @@ class ClusterBackend:
         task.add_done_callback(self._tasks.discard)
 
 
-def _merge(delta: TokenDelta | None, event: TokenEvent) -> TokenDelta:
-    if delta is None:
-        return TokenDelta(
-            event.request_id, event.token_ids, event.text, event.finished, event.finish_reason
-        )
-    return TokenDelta(
-        delta.request_id,
-        delta.new_token_ids + event.token_ids,
-        delta.new_text + event.text,
-        event.finished,
-        event.finish_reason,
+def _merge(merged: TokenEvent | None, event: TokenEvent) -> TokenEvent:
+    if merged is None:
+        return event
+    # Both were validated on receipt: no validation again on this per-token path.
+    return TokenEvent.model_construct(
+        request_id=merged.request_id,
+        token_ids=merged.token_ids + event.token_ids,
+        text=merged.text + event.text,
+        finished=event.finished,
+        finish_reason=event.finish_reason,
     )

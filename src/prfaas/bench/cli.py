@@ -41,8 +41,8 @@ def register(commands: Commands) -> None:
 
 
 def _bench_serve(args: argparse.Namespace) -> int:
-    from prfaas.gateway.bench import run_bench
-    from prfaas.gateway.bench_data import random_dataset, trace_dataset
+    from prfaas.bench.data import random_dataset, trace_dataset
+    from prfaas.bench.load import run_bench
 
     kind, *rest = args.dataset
     if kind == "random" and not rest:

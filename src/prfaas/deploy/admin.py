@@ -15,7 +15,7 @@ import hmac
 from fastapi import FastAPI, HTTPException, Request
 from pydantic import ValidationError
 
-from prfaas.gateway.launcher import Launcher
+from prfaas.deploy.launcher import Launcher
 from prfaas.messages import TOKEN_HEADER, LinkControl
 from prfaas.transfer.emulator import LinkEmulator
 

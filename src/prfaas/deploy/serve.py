@@ -20,27 +20,23 @@ from typing import Any
 from fastapi import FastAPI
 
 from prfaas.config import cluster_token_from_env, server_secret_from_env
-from prfaas.gateway.admin import add_admin_routes
+from prfaas.deploy.admin import add_admin_routes
+from prfaas.deploy.cluster_metrics import ClusterMetrics, add_kv_index_metrics
+from prfaas.deploy.config import DeployConfig, open_kv_index
+from prfaas.deploy.control_loop import ControlLoop, running
+from prfaas.deploy.launcher import Launcher, WorkerSpawn, free_port
+from prfaas.deploy.profiling import ThresholdChoice, default_threshold, profile_deployment
+from prfaas.deploy.roles import add_role_route, add_status_route, switch_role
 from prfaas.gateway.audit import AuditLog
-from prfaas.gateway.capacity import CapacityConfig
-from prfaas.gateway.cluster_backend import BackendSettings, ClusterBackend, LinkRoute
-from prfaas.gateway.cluster_metrics import ClusterMetrics
-from prfaas.gateway.control_loop import ControlLoop, running
-from prfaas.gateway.deploy_config import DeployConfig
+from prfaas.gateway.dispatch import BackendSettings, ClusterBackend
 from prfaas.gateway.fleet import WorkerFleet
-from prfaas.gateway.internal import (
-    add_internal_routes,
-    add_role_route,
-    add_status_route,
-    switch_role,
-)
-from prfaas.gateway.launcher import Launcher, WorkerSpawn, free_port
+from prfaas.gateway.internal import add_internal_routes
+from prfaas.gateway.links import LinkRoute
 from prfaas.gateway.metrics import GatewayMetrics
-from prfaas.gateway.profiling import ThresholdChoice, default_threshold, profile_deployment
-from prfaas.gateway.redis_index import RedisKvIndex, open_kv_index
 from prfaas.messages import Role, WorkerInfo
 from prfaas.router.kv_index import KvIndexBackend
 from prfaas.router.policies import POLICIES
+from prfaas.router.redis_index import RedisKvIndex
 from prfaas.router.router import Router, RouterConfig
 from prfaas.router.types import RouterState
 from prfaas.transfer.emulator import EmulatorConfig, LinkEmulator
@@ -154,7 +150,8 @@ def build_deployment(
     # KV connection (intra-cluster too) is mutual TLS, since a receiver speaks one protocol.
     for cluster in cfg.clusters:
         links.setdefault(cluster.name, LinkRoute(name="local", tls=certs_dir is not None))
-    fleet = WorkerFleet({c.name: c.kind for c in cfg.clusters}, kv_index)
+    # The router counts cached tokens in ``block_size``: a worker with another is refused.
+    fleet = WorkerFleet({c.name: c.kind for c in cfg.clusters}, kv_index, block_size=block_size)
     threshold = cfg.policy.threshold_tokens
     if threshold is None:
         threshold = default_threshold(max_model_len)
@@ -171,11 +168,10 @@ def build_deployment(
         kv_deadline_s=cfg.kv_deadline_s,
         links=links,
         residency={t.name: frozenset(t.clusters) for t in cfg.tenants if t.clusters},
-        capacity=CapacityConfig(**cfg.overload.model_dump()),
     )
     metrics = GatewayMetrics()
     if isinstance(kv_index, RedisKvIndex):
-        kv_index.add_metrics(metrics)
+        add_kv_index_metrics(metrics, kv_index)
     cluster_metrics = ClusterMetrics(metrics, fleet, router)
     backend = ClusterBackend(
         settings,
@@ -183,7 +179,6 @@ def build_deployment(
         router,
         tokenizer,
         max_model_len,
-        block_size,
         on_prefill=cluster_metrics.on_prefill,
         on_pull=cluster_metrics.on_pull,
         audit=AuditLog(cfg.audit_log),
@@ -192,15 +187,14 @@ def build_deployment(
     async def switch(name: str, role: Role) -> WorkerInfo:
         return await switch_role(fleet, cluster_token, name, role)
 
-    control = ControlLoop(
-        cfg.policy.control, cfg.policy, router, fleet, cluster_metrics.wire_bytes, switch
+    control = ControlLoop(cfg.policy.control, cfg.policy, router, fleet, switch)
+    gateway_config = GatewayConfig(
+        api_keys=api_keys,
+        server_secret=server_secret_from_env() or b"",
+        **cfg.overload.model_dump(),
     )
-    app = create_app(
-        backend,
-        GatewayConfig(api_keys=api_keys, server_secret=server_secret_from_env() or b""),
-        metrics=metrics,
-        lifespan=lambda _: running(control),
-    )
+    app = create_app(backend, gateway_config, metrics=metrics, lifespan=lambda _: running(control))
+    fleet.inflight = app.state.admission.by_instance  # the one owner of in-flight counts
     add_internal_routes(app, fleet, cluster_token)
     add_status_route(app, fleet, router, control)
     add_role_route(app, fleet, cluster_token)
@@ -233,12 +227,14 @@ async def wait_ready(deployment: Deployment, timeout_s: float) -> None:
 async def start_control(deployment: Deployment) -> ThresholdChoice:
     """Once the workers are ready: profile them, solve t, install it, start the loop."""
     backend = deployment.backend
+    block_size = deployment.fleet.block_size
+    assert block_size is not None  # the workers are ready, so registered
     choice, inputs = await profile_deployment(
         deployment.config,
         deployment.fleet,
         backend.settings.cluster_token,
         backend.max_model_len,
-        backend.block_size,
+        block_size,
     )
     deployment.control.begin(choice, inputs)
     return choice

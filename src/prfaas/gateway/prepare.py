@@ -8,9 +8,9 @@ from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 
-from prfaas.engine.sampling_params import SamplingParams
 from prfaas.gateway.errors import APIError
 from prfaas.gateway.protocol import ChatCompletionRequest, CompletionRequest, ContentPart
+from prfaas.messages import SamplingSpec
 
 M = TypeVar("M", bound=BaseModel)
 GREEDY_BELOW = 1e-5  # temperatures below this are greedy (as in vLLM)
@@ -19,7 +19,7 @@ GREEDY_BELOW = 1e-5  # temperatures below this are greedy (as in vLLM)
 @dataclass(frozen=True)
 class Prepared:
     prompt_token_ids: list[int]
-    params: SamplingParams
+    params: SamplingSpec
     stream: bool
     include_usage: bool
 
@@ -158,16 +158,16 @@ def _prepared(
     temperature = 1.0 if req.temperature is None else req.temperature
     if 0.0 <= temperature < GREEDY_BELOW:
         temperature = 0.0
-    stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or ())
     try:
-        params = SamplingParams(
+        params = SamplingSpec(
             max_tokens=max_tokens,
             temperature=temperature,
             top_k=max(0, req.top_k or 0),
             top_p=1.0 if req.top_p is None else req.top_p,
             seed=req.seed,
             stop=stop,
-            stop_token_ids=tuple(req.stop_token_ids or ()),
+            stop_token_ids=list(req.stop_token_ids or ()),
             ignore_eos=req.ignore_eos,
         )
     except ValueError as exc:

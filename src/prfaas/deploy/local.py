@@ -1,5 +1,6 @@
 """One in-process engine as the gateway's backend (route ``local``): tests and
-single-process serving. Kept apart from ``backend`` because it imports torch."""
+single-process serving. Outside ``gateway/`` because it imports the engine (and torch); it
+speaks the gateway's messages (``SamplingSpec`` in, ``TokenEvent`` out) like a decode worker."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from prfaas.engine.outputs import TokenDelta
 from prfaas.gateway.app import create_app
 from prfaas.gateway.backend import GenerationHandle, GenerationRequest, aclose
 from prfaas.gateway.config import GatewayConfig
+from prfaas.messages import TokenEvent
+from prfaas.sampling import to_sampling_params
 
 
 class LocalBackend:
@@ -28,18 +31,22 @@ class LocalBackend:
         # copy, so the two threads never share one (fast tokenizers can fail when shared).
         self.tokenizer = copy.deepcopy(async_engine.tokenizer)
 
+    def num_decode(self) -> None:
+        return None  # one engine: the app bounds in-flight requests, not per instance
+
     async def submit(self, req: GenerationRequest) -> GenerationHandle:
-        events = self.engine.generate(
-            req.prompt_token_ids, req.params, req.request_id, tenant_salt=req.tenant_salt
+        params = to_sampling_params(req.params)
+        deltas = self.engine.generate(
+            req.prompt_token_ids, params, req.request_id, tenant_salt=req.tenant_salt
         )
         # Pull the first delta here so that input errors surface before any response starts.
         try:
-            first = await anext(events)
+            first = await anext(deltas)
         except BaseException:
-            await aclose(events)
+            await aclose(deltas)
             raise
         cached = self.engine.num_cached_tokens(req.request_id) or 0
-        return GenerationHandle("local", cached, _prepend(first, events))
+        return GenerationHandle("local", cached, _events(first, deltas))
 
 
 def create_local_app(
@@ -60,11 +67,22 @@ def create_local_app(
     return create_app(LocalBackend(async_engine, model_name), config, lifespan=lifespan)
 
 
-async def _prepend(first: TokenDelta, rest: AsyncIterator[TokenDelta]) -> AsyncIterator[TokenDelta]:
+def _event(delta: TokenDelta) -> TokenEvent:
+    # Built by us from engine output: no validation on this per-token path.
+    return TokenEvent.model_construct(
+        request_id=delta.request_id,
+        token_ids=delta.new_token_ids,
+        text=delta.new_text,
+        finished=delta.finished,
+        finish_reason=delta.finish_reason,
+    )
+
+
+async def _events(first: TokenDelta, rest: AsyncIterator[TokenDelta]) -> AsyncIterator[TokenEvent]:
     try:
-        yield first
+        yield _event(first)
         if not first.finished:
             async for delta in rest:
-                yield delta
+                yield _event(delta)
     finally:
         await aclose(rest)

@@ -13,6 +13,10 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from prfaas.gateway.config import GatewayConfig
+from prfaas.router.control import ControlConfig
+from prfaas.router.kv_index import KvIndex, KvIndexBackend
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -54,12 +58,14 @@ class ControlSpec(_Strict):
     """The live dual-timescale control loop (docs/serving.md, "Start-up profiling")."""
 
     enabled: bool = True
-    short_interval_s: float = Field(1.0, gt=0, le=3600)  # t nudges, link use, mode
-    long_interval_s: float = Field(300.0, gt=0, le=86400)  # re-plan t and the PD split
+    # Defaults: the controller's (``ControlConfig``).
+    short_interval_s: float = Field(ControlConfig.short_interval_s, gt=0, le=3600)  # t, mode
+    long_interval_s: float = Field(ControlConfig.long_interval_s, gt=0, le=86400)  # re-plan
     role_changes: bool = True  # apply the long tick's PD prefill/decode conversions
     # Off: policy.mode holds. On: the mode follows link use (abundant mode counts prefixes
     # cached in the other cluster and pulls them across before the prefill).
     adapt_mode: bool = False
+    egress_smoothing: float = Field(0.5, gt=0, le=1)  # weight of the newest egress sample
     output_tokens: int = Field(256, ge=1, le=1 << 20)  # mean output length the planner assumes
 
 
@@ -95,10 +101,11 @@ class OverloadSpec(_Strict):
     """Admission at the gateway: per decode worker in-flight cap, then a bounded queue
     with a time-to-live; beyond either, 429 with Retry-After."""
 
-    max_inflight_per_decode: int = Field(32, ge=1)
-    max_queued: int = Field(256, ge=0)
+    # Defaults: the gateway's (``GatewayConfig``), but a deployment's queue waits 5 s at most.
+    max_inflight_per_decode: int = Field(GatewayConfig.max_inflight_per_decode, ge=1)
+    max_queued: int = Field(GatewayConfig.max_queued, ge=0)
     queue_ttl_s: float = Field(5.0, gt=0)
-    retry_after_s: float = Field(1.0, gt=0)
+    retry_after_s: float = Field(GatewayConfig.retry_after_s, gt=0)
 
 
 class DeployConfig(_Strict):
@@ -192,3 +199,15 @@ def load_deploy_config(path: Path) -> DeployConfig:
     if cfg.audit_log is not None and not cfg.audit_log.is_absolute():
         cfg = cfg.model_copy(update={"audit_log": path.parent / cfg.audit_log})
     return cfg
+
+
+def open_kv_index(spec: KvIndexSpec) -> KvIndexBackend:
+    """The kv index a deployment's gateway uses; a Redis one must answer now."""
+    if spec.backend == "memory":
+        return KvIndex()
+    from prfaas.router.redis_index import RedisKvIndex  # imports redis
+
+    assert spec.url is not None  # validated by KvIndexSpec
+    index = RedisKvIndex(spec.url, spec.prefix)
+    index.check()
+    return index

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Hashable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import redis
 from redis.backoff import NoBackoff
@@ -39,14 +39,8 @@ from redis.retry import Retry
 from prfaas.router.kv_index import (
     Applied,
     CacheEvent,
-    KvIndex,
-    KvIndexBackend,
     KvIndexUnavailableError,
 )
-
-if TYPE_CHECKING:
-    from prfaas.gateway.deploy_config import KvIndexSpec
-    from prfaas.gateway.metrics import GatewayMetrics
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -278,25 +272,6 @@ class RedisKvIndex:
             return {}
         return {flat[i].decode(): int(flat[i + 1]) for i in range(0, len(flat), 2)}
 
-    def add_metrics(self, metrics: GatewayMetrics) -> None:
-        """``prfaas_kv_index_up`` and ``prfaas_kv_index_errors_total`` on the gateway."""
-        from prometheus_client import Counter, Gauge
-
-        up = Gauge(
-            "prfaas_kv_index_up", "1 if the shared kv index answers", registry=metrics.registry
-        )
-        errors = Counter(
-            "prfaas_kv_index_errors", "Shared kv index calls that failed", registry=metrics.registry
-        )
-        seen = [0]
-
-        def refresh() -> None:
-            up.set(1.0 if self.up else 0.0)
-            errors.inc(self.errors - seen[0])
-            seen[0] = self.errors
-
-        metrics.add_scrape_hook(refresh)
-
     def _call(self, fn: Callable[[], T]) -> T:
         if not self.up and time.monotonic() < self._down_until:
             raise KvIndexUnavailableError(f"kv index: Redis at {self.url} is down")
@@ -321,13 +296,3 @@ class RedisKvIndex:
             logger.warning("kv index: Redis at %s answers again", self.url)
             self.up = True
         return result
-
-
-def open_kv_index(spec: KvIndexSpec) -> KvIndexBackend:
-    """The kv index a deployment's gateway uses; a Redis one must answer now."""
-    if spec.backend == "memory":
-        return KvIndex()
-    assert spec.url is not None  # validated by KvIndexSpec
-    index = RedisKvIndex(spec.url, spec.prefix)
-    index.check()
-    return index

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 import httpx
 
-from prfaas.gateway.bench_data import BenchRequest
+from prfaas.bench.data import BenchRequest
 
 logger = logging.getLogger(__name__)
 
