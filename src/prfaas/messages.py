@@ -88,6 +88,19 @@ class CacheEventMsg(Message):
         return data
 
 
+class LinkReport(Message):
+    """One link's egress as its sender measures it (``transfer/monitor.py``), reported by the
+    sending worker in every heartbeat: the one measurement of link goodput."""
+
+    link: str = Field(max_length=MAX_NAME)
+    bytes_sent: int = Field(ge=0)  # monotone wire bytes, transfers still in flight included
+    rate_gbps: float = Field(ge=0.0)  # bytes on the wire per second over the last window
+    goodput_gbps: float = Field(ge=0.0)  # the last transfer that kept the link backlogged
+    backlog_bytes: int = Field(ge=0)  # queued for the link, not yet on the wire
+    transfers_open: int = Field(ge=0)
+    cap_gbps: float | None = None  # the pacer's cap; None: uncapped
+
+
 class Heartbeat(Message):
     name: str = Field(max_length=MAX_NAME)
     epoch: int = Field(ge=0)
@@ -103,6 +116,7 @@ class Heartbeat(Message):
     # sent to several gateways sharing one kv index, or sent again, applies once and in
     # order; 0 when the heartbeat carries no events.
     seq: int = Field(0, ge=0)
+    links: list[LinkReport] = Field(default_factory=list, max_length=64)
 
     @model_validator(mode="after")
     def _events_are_numbered(self) -> Heartbeat:
@@ -139,7 +153,7 @@ class PrefillResult(Message):
     wire_bytes: int = 0
     seconds: float = 0.0  # command received to KV acknowledged
     transfer_s: float = 0.0  # transfer opened to acknowledged
-    cached_tokens: int = 0
+    cached_tokens: int = Field(0, ge=0)  # the prefill engine's real prefix hit for the prompt
     error: str | None = None
 
 
@@ -160,8 +174,9 @@ class TokenEvent(Message):
     text: str = ""
     finished: bool = False
     finish_reason: str | None = None
-    cached_tokens: int = 0
-    fallback: bool = False  # the KV never came; this worker prefilled the prompt itself
+    # On the first event: prompt tokens this worker took from its own prefix cache when it
+    # prefilled the prompt itself (no KV expected, or the fallback); 0 when the KV landed.
+    cached_tokens: int = Field(0, ge=0)
     error: str | None = None
 
 

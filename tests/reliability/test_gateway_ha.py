@@ -23,7 +23,6 @@ import openai
 import pytest
 import yaml
 
-from prfaas.cache_event_log import BATCH_EVENTS, CacheEventLog, EventBatch
 from prfaas.gateway.config import GatewayConfig
 from prfaas.gateway.deploy_config import (
     DeployConfigError,
@@ -33,6 +32,7 @@ from prfaas.gateway.deploy_config import (
 )
 from prfaas.gateway.launcher import WorkerSpawn, free_port
 from prfaas.messages import CacheEventMsg, Heartbeat
+from prfaas.worker.cache_events import BATCH_EVENTS, CacheEventLog, EventBatch
 from tests.redis_fixture import start_redis
 
 CLUSTER_TOKEN = "ha-cluster-token"

@@ -4,6 +4,10 @@ If the KV does not arrive by the deadline, or arrives corrupt or for another mod
 engine prefills the prompt here instead (the fallback): the request still completes. Once a
 request has given up on its KV, the receiver is told to abandon it: whatever landed is
 freed and a late (re)send is refused, so nothing is held for a request nobody awaits.
+
+The first token event carries ``cached_tokens``: the prompt tokens this instance served
+from its own prefix cache when it prefilled the prompt itself (no KV expected, or the
+fallback); 0 when the KV landed from elsewhere.
 """
 
 from __future__ import annotations
@@ -68,7 +72,6 @@ class DecodeRole:
 
     async def run(self, cmd: DecodeCommand) -> AsyncIterator[TokenEvent]:
         params = to_sampling_params(cmd.params)
-        fallbacks_before = self.engine.stats().fallbacks
         salt = bytes.fromhex(cmd.tenant_salt_hex)
         deltas: AsyncIterator[TokenDelta]
         if cmd.expect_kv:
@@ -97,7 +100,7 @@ class DecodeRole:
                 cmd.prompt_token_ids, params, cmd.request_id, tenant_salt=salt
             )
         try:
-            async for event in self._events(cmd, deltas, fallbacks_before):
+            async for event in self._events(cmd, deltas):
                 yield event
         finally:
             kv_left = self._awaited.pop(cmd.request_id, None)
@@ -105,13 +108,11 @@ class DecodeRole:
                 kv_left.cancel()  # the stream ended first (client gone): abandon the KV now
 
     async def _events(
-        self, cmd: DecodeCommand, deltas: AsyncIterator[TokenDelta], fallbacks_before: int
+        self, cmd: DecodeCommand, deltas: AsyncIterator[TokenDelta]
     ) -> AsyncIterator[TokenEvent]:
         first = True
         async for d in deltas:
-            fallback = False
-            if first and cmd.expect_kv:
-                fallback = self.engine.stats().fallbacks > fallbacks_before
+            cached = (self.engine.num_cached_tokens(cmd.request_id) or 0) if first else 0
             first = False
             yield TokenEvent(
                 request_id=cmd.request_id,
@@ -119,7 +120,7 @@ class DecodeRole:
                 text=d.new_text,
                 finished=d.finished,
                 finish_reason=d.finish_reason,
-                fallback=fallback,
+                cached_tokens=cached,
             )
 
 

@@ -1,7 +1,8 @@
 """Cross-cluster cache pull, the receiving side (abundant bandwidth, paper section 3.4.3).
 
-It lives beside the decode role because it, too, lands KV from the receiver; it runs on
-whichever worker the router chose to prefill (any role).
+It runs on whichever instance the router chose to prefill (any role, usually a prefill
+instance), so it belongs to the worker, not to the decode role, though it lands KV from
+the receiver as the decode role does (``decode/kv_import.py``).
 
 When the router picks a prefill instance in one cluster but a longer prefix of the prompt is
 cached in the other, the gateway has the holder ship that prefix's KV here first. This role
@@ -42,7 +43,7 @@ class PullRole:
         salt = bytes.fromhex(cmd.tenant_salt_hex)
         try:
             payload = await asyncio.to_thread(self._wait, cmd)
-            cached = await self.engine.call(lambda e: e.import_prefix(payload, tenant_salt=salt))
+            cached = await self.engine.import_prefix(payload, tenant_salt=salt)
         except (TransferError, ValueError, TimeoutError) as e:  # KvImportError is a ValueError
             logger.warning("cache pull %s failed: %s", cmd.request_id, e)
             return PullResult(request_id=cmd.request_id, ok=False, error=str(e)[:1024])
