@@ -130,7 +130,7 @@ class Bench:
         prompt, request_id = self.prompt(n), self.next_id()
         start = time.monotonic()
         payload = await self.engine.call(lambda e: whole_prefill(e, prompt, request_id))
-        header, arrays = payload_to_wire(payload, request_id, "raw")
+        header, arrays = payload_to_wire(payload, request_id, "raw", bytes(16))  # not checked
         await asyncio.to_thread(sender.send, self.receiver.address, header, arrays)
         return self._landed(request_id) - start
 

@@ -95,7 +95,7 @@ def whole_kv_bytes(
 
     def kv_bytes(name: str, prompt: list[int]) -> int:
         payload = llms[name].prefill(prompt, prfaas.SamplingParams(max_tokens=1))
-        _, arrays = payload_to_wire(payload, "whole", "raw")
+        _, arrays = payload_to_wire(payload, "whole", "raw", bytes(16))
         return sum(a.nbytes for a in arrays)
 
     return kv_bytes

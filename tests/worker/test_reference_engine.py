@@ -145,3 +145,28 @@ async def link_egress(p: Worker, d: Worker) -> None:
     assert link.transfers_open == 0 and link.backlog_bytes == 0
     assert link.rate_gbps > 0  # the bytes went out within the last window
     assert d.heartbeat().links == []  # the receiver measures nothing: the sender owns it
+
+
+def test_kv_computed_for_another_prompt_is_refused_and_the_decode_falls_back(
+    engines: tuple[Engine, Engine],
+) -> None:
+    run(engines, another_prompt_is_refused)
+
+
+async def another_prompt_is_refused(p: Worker, d: Worker) -> None:
+    other = [*PROMPT[:-1], PROMPT[-1] + 1]  # the same but for its last token
+    _, expected = commands(d, "ref", PROMPT)
+    reference = await events(d, expected.model_copy(update={"expect_kv": False}))
+    # p0 ships KV for `other` under the request id d0 reserved for PROMPT.
+    send, _ = commands(d, "x", other)
+    _, decode = commands(d, "x", PROMPT)
+    decoded = asyncio.ensure_future(events(d, decode))
+    result = await p.engine.prefill(send)
+    got = await decoded
+    assert result.ok  # the transfer itself went through; landing refused it
+    assert d.heartbeat().fallbacks == 1
+    assert [e.token_ids for e in got] == [e.token_ids for e in reference]
+    # d0 prefilled PROMPT itself: its own hit is the blocks the reference run left.
+    assert got[0].cached_tokens == 64
+    for w in (p, d):
+        assert (await w.check()).idle_clean

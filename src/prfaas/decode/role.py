@@ -1,7 +1,8 @@
 """The decode role: hold blocks for an incoming KV payload, land it, decode, stream tokens.
 
-If the KV does not arrive by the deadline, or arrives corrupt or for another model, the
-engine prefills the prompt here instead (the fallback): the request still completes. Once a
+If the KV does not arrive by the deadline, or arrives corrupt, for another model or for
+another prompt (its header's prompt hash differs from this side's), the engine prefills
+the prompt here instead (the fallback): the request still completes. Once a
 request has given up on its KV, the receiver is told to abandon it: whatever landed is
 freed and a late (re)send is refused, so nothing is held for a request nobody awaits.
 
@@ -17,10 +18,11 @@ import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
-from prfaas.decode.kv_import import wire_to_payload
+from prfaas.decode.kv_import import check_prompt, wire_to_payload
 from prfaas.engine.async_engine import AsyncEngine
 from prfaas.engine.handoff import KvImportError, KvPayload, LayerLayout
 from prfaas.engine.outputs import TokenDelta
+from prfaas.kvcache.hashing import prompt_hash, root_hash
 from prfaas.messages import DecodeCommand, TokenEvent
 from prfaas.sampling import to_sampling_params
 from prfaas.transfer.receiver import KvReceiver
@@ -63,9 +65,13 @@ class DecodeRole:
         if kv.cancelled() or kv.exception() is not None:
             self.receiver.abandon(request_id)
 
-    def _wait_kv(self, request_id: str, prompt: list[int], timeout_s: float) -> KvPayload:
+    def _wait_kv(
+        self, request_id: str, prompt: list[int], salt: bytes, timeout_s: float
+    ) -> KvPayload:
         received = self.receiver.wait(request_id, timeout_s=timeout_s)
         try:
+            root = root_hash(self.engine.fingerprint, salt)
+            check_prompt(received, prompt_hash(prompt, self.engine.block_size, root))
             return wire_to_payload(received, prompt, self.layout)  # copies: owns its data
         finally:
             self.receiver.release(request_id)
@@ -84,6 +90,7 @@ class DecodeRole:
                 self._wait_kv,
                 cmd.request_id,
                 cmd.prompt_token_ids,
+                salt,
                 cmd.deadline_s,
             )
             waiter.add_done_callback(lambda done: _settle(kv, done))

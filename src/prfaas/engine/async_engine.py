@@ -92,6 +92,10 @@ class AsyncEngine:
         return self._engine.max_model_len
 
     @property
+    def block_size(self) -> int:
+        return self._engine.kv.block_size
+
+    @property
     def layout(self) -> list[LayerLayout]:
         return self._engine.layout
 
@@ -171,19 +175,15 @@ class AsyncEngine:
         deadline_s: float,
         tenant_salt: bytes = b"",
     ) -> AsyncIterator[TokenDelta]:
-        """Hold blocks now, land the KV when ``kv`` resolves, then stream deltas.
-
-        If ``kv`` raises, misses ``deadline_s`` or does not fit, the request is prefilled
-        here instead (the fallback, counted in ``stats().fallbacks``). If the pool cannot
-        hold the blocks now, the request is simply generated here.
-        """
+        """Hold blocks now, land the KV when ``kv`` resolves, then stream deltas. If ``kv``
+        raises, misses ``deadline_s`` or does not fit, the request is prefilled here instead
+        (the fallback, in ``stats().fallbacks``); with no free blocks now, it is just generated."""
         stream = self._streams.open(request_id)
-        admit = Admit(prompt_token_ids, params, request_id, tenant_salt)
         try:
             reserved = await self._ask(Reserve(prompt_token_ids, params, request_id, tenant_salt))
             if not reserved:
                 logger.info("request %s: no blocks to reserve, prefilling locally", request_id)
-                await self._ask(admit)
+                await self._ask(Admit(prompt_token_ids, params, request_id, tenant_salt))
         except BaseException as exc:
             self._close(request_id, isinstance(exc, asyncio.CancelledError))
             raise

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from prfaas.engine.async_engine import AsyncEngine
+from prfaas.kvcache.hashing import prompt_hash, root_hash
 from prfaas.messages import KvTarget, LinkReport, PrefillCommand, PrefillResult
 from prfaas.prefill.kv_export import stream_header
 from prfaas.prefill.layer_stream import LayerStream
@@ -108,6 +109,11 @@ class PrefillRole:
             reports[s.name] = report
         return list(reports.values())
 
+    def prompt_hash(self, prompt_token_ids: list[int], tenant_salt: bytes) -> bytes:
+        """What the transfer header carries: the prompt's hash under this model and tenant."""
+        root = root_hash(self.engine.fingerprint, tenant_salt)
+        return prompt_hash(prompt_token_ids, self.engine.block_size, root)
+
     @property
     def num_sending(self) -> int:
         """Commands whose KV is being sent now (leak checks)."""
@@ -126,6 +132,7 @@ class PrefillRole:
             len(cmd.prompt_token_ids),
             cmd.request_id,
             cmd.target.codec,
+            self.prompt_hash(cmd.prompt_token_ids, bytes.fromhex(cmd.tenant_salt_hex)),
         )
         stream = LayerStream(sender, (cmd.target.host, cmd.target.port), header, deadline)
         self._streams.add(stream)

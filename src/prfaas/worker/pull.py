@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from prfaas.decode.kv_import import wire_to_payload
+from prfaas.decode.kv_import import check_prompt, wire_to_payload
 from prfaas.engine.async_engine import AsyncEngine
 from prfaas.engine.handoff import KvPayload, LayerLayout
+from prfaas.kvcache.hashing import prompt_hash, root_hash
 from prfaas.messages import PullCommand, PullResult
 from prfaas.transfer.errors import TransferError
 from prfaas.transfer.receiver import KvReceiver
@@ -35,6 +36,8 @@ class PullRole:
     def _wait(self, cmd: PullCommand) -> KvPayload:
         received = self.receiver.wait(cmd.request_id, timeout_s=cmd.deadline_s)
         try:
+            root = root_hash(self.engine.fingerprint, bytes.fromhex(cmd.tenant_salt_hex))
+            check_prompt(received, prompt_hash(cmd.prompt_token_ids, self.engine.block_size, root))
             return wire_to_payload(received, cmd.prompt_token_ids, self.layout)  # a copy
         finally:
             self.receiver.release(cmd.request_id)
