@@ -25,6 +25,7 @@ from prfaas.sampling import to_sampling_params
 from prfaas.transfer.config import Deadlines, LinkConfig
 from prfaas.transfer.errors import TransferError
 from prfaas.transfer.link import Link
+from prfaas.transfer.monitor import LinkStats
 from prfaas.transfer.sender import KvSender, TransferStats
 from prfaas.transfer.tls import PLAINTEXT
 
@@ -79,35 +80,25 @@ class PrefillRole:
             return sender
 
     def link_reports(self) -> list[LinkReport]:
-        """Egress per link name, as its monitors measured it (summed over the senders that
-        share a name; goodput is the best backlogged transfer among them)."""
+        """Egress per link name as its monitors measured it, summed over the senders that
+        share the name (goodput: the best backlogged transfer among them)."""
         with self._lock:
-            links = [s.link for s in self._senders.values()]
-        reports: dict[str, LinkReport] = {}
-        for link in links:
-            s = link.stats()
-            report = LinkReport(
-                link=s.name,
-                bytes_sent=s.bytes_sent,
-                rate_gbps=s.goodput_gbps,
-                goodput_gbps=s.backlogged_goodput_gbps or 0.0,
-                backlog_bytes=s.backlog_bytes,
-                transfers_open=s.transfers_open,
-                cap_gbps=s.rate_cap_gbps,
+            stats = [sender.link.stats() for sender in self._senders.values()]
+        by_name: dict[str, list[LinkStats]] = {}
+        for s in stats:
+            by_name.setdefault(s.name, []).append(s)
+        return [
+            LinkReport(
+                link=name,
+                bytes_sent=sum(s.bytes_sent for s in group),
+                rate_gbps=sum(s.goodput_gbps for s in group),
+                goodput_gbps=max(s.backlogged_goodput_gbps or 0.0 for s in group),
+                backlog_bytes=sum(s.backlog_bytes for s in group),
+                transfers_open=sum(s.transfers_open for s in group),
+                cap_gbps=group[0].rate_cap_gbps,
             )
-            seen = reports.get(s.name)
-            if seen is not None:
-                report = LinkReport(
-                    link=s.name,
-                    bytes_sent=seen.bytes_sent + report.bytes_sent,
-                    rate_gbps=seen.rate_gbps + report.rate_gbps,
-                    goodput_gbps=max(seen.goodput_gbps, report.goodput_gbps),
-                    backlog_bytes=seen.backlog_bytes + report.backlog_bytes,
-                    transfers_open=seen.transfers_open + report.transfers_open,
-                    cap_gbps=report.cap_gbps if seen.cap_gbps is None else seen.cap_gbps,
-                )
-            reports[s.name] = report
-        return list(reports.values())
+            for name, group in by_name.items()
+        ]
 
     def prompt_hash(self, prompt_token_ids: list[int], tenant_salt: bytes) -> bytes:
         """What the transfer header carries: the prompt's hash under this model and tenant."""

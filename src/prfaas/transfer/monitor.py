@@ -3,7 +3,12 @@
 Goodput is measured two ways: a sliding one-second window over bytes handed to the kernel
 (what the link carries now), and per transfer while it was backlogged (what the link can
 carry). Only the second is compared with the configured cap, because an idle or
-compute-bound sender is not a slow link. RTT and retransmissions come from TCP_INFO.
+compute-bound sender is not a slow link. RTT and retransmissions come from TCP_INFO. Bytes
+are counted as each paced grant leaves (transfers in flight included), with the transfers
+open and the KV bytes queued for the link but not yet written.
+
+The sender's monitor is the one measurement of a link's egress: a prefill worker reports
+it in every heartbeat (``messages.LinkReport``) and everyone else reads that.
 """
 
 from __future__ import annotations
