@@ -11,7 +11,7 @@ typed messages (``prfaas.messages``) and reports the same facts and counters.
 Contract (every implementation):
 - ``facts`` is fixed once constructed (before ``start``) and read from any thread.
 - ``start``/``stop`` are awaited on the worker's event loop; ``stop`` aborts what runs
-  (its streams end with an error event) and frees every block and connection.
+  (open ``decode`` streams end with an error) and frees every block and connection.
 - ``prefill`` computes the prompt and ships its KV to ``cmd.target`` before returning; it
   never raises for a failed transfer or a missed deadline (``ok=False`` with the reason),
   and on ``ok=False`` it holds nothing for the request. ``cached_tokens`` is this engine's
