@@ -92,16 +92,16 @@ class CacheEventMsg(Message):
 
 
 class LinkReport(Message):
-    """A sending instance's own measure of one link (its ``LinkMonitor``): the one source of
-    link goodput and egress; the gateway keeps the newest report per instance and link."""
+    """One link's egress as its sender measures it (``transfer/monitor.py``), reported by the
+    sending worker in every heartbeat: the one measurement of link goodput."""
 
     link: str = Field(max_length=MAX_NAME)
-    bytes_sent: int = Field(ge=0)  # monotone wire bytes, transfers in flight included
+    bytes_sent: int = Field(ge=0)  # monotone wire bytes, transfers still in flight included
     rate_gbps: float = Field(ge=0.0)  # bytes on the wire per second over the last window
-    goodput_gbps: float = Field(ge=0.0)
-    backlog_bytes: int = Field(ge=0)
+    goodput_gbps: float = Field(ge=0.0)  # the last transfer that kept the link backlogged
+    backlog_bytes: int = Field(ge=0)  # queued for the link, not yet on the wire
     transfers_open: int = Field(ge=0)
-    cap_gbps: float | None = Field(None, gt=0.0)
+    cap_gbps: float | None = Field(None, gt=0.0)  # the pacer's cap; None: uncapped
 
 
 class Heartbeat(Message):
@@ -156,7 +156,7 @@ class PrefillResult(Message):
     wire_bytes: int = 0
     seconds: float = 0.0  # command received to KV acknowledged
     transfer_s: float = 0.0  # transfer opened to acknowledged
-    cached_tokens: int = 0
+    cached_tokens: int = Field(0, ge=0)  # the prefill engine's real prefix hit for the prompt
     error: str | None = None
 
 
@@ -177,8 +177,9 @@ class TokenEvent(Message):
     text: str = ""
     finished: bool = False
     finish_reason: str | None = None
-    cached_tokens: int = 0
-    fallback: bool = False  # the KV never came; this worker prefilled the prompt itself
+    # On the first event: prompt tokens this worker took from its own prefix cache when it
+    # prefilled the prompt itself (no KV expected, or the fallback); 0 when the KV landed.
+    cached_tokens: int = Field(0, ge=0)
     error: str | None = None
 
 

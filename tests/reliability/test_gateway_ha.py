@@ -23,7 +23,6 @@ import openai
 import pytest
 import yaml
 
-from prfaas.cache_event_log import BATCH_EVENTS, CacheEventLog, EventBatch
 from prfaas.deploy.config import (
     DeployConfigError,
     KvIndexSpec,
@@ -33,6 +32,7 @@ from prfaas.deploy.config import (
 from prfaas.deploy.launcher import WorkerSpawn, free_port
 from prfaas.gateway.config import GatewayConfig
 from prfaas.messages import CacheEventMsg, Heartbeat
+from prfaas.worker.cache_events import BATCH_EVENTS, CacheEventLog, EventBatch
 from tests.deploy_helper import start, topology
 from tests.redis_fixture import start_redis
 

@@ -2,7 +2,11 @@
 receiver, whole payload (prefill, then send) vs layer-wise (each layer sent while the
 prefill computes the next ones), through a rate-capped link on localhost.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/overlap.py [--lengths 512 2048] \
+The serving path only streams layer by layer; the whole-payload path lives here alone, to
+compare against: the prefill runs synchronously on the engine thread (``AsyncEngine.call``
+with ``whole_prefill``, what ``LLM.prefill`` does), then ``KvSender.send`` ships the payload.
+
+    .venv/bin/python dev/overlap.py [--lengths 512 2048] \
         [--rate-gbps R] [--repeats 2] [--chunk 2048] [--json results.json]
 
 The model is the embedded default (SmolLM2-135M, ``prfaas.model.default``). Without
@@ -28,12 +32,17 @@ import numpy as np
 from prfaas.config import EngineConfig
 from prfaas.engine.async_engine import AsyncEngine
 from prfaas.engine.engine import Engine
+from prfaas.engine.handoff import KvPayload
+from prfaas.engine.request import RequestStatus
 from prfaas.engine.sampling_params import SamplingParams
 from prfaas.messages import KvTarget, PrefillCommand, SamplingSpec
+from prfaas.prefill.kv_export import payload_to_wire
 from prfaas.prefill.role import LinkSettings, PrefillRole
-from prfaas.transfer.config import ReceiverConfig
+from prfaas.transfer.config import LinkConfig, ReceiverConfig
 from prfaas.transfer.errors import TransferError
+from prfaas.transfer.link import Link
 from prfaas.transfer.receiver import KvReceiver
+from prfaas.transfer.sender import KvSender
 from prfaas.transfer.tls import PLAINTEXT
 
 LINK = "bench"
@@ -52,6 +61,20 @@ class Row:
     @property
     def speedup(self) -> float:
         return self.whole_s / self.layerwise_s
+
+
+def whole_prefill(engine: Engine, prompt: list[int], request_id: str) -> KvPayload:
+    """Prefill one prompt to the end on the engine (its thread), export the whole payload,
+    free the blocks."""
+    req = engine.add_request(prompt, SamplingParams(max_tokens=1), request_id, prefill_only=True)
+    while req.status is not RequestStatus.SENDING_KV:
+        if req.status.is_done:
+            raise RuntimeError(f"request {request_id} ended before its KV was ready")
+        engine.step()
+    try:
+        return engine.export_kv(request_id)
+    finally:
+        engine.release(request_id)
 
 
 class Completed:
@@ -96,14 +119,31 @@ class Bench:
     async def prefill_s(self, n: int) -> tuple[float, int]:
         """Seconds of a prefill alone, and its KV bytes."""
         start = time.monotonic()
-        payload = await self.engine.prefill(
-            self.prompt(n), SamplingParams(max_tokens=1), self.next_id()
-        )
+        prompt, request_id = self.prompt(n), self.next_id()
+        payload = await self.engine.call(lambda e: whole_prefill(e, prompt, request_id))
         return time.monotonic() - start, payload.kv_bytes
 
-    async def handoff_s(self, n: int, cap_gbps: float, layerwise: bool) -> float:
-        """Command to KV complete on the receiver, through a link capped at ``cap_gbps``."""
-        role = PrefillRole(self.engine, LinkSettings({LINK: cap_gbps}, layerwise), None)
+    async def whole_s(self, n: int, cap_gbps: float) -> float:
+        """Prefill to the end, then send the whole payload through a link capped at
+        ``cap_gbps``: command to KV complete on the receiver."""
+        sender = KvSender(Link(LinkConfig(LINK, cap_gbps, connections=1)), tls=PLAINTEXT)
+        prompt, request_id = self.prompt(n), self.next_id()
+        start = time.monotonic()
+        payload = await self.engine.call(lambda e: whole_prefill(e, prompt, request_id))
+        header, arrays = payload_to_wire(payload, request_id, "raw", bytes(16))  # not checked
+        await asyncio.to_thread(sender.send, self.receiver.address, header, arrays)
+        return self._landed(request_id) - start
+
+    def _landed(self, request_id: str) -> float:
+        with self.completed.cond:  # on_complete runs just after the ACK: wait for it
+            self.completed.cond.wait_for(lambda: request_id in self.completed.at, 10.0)
+        self.receiver.release(request_id)
+        return self.completed.at[request_id]
+
+    async def layerwise_s(self, n: int, cap_gbps: float) -> float:
+        """The serving path: command to KV complete on the receiver, each layer sent as the
+        prompt's last chunk computes it, through a link capped at ``cap_gbps``."""
+        role = PrefillRole(self.engine, LinkSettings({LINK: cap_gbps}), None)
         host, port = self.receiver.address
         cmd = PrefillCommand(
             request_id=self.next_id(),
@@ -117,11 +157,7 @@ class Bench:
         result = await role.run(cmd)
         if not result.ok:
             raise RuntimeError(f"hand-off failed: {result.error}")
-        with self.completed.cond:  # on_complete runs just after the ACK: wait for it
-            self.completed.cond.wait_for(lambda: cmd.request_id in self.completed.at, 10.0)
-        landed = self.completed.at[cmd.request_id]
-        self.receiver.release(cmd.request_id)
-        return landed - start
+        return self._landed(cmd.request_id) - start
 
 
 async def measure(args: argparse.Namespace) -> list[Row]:
@@ -141,8 +177,8 @@ async def measure(args: argparse.Namespace) -> list[Row]:
         for n in args.lengths:
             prefill_s, kv_bytes = min([await bench.prefill_s(n) for _ in range(args.repeats)])
             cap = args.rate_gbps or kv_bytes * 8 / prefill_s / 1e9
-            whole = min([await bench.handoff_s(n, cap, False) for _ in range(args.repeats)])
-            layer = min([await bench.handoff_s(n, cap, True) for _ in range(args.repeats)])
+            whole = min([await bench.whole_s(n, cap) for _ in range(args.repeats)])
+            layer = min([await bench.layerwise_s(n, cap) for _ in range(args.repeats)])
             ideal = max(prefill_s, kv_bytes * 8 / cap / 1e9)
             rows.append(Row(n, kv_bytes / 1e6, cap, prefill_s, whole, layer, ideal))
             print(_line(rows[-1]), flush=True)
