@@ -14,8 +14,6 @@ from prfaas.messages import PrefillResult, PullResult
 from prfaas.router.redis_index import RedisKvIndex
 from prfaas.router.types import RouteDecision
 
-GOODPUT_EWMA = 0.3  # until the workers' link reports arrive: weight of the newest transfer
-
 
 class ClusterMetrics:
     def __init__(self, metrics: GatewayMetrics, fleet: WorkerFleet, router: Any) -> None:
@@ -90,11 +88,6 @@ class ClusterMetrics:
         self.transfers.labels(link, "ok" if result.ok else "failed").inc()
         if result.ok:
             self.kv_bytes.labels(link).inc(result.kv_bytes)
-            if result.transfer_s > 0 and not self.fleet.link_reports(link):
-                gbps = result.wire_bytes * 8 / result.transfer_s / 1e9
-                gauge = self.goodput.labels(link)
-                old = gauge._value.get()
-                gauge.set(gbps if old == 0 else GOODPUT_EWMA * gbps + (1 - GOODPUT_EWMA) * old)
 
     def on_pull(self, decision: RouteDecision, result: PullResult) -> None:
         self.pulls.labels(decision.pull_from or "", "ok" if result.ok else "failed").inc()

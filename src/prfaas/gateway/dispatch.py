@@ -147,13 +147,13 @@ class ClusterBackend:
         if decision.pull_instance is not None:
             route += f" pull={decision.pull_instance}"  # its cached prefix is copied first
 
-        # cached_tokens: the router's prediction until an instance reports its engine's hit.
+        # cached_tokens: the engine's real prefix hit, from whichever instance prefilled
+        # (``_prefill`` and ``_deltas`` report it); never the router's prediction.
         def engine_hit(cached_tokens: int) -> None:
-            if cached_tokens:
-                handle.cached_tokens = cached_tokens
+            handle.cached_tokens = cached_tokens
 
         events = self._events(response, decode.info.name, engine_hit)
-        handle = GenerationHandle(route, decision.cached_tokens, events, decode.info.name)
+        handle = GenerationHandle(route, 0, events, decode.info.name)
         self._spawn(
             self._prefill(
                 prefill.info.http_url,
