@@ -2,7 +2,7 @@
 
 Before a prefill, when the router found a longer prefix of the prompt cached in another
 cluster, the instance holding it ships that prefix's KV to the chosen prefill worker, which
-lands it as prefix cache (``decode/pull.py``). The receiving side is told first, then the
+lands it as prefix cache (``worker/pull.py``). The receiving side is told first, then the
 holder prefills the prefix (a cache hit but for its last token) and sends it.
 """
 
