@@ -12,7 +12,7 @@ from prfaas.router.instance_choice import (
     load_bound_s,
 )
 from prfaas.router.kv_index import KvIndex
-from prfaas.router.policies import HomogeneousPd
+from prfaas.router.policies import HomogeneousPolicy
 from prfaas.router.router import Router, RouterConfig
 from prfaas.router.types import InstanceView, RouteRequest, RouterState
 from tests.router.fleet import StaticFleet
@@ -118,7 +118,7 @@ def burst_router(instance_choice: EstimatedTtft | None) -> tuple[Router, KvIndex
         index.register(inst.name, inst.cluster)
     index.stored("pd-p0", 0, range(64))  # 64 blocks = 32K tokens
     config = RouterConfig(block_tokens=512)
-    router = Router(config, HomogeneousPd(), fleet, index, RouterState(0.0), instance_choice)
+    router = Router(config, HomogeneousPolicy(), fleet, index, RouterState(0.0), instance_choice)
     return router, index
 
 
