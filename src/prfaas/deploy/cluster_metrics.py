@@ -56,6 +56,12 @@ class ClusterMetrics:
             ["link"],
             registry=r,
         )
+        self.wire_bytes = Gauge(
+            "prfaas_link_wire_bytes",
+            "KV bytes put on the wire out of a cluster since its instances started (their reports)",
+            ["link"],
+            registry=r,
+        )
         self.routes = Counter("prfaas_routes", "Routing decisions by path", ["path"], registry=r)
         self.pulls = Counter(
             "prfaas_cache_pulls",
@@ -81,6 +87,7 @@ class ClusterMetrics:
             if reports:
                 self.goodput.labels(cluster.name).set(sum(r.goodput_gbps for r in reports))
                 self.egress.labels(cluster.name).set(sum(r.rate_gbps for r in reports))
+                self.wire_bytes.labels(cluster.name).set(sum(r.bytes_sent for r in reports))
 
     def on_prefill(self, decision: RouteDecision, result: PrefillResult) -> None:
         link = decision.prefill_cluster

@@ -43,6 +43,9 @@ from prfaas.router.types import NoRouteError, RouteDecision, RouteRequest
 logger = logging.getLogger(__name__)
 MAX_ROUTE_ATTEMPTS = 3
 MAX_EVENT_BYTES = 1 << 20  # one NDJSON token event from a decode worker, at most
+# The prefill call answers right after its KV is acknowledged; the stream's last event waits
+# at most this long for it (usage's cached_tokens comes from it).
+PREFILL_RESULT_WAIT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -149,10 +152,13 @@ class ClusterBackend:
 
         # cached_tokens: the engine's real prefix hit, from whichever instance prefilled
         # (``_prefill`` and ``_deltas`` report it); never the router's prediction.
+        # The stream's last event waits (bounded) for the prefill call to end, so that usage
+        # never reports a hit before the prefill instance has said what it was.
         def engine_hit(cached_tokens: int) -> None:
             handle.cached_tokens = cached_tokens
 
-        events = self._events(response, decode.info.name, engine_hit)
+        prefill_ended = asyncio.Event()
+        events = self._events(response, decode.info.name, engine_hit, prefill_ended)
         handle = GenerationHandle(route, 0, events, decode.info.name)
         self._spawn(
             self._prefill(
@@ -162,6 +168,7 @@ class ClusterBackend:
                 decision,
                 req.tenant,
                 engine_hit,
+                prefill_ended,
             )
         )
         return handle
@@ -199,6 +206,7 @@ class ClusterBackend:
         response: aiohttp.ClientResponse,
         decode_name: str,
         engine_hit: Callable[[int], None],
+        prefill_ended: asyncio.Event,
     ) -> AsyncIterator[TokenEvent]:
         finished = False
 
@@ -211,7 +219,8 @@ class ClusterBackend:
             finished = True
             response.release()  # back to the pool if read to its end, else closed
 
-        return ClosingEvents(self._deltas(response, decode_name, finish, engine_hit), finish)
+        deltas = self._deltas(response, decode_name, finish, engine_hit, prefill_ended)
+        return ClosingEvents(deltas, finish)
 
     async def _deltas(
         self,
@@ -219,6 +228,7 @@ class ClusterBackend:
         decode_name: str,
         finish: Callable[[], Awaitable[None]],
         engine_hit: Callable[[int], None],
+        prefill_ended: asyncio.Event,
     ) -> AsyncGenerator[TokenEvent, None]:
         try:
             buffer, finished = b"", False
@@ -246,6 +256,9 @@ class ClusterBackend:
                     finished = event.finished
                     merged = _merge(merged, event)
                 if merged is not None:
+                    if merged.finished and not prefill_ended.is_set():
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(prefill_ended.wait(), PREFILL_RESULT_WAIT_S)
                     yield merged
                 if chunk is None:
                     break
@@ -255,6 +268,21 @@ class ClusterBackend:
             await finish()
 
     async def _prefill(
+        self,
+        url: str,
+        decode_url: str,
+        cmd: PrefillCommand,
+        decision: RouteDecision,
+        tenant: str,
+        engine_hit: Callable[[int], None],
+        ended: asyncio.Event,
+    ) -> None:
+        try:
+            await self._prefill_and_report(url, decode_url, cmd, decision, tenant, engine_hit)
+        finally:
+            ended.set()
+
+    async def _prefill_and_report(
         self,
         url: str,
         decode_url: str,

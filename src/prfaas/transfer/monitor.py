@@ -22,6 +22,10 @@ import time
 from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
+# A transfer says something about the link only above these: 1 MiB busy for 5 ms is still
+# far above the clock's resolution and a few pacing grants.
+MIN_BUSY_S = 0.005
+MIN_WIRE_BYTES = 1 << 20
 
 # struct tcp_info (linux/tcp.h): 8 single-byte fields, then u32s; we read up to total_retrans.
 _TCP_INFO = struct.Struct("<8B24I")
@@ -125,7 +129,7 @@ class LinkMonitor:
                 self._failed += 1
                 return
             self._ok += 1
-            if busy_s < 0.05 or wire_bytes < 1 << 20:
+            if busy_s < MIN_BUSY_S or wire_bytes < MIN_WIRE_BYTES:
                 return  # too small to say anything about the link
             goodput_gbps = wire_bytes * 8 / busy_s / 1e9
             self._backlogged_gbps = goodput_gbps

@@ -2,6 +2,7 @@
 (``engine_api``). ``prfaas worker`` runs one."""
 
 from prfaas.worker.app import create_worker_app
-from prfaas.worker.process import Worker, WorkerConfig
+from prfaas.worker.config import WorkerConfig
+from prfaas.worker.process import Worker
 
 __all__ = ["Worker", "WorkerConfig", "create_worker_app"]

@@ -14,35 +14,16 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 
-from prfaas.config import EngineConfig
 from prfaas.messages import TOKEN_HEADER, Heartbeat, Role, WorkerCheck, WorkerInfo
 from prfaas.worker.cache_events import CacheEventLog, EventBatch
+from prfaas.worker.config import WorkerConfig
 from prfaas.worker.engine_api import InstanceEngine
 
 logger = logging.getLogger(__name__)
 HEARTBEAT_S = 0.5
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    name: str
-    cluster: str
-    role: Role
-    host: str
-    port: int
-    gateway_urls: tuple[str, ...]  # every gateway it registers and heartbeats with
-    cluster_token: str
-    engine: EngineConfig
-    kv_host: str = "127.0.0.1"
-    kv_port: int = 0
-    certs_dir: Path | None = None
-    link_rate_gbps: dict[str, float] = field(default_factory=dict)
-    parent_pid: int | None = None  # exit when this process (the launcher) is gone
 
 
 class Worker:

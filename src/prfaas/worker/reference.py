@@ -35,8 +35,8 @@ from prfaas.transfer.tls import PLAINTEXT, Plaintext, TlsConfig, client_context,
 from prfaas.worker.engine_api import EngineCheck, EngineFacts, InstanceStats
 from prfaas.worker.pull import PullRole
 
-if TYPE_CHECKING:  # the worker process imports this module, lazily, to build its engine
-    from prfaas.worker.process import WorkerConfig
+if TYPE_CHECKING:
+    from prfaas.worker.config import WorkerConfig
 
 
 @dataclass(frozen=True)
