@@ -16,10 +16,20 @@ def to_sampling_params(spec: SamplingSpec) -> SamplingParams:
         stop=tuple(spec.stop),
         stop_token_ids=tuple(spec.stop_token_ids),
         ignore_eos=spec.ignore_eos,
+        include_stop_str_in_output=spec.include_stop_str_in_output,
+        presence_penalty=spec.presence_penalty,
+        frequency_penalty=spec.frequency_penalty,
+        repetition_penalty=spec.repetition_penalty,
+        min_tokens=spec.min_tokens,
+        min_p=spec.min_p,
+        logit_bias=spec.logit_bias,
+        logprobs=spec.logprobs,
+        prompt_logprobs=spec.prompt_logprobs,
     )
 
 
 def to_spec(params: SamplingParams) -> SamplingSpec:
+    """``n`` does not travel: each sequence is its own request on the wire."""
     return SamplingSpec(
         max_tokens=params.max_tokens,
         temperature=params.temperature,
@@ -29,4 +39,13 @@ def to_spec(params: SamplingParams) -> SamplingSpec:
         stop=list(params.stop),
         stop_token_ids=list(params.stop_token_ids),
         ignore_eos=params.ignore_eos,
+        include_stop_str_in_output=params.include_stop_str_in_output,
+        presence_penalty=params.presence_penalty,
+        frequency_penalty=params.frequency_penalty,
+        repetition_penalty=params.repetition_penalty,
+        min_tokens=params.min_tokens,
+        min_p=params.min_p,
+        logit_bias=dict(params.bias_pairs),
+        logprobs=params.logprobs,
+        prompt_logprobs=params.prompt_logprobs,
     )
