@@ -76,3 +76,22 @@ def test_out_of_vocabulary_bias_is_refused(llm: LLM) -> None:
         llm.generate(PROMPT, SamplingParams(logit_bias={256: 1.0}))
     llm.engine.check_integrity()
     assert not llm.engine.has_unfinished()
+
+
+def test_min_tokens_defers_stop_strings(llm: LLM) -> None:
+    greedy = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+    text = llm.generate(PROMPT, greedy)[0].outputs[0].text
+    first_char = text[0]
+    stopped = llm.generate(
+        PROMPT, SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True, stop=[first_char])
+    )
+    assert stopped[0].outputs[0].text == "" and stopped[0].outputs[0].finish_reason == "stop"
+    held = SamplingParams(
+        max_tokens=8, temperature=0.0, ignore_eos=True, stop=[first_char], min_tokens=4
+    )
+    out = llm.generate(PROMPT, held)[0].outputs[0]
+    # Every token here starts with a space: the first check that may stop is after token 4,
+    # and the text ends before that token's space.
+    assert len(out.token_ids) == 4 and out.finish_reason == "stop"
+    three = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
+    assert out.text == llm.generate(PROMPT, three)[0].outputs[0].text
