@@ -64,6 +64,9 @@ class SamplingSpec(Message):
     logprobs: int | None = Field(None, ge=0, le=20)
     prompt_logprobs: int | None = Field(None, ge=0, le=20)
     include_stop_str_in_output: bool = False
+    # Structured outputs: a JSON schema as JSON text, or any JSON object (at most one).
+    json_schema: str | None = Field(None, max_length=65536)
+    json_object: bool = False
 
 
 class WorkerInfo(Message):

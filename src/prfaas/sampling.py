@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prfaas.engine.sampling_params import SamplingParams
+from prfaas.engine.sampling_params import SamplingParams, StructuredOutputs
 from prfaas.messages import SamplingSpec
 
 
@@ -25,11 +25,17 @@ def to_sampling_params(spec: SamplingSpec) -> SamplingParams:
         logit_bias=spec.logit_bias,
         logprobs=spec.logprobs,
         prompt_logprobs=spec.prompt_logprobs,
+        structured_outputs=(
+            StructuredOutputs(json=spec.json_schema, json_object=spec.json_object)
+            if spec.json_schema is not None or spec.json_object
+            else None
+        ),
     )
 
 
 def to_spec(params: SamplingParams) -> SamplingSpec:
     """``n`` does not travel: each sequence is its own request on the wire."""
+    so = params.structured_outputs
     return SamplingSpec(
         max_tokens=params.max_tokens,
         temperature=params.temperature,
@@ -48,4 +54,6 @@ def to_spec(params: SamplingParams) -> SamplingSpec:
         logit_bias=dict(params.bias_pairs),
         logprobs=params.logprobs,
         prompt_logprobs=params.prompt_logprobs,
+        json_schema=None if so is None else so.json,
+        json_object=so is not None and so.json_object,
     )

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from prfaas.engine.sampling_params import SamplingParams, check_for_model
+from prfaas.engine.sampling_params import SamplingParams, StructuredOutputs, check_for_model
 from prfaas.messages import SamplingSpec
 from prfaas.sampling import to_sampling_params, to_spec
 
@@ -67,9 +67,12 @@ def test_the_extras_round_trip_through_the_wire() -> None:
         logprobs=5,
         prompt_logprobs=0,
         include_stop_str_in_output=True,
+        structured_outputs=StructuredOutputs(json='{"type": "object"}'),
     )
     spec = SamplingSpec.decode(to_spec(params).encode())
     assert to_sampling_params(spec) == params
+    json_mode = SamplingParams(structured_outputs=StructuredOutputs(json_object=True))
+    assert to_sampling_params(SamplingSpec.decode(to_spec(json_mode).encode())) == json_mode
 
 
 @pytest.mark.parametrize(

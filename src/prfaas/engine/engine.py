@@ -19,11 +19,10 @@ from prfaas.engine.handoff import KvImportError, KvPayload, layout_from_specs
 from prfaas.engine.kv_setup import build_kv_cache
 from prfaas.engine.logprobs import TokenLogprobs
 from prfaas.engine.outputs import TokenDelta
-from prfaas.engine.prompt_logprobs import PromptLogprobs
 from prfaas.engine.request import Request, RequestStatus
 from prfaas.engine.runner import LayerHook, ModelRunner, NamedTensors
-from prfaas.engine.sampler import sample
 from prfaas.engine.sampling_params import SamplingParams, check_for_model
+from prfaas.engine.sampling_state import SamplingState
 from prfaas.engine.scheduler import Scheduler, SchedulerOutput
 from prfaas.engine.stopping import check_stop
 from prfaas.kvcache.hashing import root_hash
@@ -110,7 +109,7 @@ class Engine:
         self._live: dict[str, _Live] = {}
         self._layer_sinks: dict[str, LayerSink] = {}  # prefill-only requests streamed per layer
         self._pending: list[TokenDelta] = []
-        self._prompt_logprobs = PromptLogprobs()
+        self._sampling = SamplingState(self.tokenizer, self.vocab_size, self.eos_token_ids)
         logger.info(
             "engine ready: %d KV blocks of %d tokens on %s (%s)",
             self.kv.pool.num_blocks,
@@ -153,6 +152,7 @@ class Engine:
         req.status = RequestStatus.WAITING_FOR_KV
         if not self.scheduler.park(req, req.num_prompt_tokens):
             del self._live[req.request_id]
+            self._sampling.drop(req.request_id)
             raise KvImportError("no free KV blocks for the incoming payload")
         return req
 
@@ -221,9 +221,9 @@ class Engine:
         if not out.chunks:
             return deltas
         hook = self._layer_hook(out) if self._layer_sinks else None
-        logits = self._prompt_logprobs.execute(self.runner, out, hook)
+        logits = self._sampling.execute(self.runner, out, hook)
         to_sample = [self._live[c.request_id].request for c in out.chunks if c.sample]
-        result = sample(logits, to_sample, self.eos_token_ids)
+        result = self._sampling.sample(logits, to_sample)
         ids = [r.request_id for r in to_sample]
         sampled = dict(zip(ids, result.token_ids, strict=True))
         logprobs = dict(zip(ids, result.logprobs, strict=True))
@@ -328,15 +328,14 @@ class Engine:
             prefill_only=prefill_only,
             prompt=prompt,
         )
+        self._sampling.add(req)
         self._live[request_id] = _Live(
             req, IncrementalDetokenizer(self.tokenizer, req.prompt_token_ids)
         )
-        if params.prompt_logprobs is not None:
-            self._prompt_logprobs.add(req)
         return req
 
     def _after_token(self, req: Request, logprobs: TokenLogprobs | None = None) -> TokenDelta:
-        prompt_logprobs = self._prompt_logprobs.take_with_first_token(req)
+        prompt_logprobs = self._sampling.on_token(req)
         delta = self._token_delta(req)
         delta.logprobs, delta.prompt_logprobs = [logprobs] if logprobs else None, prompt_logprobs
         return delta
@@ -392,7 +391,7 @@ class Engine:
 
     def _end(self, request_id: str, status: RequestStatus) -> None:
         self._layer_sinks.pop(request_id, None)
-        self._prompt_logprobs.drop(request_id)
+        self._sampling.drop(request_id)
         live = self._live.pop(request_id)
         req = live.request
         if status is RequestStatus.ABORTED and req.finish_reason is None:

@@ -1,7 +1,8 @@
 """Token sampling for a batch: history-dependent processors, then greedy or a random draw.
 
-Order (vLLM's): logit bias and min_tokens, penalties; greedy rows take the argmax of that;
-the others divide by their temperature, drop tokens by min_p, top-k and top-p, and draw.
+Order (vLLM's): the grammar masks (structured outputs), logit bias and min_tokens, then
+penalties; greedy rows take the argmax of that; the others divide by their temperature,
+drop tokens by min_p, top-k and top-p, and draw.
 Every step is one batched tensor op over the rows; the only host transfers are the final
 token ids (and the logprobs, when asked for).
 
@@ -33,11 +34,15 @@ def sample(
     logits: torch.Tensor,
     rows: Sequence[SampleRow],
     eos_token_ids: frozenset[int] = frozenset(),
+    allowed: torch.Tensor | None = None,
 ) -> SamplerOutput:
-    """logits: (N, vocab) float32 raw model logits, one row per sequence."""
+    """logits: (N, vocab) float32 raw model logits, one row per sequence. ``allowed``
+    (N, vocab) bool: the grammars' token masks, applied first (logprobs see them too)."""
     if not rows:
         return SamplerOutput([], [])
     raw = logits.float()
+    if allowed is not None:
+        raw = raw.masked_fill(~allowed, float("-inf"))
     processed = process_logits(raw.clone(), rows, eos_token_ids)
     chosen = processed.argmax(dim=-1)
     random_rows = [i for i, row in enumerate(rows) if not row.params.greedy]

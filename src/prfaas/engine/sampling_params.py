@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,6 +13,29 @@ MAX_LOGIT_BIAS = 300  # entries, as the OpenAI API allows
 MAX_LOGIT_BIAS_VALUE = 100.0
 MAX_LOGPROBS = 20  # alternatives per token
 MAX_N = 16  # sequences per prompt
+MAX_SCHEMA_CHARS = 65536
+
+
+@dataclass(frozen=True)
+class StructuredOutputs:
+    """Constrain the output: ``json`` is a JSON schema (as JSON text) the output must
+    validate against; ``json_object`` asks for any JSON object. Exactly one is set."""
+
+    json: str | None = None
+    json_object: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.json is None) == (not self.json_object):
+            raise ValueError("structured outputs take exactly one of json and json_object")
+        if self.json is not None:
+            if len(self.json) > MAX_SCHEMA_CHARS:
+                raise ValueError(f"a JSON schema is at most {MAX_SCHEMA_CHARS} characters")
+            try:
+                schema = json.loads(self.json)
+            except ValueError as e:
+                raise ValueError(f"the JSON schema is not valid JSON: {e}") from None
+            if not isinstance(schema, dict):
+                raise ValueError("a JSON schema must be a JSON object")
 
 
 @dataclass(frozen=True)
@@ -30,6 +54,7 @@ class SamplingParams:
     logits (ids are checked against the vocabulary when a request is admitted).
     ``logprobs`` (per output token) and ``prompt_logprobs`` (per prompt token) ask for that
     many top alternatives, 0 for the chosen token alone; ``n`` sequences per prompt.
+    ``structured_outputs`` masks every token the grammar does not allow (``grammar.py``).
     """
 
     max_tokens: int = 16
@@ -51,6 +76,7 @@ class SamplingParams:
     logprobs: int | None = None
     prompt_logprobs: int | None = None
     n: int = 1
+    structured_outputs: StructuredOutputs | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
