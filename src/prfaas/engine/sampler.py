@@ -106,7 +106,13 @@ def derive_seed(seed: int, index: int) -> int:
 
 def _draw(probs: torch.Tensor, rows: Sequence[SampleRow]) -> torch.Tensor:
     """One token per row: argmax(p / E) with E ~ Exp(1) picks a token with probability p."""
-    noise = torch.empty_like(probs).exponential_()
+    noise = torch.empty_like(probs)
+    unseeded = [i for i, row in enumerate(rows) if row.params.seed is None]
+    if len(unseeded) == len(rows):
+        noise.exponential_()
+    elif unseeded:
+        index = torch.tensor(unseeded, device=probs.device)
+        noise.index_copy_(0, index, noise[index].exponential_())
     for i, row in enumerate(rows):
         seed = row.params.seed
         if seed is not None:
