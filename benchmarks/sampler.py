@@ -1,8 +1,9 @@
 """Sampler cost per step: N rows of a 49,152-token vocabulary (SmolLM2's), per settings mix.
 
-    .venv/bin/python benchmarks/sampler.py [--rows 1 32 128] [--repeats 5]
+    .venv/bin/python benchmarks/sampler.py [--rows 1 32 128] [--prompt-tokens 1000]
+                                           [--repeats 5] [--threads N]
 
-Each row has a 1,000-token prompt and 200 output tokens (what the penalties read). Prints
+Each row has a --prompt-tokens prompt and 200 output tokens (what the penalties read). Prints
 milliseconds per ``sample()`` call (best of --repeats); the model's forward is not included.
 """
 
@@ -35,20 +36,25 @@ MIXES = {
 @dataclass
 class _Row:
     params: SamplingParams
-    prompt_token_ids: list[int] = field(default_factory=lambda: list(range(1000)))
+    prompt_token_ids: list[int]
     output_token_ids: list[int] = field(default_factory=lambda: list(range(200)))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 32, 128])
+    parser.add_argument("--prompt-tokens", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    prompt = [t % VOCAB for t in range(args.prompt_tokens)]
     logits = torch.randn(max(args.rows), VOCAB, generator=torch.Generator().manual_seed(0))
     print(f"threads={torch.get_num_threads()} vocab={VOCAB}")
     for num_rows in args.rows:
         for name, params in MIXES.items():
-            rows = [_Row(params) for _ in range(num_rows)]
+            rows = [_Row(params, prompt) for _ in range(num_rows)]
             batch = logits[:num_rows]
             sample(batch, rows)
             best = float("inf")

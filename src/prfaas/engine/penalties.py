@@ -8,9 +8,11 @@ and output tokens, frequency and presence over output tokens only).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from prfaas.engine.sampling_params import SamplingParams
@@ -67,33 +69,37 @@ def apply_penalties(logits: torch.Tensor, rows: Sequence[SampleRow]) -> None:
     For a token seen in the prompt or the output, a positive logit is divided by
     ``repetition_penalty`` and a negative one multiplied; then ``frequency_penalty`` times
     its output count and ``presence_penalty`` (if it occurs in the output) are subtracted.
+    Work is proportional to the histories, not to rows x vocab: only seen entries change.
+    ``logits`` must be contiguous (entries are addressed as ``row * vocab + token``).
     """
     which = [i for i, row in enumerate(rows) if row.params.has_penalties]
     if not which:
         return
     vocab = logits.shape[1]
-    sub = logits[which]  # (M, vocab), a copy written back below
-    output_counts = _counts([rows[i].output_token_ids for i in which], vocab, logits)
-    prompt_counts = _counts([rows[i].prompt_token_ids for i in which], vocab, logits)
-    seen = (output_counts > 0) | (prompt_counts > 0)
-    rep = _floats([rows[i].params.repetition_penalty for i in which], logits)[:, None]
-    rep = torch.where(seen, rep, torch.ones_like(sub))
-    sub = torch.where(sub > 0, sub / rep, sub * rep)
-    freq = _floats([rows[i].params.frequency_penalty for i in which], logits)[:, None]
-    pres = _floats([rows[i].params.presence_penalty for i in which], logits)[:, None]
-    sub = sub - freq * output_counts - pres * (output_counts > 0).to(sub.dtype)
-    logits[which] = sub
+    flat = logits.view(-1)
+    outputs = _flat_ids([rows[i].output_token_ids for i in which], which, vocab, logits)
+    prompts = _flat_ids([rows[i].prompt_token_ids for i in which], which, vocab, logits)
+    rep = _floats([r.params.repetition_penalty for r in rows], logits)
+    seen = torch.cat([outputs, prompts]).unique()
+    x = flat[seen]
+    penalty = rep[seen // vocab]
+    flat[seen] = torch.where(x > 0, x / penalty, x * penalty)
+    out_ids, out_counts = outputs.unique(return_counts=True)
+    freq = _floats([r.params.frequency_penalty for r in rows], logits)[out_ids // vocab]
+    pres = _floats([r.params.presence_penalty for r in rows], logits)[out_ids // vocab]
+    flat[out_ids] -= freq * out_counts.to(flat.dtype) + pres
 
 
-def _counts(histories: list[list[int]], vocab: int, like: torch.Tensor) -> torch.Tensor:
-    """(M, vocab) float32 occurrence counts of each history's tokens."""
-    idx_row = [i for i, h in enumerate(histories) for _ in h]
-    idx_col = [t for h in histories for t in h]
-    counts = torch.zeros(len(histories), vocab, dtype=torch.float32, device=like.device)
-    if idx_col:
-        ones = torch.ones(len(idx_col), dtype=torch.float32, device=like.device)
-        counts.index_put_((_ints(idx_row, like), _ints(idx_col, like)), ones, accumulate=True)
-    return counts
+def _flat_ids(
+    histories: list[list[int]], row_of: list[int], vocab: int, like: torch.Tensor
+) -> torch.Tensor:
+    """int64 ``row * vocab + token`` for every token of every history (row ``row_of[i]``)."""
+    lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
+    tokens = np.fromiter(
+        itertools.chain.from_iterable(histories), dtype=np.int64, count=int(lengths.sum())
+    )
+    base = np.repeat(np.asarray(row_of, dtype=np.int64) * vocab, lengths)
+    return torch.from_numpy(base + tokens).to(like.device)
 
 
 def _ints(values: list[int], like: torch.Tensor) -> torch.Tensor:
