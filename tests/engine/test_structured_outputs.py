@@ -118,3 +118,18 @@ def _parses(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def test_an_aborted_request_leaves_no_grammar_or_logprob_state(llm: LLM) -> None:
+    engine = llm.engine
+    params = SamplingParams(
+        max_tokens=20,
+        structured_outputs=StructuredOutputs(json=json.dumps(SCHEMA)),
+        prompt_logprobs=2,
+    )
+    req = engine.add_request(llm.tokenizer.encode("abc"), params)
+    engine.check_integrity()
+    engine.step()
+    engine.abort(req.request_id)
+    engine.check_integrity()
+    assert not engine.has_unfinished()

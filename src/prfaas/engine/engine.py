@@ -287,6 +287,7 @@ class Engine:
             raise AssertionError(f"engine tracks {sorted(self._live)}, scheduler {sorted(held)}")
         if not set(self._layer_sinks) <= held:
             raise AssertionError(f"layer sinks of ended requests: {sorted(self._layer_sinks)}")
+        self._sampling.check_integrity(held)
 
     # ---- internals -------------------------------------------------------------------------
 

@@ -68,6 +68,9 @@ class PromptLogprobs:
             entries = prompt_token_logprobs(compute_logits, rows, targets, num_top)
             self._entries[chunk.request_id][chunk.start + 1 : stop + 1] = entries
 
+    def request_ids(self) -> set[str]:
+        return set(self._requests)
+
     def take_with_first_token(self, req: Request) -> Entries | None:
         """The entries, once: when ``req`` has just got its first output token."""
         return self.take(req.request_id) if len(req.output_token_ids) == 1 else None

@@ -51,6 +51,12 @@ class SamplingState:
             grammar.accept(req.output_token_ids[-1])
         return self._prompt_logprobs.take_with_first_token(req)
 
+    def check_integrity(self, live: set[str]) -> None:
+        """Nothing kept for a request that has ended."""
+        kept = set(self._grammars) | self._prompt_logprobs.request_ids()
+        if not kept <= live:
+            raise AssertionError(f"sampling state of ended requests: {sorted(kept - live)}")
+
     def drop(self, request_id: str) -> None:
         self._grammars.pop(request_id, None)
         self._prompt_logprobs.drop(request_id)
