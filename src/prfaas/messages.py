@@ -55,6 +55,21 @@ class SamplingSpec(Message):
     )
     stop_token_ids: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, max_length=64)
     ignore_eos: bool = False
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(1.0, gt=0.0, le=2.0)
+    min_tokens: int = Field(0, ge=0, le=1 << 20)
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
+    # token id -> bias; ids are checked against the vocabulary by the engine.
+    logit_bias: dict[
+        Annotated[int, Field(ge=0, lt=1 << 24)], Annotated[float, Field(ge=-100.0, le=100.0)]
+    ] = Field(default_factory=dict, max_length=300)
+    logprobs: int | None = Field(None, ge=0, le=20)
+    prompt_logprobs: int | None = Field(None, ge=0, le=20)
+    include_stop_str_in_output: bool = False
+    # Structured outputs: a JSON schema as JSON text, or any JSON object (at most one).
+    json_schema: str | None = Field(None, max_length=65536)
+    json_object: bool = False
 
 
 class WorkerInfo(Message):
