@@ -7,7 +7,8 @@ generated deploy.yaml and driven by `prfaas bench serve`'s client with the same 
   prfaas       remote prefill on the device + PD-P and PD-D on CPU, t from the start-up profile
   homogeneous  PD-P x2 and PD-D on CPU, every prefill local
   naive        remote prefill on the device + PD-D x2 on CPU, every prefill remote
-Each CPU instance gets ``max(1, (cores - 1) // 3)`` torch threads (``num_threads`` in the
+Each CPU instance gets ``max(1, (cores - 1) // 3)`` torch threads (cores: this process's
+affinity) (``num_threads`` in the
 deploy.yaml; one core is left to the gateway and the client), the device instance 2; threads
 are counted, not bound to cores. The report gives, per deployment, completed req/s and req/s
 within the SLO, TTFT, the t in force, KV egress over the link, and beside the live
@@ -20,6 +21,7 @@ PrfaaS/homogeneous ratio the planner's ratio on the profiles the PrfaaS gateway 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -62,11 +64,13 @@ PRESETS = {
 }
 
 
-def workload(num_prompts: int, median: int, sigma: float, max_len: int, output_len: int, seed: int):
+def workload(
+    num_prompts: int, median: int, sigma: float, max_len: int, output_len: int, seed: int
+) -> list[BenchRequest]:
     """Prompt lengths (words = tokens with the random checkpoint's tokenizer) log-normal around
     ``median``, clipped to [16, max_len]; words drawn at random, so no prefix is shared."""
     rng = random.Random(seed)
-    out = []
+    out: list[BenchRequest] = []
     for _ in range(num_prompts):
         n = min(max_len, max(16, round(rng.lognormvariate(math.log(median), sigma))))
         words = " ".join(rng.choice(VOCAB_WORDS) for _ in range(n))
@@ -74,7 +78,7 @@ def workload(num_prompts: int, median: int, sigma: float, max_len: int, output_l
     return out
 
 
-def deploy_yaml(kind: str, a: argparse.Namespace, port: int, threads: int) -> dict[str, Any]:
+def deploy_yaml(kind: str, a: argparse.Namespace, port: int, *, threads: int) -> dict[str, Any]:
     def inst(name: str, role: str, remote: bool = False) -> dict[str, Any]:
         n = 2 if remote and a.remote_device != "cpu" else threads
         return {"name": name, "role": role, "num_threads": n}
@@ -152,13 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     size = LLAMA_SIZES[a.model_size]
     write_random_llama(a.checkpoint, size, VOCAB_WORDS, seed=a.seed)
     requests = workload(a.num_prompts, a.median_len, a.sigma, a.max_len, a.output_len, a.seed)
-    threads = max(1, ((os.cpu_count() or 1) - 1) // 3)
+    cores = len(os.sched_getaffinity(0))  # the cores this process may use, not the host's
+    threads = max(1, (cores - 1) // 3)
     log_dir = a.log_dir or Path(tempfile.mkdtemp(prefix="prfaas-hetero-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     runs: dict[str, DeploymentRun] = {}
     for kind in a.deployments.split(","):
-        cfg = lambda port, k=kind: deploy_yaml(k, a, port, threads)  # noqa: E731
-        runs[kind] = run_deployment(kind, cfg, requests, a, log_dir)
+        make_config = functools.partial(deploy_yaml, kind, a, threads=threads)
+        runs[kind] = run_deployment(kind, make_config, requests, a, log_dir)
         r = runs[kind]
         print(
             f"[{time.monotonic() - started:.0f}s] {kind}: started in {r.start_s:.1f}s, served in "
@@ -171,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             "model": f"random Llama {a.model_size}, {size.num_params():,} parameters",
             "remote_device": a.remote_device,
             "dtype": a.dtype,
-            "cpu_cores": os.cpu_count(),
+            "cpu_cores": cores,
             "threads_per_cpu_instance": threads,
             "num_prompts": a.num_prompts,
             "prompt_len": f"log-normal median {a.median_len} sigma {a.sigma}, [16, {a.max_len}]",

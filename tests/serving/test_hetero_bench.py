@@ -15,7 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from benchmarks.hetero import PRESETS, workload
+import yaml
+from benchmarks.hetero import PRESETS, deploy_yaml, parse_args, workload
+
+from prfaas.gateway.deploy_config import load_deploy_config
 
 ROOT = Path(__file__).resolve().parents[2]
 NUM_PROMPTS = 4
@@ -69,3 +72,19 @@ def test_tiny_hetero_bench_serves_every_request_in_each_deployment(tmp_path: Pat
     for key in ("prfaas_rps", "homogeneous_rps", "naive_rps", "ratio_prfaas_homogeneous"):
         assert planner[key] > 0, key
     assert planner["inputs"]["mean_prompt_tokens"] == pytest.approx(sum(lengths) / NUM_PROMPTS)
+
+
+@pytest.mark.parametrize("kind", ["prfaas", "homogeneous", "naive"])
+def test_the_gpu_deployments_are_valid_deploy_yamls(tmp_path: Path, kind: str) -> None:
+    """What the GPU run would serve (no GPU needed to check the files): the remote instance on
+    cuda, everything else on CPU, one explicit dtype, three instances."""
+    a = parse_args(["--remote-device", "cuda", "--checkpoint", str(tmp_path / "m")])
+    path = tmp_path / "deploy.yaml"
+    path.write_text(yaml.safe_dump(deploy_yaml(kind, a, 8123, threads=5)))
+    cfg = load_deploy_config(path)
+    placed = {(i.name, c.device_of(i), c.dtype_of(i)) for c in cfg.clusters for i in c.instances}
+    assert len(placed) == 3
+    assert {d for n, d, _ in placed if n.startswith("prfaas")} <= {"cuda"}
+    assert {d for n, d, _ in placed if not n.startswith("prfaas")} == {"cpu"}
+    assert {t for *_, t in placed} == {"float32"}
+    assert cfg.policy.name == kind and a.model_size == "1b" and a.max_model_len == 4096
