@@ -56,11 +56,15 @@ class Preset:
     link_gbps: float
     slo_ttft_s: float
     slo_tpot_ms: float
+    # Every instance's KV pool: a decode instance reserves blocks for each request routed to
+    # it, and one whose pool is full prefills the prompt itself, unseen by the fallback count.
+    kv_cache_gb: float
 
 
 PRESETS = {
-    "tiny": Preset("tiny", 24, 120, 1.0, 1500, 8, 0.1, 5.0, 500.0),
-    "1b": Preset("1b", 32, 512, 0.8, 3000, 32, 10.0, 10.0, 300.0),
+    "tiny": Preset("tiny", 24, 120, 1.0, 1500, 8, 0.1, 5.0, 500.0, 1.0),
+    # 8 GiB: ~131k tokens of float32 KV at 64 KiB per token, all 32 prompts at once with room.
+    "1b": Preset("1b", 32, 512, 0.8, 3000, 32, 10.0, 10.0, 300.0, 8.0),
 }
 
 
@@ -81,7 +85,7 @@ def workload(
 def deploy_yaml(kind: str, a: argparse.Namespace, port: int, *, threads: int) -> dict[str, Any]:
     def inst(name: str, role: str, remote: bool = False) -> dict[str, Any]:
         n = 2 if remote and a.remote_device != "cpu" else threads
-        return {"name": name, "role": role, "num_threads": n}
+        return {"name": name, "role": role, "num_threads": n, "kv_cache_gb": a.kv_cache_gb}
 
     pd = {"name": "local", "kind": "pd", "device": "cpu", "dtype": a.dtype}
     remote = {"name": "remote", "kind": "prfaas", "device": a.remote_device, "dtype": a.dtype}
@@ -106,7 +110,9 @@ def deploy_yaml(kind: str, a: argparse.Namespace, port: int, *, threads: int) ->
         # Instance counts stay as deployed: no PD role conversions during the run.
         "policy": {"name": kind, "control": {"role_changes": False, "output_tokens": a.output_len}},
         "overload": {"max_inflight_per_decode": 256, "max_queued": 1024, "queue_ttl_s": 600},
-        "kv_deadline_s": 120.0,
+        # The decode side awaits KV from dispatch on: a prompt queued behind others at a CPU
+        # PD-P must not run out of time and be recomputed (a fallback, counted in the report).
+        "kv_deadline_s": 600.0,
     }
 
 
@@ -126,6 +132,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--request-rate", type=float, default=math.inf, help="default: all at once")
     p.add_argument("--slo-ttft-s", type=float, default=None)
     p.add_argument("--slo-tpot-ms", type=float, default=None)
+    p.add_argument("--kv-cache-gb", type=float, default=None, help="every instance's KV pool")
     p.add_argument("--deployments", default=",".join(DEPLOYMENTS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="also write the report here")
@@ -178,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             "dtype": a.dtype,
             "cpu_cores": cores,
             "threads_per_cpu_instance": threads,
+            "kv_cache_gb_per_instance": a.kv_cache_gb,
             "num_prompts": a.num_prompts,
             "prompt_len": f"log-normal median {a.median_len} sigma {a.sigma}, [16, {a.max_len}]",
             "mean_prompt_len": sum(r.prompt_len for r in requests) / len(requests),

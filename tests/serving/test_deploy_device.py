@@ -55,6 +55,7 @@ def test_a_device_per_cluster_and_instance(tmp_path: Path) -> None:
         (lambda d: d["clusters"][0]["instances"][0].update(device="cuda:x"), "cuda:x"),
         (lambda d: d["clusters"][1].update(dtype="int8"), "dtype"),
         (lambda d: d["clusters"][0]["instances"][0].update(num_threads=0), "num_threads"),
+        (lambda d: d["clusters"][0]["instances"][1].update(kv_cache_gb=-1), "kv_cache_gb"),
         # auto is float32 on a CPU and bfloat16 on a GPU: KV would be refused between them
         (lambda d: d["clusters"][1].update(device="cuda"), "same explicit dtype"),
         (
@@ -70,13 +71,14 @@ def test_bad_devices_name_the_problem(tmp_path: Path, change: object, message: s
 
 def test_the_worker_command_line_carries_them() -> None:
     spawn = WorkerSpawn("w", "c", "prefill", 1, 2, ("http://g",), None, None, {})
-    assert "--device" not in spawn.argv() and "--num-threads" not in spawn.argv()
+    assert not {"--device", "--dtype", "--num-threads", "--kv-cache-gb"} & set(spawn.argv())
     args = WorkerSpawn(
-        "w", "c", "prefill", 1, 2, ("http://g",), None, None, {}, None, "cuda:1", "float16", 4
+        "w", "c", "prefill", 1, 2, ("http://g",), None, None, {}, None, "cuda:1", "float16", 4, 2.5
     ).argv()
     assert args[args.index("--device") + 1] == "cuda:1"
     assert args[args.index("--dtype") + 1] == "float16"
     assert args[args.index("--num-threads") + 1] == "4"
+    assert args[args.index("--kv-cache-gb") + 1] == "2.5"
 
 
 def test_a_bad_worker_device_is_a_clear_error() -> None:

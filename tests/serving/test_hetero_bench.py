@@ -87,4 +87,5 @@ def test_the_gpu_deployments_are_valid_deploy_yamls(tmp_path: Path, kind: str) -
     assert {d for n, d, _ in placed if n.startswith("prfaas")} <= {"cuda"}
     assert {d for n, d, _ in placed if not n.startswith("prfaas")} == {"cpu"}
     assert {t for *_, t in placed} == {"float32"}
+    assert {i.kv_cache_gb for c in cfg.clusters for i in c.instances} == {8.0}
     assert cfg.policy.name == kind and a.model_size == "1b" and a.max_model_len == 4096

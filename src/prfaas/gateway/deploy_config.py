@@ -43,6 +43,7 @@ class InstanceSpec(_Strict):
     device: str | None = None  # None: the cluster's
     dtype: Dtype | None = None  # None: the cluster's
     num_threads: int | None = Field(None, ge=1, le=1024)  # torch CPU threads; None: torch's
+    kv_cache_gb: float | None = Field(None, gt=0, le=4096)  # KV pool (GiB); None: the worker's
 
     _device = field_validator("device")(_check_device)
 

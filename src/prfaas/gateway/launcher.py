@@ -35,6 +35,7 @@ class WorkerSpawn:
     device: str = "auto"
     dtype: str = "auto"
     num_threads: int | None = None
+    kv_cache_gb: float | None = None
     host: str = "127.0.0.1"
     exit_with_launcher: bool = True  # False: outlive it (several gateways: the others serve)
 
@@ -71,6 +72,8 @@ class WorkerSpawn:
             args += ["--dtype", self.dtype]
         if self.num_threads is not None:
             args += ["--num-threads", str(self.num_threads)]
+        if self.kv_cache_gb is not None:
+            args += ["--kv-cache-gb", str(self.kv_cache_gb)]
         for link, rate in self.link_rates.items():
             args += ["--link-rate", f"{link}={rate}"]
         return args

@@ -124,6 +124,7 @@ def build_deployment(
                         device=cluster.device_of(inst),
                         dtype=cluster.dtype_of(inst),
                         num_threads=inst.num_threads,
+                        kv_cache_gb=inst.kv_cache_gb,
                         exit_with_launcher=len(gateway_urls) == 1,
                     )
                 )
