@@ -73,7 +73,11 @@ def test_the_worker_command_line_carries_them() -> None:
     spawn = WorkerSpawn("w", "c", "prefill", 1, 2, ("http://g",), None, None, {})
     assert not {"--device", "--dtype", "--num-threads", "--kv-cache-gb"} & set(spawn.argv())
     args = WorkerSpawn(
-        "w", "c", "prefill", 1, 2, ("http://g",), None, None, {}, None, "cuda:1", "float16", 4, 2.5
+        *("w", "c", "prefill", 1, 2, ("http://g",), None, None, {}),
+        device="cuda:1",
+        dtype="float16",
+        num_threads=4,
+        kv_cache_gb=2.5,
     ).argv()
     assert args[args.index("--device") + 1] == "cuda:1"
     assert args[args.index("--dtype") + 1] == "float16"
