@@ -46,6 +46,8 @@ def register(commands: Commands) -> None:
     w.add_argument("--link-rate", action="append", default=[], metavar="LINK=GBPS")
     w.add_argument("--max-model-len", type=int, default=None)
     w.add_argument("--num-threads", type=int, default=None)
+    w.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    w.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     w.add_argument("--kv-cache-gb", type=float, default=1.0, help="KV pool memory (GiB)")
     w.add_argument("--parent-pid", type=int, default=None, help="exit when it exits")
     w.set_defaults(handler=_worker)
@@ -74,6 +76,18 @@ def _worker(args: argparse.Namespace) -> int:
     host, port = _split_host_port(args.listen)
     kv_host, kv_port = _split_host_port(args.kv_listen)
     rates = {k: float(v) for k, _, v in (r.partition("=") for r in args.link_rate)}
+    try:
+        engine = EngineConfig(
+            model=args.model,
+            device=args.device,
+            dtype=args.dtype,
+            max_model_len=args.max_model_len,
+            num_threads=args.num_threads,
+            kv_cache_memory_gb=args.kv_cache_gb,
+        )
+    except ValueError as e:
+        print(f"prfaas worker: {e}", file=sys.stderr)
+        return 2
     config = WorkerConfig(
         name=args.name,
         cluster=args.cluster,
@@ -86,12 +100,7 @@ def _worker(args: argparse.Namespace) -> int:
         kv_port=kv_port,
         certs_dir=args.certs,
         link_rate_gbps=rates,
-        engine=EngineConfig(
-            model=args.model,
-            max_model_len=args.max_model_len,
-            num_threads=args.num_threads,
-            kv_cache_memory_gb=args.kv_cache_gb,
-        ),
+        engine=engine,
         parent_pid=args.parent_pid,
     )
     worker = Worker(config)

@@ -7,11 +7,19 @@ behind an emulated WAN link.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from prfaas.gateway.config import GatewayConfig
 from prfaas.router.control import ControlConfig
@@ -22,16 +30,42 @@ class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]  # weights and KV (EngineConfig.dtype)
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]{1,3})?")
+
+
+def _check_device(value: str | None) -> str | None:
+    if value is not None and not DEVICE_PATTERN.fullmatch(value):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+    return value
+
+
 class InstanceSpec(_Strict):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     role: Literal["prefill", "decode"]
     spawn: bool = True  # False: already running elsewhere; it registers itself
+    device: str | None = None  # None: the cluster's
+    dtype: Dtype | None = None  # None: the cluster's
+    num_threads: int | None = Field(None, ge=1, le=1024)  # torch CPU threads; None: torch's
+    kv_cache_gb: float | None = Field(None, gt=0, le=4096)  # KV pool (GiB); None: the worker's
+
+    _device = field_validator("device")(_check_device)
 
 
 class ClusterSpec(_Strict):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     kind: Literal["pd", "prfaas"]
     instances: list[InstanceSpec]
+    device: str = "auto"  # auto: cuda where there is one, else cpu
+    dtype: Dtype = "auto"  # auto: float32 on cpu, bfloat16 on cuda
+
+    _device = field_validator("device")(_check_device)
+
+    def device_of(self, inst: InstanceSpec) -> str:
+        return inst.device or self.device
+
+    def dtype_of(self, inst: InstanceSpec) -> str:
+        return inst.dtype or self.dtype
 
 
 class LinkSpec(_Strict):
@@ -147,6 +181,7 @@ class DeployConfig(_Strict):
             for end in (link.src, link.dst):
                 if end not in names:
                     raise ValueError(f"link {link.src}->{link.dst}: unknown cluster {end!r}")
+        _check_dtypes_agree(self.clusters)
         for url in self.gateways:
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"gateways: {url!r} is not an http(s):// URL")
@@ -155,6 +190,20 @@ class DeployConfig(_Strict):
                 if allowed not in names:
                     raise ValueError(f"tenant {t.name!r}: unknown cluster {allowed!r}")
         return self
+
+
+def _check_dtypes_agree(clusters: list[ClusterSpec]) -> None:
+    """KV crosses between instances only in one dtype (it is in the model fingerprint), and
+    ``auto`` means float32 on a CPU but bfloat16 on a GPU: instances on different devices
+    must name one dtype explicitly."""
+    pairs = {(c.device_of(i), c.dtype_of(i)) for c in clusters for i in c.instances}
+    devices, dtypes = {d for d, _ in pairs}, {t for _, t in pairs}
+    if len(dtypes) > 1 or (len(devices) > 1 and dtypes == {"auto"}):
+        shown = ", ".join(f"{d}/{t}" for d, t in sorted(pairs))
+        raise ValueError(
+            f"instances run on {shown}: KV moves between instances only in one dtype; set the "
+            "same explicit dtype (e.g. dtype: float32) on every cluster"
+        )
 
 
 def default_config() -> DeployConfig:

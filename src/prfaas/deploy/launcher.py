@@ -32,6 +32,10 @@ class WorkerSpawn:
     certs_dir: Path | None
     link_rates: dict[str, float]
     max_model_len: int | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    num_threads: int | None = None
+    kv_cache_gb: float | None = None
     host: str = "127.0.0.1"
     exit_with_launcher: bool = True  # False: outlive it (several gateways: the others serve)
 
@@ -62,6 +66,14 @@ class WorkerSpawn:
             args += ["--certs", str(self.certs_dir)]
         if self.max_model_len is not None:
             args += ["--max-model-len", str(self.max_model_len)]
+        if self.device != "auto":
+            args += ["--device", self.device]
+        if self.dtype != "auto":
+            args += ["--dtype", self.dtype]
+        if self.num_threads is not None:
+            args += ["--num-threads", str(self.num_threads)]
+        if self.kv_cache_gb is not None:
+            args += ["--kv-cache-gb", str(self.kv_cache_gb)]
         for link, rate in self.link_rates.items():
             args += ["--link-rate", f"{link}={rate}"]
         return args

@@ -123,6 +123,7 @@ class ThresholdChoice:
                     "instance": m.instance,
                     "num_tokens": list(m.num_tokens),
                     "seconds": list(m.prefill_s),
+                    "kv_bytes": list(m.kv_bytes),
                 }
                 for m in self.measured
             },

@@ -117,6 +117,10 @@ def build_deployment(
                         certs_dir=certs_dir,
                         link_rates=rates,
                         max_model_len=cfg.max_model_len,
+                        device=cluster.device_of(inst),
+                        dtype=cluster.dtype_of(inst),
+                        num_threads=inst.num_threads,
+                        kv_cache_gb=inst.kv_cache_gb,
                         exit_with_launcher=len(gateway_urls) == 1,
                     )
                 )
