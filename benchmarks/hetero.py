@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks.` as
 from benchmarks.hetero_report import format_report, planner_prediction
 from benchmarks.hetero_run import DeploymentRun, run_deployment
 
-from prfaas.gateway.bench_data import BenchRequest
+from prfaas.bench.data import BenchRequest
 from prfaas.model.random_checkpoint import LLAMA_SIZES, write_random_llama
 
 DEPLOYMENTS = ("prfaas", "homogeneous", "naive")

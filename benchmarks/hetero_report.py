@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from prfaas.gateway.profiling import MeasuredPrefill
+from prfaas.deploy.profiling import MeasuredPrefill
 from prfaas.planner.deployments import HomogeneousPd, NaiveHeterogeneous, PrfaasPd
 from prfaas.planner.search import plan
 from prfaas.planner.throughput import DecodeSpec

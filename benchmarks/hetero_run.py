@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 import yaml
 
-from prfaas.gateway.bench import BenchReport, RequestResult, send_one, summarize
-from prfaas.gateway.bench_data import BenchRequest
-from prfaas.gateway.launcher import free_port
+from prfaas.bench.data import BenchRequest
+from prfaas.bench.load import BenchReport, RequestResult, send_one, summarize
+from prfaas.deploy.launcher import free_port
 
 START_TIMEOUT_S = 600.0
 REMOTE_CLUSTER = "remote"

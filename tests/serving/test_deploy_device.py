@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prfaas.gateway.deploy_config import DeployConfigError, default_config, load_deploy_config
-from prfaas.gateway.launcher import WorkerSpawn
+from prfaas.deploy.config import DeployConfigError, default_config, load_deploy_config
+from prfaas.deploy.launcher import WorkerSpawn
 
 
 def load(tmp_path: Path, change: object) -> object:

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from benchmarks.hetero import PRESETS, deploy_yaml, parse_args, workload
 
-from prfaas.gateway.deploy_config import load_deploy_config
+from prfaas.deploy.config import load_deploy_config
 
 ROOT = Path(__file__).resolve().parents[2]
 NUM_PROMPTS = 4
