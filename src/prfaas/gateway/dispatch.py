@@ -200,15 +200,9 @@ class ClusterBackend:
         decode_name: str,
         engine_hit: Callable[[int], None],
     ) -> AsyncIterator[TokenEvent]:
-        finished = False
-
         async def finish() -> None:
-            """Once, however the stream ends (even never started): close the decode stream
-            (the gateway's admission gives back the request's slot)."""
-            nonlocal finished
-            if finished:
-                return
-            finished = True
+            """However the stream ends (even never started): close the decode stream (the
+            gateway's admission gives back the request's slot). ``release`` is idempotent."""
             response.release()  # back to the pool if read to its end, else closed
 
         return ClosingEvents(self._deltas(response, decode_name, finish, engine_hit), finish)
@@ -267,12 +261,7 @@ class ClusterBackend:
             await self.cache_pull.run(cmd, decision, tenant)
         started_s = time.monotonic()
         try:
-            status, body = await self.workers.post(url + "/prefill", cmd.encode(), cmd.deadline_s)
-            result = (
-                PrefillResult.decode(body)
-                if status == 200
-                else PrefillResult(request_id=cmd.request_id, ok=False, error=f"HTTP {status}")
-            )
+            result = await self.workers.prefill(url, cmd, cmd.deadline_s)
         except WorkerCallError as e:
             result = PrefillResult(request_id=cmd.request_id, ok=False, error=str(e))
         if result.ok:
