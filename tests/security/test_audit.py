@@ -11,12 +11,12 @@ from pathlib import Path
 import openai
 
 from prfaas.deploy.launcher import free_port
-from prfaas.gateway.audit import AuditLog, AuditRecord
 from prfaas.gateway.dispatch import BackendSettings, ClusterBackend
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.messages import KvTarget, PrefillCommand, SamplingSpec, WorkerInfo
 from prfaas.router.kv_index import KvIndex
 from prfaas.router.types import RouteDecision
+from prfaas.transfer.audit import AuditLog, AuditRecord
 from tests.security.conftest import Secured
 
 LONG = " ".join(f"w{(11 * i) % 190 + 7}" for i in range(80))  # above t: prefilled remotely

@@ -1,88 +1,10 @@
-"""The audit log: one JSON line per cross-cluster KV transfer, written by the gateway.
-
-Each line says who moved how much KV where, and how it ended::
-
-    {"event": "kv_transfer", "ts": "2026-01-01T12:00:00.123Z", "request_id": "cmpl-…",
-     "tenant": "alice", "kv_bytes": 65536, "wire_bytes": 66100, "link": "remote->local",
-     "source_cluster": "remote", "source_instance": "prfaas-0",
-     "destination_cluster": "local", "destination_instance": "pd-d-0",
-     "outcome": "ok", "reason": null, "seconds": 0.012}
-
-Invariant: a line never carries prompt text, token ids or sampled text; only identifiers,
-sizes and timings (``AuditRecord`` has no field that could hold them, and ``reason`` is a
-transport error cut to ``MAX_REASON_CHARS``). Lines go to the ``prfaas.audit`` logger and,
-when a path is configured, are appended to that file (one ``write`` per line).
-"""
+"""One audit line (``transfer/audit.py``) per cross-cluster KV transfer the gateway dispatched."""
 
 from __future__ import annotations
 
-import datetime
-import json
-import logging
-import os
-import threading
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal
-
-if TYPE_CHECKING:
-    from prfaas.gateway.fleet import WorkerFleet
-    from prfaas.messages import PrefillCommand, PrefillResult
-
-logger = logging.getLogger("prfaas.audit")
-MAX_REASON_CHARS = 200
-
-
-@dataclass(frozen=True)
-class AuditRecord:
-    request_id: str
-    tenant: str
-    kv_bytes: int  # KV delivered, as stored (before the codec)
-    wire_bytes: int  # bytes on the link, after the codec
-    link: str
-    source_cluster: str
-    source_instance: str
-    destination_cluster: str
-    destination_instance: str
-    outcome: Literal["ok", "failed"]
-    reason: str | None  # why it failed; None when ok
-    seconds: float  # transfer opened to acknowledged (ok), or command sent to failure
-
-
-class AuditLog:
-    """Writes ``AuditRecord`` lines to the ``prfaas.audit`` logger and an optional file."""
-
-    def __init__(self, path: Path | None = None) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._fd: int | None = None
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # O_APPEND: each line lands whole at the end, even with another writer.
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-
-    def transfer(self, record: AuditRecord) -> str:
-        """Record one transfer; returns the JSON line (without the newline)."""
-        fields = asdict(record)
-        if record.reason is not None:
-            fields["reason"] = record.reason[:MAX_REASON_CHARS]
-        fields["seconds"] = round(record.seconds, 6)
-        now = datetime.datetime.now(datetime.UTC)
-        line = json.dumps(
-            {"event": "kv_transfer", "ts": now.isoformat(timespec="milliseconds"), **fields},
-            ensure_ascii=True,
-        )
-        logger.info("%s", line)
-        if self._fd is not None:
-            with self._lock:
-                os.write(self._fd, line.encode() + b"\n")
-        return line
-
-    def close(self) -> None:
-        with self._lock:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+from prfaas.gateway.fleet import WorkerFleet
+from prfaas.messages import PrefillCommand, PrefillResult
+from prfaas.transfer.audit import AuditLog, AuditRecord
 
 
 def audit_transfer(

@@ -15,12 +15,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from prfaas.gateway.audit import AuditLog, audit_transfer
+from prfaas.gateway.audit import audit_transfer
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.gateway.links import LinkRoute, kv_target
 from prfaas.gateway.worker_client import WorkerCallError, WorkerClient
 from prfaas.messages import PrefillCommand, PullCommand, PullResult, SamplingSpec
 from prfaas.router.types import RouteDecision
+from prfaas.transfer.audit import AuditLog
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from prfaas.gateway.admission import ClosingEvents
-from prfaas.gateway.audit import AuditLog, audit_transfer
+from prfaas.gateway.audit import audit_transfer
 from prfaas.gateway.backend import GenerationHandle, GenerationRequest, NoWorker
 from prfaas.gateway.cache_pull import CachePull
 from prfaas.gateway.fleet import WorkerFleet
@@ -39,6 +39,7 @@ from prfaas.messages import (
 )
 from prfaas.router.router import Router
 from prfaas.router.types import NoRouteError, RouteDecision, RouteRequest
+from prfaas.transfer.audit import AuditLog
 
 logger = logging.getLogger(__name__)
 MAX_ROUTE_ATTEMPTS = 3
