@@ -30,12 +30,10 @@ from prfaas.kvcache.hashing import block_hashes, root_hash
 from prfaas.messages import (
     DecodeCommand,
     KvFailed,
-    KvTarget,
     PrefillCommand,
     PrefillResult,
     PullResult,
     TokenEvent,
-    WorkerInfo,
 )
 from prfaas.router.router import Router
 from prfaas.router.types import NoRouteError, RouteDecision, RouteRequest
@@ -74,7 +72,6 @@ class ClusterBackend:
         self.model_name = settings.model_name
         self.max_model_len = max_model_len
         self.on_prefill = on_prefill
-        self.on_pull = on_pull
         self.audit = audit
         self.workers = WorkerClient(settings.cluster_token)
         self.cache_pull = CachePull(
@@ -140,7 +137,7 @@ class ClusterBackend:
             params=req.params,
             tenant_salt_hex=req.tenant_salt.hex(),
             deadline_s=self.settings.kv_deadline_s,
-            target=self.kv_target(prefill.info.cluster, decode.info),
+            target=kv_target(self.settings.links, prefill.info.cluster, decode.info),
         )
         route = (
             f"{decision.path} prefill={decision.prefill_instance} decode={decision.decode_instance}"
@@ -166,9 +163,6 @@ class ClusterBackend:
             )
         )
         return handle
-
-    def kv_target(self, source_cluster: str, receiver: WorkerInfo) -> KvTarget:
-        return kv_target(self.settings.links, source_cluster, receiver)
 
     async def _open_decode(
         self, req: GenerationRequest, name: str, url: str
