@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from prfaas.gateway.audit import audit_transfer
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.gateway.links import LinkRoute, kv_target
 from prfaas.gateway.worker_client import WorkerCallError, WorkerClient
@@ -70,9 +69,9 @@ class CachePull:
         started_s = time.monotonic()
         try:
             shipped = await self.workers.prefill(holder.info.http_url, send, deadline + 5)
-            elapsed_s = time.monotonic() - started_s
-            route = (holder.info.name, puller.info.name)
-            audit_transfer(self.audit, self.fleet, send, route, shipped, tenant, elapsed_s)
+            if self.audit is not None:
+                elapsed_s = time.monotonic() - started_s
+                self.audit.shipped(send, shipped, holder.info, puller.info, tenant, elapsed_s)
             if not shipped.ok:
                 result = PullResult(request_id=pull_id, ok=False, error="holder did not send")
             else:

@@ -20,7 +20,6 @@ from typing import Any
 import aiohttp
 
 from prfaas.gateway.admission import ClosingEvents
-from prfaas.gateway.audit import audit_transfer
 from prfaas.gateway.backend import GenerationHandle, GenerationRequest, NoWorker
 from prfaas.gateway.cache_pull import CachePull
 from prfaas.gateway.fleet import WorkerFleet
@@ -34,6 +33,7 @@ from prfaas.messages import (
     PrefillResult,
     PullResult,
     TokenEvent,
+    WorkerInfo,
 )
 from prfaas.router.router import Router
 from prfaas.router.types import NoRouteError, RouteDecision, RouteRequest
@@ -153,14 +153,7 @@ class ClusterBackend:
         events = self._events(response, decode.info.name, engine_hit)
         handle = GenerationHandle(route, 0, events, decode.info.name)
         self._spawn(
-            self._prefill(
-                prefill.info.http_url,
-                decode.info.http_url,
-                prefill_cmd,
-                decision,
-                req.tenant,
-                engine_hit,
-            )
+            self._prefill(prefill.info, decode.info, prefill_cmd, decision, req.tenant, engine_hit)
         )
         return handle
 
@@ -245,8 +238,8 @@ class ClusterBackend:
 
     async def _prefill(
         self,
-        url: str,
-        decode_url: str,
+        prefill: WorkerInfo,
+        decode: WorkerInfo,
         cmd: PrefillCommand,
         decision: RouteDecision,
         tenant: str,
@@ -256,7 +249,7 @@ class ClusterBackend:
             await self.cache_pull.run(cmd, decision, tenant)
         started_s = time.monotonic()
         try:
-            result = await self.workers.prefill(url, cmd, cmd.deadline_s)
+            result = await self.workers.prefill(prefill.http_url, cmd, cmd.deadline_s)
         except WorkerCallError as e:
             result = PrefillResult(request_id=cmd.request_id, ok=False, error=str(e))
         if result.ok:
@@ -270,12 +263,12 @@ class ClusterBackend:
             # Tell the decode worker now rather than letting it wait out the KV deadline.
             failed = KvFailed(request_id=cmd.request_id, reason=(result.error or "")[:1024])
             with contextlib.suppress(WorkerCallError):
-                await self.workers.post(decode_url + "/kv_failed", failed.encode(), 10.0)
+                await self.workers.post(decode.http_url + "/kv_failed", failed.encode(), 10.0)
         if self.on_prefill is not None:
             self.on_prefill(decision, result)
-        route = (decision.prefill_instance, decision.decode_instance)
-        elapsed_s = time.monotonic() - started_s
-        audit_transfer(self.audit, self.fleet, cmd, route, result, tenant, elapsed_s)
+        if self.audit is not None:
+            elapsed_s = time.monotonic() - started_s
+            self.audit.shipped(cmd, result, prefill, decode, tenant, elapsed_s)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

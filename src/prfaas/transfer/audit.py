@@ -1,5 +1,5 @@
-"""The audit log: one JSON line per cross-cluster KV transfer (the gateway writes it,
-``gateway/audit.py``, as each transfer it dispatched ends).
+"""The audit log: one JSON line per cross-cluster KV transfer, written by the gateway as each
+transfer it dispatched ends (``AuditLog.shipped``).
 
 Each line says who moved how much KV where, and how it ended::
 
@@ -24,7 +24,10 @@ import os
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from prfaas.messages import PrefillCommand, PrefillResult, WorkerInfo
 
 logger = logging.getLogger("prfaas.audit")
 MAX_REASON_CHARS = 200
@@ -74,6 +77,37 @@ class AuditLog:
             with self._lock:
                 os.write(self._fd, line.encode() + b"\n")
         return line
+
+    def shipped(
+        self,
+        cmd: PrefillCommand,
+        result: PrefillResult,
+        source: WorkerInfo,
+        destination: WorkerInfo,
+        tenant: str,
+        elapsed_s: float,
+    ) -> None:
+        """Record ``cmd``'s KV shipped from ``source`` to ``destination`` (a prefill's KV to
+        its decode instance, or a cache pull between prefill instances), if it crossed
+        clusters; ``elapsed_s`` since the command was sent."""
+        if source.cluster == destination.cluster:
+            return
+        self.transfer(
+            AuditRecord(
+                request_id=cmd.request_id,
+                tenant=tenant,
+                kv_bytes=result.kv_bytes,
+                wire_bytes=result.wire_bytes,
+                link=cmd.target.link,
+                source_cluster=source.cluster,
+                source_instance=source.name,
+                destination_cluster=destination.cluster,
+                destination_instance=destination.name,
+                outcome="ok" if result.ok else "failed",
+                reason=result.error,
+                seconds=result.transfer_s if result.ok else elapsed_s,
+            )
+        )
 
     def close(self) -> None:
         with self._lock:
