@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,18 +188,18 @@ class ClusterBackend:
         decode_name: str,
         engine_hit: Callable[[int], None],
     ) -> AsyncIterator[TokenEvent]:
-        async def finish() -> None:
-            """However the stream ends (even never started): close the decode stream (the
-            gateway's admission gives back the request's slot). ``release`` is idempotent."""
-            response.release()  # back to the pool if read to its end, else closed
+        """The decode stream's events. However it ends, even never started, the response is
+        released (idempotent: back to the pool if read to its end, else closed)."""
 
-        return ClosingEvents(self._deltas(response, decode_name, finish, engine_hit), finish)
+        async def release() -> None:
+            response.release()
+
+        return ClosingEvents(self._deltas(response, decode_name, engine_hit), release)
 
     async def _deltas(
         self,
         response: aiohttp.ClientResponse,
         decode_name: str,
-        finish: Callable[[], Awaitable[None]],
         engine_hit: Callable[[int], None],
     ) -> AsyncGenerator[TokenEvent, None]:
         try:
@@ -234,7 +234,7 @@ class ClusterBackend:
             if not finished:
                 raise ConnectionError(f"decode worker {decode_name} closed the stream early")
         finally:
-            await finish()
+            response.release()
 
     async def _prefill(
         self,
