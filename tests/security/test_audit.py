@@ -11,12 +11,12 @@ from pathlib import Path
 import openai
 
 from prfaas.deploy.launcher import free_port
-from prfaas.gateway.audit import AuditLog, AuditRecord
 from prfaas.gateway.dispatch import BackendSettings, ClusterBackend
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.messages import KvTarget, PrefillCommand, SamplingSpec, WorkerInfo
 from prfaas.router.kv_index import KvIndex
 from prfaas.router.types import RouteDecision
+from prfaas.transfer.audit import AuditLog, AuditRecord
 from tests.security.conftest import Secured
 
 LONG = " ".join(f"w{(11 * i) % 190 + 7}" for i in range(80))  # above t: prefilled remotely
@@ -143,10 +143,16 @@ def test_a_failed_cross_cluster_transfer_is_audited_as_failed(tmp_path: Path) ->
         incremental_tokens=len(prompt),
     )
     dead = f"http://127.0.0.1:{free_port()}"
+    decode = fleet.workers["pd-d-0"].info.model_copy(update={"http_url": dead})
+    prefill_info = decode.model_copy(
+        update={"name": "prfaas-0", "cluster": "remote", "role": "prefill"}
+    )
 
     async def prefill() -> None:
         hits: list[int] = []
-        await backend._prefill(dead, dead, cmd, decision, "alice", hits.append)
+        await backend._prefill(
+            prefill_info, decode, cmd, decision, "alice", hits.append, asyncio.Event()
+        )
         assert hits == []  # a failed prefill reports no prefix hit
         await backend.aclose()
 
@@ -154,4 +160,5 @@ def test_a_failed_cross_cluster_transfer_is_audited_as_failed(tmp_path: Path) ->
     [line] = audit_lines(tmp_path / "audit.jsonl", "cmpl-failed", timeout_s=0)
     assert line["outcome"] == "failed" and line["reason"]
     assert (line["tenant"], line["kv_bytes"], line["link"]) == ("alice", 0, "remote->local")
+    assert (line["source_instance"], line["source_cluster"]) == ("prfaas-0", "remote")
     assert str(prompt[:3])[1:-1] not in (tmp_path / "audit.jsonl").read_text()

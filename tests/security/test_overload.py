@@ -216,9 +216,11 @@ def test_a_stream_closed_before_its_first_event_gives_its_slot_back() -> None:
         left_early = await backend.workers.open_stream(url, b"")
         read_through = await backend.workers.open_stream(url, b"")
         hits: list[int] = []
-        await aclose(backend._events(left_early, "d0", hits.append))  # never iterated
+        await aclose(backend._events(left_early, "d0", hits.append, asyncio.Event()))  # unread
         assert left_early.closed
-        events = backend._events(read_through, "d0", hits.append)
+        done = asyncio.Event()  # the prefill call has ended: the last event need not wait
+        done.set()
+        events = backend._events(read_through, "d0", hits.append, done)
         assert [d.finished async for d in events] == [True]
         await aclose(events)  # after the generator's own cleanup: closed once, not twice
         assert read_through.closed and hits == []  # the event reported no prefix hit

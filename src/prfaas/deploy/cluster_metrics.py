@@ -10,7 +10,7 @@ from prometheus_client import Counter, Gauge
 
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.gateway.metrics import GatewayMetrics
-from prfaas.messages import PrefillResult, PullResult
+from prfaas.messages import LinkReport, PrefillResult, PullResult
 from prfaas.router.redis_index import RedisKvIndex
 from prfaas.router.types import RouteDecision
 
@@ -83,7 +83,7 @@ class ClusterMetrics:
             self.healthy.labels(name).set(1.0 if self.fleet.healthy(name) else 0.0)
             self.fallbacks.labels(name).set(rec.fallbacks)
         for cluster in self.fleet.clusters():  # labelled by source cluster, as transfers are
-            reports = self.fleet.link_reports(cluster.name)
+            reports = link_reports(self.fleet, cluster.name)
             if reports:
                 self.goodput.labels(cluster.name).set(sum(r.goodput_gbps for r in reports))
                 self.egress.labels(cluster.name).set(sum(r.rate_gbps for r in reports))
@@ -115,3 +115,13 @@ def add_kv_index_metrics(metrics: GatewayMetrics, index: RedisKvIndex) -> None:
         seen[0] = index.errors
 
     metrics.add_scrape_hook(refresh)
+
+
+def link_reports(fleet: WorkerFleet, cluster: str) -> list[LinkReport]:
+    """The newest link report of every sending instance of ``cluster``."""
+    return [
+        report
+        for r in fleet.workers.values()
+        if r.info.cluster == cluster
+        for report in r.links.values()
+    ]

@@ -22,6 +22,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from prfaas.deploy.cluster_metrics import link_reports
 from prfaas.deploy.config import ControlSpec, PolicySpec
 from prfaas.deploy.profiling import PlannerInputs, ThresholdChoice
 from prfaas.deploy.roles import RoleSwitchError
@@ -140,7 +141,7 @@ class ControlLoop:
         """The PrfaaS → PD link now: its configured cap and the rate its sending instances
         measured over their last window (``LinkReport.rate_gbps``), unsmoothed."""
         cap = c.egress.capacity_gbps
-        gbps = sum(r.rate_gbps for r in self.fleet.link_reports(c.prfaas_cluster))
+        gbps = sum(r.rate_gbps for r in link_reports(self.fleet, c.prfaas_cluster))
         return LinkView(c.prfaas_cluster, c.pd_cluster, cap, gbps, gbps / cap if cap else 0.0)
 
     # ---- the background task (the gateway's lifespan runs it) ------------------------------

@@ -37,7 +37,8 @@ async def switch_role(fleet: WorkerFleet, cluster_token: str, name: str, role: R
     record = fleet.workers.get(name)
     if record is None:
         raise RoleSwitchError(404, f"unknown worker {name!r}")
-    if fleet.cluster_kind(record.info.cluster) != "pd":
+    kind = next((c.kind for c in fleet.clusters() if c.name == record.info.cluster), None)
+    if kind != "pd":
         raise RoleSwitchError(400, "only PD-cluster workers switch roles")
     record.draining = True
     try:

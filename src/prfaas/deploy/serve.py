@@ -27,7 +27,6 @@ from prfaas.deploy.control_loop import ControlLoop, running
 from prfaas.deploy.launcher import Launcher, WorkerSpawn, free_port
 from prfaas.deploy.profiling import ThresholdChoice, default_threshold, profile_deployment
 from prfaas.deploy.roles import add_role_route, add_status_route, switch_role
-from prfaas.gateway.audit import AuditLog
 from prfaas.gateway.dispatch import BackendSettings, ClusterBackend
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.gateway.internal import add_internal_routes
@@ -39,6 +38,7 @@ from prfaas.router.policies import POLICIES
 from prfaas.router.redis_index import RedisKvIndex
 from prfaas.router.router import Router, RouterConfig
 from prfaas.router.types import RouterState
+from prfaas.transfer.audit import AuditLog
 from prfaas.transfer.emulator import EmulatorConfig, LinkEmulator
 from prfaas.transfer.tls import write_certs
 

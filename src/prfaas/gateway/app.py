@@ -152,27 +152,16 @@ async def _submit(
     ttl_s = None if admission.bounds_decode else admission.config.queue_ttl_s
     try:
         await admission.acquire()
-    except Overloaded as exc:
-        raise _overloaded(exc.retry_after_s, str(exc)) from None
-    except NoWorker as exc:
-        raise APIError(503, f"no worker can serve this request: {exc}"[:500]) from None
+    except (Overloaded, NoWorker) as exc:
+        raise _refused(exc) from None
     try:
         handle = await asyncio.wait_for(backend.submit(req), ttl_s)
-    except TimeoutError:
+    except BaseException as exc:
         admission.release(request_id)
-        retry_s = admission.config.retry_after_s
-        raise _overloaded(retry_s, "timed out waiting for capacity") from None
-    except ValueError as exc:
-        admission.release(request_id)
-        raise APIError(400, str(exc)[:500]) from None
-    except Overloaded as exc:
-        admission.release(request_id)
-        raise _overloaded(exc.retry_after_s, str(exc)) from None
-    except NoWorker as exc:
-        admission.release(request_id)
-        raise APIError(503, f"no worker can serve this request: {exc}"[:500]) from None
-    except BaseException:
-        admission.release(request_id)
+        if isinstance(exc, TimeoutError):
+            exc = Overloaded(admission.config.retry_after_s, "timed out waiting for capacity")
+        if isinstance(exc, ValueError | Overloaded | NoWorker):
+            raise _refused(exc) from None
         raise
     if handle.decode_instance is not None:
         admission.assign(request_id, handle.decode_instance)
@@ -232,6 +221,12 @@ async def _answer(metrics: GatewayMetrics, work: Awaitable[Response]) -> Respons
     return error.response()
 
 
-def _overloaded(retry_after_s: float, message: str) -> APIError:
-    retry = str(max(1, math.ceil(retry_after_s)))
-    return APIError(429, message, code="rate_limit_exceeded", headers={"Retry-After": retry})
+def _refused(exc: Exception) -> APIError:
+    """Admission's or the backend's refusal as the client sees it: ``Overloaded`` is 429 +
+    Retry-After, ``NoWorker`` 503, bad input (``ValueError``) 400."""
+    if isinstance(exc, Overloaded):
+        retry = str(max(1, math.ceil(exc.retry_after_s)))
+        return APIError(429, str(exc), code="rate_limit_exceeded", headers={"Retry-After": retry})
+    if isinstance(exc, NoWorker):
+        return APIError(503, f"no worker can serve this request: {exc}"[:500])
+    return APIError(400, str(exc)[:500])

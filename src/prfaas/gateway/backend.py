@@ -13,14 +13,11 @@ abort the request and free its blocks.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from prfaas.messages import SamplingSpec, TokenEvent
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["Backend", "GenerationHandle", "GenerationRequest", "NoWorker", "Overloaded", "aclose"]
 

@@ -15,12 +15,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from prfaas.gateway.audit import AuditLog, audit_transfer
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.gateway.links import LinkRoute, kv_target
 from prfaas.gateway.worker_client import WorkerCallError, WorkerClient
-from prfaas.messages import PrefillCommand, PrefillResult, PullCommand, PullResult, SamplingSpec
+from prfaas.messages import PrefillCommand, PullCommand, PullResult, SamplingSpec
 from prfaas.router.types import RouteDecision
+from prfaas.transfer.audit import AuditLog
 
 logger = logging.getLogger(__name__)
 
@@ -68,17 +68,10 @@ class CachePull:
         result = PullResult(request_id=pull_id, ok=False)
         started_s = time.monotonic()
         try:
-            status, body = await self.workers.post(
-                holder.info.http_url + "/prefill", send.encode(), deadline + 5
-            )
-            shipped = (
-                PrefillResult.decode(body)
-                if status == 200
-                else PrefillResult(request_id=pull_id, ok=False, error=f"HTTP {status}")
-            )
-            elapsed_s = time.monotonic() - started_s
-            route = (holder.info.name, puller.info.name)
-            audit_transfer(self.audit, self.fleet, send, route, shipped, tenant, elapsed_s)
+            shipped = await self.workers.prefill(holder.info.http_url, send, deadline + 5)
+            if self.audit is not None:
+                elapsed_s = time.monotonic() - started_s
+                self.audit.shipped(send, shipped, holder.info, puller.info, tenant, elapsed_s)
             if not shipped.ok:
                 result = PullResult(request_id=pull_id, ok=False, error="holder did not send")
             else:

@@ -47,7 +47,3 @@ class GatewayConfig:
             raise ValueError("queue_ttl_s must be positive")
         if self.max_body_bytes <= 0:
             raise ValueError("max_body_bytes must be positive")
-
-    @property
-    def auth_enabled(self) -> bool:
-        return bool(self.api_keys)

@@ -13,14 +13,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
 from prfaas.gateway.admission import ClosingEvents
-from prfaas.gateway.audit import AuditLog, audit_transfer
 from prfaas.gateway.backend import GenerationHandle, GenerationRequest, NoWorker
 from prfaas.gateway.cache_pull import CachePull
 from prfaas.gateway.fleet import WorkerFleet
@@ -30,7 +29,6 @@ from prfaas.kvcache.hashing import block_hashes, root_hash
 from prfaas.messages import (
     DecodeCommand,
     KvFailed,
-    KvTarget,
     PrefillCommand,
     PrefillResult,
     PullResult,
@@ -39,6 +37,7 @@ from prfaas.messages import (
 )
 from prfaas.router.router import Router
 from prfaas.router.types import NoRouteError, RouteDecision, RouteRequest
+from prfaas.transfer.audit import AuditLog
 
 logger = logging.getLogger(__name__)
 MAX_ROUTE_ATTEMPTS = 3
@@ -76,7 +75,6 @@ class ClusterBackend:
         self.model_name = settings.model_name
         self.max_model_len = max_model_len
         self.on_prefill = on_prefill
-        self.on_pull = on_pull
         self.audit = audit
         self.workers = WorkerClient(settings.cluster_token)
         self.cache_pull = CachePull(
@@ -142,7 +140,7 @@ class ClusterBackend:
             params=req.params,
             tenant_salt_hex=req.tenant_salt.hex(),
             deadline_s=self.settings.kv_deadline_s,
-            target=self.kv_target(prefill.info.cluster, decode.info),
+            target=kv_target(self.settings.links, prefill.info.cluster, decode.info),
         )
         route = (
             f"{decision.path} prefill={decision.prefill_instance} decode={decision.decode_instance}"
@@ -162,8 +160,8 @@ class ClusterBackend:
         handle = GenerationHandle(route, 0, events, decode.info.name)
         self._spawn(
             self._prefill(
-                prefill.info.http_url,
-                decode.info.http_url,
+                prefill.info,
+                decode.info,
                 prefill_cmd,
                 decision,
                 req.tenant,
@@ -172,9 +170,6 @@ class ClusterBackend:
             )
         )
         return handle
-
-    def kv_target(self, source_cluster: str, receiver: WorkerInfo) -> KvTarget:
-        return kv_target(self.settings.links, source_cluster, receiver)
 
     async def _open_decode(
         self, req: GenerationRequest, name: str, url: str
@@ -208,25 +203,19 @@ class ClusterBackend:
         engine_hit: Callable[[int], None],
         prefill_ended: asyncio.Event,
     ) -> AsyncIterator[TokenEvent]:
-        finished = False
+        """The decode stream's events. However it ends, even never started, the response is
+        released (idempotent: back to the pool if read to its end, else closed)."""
 
-        async def finish() -> None:
-            """Once, however the stream ends (even never started): close the decode stream
-            (the gateway's admission gives back the request's slot)."""
-            nonlocal finished
-            if finished:
-                return
-            finished = True
-            response.release()  # back to the pool if read to its end, else closed
+        async def release() -> None:
+            response.release()
 
-        deltas = self._deltas(response, decode_name, finish, engine_hit, prefill_ended)
-        return ClosingEvents(deltas, finish)
+        deltas = self._deltas(response, decode_name, engine_hit, prefill_ended)
+        return ClosingEvents(deltas, release)
 
     async def _deltas(
         self,
         response: aiohttp.ClientResponse,
         decode_name: str,
-        finish: Callable[[], Awaitable[None]],
         engine_hit: Callable[[int], None],
         prefill_ended: asyncio.Event,
     ) -> AsyncGenerator[TokenEvent, None]:
@@ -265,61 +254,47 @@ class ClusterBackend:
             if not finished:
                 raise ConnectionError(f"decode worker {decode_name} closed the stream early")
         finally:
-            await finish()
+            response.release()
 
     async def _prefill(
         self,
-        url: str,
-        decode_url: str,
+        prefill: WorkerInfo,
+        decode: WorkerInfo,
         cmd: PrefillCommand,
         decision: RouteDecision,
         tenant: str,
         engine_hit: Callable[[int], None],
         ended: asyncio.Event,
     ) -> None:
+        """Run the prefill at ``prefill``, shipping to ``decode``; ``ended`` is set however
+        it ends (the decode stream's last event waits for it)."""
         try:
-            await self._prefill_and_report(url, decode_url, cmd, decision, tenant, engine_hit)
+            if decision.pull_instance is not None:
+                await self.cache_pull.run(cmd, decision, tenant)
+            started_s = time.monotonic()
+            try:
+                result = await self.workers.prefill(prefill.http_url, cmd, cmd.deadline_s)
+            except WorkerCallError as e:
+                result = PrefillResult(request_id=cmd.request_id, ok=False, error=str(e))
+            if result.ok:
+                engine_hit(result.cached_tokens)  # the prefill instance's real prefix hit
+            else:
+                logger.warning(
+                    "prefill of %s failed (%s); the decode side falls back",
+                    cmd.request_id,
+                    result.error,
+                )
+                # Tell the decode worker now rather than letting it wait out the KV deadline.
+                failed = KvFailed(request_id=cmd.request_id, reason=(result.error or "")[:1024])
+                with contextlib.suppress(WorkerCallError):
+                    await self.workers.post(decode.http_url + "/kv_failed", failed.encode(), 10.0)
+            if self.on_prefill is not None:
+                self.on_prefill(decision, result)
+            if self.audit is not None:
+                elapsed_s = time.monotonic() - started_s
+                self.audit.shipped(cmd, result, prefill, decode, tenant, elapsed_s)
         finally:
             ended.set()
-
-    async def _prefill_and_report(
-        self,
-        url: str,
-        decode_url: str,
-        cmd: PrefillCommand,
-        decision: RouteDecision,
-        tenant: str,
-        engine_hit: Callable[[int], None],
-    ) -> None:
-        if decision.pull_instance is not None:
-            await self.cache_pull.run(cmd, decision, tenant)
-        started_s = time.monotonic()
-        try:
-            status, body = await self.workers.post(url + "/prefill", cmd.encode(), cmd.deadline_s)
-            result = (
-                PrefillResult.decode(body)
-                if status == 200
-                else PrefillResult(request_id=cmd.request_id, ok=False, error=f"HTTP {status}")
-            )
-        except WorkerCallError as e:
-            result = PrefillResult(request_id=cmd.request_id, ok=False, error=str(e))
-        if result.ok:
-            engine_hit(result.cached_tokens)  # the prefill instance's real prefix hit
-        else:
-            logger.warning(
-                "prefill of %s failed (%s); the decode side falls back",
-                cmd.request_id,
-                result.error,
-            )
-            # Tell the decode worker now rather than letting it wait out the KV deadline.
-            failed = KvFailed(request_id=cmd.request_id, reason=(result.error or "")[:1024])
-            with contextlib.suppress(WorkerCallError):
-                await self.workers.post(decode_url + "/kv_failed", failed.encode(), 10.0)
-        if self.on_prefill is not None:
-            self.on_prefill(decision, result)
-        route = (decision.prefill_instance, decision.decode_instance)
-        elapsed_s = time.monotonic() - started_s
-        audit_transfer(self.audit, self.fleet, cmd, route, result, tenant, elapsed_s)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

@@ -68,15 +68,6 @@ class WorkerFleet:
             return record.info.block_size
         return None
 
-    def link_reports(self, cluster: str | None = None) -> list[LinkReport]:
-        """The newest report of every sending instance (of ``cluster``, if given)."""
-        return [
-            report
-            for r in self.workers.values()
-            if cluster is None or r.info.cluster == cluster
-            for report in r.links.values()
-        ]
-
     @property
     def fingerprint(self) -> str | None:
         for record in self.workers.values():
@@ -148,9 +139,6 @@ class WorkerFleet:
     def forget(self, name: str) -> None:
         self.workers.pop(name, None)
         self.kv_index.remove(name)
-
-    def cluster_kind(self, name: str) -> ClusterKind | None:
-        return next((c.kind for c in self._clusters if c.name == name), None)
 
     # -- router.FleetView --------------------------------------------------------------------
 

@@ -148,12 +148,12 @@ class Generation:
             )
 
         yield chunk([ChatChunkChoice(delta=DeltaMessage(role="assistant", content=""))])
-        async for delta in self._guarded():
+        async for delta in self.deltas():
             if delta.text or delta.finished:
                 finish = delta.finish_reason if delta.finished else None
                 content = DeltaMessage(content=delta.text)
                 yield chunk([ChatChunkChoice(delta=content, finish_reason=finish)])
-        if include_usage and not self.failed:
+        if include_usage:
             yield chunk([], self.usage())
         yield sse.DONE
 
@@ -163,33 +163,13 @@ class Generation:
                 Completion(id=self.request_id, model=self.model, choices=choices, usage=usage)
             )
 
-        async for delta in self._guarded():
+        async for delta in self.deltas():
             if delta.text or delta.finished:
                 finish = delta.finish_reason if delta.finished else None
                 yield chunk([CompletionChoice(text=delta.text, finish_reason=finish)])
-        if include_usage and not self.failed:
+        if include_usage:
             yield chunk([], self.usage())
         yield sse.DONE
-
-    async def _guarded(self) -> AsyncIterator[TokenEvent]:
-        """The deltas; a backend failure mid-stream becomes an error event (status 200 is
-        already sent), never a silently truncated answer."""
-        try:
-            async for delta in self.deltas():
-                yield delta
-        except Exception as exc:
-            logger.exception("request %s failed mid-stream", self.request_id)
-            self.failed = True
-            info = ErrorInfo(
-                message=f"generation failed: {type(exc).__name__}", type="server_error"
-            )
-            raise _StreamFailed(sse.error_event(ErrorResponse(error=info))) from exc
-
-
-class _StreamFailed(Exception):
-    def __init__(self, event: bytes) -> None:
-        super().__init__("stream failed")
-        self.event = event
 
 
 class GenerationStream(StreamingResponse):
@@ -198,7 +178,7 @@ class GenerationStream(StreamingResponse):
     def __init__(self, generation: Generation, chunks: AsyncIterator[bytes]) -> None:
         self.generation = generation
         super().__init__(
-            _until_failure(chunks),
+            self._until_failure(chunks),
             media_type="text/event-stream",
             headers={"x-prfaas-route": generation.route, "cache-control": "no-cache"},
         )
@@ -209,11 +189,17 @@ class GenerationStream(StreamingResponse):
         finally:
             await self.generation.close(500 if self.generation.failed else 200)
 
-
-async def _until_failure(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in chunks:
-            yield chunk
-    except _StreamFailed as failed:
-        yield failed.event
-        yield sse.DONE
+    async def _until_failure(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """The chunks; a backend failure mid-stream becomes an error event (status 200 is
+        already sent), never a silently truncated answer."""
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except Exception as exc:
+            logger.exception("request %s failed mid-stream", self.generation.request_id)
+            self.generation.failed = True
+            info = ErrorInfo(
+                message=f"generation failed: {type(exc).__name__}", type="server_error"
+            )
+            yield sse.error_event(ErrorResponse(error=info))
+            yield sse.DONE

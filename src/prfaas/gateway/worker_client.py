@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from prfaas.messages import TOKEN_HEADER
+from prfaas.messages import TOKEN_HEADER, PrefillCommand, PrefillResult
 
 
 class WorkerCallError(ConnectionError):
@@ -41,6 +41,14 @@ class WorkerClient:
                 return r.status, await r.read()
         except (aiohttp.ClientError, TimeoutError) as e:
             raise WorkerCallError(str(e) or type(e).__name__) from e
+
+    async def prefill(self, url: str, cmd: PrefillCommand, timeout_s: float) -> PrefillResult:
+        """Run ``cmd`` at the prefill worker at ``url``: its result, or a failed one if it
+        answered an HTTP error (WorkerCallError if it cannot be reached in time)."""
+        status, body = await self.post(url + "/prefill", cmd.encode(), timeout_s)
+        if status != 200:
+            return PrefillResult(request_id=cmd.request_id, ok=False, error=f"HTTP {status}")
+        return PrefillResult.decode(body)
 
     async def open_stream(self, url: str, body: bytes) -> aiohttp.ClientResponse:
         """POST and return the response with its body unread (the caller streams it and

@@ -12,6 +12,7 @@ Public API (see docs/transfer.md):
   errors.TransferError and its subclasses                 the only exceptions callers see
   tls.write_certs / TlsConfig / server_context / client_context / PLAINTEXT (explicit)
   emulator.LinkEmulator(EmulatorConfig)                  a WAN link in a TCP relay
+  audit.AuditLog(path) / AuditRecord                    one JSON line per cross-cluster transfer
 
 Kept import-free on purpose: `prfaas` commands load without numpy or cryptography.
 """

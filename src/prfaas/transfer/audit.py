@@ -1,4 +1,5 @@
-"""The audit log: one JSON line per cross-cluster KV transfer, written by the gateway.
+"""The audit log: one JSON line per cross-cluster KV transfer, written by the gateway as each
+transfer it dispatched ends (``AuditLog.shipped``).
 
 Each line says who moved how much KV where, and how it ended::
 
@@ -26,8 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from prfaas.gateway.fleet import WorkerFleet
-    from prfaas.messages import PrefillCommand, PrefillResult
+    from prfaas.messages import PrefillCommand, PrefillResult, WorkerInfo
 
 logger = logging.getLogger("prfaas.audit")
 MAX_REASON_CHARS = 200
@@ -78,44 +78,39 @@ class AuditLog:
                 os.write(self._fd, line.encode() + b"\n")
         return line
 
+    def shipped(
+        self,
+        cmd: PrefillCommand,
+        result: PrefillResult,
+        source: WorkerInfo,
+        destination: WorkerInfo,
+        tenant: str,
+        elapsed_s: float,
+    ) -> None:
+        """Record ``cmd``'s KV shipped from ``source`` to ``destination`` (a prefill's KV to
+        its decode instance, or a cache pull between prefill instances), if it crossed
+        clusters; ``elapsed_s`` since the command was sent."""
+        if source.cluster == destination.cluster:
+            return
+        self.transfer(
+            AuditRecord(
+                request_id=cmd.request_id,
+                tenant=tenant,
+                kv_bytes=result.kv_bytes,
+                wire_bytes=result.wire_bytes,
+                link=cmd.target.link,
+                source_cluster=source.cluster,
+                source_instance=source.name,
+                destination_cluster=destination.cluster,
+                destination_instance=destination.name,
+                outcome="ok" if result.ok else "failed",
+                reason=result.error,
+                seconds=result.transfer_s if result.ok else elapsed_s,
+            )
+        )
+
     def close(self) -> None:
         with self._lock:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
-
-
-def audit_transfer(
-    audit: AuditLog | None,
-    fleet: WorkerFleet,
-    cmd: PrefillCommand,
-    route: tuple[str, str],
-    result: PrefillResult,
-    tenant: str,
-    elapsed_s: float,
-) -> None:
-    """One audit line per cross-cluster transfer (never the prompt: ids and sizes only):
-    the prefill's KV to its decode instance, or a cache pull between prefill instances.
-    ``route`` is (source instance, destination instance)."""
-    clusters = []
-    for name in route:
-        record = fleet.workers.get(name)
-        clusters.append(record.info.cluster if record is not None else "?")
-    if audit is None or clusters[0] == clusters[1]:
-        return
-    audit.transfer(
-        AuditRecord(
-            request_id=cmd.request_id,
-            tenant=tenant,
-            kv_bytes=result.kv_bytes,
-            wire_bytes=result.wire_bytes,
-            link=cmd.target.link,
-            source_cluster=clusters[0],
-            source_instance=route[0],
-            destination_cluster=clusters[1],
-            destination_instance=route[1],
-            outcome="ok" if result.ok else "failed",
-            reason=result.error,
-            seconds=result.transfer_s if result.ok else elapsed_s,
-        )
-    )
