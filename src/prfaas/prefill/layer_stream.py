@@ -16,9 +16,9 @@ queue (the receiver's stall deadline would cut it). The header is known before a
 exists (``kv_export.stream_header``).
 
 Failure: a cut (PeerGone) or stalled transfer is resumed once, like ``KvSender.send``,
-from the arrays this stream keeps until the end; any other failure, the role's deadline
-or ``abort`` aborts the transfer (the receiver frees what it holds) and ``finish`` raises
-a ``TransferError``.
+from the arrays this stream keeps until the end; any other failure (of any type, a bug
+included), the role's deadline or ``abort`` aborts the transfer (the receiver frees what
+it holds) and ``finish`` raises a ``TransferError``.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ class LayerStream:
                     transfer.send_layer(index, array)
                     if self.first_layer_queued_s is None:
                         self.first_layer_queued_s = time.monotonic()
-        except TransferError:
+        except BaseException:  # any failure, not only the transport's: no thread or socket kept
             if transfer is not None:
                 transfer.abort()
             raise

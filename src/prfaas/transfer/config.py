@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from prfaas.transfer.codecs import CodecSpec
 from prfaas.transfer.wire import MAX_CHUNK_FRAME_BYTES, MAX_CONNECTIONS
 
+TRANSFER_SLACK_BYTES = 64 << 10  # beyond the KV itself: the first token array, and room
+
 
 @dataclass(frozen=True)
 class Deadlines:
@@ -48,8 +50,11 @@ class ReceiverConfig:
     port: int = 0  # 0 = pick a free port (see KvReceiver.address)
     fingerprint: bytes | None = None  # the model this receiver serves; None accepts any
     deadlines: Deadlines = field(default_factory=Deadlines)
+    # Byte budgets; an engine derives them from its KV pool (``for_pool``).
     max_transfer_bytes: int = 32 << 30  # one transfer's decoded size
     max_total_bytes: int = 64 << 30  # all transfers held at once (landing + unreleased)
+    max_connections: int = 256  # open connections; one beyond is closed at accept, counted
+    handshake_s: float = 10.0  # TLS handshake + HELLO + AUTH, in total, per connection
     resume_window_s: float = 10.0  # how long a cut transfer keeps its complete layers
     pool_bytes: int = 4 << 30  # freed receive buffers kept for reuse (no page faults)
     # kv_auth_key(cluster token): every connection must prove it (AUTH after HELLO) before
@@ -61,3 +66,16 @@ class ReceiverConfig:
             raise ValueError("max_transfer_bytes exceeds max_total_bytes")
         if self.resume_window_s < 0:
             raise ValueError("resume_window_s must be >= 0")
+        if self.max_connections < 1 or self.handshake_s <= 0:
+            raise ValueError("max_connections must be >= 1 and handshake_s positive")
+
+    @staticmethod
+    def pool_budgets(transfer_bytes: int) -> tuple[int, int]:
+        """Budgets for an engine whose largest possible request holds ``transfer_bytes`` of
+        KV (its whole pool at most): one transfer that size (plus ``TRANSFER_SLACK_BYTES``
+        for the first token), and twice that in all, for a transfer landing while another
+        waits to be copied into the pool: ``(max_transfer_bytes, max_total_bytes)``."""
+        if transfer_bytes <= 0:
+            raise ValueError(f"transfer_bytes must be positive, got {transfer_bytes}")
+        per_transfer = transfer_bytes + TRANSFER_SLACK_BYTES
+        return per_transfer, 2 * per_transfer

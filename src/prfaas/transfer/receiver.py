@@ -73,7 +73,13 @@ class KvReceiver(ConnectionServer):
         tls: ssl.SSLContext | Plaintext,
         listener: ReceiveListener | None = None,
     ) -> None:
-        super().__init__(config.host, config.port, self._serve)
+        super().__init__(
+            config.host,
+            config.port,
+            self._serve,
+            max_connections=config.max_connections,
+            handshake_s=config.handshake_s,
+        )
         self.config = config
         self._tls = tls if isinstance(tls, ssl.SSLContext) else None
         if (
@@ -193,6 +199,7 @@ class KvReceiver(ConnectionServer):
             hello = Hello.decode(payload)
             if self._auth is not None:  # before any HEADER is read or byte reserved
                 self._authenticate(sock, payload)
+            self._handshake_done(raw)
             conn_index, attempt = hello.conn_index, hello.attempt
             sock.settimeout(self.config.deadlines.stall_s)
             if conn_index == 0:
@@ -213,6 +220,7 @@ class KvReceiver(ConnectionServer):
             if landing is not None:
                 self._fail(landing, TransferError("receiver internal error"), None, attempt)
         finally:
+            self._handshake_done(raw)  # before the fd is closed (and may be reused)
             with contextlib.suppress(OSError):
                 sock.close()
             if landing is not None:

@@ -25,3 +25,8 @@ class WorkerConfig:
     certs_dir: Path | None = None
     link_rate_gbps: dict[str, float] = field(default_factory=dict)
     parent_pid: int | None = None  # exit when this process (the launcher) is gone
+    drain_timeout_s: float = 120.0  # a role switch gives up if requests still run by then
+
+    def __post_init__(self) -> None:
+        if self.drain_timeout_s <= 0:
+            raise ValueError(f"drain_timeout_s must be positive, got {self.drain_timeout_s}")

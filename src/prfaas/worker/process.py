@@ -26,6 +26,11 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_S = 0.5
 
 
+class DrainTimeout(RuntimeError):
+    """A role switch gave up: requests still ran at the drain deadline (the reason says
+    how many); the worker keeps its role."""
+
+
 class Worker:
     def __init__(self, config: WorkerConfig, engine: InstanceEngine | None = None) -> None:
         self.config = config
@@ -139,13 +144,24 @@ class Worker:
         )
 
     async def switch_role(self, role: Role) -> None:
-        """Drain (the gateway stops routing here once it sees the flag), then switch."""
+        """Drain (the gateway stops routing here once it sees the flag), then switch. A
+        request that outlives ``config.drain_timeout_s`` keeps the role: DrainTimeout, the
+        worker serves on in its old role and the caller may try again later."""
         self.draining = True
         try:
+            end_s = time.monotonic() + self.config.drain_timeout_s
             while True:
                 s = self.engine.stats()
-                if s.num_waiting + s.num_running + s.num_parked == 0:
+                busy = s.num_waiting + s.num_running + s.num_parked
+                if busy == 0:
                     break
+                if time.monotonic() > end_s:
+                    reason = (
+                        f"{self.config.name} not drained within {self.config.drain_timeout_s}s "
+                        f"({busy} request(s) still held); stays {self.role}"
+                    )
+                    logger.warning("role switch to %s refused: %s", role, reason)
+                    raise DrainTimeout(reason)
                 await asyncio.sleep(0.05)
             await self.engine.switch_role(role)
             self.role = role

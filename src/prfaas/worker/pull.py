@@ -8,7 +8,9 @@ When the router picks a prefill instance in one cluster but a longer prefix of t
 cached in the other, the gateway has the holder ship that prefix's KV here first. This role
 waits for it on the worker's KV receiver and lands it as prefix cache only (no request
 stays alive), so the prefill that follows hits it. A pull that fails or misses its deadline
-costs nothing but time: the prefill then computes the prefix itself.
+costs nothing but time: the prefill then computes the prefix itself. It holds nothing
+either: the receiver abandons the request, freeing what landed or is landing and refusing
+a late send.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ class PullRole:
             payload = await asyncio.to_thread(self._wait, cmd)
             cached = await self.engine.import_prefix(payload, tenant_salt=salt)
         except (TransferError, ValueError, TimeoutError) as e:  # KvImportError is a ValueError
+            self.receiver.abandon(cmd.request_id)
             logger.warning("cache pull %s failed: %s", cmd.request_id, e)
             return PullResult(request_id=cmd.request_id, ok=False, error=str(e)[:1024])
+        except BaseException:  # cancelled (the caller left) or a bug: nothing stays held
+            self.receiver.abandon(cmd.request_id)
+            raise
         return PullResult(request_id=cmd.request_id, ok=True, cached_tokens=cached)

@@ -14,6 +14,7 @@ from prfaas.decode.role import DecodeRole
 from prfaas.engine.async_engine import AsyncEngine
 from prfaas.engine.engine import Engine
 from prfaas.engine.profiling import profile_engine
+from prfaas.kvcache.spec import kv_bytes_block_rounded
 from prfaas.messages import (
     BlockCounts,
     CacheEventMsg,
@@ -75,12 +76,17 @@ class ReferenceEngine:
         """``engine``: an already loaded engine (tests); else one is loaded from ``config``."""
         engine = engine or Engine(config)
         self.engine = AsyncEngine(engine)
+        max_transfer_bytes, max_total_bytes = ReceiverConfig.pool_budgets(
+            largest_request_bytes(engine)
+        )
         self.receiver = KvReceiver(
             ReceiverConfig(
                 host=kv.host,
                 port=kv.port,
                 fingerprint=bytes.fromhex(engine.fingerprint),
                 auth_key=kv.auth_key,
+                max_transfer_bytes=max_transfer_bytes,
+                max_total_bytes=max_total_bytes,
             ),
             tls=kv.tls_server,
         )
@@ -190,3 +196,10 @@ def _engine_side(engine: Engine) -> tuple[str | None, BlockCounts, tuple[int, in
         leased=pool.num_blocks - len(free),
     )
     return error, blocks, (len(sched.waiting), len(sched.running), len(sched.parked))
+
+
+def largest_request_bytes(engine: Engine) -> int:
+    """The KV of the longest request this engine can hold: every block of its pool (or the
+    model's length, if shorter) and one state per linear layer. No transfer to it is larger."""
+    num_tokens = min(engine.kv.pool.num_blocks * engine.kv.block_size, engine.max_model_len)
+    return kv_bytes_block_rounded(engine.layer_specs, num_tokens, engine.kv.block_size)
