@@ -12,10 +12,13 @@ import logging
 import time
 
 import pytest
+from fastapi.testclient import TestClient
 
+from prfaas.messages import TOKEN_HEADER, RoleSwitch
+from prfaas.worker import create_worker_app
 from prfaas.worker.process import DrainTimeout
 
-from .test_app_seam import worker
+from .test_app_seam import TOKEN, worker
 
 
 class Switches:
@@ -45,3 +48,14 @@ def test_drain_timeout_must_be_positive() -> None:
     w, _ = worker("decode")
     with pytest.raises(ValueError, match="drain_timeout_s"):
         dataclasses.replace(w.config, drain_timeout_s=0.0)
+
+
+def test_the_role_route_answers_409_with_the_reason() -> None:
+    w, _ = worker("decode")
+    w.config = dataclasses.replace(w.config, drain_timeout_s=0.3)
+    with TestClient(create_worker_app(w)) as client:
+        r = client.post(
+            "/role", content=RoleSwitch(role="prefill").encode(), headers={TOKEN_HEADER: TOKEN}
+        )
+        assert r.status_code == 409 and "1 request" in r.text
+        assert client.get("/health").json()["role"] == "decode"

@@ -51,9 +51,10 @@ async def switch_role(fleet: WorkerFleet, cluster_token: str, name: str, role: R
     except httpx.HTTPError as e:
         record.draining = False
         raise RoleSwitchError(502, f"worker {name} unreachable: {e}") from e
-    if r.status_code != 200:
+    if r.status_code != 200:  # 409: the drain gave up (the worker says why) and it kept its role
         record.draining = False
-        raise RoleSwitchError(502, f"worker answered {r.status_code}")
+        status = 409 if r.status_code == 409 else 502
+        raise RoleSwitchError(status, f"worker answered {r.status_code}: {r.text[:500]}")
     info = WorkerInfo.decode(r.content)
     fleet.register(info)
     return info

@@ -33,7 +33,7 @@ from prfaas.messages import (
     RoleSwitch,
     TokenEvent,
 )
-from prfaas.worker.process import Worker, exit_with_parent
+from prfaas.worker.process import DrainTimeout, Worker, exit_with_parent
 
 
 def create_worker_app(worker: Worker) -> FastAPI:
@@ -115,7 +115,10 @@ def create_worker_app(worker: Worker) -> FastAPI:
     async def role(request: Request) -> Response:
         check(request)
         switch = RoleSwitch.decode(await request.body())
-        await worker.switch_role(switch.role)
+        try:
+            await worker.switch_role(switch.role)
+        except DrainTimeout as e:  # still serving its role; the caller hears why
+            raise HTTPException(409, str(e)) from e
         return Response(worker.info().encode(), media_type="application/json")
 
     @app.post("/profile")
