@@ -152,6 +152,7 @@ class DeployConfig(_Strict):
     tenants: list[TenantSpec] = Field(default_factory=list)
     policy: PolicySpec = PolicySpec()
     kv_deadline_s: float = Field(30.0, gt=0)
+    stream_stall_s: float = Field(120.0, gt=0)  # a decode stream silent this long ends (502)
     certs_dir: Path | None = None  # from `prfaas certs`; default: a fresh CA per run
     max_model_len: int | None = Field(None, gt=1)
     kv_index: KvIndexSpec = KvIndexSpec()
