@@ -49,7 +49,7 @@ def assert_ended_with_error(c: FakeCluster, lines: list[str]) -> None:
 
 
 def test_a_stream_silent_past_the_stall_deadline_ends_with_an_error() -> None:
-    with fake_cluster(fleet(), stream_stall_s=1.0) as c:
+    with fake_cluster(fleet(), stream_stall_s=1.0, kv_deadline_s=0.5) as c:
         c.workers["pd-d-0"].behaviour.stall_after = 2  # its heartbeats go on: a stuck step
         lines, elapsed_s = stream_until_silent(c)
         assert 0.5 < elapsed_s < 1.0 + BOUND_S, elapsed_s  # from the client's first line

@@ -183,6 +183,8 @@ class DeployConfig(_Strict):
                 if end not in names:
                     raise ValueError(f"link {link.src}->{link.dst}: unknown cluster {end!r}")
         _check_dtypes_agree(self.clusters)
+        if self.stream_stall_s <= self.kv_deadline_s:  # a first token may wait that long
+            raise ValueError("stream_stall_s must exceed kv_deadline_s")
         for url in self.gateways:
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"gateways: {url!r} is not an http(s):// URL")
