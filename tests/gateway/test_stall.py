@@ -7,11 +7,15 @@ gateway hangs up on the worker (its abort when it comes back)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 
 import httpx
+import pytest
 
+from prfaas.gateway.stall import WorkerStalled, watched
 from tests.fakes.cluster import FakeCluster, fake_cluster
 from tests.fakes.worker import FakeWorker
 from tests.gateway.test_dispatch import SHORT, complete, fleet, wait_until
@@ -81,3 +85,42 @@ def test_a_decode_worker_whose_heartbeats_stop_ends_its_streams_early() -> None:
         assert "pd-d-0" in c.deployment.backend.fleet.workers  # still registered, unhealthy
         r = complete(c.url, SHORT)  # routed around the wedged worker
         assert r.status_code == 200 and r.headers["x-prfaas-route"].endswith("decode=pd-d-1")
+
+
+async def _source(n: int, gap_s: float = 0.0) -> AsyncIterator[bytes]:
+    for i in range(n):
+        await asyncio.sleep(gap_s)
+        yield b"%d" % i
+    await asyncio.Event().wait()  # then silent, never ending
+
+
+def test_only_time_spent_waiting_on_the_worker_counts() -> None:
+    async def run() -> tuple[list[bytes], float]:
+        got: list[bytes] = []
+        started = time.monotonic()
+        with pytest.raises(WorkerStalled, match=r"nothing for 0\.3 s"):
+            async for chunk in watched(_source(3, 0.1), "d", 0.3, lambda: True):
+                got.append(chunk)
+                await asyncio.sleep(0.5)  # a slow client: longer than the deadline, not cut
+        return got, time.monotonic() - started
+
+    got, elapsed_s = asyncio.run(run())
+    assert got == [b"0", b"1", b"2"]
+    assert 1.5 + 0.3 <= elapsed_s < 1.5 + 0.3 + 1.5, elapsed_s
+
+
+def test_a_worker_marked_unhealthy_ends_the_wait_and_outside_cancels_pass_through() -> None:
+    async def run() -> None:
+        health = [True]
+        stream = watched(_source(1), "d", 60.0, lambda: health[0])
+        assert await anext(stream) == b"0"
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.2, health.__setitem__, 0, False)
+        with pytest.raises(WorkerStalled, match="heartbeats stopped"):
+            await asyncio.wait_for(anext(stream), 2.0)
+        other = watched(_source(0), "d", 60.0, lambda: True)
+        with pytest.raises(TimeoutError):  # the caller's own cancel is not a stall
+            await asyncio.wait_for(anext(other), 0.3)
+        await other.aclose()
+
+    asyncio.run(run())

@@ -235,11 +235,11 @@ class ClusterBackend:
         engine_hit: Callable[[int], None],
         prefill_ended: asyncio.Event,
     ) -> AsyncGenerator[TokenEvent, None]:
+        alive = functools.partial(self.fleet.healthy, decode_name)
+        stall_s = self.settings.stream_stall_s
+        chunks = watched(response.content.iter_any(), decode_name, stall_s, alive)
         try:
             buffer, finished = b"", False
-            alive = functools.partial(self.fleet.healthy, decode_name)
-            stall_s = self.settings.stream_stall_s
-            chunks = watched(response.content.iter_any(), decode_name, stall_s, alive)
             while True:
                 chunk = await anext(chunks, None)
                 if chunk is None:  # the body ended: a last line may lack its newline
@@ -272,6 +272,7 @@ class ClusterBackend:
             if not finished:
                 raise ConnectionError(f"decode worker {decode_name} closed the stream early")
         finally:
+            await chunks.aclose()  # its watch timer stops
             await finish()
 
     async def _prefill(
