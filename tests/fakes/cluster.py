@@ -57,6 +57,8 @@ class FakeCluster:
         """Heartbeat for every served worker until ``stop`` (as real workers do)."""
         while not stop.wait(interval_s):
             for name in list(self.servers):
+                if not self.workers[name].behaviour.heartbeats:
+                    continue
                 with contextlib.suppress(httpx.HTTPError):  # the next beat tries again
                     self.workers[name].send_heartbeat(self.url, self.token)
 

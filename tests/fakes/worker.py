@@ -54,6 +54,8 @@ class Behaviour:
     prefill_delay_s: float = 0.0
     decode_delay_s: float = 0.0  # before the first event (a real one waits for the KV)
     hold_decode: asyncio.Event | None = None  # each decode stream waits for it
+    stall_after: int | None = None  # events sent before the stream goes silent, never ending
+    heartbeats: bool = True  # False: ``FakeCluster.beat`` skips it (a wedged process)
 
 
 @dataclass
@@ -61,6 +63,7 @@ class Received:
     prefills: list[PrefillCommand] = field(default_factory=list)
     decodes: list[DecodeCommand] = field(default_factory=list)
     kv_failed: list[KvFailed] = field(default_factory=list)
+    abandoned: list[str] = field(default_factory=list)  # streams the gateway closed unfinished
 
 
 class FakeWorker:
@@ -174,19 +177,29 @@ class FakeWorker:
                 if behaviour.hold_decode is not None:
                     await behaviour.hold_decode.wait()
                 await asyncio.sleep(behaviour.decode_delay_s)
-                for i in range(n):
-                    last = i == n - 1
-                    if behaviour.end_early and last:
-                        return
-                    event = TokenEvent(
+                try:
+                    for i in range(n):
+                        if i == behaviour.stall_after:
+                            await asyncio.Event().wait()  # until the gateway hangs up
+                        if behaviour.end_early and i == n - 1:
+                            return
+                        yield event(i, i == n - 1)
+                except (asyncio.CancelledError, GeneratorExit):
+                    got.abandoned.append(cmd.request_id)
+                    raise
+
+            def event(i: int, last: bool) -> bytes:
+                return (
+                    TokenEvent(
                         request_id=cmd.request_id,
                         token_ids=[3 + i],
                         text=f" w{3 + i}",
                         finished=last,
                         finish_reason="length" if last else None,
                         cached_tokens=behaviour.decode_cached_tokens if i == 0 else 0,
-                    )
-                    yield event.encode() + b"\n"
+                    ).encode()
+                    + b"\n"
+                )
 
             return StreamingResponse(lines(), media_type="application/x-ndjson")
 

@@ -71,7 +71,8 @@ def test_failure_mid_stream(fake_server: tuple[FakeBackend, ServerThread], failu
     events = [line[6:] for line in streamed.text.splitlines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     assert json.loads(events[-2])["error"]["type"] == "server_error"
-    assert whole.status_code == 500 and whole.json()["error"]["type"] == "server_error"
+    # The worker failed mid-answer: a bad gateway, not the gateway's own error.
+    assert whole.status_code == 502 and whole.json()["error"]["type"] == "server_error"
     assert server.in_flight() == 0
 
 

@@ -36,6 +36,7 @@ def test_default_round_trips(tmp_path: Path) -> None:
         ),
         (lambda d: d["clusters"][0].update(kind="prfaas"), "exactly one cluster of kind 'pd'"),
         (lambda d: d.update(tenants=[{"name": "t", "clusters": ["nowhere"]}]), "nowhere"),
+        (lambda d: d.update(kv_deadline_s=30, stream_stall_s=10), "stream_stall_s"),
     ],
 )
 def test_bad_files_name_the_problem(tmp_path: Path, change: object, message: str) -> None:

@@ -152,6 +152,7 @@ class DeployConfig(_Strict):
     tenants: list[TenantSpec] = Field(default_factory=list)
     policy: PolicySpec = PolicySpec()
     kv_deadline_s: float = Field(30.0, gt=0)
+    stream_stall_s: float = Field(120.0, gt=0)  # a decode stream silent this long ends (502)
     certs_dir: Path | None = None  # from `prfaas certs`; default: a fresh CA per run
     max_model_len: int | None = Field(None, gt=1)
     kv_index: KvIndexSpec = KvIndexSpec()
@@ -182,6 +183,8 @@ class DeployConfig(_Strict):
                 if end not in names:
                     raise ValueError(f"link {link.src}->{link.dst}: unknown cluster {end!r}")
         _check_dtypes_agree(self.clusters)
+        if self.stream_stall_s <= self.kv_deadline_s:  # a first token may wait that long
+            raise ValueError("stream_stall_s must exceed kv_deadline_s")
         for url in self.gateways:
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"gateways: {url!r} is not an http(s):// URL")

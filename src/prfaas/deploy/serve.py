@@ -170,6 +170,7 @@ def build_deployment(
         model_name=cfg.served_model_name or cfg.model or "SmolLM2-135M-Instruct",
         cluster_token=cluster_token,
         kv_deadline_s=cfg.kv_deadline_s,
+        stream_stall_s=cfg.stream_stall_s,
         links=links,
         residency={t.name: frozenset(t.clusters) for t in cfg.tenants if t.clusters},
     )

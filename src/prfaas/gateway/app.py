@@ -26,7 +26,7 @@ from prfaas.gateway.auth import Authenticator, Tenant
 from prfaas.gateway.backend import Backend, GenerationRequest, NoWorker, Overloaded
 from prfaas.gateway.config import GatewayConfig
 from prfaas.gateway.errors import APIError
-from prfaas.gateway.generation import Generation, GenerationStream
+from prfaas.gateway.generation import Generation, GenerationStream, IncompleteStreamError
 from prfaas.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from prfaas.gateway.middleware import ROUTE_HEADER, BodyLimitMiddleware
 from prfaas.gateway.prepare import (
@@ -121,6 +121,9 @@ def create_app(
         except ClientDisconnected:
             status = CLIENT_CLOSED
             raise
+        except (ConnectionError, IncompleteStreamError) as exc:  # a worker gone or stalled
+            status = 502
+            raise APIError(502, f"generation failed: {exc}"[:500]) from None
         finally:
             await gen.close(status)
         return JSONResponse(body.model_dump(), headers={ROUTE_HEADER: gen.route})

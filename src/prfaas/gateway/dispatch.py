@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -24,6 +25,7 @@ from prfaas.gateway.backend import GenerationHandle, GenerationRequest, NoWorker
 from prfaas.gateway.cache_pull import CachePull
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.gateway.links import LinkRoute, kv_target
+from prfaas.gateway.stall import watched
 from prfaas.gateway.worker_client import WorkerCallError, WorkerClient
 from prfaas.kvcache.hashing import block_hashes, root_hash
 from prfaas.messages import (
@@ -52,6 +54,9 @@ class BackendSettings:
     model_name: str
     cluster_token: str
     kv_deadline_s: float = 30.0
+    # A decode stream that sends nothing this long ends with an error (its worker's missed
+    # heartbeats end it sooner); above kv_deadline_s plus a local prefill.
+    stream_stall_s: float = 120.0
     links: dict[str, LinkRoute] = field(default_factory=dict)  # by source cluster
     residency: dict[str, frozenset[str]] = field(default_factory=dict)  # tenant -> clusters
 
@@ -219,9 +224,11 @@ class ClusterBackend:
         engine_hit: Callable[[int], None],
         prefill_ended: asyncio.Event,
     ) -> AsyncGenerator[TokenEvent, None]:
+        alive = functools.partial(self.fleet.healthy, decode_name)
+        stall_s = self.settings.stream_stall_s
+        chunks = watched(response.content.iter_any(), decode_name, stall_s, alive)
         try:
             buffer, finished = b"", False
-            chunks = response.content.iter_any()
             while True:
                 chunk = await anext(chunks, None)
                 if chunk is None:  # the body ended: a last line may lack its newline
@@ -254,6 +261,7 @@ class ClusterBackend:
             if not finished:
                 raise ConnectionError(f"decode worker {decode_name} closed the stream early")
         finally:
+            await chunks.aclose()  # its watch timer stops
             response.release()
 
     async def _prefill(

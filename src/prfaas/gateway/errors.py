@@ -16,6 +16,7 @@ _TYPES = {
     413: "invalid_request_error",
     429: "rate_limit_exceeded",
     500: "server_error",
+    502: "server_error",
     503: "service_unavailable",
 }
 
