@@ -7,6 +7,7 @@ a real deployment in tests/serving/test_readiness.py."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -102,3 +103,16 @@ def test_status_needs_the_admin_key_on_a_non_loopback_address() -> None:
 def test_status_is_open_on_loopback() -> None:
     with fake_cluster(fleet()) as c:
         assert httpx.get(c.url + "/status", timeout=5.0).status_code == 200
+
+
+def test_prfaas_status_sends_the_admin_key() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PRFAAS_CLUSTER_TOKEN"}
+    with fake_cluster(fleet(), host="0.0.0.0") as c:
+        argv = [sys.executable, "-m", "prfaas.cli", "status", "--url", c.url]
+        refused = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+        assert refused.returncode == 1 and "--token" in refused.stderr
+        shown = subprocess.run(
+            [*argv, "--token", c.token], capture_output=True, text=True, timeout=60, env=env
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert "pd-d-0" in shown.stdout and "prfaas-0" in shown.stdout

@@ -72,8 +72,8 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
             await wait_ready(deployment, START_TIMEOUT_S)
         with console.status("profiling the instances for the threshold t…"):
             choice = await start_control(deployment)
-        with console.status("waiting for every configured path to have a healthy instance…"):
-            await wait_serving(deployment, START_TIMEOUT_S)
+        with console.status("waiting for every configured path…") as shown:
+            await wait_serving(deployment, lambda why: shown.update(f"not ready: {why}…"))
         # Never the key itself: the banner ends up in terminals, CI logs and screenshots.
         auth = ' -H "Authorization: Bearer $PRFAAS_API_KEY"' if api_keys else ""
         print(f"prfaas is serving {deployment.backend.model_name} at {url}/v1")

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import secrets
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,13 +251,18 @@ async def wait_ready(deployment: Deployment, timeout_s: float) -> None:
         await asyncio.sleep(0.2)
 
 
-async def wait_serving(deployment: Deployment, timeout_s: float) -> None:
-    """Wait until ``/health`` would answer 200 (every configured path served, t settled)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout_s
+async def wait_serving(deployment: Deployment, show: Callable[[str], None]) -> None:
+    """Wait until ``/health`` would answer 200 (every configured path served, t settled),
+    telling ``show`` what is missing. No deadline: a worker started by hand elsewhere may
+    come whenever its operator starts it; a spawned worker that dies ends the wait."""
     while (reason := deployment.not_ready_reason()) is not None:
-        if loop.time() > end:
-            raise TimeoutError(f"the deployment is not ready: {reason}")
+        dead = deployment.launcher.dead()
+        if dead:
+            raise RuntimeError(
+                f"worker(s) {dead} exited during start-up; see their logs in "
+                f"{deployment.launcher.log_dir}"
+            )
+        show(reason)
         await asyncio.sleep(0.2)
 
 
