@@ -72,17 +72,17 @@ class Running:
         stop_process(self.proc, sig)
 
 
-def start(
+def launch(
     config: dict[str, Any],
     tmp: Path,
     cluster_token: str,
     *,
     name: str = "serve",
-    until: str = "prfaas is serving",
     env: dict[str, str] | None = None,
-) -> Running:
-    """Write ``config`` and start `prfaas serve` on it; return once it printed ``until``
-    (fails with its output and the workers' logs if it does not within ``START_S``)."""
+    args: list[str] | None = None,
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """Write ``config`` and start `prfaas serve` on it (extra CLI ``args``); return at once
+    with the process and the file its output goes to."""
     tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -94,7 +94,7 @@ def start(
         PRFAAS_CLUSTER_TOKEN=cluster_token,
         **(env or {}),
     )
-    argv = [sys.executable, "-m", "prfaas.cli", "serve", "--config", str(path)]
+    argv = [sys.executable, "-m", "prfaas.cli", "serve", "--config", str(path), *(args or [])]
     with out_path.open("wb") as out:  # a file, not a pipe: nobody has to keep reading it
         proc = subprocess.Popen(
             [*argv, "--log-dir", str(tmp / f"{name}-logs")],
@@ -103,6 +103,21 @@ def start(
             env=environment,
             start_new_session=True,
         )
+    return proc, out_path
+
+
+def start(
+    config: dict[str, Any],
+    tmp: Path,
+    cluster_token: str,
+    *,
+    name: str = "serve",
+    until: str = "prfaas is serving",
+    env: dict[str, str] | None = None,
+) -> Running:
+    """``launch``; return once it printed ``until`` (fails with its output and the workers'
+    logs if it does not within ``START_S``)."""
+    proc, out_path = launch(config, tmp, cluster_token, name=name, env=env)
     deadline = time.monotonic() + START_S
     while True:
         lines = out_path.read_text(errors="replace").splitlines(keepends=True)

@@ -145,3 +145,17 @@ def test_the_worker_package_imports_no_engine() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_health_is_503_until_the_engine_runs() -> None:
+    w, engine = worker("prefill")
+    app = create_worker_app(w)
+    before = TestClient(app)  # no lifespan: the engine was never started
+    r = before.get("/health")
+    assert not engine.started
+    assert r.status_code == 503 and r.json()["status"] == "unavailable"
+    with TestClient(app) as client:
+        assert engine.started
+        assert client.get("/health").json() == {"status": "ok", "role": "prefill"}
+    assert engine.stopped
+    assert before.get("/health").status_code == 503  # stopped: not ready again

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import sys
 from pathlib import Path
@@ -22,6 +21,13 @@ def register(commands: Commands) -> None:
     p.add_argument("--model", default=None, help="HF folder or .gguf (default: embedded)")
     p.add_argument("--threshold", type=int, default=None, help="pin the routing threshold t")
     p.add_argument("--api-key", action="append", default=[], metavar="KEY[=TENANT]")
+    p.add_argument(
+        "--api-key-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="KEY=TENANT lines (# comments); keeps keys out of ps and shell history",
+    )
     p.add_argument("--no-auth", action="store_true", help="allow no keys on a public address")
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--log-dir", type=Path, default=None, help="worker logs (default: temp)")
@@ -55,6 +61,11 @@ def register(commands: Commands) -> None:
     s = commands.top.add_parser("status", help="show a running deployment")
     s.add_argument("--url", default="http://127.0.0.1:8000")
     s.add_argument("--json", action="store_true")
+    s.add_argument(
+        "--token",
+        default=None,
+        help="the admin key a non-loopback gateway asks for (default: $PRFAAS_CLUSTER_TOKEN)",
+    )
     s.set_defaults(handler=_status)
 
 
@@ -111,6 +122,7 @@ def _worker(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from prfaas.deploy.config import (
         DeployConfigError,
+        binds_loopback,
         default_config,
         load_deploy_config,
     )
@@ -128,14 +140,18 @@ def _serve(args: argparse.Namespace) -> int:
         updates["policy"] = cfg.policy.model_copy(update={"threshold_tokens": args.threshold})
     cfg = cfg.model_copy(update=updates)
     api_keys = {t_key: t.name for t in cfg.tenants for t_key in t.api_keys}
+    if args.api_key_file is not None:
+        from prfaas.deploy.api_keys import ApiKeyFileError, load_api_key_file
+
+        try:
+            api_keys.update(load_api_key_file(args.api_key_file))
+        except ApiKeyFileError as e:
+            print(f"prfaas serve: --api-key-file {e}", file=sys.stderr)
+            return 2
     for item in args.api_key:
         key, _, tenant = item.partition("=")
         api_keys[key] = tenant or "default"
-    if (
-        not api_keys
-        and not args.no_auth
-        and not ipaddress.ip_address(_resolve(cfg.host)).is_loopback
-    ):
+    if not api_keys and not args.no_auth and not binds_loopback(cfg.host):
         print(
             "prfaas serve: refusing to serve a non-loopback address without API keys; "
             "pass --api-key or --no-auth",
@@ -180,20 +196,23 @@ def _print_threshold(data: dict[str, object]) -> None:
         )
 
 
-def _resolve(host: str) -> str:
-    import socket
-
-    return socket.gethostbyname(host)
-
-
 def _status(args: argparse.Namespace) -> int:
     import httpx
 
+    from prfaas.config import cluster_token_from_env
+    from prfaas.messages import TOKEN_HEADER
+
+    token = args.token or cluster_token_from_env()
+    headers = {TOKEN_HEADER: token} if token else {}
     try:
-        data = httpx.get(args.url.rstrip("/") + "/status", timeout=5.0).json()
+        r = httpx.get(args.url.rstrip("/") + "/status", headers=headers, timeout=5.0)
     except httpx.HTTPError as e:
         print(f"prfaas status: {args.url} unreachable: {e}", file=sys.stderr)
         return 1
+    if r.status_code == 401:
+        print("prfaas status: the gateway wants its admin key: --token", file=sys.stderr)
+        return 1
+    data = r.json()
     if args.json:
         print(json.dumps(data, indent=2))
         return 0

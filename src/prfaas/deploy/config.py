@@ -263,3 +263,12 @@ def open_kv_index(spec: KvIndexSpec) -> KvIndexBackend:
     index = RedisKvIndex(spec.url, spec.prefix)
     index.check()
     return index
+
+
+def binds_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) resolves to a loopback address: only this
+    machine can reach a gateway bound there."""
+    import ipaddress
+    import socket
+
+    return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback

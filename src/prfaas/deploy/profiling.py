@@ -292,6 +292,15 @@ async def measure(
     return measured[0], measured[1], decode
 
 
+def profiles_at_start(cfg: DeployConfig) -> bool:
+    """Whether ``profile_deployment`` measures the instances (the rule it follows below):
+    until it has, t is not settled and the deployment is not ready."""
+    pinned, control = cfg.policy.threshold_tokens, cfg.policy.control
+    return cfg.policy.name == "prfaas" and (
+        pinned is None or (control.enabled and control.adapt_mode)
+    )
+
+
 async def profile_deployment(
     cfg: DeployConfig,
     fleet: WorkerFleet,

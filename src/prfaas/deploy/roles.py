@@ -78,12 +78,25 @@ def add_role_route(app: FastAPI, fleet: WorkerFleet, cluster_token: str) -> None
         return Response(info.encode(), media_type="application/json")
 
 
-def add_status_route(app: FastAPI, fleet: WorkerFleet, router: Any, control: Any = None) -> None:
+def add_status_route(
+    app: FastAPI,
+    fleet: WorkerFleet,
+    router: Any,
+    control: Any = None,
+    *,
+    admin_token: str | None = None,
+) -> None:
     """GET /status: clusters, instances and roles, queue depths, threshold and mode; with a
-    ``control`` loop, where t came from (profiled / pinned / default) and what it measured."""
+    ``control`` loop, where t came from (profiled / pinned / default) and what it measured.
+    With ``admin_token`` (a gateway on a non-loopback address) only for a caller holding it
+    in the cluster-token header: the view names every worker's address."""
 
     @app.get("/status")
-    async def status() -> dict[str, Any]:
+    async def status(request: Request) -> dict[str, Any]:
+        if admin_token is not None and not hmac.compare_digest(
+            request.headers.get(TOKEN_HEADER, ""), admin_token
+        ):
+            raise HTTPException(401, "missing or invalid cluster token (the admin key)")
         return {
             "threshold_tokens": router.state.threshold_tokens,
             "mode": router.state.mode,

@@ -40,7 +40,7 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
 
     from prfaas.config import EngineConfig
     from prfaas.deploy.config import open_kv_index
-    from prfaas.deploy.serve import build_deployment, start_control, wait_ready
+    from prfaas.deploy.serve import build_deployment, start_control, wait_ready, wait_serving
 
     console = Console(stderr=True)
     try:  # before the model: an unreachable Redis is a configuration error, said at once
@@ -72,8 +72,10 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
             await wait_ready(deployment, START_TIMEOUT_S)
         with console.status("profiling the instances for the threshold t…"):
             choice = await start_control(deployment)
-        key = next(iter(api_keys), None)
-        auth = f" -H 'Authorization: Bearer {key}'" if key else ""
+        with console.status("waiting for every configured path…") as shown:
+            await wait_serving(deployment, lambda why: shown.update(f"not ready: {why}…"))
+        # Never the key itself: the banner ends up in terminals, CI logs and screenshots.
+        auth = ' -H "Authorization: Bearer $PRFAAS_API_KEY"' if api_keys else ""
         print(f"prfaas is serving {deployment.backend.model_name} at {url}/v1")
         solved = "" if choice.solved_tokens is None else f", planner {choice.solved_tokens:.0f}"
         print(

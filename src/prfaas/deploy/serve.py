@@ -12,7 +12,7 @@ import contextlib
 import logging
 import secrets
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,10 +22,16 @@ from fastapi import FastAPI
 from prfaas.config import cluster_token_from_env, server_secret_from_env
 from prfaas.deploy.admin import add_admin_routes
 from prfaas.deploy.cluster_metrics import ClusterMetrics, add_kv_index_metrics
-from prfaas.deploy.config import DeployConfig, open_kv_index
+from prfaas.deploy.config import DeployConfig, binds_loopback, open_kv_index
 from prfaas.deploy.control_loop import ControlLoop, running
 from prfaas.deploy.launcher import Launcher, WorkerSpawn, free_port
-from prfaas.deploy.profiling import ThresholdChoice, default_threshold, profile_deployment
+from prfaas.deploy.profiling import (
+    ThresholdChoice,
+    default_threshold,
+    profile_deployment,
+    profiles_at_start,
+)
+from prfaas.deploy.readiness import not_ready_reason
 from prfaas.deploy.roles import add_role_route, add_status_route, switch_role
 from prfaas.gateway.dispatch import BackendSettings, ClusterBackend
 from prfaas.gateway.fleet import WorkerFleet
@@ -60,7 +66,14 @@ class Deployment:
     tmp: tempfile.TemporaryDirectory[str] | None = None
 
     def ready(self) -> bool:
+        """Every spawned worker has registered (start-up profiling can begin)."""
         return all(self.fleet.healthy(n) for n in self.expected_workers)
+
+    def not_ready_reason(self) -> str | None:
+        """Why some request would fail now (``/health`` says it with a 503); None once every
+        configured path has a healthy instance and t is settled."""
+        settled = self.control.choice is not None or not profiles_at_start(self.config)
+        return not_ready_reason(self.config, list(self.fleet.instances()), settled)
 
     def close(self) -> None:
         self.launcher.stop()
@@ -198,16 +211,26 @@ def build_deployment(
         server_secret=server_secret_from_env() or b"",
         **cfg.overload.model_dump(),
     )
-    app = create_app(backend, gateway_config, metrics=metrics, lifespan=lambda _: running(control))
+    holder: list[Deployment] = []  # the app asks the deployment built around it
+    app = create_app(
+        backend,
+        gateway_config,
+        metrics=metrics,
+        lifespan=lambda _: running(control),
+        readiness=lambda: holder[0].not_ready_reason() if holder else "starting",
+    )
     fleet.inflight = app.state.admission.by_instance  # the one owner of in-flight counts
     add_internal_routes(app, fleet, cluster_token)
-    add_status_route(app, fleet, router, control)
+    # The cluster token is the admin key: off this machine, /status needs it too.
+    admin_token = None if binds_loopback(cfg.host) else cluster_token
+    add_status_route(app, fleet, router, control, admin_token=admin_token)
     add_role_route(app, fleet, cluster_token)
     launcher = Launcher(cluster_token, log_dir or Path(tmp.name) / "logs")
     add_admin_routes(app, emulators_by_link, launcher, cluster_token)
     deployment = Deployment(
         cfg, app, backend, fleet, launcher, control, emulators, [s.name for s in spawns], tmp
     )
+    holder.append(deployment)
     for spec in spawns:
         launcher.spawn(spec)
     return deployment
@@ -226,6 +249,21 @@ async def wait_ready(deployment: Deployment, timeout_s: float) -> None:
             )
         if loop.time() > end:
             raise TimeoutError("workers did not register in time")
+        await asyncio.sleep(0.2)
+
+
+async def wait_serving(deployment: Deployment, show: Callable[[str], None]) -> None:
+    """Wait until ``/health`` would answer 200 (every configured path served, t settled),
+    telling ``show`` what is missing. No deadline: a worker started by hand elsewhere may
+    come whenever its operator starts it; a spawned worker that dies ends the wait."""
+    while (reason := deployment.not_ready_reason()) is not None:
+        dead = deployment.launcher.dead()
+        if dead:
+            raise RuntimeError(
+                f"worker(s) {dead} exited during start-up; see their logs in "
+                f"{deployment.launcher.log_dir}"
+            )
+        show(reason)
         await asyncio.sleep(0.2)
 
 

@@ -56,10 +56,13 @@ def create_app(
     *,
     metrics: GatewayMetrics | None = None,
     lifespan: Lifespan | None = None,
+    readiness: Callable[[], str | None] | None = None,
 ) -> FastAPI:
     """The gateway app. ``metrics`` (default: a fresh registry) is where other components add
     their gauges; it is also ``app.state.metrics``. ``lifespan`` starts and stops what the
-    backend needs (engines, connections) with the server."""
+    backend needs (engines, connections) with the server. ``readiness`` says why the
+    backend cannot serve a request yet (None once it can): ``/health`` answers 503 with that
+    reason until then, 200 after (vLLM's semantics: a probe never sends traffic too early)."""
     config = config or GatewayConfig()
     metrics = metrics or GatewayMetrics()
     auth = Authenticator(config.api_keys, config.server_secret, config.default_tenant)
@@ -80,6 +83,9 @@ def create_app(
 
     @app.get("/health")
     async def health() -> Response:
+        reason = readiness() if readiness is not None else None
+        if reason is not None:
+            return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     @app.get("/metrics")

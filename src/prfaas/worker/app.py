@@ -8,7 +8,7 @@
   POST /role       RoleSwitch: drain, then switch (PD-cluster workers)
   POST /profile    ProfileRequest -> ProfileResult   (start-up profiling: short measured runs)
   GET  /internal/check  WorkerCheck: pool integrity, blocks, requests, KV connections, tasks
-  GET  /health
+  GET  /health     200 once the engine is loaded and started; 503 before, and while stopping
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import hmac
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from prfaas.messages import (
@@ -38,16 +38,19 @@ from prfaas.worker.process import DrainTimeout, Worker, exit_with_parent
 
 def create_worker_app(worker: Worker) -> FastAPI:
     engine = worker.engine
+    started = asyncio.Event()  # set while the engine runs: what /health reports
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.start()
+        started.set()
         tasks = [asyncio.create_task(worker.gateway_loop(u)) for u in worker.config.gateway_urls]
         if worker.config.parent_pid is not None:
             tasks.append(asyncio.create_task(exit_with_parent(worker.config.parent_pid)))
         try:
             yield
         finally:
+            started.clear()
             for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -137,7 +140,10 @@ def create_worker_app(worker: Worker) -> FastAPI:
         return Response((await worker.check()).encode(), media_type="application/json")
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok", "role": worker.role}
+    async def health() -> Response:
+        if not started.is_set():
+            body = {"status": "unavailable", "reason": "the engine is not running"}
+            return JSONResponse(body, status_code=503)
+        return JSONResponse({"status": "ok", "role": worker.role})
 
     return app
