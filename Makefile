@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PIP    := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: setup run test lint typecheck imports unit clean setup-vllm test-vllm
+.PHONY: setup run test lint typecheck imports unit clean setup-vllm smoke-vllm test-vllm
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -57,6 +57,10 @@ $(VLLM_STAMP): pyproject.toml
 	touch $(VLLM_STAMP)
 
 setup-vllm: $(VLLM_STAMP)
+
+# vLLM generates greedily from the embedded default model (about a minute: engine start).
+smoke-vllm: setup-vllm
+	$(VLLM_PY) examples/vllm_generate.py
 
 # The vLLM integration tests (two vLLM engines handing KV over prfaas.transfer).
 test-vllm: setup-vllm

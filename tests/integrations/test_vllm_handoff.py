@@ -53,6 +53,7 @@ TEXT = (
 PROMPTS = {"boundary": (0, 2 * BLOCK), "off_by_one": (210, 3 * BLOCK + 1)}
 PROMPTS |= {"short_of": (420, 3 * BLOCK - 1), "prefix_hit": (0, 5 * BLOCK + 7)}
 MISSING = "missing"  # the decode instance expects it; the prefill instance never sends it
+MISFIT = "misfit"  # sent for a shorter prompt than the one the decode instance has
 
 
 def free_port() -> int:
@@ -121,6 +122,7 @@ def handoff(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     ids = AutoTokenizer.from_pretrained(folder)(TEXT * 8)["input_ids"]
     prompts = {name: ids[at : at + n] for name, (at, n) in PROMPTS.items()}
     prompts[MISSING] = ids[630 : 630 + 2 * BLOCK + 5]
+    prompts[MISFIT] = ids[520 : 520 + 3 * BLOCK + 3]
     assert all(len(p) == n for p, (_, n) in zip(prompts.values(), PROMPTS.values(), strict=False))
     write_certs(tmp / "certs", ["prefill", "decode"])
     (tmp / "token").write_text("cluster token for the hand-off test\n")
@@ -140,8 +142,17 @@ def handoff(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             "kv_connector_extra_config": {**common, **extra},
         }
 
-    handed = [n for n in prompts if n != MISSING]
-    prefill_jobs = [
+    handed = [n for n in prompts if n not in (MISSING, MISFIT)]
+    misfit_send = {
+        "name": MISFIT,
+        "prompt_token_ids": prompts[MISFIT][: 2 * BLOCK],
+        "max_tokens": 1,
+        "kv_transfer_params": {
+            "prfaas_transfer_id": f"t-{MISFIT}",
+            "prfaas_send_to": f"127.0.0.1:{port}",
+        },
+    }
+    prefill_jobs = [misfit_send] + [
         {
             "name": n,
             "prompt_token_ids": prompts[n],
@@ -164,7 +175,7 @@ def handoff(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             "max_tokens": MAX_TOKENS,
             "kv_transfer_params": {"prfaas_transfer_id": f"t-{n}"},
         }
-        for n in [*handed, MISSING]
+        for n in [*handed, MISFIT, MISSING]
     ]
     prefill_extra = {"cluster": "prefill", "peer_cluster": "decode", "rate_gbps": 1.0}
     decode_extra = {
@@ -243,6 +254,14 @@ def test_transfer_that_never_comes_is_recomputed_within_the_deadline(
     assert not event["ok"] and "not complete" in event["error"], event
     assert LOAD_TIMEOUT_S <= event["seconds"] < LOAD_TIMEOUT_S + 5
     assert f"t-{MISSING}" not in handoff["send_events"]
+
+
+def test_transfer_that_does_not_fit_is_refused_and_recomputed(handoff: dict[str, Any]) -> None:
+    alone = handoff["prefill"][f"alone-{MISFIT}"]["token_ids"]
+    assert handoff["decode"][MISFIT]["token_ids"] == alone
+    assert handoff["send_events"][f"t-{MISFIT}"]["ok"]  # delivered, verified ...
+    event = handoff["load_events"][f"t-{MISFIT}"]
+    assert not event["ok"] and f"{2 * BLOCK} tokens, need" in event["error"], event  # ... unused
 
 
 def test_no_receive_buffer_is_held_after_the_loads(handoff: dict[str, Any]) -> None:
