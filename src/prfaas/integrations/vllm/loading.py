@@ -10,6 +10,7 @@ failed, or abandoned when vLLM finishes the request first.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -88,18 +89,12 @@ class Loader:
         started_s = time.monotonic()
         error: Exception | None = None
         try:
-            received = self.receiver.wait(spec.transfer_id, timeout_s=self.timeout_s)
-        except TransferError as exc:
+            error = self._load(spec)
+        except Exception as exc:  # a bug must still end the load, or the request waits
+            logger.exception("loading %s failed", spec.transfer_id)
             error = exc
-            self.receiver.abandon(spec.transfer_id)
-        else:
-            try:
-                self._land(spec, received)
-            except (LoadRejected, ValueError, RuntimeError) as exc:
-                error = exc
-            finally:
-                self.receiver.release(spec.transfer_id)
-        self._finish(spec, error)
+        finally:
+            self._finish(spec, error)
         self.events.record(
             HandoffEvent(
                 spec.transfer_id,
@@ -111,6 +106,22 @@ class Loader:
                 self.receiver.allocated_bytes,
             )
         )
+
+    def _load(self, spec: LoadSpec) -> Exception | None:
+        """Wait, land, release; the error that made it fail, if any."""
+        try:
+            received = self.receiver.wait(spec.transfer_id, timeout_s=self.timeout_s)
+        except TransferError as exc:
+            self.receiver.abandon(spec.transfer_id)
+            return exc
+        try:
+            self._land(spec, received)
+            return None
+        except LoadRejected as exc:
+            return exc
+        finally:
+            with contextlib.suppress(KeyError):  # already freed by a concurrent abandon
+                self.receiver.release(spec.transfer_id)
 
     def _land(self, spec: LoadSpec, received: ReceivedTransfer) -> None:
         index = {entry.name: i for i, entry in enumerate(received.header.layers)}
