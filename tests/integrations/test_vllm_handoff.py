@@ -54,6 +54,7 @@ PROMPTS = {"boundary": (0, 2 * BLOCK), "off_by_one": (210, 3 * BLOCK + 1)}
 PROMPTS |= {"short_of": (420, 3 * BLOCK - 1), "prefix_hit": (0, 5 * BLOCK + 7)}
 MISSING = "missing"  # the decode instance expects it; the prefill instance never sends it
 MISFIT = "misfit"  # sent for a shorter prompt than the one the decode instance has
+CUT = "cut"  # a prefill instance that dies mid-transfer (emulated: see cut_transfer)
 
 
 def free_port() -> int:
@@ -109,6 +110,47 @@ def read_events(path: Path) -> dict[str, dict[str, Any]]:
     return {e["transfer_id"]: e for e in map(json.loads, lines)}
 
 
+def cut_transfer(folder: Path, port: int, tmp: Path, prompt_len: int) -> None:
+    """A prefill instance killed mid-transfer, as the decode instance sees it: a peer with
+    valid credentials streams a third of the layers (zeros), then its connections drop.
+    A real vLLM prefill of these prompts takes well under a second, too short to kill it
+    reliably at a chosen layer on this machine, hence this stand-in on the real transport."""
+    import numpy as np
+
+    from prfaas.config import default_cache_dir
+    from prfaas.model.loader import fingerprint_folder
+    from prfaas.transfer.auth import kv_auth_key
+    from prfaas.transfer.config import LinkConfig
+    from prfaas.transfer.link import Link
+    from prfaas.transfer.messages import DType, LayerEntry, LayerKind, TransferHeader
+    from prfaas.transfer.sender import KvSender
+    from prfaas.transfer.tls import TlsConfig, client_context
+
+    model = json.loads((folder / "config.json").read_text())
+    heads = model["num_key_value_heads"]
+    head_dim = model["hidden_size"] // model["num_attention_heads"]
+    shape = (prompt_len, heads, head_dim)
+    entries = tuple(
+        LayerEntry(f"L{i}.{part}", LayerKind.BLOCKS, DType.FLOAT32, shape)
+        for i in range(model["num_hidden_layers"])
+        for part in ("k", "v")
+    )
+    fingerprint = bytes.fromhex(fingerprint_folder(folder, default_cache_dir()))
+    header = TransferHeader(f"t-{CUT}", fingerprint, "raw", entries)
+    sender = KvSender(
+        Link(LinkConfig(connections=1)),
+        tls=client_context(TlsConfig.from_dir(tmp / "certs", "prefill")),
+        server_name="decode",
+        auth_key=kv_auth_key((tmp / "token").read_text().strip()),
+    )
+    rows = np.zeros(shape, np.float32)
+    with sender.open(("127.0.0.1", port), header) as transfer:
+        for index in range(len(entries) // 3):
+            transfer.send_layer(index, rows)
+        time.sleep(0.5)
+    # leaving without finish() aborts: every connection is closed mid-payload
+
+
 @pytest.fixture(scope="module")
 def handoff(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     from transformers import AutoTokenizer
@@ -123,6 +165,7 @@ def handoff(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     prompts = {name: ids[at : at + n] for name, (at, n) in PROMPTS.items()}
     prompts[MISSING] = ids[630 : 630 + 2 * BLOCK + 5]
     prompts[MISFIT] = ids[520 : 520 + 3 * BLOCK + 3]
+    prompts[CUT] = ids[330 : 330 + 2 * BLOCK + 9]
     assert all(len(p) == n for p, (_, n) in zip(prompts.values(), PROMPTS.values(), strict=False))
     write_certs(tmp / "certs", ["prefill", "decode"])
     (tmp / "token").write_text("cluster token for the hand-off test\n")
@@ -142,7 +185,7 @@ def handoff(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             "kv_connector_extra_config": {**common, **extra},
         }
 
-    handed = [n for n in prompts if n not in (MISSING, MISFIT)]
+    handed = [n for n in prompts if n not in (MISSING, MISFIT, CUT)]
     misfit_send = {
         "name": MISFIT,
         "prompt_token_ids": prompts[MISFIT][: 2 * BLOCK],
@@ -175,7 +218,7 @@ def handoff(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             "max_tokens": MAX_TOKENS,
             "kv_transfer_params": {"prfaas_transfer_id": f"t-{n}"},
         }
-        for n in [*handed, MISFIT, MISSING]
+        for n in [*handed, MISFIT, CUT, MISSING]
     ]
     prefill_extra = {"cluster": "prefill", "peer_cluster": "decode", "rate_gbps": 1.0}
     decode_extra = {
@@ -212,6 +255,7 @@ def handoff(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         wait_for(instances, ready=True, timeout_s=START_TIMEOUT_S)
         ready_s = time.monotonic()
         (tmp / "go").touch()
+        cut_transfer(folder, port, tmp, len(prompts[CUT]))
         wait_for(instances, ready=False, timeout_s=RUN_TIMEOUT_S)
         yield {
             "prompts": prompts,
@@ -262,6 +306,13 @@ def test_transfer_that_does_not_fit_is_refused_and_recomputed(handoff: dict[str,
     assert handoff["send_events"][f"t-{MISFIT}"]["ok"]  # delivered, verified ...
     event = handoff["load_events"][f"t-{MISFIT}"]
     assert not event["ok"] and f"{2 * BLOCK} tokens, need" in event["error"], event  # ... unused
+
+
+def test_prefill_dying_mid_transfer_is_recomputed(handoff: dict[str, Any]) -> None:
+    alone = handoff["prefill"][f"alone-{CUT}"]["token_ids"]
+    assert handoff["decode"][CUT]["token_ids"] == alone  # the zeros that landed were not used
+    event = handoff["load_events"][f"t-{CUT}"]
+    assert not event["ok"] and event["seconds"] < LOAD_TIMEOUT_S + 5, event
 
 
 def test_no_receive_buffer_is_held_after_the_loads(handoff: dict[str, Any]) -> None:
