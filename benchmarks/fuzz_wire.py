@@ -126,6 +126,7 @@ def frame_seeds() -> list[bytes]:
             LayerEntry("L0.recurrent", LayerKind.STATE, DType.FLOAT32, (1, 4, 32, 32)),
             LayerEntry("first_token", LayerKind.STATE, DType.INT64, (1,)),
         ),
+        bytes(range(16)),
     )
     hello = Hello("cmpl-0123", 0, 2, 0, False)
     auth = AuthProof.prove(KEY, hello.encode())

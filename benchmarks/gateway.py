@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 import yaml
 
-from prfaas.gateway.launcher import free_port
+from prfaas.deploy.launcher import free_port
 from prfaas.messages import DecodeCommand, SamplingSpec
 
 HERE = Path(__file__).resolve().parent

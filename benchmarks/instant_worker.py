@@ -1,5 +1,6 @@
-"""An instant worker for gateway benchmarks: speaks the worker control plane (register,
-heartbeat, /prefill, /decode, /kv_failed) but computes nothing.
+"""An instant worker for gateway benchmarks: the tests' fake worker (``tests/fakes/worker.py``:
+the real control-plane messages, nothing computed) as a process that registers with a gateway
+and heartbeats every 0.5 s.
 
 Why a stand-in and not the real worker: the gateway's own cost (parsing, tokenizing, routing,
 hashing, the hop, SSE) is what `benchmarks/gateway.py` measures, and a real engine's
@@ -16,43 +17,26 @@ import argparse
 import asyncio
 import contextlib
 import os
-import time
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi import FastAPI
 
-from prfaas.messages import (
-    TOKEN_HEADER,
-    DecodeCommand,
-    Heartbeat,
-    PrefillCommand,
-    PrefillResult,
-    TokenEvent,
-    WorkerInfo,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests/
 
-FINGERPRINT = "0" * 64
+from tests.fakes.worker import FakeWorker
+
+from prfaas.messages import TOKEN_HEADER
 
 
 def create_app(args: argparse.Namespace) -> FastAPI:
     token = os.environ["PRFAAS_CLUSTER_TOKEN"]
-    epoch = time.time_ns()
-    info = WorkerInfo(
-        name=args.name,
-        cluster=args.cluster,
-        role=args.role,
-        http_url=f"http://127.0.0.1:{args.port}",
-        kv_host="127.0.0.1",
-        kv_port=args.port,  # never dialled: the instant prefill sends no KV
-        fingerprint=FINGERPRINT,
-        model_name="instant",
-        max_model_len=args.max_model_len,
-        block_size=16,
-        epoch=epoch,
-    )
+    worker = FakeWorker(args.name, args.role, args.cluster, max_model_len=args.max_model_len)
+    worker.http_url = f"http://127.0.0.1:{args.port}"
+    worker.behaviour.tokens = args.tokens
 
     async def gateway_loop() -> None:
         async with httpx.AsyncClient(
@@ -62,19 +46,11 @@ def create_app(args: argparse.Namespace) -> FastAPI:
             while True:
                 with contextlib.suppress(httpx.HTTPError):
                     if not registered:
-                        r = await client.post("/internal/register", content=info.encode())
+                        r = await client.post("/internal/register", content=worker.info().encode())
                         registered = r.status_code == 200
                     if registered:
-                        hb = Heartbeat(
-                            name=args.name,
-                            epoch=epoch,
-                            role=args.role,
-                            num_waiting=0,
-                            num_running=0,
-                            kv_usage=0.0,
-                            fallbacks=0,
-                        )
-                        r = await client.post("/internal/heartbeat", content=hb.encode())
+                        hb = worker.heartbeat().encode()
+                        r = await client.post("/internal/heartbeat", content=hb)
                         registered = r.status_code == 200
                 await asyncio.sleep(0.5)
 
@@ -84,44 +60,8 @@ def create_app(args: argparse.Namespace) -> FastAPI:
         yield
         task.cancel()
 
-    app = FastAPI(lifespan=lifespan)
-
-    @app.post("/prefill")
-    async def prefill(request: Request) -> Response:
-        cmd = PrefillCommand.decode(await request.body())
-        result = PrefillResult(request_id=cmd.request_id, ok=True)
-        return Response(result.encode(), media_type="application/json")
-
-    @app.post("/decode")
-    async def decode(request: Request) -> StreamingResponse:
-        cmd = DecodeCommand.decode(await request.body())
-        n = min(args.tokens, cmd.params.max_tokens)
-
-        async def lines() -> AsyncIterator[bytes]:
-            for i in range(n):
-                last = i == n - 1
-                yield (
-                    TokenEvent(
-                        request_id=cmd.request_id,
-                        token_ids=[42],
-                        text=" x",
-                        finished=last,
-                        finish_reason="length" if last else None,
-                    ).encode()
-                    + b"\n"
-                )
-
-        return StreamingResponse(lines(), media_type="application/x-ndjson")
-
-    @app.post("/kv_failed")
-    async def kv_failed() -> dict[str, bool]:
-        return {"fallback": False}
-
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    return app
+    worker.app.router.lifespan_context = lifespan
+    return worker.app
 
 
 def main() -> None:

@@ -21,8 +21,8 @@ import statistics
 import time
 from collections.abc import Callable
 
-from prfaas.gateway.redis_index import RedisKvIndex
 from prfaas.router.kv_index import CacheEvent, KvIndex, KvIndexBackend
+from prfaas.router.redis_index import RedisKvIndex
 
 
 def timed(fn: Callable[[], object], calls: int) -> tuple[float, float]:

@@ -31,7 +31,7 @@ SNAPSHOT_EVERY = 8
 GOAL_US = 100.0
 
 
-class Fleet:
+class BenchFleet:
     def __init__(self) -> None:
         self.views = [InstanceView(f"r{k}", "remote", "prefill", k % 3) for k in range(4)]
         self.views += [InstanceView(f"p{k}", "pd", "prefill", k % 2) for k in range(3)]
@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rng = random.Random(0)
-    fleet = Fleet()
+    fleet = BenchFleet()
     index = KvIndex()
     prefill = [v for v in fleet.views if v.role == "prefill"]
     for v in prefill:

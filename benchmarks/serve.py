@@ -34,10 +34,10 @@ from typing import Any
 import httpx
 import yaml
 
-from prfaas.gateway.bench import BenchReport, run_bench
-from prfaas.gateway.bench_data import BenchRequest, random_dataset
-from prfaas.gateway.deploy_config import default_config
-from prfaas.gateway.launcher import free_port
+from prfaas.bench.data import BenchRequest, random_dataset
+from prfaas.bench.load import BenchReport, run_bench
+from prfaas.deploy.config import default_config
+from prfaas.deploy.launcher import free_port
 
 POLICIES = {"prfaas": "PrfaaS routing", "homogeneous": "all-local", "naive": "all-remote"}
 

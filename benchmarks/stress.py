@@ -46,7 +46,7 @@ import openai
 import yaml
 
 from prfaas import LLM, SamplingParams
-from prfaas.gateway.launcher import free_port
+from prfaas.deploy.launcher import free_port
 from prfaas.messages import TOKEN_HEADER, WorkerCheck
 
 TOKEN = "stress-cluster-token"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from prfaas.gateway.launcher import free_port
+from prfaas.deploy.launcher import free_port
 
 APT_TIMEOUT_S = 300
 

@@ -11,6 +11,7 @@ from prfaas.messages import (
     Heartbeat,
     KvFailed,
     KvTarget,
+    LinkReport,
     Message,
     PrefillCommand,
     PrefillResult,
@@ -49,6 +50,17 @@ EXAMPLES: list[Message] = [
             CacheEventMsg(block_hash="0e" * 16, stored=False, snapshot=True),
         ],
         seq=3,
+        links=[
+            LinkReport(
+                link="wan",
+                bytes_sent=1 << 30,
+                rate_gbps=2.5,
+                goodput_gbps=9.5,
+                backlog_bytes=4 << 20,
+                transfers_open=2,
+                cap_gbps=10.0,
+            )
+        ],
     ),
     PrefillCommand(
         request_id="r",
@@ -58,7 +70,9 @@ EXAMPLES: list[Message] = [
         deadline_s=5.0,
         target=KvTarget(host="h", port=9, tls=True, server_name="local"),
     ),
-    PrefillResult(request_id="r", ok=True, kv_bytes=10, wire_bytes=12, transfer_s=0.5),
+    PrefillResult(
+        request_id="r", ok=True, kv_bytes=10, wire_bytes=12, transfer_s=0.5, cached_tokens=32
+    ),
     DecodeCommand(
         request_id="r",
         prompt_token_ids=[1],
@@ -67,7 +81,14 @@ EXAMPLES: list[Message] = [
         expect_kv=True,
         deadline_s=1.0,
     ),
-    TokenEvent(request_id="r", token_ids=[5], text="hi", finished=True, finish_reason="stop"),
+    TokenEvent(
+        request_id="r",
+        token_ids=[5],
+        text="hi",
+        finished=True,
+        finish_reason="stop",
+        cached_tokens=16,
+    ),
     KvFailed(request_id="r", reason="link cut"),
     RoleSwitch(role="decode"),
 ]
@@ -99,6 +120,13 @@ def test_bounds_are_enforced() -> None:
         CacheEventMsg(block_hash="zz" * 16, stored=True)
     with pytest.raises(ValidationError):
         KvTarget(host="h", port=70000)
+    link = dict(link="l", bytes_sent=0, rate_gbps=0.0, goodput_gbps=0.0, backlog_bytes=0)
+    with pytest.raises(ValidationError):
+        LinkReport(**link, transfers_open=-1)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        LinkReport(**{**link, "link": "x" * 129}, transfers_open=0)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        TokenEvent(request_id="r", fallback=True)  # the field is gone: extra fields are refused
 
 
 def test_snapshot_and_hybrid_flags_default_off_and_dense_events_stay_small() -> None:

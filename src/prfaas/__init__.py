@@ -14,11 +14,21 @@ __version__ = "0.1.0"
 _LAZY = {
     "LLM": "prfaas.engine.llm",
     "SamplingParams": "prfaas.engine.sampling_params",
+    "StructuredOutputs": "prfaas.engine.sampling_params",
+    "Logprob": "prfaas.engine.logprobs",
     "RequestOutput": "prfaas.engine.outputs",
     "CompletionOutput": "prfaas.engine.outputs",
 }
 
-__all__ = ["LLM", "CompletionOutput", "RequestOutput", "SamplingParams", "__version__"]
+__all__ = [
+    "LLM",
+    "CompletionOutput",
+    "Logprob",
+    "RequestOutput",
+    "SamplingParams",
+    "StructuredOutputs",
+    "__version__",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -19,8 +19,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "prfaas.engine.cli",
     "prfaas.planner.cli",
     "prfaas.sim.cli",
-    "prfaas.gateway.serve_cli",
-    "prfaas.gateway.cli",
+    "prfaas.deploy.cli",
+    "prfaas.bench.cli",
     "prfaas.transfer.cli",
 )
 

@@ -42,16 +42,34 @@ class Message(BaseModel):
 
 
 class SamplingSpec(Message):
-    """SamplingParams on the wire (validated again by SamplingParams on the worker)."""
+    """Sampling parameters as the gateway takes them and workers receive them (validated
+    again by the engine's SamplingParams on the worker, which accepts whatever this does)."""
 
     max_tokens: int = Field(16, ge=1, le=1 << 20)
     temperature: float = Field(1.0, ge=0.0, le=100.0)
     top_k: int = Field(0, ge=0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = None
-    stop: list[Annotated[str, Field(max_length=256)]] = Field(default_factory=list, max_length=16)
-    stop_token_ids: list[int] = Field(default_factory=list, max_length=64)
+    stop: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list, max_length=16
+    )
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, max_length=64)
     ignore_eos: bool = False
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(1.0, gt=0.0, le=2.0)
+    min_tokens: int = Field(0, ge=0, le=1 << 20)
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
+    # token id -> bias; ids are checked against the vocabulary by the engine.
+    logit_bias: dict[
+        Annotated[int, Field(ge=0, lt=1 << 24)], Annotated[float, Field(ge=-100.0, le=100.0)]
+    ] = Field(default_factory=dict, max_length=300)
+    logprobs: int | None = Field(None, ge=0, le=20)
+    prompt_logprobs: int | None = Field(None, ge=0, le=20)
+    include_stop_str_in_output: bool = False
+    # Structured outputs: a JSON schema as JSON text, or any JSON object (at most one).
+    json_schema: str | None = Field(None, max_length=65536)
+    json_object: bool = False
 
 
 class WorkerInfo(Message):
@@ -88,6 +106,19 @@ class CacheEventMsg(Message):
         return data
 
 
+class LinkReport(Message):
+    """One link's egress as its sender measures it (``transfer/monitor.py``), reported by the
+    sending worker in every heartbeat: the one measurement of link goodput."""
+
+    link: str = Field(max_length=MAX_NAME)
+    bytes_sent: int = Field(ge=0)  # monotone wire bytes, transfers still in flight included
+    rate_gbps: float = Field(ge=0.0)  # bytes on the wire per second over the last window
+    goodput_gbps: float = Field(ge=0.0)  # the last transfer that kept the link backlogged
+    backlog_bytes: int = Field(ge=0)  # queued for the link, not yet on the wire
+    transfers_open: int = Field(ge=0)
+    cap_gbps: float | None = Field(None, gt=0.0)  # the pacer's cap; None: uncapped
+
+
 class Heartbeat(Message):
     name: str = Field(max_length=MAX_NAME)
     epoch: int = Field(ge=0)
@@ -103,6 +134,7 @@ class Heartbeat(Message):
     # sent to several gateways sharing one kv index, or sent again, applies once and in
     # order; 0 when the heartbeat carries no events.
     seq: int = Field(0, ge=0)
+    links: list[LinkReport] = Field(default_factory=list, max_length=64)
 
     @model_validator(mode="after")
     def _events_are_numbered(self) -> Heartbeat:
@@ -139,7 +171,7 @@ class PrefillResult(Message):
     wire_bytes: int = 0
     seconds: float = 0.0  # command received to KV acknowledged
     transfer_s: float = 0.0  # transfer opened to acknowledged
-    cached_tokens: int = 0
+    cached_tokens: int = Field(0, ge=0)  # the prefill engine's real prefix hit for the prompt
     error: str | None = None
 
 
@@ -160,8 +192,9 @@ class TokenEvent(Message):
     text: str = ""
     finished: bool = False
     finish_reason: str | None = None
-    cached_tokens: int = 0
-    fallback: bool = False  # the KV never came; this worker prefilled the prompt itself
+    # On the first event: prompt tokens this worker took from its own prefix cache when it
+    # prefilled the prompt itself (no KV expected, or the fallback); 0 when the KV landed.
+    cached_tokens: int = Field(0, ge=0)
     error: str | None = None
 
 

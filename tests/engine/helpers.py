@@ -9,6 +9,8 @@ import torch
 
 from prfaas.config import EngineConfig
 from prfaas.engine.engine import Engine
+from prfaas.engine.handoff import KvPayload
+from prfaas.engine.request import RequestStatus
 from prfaas.engine.sampling_params import SamplingParams
 
 GREEDY = SamplingParams(max_tokens=32, temperature=0.0, ignore_eos=True)
@@ -19,6 +21,21 @@ def make_engine(model: Path | str | None, cache_dir: Path, **kw: Any) -> Engine:
     return Engine(
         EngineConfig(model=None if model is None else str(model), cache_dir=cache_dir, **kw)
     )
+
+
+def export_prefill(
+    engine: Engine, prompt: list[int], params: SamplingParams, request_id: str
+) -> KvPayload:
+    """Prefill one prompt on a sync engine (not driven by an AsyncEngine) and export its KV,
+    as ``LLM.prefill`` does; the blocks are freed."""
+    req = engine.add_request(prompt, params, request_id, prefill_only=True)
+    while req.status is not RequestStatus.SENDING_KV:
+        assert not req.status.is_done, f"request {request_id} ended before its KV was ready"
+        engine.step()
+    try:
+        return engine.export_kv(request_id)
+    finally:
+        engine.release(request_id)
 
 
 def run_recording_logits(

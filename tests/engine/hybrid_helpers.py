@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +45,36 @@ BASE: dict[str, Any] = {
 }
 
 
-def save_kimi_checkpoint(folder: Path, layer_types: list[str], first_dense: int) -> Path:
+# How config.json names the KDA shapes and the layer pattern: transformers' KimiLinearConfig
+# given a `linear_attn_config` block (kept in the file beside `layer_types`); the same class
+# given only its native `linear_*` attributes (no block); or the original checkpoint's form
+# (1-based `kda_layers` / `full_attn_layers`, `first_k_dense_replace`, no `layer_types`).
+CONFIG_STYLES = ("linear_attn_config", "native", "checkpoint")
+KDA_SHAPES = {"head_dim": 8, "num_heads": 4, "short_conv_kernel_size": 4}
+
+
+def save_kimi_checkpoint(
+    folder: Path, layer_types: list[str], first_dense: int, style: str = "linear_attn_config"
+) -> Path:
     from transformers import KimiLinearConfig, KimiLinearForCausalLM
 
+    if style not in CONFIG_STYLES:
+        raise ValueError(f"style {style!r} not in {CONFIG_STYLES}")
+    shapes: dict[str, Any] = (
+        {
+            "linear_head_dim": KDA_SHAPES["head_dim"],
+            "linear_num_heads": KDA_SHAPES["num_heads"],
+            "linear_conv_kernel_dim": KDA_SHAPES["short_conv_kernel_size"],
+        }
+        if style == "native"
+        else {"linear_attn_config": KDA_SHAPES}
+    )
     config = KimiLinearConfig(
         **BASE,
+        **shapes,
         num_hidden_layers=len(layer_types),
         layer_types=layer_types,
         first_k_dense_replace=first_dense,
-        linear_attn_config={"head_dim": 8, "num_heads": 4, "short_conv_kernel_size": 4},
     )
     torch.manual_seed(0)
     model = KimiLinearForCausalLM(config).eval()
@@ -68,8 +90,23 @@ def save_kimi_checkpoint(folder: Path, layer_types: list[str], first_dense: int)
             if name.endswith("e_score_correction_bias"):
                 buf.copy_(0.1 * torch.randn(buf.shape, generator=gen))
     model.save_pretrained(folder)
+    if style == "checkpoint":
+        _rewrite_as_checkpoint_config(folder / "config.json", layer_types, first_dense)
     _tokenizer_files(folder, VOCAB)
     return folder
+
+
+def _rewrite_as_checkpoint_config(path: Path, layer_types: list[str], first_dense: int) -> None:
+    raw = json.loads(path.read_text())
+    for key in ("layer_types", "mlp_layer_types", *(k for k in raw if k.startswith("linear_"))):
+        raw.pop(key, None)
+    raw["first_k_dense_replace"] = first_dense
+    raw["linear_attn_config"] = {
+        **KDA_SHAPES,
+        "kda_layers": [i + 1 for i, t in enumerate(layer_types) if t == KDA],
+        "full_attn_layers": [i + 1 for i, t in enumerate(layer_types) if t == MLA],
+    }
+    path.write_text(json.dumps(raw, indent=2))
 
 
 def kimi_engine(

@@ -13,7 +13,7 @@ from prfaas.engine.async_engine import AsyncEngine
 from prfaas.engine.engine import Engine
 from prfaas.engine.handoff import KvPayload
 from prfaas.engine.sampling_params import SamplingParams
-from tests.engine.helpers import make_engine
+from tests.engine.helpers import export_prefill, make_engine
 
 T = TypeVar("T")
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
@@ -103,23 +103,53 @@ def test_cancel_aborts_and_frees_blocks(engine: Engine) -> None:
     run([engine], body)
 
 
-def test_prefill_then_decode_with_kv_equals_generate(engine: Engine, engine_b: Engine) -> None:
-    async def body(a: AsyncEngine, b: AsyncEngine) -> tuple[list[int], list[int]]:
-        ref = await collect(b, PROMPTS[2], "ref")
-        payload = await a.prefill(PROMPTS[2], GREEDY, "p")
-        assert isinstance(payload, KvPayload) and payload.num_tokens == len(PROMPTS[2])
+def test_decode_with_kv_equals_generate_and_reports_no_local_hit(
+    engine: Engine, engine_b: Engine
+) -> None:
+    payload = export_prefill(engine, PROMPTS[2], GREEDY, "p")  # the sync path (LLM.prefill)
+    assert payload.num_tokens == len(PROMPTS[2])
+
+    async def body(b: AsyncEngine) -> tuple[list[int], list[int], int | None]:
+        ref = await collect(b, PROMPTS[2], "ref")  # b now holds the prompt's full blocks
 
         async def ready() -> KvPayload:
             await asyncio.sleep(0.05)
             return payload
 
-        deltas = b.decode_with_kv(PROMPTS[2], GREEDY, "d", ready(), deadline_s=5.0)
-        got = [t async for d in deltas for t in d.new_token_ids]
+        got: list[int] = []
+        first_cached = None
+        async for d in b.decode_with_kv(PROMPTS[2], GREEDY, "d", ready(), deadline_s=5.0):
+            if not got:
+                first_cached = b.num_cached_tokens("d")
+            got += d.new_token_ids
         assert b.stats().fallbacks == 0
-        return ref, got
+        return ref, got, first_cached
 
-    ref, got = run([engine, engine_b], body)
+    ref, got, first_cached = run([engine_b], body)
     assert got == ref
+    assert first_cached == 0  # the KV landed from elsewhere: nothing computed or hit here
+
+
+def test_streamed_prefill_reports_its_real_prefix_hit(engine: Engine) -> None:
+    class Discard:
+        def begin(self) -> None:
+            self.layers = 0
+
+        def layer(self, layer_index: int, tensors: Any) -> None:
+            self.layers += 1
+
+    fresh = [(11 * i) % 250 + 3 for i in range(40)]  # 2 full blocks of 16 and a tail
+
+    async def body(ae: AsyncEngine) -> tuple[int, int, int]:
+        sink = Discard()
+        first = await ae.prefill_streamed(fresh, GREEDY, "p1", sink)
+        again = await ae.prefill_streamed(fresh, GREEDY, "p2", sink)
+        assert first.first_token_id == again.first_token_id
+        return first.num_cached_tokens, again.num_cached_tokens, sink.layers
+
+    first, again, layers = run([engine], body)
+    assert (first, again) == (0, 32)
+    assert layers == len(engine.loaded.model.model.layers)
 
 
 @pytest.mark.parametrize("failure", ["raises", "deadline"])
@@ -134,8 +164,11 @@ def test_failed_kv_falls_back_to_local_prefill(engine: Engine, failure: str) -> 
             raise AssertionError("unreachable")
 
         before = ae.stats().fallbacks
-        deltas = ae.decode_with_kv(PROMPTS[1], GREEDY, "d", broken(), deadline_s=0.1)
-        got = [t async for d in deltas for t in d.new_token_ids]
+        got: list[int] = []
+        async for d in ae.decode_with_kv(PROMPTS[1], GREEDY, "d", broken(), deadline_s=0.1):
+            if not got:  # prefilled here: the first block came from ref's prefix cache
+                assert ae.num_cached_tokens("d") == 16
+            got += d.new_token_ids
         assert ae.stats().fallbacks == before + 1
         return ref, got
 

@@ -14,6 +14,7 @@ import torch
 from prfaas.engine.engine import Engine
 from tests.engine.helpers import run_recording_logits
 from tests.engine.hybrid_helpers import (
+    CONFIG_STYLES,
     PATTERNS,
     greedy,
     kimi_engine,
@@ -56,6 +57,24 @@ def test_prefill_and_32_decode_steps_match_transformers(engine: Engine, checkpoi
     torch.testing.assert_close(torch.stack(rows), expected, atol=ATOL, rtol=0)
     assert tokens == expected.argmax(-1).tolist()
     assert engine.kv.usage == 0.0
+
+
+@pytest.mark.parametrize("style", CONFIG_STYLES)
+def test_every_config_style_loads_and_matches_transformers(
+    style: str, tmp_path: Path, cache_dir: Path
+) -> None:
+    # The same architecture described three ways in config.json (see CONFIG_STYLES); the
+    # native one (no linear_attn_config block) was once read as Gated DeltaNet and refused.
+    layer_types, first_dense = PATTERNS["3to1_moe"]
+    folder = save_kimi_checkpoint(tmp_path / style, layer_types, first_dense, style)
+    engine = kimi_engine(folder, cache_dir)
+    assert [type(s).__name__ for s in engine.layer_specs] == [
+        "LinearStateSpec" if t == "linear_attention" else "MLASpec" for t in layer_types
+    ]
+    prompt = prompt_of(13)
+    tokens, rows = run_recording_logits(engine, prompt, greedy(6))
+    expected = _hf_logits(folder, prompt + tokens, len(prompt))
+    torch.testing.assert_close(torch.stack(rows), expected, atol=ATOL, rtol=0)
 
 
 def test_batched_requests_decode_as_if_alone(engine: Engine) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from prfaas.engine.async_engine import AsyncEngine
-from prfaas.engine.engine_thread import EngineThread
+from prfaas.engine.commands import Admit
 from prfaas.engine.profiling import profile_engine
 from prfaas.engine.sampling_params import SamplingParams
 from prfaas.kvcache.spec import kv_bytes
@@ -67,16 +67,18 @@ def test_stats_count_the_prompt_tokens_not_yet_prefilled(tiny_llama: Path, cache
     engine = make_engine(tiny_llama, cache_dir, max_num_batched_tokens=64)
     loop = asyncio.new_event_loop()
     try:
-        thread = EngineThread(engine, loop, lambda *_: None, lambda _: None)  # never started:
-        params = SamplingParams(max_tokens=4, temperature=0)  # this test is its thread
+        thread = AsyncEngine(engine)  # never started: this test is its thread
+        thread._loop = loop
+        params = SamplingParams(max_tokens=4, temperature=0)
         for i, n in enumerate((100, 30)):
-            thread.admit([(5 * k + i) % 250 + 3 for k in range(n)], params, f"r{i}", b"")
+            prompt = [(5 * k + i) % 250 + 3 for k in range(n)]
+            thread._execute(Admit(prompt, params, f"r{i}"), None)
         thread._publish()
-        assert thread.stats.num_queued_tokens == 130
+        assert thread.stats().num_queued_tokens == 130
         thread._step()  # 64 tokens of r0's prompt
         thread._publish()
-        assert thread.stats.num_queued_tokens == 130 - 64
-        while thread.stats.num_queued_tokens:
+        assert thread.stats().num_queued_tokens == 130 - 64
+        while thread.stats().num_queued_tokens:
             thread._step()
             thread._publish()
         assert engine.has_unfinished()  # decoding: no prompt tokens left to prefill

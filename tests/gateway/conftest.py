@@ -15,13 +15,13 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from prfaas.deploy.local import LocalBackend
 from prfaas.engine.async_engine import AsyncEngine
 from prfaas.engine.engine import Engine
-from prfaas.engine.outputs import TokenDelta
 from prfaas.gateway.app import create_app
 from prfaas.gateway.backend import GenerationHandle, GenerationRequest
 from prfaas.gateway.config import GatewayConfig
-from prfaas.gateway.local import LocalBackend
+from prfaas.messages import TokenEvent
 from tests.engine.helpers import make_engine
 
 T = TypeVar("T")
@@ -146,6 +146,9 @@ class FakeBackend:
         self.submit_hold: asyncio.Event | None = None  # the backend's queue never moves
         self.submitted: list[GenerationRequest] = []
 
+    def num_decode(self) -> None:
+        return None
+
     async def submit(self, req: GenerationRequest) -> GenerationHandle:
         self.submitted.append(req)
         if self.submit_hold is not None:
@@ -154,7 +157,7 @@ class FakeBackend:
             raise self.fail
         return GenerationHandle("fake instance=f-0", 0, self._events(req))
 
-    async def _events(self, req: GenerationRequest) -> AsyncIterator[TokenDelta]:
+    async def _events(self, req: GenerationRequest) -> AsyncIterator[TokenEvent]:
         if self.hold is not None:
             await self.hold.wait()
         n = req.params.max_tokens
@@ -163,7 +166,13 @@ class FakeBackend:
                 raise ConnectionError("decode worker lost")
             if self.end_early and i == 1:
                 return
-            yield TokenDelta(req.request_id, [3 + i % 7], f" w{3 + i % 7}", i == n - 1, "length")
+            yield TokenEvent(
+                request_id=req.request_id,
+                token_ids=[3 + i % 7],
+                text=f" w{3 + i % 7}",
+                finished=i == n - 1,
+                finish_reason="length",
+            )
 
 
 @pytest.fixture(scope="session")

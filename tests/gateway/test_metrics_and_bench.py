@@ -11,9 +11,9 @@ import httpx
 import pytest
 from prometheus_client import Gauge
 
+from prfaas.bench.data import random_dataset, trace_dataset
+from prfaas.bench.load import run_bench
 from prfaas.cli import main
-from prfaas.gateway.bench import run_bench
-from prfaas.gateway.bench_data import random_dataset, trace_dataset
 from prfaas.gateway.metrics import GatewayMetrics
 from tests.gateway.conftest import API_KEY, LocalServer
 

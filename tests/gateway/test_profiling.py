@@ -17,17 +17,15 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from prfaas.gateway.control_loop import ControlLoop
-from prfaas.gateway.deploy_config import (
+from prfaas.deploy.config import (
     DeployConfig,
     DeployConfigError,
     LinkSpec,
     default_config,
     load_deploy_config,
 )
-from prfaas.gateway.fleet import WorkerFleet
-from prfaas.gateway.internal import RoleSwitchError
-from prfaas.gateway.profiling import (
+from prfaas.deploy.control_loop import ControlLoop
+from prfaas.deploy.profiling import (
     MeasuredPrefill,
     PlannerInputs,
     choose_threshold,
@@ -37,7 +35,9 @@ from prfaas.gateway.profiling import (
     solve_threshold,
     threshold_bounds,
 )
-from prfaas.messages import Heartbeat, ProfileRequest, ProfileResult, Role, WorkerInfo
+from prfaas.deploy.roles import RoleSwitchError
+from prfaas.gateway.fleet import WorkerFleet
+from prfaas.messages import Heartbeat, LinkReport, ProfileRequest, ProfileResult, Role, WorkerInfo
 from prfaas.planner.throughput import DecodeSpec
 from prfaas.router.kv_index import KvIndex
 from prfaas.router.policies import PrfaasThreshold
@@ -204,7 +204,9 @@ def fleet() -> WorkerFleet:
     return f
 
 
-def backlog(f: WorkerFleet, name: str, queued_tokens: int) -> None:
+def backlog(
+    f: WorkerFleet, name: str, queued_tokens: int, links: list[LinkReport] | None = None
+) -> None:
     record = f.workers[name]
     assert f.heartbeat(
         Heartbeat(
@@ -216,6 +218,7 @@ def backlog(f: WorkerFleet, name: str, queued_tokens: int) -> None:
             kv_usage=0.0,
             fallbacks=0,
             queued_tokens=queued_tokens,
+            links=links or [],
         )
     )
 
@@ -223,7 +226,6 @@ def backlog(f: WorkerFleet, name: str, queued_tokens: int) -> None:
 def loop(
     f: WorkerFleet,
     fail: bool = False,
-    wire: dict[str, int] | None = None,
     threshold_tokens: int | None = None,
     adapt_mode: bool = False,
 ) -> tuple[ControlLoop, Recorder]:
@@ -250,7 +252,7 @@ def loop(
     policy = cfg.policy
     router = Router(RouterConfig(BLOCK), PrfaasThreshold(), f, KvIndex(), RouterState(1000.0))
     recorder = Recorder(f, fail)
-    control = ControlLoop(policy.control, policy, router, f, {} if wire is None else wire, recorder)
+    control = ControlLoop(policy.control, policy, router, f, recorder)
     planned = planner_inputs(
         cfg, measured("local"), measured("remote"), DECODE, MAX_MODEL_LEN, BLOCK
     )
@@ -295,14 +297,24 @@ def test_a_pinned_threshold_never_moves_and_no_role_changes() -> None:
 
 def test_the_mode_follows_link_use_only_when_asked() -> None:
     f = fleet()
-    wire: dict[str, int] = {}
-    fixed, _ = loop(f, wire=wire)
-    adaptive, _ = loop(f, wire=wire, adapt_mode=True)
+    fixed, _ = loop(f)
+    adaptive, _ = loop(f, adapt_mode=True)
     assert fixed.short_tick().mode == "scarce"  # the configured mode holds
     assert adaptive.short_tick().mode == "abundant"  # an idle link: utilization 0 < 0.4
-    wire["remote"] = 10**9  # 8 Gbit in (much) less than a second over a 1 Gbps cap
+    # The PrfaaS instance reports 8 Gbps on the wire over a 1 Gbps cap (its LinkMonitor).
+    busy = LinkReport(
+        link="remote->local",
+        bytes_sent=10**9,
+        rate_gbps=8.0,
+        goodput_gbps=8.0,
+        backlog_bytes=0,
+        transfers_open=1,
+        cap_gbps=1.0,
+    )
+    backlog(f, "prfaas-0", 0, [busy])
     assert adaptive.short_tick().mode == "scarce"
-    assert adaptive.egress.utilization > 0.7
+    assert adaptive.controller is not None
+    assert adaptive.controller.egress.utilization == pytest.approx(4.0)  # smoothed: 0.5 * 8
     assert fixed.short_tick().mode == "scarce"
 
 

@@ -9,8 +9,8 @@ import httpx
 import openai
 
 from prfaas.config import EngineConfig
+from prfaas.deploy.local import create_local_app
 from prfaas.engine.engine import Engine
-from prfaas.gateway.local import create_local_app
 from tests.gateway.conftest import ServerThread
 
 

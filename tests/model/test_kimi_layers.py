@@ -115,12 +115,20 @@ def _close(a: Tensor, b: Tensor) -> None:
     [
         {},
         {"linear_attn_config": {"head_dim": 8, "num_heads": 2}, "num_hidden_layers": 9},
+        # transformers' own attribute names, no linear_attn_config block
+        {
+            "linear_attn_config": None,
+            "linear_head_dim": 8,
+            "linear_num_heads": 2,
+            "linear_conv_kernel_dim": 3,
+            "layer_types": ["linear_attention", "full_attention"] * 2,
+        },
         {"layer_types": ["full_attention", "linear_attention"] * 2, "first_k_dense_replace": 3},
         {"mlp_layer_types": ["sparse", "dense", "dense", "sparse"]},
     ],
 )
 def test_config_resolves_like_transformers(overrides: dict[str, object]) -> None:
-    raw = {**TINY, **overrides}
+    raw = {k: v for k, v in {**TINY, **overrides}.items() if v is not None}
     hf_config = KimiLinearConfig(**raw)
     for config in (KimiConfig.from_hf_dict(raw), KimiConfig.from_hf_dict(hf_config.to_dict())):
         assert list(config.layer_types) == hf_config.layer_types

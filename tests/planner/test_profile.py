@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from prfaas.planner.hardware import GPUS, get_gpu
-from prfaas.planner.model import load_model
+from prfaas.planner.model import load_planner_model
 from prfaas.planner.profile import RooflineProfile, ScaledProfile, TableProfile
 from prfaas.planner.roofline import Instance, decode_step_s, prefill_s
 
@@ -54,7 +54,7 @@ def test_gpu_catalog_has_sources_and_rejects_unknown() -> None:
 
 
 def test_roofline_prefill_scales_with_mfu_and_gpus() -> None:
-    model = load_model("llama-3.1-70b")
+    model = load_planner_model("llama-3.1-70b")
     slow = Instance(get_gpu("h200"), 8, mfu=0.2)
     fast = Instance(get_gpu("h200"), 8, mfu=0.4)
     n = 32768
@@ -68,15 +68,15 @@ def test_roofline_prefill_scales_with_mfu_and_gpus() -> None:
 
 
 def test_linear_layers_make_prefill_flops_grow_slower_than_full_attention() -> None:
-    hybrid = load_model("kimi-linear-48b")
-    dense = load_model("llama-3.1-8b")
+    hybrid = load_planner_model("kimi-linear-48b")
+    dense = load_planner_model("llama-3.1-8b")
     ratio_hybrid = hybrid.prefill_flops(131072) / hybrid.prefill_flops(8192)
     ratio_dense = dense.prefill_flops(131072) / dense.prefill_flops(8192)
     assert 16 < ratio_hybrid < ratio_dense
 
 
 def test_decode_step_is_memory_bound_at_small_batch() -> None:
-    model = load_model("llama-3.1-8b")
+    model = load_planner_model("llama-3.1-8b")
     inst = Instance(get_gpu("h100"), 1, mbu=1.0)
     step = decode_step_s(model, inst, batch_size=1, context_tokens=1024)
     moved = model.total_params * 2 + model.kv_bytes(1024)
@@ -85,7 +85,7 @@ def test_decode_step_is_memory_bound_at_small_batch() -> None:
 
 
 def test_roofline_profile_is_vectorized() -> None:
-    prof = RooflineProfile(load_model("smollm2-135m"), Instance(get_gpu("l40s"), 1))
+    prof = RooflineProfile(load_planner_model("smollm2-135m"), Instance(get_gpu("l40s"), 1))
     times = prof.prefill_s(np.array([1024.0, 4096.0]))
     assert times.shape == (2,) and times[1] > times[0]
     assert prof.kv_bytes(np.array([1024.0]))[0] == 30 * 1024 * 2 * 3 * 64 * 2

@@ -200,3 +200,27 @@ def test_every_preset_builds_one_spec_per_layer(name: str) -> None:
     specs = specs_from_hf_config(config)
     assert len(specs) == config["num_hidden_layers"]
     assert kv_bytes(specs, 2048) > kv_bytes(specs, 1024) > 0
+
+
+def test_kimi_linear_as_transformers_saves_it_natively() -> None:
+    # transformers' KimiLinearConfig writes linear_num_heads/linear_head_dim/... and
+    # layer_types, no linear_attn_config block; its "linear_attention" layers are KDA.
+    from transformers import KimiLinearConfig
+
+    preset = PRESETS["kimi-linear-48b"].config
+    full = preset["linear_attn_config"]["full_attn_layers"]
+    native = KimiLinearConfig(
+        num_hidden_layers=27,
+        layer_types=["full_attention" if i + 1 in full else "linear_attention" for i in range(27)],
+        linear_num_heads=32,
+        linear_head_dim=128,
+        linear_conv_kernel_dim=4,
+        dtype="bfloat16",
+    ).to_dict()
+    assert "linear_attn_config" not in native
+    assert specs_from_hf_config(native) == specs_from_hf_config(preset)
+    # model_type alone decides: transformers' default Kimi pattern, KDA shapes by default.
+    bare = {"model_type": "kimi_linear", "num_hidden_layers": 8, "kv_lora_rank": 512}
+    bare["qk_rope_head_dim"] = 64
+    kinds = [type(s).__name__ for s in specs_from_hf_config(bare)]
+    assert kinds == ["LinearStateSpec"] * 4 + ["MLASpec"] + ["LinearStateSpec"] * 3

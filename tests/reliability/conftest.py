@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,12 +17,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import yaml
 
 from prfaas import LLM, SamplingParams
-from prfaas.gateway.launcher import free_port
+from prfaas.deploy.launcher import free_port
 from prfaas.messages import TOKEN_HEADER, LinkControl, WorkerCheck
 from tests.conftest import make_tiny_checkpoint
+from tests.deploy_helper import start, stop_process, topology
 
 CLUSTER_TOKEN = "reliability-cluster-token"
 API_KEY = "key-drill"
@@ -57,31 +55,16 @@ def env_for(tmp: Path) -> dict[str, str]:
 
 
 def serve_config(model: Path, port: int, **overrides: Any) -> dict[str, Any]:
-    cfg: dict[str, Any] = {
-        "model": str(model),
-        "served_model_name": MODEL,
-        "port": port,
-        "max_model_len": 512,
-        "clusters": [
-            {
-                "name": "local",
-                "kind": "pd",
-                "instances": [
-                    {"name": "pd-p-0", "role": "prefill"},
-                    {"name": "pd-d-0", "role": "decode"},
-                ],
-            },
-            {
-                "name": "remote",
-                "kind": "prfaas",
-                "instances": [{"name": "prfaas-0", "role": "prefill"}],
-            },
-        ],
-        "links": [{"src": "remote", "dst": "local", "rate_gbps": 1.0, "rtt_ms": 2.0, "tls": True}],
-        "tenants": [{"name": "drill", "api_keys": [API_KEY]}],
-        "policy": {"name": "prfaas", "threshold_tokens": THRESHOLD_TOKENS},
-        "kv_deadline_s": KV_DEADLINE_S,
-    }
+    cfg = topology(
+        model,
+        port,
+        served_model_name=MODEL,
+        threshold_tokens=THRESHOLD_TOKENS,
+        link={"rtt_ms": 2.0},
+        max_model_len=512,
+        tenants=[{"name": "drill", "api_keys": [API_KEY]}],
+        kv_deadline_s=KV_DEADLINE_S,
+    )
     cfg.update(overrides)
     return cfg
 
@@ -91,7 +74,7 @@ class Serve:
     """A running gateway (`prfaas serve`) and the helpers the drills need."""
 
     base_url: str
-    proc: subprocess.Popen[str]
+    proc: subprocess.Popen[bytes]
     tmp: Path
 
     def headers(self) -> dict[str, str]:
@@ -162,42 +145,9 @@ class Serve:
         stop_process(self.proc)
 
 
-def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGINT) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 def start_serve(tmp: Path, config: dict[str, Any]) -> Serve:
-    tmp.mkdir(parents=True, exist_ok=True)
-    path = tmp / "deploy.yaml"
-    path.write_text(yaml.safe_dump(config))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prfaas.cli", "serve", "--config", str(path)]
-        + ["--log-dir", str(tmp / "logs")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env_for(tmp),
-        start_new_session=True,
-    )
-    lines: list[str] = []
-    end = time.monotonic() + 300
-    assert proc.stdout is not None
-    while time.monotonic() < end:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if "prfaas is serving" in line:
-            return Serve(f"http://127.0.0.1:{config['port']}", proc, tmp)
-    stop_process(proc, signal.SIGKILL)
-    logs = "".join(p.read_text() for p in (tmp / "logs").glob("*.log"))
-    raise AssertionError("prfaas serve did not start:\n" + "".join(lines) + logs)
+    running = start(config, tmp, CLUSTER_TOKEN)
+    return Serve(running.base_url, running.proc, tmp)
 
 
 def worker_check(url: str) -> WorkerCheck:

@@ -26,7 +26,7 @@ from typing import Any
 import openai
 import pytest
 
-from prfaas.gateway.launcher import free_port
+from prfaas.deploy.launcher import free_port
 from tests.reliability.conftest import (
     KV_DEADLINE_S,
     MARGIN_S,

@@ -8,7 +8,7 @@ import pytest
 from prfaas.planner.build import build_inputs
 from prfaas.planner.config import load_plan_config
 from prfaas.planner.deployments import PrfaasPd
-from prfaas.router.control import ControlConfig, Controller
+from prfaas.router.control import ControlConfig, Controller, OperatingPoint
 from prfaas.router.types import InstanceView, LinkView
 
 CASE = Path(__file__).parents[2] / "examples/paper/case-study.yaml"
@@ -78,3 +78,73 @@ def test_long_tick_converts_decode_to_prefill_when_prompts_grow() -> None:
     assert c.n_p == 3 + len(changes)
     assert state.threshold_tokens > 25_000
     assert c.long_tick(fleet(), lengths[:10]) == (c.state, [])  # too few samples: no change
+
+
+def controller_at(start: OperatingPoint, **config: object) -> Controller:
+    inputs = build_inputs(load_plan_config(CASE), CASE.parent)
+    deployment = inputs.deployments[0]
+    assert isinstance(deployment, PrfaasPd)
+    return Controller(
+        ControlConfig(**config),  # type: ignore[arg-type]
+        deployment,
+        inputs.workload,
+        1024,
+        "pd",
+        "remote",
+        start,
+    )
+
+
+def grown_lengths() -> list[int]:
+    rng = np.random.default_rng(0)
+    lengths = np.exp(rng.normal(10.5, 1.0, 4000))
+    return lengths[(lengths >= 128) & (lengths <= 131072)].astype(int).tolist()
+
+
+def test_t_stays_within_the_operating_points_bounds() -> None:
+    c = controller_at(OperatingPoint(bounds=(10_000.0, 20_000.0)))
+    for _ in range(200):
+        c.short_tick(fleet(remote_tokens=400_000), link())  # pushes t up
+    assert c.state.threshold_tokens == 20_000.0
+    for _ in range(400):
+        c.short_tick(fleet(local_tokens=400_000), link())  # and down
+    assert c.state.threshold_tokens == 10_000.0
+    state, _ = c.long_tick(fleet(), grown_lengths())  # the planner wants > 25K now
+    assert state.threshold_tokens == 20_000.0 and c.t_plan == 20_000.0 and c.t_solved > 25_000
+
+
+def test_a_pinned_t_never_moves_and_no_role_change_is_proposed() -> None:
+    c = controller_at(OperatingPoint(pinned_tokens=5_000.0))
+    assert c.state.threshold_tokens == 5_000.0
+    for _ in range(50):
+        assert c.short_tick(fleet(remote_tokens=400_000), link()).threshold_tokens == 5_000.0
+    assert c.long_tick(fleet(), grown_lengths()) == (c.state, []) and c.n_p == 3
+
+
+def test_without_adapt_mode_the_configured_mode_holds() -> None:
+    c = controller_at(OperatingPoint(mode="abundant"), adapt_mode=False)
+    assert c.short_tick(fleet(), link(utilization=0.99)).mode == "abundant"
+    adaptive = controller_at(OperatingPoint(mode="abundant"))
+    assert adaptive.short_tick(fleet(), link(utilization=0.99)).mode == "scarce"
+
+
+def test_egress_is_smoothed_by_the_controller() -> None:
+    c = controller_at(OperatingPoint(mode="abundant"), egress_smoothing=0.5)
+    raw = controller_at(OperatingPoint(mode="abundant"))
+    assert raw.short_tick(fleet(), link(utilization=0.8)).mode == "scarce"
+    assert c.short_tick(fleet(), link(utilization=0.8)).mode == "abundant"  # one burst
+    assert c.egress.utilization == pytest.approx(0.4)  # half of the first sample
+    assert c.short_tick(fleet(), link(utilization=0.8)).mode == "abundant"
+    assert c.egress.utilization == pytest.approx(0.6)
+    assert c.egress.goodput_gbps == pytest.approx(0.6 * 100.0)
+    c.short_tick(fleet(), link(utilization=0.8))
+    assert c.short_tick(fleet(), link(utilization=0.8)).mode == "scarce"  # 0.75: sustained
+
+
+def test_a_role_change_not_applied_goes_back_to_the_split() -> None:
+    c = controller()
+    _, changes = c.long_tick(fleet(), grown_lengths())
+    assert changes
+    for change in changes:
+        c.not_applied(change)
+    assert c.n_p == 3

@@ -15,12 +15,13 @@ from itertools import count
 
 import pytest
 
-from prfaas.gateway.deploy_config import KvIndexSpec
+from prfaas.deploy.cluster_metrics import add_kv_index_metrics
+from prfaas.deploy.config import KvIndexSpec, open_kv_index
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.gateway.metrics import GatewayMetrics
-from prfaas.gateway.redis_index import RedisKvIndex, open_kv_index
 from prfaas.messages import CacheEventMsg, Heartbeat, WorkerInfo
 from prfaas.router.kv_index import CacheEvent, KvIndex, KvIndexBackend, KvIndexUnavailableError
+from prfaas.router.redis_index import RedisKvIndex
 from tests.redis_fixture import RedisServer, redis_server, start_redis
 
 __all__ = ["redis_server"]  # the fixture, imported for pytest
@@ -292,7 +293,7 @@ def test_a_lost_server_costs_affinity_and_a_restarted_one_is_refilled(
 ) -> None:
     index = RedisKvIndex(own_redis.url, "ha", timeout_s=0.2, retry_after_s=0.3)
     metrics = GatewayMetrics()
-    index.add_metrics(metrics)
+    add_kv_index_metrics(metrics, index)
     fleet = WorkerFleet({"local": "pd"}, index)
     fleet.register(info("pd-p-0", "local", 5))
     first, second = heartbeats(random.Random(0), "pd-p-0", 5, 2)
@@ -330,7 +331,7 @@ def test_a_lost_server_costs_affinity_and_a_restarted_one_is_refilled(
 
 
 def test_unreachable_server_at_start_is_a_clear_error(redis_server: RedisServer) -> None:
-    from prfaas.gateway.launcher import free_port
+    from prfaas.deploy.launcher import free_port
 
     url = f"redis://127.0.0.1:{free_port()}/0"
     with pytest.raises(KvIndexUnavailableError, match=f"Redis at {url} unreachable"):

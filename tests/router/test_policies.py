@@ -1,6 +1,6 @@
 """Path policies at the boundaries of t, in both modes, with residency."""
 
-from prfaas.router.policies import HomogeneousPd, NaiveHeterogeneous, PrfaasThreshold
+from prfaas.router.policies import HomogeneousPolicy, NaivePolicy, PrfaasThreshold
 from prfaas.router.types import PathChoice, RouteRequest, RouterState
 
 T = 1000.0
@@ -42,12 +42,12 @@ def test_abundant_uses_the_longer_prefix_and_pulls_it() -> None:
 
 def test_residency_without_remote_clusters_is_always_local() -> None:
     state = RouterState(T, "abundant")
-    for policy in (PrfaasThreshold(), NaiveHeterogeneous(), HomogeneousPd()):
+    for policy in (PrfaasThreshold(), NaivePolicy(), HomogeneousPolicy()):
         got = policy.choose(req(100_000), {"pd": 10}, "pd", [], state)
         assert got == PathChoice("pd-p", "pd", 99_990)
 
 
 def test_naive_and_homogeneous_ignore_the_threshold() -> None:
     state = RouterState(T)
-    assert NaiveHeterogeneous().choose(req(10), {}, "pd", ["remote"], state).path == "prfaas"
-    assert HomogeneousPd().choose(req(10**6), {}, "pd", ["remote"], state).path == "pd-p"
+    assert NaivePolicy().choose(req(10), {}, "pd", ["remote"], state).path == "prfaas"
+    assert HomogeneousPolicy().choose(req(10**6), {}, "pd", ["remote"], state).path == "pd-p"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from prfaas.gateway.launcher import free_port
+from prfaas.deploy.launcher import free_port
 from tests.serving.conftest import deploy_yaml, serving
 
 MAX_INFLIGHT_PER_DECODE = 4
@@ -22,7 +22,7 @@ QUEUE_TTL_S = 1.0
 @dataclass
 class Secured:
     base_url: str
-    proc: subprocess.Popen[str]  # the gateway (`prfaas serve`) process
+    proc: subprocess.Popen[bytes]  # the gateway (`prfaas serve`) process
     audit_log: Path
     model: Path
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import openai
 
+from prfaas.deploy.launcher import free_port
 from prfaas.gateway.audit import AuditLog, AuditRecord
-from prfaas.gateway.cluster_backend import BackendSettings, ClusterBackend
+from prfaas.gateway.dispatch import BackendSettings, ClusterBackend
 from prfaas.gateway.fleet import WorkerFleet
-from prfaas.gateway.launcher import free_port
 from prfaas.messages import KvTarget, PrefillCommand, SamplingSpec, WorkerInfo
 from prfaas.router.kv_index import KvIndex
 from prfaas.router.types import RouteDecision
@@ -123,7 +123,7 @@ def test_a_failed_cross_cluster_transfer_is_audited_as_failed(tmp_path: Path) ->
         )
     )
     log = AuditLog(tmp_path / "audit.jsonl")
-    backend = ClusterBackend(BackendSettings("tiny", "t"), fleet, None, None, 512, 16, audit=log)
+    backend = ClusterBackend(BackendSettings("tiny", "t"), fleet, None, None, 512, audit=log)
     prompt = [int(w[1:]) for w in LONG.split()]
     cmd = PrefillCommand(
         request_id="cmpl-failed",
@@ -145,7 +145,9 @@ def test_a_failed_cross_cluster_transfer_is_audited_as_failed(tmp_path: Path) ->
     dead = f"http://127.0.0.1:{free_port()}"
 
     async def prefill() -> None:
-        await backend._prefill(dead, dead, cmd, decision, "alice")
+        hits: list[int] = []
+        await backend._prefill(dead, dead, cmd, decision, "alice", hits.append)
+        assert hits == []  # a failed prefill reports no prefix hit
         await backend.aclose()
 
     asyncio.run(prefill())

@@ -59,7 +59,7 @@ def valid_stream(request_id: str) -> tuple[bytes, list[np.ndarray]]:
     layers = tuple(
         LayerEntry(f"full.{i}", LayerKind.BLOCKS, DType.FLOAT16, a.shape) for i, a in enumerate(kv)
     ) + (LayerEntry("linear.0", LayerKind.STATE, DType.FLOAT32, state.shape),)
-    header = TransferHeader(request_id, FINGERPRINT, "raw", layers)
+    header = TransferHeader(request_id, FINGERPRINT, "raw", layers, bytes(range(16)))
     hello = Hello(request_id, 0, 1, 0, False).encode()
     out = bytearray(frame_bytes(FrameType.HELLO, hello))
     out += frame_bytes(FrameType.AUTH, AuthProof.prove(KEY, hello).encode())

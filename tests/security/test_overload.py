@@ -15,9 +15,10 @@ import httpx
 import pytest
 from aiohttp import web
 
+from prfaas.gateway.admission import Admission
 from prfaas.gateway.backend import NoWorker, Overloaded, aclose
-from prfaas.gateway.capacity import CapacityConfig, DecodeCapacity
-from prfaas.gateway.cluster_backend import BackendSettings, ClusterBackend
+from prfaas.gateway.config import GatewayConfig
+from prfaas.gateway.dispatch import BackendSettings, ClusterBackend
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.messages import TokenEvent, WorkerInfo
 from prfaas.router.kv_index import KvIndex
@@ -34,30 +35,48 @@ RSS_MARGIN_KB = 24 * 1024
 def test_capacity_queue_grants_in_order_and_expires() -> None:
     async def scenario() -> None:
         decode_workers = [1]
-        cap = DecodeCapacity(
-            CapacityConfig(max_inflight_per_decode=2, max_queued=1, queue_ttl_s=0.2),
+        cap = Admission(
+            GatewayConfig(max_inflight_per_decode=2, max_queued=1, queue_ttl_s=0.2),
             lambda: decode_workers[0],
         )
         await cap.acquire()
+        cap.assign("a", "d0")
         await cap.acquire()
+        cap.assign("b", "d0")
+        assert cap.by_instance == {"d0": 2}
         queued = asyncio.ensure_future(cap.acquire())
         await asyncio.sleep(0)
         assert cap.queued == 1
         with pytest.raises(Overloaded):  # the queue is full: refused at once
             await cap.acquire()
-        cap.release()  # the slot goes to the waiter
+        cap.release("a")  # the slot goes to the waiter
         await queued
-        assert (cap.admitted, cap.queued) == (2, 0)
+        assert (cap.in_flight, cap.queued, cap.by_instance) == (2, 0, {"d0": 1})
         started = time.monotonic()
         with pytest.raises(Overloaded):  # nobody releases: the wait expires
             await cap.acquire()
         assert 0.15 < time.monotonic() - started < 2.0 and cap.queued == 0
-        cap.release()
-        cap.release()
-        assert cap.admitted == 0
+        cap.release("b")
+        cap.release("c")  # the waiter's, never assigned to an instance
+        assert (cap.in_flight, cap.by_instance) == (0, {})
         decode_workers[0] = 0
         with pytest.raises(NoWorker):
             await cap.acquire()
+
+    asyncio.run(scenario())
+
+
+def test_the_gateway_limit_bounds_every_backend() -> None:
+    """``max_in_flight`` refuses at once, with or without decode instances to bound."""
+
+    async def scenario() -> None:
+        cap = Admission(GatewayConfig(max_in_flight=1, retry_after_s=2.0), lambda: None)
+        await cap.acquire()
+        with pytest.raises(Overloaded) as refused:
+            await cap.acquire()
+        assert refused.value.retry_after_s == 2.0 and not cap.bounds_decode
+        cap.release("a")
+        await cap.acquire()
 
     asyncio.run(scenario())
 
@@ -158,8 +177,8 @@ def test_three_times_the_sustainable_rate_sheds_load(secured: Secured) -> None:
 
 
 def test_a_stream_closed_before_its_first_event_gives_its_slot_back() -> None:
-    """A client that leaves before the first token: the decode stream is closed and the
-    slot returned exactly once (a plain async generator would skip its cleanup)."""
+    """A client that leaves before the first token: the decode stream is closed (a plain
+    async generator would skip its cleanup), and closing twice closes once."""
 
     async def scenario() -> None:
         fleet = WorkerFleet({"local": "pd"}, KvIndex())
@@ -178,9 +197,7 @@ def test_a_stream_closed_before_its_first_event_gives_its_slot_back() -> None:
                 epoch=1,
             )
         )
-        backend = ClusterBackend(BackendSettings("tiny", "t"), fleet, None, None, 512, 16)
-        for _ in range(2):
-            await backend.capacity.acquire()
+        backend = ClusterBackend(BackendSettings("tiny", "t"), fleet, None, None, 512)
         event = TokenEvent(request_id="r", token_ids=[5], finished=True, finish_reason="stop")
 
         # A real decode-stream response over real TCP from a one-route server: no decode
@@ -198,12 +215,13 @@ def test_a_stream_closed_before_its_first_event_gives_its_slot_back() -> None:
         url = f"http://127.0.0.1:{port}/decode"
         left_early = await backend.workers.open_stream(url, b"")
         read_through = await backend.workers.open_stream(url, b"")
-        await aclose(backend._events(left_early, "d0"))  # never iterated
-        assert left_early.closed and backend.capacity.admitted == 1
-        events = backend._events(read_through, "d0")
+        hits: list[int] = []
+        await aclose(backend._events(left_early, "d0", hits.append))  # never iterated
+        assert left_early.closed
+        events = backend._events(read_through, "d0", hits.append)
         assert [d.finished async for d in events] == [True]
-        await aclose(events)  # after the generator's own cleanup: released once, not twice
-        assert read_through.closed and backend.capacity.admitted == 0
+        await aclose(events)  # after the generator's own cleanup: closed once, not twice
+        assert read_through.closed and hits == []  # the event reported no prefix hit
         await backend.aclose()
         await runner.cleanup()
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from prfaas.config import EngineConfig
 from prfaas.engine.sampling_params import SamplingParams
 from prfaas.gateway.backend import GenerationRequest
-from prfaas.gateway.cluster_backend import BackendSettings, ClusterBackend
+from prfaas.gateway.dispatch import BackendSettings, ClusterBackend
 from prfaas.gateway.fleet import FingerprintConflictError, WorkerFleet
 from prfaas.kvcache.hashing import block_hashes, root_hash
 from prfaas.messages import KvTarget, PrefillCommand
@@ -27,6 +27,7 @@ from prfaas.router.types import RouterState
 from prfaas.sampling import to_spec
 from prfaas.transfer.errors import TransferTimeout
 from prfaas.worker import Worker, WorkerConfig
+from prfaas.worker.reference import ReferenceEngine
 
 TOKEN = "stale-test-token"
 SALT = b"\x07" * 32
@@ -65,6 +66,12 @@ def worker(name: str, role: str, model: Path, cache_dir: Path) -> Worker:
     )
 
 
+def ref(w: Worker) -> ReferenceEngine:
+    """The reference engine's parts: its AsyncEngine and KV receiver, driven by hand here."""
+    assert isinstance(w.engine, ReferenceEngine)
+    return w.engine
+
+
 def heartbeat(fleet: WorkerFleet, w: Worker) -> None:
     """Deliver the worker's pending cache events as its heartbeat loop would."""
     w.collect_events()
@@ -76,7 +83,7 @@ def heartbeat(fleet: WorkerFleet, w: Worker) -> None:
 
 
 async def prefill_to(prefill: Worker, decode: Worker, request_id: str) -> tuple[bool, str]:
-    host, port = decode.receiver.address
+    host, port = ref(decode).receiver.address
     cmd = PrefillCommand(
         request_id=request_id,
         prompt_token_ids=PROMPT,
@@ -85,7 +92,7 @@ async def prefill_to(prefill: Worker, decode: Worker, request_id: str) -> tuple[
         target=KvTarget(host=host, port=port),
         deadline_s=20.0,
     )
-    result = await prefill.prefill.run(cmd)
+    result = await prefill.engine.prefill(cmd)
     return result.ok, result.error or ""
 
 
@@ -112,15 +119,17 @@ async def restart_with_other_weights(tiny_llama: Path, new_weights: Path, cache_
         worker("p0", "prefill", tiny_llama, cache_dir),
         worker("d0", "decode", tiny_llama, cache_dir),
     )
-    old_d.receiver.start()
-    old_p.engine.start()
+    ref(old_d).receiver.start()
+    ref(old_p).engine.start()
     for w in (old_p, old_d):
         fleet.register(w.info())
     ok, error = await prefill_to(old_p, old_d, "warm")
     assert ok, error
-    old_d.receiver.release("warm")
+    ref(old_d).receiver.release("warm")
     heartbeat(fleet, old_p)
-    assert backend.route(request).cached_tokens == 64  # the old weights' blocks are indexed
+    assert (
+        backend.route(request, backend.block_hashes(request)).cached_tokens == 64
+    )  # the old weights' blocks are indexed
 
     # p0 restarts with new weights while d0 still serves the old ones: refused.
     new_p = worker("p0", "prefill", new_weights, cache_dir)
@@ -136,15 +145,15 @@ async def restart_with_other_weights(tiny_llama: Path, new_weights: Path, cache_
 
     # d0 restarts with the new weights; the old p0 (not restarted yet) ships KV to it: the
     # receiver refuses the old fingerprint and holds nothing.
-    old_d.receiver.close()
+    ref(old_d).receiver.close()
     new_d = worker("d0", "decode", new_weights, cache_dir)
-    new_d.receiver.start()
+    ref(new_d).receiver.start()
     try:
         ok, error = await prefill_to(old_p, new_d, "stale")
         assert not ok and "model" in error, error
-        assert new_d.receiver.num_transfers == 0 and new_d.receiver.allocated_bytes == 0
+        assert ref(new_d).receiver.num_transfers == 0 and ref(new_d).receiver.allocated_bytes == 0
         with pytest.raises(TransferTimeout):  # nothing landed: the decode side falls back
-            new_d.receiver.wait("stale", 0.5)
+            ref(new_d).receiver.wait("stale", 0.5)
 
         # Once the old workers stop heartbeating, the new fleet registers and routes the
         # same prompt with nothing cached: the old entries are gone and could not match.
@@ -153,10 +162,10 @@ async def restart_with_other_weights(tiny_llama: Path, new_weights: Path, cache_
             fleet.register(w.info())
         assert fleet.fingerprint == new_p.fingerprint
         heartbeat(fleet, new_p)
-        assert backend.route(request).cached_tokens == 0
+        assert backend.route(request, backend.block_hashes(request)).cached_tokens == 0
         assert not kv_index.prefix_blocks(old_hashes)
     finally:
-        await old_p.engine.shutdown()
-        new_d.receiver.close()
+        await ref(old_p).engine.shutdown()
+        ref(new_d).receiver.close()
         for w in (old_p, new_p):
-            w.receiver.close()
+            ref(w).receiver.close()

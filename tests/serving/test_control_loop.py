@@ -20,10 +20,10 @@ import pytest
 import uvicorn
 from tests.serving.conftest import CLUSTER_TOKEN
 
-from prfaas.gateway.deploy_config import DeployConfig
-from prfaas.gateway.launcher import free_port
-from prfaas.gateway.run import model_facts
-from prfaas.gateway.serve import Deployment, build_deployment, start_control, wait_ready
+from prfaas.deploy.config import DeployConfig
+from prfaas.deploy.launcher import free_port
+from prfaas.deploy.run import model_facts
+from prfaas.deploy.serve import Deployment, build_deployment, start_control, wait_ready
 from prfaas.messages import TOKEN_HEADER, Heartbeat, ProfileRequest, ProfileResult
 
 T = TypeVar("T")
@@ -200,18 +200,23 @@ def test_long_tick_converts_a_decode_instance_on_a_real_worker(gateway: Gateway)
     # The lengths 300 routed long prompts would have left in the router's window.
     gateway.call(_observe(gateway, [380 + (7 * i) % 120 for i in range(300)]))
     changes = gateway.call(control.long_tick(), 120)
-    assert [(c.instance, c.to_role) for c in changes] == [("pd-d-0", "prefill")]
-    assert fleet.workers["pd-d-0"].info.role == "prefill"
+    # One decode instance becomes a prefill instance: the least loaded (by the latest
+    # heartbeats, so either of the two idle ones).
+    assert len(changes) == 1 and changes[0].to_role == "prefill"
+    converted = changes[0].instance
+    assert converted in ("pd-d-0", "pd-d-1")
+    assert fleet.workers[converted].info.role == "prefill"
     assert control.controller is not None and control.controller.n_p == 2
     data = status(gateway)
     roles = {i["name"]: i["role"] for i in data["instances"]}
+    kept = "pd-d-1" if converted == "pd-d-0" else "pd-d-0"
     assert roles == {
         "pd-p-0": "prefill",
-        "pd-d-0": "prefill",
-        "pd-d-1": "decode",
+        converted: "prefill",
+        kept: "decode",
         "prfaas-0": "prefill",
     }
-    assert data["control"]["role_changes"] == ["pd-d-0->prefill"]
+    assert data["control"]["role_changes"] == [f"{converted}->prefill"]
     assert 2 * BLOCK <= data["threshold_tokens"] <= 0.75 * MAX_MODEL_LEN
     # The converted worker serves: a request still completes on the new split.
     r = httpx.post(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prfaas.gateway.deploy_config import DeployConfigError, default_config, load_deploy_config
+from prfaas.deploy.config import DeployConfigError, default_config, load_deploy_config
 
 
 def write(tmp_path: Path, data: object) -> Path:

@@ -1,9 +1,10 @@
 """`prfaas serve` on a tiny Kimi Linear checkpoint: the cached tokens the gateway reports are
 the hybrid engine's real prefix hits (blocks up to a state snapshot), not its block runs.
 
-The gateway's ``usage.prompt_tokens_details.cached_tokens`` is the router's estimate from the
-kv index. A prompt sharing 3 cached blocks with an earlier one whose only snapshot is at 5
-blocks gets no hit in the engine; a dense-style index would report 48 tokens.
+The gateway's ``usage.prompt_tokens_details.cached_tokens`` is the hit the prefilling engine
+reports (the router's estimate from the kv index agrees on these prompts). A prompt sharing
+3 cached blocks with an earlier one whose only snapshot is at 5 blocks gets no hit in the
+engine; a dense-style index would report 48 tokens.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from tests.engine.helpers import make_engine
 from tests.engine.hybrid_helpers import PATTERNS, greedy, prompt_of, save_kimi_checkpoint
 from tests.serving.conftest import serving
 
+from prfaas.deploy.launcher import free_port
 from prfaas.engine.engine import Engine
-from prfaas.gateway.launcher import free_port
 from prfaas.kvcache.hybrid import StateCacheConfig
 
 BLOCK = 16  # the workers' default block size

@@ -35,7 +35,7 @@ def decode(engine: Engine, payload: KvPayload) -> list[int]:
 
 
 def through_wire(payload: KvPayload, layout: list) -> KvPayload:  # type: ignore[type-arg]
-    header, arrays = payload_to_wire(payload, "r1", "raw")
+    header, arrays = payload_to_wire(payload, "r1", "raw", bytes(16))
     assert header.raw_bytes == payload.kv_bytes + 8  # + the first token
     return wire_to_payload(ReceivedTransfer(header, arrays), payload.token_ids, layout)
 
@@ -76,7 +76,7 @@ def test_wire_layers_of_another_model_are_refused(
     tiny_llama: Path, kimi: Path, cache_dir: Path
 ) -> None:
     dense = export(make_engine(tiny_llama, cache_dir), prompt_of(20))
-    header, arrays = payload_to_wire(dense, "r2", "raw")
+    header, arrays = payload_to_wire(dense, "r2", "raw", bytes(16))
     hybrid = kimi_engine(kimi, cache_dir)
     with pytest.raises(KvImportError):
         wire_to_payload(ReceivedTransfer(header, arrays), dense.token_ids, hybrid.layout)

@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from prfaas import LLM, SamplingParams
-from prfaas.gateway.launcher import free_port
+from prfaas.deploy.launcher import free_port
 
 RATE_MBIT = 8  # slow enough that the tiny model's KV takes visible time on the wire
 CLUSTER_TOKEN = "netns-cluster-token"

@@ -14,7 +14,7 @@ import openai
 import pytest
 from tests.serving.conftest import deploy_yaml, serving
 
-from prfaas.gateway.launcher import free_port
+from prfaas.deploy.launcher import free_port
 
 MAX_MODEL_LEN = 512  # the tiny checkpoint's max_position_embeddings
 

@@ -13,7 +13,7 @@ import pytest
 from tests.serving.conftest import Deployed, deploy_yaml, serving
 
 from prfaas import LLM, SamplingParams
-from prfaas.gateway.launcher import free_port
+from prfaas.deploy.launcher import free_port
 
 PREFIX = " ".join(f"w{(13 * i) % 200 + 3}" for i in range(80))  # 80 tokens: above t, remote
 PROMPT = PREFIX + " " + " ".join(f"w{i}" for i in range(40, 50))  # 10 more: below t

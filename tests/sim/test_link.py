@@ -2,7 +2,7 @@
 
 import pytest
 
-from prfaas.sim.link import Flow, Link, water_fill
+from prfaas.sim.link import Flow, SimLink, water_fill
 
 GB = 1e9
 
@@ -15,7 +15,7 @@ def test_water_fill_gives_capped_flows_their_cap_and_splits_the_rest() -> None:
     assert water_fill(10.0, []) == []
 
 
-def run_until_idle(link: Link, next_s: float | None) -> dict[int, float]:
+def run_until_idle(link: SimLink, next_s: float | None) -> dict[int, float]:
     done_at: dict[int, float] = {}
     while next_s is not None:
         flows, next_s = link.complete(next_s)
@@ -25,7 +25,7 @@ def run_until_idle(link: Link, next_s: float | None) -> dict[int, float]:
 
 
 def test_two_flows_share_then_the_survivor_speeds_up() -> None:
-    link = Link("a->b", "a", "b", capacity_gbps=8.0, rtt_ms=0.0)  # 1 GB/s
+    link = SimLink("a->b", "a", "b", capacity_gbps=8.0, rtt_ms=0.0)  # 1 GB/s
     noop = lambda t: None  # noqa: E731
     link.add(Flow(1 * GB, noop), 0.0)
     next_s = link.add(Flow(3 * GB, noop), 0.0)
@@ -37,7 +37,7 @@ def test_two_flows_share_then_the_survivor_speeds_up() -> None:
 
 
 def test_a_capacity_dip_slows_a_flow_exactly() -> None:
-    link = Link("a->b", "a", "b", capacity_gbps=8.0, rtt_ms=0.0)
+    link = SimLink("a->b", "a", "b", capacity_gbps=8.0, rtt_ms=0.0)
     link.add(Flow(2 * GB, lambda t: None), 0.0)
     link.set_capacity(0.8, 1.0)  # 1 GB sent; the rest at 0.1 GB/s
     next_s = link.set_capacity(8.0, 6.0)  # 0.5 GB more by 6 s; 0.5 GB left at 1 GB/s
@@ -45,14 +45,14 @@ def test_a_capacity_dip_slows_a_flow_exactly() -> None:
 
 
 def test_a_capped_flow_speeds_up_when_its_cap_lifts() -> None:
-    link = Link("a->b", "a", "b", capacity_gbps=8.0, rtt_ms=0.0)
+    link = SimLink("a->b", "a", "b", capacity_gbps=8.0, rtt_ms=0.0)
     flow = Flow(1 * GB, lambda t: None, cap_bytes_per_s=0.25 * GB)
     assert link.add(flow, 0.0) == pytest.approx(4.0)
     assert link.lift_cap(flow, 2.0) == pytest.approx(2.5)  # 0.5 GB left at 1 GB/s
 
 
 def test_an_outage_stalls_flows_until_capacity_returns() -> None:
-    link = Link("a->b", "a", "b", capacity_gbps=8.0, rtt_ms=0.0)
+    link = SimLink("a->b", "a", "b", capacity_gbps=8.0, rtt_ms=0.0)
     link.add(Flow(1 * GB, lambda t: None), 0.0)
     assert link.set_capacity(0.0, 0.5) is None
     assert link.set_capacity(8.0, 10.0) == pytest.approx(10.5)

@@ -14,7 +14,7 @@ from prfaas.router.types import RouterState
 from prfaas.sim.build import prefill_cost
 from prfaas.sim.request import SimRequest
 from prfaas.sim.simulator import PolicySetup, RunConfig, Simulator
-from prfaas.sim.topology import ClusterSpec, FleetSpec, LinkSpec
+from prfaas.sim.topology import FleetSpec, SimClusterSpec, SimLinkSpec
 
 PROFILE = TableProfile((1000.0, 2000.0), (1.0, 2.0), (1e9, 2e9), fit="interp")
 
@@ -22,13 +22,13 @@ PROFILE = TableProfile((1000.0, 2000.0), (1.0, 2.0), (1e9, 2e9), fit="interp")
 def test_the_remote_prefix_is_pulled_and_reused() -> None:
     cost = prefill_cost(PROFILE, 8192)
     clusters = (
-        ClusterSpec("pd", "pd", 1, 1, cost, DecodeSpec(4, 0.1)),
-        ClusterSpec("remote", "prfaas", 1, 0, cost),
+        SimClusterSpec("pd", "pd", 1, 1, cost, DecodeSpec(4, 0.1)),
+        SimClusterSpec("remote", "prfaas", 1, 0, cost),
     )
     links = (
-        LinkSpec("pd", "pd", 8.0),
-        LinkSpec("remote", "pd", 8.0),
-        LinkSpec("pd", "remote", 8.0),
+        SimLinkSpec("pd", "pd", 8.0),
+        SimLinkSpec("remote", "pd", 8.0),
+        SimLinkSpec("pd", "remote", 8.0),
     )
     fleet = FleetSpec(clusters, links, block_tokens=100, cache_capacity_blocks=100)
     policy = PolicySetup(

@@ -20,7 +20,7 @@ def run(seed: int, policy: str) -> RunResult:
 
 
 def test_same_seed_same_run_bit_for_bit() -> None:
-    for policy in ("prfaas-static", "prfaas-adaptive"):
+    for policy in ("prfaas-static", "prfaas-adaptive", "prfaas-ttft"):
         a, b = run(7, policy), run(7, policy)
         assert a.summary == b.summary
         assert a.ttfts_s() == b.ttfts_s()

@@ -9,24 +9,24 @@ import pytest
 
 from prfaas.planner.profile import TableProfile
 from prfaas.planner.throughput import DecodeSpec
-from prfaas.router.policies import HomogeneousPd
+from prfaas.router.policies import HomogeneousPolicy
 from prfaas.router.router import RouterConfig
 from prfaas.router.types import RouterState
 from prfaas.sim.build import prefill_cost
 from prfaas.sim.request import SimRequest
 from prfaas.sim.simulator import PolicySetup, RunConfig, Simulator
-from prfaas.sim.topology import ClusterSpec, FleetSpec, LinkSpec
+from prfaas.sim.topology import FleetSpec, SimClusterSpec, SimLinkSpec
 
 PROFILE = TableProfile((1000.0, 2000.0), (1.0, 2.0), (1e9, 2e9), fit="interp")
 
 
 def run(requests: list[SimRequest]) -> Simulator:
-    cluster = ClusterSpec("pd", "pd", 1, 1, prefill_cost(PROFILE, 4096), DecodeSpec(4, 0.1))
+    cluster = SimClusterSpec("pd", "pd", 1, 1, prefill_cost(PROFILE, 4096), DecodeSpec(4, 0.1))
     fleet = FleetSpec(
-        (cluster,), (LinkSpec("pd", "pd", 8.0),), max_batch_tokens=1000, pipeline_layers=4
+        (cluster,), (SimLinkSpec("pd", "pd", 8.0),), max_batch_tokens=1000, pipeline_layers=4
     )
     policy = PolicySetup(
-        "homogeneous", HomogeneousPd(), RouterConfig(block_tokens=16), RouterState(float("inf"))
+        "homogeneous", HomogeneousPolicy(), RouterConfig(block_tokens=16), RouterState(float("inf"))
     )
     sim = Simulator(fleet, policy, requests, RunConfig(duration_s=10.0, sample_interval_s=1.0))
     sim.run()

@@ -16,6 +16,7 @@ from prfaas.transfer.sender import KvSender
 from prfaas.transfer.tls import PLAINTEXT, write_certs
 
 FINGERPRINT = b"model-v1"
+PROMPT_HASH = bytes(range(16))  # opaque to the transport
 FAST = Deadlines(first_byte_s=2.0, stall_s=1.0, total_s=10.0)
 
 
@@ -40,7 +41,7 @@ def make_payload(
         state = rng.standard_normal((4, 32, 32), dtype=np.float32)
         arrays.append(state)
         entries.append(LayerEntry(f"linear.{i}", LayerKind.STATE, DType.FLOAT32, state.shape))
-    return TransferHeader(request_id, FINGERPRINT, codec, tuple(entries)), arrays
+    return TransferHeader(request_id, FINGERPRINT, codec, tuple(entries), PROMPT_HASH), arrays
 
 
 def make_sender(

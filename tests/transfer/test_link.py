@@ -80,3 +80,24 @@ def test_monitor_window_goodput() -> None:
     stats = monitor.stats(rate_cap_gbps=None)
     assert stats.bytes_sent == 10_000_000
     assert 0.2 < stats.goodput_gbps < 2.0  # ~10 MB in ~0.1 s
+
+
+def test_monitor_counts_a_transfer_while_it_is_in_flight(receiver: KvReceiver) -> None:
+    """Bytes on the wire, the open transfer and its backlog show before the ACK, not only
+    at completion (what a prefill worker's heartbeat reports mid-transfer)."""
+    header, arrays = make_payload(num_full=6, num_linear=0, num_blocks=24)  # ~1.2 MB
+    sender = make_sender(connections=1, rate_gbps=0.02)  # ~2.5 MB/s: about half a second
+    monitor = sender.link.monitor
+    transfer = sender.open(receiver.address, header)
+    for i, array in enumerate(arrays):
+        transfer.send_layer(i, array)
+    time.sleep(0.15)
+    during = sender.link.stats()
+    stats = transfer.finish()
+    after = monitor.stats(rate_cap_gbps=None)
+    assert during.transfers_open == 1
+    assert 0 < during.bytes_sent < stats.wire_bytes
+    assert 0 < during.backlog_bytes < header.raw_bytes
+    assert (after.transfers_open, after.backlog_bytes) == (0, 0)
+    assert after.bytes_sent == stats.wire_bytes and after.transfers_ok == 1
+    receiver.release(header.request_id)

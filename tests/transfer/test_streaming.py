@@ -102,7 +102,9 @@ def test_bfloat16_travels_as_bits(receiver: KvReceiver) -> None:
     entry = header.layers[0]
     bf16_entry = type(entry)(entry.name, entry.kind, type(entry.dtype).BFLOAT16, entry.shape)
     bf16 = (arrays[0].astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
-    header = TransferHeader(header.request_id, FINGERPRINT, "int8", (bf16_entry,))
+    header = TransferHeader(
+        header.request_id, FINGERPRINT, "int8", (bf16_entry,), header.prompt_hash
+    )
     make_sender(codec="int8").send(receiver.address, header, [bf16])
     got = receiver.wait(header.request_id, 5).layers[0]
     as_f32 = (got.astype(np.uint32) << 16).view(np.float32)
@@ -113,7 +115,9 @@ def test_bfloat16_travels_as_bits(receiver: KvReceiver) -> None:
 
 def test_fingerprint_mismatch_is_refused_before_allocation(receiver: KvReceiver) -> None:
     header, arrays = make_payload()
-    stale = TransferHeader(header.request_id, b"model-v0", header.codec, header.layers)
+    stale = TransferHeader(
+        header.request_id, b"model-v0", header.codec, header.layers, header.prompt_hash
+    )
     with pytest.raises(FingerprintMismatch):
         make_sender().send(receiver.address, stale, arrays)
     assert receiver.allocated_bytes == 0 and receiver.num_transfers == 0

@@ -43,6 +43,7 @@ HEADER = TransferHeader(
         LayerEntry("full.0", LayerKind.BLOCKS, DType.FLOAT16, (10, 2, 16, 8, 128)),
         LayerEntry("linear.0", LayerKind.STATE, DType.BFLOAT16, (1, 32, 128, 128)),
     ),
+    bytes(range(16)),
 )
 MESSAGES = [
     Hello("req-7", 2, 4, 1, True),

@@ -29,6 +29,13 @@ def _as_torch(array: np.ndarray, dtype: DType) -> torch.Tensor:
     return torch.from_numpy(array.copy())
 
 
+def check_prompt(received: ReceivedTransfer, expected_hash: bytes) -> None:
+    """Refuse KV computed for another prompt (or model, or tenant): the header's prompt
+    hash must equal this side's own ``prompt_hash`` of the prompt it reserved for."""
+    if received.header.prompt_hash != expected_hash:
+        raise KvImportError("the transfer carries KV for another prompt; refused")
+
+
 def wire_to_payload(
     received: ReceivedTransfer, prompt_token_ids: list[int], layout: list[LayerLayout]
 ) -> KvPayload:

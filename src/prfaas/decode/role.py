@@ -1,9 +1,14 @@
 """The decode role: hold blocks for an incoming KV payload, land it, decode, stream tokens.
 
-If the KV does not arrive by the deadline, or arrives corrupt or for another model, the
-engine prefills the prompt here instead (the fallback): the request still completes. Once a
+If the KV does not arrive by the deadline, or arrives corrupt, for another model or for
+another prompt (its header's prompt hash differs from this side's), the engine prefills
+the prompt here instead (the fallback): the request still completes. Once a
 request has given up on its KV, the receiver is told to abandon it: whatever landed is
 freed and a late (re)send is refused, so nothing is held for a request nobody awaits.
+
+The first token event carries ``cached_tokens``: the prompt tokens this instance served
+from its own prefix cache when it prefilled the prompt itself (no KV expected, or the
+fallback); 0 when the KV landed from elsewhere.
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
-from prfaas.decode.kv_import import wire_to_payload
+from prfaas.decode.kv_import import check_prompt, wire_to_payload
 from prfaas.engine.async_engine import AsyncEngine
 from prfaas.engine.handoff import KvImportError, KvPayload, LayerLayout
 from prfaas.engine.outputs import TokenDelta
+from prfaas.kvcache.hashing import prompt_hash, root_hash
 from prfaas.messages import DecodeCommand, TokenEvent
 from prfaas.sampling import to_sampling_params
 from prfaas.transfer.receiver import KvReceiver
@@ -59,16 +65,19 @@ class DecodeRole:
         if kv.cancelled() or kv.exception() is not None:
             self.receiver.abandon(request_id)
 
-    def _wait_kv(self, request_id: str, prompt: list[int], timeout_s: float) -> KvPayload:
+    def _wait_kv(
+        self, request_id: str, prompt: list[int], salt: bytes, timeout_s: float
+    ) -> KvPayload:
         received = self.receiver.wait(request_id, timeout_s=timeout_s)
         try:
+            root = root_hash(self.engine.fingerprint, salt)
+            check_prompt(received, prompt_hash(prompt, self.engine.block_size, root))
             return wire_to_payload(received, prompt, self.layout)  # copies: owns its data
         finally:
             self.receiver.release(request_id)
 
     async def run(self, cmd: DecodeCommand) -> AsyncIterator[TokenEvent]:
         params = to_sampling_params(cmd.params)
-        fallbacks_before = self.engine.stats().fallbacks
         salt = bytes.fromhex(cmd.tenant_salt_hex)
         deltas: AsyncIterator[TokenDelta]
         if cmd.expect_kv:
@@ -81,6 +90,7 @@ class DecodeRole:
                 self._wait_kv,
                 cmd.request_id,
                 cmd.prompt_token_ids,
+                salt,
                 cmd.deadline_s,
             )
             waiter.add_done_callback(lambda done: _settle(kv, done))
@@ -97,7 +107,7 @@ class DecodeRole:
                 cmd.prompt_token_ids, params, cmd.request_id, tenant_salt=salt
             )
         try:
-            async for event in self._events(cmd, deltas, fallbacks_before):
+            async for event in self._events(cmd, deltas):
                 yield event
         finally:
             kv_left = self._awaited.pop(cmd.request_id, None)
@@ -105,13 +115,11 @@ class DecodeRole:
                 kv_left.cancel()  # the stream ended first (client gone): abandon the KV now
 
     async def _events(
-        self, cmd: DecodeCommand, deltas: AsyncIterator[TokenDelta], fallbacks_before: int
+        self, cmd: DecodeCommand, deltas: AsyncIterator[TokenDelta]
     ) -> AsyncIterator[TokenEvent]:
         first = True
         async for d in deltas:
-            fallback = False
-            if first and cmd.expect_kv:
-                fallback = self.engine.stats().fallbacks > fallbacks_before
+            cached = (self.engine.num_cached_tokens(cmd.request_id) or 0) if first else 0
             first = False
             yield TokenEvent(
                 request_id=cmd.request_id,
@@ -119,7 +127,7 @@ class DecodeRole:
                 text=d.new_text,
                 finished=d.finished,
                 finish_reason=d.finish_reason,
-                fallback=fallback,
+                cached_tokens=cached,
             )
 
 

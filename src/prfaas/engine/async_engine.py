@@ -1,53 +1,81 @@
 """One ``Engine`` behind an asyncio API, for the serving processes (gateway, workers).
 
-The engine is not thread-safe, so it lives on its own thread (``EngineThread``) and every
-engine call happens there. The asyncio side sends commands through a thread-safe queue;
-results and token deltas come back with ``loop.call_soon_threadsafe``. The thread sleeps on
-its queue while the engine has no work and steps while it has some.
+The engine is not thread-safe, so it lives on a thread this object owns, and every engine
+call happens there. The asyncio side puts typed commands (``engine/commands.py``) on a
+thread-safe queue; answers and token deltas come back with ``loop.call_soon_threadsafe``.
+The thread sleeps on its queue while the engine has no work and steps while it has some;
+after each round (the queued commands, then at most one step) it publishes stats and cache
+events for the loop to read without touching the engine.
 
 Ownership: a request's stream (its ``asyncio.Queue`` of deltas) belongs to the loop; the
 ``Request`` and its blocks belong to the engine thread. A consumer that stops iterating
-(cancelled, client gone) sends an abort, which frees the blocks on the thread.
+(cancelled, client gone) sends ``Abort``, which frees the blocks on the thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import queue
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 
+from prfaas.engine.commands import (
+    Abort,
+    Admit,
+    Command,
+    EngineError,
+    EngineStats,
+    FailKv,
+    ImportPrefix,
+    Inspect,
+    LandKv,
+    PrefillDone,
+    Reserve,
+    StreamPrefill,
+    settle,
+)
 from prfaas.engine.engine import Engine, LayerSink
-from prfaas.engine.engine_thread import EngineError, EngineStats, EngineThread
-from prfaas.engine.handoff import KvPayload, LayerLayout
+from prfaas.engine.handoff import KvImportError, KvPayload, LayerLayout
 from prfaas.engine.outputs import TokenDelta
+from prfaas.engine.request import Request
 from prfaas.engine.sampling_params import SamplingParams
+from prfaas.engine.streams import Streams
 from prfaas.kvcache.block_pool import CacheEvent
 
-__all__ = ["AsyncEngine", "EngineError", "EngineStats"]
+__all__ = ["AsyncEngine", "EngineError", "EngineStats", "PrefillDone"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-@dataclass
-class _Stream:
-    """Loop-side end of one request: its deltas (or a terminal exception) in order."""
-
-    deltas: asyncio.Queue[TokenDelta | BaseException]
-    num_cached_tokens: int | None = None
+Reply = asyncio.Future[Any]
+_Sent = tuple[Command, Reply | None] | None  # None: stop the thread
+_LATER = object()  # the command answers later (a streamed prefill, at its first token)
 
 
 class AsyncEngine:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._thread: EngineThread | None = None
-        self._streams: dict[str, _Stream] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._commands: queue.SimpleQueue[_Sent] = queue.SimpleQueue()
+        self._stopping = False
+        self._streams = Streams()
         self._fallbacks = 0
+        self._stats = EngineStats()  # published by the thread
+        self._events: list[CacheEvent] = []
+        self._events_lock = threading.Lock()
+        # Thread only: requests not yet counted in the stats (counted at their first delta),
+        # requests whose KV landed from elsewhere, streamed prefills awaiting their first token.
+        self._uncounted: dict[str, Request] = {}
+        self._landed: set[str] = set()
+        self._prefills: dict[str, Reply] = {}
+        self._num_prompt_tokens = 0
+        self._num_cached_tokens = 0
 
     # ---- properties (immutable after load, safe from any thread) ---------------------------
 
@@ -64,6 +92,10 @@ class AsyncEngine:
         return self._engine.max_model_len
 
     @property
+    def block_size(self) -> int:
+        return self._engine.kv.block_size
+
+    @property
     def layout(self) -> list[LayerLayout]:
         return self._engine.layout
 
@@ -71,21 +103,25 @@ class AsyncEngine:
     def kv_dtype(self) -> torch.dtype:
         return self._engine.dtype
 
-    # ---- lifecycle -------------------------------------------------------------------------
-
     def start(self) -> None:
         """Start the engine thread; call from the asyncio loop that will use this engine."""
         if self._thread is not None:
             raise RuntimeError("AsyncEngine already started")
-        loop = asyncio.get_running_loop()
-        self._thread = EngineThread(self._engine, loop, self._deliver, self._fail_all)
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="prfaas-engine", daemon=True)
         self._thread.start()
 
     async def shutdown(self) -> None:
         """Abort what runs (its streams end with ``EngineError``), then stop the thread."""
-        if self._thread is None or not self._thread.running:
+        if self._thread is None or not self.running:
             return
-        await asyncio.to_thread(self._thread.stop)
+        self._stopping = True
+        self._commands.put(None)
+        await asyncio.to_thread(self._thread.join)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
 
     # ---- requests --------------------------------------------------------------------------
 
@@ -98,36 +134,14 @@ class AsyncEngine:
         tenant_salt: bytes = b"",
     ) -> AsyncIterator[TokenDelta]:
         """Stream one request's deltas. Input errors raise ValueError before any delta."""
-        stream = self._open(request_id)
-        args = (prompt_token_ids, params, request_id, tenant_salt)
+        stream = self._streams.open(request_id)
         try:
-            await self._thread_call(lambda t: t.admit(*args))
+            await self._ask(Admit(prompt_token_ids, params, request_id, tenant_salt))
         except BaseException as exc:
-            self._close(request_id, abort=isinstance(exc, asyncio.CancelledError))
+            self._close(request_id, isinstance(exc, asyncio.CancelledError))
             raise
-        async for delta in self._follow(request_id, stream):
+        async for delta in self._streams.follow(request_id, stream, self._close):
             yield delta
-
-    async def prefill(
-        self,
-        prompt_token_ids: list[int],
-        params: SamplingParams,
-        request_id: str,
-        *,
-        tenant_salt: bytes = b"",
-    ) -> KvPayload:
-        """Prefill only, export the prompt's KV (with the first sampled token), free the blocks."""
-        self._open(request_id)  # no deltas are delivered to it; it keeps the id unique
-        done: asyncio.Future[KvPayload] = asyncio.get_running_loop().create_future()
-        args = (prompt_token_ids, params, request_id, tenant_salt)
-        try:
-            await self._thread_call(lambda t: t.admit(*args, export_to=done))
-            payload = await done
-        except BaseException as exc:
-            self._close(request_id, abort=isinstance(exc, asyncio.CancelledError))
-            raise
-        self._close(request_id, abort=False)
-        return payload
 
     async def prefill_streamed(
         self,
@@ -137,21 +151,19 @@ class AsyncEngine:
         sink: LayerSink,
         *,
         tenant_salt: bytes = b"",
-    ) -> int:
+    ) -> PrefillDone:
         """Prefill only, handing the KV to ``sink`` layer by layer as the last chunk computes
-        it (``Engine.stream_layers``); returns the first sampled token once the blocks are
-        free. Cancelling aborts the request (its blocks are freed on the thread)."""
-        self._open(request_id)
-        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        args = (prompt_token_ids, params, request_id, tenant_salt, sink, done)
+        it (``Engine.stream_layers``); returns once the blocks are free. Cancelling aborts the
+        request (its blocks are freed on the thread)."""
+        self._streams.open(request_id)  # no deltas are delivered to it; it keeps the id unique
+        command = StreamPrefill(prompt_token_ids, params, request_id, sink, tenant_salt)
         try:
-            await self._thread_call(lambda t: t.admit_streamed(*args))
-            first_token = await done
+            done: PrefillDone = await self._ask(command)
         except BaseException as exc:
-            self._close(request_id, abort=isinstance(exc, asyncio.CancelledError))
+            self._close(request_id, isinstance(exc, asyncio.CancelledError))
             raise
-        self._close(request_id, abort=False)
-        return first_token
+        self._close(request_id, False)
+        return done
 
     async def decode_with_kv(
         self,
@@ -163,50 +175,40 @@ class AsyncEngine:
         deadline_s: float,
         tenant_salt: bytes = b"",
     ) -> AsyncIterator[TokenDelta]:
-        """Hold blocks now, land the KV when ``kv`` resolves, then stream deltas.
-
-        If ``kv`` raises, misses ``deadline_s`` or does not fit, the request is prefilled
-        here instead (the fallback, counted in ``stats().fallbacks``). If the pool cannot
-        hold the blocks now, the request is simply generated here.
-        """
-        stream = self._open(request_id)
-        args = (prompt_token_ids, params, request_id, tenant_salt)
+        """Hold blocks now, land the KV when ``kv`` resolves, then stream deltas. If ``kv``
+        raises, misses ``deadline_s`` or does not fit, the request is prefilled here instead
+        (the fallback, in ``stats().fallbacks``); with no free blocks now, it is just generated."""
+        stream = self._streams.open(request_id)
         try:
-            reserved = await self._thread_call(lambda t: t.reserve(*args))
+            reserved = await self._ask(Reserve(prompt_token_ids, params, request_id, tenant_salt))
             if not reserved:
                 logger.info("request %s: no blocks to reserve, prefilling locally", request_id)
-                await self._thread_call(lambda t: t.admit(*args))
+                await self._ask(Admit(prompt_token_ids, params, request_id, tenant_salt))
         except BaseException as exc:
-            self._close(request_id, abort=isinstance(exc, asyncio.CancelledError))
+            self._close(request_id, isinstance(exc, asyncio.CancelledError))
             raise
         if reserved:
             try:
                 payload = await asyncio.wait_for(kv, deadline_s)
-                await self.call(lambda e: e.land_kv(request_id, payload))
+                await self._ask(LandKv(request_id, payload))
             except asyncio.CancelledError:
-                self._close(request_id, abort=True)
+                self._close(request_id, True)
                 raise
             except Exception as exc:  # any failure of the hand-off falls back
                 logger.warning(
                     "request %s: KV hand-off failed (%r); prefilling locally", request_id, exc
                 )
                 self._fallbacks += 1
-                self._running_thread().send(lambda e: e.fail_kv(request_id))
-        async for delta in self._follow(request_id, stream):
+                self._post(FailKv(request_id))
+        async for delta in self._streams.follow(request_id, stream, self._close):
             yield delta
 
+    async def import_prefix(self, payload: KvPayload, *, tenant_salt: bytes = b"") -> int:
+        """Land ``payload`` as prefix cache only (``Engine.import_prefix``)."""
+        return int(await self._ask(ImportPrefix(payload, tenant_salt)))
+
     def stats(self) -> EngineStats:
-        s = self._thread.stats if self._thread is not None else EngineStats()
-        return EngineStats(
-            s.num_waiting,
-            s.num_running,
-            s.num_parked,
-            s.kv_usage,
-            s.num_prompt_tokens,
-            s.num_cached_tokens,
-            self._fallbacks,
-            s.num_queued_tokens,
-        )
+        return dataclasses.replace(self._stats, fallbacks=self._fallbacks)
 
     @property
     def num_streams(self) -> int:
@@ -214,70 +216,185 @@ class AsyncEngine:
         return len(self._streams)
 
     def drain_cache_events(self) -> list[CacheEvent]:
-        return self._thread.drain_events() if self._thread is not None else []
+        with self._events_lock:
+            events, self._events = self._events, []
+        return events
 
     def num_cached_tokens(self, request_id: str) -> int | None:
-        """Prompt tokens of a live request served from the prefix cache (known once it has
-        produced its first delta; None before, or once its stream has ended)."""
-        stream = self._streams.get(request_id)
-        return None if stream is None else stream.num_cached_tokens
+        """Prompt tokens of a live request served from this engine's prefix cache (0 when its
+        KV landed from elsewhere); None before its first delta or after its stream ended."""
+        return self._streams.num_cached_tokens(request_id)
 
     async def call(self, fn: Callable[[Engine], T]) -> T:
-        """Run ``fn(engine)`` on the engine thread and return its result (or raise its error).
-
-        For tests and diagnostics (``check_integrity``); requests go through the methods above.
-        """
-        return await self._running_thread().call(fn)
+        """Run ``fn(engine)`` on the engine thread (``Inspect``): tests and diagnostics."""
+        return cast(T, await self._ask(Inspect(fn)))
 
     # ---- loop side -------------------------------------------------------------------------
 
-    def _running_thread(self) -> EngineThread:
-        if self._thread is None or not self._thread.running:
+    def _ask(self, command: Command) -> Reply:
+        """Queue a command whose answer (or error) comes on the returned future."""
+        if not self.running or self._loop is None:
             raise EngineError("AsyncEngine is not running (start() it first)")
-        return self._thread
+        reply: Reply = self._loop.create_future()
+        self._commands.put((command, reply))
+        return reply
 
-    async def _thread_call(self, fn: Callable[[EngineThread], T]) -> T:
-        """Run one of the thread's own commands (``admit``, ``reserve``) on the thread."""
-        thread = self._running_thread()
-        return await thread.call(lambda _: fn(thread))
+    def _post(self, command: Command) -> None:
+        """Queue a command nobody awaits (its failure is logged on the thread)."""
+        if not self.running:
+            raise EngineError("AsyncEngine is not running (start() it first)")
+        self._commands.put((command, None))
 
-    def _open(self, request_id: str) -> _Stream:
-        if request_id in self._streams:
-            raise ValueError(f"request id {request_id!r} is already in use")
-        stream = _Stream(asyncio.Queue())
-        self._streams[request_id] = stream
-        return stream
-
-    async def _follow(self, request_id: str, stream: _Stream) -> AsyncIterator[TokenDelta]:
-        finished = False
-        try:
-            while not finished:
-                item = await stream.deltas.get()
-                if isinstance(item, BaseException):
-                    finished = True
-                    raise item
-                finished = item.finished
-                yield item
-        finally:
-            self._close(request_id, abort=not finished)
-
-    def _close(self, request_id: str, *, abort: bool) -> None:
+    def _close(self, request_id: str, abort: bool) -> None:
         """Forget a stream; with ``abort``, end its request on the thread and free its blocks."""
-        self._streams.pop(request_id, None)
-        thread = self._thread
-        if abort and thread is not None and thread.running:
-            thread.send(lambda _: thread.abort(request_id))
+        self._streams.forget(request_id)
+        if abort and self.running:
+            self._post(Abort(request_id))
 
-    def _deliver(self, deltas: list[TokenDelta], cached: dict[str, int]) -> None:
-        for request_id, num in cached.items():
-            stream = self._streams.get(request_id)
-            if stream is not None:
-                stream.num_cached_tokens = num
+    # ---- the thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        engine = self._engine
+        stalled = False
+        while True:
+            # Sleep on the queue while stepping cannot make progress; else take what is there.
+            for sent in self._take_commands(block=stalled or not engine.has_unfinished()):
+                if sent is None:
+                    logger.info("engine thread stopping")
+                    self._abort_all(EngineError("engine shut down"))
+                    return
+                self._execute(*sent)
+            stalled = engine.has_unfinished() and not self._step()
+            self._publish()
+
+    def _take_commands(self, block: bool) -> list[_Sent]:
+        commands = [self._commands.get()] if block else []
+        while not self._commands.empty():  # this thread is the only consumer
+            commands.append(self._commands.get_nowait())
+        return commands
+
+    def _execute(self, command: Command, reply: Reply | None) -> None:
+        try:
+            value = self._apply(command, reply)
+        except Exception as exc:
+            if reply is None:
+                logger.exception("engine command %s failed", type(command).__name__)
+            else:
+                self._answer(reply, None, exc)
+            return
+        if reply is not None and value is not _LATER:
+            self._answer(reply, value, None)
+
+    def _apply(self, command: Command, reply: Reply | None) -> Any:
+        """Run one command on the engine; its answer, or ``_LATER``."""
+        engine = self._engine
+        match command:
+            case Admit(prompt, params, request_id, salt):
+                req = engine.add_request(prompt, params, request_id, tenant_salt=salt)
+                self._uncounted[request_id] = req
+            case StreamPrefill(prompt, params, request_id, sink, salt):
+                assert reply is not None
+                req = engine.add_request(
+                    prompt, params, request_id, prefill_only=True, tenant_salt=salt
+                )
+                engine.stream_layers(request_id, sink)
+                self._uncounted[request_id] = req
+                self._prefills[request_id] = reply
+                return _LATER
+            case Reserve(prompt, params, request_id, salt):
+                try:
+                    req = engine.reserve_for_kv(prompt, params, request_id, tenant_salt=salt)
+                except KvImportError:
+                    return False
+                self._uncounted[request_id] = req
+                return True
+            case LandKv(request_id, payload):
+                engine.land_kv(request_id, payload)
+                self._landed.add(request_id)
+            case FailKv(request_id):
+                engine.fail_kv(request_id)
+            case Abort(request_id):
+                engine.abort(request_id)
+                self._uncounted.pop(request_id, None)
+                self._landed.discard(request_id)
+                self._prefills.pop(request_id, None)
+            case ImportPrefix(payload, salt):
+                return engine.import_prefix(payload, tenant_salt=salt)
+            case Inspect(fn):
+                return fn(engine)
+        return None
+
+    def _step(self) -> bool:
+        """One engine step; False when it could not progress and only a command can change
+        that: every request is parked (waiting for KV, or for its export), or the waiting
+        ones cannot be admitted while parked ones hold the blocks."""
+        engine = self._engine
+        try:
+            deltas = engine.step()
+        except Exception as exc:
+            logger.exception("engine step failed; aborting every request")
+            self._abort_all(EngineError(f"engine failed: {exc}"))
+            return True
+        cached: dict[str, int] = {}
         for delta in deltas:
-            stream = self._streams.get(delta.request_id)
-            if stream is not None:
-                stream.deltas.put_nowait(delta)
+            admitted = self._uncounted.pop(delta.request_id, None)
+            if admitted is not None:
+                landed = delta.request_id in self._landed
+                self._landed.discard(delta.request_id)
+                cached[delta.request_id] = 0 if landed else admitted.num_cached_tokens
+                self._num_prompt_tokens += admitted.num_prompt_tokens
+                self._num_cached_tokens += admitted.num_cached_tokens
+            reply = self._prefills.pop(delta.request_id, None)
+            if reply is not None:
+                self._finish_prefill(delta.request_id, reply, cached.get(delta.request_id, 0))
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._streams.deliver, deltas, cached)
+        # A running request always computes something; without one, no delta means no progress.
+        return bool(deltas) or bool(engine.scheduler.running)
 
-    def _fail_all(self, error: BaseException) -> None:
-        for stream in self._streams.values():
-            stream.deltas.put_nowait(error)
+    def _finish_prefill(self, request_id: str, reply: Reply, num_cached_tokens: int) -> None:
+        """The layers already went to the sink during the step: free the blocks now."""
+        try:
+            token = self._engine.export_first_token(request_id)
+        except Exception as exc:  # handed to the waiting coroutine
+            self._engine.abort(request_id)
+            self._answer(reply, None, exc)
+            return
+        self._engine.release(request_id)
+        self._publish()  # its cache events are out before the prefill is reported done
+        self._answer(reply, PrefillDone(token, num_cached_tokens), None)
+
+    def _abort_all(self, error: EngineError) -> None:
+        """End every request: free its blocks, and end its stream or prefill with ``error``."""
+        for req in list(self._engine.scheduler.requests()):
+            self._engine.abort(req.request_id)
+        for reply in self._prefills.values():
+            self._answer(reply, None, error)
+        self._uncounted.clear()
+        self._landed.clear()
+        self._prefills.clear()
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._streams.fail_all, error)
+
+    def _answer(self, reply: Reply, value: Any, error: BaseException | None) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(settle, reply, value, error)
+
+    def _publish(self) -> None:
+        engine, sched = self._engine, self._engine.scheduler
+        self._stats = EngineStats(
+            num_waiting=len(sched.waiting),
+            num_running=len(sched.running),
+            num_parked=len(sched.parked),
+            kv_usage=engine.kv.usage,
+            num_prompt_tokens=self._num_prompt_tokens,
+            num_cached_tokens=self._num_cached_tokens,
+            num_queued_tokens=sum(
+                max(r.num_prompt_tokens - r.num_computed_tokens, 0)
+                for r in (*sched.waiting, *sched.running)
+            ),
+        )
+        events = engine.kv.drain_events()
+        if events:
+            with self._events_lock:
+                self._events.extend(events)

@@ -17,11 +17,12 @@ from prfaas.config import EngineConfig
 from prfaas.engine.detokenizer import IncrementalDetokenizer
 from prfaas.engine.handoff import KvImportError, KvPayload, layout_from_specs
 from prfaas.engine.kv_setup import build_kv_cache
+from prfaas.engine.logprobs import TokenLogprobs
 from prfaas.engine.outputs import TokenDelta
 from prfaas.engine.request import Request, RequestStatus
-from prfaas.engine.runner import LayerHook, NamedTensors
-from prfaas.engine.sampler import sample
-from prfaas.engine.sampling_params import SamplingParams
+from prfaas.engine.runner import LayerHook, ModelRunner, NamedTensors
+from prfaas.engine.sampling_params import SamplingParams, check_for_model
+from prfaas.engine.sampling_state import SamplingState
 from prfaas.engine.scheduler import Scheduler, SchedulerOutput
 from prfaas.engine.stopping import check_stop
 from prfaas.kvcache.hashing import root_hash
@@ -60,7 +61,6 @@ class _Live:
 
     request: Request
     detok: IncrementalDetokenizer
-    generator: torch.Generator | None
 
 
 class Engine:
@@ -109,6 +109,7 @@ class Engine:
         self._live: dict[str, _Live] = {}
         self._layer_sinks: dict[str, LayerSink] = {}  # prefill-only requests streamed per layer
         self._pending: list[TokenDelta] = []
+        self._sampling = SamplingState(self.tokenizer, self.vocab_size, self.eos_token_ids)
         logger.info(
             "engine ready: %d KV blocks of %d tokens on %s (%s)",
             self.kv.pool.num_blocks,
@@ -151,6 +152,7 @@ class Engine:
         req.status = RequestStatus.WAITING_FOR_KV
         if not self.scheduler.park(req, req.num_prompt_tokens):
             del self._live[req.request_id]
+            self._sampling.drop(req.request_id)
             raise KvImportError("no free KV blocks for the incoming payload")
         return req
 
@@ -219,13 +221,14 @@ class Engine:
         if not out.chunks:
             return deltas
         hook = self._layer_hook(out) if self._layer_sinks else None
-        logits = self.runner.execute(out) if hook is None else self.runner.execute(out, hook)
-        to_sample = [self._live[c.request_id] for c in out.chunks if c.sample]
-        tokens = sample(
-            logits, [x.request.params for x in to_sample], [x.generator for x in to_sample]
-        )
-        sampled = {x.request.request_id: t for x, t in zip(to_sample, tokens, strict=True)}
-        deltas.extend(self._after_token(req) for req in self.scheduler.update(out, sampled))
+        logits = self._sampling.execute(self.runner, out, hook)
+        to_sample = [self._live[c.request_id].request for c in out.chunks if c.sample]
+        result = self._sampling.sample(logits, to_sample)
+        ids = [r.request_id for r in to_sample]
+        sampled = dict(zip(ids, result.token_ids, strict=True))
+        logprobs = dict(zip(ids, result.logprobs, strict=True))
+        updated = self.scheduler.update(out, sampled)
+        deltas.extend(self._after_token(r, logprobs[r.request_id]) for r in updated)
         return deltas
 
     def has_unfinished(self) -> bool:
@@ -284,6 +287,7 @@ class Engine:
             raise AssertionError(f"engine tracks {sorted(self._live)}, scheduler {sorted(held)}")
         if not set(self._layer_sinks) <= held:
             raise AssertionError(f"layer sinks of ended requests: {sorted(self._layer_sinks)}")
+        self._sampling.check_integrity(held)
 
     # ---- internals -------------------------------------------------------------------------
 
@@ -303,6 +307,7 @@ class Engine:
             raise ValueError("the prompt is empty")
         if any(not 0 <= t < self.vocab_size for t in prompt_token_ids):
             raise ValueError(f"prompt token ids must be in [0, {self.vocab_size})")
+        check_for_model(params, self.vocab_size, isinstance(self.runner, ModelRunner))
         total = len(prompt_token_ids) + (1 if prefill_only else params.max_tokens)
         if total > self.max_model_len:
             raise ValueError(
@@ -324,15 +329,19 @@ class Engine:
             prefill_only=prefill_only,
             prompt=prompt,
         )
-        generator = None
-        if params.seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(params.seed)
+        self._sampling.add(req)
         self._live[request_id] = _Live(
-            req, IncrementalDetokenizer(self.tokenizer, req.prompt_token_ids), generator
+            req, IncrementalDetokenizer(self.tokenizer, req.prompt_token_ids)
         )
         return req
 
-    def _after_token(self, req: Request) -> TokenDelta:
+    def _after_token(self, req: Request, logprobs: TokenLogprobs | None = None) -> TokenDelta:
+        prompt_logprobs = self._sampling.on_token(req)
+        delta = self._token_delta(req)
+        delta.logprobs, delta.prompt_logprobs = [logprobs] if logprobs else None, prompt_logprobs
+        return delta
+
+    def _token_delta(self, req: Request) -> TokenDelta:
         live = self._live[req.request_id]
         token = req.output_token_ids[-1]
         delta = live.detok.add(token)
@@ -383,6 +392,7 @@ class Engine:
 
     def _end(self, request_id: str, status: RequestStatus) -> None:
         self._layer_sinks.pop(request_id, None)
+        self._sampling.drop(request_id)
         live = self._live.pop(request_id)
         req = live.request
         if status is RequestStatus.ABORTED and req.finish_reason is None:

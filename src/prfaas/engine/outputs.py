@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from prfaas.engine.logprobs import Logprob, TokenLogprobs
+
+# vLLM's shapes: per position, the chosen token and its top alternatives by token id.
+SampleLogprobs = list[dict[int, Logprob]]
+PromptLogprobs = list[dict[int, Logprob] | None]
+
 
 @dataclass
 class CompletionOutput:
@@ -12,6 +18,7 @@ class CompletionOutput:
     token_ids: list[int]
     finish_reason: str | None = None  # "stop", "length", "abort" or None while running
     stop_reason: int | str | None = None
+    logprobs: SampleLogprobs | None = None  # when SamplingParams.logprobs is set
 
 
 @dataclass
@@ -23,6 +30,7 @@ class RequestOutput:
     finished: bool
     num_cached_tokens: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
+    prompt_logprobs: PromptLogprobs | None = None  # when SamplingParams.prompt_logprobs is set
 
 
 @dataclass
@@ -35,3 +43,7 @@ class TokenDelta:
     finished: bool
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    # One entry per new token when the request asked for logprobs.
+    logprobs: list[TokenLogprobs] | None = None
+    # With a request's first token, when it asked for prompt logprobs (entry 0 is None).
+    prompt_logprobs: list[TokenLogprobs | None] | None = None

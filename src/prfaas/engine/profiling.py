@@ -2,8 +2,9 @@
 
 Prefill: one prompt per length and repeat, of random token ids under a random tenant salt,
 so no block hash can match anything cached (no prefix hit, and nothing later reuses these
-blocks); each goes through ``AsyncEngine.prefill`` (compute, export the KV, release the
-blocks), the same path a prefill worker serves. Decode: ``decode_batch`` requests of two
+blocks); each goes through ``AsyncEngine.prefill_streamed`` (compute, hand each layer's KV
+over as host copies, release the blocks), the path a prefill worker serves, without the
+network. Decode: ``decode_batch`` requests of two
 blocks each decode ``decode_tokens`` tokens together; the time from the batch's first token
 to its last, over the steps between, is one batch step.
 
@@ -22,6 +23,7 @@ import uuid
 import numpy as np
 
 from prfaas.engine.async_engine import AsyncEngine
+from prfaas.engine.runner import NamedTensors
 from prfaas.engine.sampling_params import SamplingParams
 from prfaas.kvcache.spec import LayerSpec, kv_bytes
 from prfaas.messages import ProfileRequest, ProfileResult
@@ -72,10 +74,25 @@ async def _prefill_s(
     prompt = _prompt(rng, num_tokens, vocab_size)
     params = SamplingParams(max_tokens=1, temperature=0)
     start = time.perf_counter()
-    await engine.prefill(
-        prompt, params, f"profile-{uuid.uuid4().hex}", tenant_salt=secrets.token_bytes(16)
+    await engine.prefill_streamed(
+        prompt,
+        params,
+        f"profile-{uuid.uuid4().hex}",
+        _HostCopies(),
+        tenant_salt=secrets.token_bytes(16),
     )
     return max(time.perf_counter() - start, 1e-9)
+
+
+class _HostCopies:
+    """A ``LayerSink`` that copies each layer to host memory, as a sender does, and drops it."""
+
+    def begin(self) -> None:
+        pass
+
+    def layer(self, layer_index: int, tensors: NamedTensors) -> None:
+        for _, tensor in tensors:
+            tensor.detach().to("cpu", copy=True)
 
 
 async def _decode_step_s(

@@ -95,15 +95,34 @@ class ModelRunner:
     def execute(self, out: SchedulerOutput, on_layer: LayerHook | None = None) -> torch.Tensor:
         """Run one step; returns float32 logits (num_sampled, vocab) in chunk order.
         ``on_layer(i)`` is called after layer ``i`` has written the step's K/V."""
+        return self.execute_keeping(out, set(), on_layer)[0]
+
+    @torch.inference_mode()
+    def execute_keeping(
+        self, out: SchedulerOutput, keep: set[str], on_layer: LayerHook | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``execute``, also returning the hidden rows (chunk length, hidden_size) of the
+        chunks of the requests in ``keep`` (for prompt logprobs)."""
         input_ids, positions, meta, sample_rows = self.prepare(out)
         if on_layer is None:
             hidden = self.model(input_ids, positions, meta, self.caches)
         else:
             hidden = self.model(input_ids, positions, meta, self.caches, on_layer)
+        kept: dict[str, torch.Tensor] = {}
+        row = 0
+        for chunk in out.chunks:
+            if chunk.request_id in keep:
+                kept[chunk.request_id] = hidden[row : row + len(chunk.token_ids)]
+            row += len(chunk.token_ids)
         if not sample_rows:
-            return torch.empty(0, device=self.device)
+            return torch.empty(0, device=self.device), kept
         rows = torch.tensor(sample_rows, device=self.device)
-        return self.model.compute_logits(hidden.index_select(0, rows))  # type: ignore[operator]
+        return self.compute_logits(hidden.index_select(0, rows)), kept
+
+    @torch.inference_mode()
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden (N, hidden_size) -> float32 logits (N, vocab)."""
+        return self.model.compute_logits(hidden)  # type: ignore[operator]
 
     def read_kv(self, block_table: list[int], num_tokens: int) -> list[KVCache]:
         """Copies of K and V of tokens ``[0, num_tokens)``: per layer (num_tokens, Hkv, d)."""

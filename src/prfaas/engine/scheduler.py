@@ -87,7 +87,9 @@ class Scheduler:
             if out.preempted:
                 break  # blocks are short this step; admitting more would thrash
             req = self.waiting[0]
-            prefix = self.kv.find_prefix(req.block_hashes, req.num_tokens)
+            # Prompt logprobs need every prompt position computed: no prefix hit then.
+            skip = req.params.prompt_logprobs is not None
+            prefix = [] if skip else self.kv.find_prefix(req.block_hashes, req.num_tokens)
             num_computed = len(prefix) * self.kv.block_size
             num_new = min(req.num_tokens - num_computed, budget)
             if not self.kv.allocate(req.request_id, num_computed + num_new, prefix):

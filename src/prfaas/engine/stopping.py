@@ -22,6 +22,9 @@ def check_stop(
     the last ``new_chars`` characters are new."""
     p = req.params
     last = req.output_token_ids[-1]
+    if len(req.output_token_ids) < p.min_tokens:
+        # Short of min_tokens nothing stops it but the context limit (vLLM's rule).
+        return StopDecision("length", None) if req.num_tokens >= max_model_len else None
     if last in p.stop_token_ids:
         return StopDecision("stop", last)
     if not p.ignore_eos and last in eos_token_ids:

@@ -1,8 +1,8 @@
 """The OpenAI-compatible HTTP front door, as an app factory over a ``Backend``.
 
 Per request: authenticate (API key → tenant, salt derived here), parse and validate the body,
-tokenize, admit (bounded in-flight count, else 429), submit to the backend, and answer as a
-whole body or as SSE. Bad input is a 4xx in the OpenAI error format, never a 500.
+tokenize, admit (``admission``: bounded in-flight counts, else 429), submit to the backend,
+and answer as a whole body or as SSE. Bad input is a 4xx in the OpenAI error format, never a 500.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from prfaas.gateway.admission import Admission
 from prfaas.gateway.auth import Authenticator, Tenant
 from prfaas.gateway.backend import Backend, GenerationRequest, NoWorker, Overloaded
 from prfaas.gateway.config import GatewayConfig
@@ -28,18 +29,18 @@ from prfaas.gateway.errors import APIError
 from prfaas.gateway.generation import Generation, GenerationStream
 from prfaas.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from prfaas.gateway.middleware import ROUTE_HEADER, BodyLimitMiddleware
-from prfaas.gateway.protocol import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    ModelCard,
-    ModelList,
-)
-from prfaas.gateway.serving import (
+from prfaas.gateway.prepare import (
     Prepared,
     check_model,
     parse_body,
     prepare_chat,
     prepare_completion,
+)
+from prfaas.gateway.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
 )
 
 logger = logging.getLogger(__name__)
@@ -47,25 +48,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
-
-
-class Admission:
-    """At most ``limit`` requests in flight, each waiting at most ``queue_ttl_s`` for the
-    backend to take it; beyond either: 429 with Retry-After."""
-
-    def __init__(self, limit: int, retry_after_s: float, queue_ttl_s: float | None) -> None:
-        self.limit = limit
-        self.retry_after_s = retry_after_s
-        self.queue_ttl_s = queue_ttl_s
-        self.in_flight = 0
-
-    def acquire(self) -> None:
-        if self.in_flight >= self.limit:
-            raise _overloaded(self.retry_after_s, f"more than {self.limit} requests in flight")
-        self.in_flight += 1
-
-    def release(self) -> None:
-        self.in_flight -= 1
 
 
 def create_app(
@@ -81,7 +63,7 @@ def create_app(
     config = config or GatewayConfig()
     metrics = metrics or GatewayMetrics()
     auth = Authenticator(config.api_keys, config.server_secret, config.default_tenant)
-    admission = Admission(config.max_in_flight, config.retry_after_s, config.queue_ttl_s)
+    admission = Admission(config, backend.num_decode)
     metrics.in_flight.set_function(lambda: admission.in_flight)
 
     app = FastAPI(
@@ -163,27 +145,37 @@ async def _submit(
     request_id: str,
     arrival_s: float,
 ) -> Generation:
-    admission.acquire()
     req = GenerationRequest(
         request_id, tenant.name, tenant.salt, prepared.prompt_token_ids, prepared.params
     )
+    # The admission queue bounds the wait for a decode slot; without one, bound the submit.
+    ttl_s = None if admission.bounds_decode else admission.config.queue_ttl_s
     try:
-        handle = await asyncio.wait_for(backend.submit(req), admission.queue_ttl_s)
-    except TimeoutError:
-        admission.release()
-        raise _overloaded(admission.retry_after_s, "timed out waiting for capacity") from None
-    except ValueError as exc:
-        admission.release()
-        raise APIError(400, str(exc)[:500]) from None
+        await admission.acquire()
     except Overloaded as exc:
-        admission.release()
         raise _overloaded(exc.retry_after_s, str(exc)) from None
     except NoWorker as exc:
-        admission.release()
+        raise APIError(503, f"no worker can serve this request: {exc}"[:500]) from None
+    try:
+        handle = await asyncio.wait_for(backend.submit(req), ttl_s)
+    except TimeoutError:
+        admission.release(request_id)
+        retry_s = admission.config.retry_after_s
+        raise _overloaded(retry_s, "timed out waiting for capacity") from None
+    except ValueError as exc:
+        admission.release(request_id)
+        raise APIError(400, str(exc)[:500]) from None
+    except Overloaded as exc:
+        admission.release(request_id)
+        raise _overloaded(exc.retry_after_s, str(exc)) from None
+    except NoWorker as exc:
+        admission.release(request_id)
         raise APIError(503, f"no worker can serve this request: {exc}"[:500]) from None
     except BaseException:
-        admission.release()
+        admission.release(request_id)
         raise
+    if handle.decode_instance is not None:
+        admission.assign(request_id, handle.decode_instance)
     return Generation(
         handle,
         metrics,
@@ -191,7 +183,7 @@ async def _submit(
         model=backend.model_name,
         num_prompt_tokens=len(prepared.prompt_token_ids),
         arrival_s=arrival_s,
-        release=admission.release,
+        release=lambda: admission.release(request_id),
     )
 
 

@@ -5,9 +5,10 @@ runs (one local engine, or the cluster router: PrfaaS or PD-P) and streams its t
 
 Contract of ``Backend.submit``: it returns once the request is admitted and its route is
 known, or raises ``ValueError`` (input the backend cannot serve → 400), ``Overloaded``
-(→ 429 with Retry-After) or ``NoWorker`` (→ 503). The handle's ``events`` end with a delta
-whose ``finished`` is set; if the gateway stops iterating early (client gone) it closes
-``events`` (``aclose``), and the backend must then abort the request and free its blocks.
+(→ 429 with Retry-After) or ``NoWorker`` (→ 503). The handle's ``events`` (``TokenEvent``s,
+the decode workers' own message) end with one whose ``finished`` is set; if the gateway stops
+iterating early (client gone) it closes ``events`` (``aclose``), and the backend must then
+abort the request and free its blocks.
 """
 
 from __future__ import annotations
@@ -17,21 +18,11 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from prfaas.engine.outputs import TokenDelta
-from prfaas.engine.sampling_params import SamplingParams
+from prfaas.messages import SamplingSpec, TokenEvent
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Backend", "GenerationHandle", "GenerationRequest", "NoWorker", "Overloaded", "aclose"]
-
-
-def __getattr__(name: str) -> Any:
-    # ``LocalBackend`` lives in ``local`` (it imports torch); the cluster gateway does not.
-    if name == "LocalBackend":
-        from prfaas.gateway.local import LocalBackend
-
-        return LocalBackend
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Overloaded(Exception):
@@ -52,19 +43,21 @@ class GenerationRequest:
     tenant: str
     tenant_salt: bytes  # derived by the gateway from the authenticated tenant, never the client
     prompt_token_ids: list[int]
-    params: SamplingParams
+    params: SamplingSpec
 
 
 @dataclass
 class GenerationHandle:
     """An admitted request. ``route`` names the path and instances, e.g.
     ``"pd-p prefill=pd-p-0 decode=pd-d-0"``; its first word is the route kind used as a
-    metrics label. ``cached_tokens`` (prompt tokens served from a prefix cache) may be
-    updated by the backend until ``events`` ends."""
+    metrics label. ``cached_tokens`` is the engine's real prefix hit (prompt tokens it did not
+    compute), as the instance that prefilled reported it; the backend may update it until
+    ``events`` ends."""
 
     route: str
     cached_tokens: int
-    events: AsyncIterator[TokenDelta]
+    events: AsyncIterator[TokenEvent]
+    decode_instance: str | None = None  # where it runs, counted there by ``Admission``
 
 
 class Backend(Protocol):
@@ -72,10 +65,15 @@ class Backend(Protocol):
     max_model_len: int
     tokenizer: Any  # a Hugging Face tokenizer with a chat template
 
+    def num_decode(self) -> int | None:
+        """Healthy decode instances that take requests now (admission bounds requests per
+        instance); None if the backend has none to bound (one in-process engine)."""
+        ...
+
     async def submit(self, req: GenerationRequest) -> GenerationHandle: ...
 
 
-async def aclose(events: AsyncIterator[TokenDelta]) -> None:
-    """Close a delta stream early (its producer then aborts the request); no-op if done."""
+async def aclose(events: AsyncIterator[Any]) -> None:
+    """Close an event stream early (its producer then aborts the request); no-op if done."""
     if isinstance(events, AsyncGenerator):
         await events.aclose()

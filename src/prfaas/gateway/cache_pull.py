@@ -2,7 +2,7 @@
 
 Before a prefill, when the router found a longer prefix of the prompt cached in another
 cluster, the instance holding it ships that prefix's KV to the chosen prefill worker, which
-lands it as prefix cache (``decode/pull.py``). The receiving side is told first, then the
+lands it as prefix cache (``worker/pull.py``). The receiving side is told first, then the
 holder prefills the prefix (a cache hit but for its last token) and sends it.
 """
 
@@ -12,78 +12,87 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from prfaas.gateway.worker_client import WorkerCallError
+from prfaas.gateway.audit import AuditLog, audit_transfer
+from prfaas.gateway.fleet import WorkerFleet
+from prfaas.gateway.links import LinkRoute, kv_target
+from prfaas.gateway.worker_client import WorkerCallError, WorkerClient
 from prfaas.messages import PrefillCommand, PrefillResult, PullCommand, PullResult, SamplingSpec
 from prfaas.router.types import RouteDecision
-
-if TYPE_CHECKING:
-    from prfaas.gateway.cluster_backend import ClusterBackend
 
 logger = logging.getLogger(__name__)
 
 
-async def pull_prefix(
-    backend: ClusterBackend, cmd: PrefillCommand, decision: RouteDecision, tenant: str
-) -> None:
-    """Abundant mode: copy the longer cached prefix from the instance holding it (in
-    ``pull_from``) to the chosen prefill instance before its prefill, over the link out
-    of the holder's cluster. The holder recomputes at most the prefix's last token; the
-    puller lands it as prefix cache. On any failure the prefill just computes more."""
-    holder = backend.fleet.workers.get(decision.pull_instance or "")
-    puller = backend.fleet.workers.get(decision.prefill_instance)
-    if holder is None or puller is None or puller.info.hybrid:
-        # A hybrid model's hit also needs a state snapshot at the prefix's end, which an
-        # imported prefix does not carry yet: a pull there would buy nothing.
-        return
-    prefix = cmd.prompt_token_ids[: decision.cached_tokens]
-    pull_id = f"{cmd.request_id}-pull"
-    deadline = backend.settings.kv_deadline_s / 3  # leave the decode side time to fall back
-    send = PrefillCommand(
-        request_id=pull_id,
-        prompt_token_ids=prefix,
-        params=SamplingSpec(max_tokens=1, temperature=0.0),
-        tenant_salt_hex=cmd.tenant_salt_hex,
-        deadline_s=deadline,
-        target=backend.kv_target(holder.info.cluster, puller.info),
-    )
-    land = PullCommand(
-        request_id=pull_id,
-        prompt_token_ids=prefix,
-        tenant_salt_hex=cmd.tenant_salt_hex,
-        deadline_s=deadline,
-    )
-    landing = asyncio.ensure_future(
-        backend.workers.post(puller.info.http_url + "/pull", land.encode(), deadline + 5)
-    )
-    result = PullResult(request_id=pull_id, ok=False)
-    started_s = time.monotonic()
-    try:
-        status, body = await backend.workers.post(
-            holder.info.http_url + "/prefill", send.encode(), deadline + 5
+@dataclass(frozen=True)
+class CachePull:
+    fleet: WorkerFleet
+    workers: WorkerClient
+    links: dict[str, LinkRoute]
+    kv_deadline_s: float
+    audit: AuditLog | None = None
+    on_pull: Callable[[RouteDecision, PullResult], None] | None = None
+
+    async def run(self, cmd: PrefillCommand, decision: RouteDecision, tenant: str) -> None:
+        """Abundant mode: copy the longer cached prefix from the instance holding it (in
+        ``pull_from``) to the chosen prefill instance before its prefill, over the link out
+        of the holder's cluster. The holder recomputes at most the prefix's last token; the
+        puller lands it as prefix cache. On any failure the prefill just computes more."""
+        holder = self.fleet.workers.get(decision.pull_instance or "")
+        puller = self.fleet.workers.get(decision.prefill_instance)
+        if holder is None or puller is None or puller.info.hybrid:
+            # A hybrid model's hit also needs a state snapshot at the prefix's end, which an
+            # imported prefix does not carry yet: a pull there would buy nothing.
+            return
+        prefix = cmd.prompt_token_ids[: decision.cached_tokens]
+        pull_id = f"{cmd.request_id}-pull"
+        deadline = self.kv_deadline_s / 3  # leave the decode side time to fall back
+        send = PrefillCommand(
+            request_id=pull_id,
+            prompt_token_ids=prefix,
+            params=SamplingSpec(max_tokens=1, temperature=0.0),
+            tenant_salt_hex=cmd.tenant_salt_hex,
+            deadline_s=deadline,
+            target=kv_target(self.links, holder.info.cluster, puller.info),
         )
-        shipped = (
-            PrefillResult.decode(body)
-            if status == 200
-            else PrefillResult(request_id=pull_id, ok=False, error=f"HTTP {status}")
+        land = PullCommand(
+            request_id=pull_id,
+            prompt_token_ids=prefix,
+            tenant_salt_hex=cmd.tenant_salt_hex,
+            deadline_s=deadline,
         )
-        elapsed_s = time.monotonic() - started_s
-        backend.audit_transfer(send, holder.info.name, puller.info.name, shipped, tenant, elapsed_s)
-        if not shipped.ok:
-            result = PullResult(request_id=pull_id, ok=False, error="holder did not send")
-        else:
-            status, body = await landing
-            if status == 200:
-                result = PullResult.decode(body)
-    except (WorkerCallError, ValueError) as e:
-        result = PullResult(request_id=pull_id, ok=False, error=str(e)[:1024])
-    finally:
-        if not landing.done():
-            landing.cancel()  # the puller's own deadline ends its wait
-            with contextlib.suppress(asyncio.CancelledError, WorkerCallError):
-                await landing
-    if not result.ok:
-        logger.info("cache pull for %s failed: %s", cmd.request_id, result.error)
-    if backend.on_pull is not None:
-        backend.on_pull(decision, result)
+        landing = asyncio.ensure_future(
+            self.workers.post(puller.info.http_url + "/pull", land.encode(), deadline + 5)
+        )
+        result = PullResult(request_id=pull_id, ok=False)
+        started_s = time.monotonic()
+        try:
+            status, body = await self.workers.post(
+                holder.info.http_url + "/prefill", send.encode(), deadline + 5
+            )
+            shipped = (
+                PrefillResult.decode(body)
+                if status == 200
+                else PrefillResult(request_id=pull_id, ok=False, error=f"HTTP {status}")
+            )
+            elapsed_s = time.monotonic() - started_s
+            route = (holder.info.name, puller.info.name)
+            audit_transfer(self.audit, self.fleet, send, route, shipped, tenant, elapsed_s)
+            if not shipped.ok:
+                result = PullResult(request_id=pull_id, ok=False, error="holder did not send")
+            else:
+                status, body = await landing
+                if status == 200:
+                    result = PullResult.decode(body)
+        except (WorkerCallError, ValueError) as e:
+            result = PullResult(request_id=pull_id, ok=False, error=str(e)[:1024])
+        finally:
+            if not landing.done():
+                landing.cancel()  # the puller's own deadline ends its wait
+                with contextlib.suppress(asyncio.CancelledError, WorkerCallError):
+                    await landing
+        if not result.ok:
+            logger.info("cache pull for %s failed: %s", cmd.request_id, result.error)
+        if self.on_pull is not None:
+            self.on_pull(decision, result)

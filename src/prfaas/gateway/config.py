@@ -20,12 +20,16 @@ class GatewayConfig:
     api_keys: Mapping[str, str] = field(default_factory=dict)
     server_secret: bytes = b""
     default_tenant: str = "default"
-    max_in_flight: int = 256  # requests admitted at once; beyond: 429 + Retry-After
-    retry_after_s: float = 1.0
     max_body_bytes: int = 4 * 2**20
-    # Time-to-live of a request waiting for the backend to admit it (for a LocalBackend: until
-    # its first token); past it: 429 + Retry-After. None: wait as long as it takes.
+    # Admission (``admission.Admission``), the one place these are set:
+    max_in_flight: int = 256  # requests admitted at once; beyond: 429 + Retry-After
+    max_inflight_per_decode: int = 32  # requests one decode instance holds (waiting + running)
+    max_queued: int = 256  # requests waiting at the gateway for a decode slot
+    # Time-to-live of a request waiting to be admitted: for a decode slot, or (a backend
+    # without decode instances, e.g. one in-process engine) until its first token; past it:
+    # 429 + Retry-After. None: wait as long as it takes.
     queue_ttl_s: float | None = None
+    retry_after_s: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "api_keys", MappingProxyType(dict(self.api_keys)))
@@ -33,8 +37,10 @@ class GatewayConfig:
             object.__setattr__(self, "server_secret", os.urandom(32))
         if any(not k or not t for k, t in self.api_keys.items()):
             raise ValueError("API keys and tenant names must be non-empty")
-        if self.max_in_flight <= 0:
-            raise ValueError("max_in_flight must be positive")
+        if self.max_in_flight <= 0 or self.max_inflight_per_decode <= 0 or self.max_queued < 0:
+            raise ValueError(
+                "max_in_flight and max_inflight_per_decode must be positive, max_queued >= 0"
+            )
         if self.retry_after_s <= 0:
             raise ValueError("retry_after_s must be positive")
         if self.queue_ttl_s is not None and self.queue_ttl_s <= 0:

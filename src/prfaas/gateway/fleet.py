@@ -1,5 +1,5 @@
 """The gateway's live view of its workers: registration, heartbeats, health, and the kv
-index fed by their cache events. Implements the router's ``Fleet`` protocol.
+index fed by their cache events. Implements the router's ``FleetView`` protocol.
 
 Liveness is this gateway's own (another gateway keeps its own fleet); the kv index may be
 shared with other gateways (``RedisKvIndex``): registration there is idempotent per epoch and
@@ -10,10 +10,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
-from prfaas.messages import Heartbeat, WorkerInfo
+from prfaas.messages import Heartbeat, LinkReport, WorkerInfo
 from prfaas.router.kv_index import CacheEvent, KvIndexBackend, KvIndexUnavailableError
 from prfaas.router.types import ClusterKind, ClusterView, InstanceView
 
@@ -24,6 +24,10 @@ class FingerprintConflictError(ValueError):
     """A worker serves other model weights than the rest of the fleet."""
 
 
+class BlockSizeConflictError(ValueError):
+    """A worker's KV block size differs from the fleet's (block hashes would not match)."""
+
+
 @dataclass
 class WorkerRecord:
     info: WorkerInfo
@@ -31,9 +35,9 @@ class WorkerRecord:
     num_waiting: int = 0
     num_running: int = 0
     queued_tokens: int = 0  # prompt tokens waiting for prefill, from the last heartbeat
-    inflight: int = 0  # requests this gateway sent and has not seen finish
     fallbacks: int = 0
     draining: bool = False
+    links: dict[str, LinkReport] = field(default_factory=dict)  # its newest, by link name
 
 
 class WorkerFleet:
@@ -42,11 +46,36 @@ class WorkerFleet:
         clusters: dict[str, ClusterKind],
         kv_index: KvIndexBackend,
         heartbeat_timeout_s: float = 3.0,
+        block_size: int | None = None,
     ) -> None:
         self._clusters = [ClusterView(name, kind) for name, kind in clusters.items()]
         self.kv_index = kv_index
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.workers: dict[str, WorkerRecord] = {}
+        # The deployment's block size (its router counts cached tokens in it), when known
+        # before any worker registers; else the first registered worker's.
+        self._block_size = block_size
+        # Requests this gateway sent to each instance and has not seen finish; owned by the
+        # gateway's ``Admission`` (``by_instance``), read here as load.
+        self.inflight: Mapping[str, int] = {}
+
+    @property
+    def block_size(self) -> int | None:
+        """Tokens per KV block: every registered worker reports this one (others are refused)."""
+        if self._block_size is not None:
+            return self._block_size
+        for record in self.workers.values():
+            return record.info.block_size
+        return None
+
+    def link_reports(self, cluster: str | None = None) -> list[LinkReport]:
+        """The newest report of every sending instance (of ``cluster``, if given)."""
+        return [
+            report
+            for r in self.workers.values()
+            if cluster is None or r.info.cluster == cluster
+            for report in r.links.values()
+        ]
 
     @property
     def fingerprint(self) -> str | None:
@@ -68,9 +97,15 @@ class WorkerFleet:
                 f"worker {info.name} serves model {info.fingerprint[:12]}…, the fleet "
                 f"{sorted(others)[0][:12]}…"
             )
-        old = self.workers.get(info.name)
-        inflight = old.inflight if old else 0
-        self.workers[info.name] = WorkerRecord(info, time.monotonic(), inflight=inflight)
+        sizes = {r.info.block_size for n, r in self.workers.items() if n != info.name}
+        if self._block_size is not None:
+            sizes = {self._block_size}
+        if sizes and info.block_size not in sizes:
+            raise BlockSizeConflictError(
+                f"worker {info.name} uses KV blocks of {info.block_size} tokens, the fleet "
+                f"{min(sizes)}: every instance of a model must use the same block size"
+            )
+        self.workers[info.name] = WorkerRecord(info, time.monotonic())
         # Unreachable shared index: routable without affinity; the worker's batches answer
         # "unknown" once it is back, and the worker registers again.
         with contextlib.suppress(KvIndexUnavailableError):
@@ -95,6 +130,7 @@ class WorkerFleet:
         record.fallbacks = hb.fallbacks
         record.queued_tokens = hb.queued_tokens
         record.draining = hb.draining
+        record.links = {report.link: report for report in hb.links}
         if hb.events:
             events: list[CacheEvent] = [
                 (bytes.fromhex(e.block_hash), e.stored, e.snapshot) for e in hb.events
@@ -116,7 +152,7 @@ class WorkerFleet:
     def cluster_kind(self, name: str) -> ClusterKind | None:
         return next((c.kind for c in self._clusters if c.name == name), None)
 
-    # -- router.Fleet ------------------------------------------------------------------------
+    # -- router.FleetView --------------------------------------------------------------------
 
     def clusters(self) -> Sequence[ClusterView]:
         return self._clusters
@@ -127,7 +163,7 @@ class WorkerFleet:
                 name=name,
                 cluster=r.info.cluster,
                 role=r.info.role,
-                load=max(r.num_waiting + r.num_running, r.inflight),
+                load=max(r.num_waiting + r.num_running, self.inflight.get(name, 0)),
                 queued_tokens=r.queued_tokens,
                 healthy=self.healthy(name) and not r.draining,
             )

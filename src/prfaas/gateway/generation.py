@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Callable
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from prfaas.engine.outputs import TokenDelta
 from prfaas.gateway import sse
 from prfaas.gateway.backend import GenerationHandle, aclose
 from prfaas.gateway.metrics import GatewayMetrics, route_kind
@@ -28,6 +27,7 @@ from prfaas.gateway.protocol import (
     PromptTokensDetails,
     Usage,
 )
+from prfaas.messages import TokenEvent
 
 logger = logging.getLogger(__name__)
 
@@ -64,13 +64,13 @@ class Generation:
     def route(self) -> str:
         return self.handle.route
 
-    async def deltas(self) -> AsyncIterator[TokenDelta]:
+    async def deltas(self) -> AsyncIterator[TokenEvent]:
         async for delta in self.handle.events:
             now = time.perf_counter()
             if self._first_s is None:
                 self._first_s = now
             self._last_s = now
-            self.num_output_tokens += len(delta.new_token_ids)
+            self.num_output_tokens += len(delta.token_ids)
             yield delta
             if delta.finished:
                 return
@@ -118,7 +118,7 @@ class Generation:
         texts: list[str] = []
         finish_reason: str | None = None
         async for delta in self.deltas():
-            texts.append(delta.new_text)
+            texts.append(delta.text)
             if delta.finished:
                 finish_reason = delta.finish_reason
         return "".join(texts), finish_reason
@@ -149,9 +149,9 @@ class Generation:
 
         yield chunk([ChatChunkChoice(delta=DeltaMessage(role="assistant", content=""))])
         async for delta in self._guarded():
-            if delta.new_text or delta.finished:
+            if delta.text or delta.finished:
                 finish = delta.finish_reason if delta.finished else None
-                content = DeltaMessage(content=delta.new_text)
+                content = DeltaMessage(content=delta.text)
                 yield chunk([ChatChunkChoice(delta=content, finish_reason=finish)])
         if include_usage and not self.failed:
             yield chunk([], self.usage())
@@ -164,14 +164,14 @@ class Generation:
             )
 
         async for delta in self._guarded():
-            if delta.new_text or delta.finished:
+            if delta.text or delta.finished:
                 finish = delta.finish_reason if delta.finished else None
-                yield chunk([CompletionChoice(text=delta.new_text, finish_reason=finish)])
+                yield chunk([CompletionChoice(text=delta.text, finish_reason=finish)])
         if include_usage and not self.failed:
             yield chunk([], self.usage())
         yield sse.DONE
 
-    async def _guarded(self) -> AsyncIterator[TokenDelta]:
+    async def _guarded(self) -> AsyncIterator[TokenEvent]:
         """The deltas; a backend failure mid-stream becomes an error event (status 200 is
         already sent), never a silently truncated answer."""
         try:

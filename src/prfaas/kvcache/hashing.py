@@ -63,3 +63,17 @@ def block_hashes(
         prev = block_hash(prev, token_ids[i * block_size : (i + 1) * block_size])
         hashes.append(prev)
     return hashes
+
+
+def prompt_hash(token_ids: Sequence[int], block_size: int, root: BlockHash) -> BlockHash:
+    """The hash of a whole prompt: the chain of ``block_hashes`` continued over the partial
+    tail block, if any (hashed like a block, chained on the last full one). Two prompts
+    share it only if every token, the model and the tenant are the same; it travels in
+    every KV transfer's header so that a decode instance lands only KV computed for the
+    exact prompt it reserved for."""
+    if not token_ids:
+        raise ValueError("an empty prompt has no hash")
+    full = block_hashes(token_ids, block_size, root)
+    last = full[-1] if full else root
+    tail = token_ids[len(full) * block_size :]
+    return block_hash(last, tail) if tail else last

@@ -213,18 +213,16 @@ def _require(cfg: Mapping[str, Any], *keys: str) -> Any:
 
 
 def _layer_kinds(cfg: Mapping[str, Any]) -> list[str]:
-    """Layer kinds in order: full | sliding | kda | gated_deltanet | lightning | mamba2."""
+    """Layer kinds in order: full | sliding | kda | gated_deltanet | lightning | mamba2.
+
+    ``model_type`` decides first where it names a family whose ``layer_types`` words mean
+    something of its own (Kimi Linear's ``linear_attention`` is KDA, not Gated DeltaNet); the
+    key-based rules below serve configs without a known ``model_type``.
+    """
     num_layers = int(_require(cfg, "num_hidden_layers", "n_layer", "num_layers"))
     linear_attn = cfg.get("linear_attn_config")
-    if isinstance(linear_attn, Mapping) and "kda_layers" in linear_attn:
-        kda_layers = {int(i) for i in linear_attn["kda_layers"]}  # 1-based
-        return ["kda" if i + 1 in kda_layers else "full" for i in range(num_layers)]
-    if isinstance(linear_attn, Mapping) and cfg.get("layer_types") is not None:
-        # Kimi Linear as transformers saves it: layer_types names, KDA shapes in linear_attn_config
-        kimi = {"linear_attention": "kda", "full_attention": "full"}
-        if not set(cfg["layer_types"]) <= set(kimi):
-            raise ConfigFormatError(f"unknown Kimi Linear layer_types {cfg['layer_types']}")
-        return [kimi[name] for name in cfg["layer_types"]][:num_layers]
+    if cfg.get("model_type") == "kimi_linear" or isinstance(linear_attn, Mapping):
+        return _kimi_layer_kinds(cfg, num_layers)
     if cfg.get("layer_types") is not None:
         names = {
             "full_attention": "full",
@@ -265,6 +263,22 @@ def _layer_kinds(cfg: Mapping[str, Any]) -> list[str]:
         return ["mamba2"] * num_layers
     sliding = cfg.get("sliding_window") is not None and cfg.get("use_sliding_window", True)
     return ["sliding" if sliding else "full"] * num_layers
+
+
+def _kimi_layer_kinds(cfg: Mapping[str, Any], num_layers: int) -> list[str]:
+    """Kimi Linear, as the checkpoint saves it (1-based ``kda_layers`` in ``linear_attn_config``)
+    or as transformers' ``KimiLinearConfig`` saves it (``layer_types``); transformers' default
+    pattern (every 4th layer full attention, counting from 1) when neither is given."""
+    linear_attn = cfg.get("linear_attn_config") or {}
+    if cfg.get("layer_types") is not None:
+        kimi = {"linear_attention": "kda", "full_attention": "full"}
+        if not set(cfg["layer_types"]) <= set(kimi):
+            raise ConfigFormatError(f"unknown Kimi Linear layer_types {cfg['layer_types']}")
+        return [kimi[name] for name in cfg["layer_types"]][:num_layers]
+    if "kda_layers" in linear_attn:
+        kda_layers = {int(i) for i in linear_attn["kda_layers"]}  # 1-based
+        return ["kda" if i + 1 in kda_layers else "full" for i in range(num_layers)]
+    return ["full" if i and i % 4 == 0 else "kda" for i in range(num_layers)]
 
 
 def _head_dim(cfg: Mapping[str, Any]) -> int:
@@ -310,9 +324,11 @@ def _sliding_spec(cfg: Mapping[str, Any], dtype_bytes: int) -> FullAttentionSpec
 
 
 def _kda_spec(cfg: Mapping[str, Any], dtype_bytes: int, state_bytes: int) -> LinearStateSpec:
-    lin = cfg["linear_attn_config"]
-    heads, head_dim = int(lin["num_heads"]), int(lin["head_dim"])
-    conv_taps = int(lin.get("short_conv_kernel_size", 4)) - 1
+    # The checkpoint's linear_attn_config block, else transformers' own names (and defaults).
+    lin = cfg.get("linear_attn_config") or {}
+    heads = int(lin.get("num_heads", cfg.get("linear_num_heads", 32)))
+    head_dim = int(lin.get("head_dim", cfg.get("linear_head_dim", 128)))
+    conv_taps = int(lin.get("short_conv_kernel_size", cfg.get("linear_conv_kernel_dim", 4))) - 1
     recurrent = (heads, head_dim, head_dim)  # (H, d_k, d_v)
     conv = (conv_taps, 3 * heads * head_dim)  # the last inputs of the [q | k | v] short conv
     return LinearStateSpec(

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from torch import nn
 
 from prfaas.model.kimi_config import LINEAR_ATTENTION, SPARSE_MLP, KimiConfig
 from prfaas.model.kimi_layers import KdaState, KimiDeltaAttention, KimiMLAttention, KimiRMSNorm
 from prfaas.model.kimi_mlp import KimiMLP, KimiMoE
 from prfaas.model.kimi_weights import load_kimi_weights
+from prfaas.model.safetensors_file import iter_tensors
 
 Tensor = torch.Tensor
 LayerState = KdaState | Tensor | None
@@ -110,6 +110,4 @@ class KimiSequenceModel(nn.Module):
 
 def _safetensors(files: list[Path]) -> Iterator[tuple[str, Tensor]]:
     for path in files:
-        with safe_open(str(path), framework="pt") as f:
-            for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                yield name, f.get_tensor(name)
+        yield from iter_tensors(path)

@@ -1,9 +1,16 @@
 """Load a model for the engine: a Hugging Face folder, a .gguf file, or the embedded default.
 
 A GGUF file is converted once into a cached Hugging Face folder (``model/gguf.py``); both
-paths then load the same way. The *model fingerprint* is a digest of the config and of every
-weight byte: it enters every block hash and every KV transfer, so KV computed under other
-weights is never reused.
+paths then load the same way. The *model fingerprint* is a digest of the config, of every
+weight byte and of the dtype the engine computes in: it enters every block hash and every KV
+transfer, and a fleet admits only workers of one fingerprint, so KV computed under other
+weights or in another dtype is never reused and a worker of another dtype is refused when it
+registers rather than at each transfer.
+
+Memory: the model is built on the ``meta`` device, given the target dtype there (free), and
+only then allocated on the target device; each checkpoint tensor is read on its own (no memory
+map, ``safetensors_file``) and copied into place. Peak memory is about one copy of the
+weights in the target dtype plus the largest merged tensor (``benchmarks/load_memory.py``).
 """
 
 from __future__ import annotations
@@ -17,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
+from prfaas.kvcache.spec import FullAttentionSpec, specs_from_hf_config
 from prfaas.model.kimi import KimiLinearForCausalLM
 from prfaas.model.llama import LlamaForCausalLM
+from prfaas.model.safetensors_file import SafetensorsFormatError, iter_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +85,16 @@ def weight_files(folder: Path) -> list[Path]:
 
 def iter_weights(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
     for path in files:
-        with safe_open(str(path), framework="pt") as f:
-            for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                yield name, f.get_tensor(name)
+        try:
+            yield from iter_tensors(path)
+        except SafetensorsFormatError as e:
+            raise ModelLoadError(str(e)) from e
+
+
+def model_fingerprint(weights_digest: str, dtype: torch.dtype) -> str:
+    """The weights' digest bound to the compute dtype (KV of another dtype is other KV)."""
+    name = str(dtype).removeprefix("torch.")
+    return hashlib.blake2b(f"{weights_digest}/{name}".encode(), digest_size=16).hexdigest()
 
 
 def fingerprint_folder(folder: Path, cache_dir: Path) -> str:
@@ -107,6 +122,26 @@ def fingerprint_folder(folder: Path, cache_dir: Path) -> str:
     return digest
 
 
+def _cap_at_sliding_window(hf_config: Any, limit: int, folder: Path) -> int:
+    """The engine's attention is full: within a sliding window the two are equal, beyond it
+    they are not, so a model with an active window serves contexts up to the window only."""
+    specs = specs_from_hf_config(hf_config.to_dict())
+    windows = [
+        s.sliding_window
+        for s in specs
+        if isinstance(s, FullAttentionSpec) and s.sliding_window is not None
+    ]
+    if windows and min(windows) < limit:
+        logger.warning(
+            "%s: sliding-window attention (window %d) is served as full attention; "
+            "max_model_len capped at the window, where the two are equal",
+            folder,
+            min(windows),
+        )
+        return min(windows)
+    return limit
+
+
 def load_model(
     model: str | None,
     device: torch.device,
@@ -129,6 +164,7 @@ def load_model(
     # Kimi Linear names its context limit model_max_length (no position embeddings).
     positions = getattr(hf_config, "max_position_embeddings", None)
     limit = int(positions or getattr(hf_config, "model_max_length", 0) or 0) or 4096
+    limit = _cap_at_sliding_window(hf_config, limit, folder)
     if max_model_len is not None:
         if max_model_len > limit:
             raise ModelLoadError(f"max_model_len {max_model_len} exceeds the model's {limit}")
@@ -138,15 +174,15 @@ def load_model(
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     with torch.device("meta"):
         net = MODEL_REGISTRY[model_type](hf_config, limit)
-    net = net.to_empty(device=device)
+    # Cast while still on meta (no memory), then allocate once, in the target dtype.
+    net = net.to(dtype=dtype).to_empty(device=device)
     net.load_weights(iter_weights(weight_files(folder)))  # type: ignore[operator]
-    net = net.to(dtype=dtype)
     net.eval()
     return LoadedModel(
         model=net,
         hf_config=hf_config,
         tokenizer=tokenizer,
         folder=folder,
-        fingerprint=fingerprint_folder(folder, cache_dir),
+        fingerprint=model_fingerprint(fingerprint_folder(folder, cache_dir), dtype),
         max_model_len=limit,
     )

@@ -15,9 +15,16 @@ from prfaas.planner.deployments import (
     PlanResult,
     PrfaasPd,
 )
+from prfaas.planner.efficiency import CALIBRATED
 from prfaas.planner.hardware import get_gpu
-from prfaas.planner.model import load_model
-from prfaas.planner.profile import PrefillProfile, RooflineProfile, ScaledProfile, TableProfile
+from prfaas.planner.model import load_planner_model
+from prfaas.planner.profile import (
+    EfficiencyProfile,
+    PrefillProfile,
+    RooflineProfile,
+    ScaledProfile,
+    TableProfile,
+)
 from prfaas.planner.roofline import Instance
 from prfaas.planner.search import plan
 from prfaas.planner.throughput import DecodeSpec
@@ -138,13 +145,19 @@ def _build_profile(
             base = _build_profile(section.scale_of, sections, built, (*stack, name))
             anchors = [(float(a.num_tokens), a.prefill_s) for a in section.anchors]
             profile = ScaledProfile.fit_to(base, anchors)
-        else:
-            assert section.roofline is not None
+        elif section.roofline is not None:
             r = section.roofline
             instance = Instance(
                 get_gpu(r.gpu), r.gpus_per_instance, r.mfu, r.mbu, r.weight_bytes_per_param
             )
-            profile = RooflineProfile(load_model(r.model), instance)
+            profile = RooflineProfile(load_planner_model(r.model), instance)
+        else:
+            assert section.efficiency is not None
+            e = section.efficiency
+            instance = Instance(
+                get_gpu(e.gpu), e.gpus_per_instance, weight_bytes_per_param=e.weight_bytes_per_param
+            )
+            profile = EfficiencyProfile(load_planner_model(e.model), instance, CALIBRATED)
     except (ValueError, KeyError, FileNotFoundError) as exc:
         raise PlanConfigError(f"profiles.{name}: {exc}") from None
     built[name] = profile

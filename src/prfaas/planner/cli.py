@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from prfaas.cli import Commands
@@ -27,16 +27,35 @@ def register(commands: Commands) -> None:
     kv = commands.top.add_parser(
         "kv-throughput",
         help="KV size, estimated prefill time and KV throughput Φ_kv per prompt length",
-        description="S_kv(l) from the model config, T_prefill(l) from a roofline estimate with "
-        "an explicit MFU, and Φ_kv = S_kv / T_prefill (paper eq. 1); with --instances, the "
-        "cluster egress of eq. 2.",
+        description="S_kv(l) from the model config, T_prefill(l) from the calibrated "
+        "efficiency model (default), the roofline with an explicit MFU, or measured times "
+        "(--profile), and Φ_kv = S_kv / T_prefill (paper eq. 1); with --instances, the "
+        "cluster egress of eq. 2. --calibration prints the efficiency model's errors.",
     )
-    kv.add_argument("--model", required=True, help="preset name or path to a config.json")
-    kv.add_argument("--gpu", required=True, help="GPU type from the catalog, e.g. h200")
+    kv.add_argument("--model", help="preset name or path to a config.json")
+    kv.add_argument("--gpu", help="GPU type from the catalog, e.g. h200")
     kv.add_argument("--gpus-per-instance", type=int, default=8)
     kv.add_argument("--lengths", default="1K,8K,32K,128K", help="comma-separated; K = 1024")
     kv.add_argument("--instances", type=int, help="prefill instances: report eq. 2 egress")
-    kv.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilization (0, 1]")
+    kv.add_argument(
+        "--estimate",
+        choices=("efficiency", "roofline"),
+        default="efficiency",
+        help="T_prefill model when no --profile is given (default: efficiency)",
+    )
+    kv.add_argument("--mfu", type=float, default=0.4, help="roofline MFU (0, 1]")
+    kv.add_argument(
+        "--profile",
+        type=Path,
+        metavar="FILE",
+        help="measured T_prefill: .csv (num_tokens,prefill_s) or .json rows; "
+        "see prfaas/planner/profile_file.py",
+    )
+    kv.add_argument(
+        "--calibration",
+        action="store_true",
+        help="print the efficiency model's fit and held-out errors on published timings",
+    )
     kv.add_argument("--json", action="store_true")
     kv.set_defaults(handler=run_kv_throughput)
 
@@ -72,56 +91,36 @@ def run_plan(args: argparse.Namespace) -> int:
 
 
 def run_kv_throughput(args: argparse.Namespace) -> int:
-    from prfaas.planner.hardware import get_gpu
-    from prfaas.planner.model import load_model
-    from prfaas.planner.report import format_table
-    from prfaas.planner.roofline import Instance, prefill_s
-    from prfaas.planner.units import MIB, bytes_per_s_to_gbps, parse_tokens
+    from prfaas.planner.kv_throughput import kv_throughput_rows, print_kv_table
+    from prfaas.planner.units import parse_tokens
 
+    if args.calibration:
+        from prfaas.planner.calibration import print_calibration
+
+        print_calibration(as_json=args.json)
+        return 0
     try:
         lengths = [parse_tokens(text) for text in args.lengths.split(",") if text.strip()]
         if not lengths or min(lengths) < 1:
             raise ValueError("--lengths needs positive token counts")
         if args.instances is not None and args.instances < 1:
             raise ValueError("--instances must be >= 1")
-        model = load_model(args.model)
-        instance = Instance(get_gpu(args.gpu), args.gpus_per_instance, mfu=args.mfu)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
+        if args.model is None or (args.gpu is None and args.profile is None):
+            raise ValueError("--model and --gpu (or --profile FILE) are required")
+        title, rows = kv_throughput_rows(
+            args.model,
+            lengths,
+            gpu=args.gpu,
+            gpus_per_instance=args.gpus_per_instance,
+            estimate=args.estimate,
+            mfu=args.mfu,
+            profile_path=args.profile,
+            instances=args.instances,
+        )
+    except (ValueError, KeyError, OSError) as exc:
         return _fail(str(exc).strip("'\""))
-    rows: list[dict[str, Any]] = []
-    for num_tokens in lengths:
-        kv_bytes = model.kv_bytes(num_tokens)
-        time_s = prefill_s(model, instance, num_tokens)
-        row: dict[str, Any] = {
-            "num_tokens": num_tokens,
-            "kv_bytes": kv_bytes,
-            "kv_mib": kv_bytes / MIB,
-            "prefill_s": time_s,
-            "kv_throughput_gbps": bytes_per_s_to_gbps(kv_bytes / time_s),
-        }
-        if args.instances is not None:
-            row["cluster_egress_gbps"] = args.instances * row["kv_throughput_gbps"]
-        rows.append(row)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    headers = ["length", "S_kv (MiB)", "T_prefill (s)", "Φ_kv (Gbps)"]
-    if args.instances is not None:
-        headers.append(f"egress x{args.instances} (Gbps)")
-    table_rows = []
-    for row in rows:
-        cells = [
-            str(row["num_tokens"]),
-            f"{row['kv_mib']:.1f}",
-            f"{row['prefill_s']:.3f}",
-            f"{row['kv_throughput_gbps']:.2f}",
-        ]
-        if args.instances is not None:
-            cells.append(f"{row['cluster_egress_gbps']:.1f}")
-        table_rows.append(cells)
-    print(
-        f"{model.name} on {args.gpus_per_instance}x{args.gpu} "
-        f"(roofline estimate, MFU {args.mfu:g}; a measured profile overrides it)"
-    )
-    print(format_table(headers, table_rows))
+    print_kv_table(title, rows, args.instances)
     return 0

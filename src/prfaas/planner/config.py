@@ -45,8 +45,19 @@ class RooflineSection:
 
 
 @dataclass(frozen=True, config=_STRICT)
+class EfficiencySection:
+    """The calibrated efficiency model (``planner/efficiency.py``) for a model on GPUs."""
+
+    model: str
+    gpu: str
+    gpus_per_instance: Count = 8
+    weight_bytes_per_param: Positive = 2.0
+
+
+@dataclass(frozen=True, config=_STRICT)
 class ProfileSection:
-    """Exactly one source: measured ``points``, ``scale_of`` + ``anchors``, or ``roofline``."""
+    """Exactly one source: measured ``points``, ``scale_of`` + ``anchors``, ``roofline`` or
+    ``efficiency``."""
 
     points: tuple[ProfileRow, ...] | None = None
     fit: Literal["poly", "interp"] = "poly"
@@ -54,11 +65,14 @@ class ProfileSection:
     scale_of: str | None = None
     anchors: tuple[ProfileRow, ...] | None = None
     roofline: RooflineSection | None = None
+    efficiency: EfficiencySection | None = None
 
     def __post_init__(self) -> None:
-        sources = [self.points is not None, self.scale_of is not None, self.roofline is not None]
-        if sum(sources) != 1:
-            raise ValueError("give exactly one of points, scale_of (with anchors) or roofline")
+        sources = [self.points, self.scale_of, self.roofline, self.efficiency]
+        if sum(source is not None for source in sources) != 1:
+            raise ValueError(
+                "give exactly one of points, scale_of (with anchors), roofline or efficiency"
+            )
         if (self.scale_of is None) != (self.anchors is None):
             raise ValueError("scale_of and anchors go together")
 

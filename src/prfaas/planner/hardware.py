@@ -48,6 +48,14 @@ GPUS: dict[str, GpuSpec] = {
             "NVIDIA H800 SXM5 (H100 compute, reduced NVLink): same tensor-core peak as H100",
         ),
         GpuSpec(
+            "gh200",
+            989e12,
+            4.0 * _TB,
+            96 * _GB,
+            "NVIDIA GH200 Grace Hopper Superchip datasheet: H100 tensor cores (989 TFLOPS bf16 "
+            "dense), 96 GB HBM3 at 4 TB/s (the 144 GB HBM3e part: 4.9 TB/s)",
+        ),
+        GpuSpec(
             "h20",
             148e12,
             4.0 * _TB,

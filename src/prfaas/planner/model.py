@@ -56,16 +56,32 @@ class PlannerModel:
 
     def prefill_flops(self, num_tokens: float) -> float:
         """FLOPs to prefill ``num_tokens`` uncached tokens from an empty context."""
-        flops = self.gemm_flops_per_token() * num_tokens
+        return (
+            self.gemm_flops_per_token() * num_tokens
+            + self.attention_flops(num_tokens)
+            + self.linear_flops(num_tokens)
+        )
+
+    def attention_flops(self, num_tokens: float) -> float:
+        """Softmax-attention FLOPs (QK^T and PV) of a prefill of ``num_tokens``, all layers."""
+        flops = 0.0
         for shape in self.shapes:
             if shape.state_elements:
-                flops += LINEAR_FLOPS_PER_STATE_ELEMENT * shape.state_elements * num_tokens
                 continue
             pairs = num_tokens * num_tokens / 2  # causal (query, key) pairs
             if shape.window is not None and num_tokens > shape.window:
                 pairs = num_tokens * shape.window - shape.window * shape.window / 2
             flops += 2.0 * shape.num_heads * (shape.qk_dim + shape.v_dim) * pairs
         return flops
+
+    def linear_flops(self, num_tokens: float) -> float:
+        """Linear-attention / SSM FLOPs of a prefill of ``num_tokens``, all layers."""
+        elements = sum(shape.state_elements for shape in self.shapes)
+        return LINEAR_FLOPS_PER_STATE_ELEMENT * elements * num_tokens
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.specs)
 
     def decode_flops(self, context_tokens: float) -> float:
         """FLOPs for one new token with ``context_tokens`` already in the cache."""
@@ -79,7 +95,7 @@ class PlannerModel:
         return flops
 
 
-def load_model(name_or_path: str) -> PlannerModel:
+def load_planner_model(name_or_path: str) -> PlannerModel:
     """A preset by name (see ``PRESETS``) or a path to a Hugging Face ``config.json``."""
     if name_or_path in PRESETS:
         preset = PRESETS[name_or_path]

@@ -232,6 +232,53 @@ PRESETS: dict[str, ModelPreset] = {
             sources=("huggingface.co/meta-llama/Llama-3.1-70B config.json",),
         ),
         ModelPreset(
+            name="llama-3.1-405b",
+            hf_id="meta-llama/Llama-3.1-405B",
+            total_params=405.9e9,
+            active_params=405.9e9,
+            config={
+                "model_type": "llama",
+                "torch_dtype": "bfloat16",
+                "num_hidden_layers": 126,
+                "hidden_size": 16384,
+                "num_attention_heads": 128,
+                "num_key_value_heads": 8,
+                "intermediate_size": 53248,
+                "vocab_size": 128256,
+            },
+            sources=("huggingface.co/meta-llama/Llama-3.1-405B config.json",),
+        ),
+        ModelPreset(
+            name="paper-1t-hybrid",
+            hf_id="(internal; not released)",
+            total_params=1.04e12,
+            active_params=32.6e9,
+            config={
+                "model_type": "kimi_linear",
+                "torch_dtype": "bfloat16",
+                "num_hidden_layers": 61,
+                "hidden_size": 7168,
+                "num_attention_heads": 64,
+                "kv_lora_rank": 512,
+                "qk_nope_head_dim": 128,
+                "qk_rope_head_dim": 64,
+                "v_head_dim": 128,
+                "layer_types": _layer_types(61, 4),
+                "linear_num_heads": 64,
+                "linear_head_dim": 128,
+                "linear_conv_kernel_dim": 4,
+            },
+            sources=(
+                "derived, not published: prfaas shared/reference/paper.md says only 'internal "
+                "1T-parameter hybrid following Kimi Linear, KDA:MLA = 3:1'",
+                "shapes and parameter counts assumed from Kimi K2 (huggingface.co/moonshotai/"
+                "Kimi-K2-Instruct config.json: 61 layers, hidden 7168, 64 MLA heads, 1.04T "
+                "total / 32.6B active) with every 4th layer MLA and 64 KDA heads of 128",
+                "check: S_kv vs Table 5 (rows in 1000s): +8.4% at 1K, +4.3% at 8K, +2.4% at 32K, "
+                "-0.7% at 128K",
+            ),
+        ),
+        ModelPreset(
             name="smollm2-135m",
             hf_id="HuggingFaceTB/SmolLM2-135M",
             total_params=135e6,

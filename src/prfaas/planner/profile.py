@@ -7,6 +7,7 @@ Three sources, one interface (``prefill_s`` and ``kv_bytes``, both vectorized ov
 - ``ScaledProfile``: another profile's time curve mapped affinely, T(l) = a T_base(l) + b, with
   a and b fitted to anchor points (exact through two); used where only two points are known.
 - ``RooflineProfile``: the roofline estimate for a model on an instance.
+- ``EfficiencyProfile``: the calibrated efficiency model (``efficiency.py``) for the same.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from prfaas.planner.efficiency import Efficiency, efficiency_prefill_s
 from prfaas.planner.model import PlannerModel
 from prfaas.planner.roofline import Instance, prefill_s
 
@@ -125,3 +127,21 @@ class RooflineProfile:
         x = np.atleast_1d(np.asarray(num_tokens, dtype=np.float64))
         sizes = [self.model.kv_bytes(round(float(n))) for n in x.ravel()]
         return np.asarray(sizes, dtype=np.float64).reshape(np.shape(num_tokens))
+
+
+@dataclass(frozen=True)
+class EfficiencyProfile:
+    model: PlannerModel
+    instance: Instance
+    efficiency: Efficiency
+
+    def prefill_s(self, num_tokens: FloatArray) -> FloatArray:
+        x = np.atleast_1d(np.asarray(num_tokens, dtype=np.float64))
+        times = [
+            efficiency_prefill_s(self.model, self.instance, self.efficiency, float(n))
+            for n in x.ravel()
+        ]
+        return np.asarray(times, dtype=np.float64).reshape(np.shape(num_tokens))
+
+    def kv_bytes(self, num_tokens: FloatArray) -> FloatArray:
+        return RooflineProfile(self.model, self.instance).kv_bytes(num_tokens)

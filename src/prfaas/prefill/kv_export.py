@@ -37,8 +37,10 @@ def as_numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def payload_to_wire(
-    payload: KvPayload, request_id: str, codec: str
+    payload: KvPayload, request_id: str, codec: str, prompt_hash: bytes
 ) -> tuple[TransferHeader, list[np.ndarray]]:
+    """``prompt_hash``: ``kvcache.hashing.prompt_hash`` of the payload's prompt under its
+    model and tenant."""
     entries: list[LayerEntry] = []
     arrays: list[np.ndarray] = []
     for name, per_token, t in payload.named_tensors():
@@ -52,6 +54,7 @@ def payload_to_wire(
         fingerprint=bytes.fromhex(payload.model_fingerprint),
         codec=codec,
         layers=tuple(entries),
+        prompt_hash=prompt_hash,
     )
     return header, arrays
 
@@ -63,6 +66,7 @@ def stream_header(
     num_tokens: int,
     request_id: str,
     codec: str,
+    prompt_hash: bytes,
 ) -> TransferHeader:
     """The header ``payload_to_wire`` would build for a ``num_tokens`` prompt, before the KV
     exists: per-token tensors (num_tokens, heads, dim) or (num_tokens, dim) in the KV dtype,
@@ -87,6 +91,7 @@ def stream_header(
         fingerprint=bytes.fromhex(fingerprint),
         codec=codec,
         layers=tuple(entries),
+        prompt_hash=prompt_hash,
     )
 
 

@@ -1,6 +1,11 @@
-"""The prefill role: compute a prompt's KV, then ship it to the decode instance the router
+"""The prefill role: compute a prompt's KV and ship it to the decode instance the router
 named, over the link between their clusters (paced, optionally compressed, TLS across
-clusters). The worker's HTTP layer calls ``run`` once per command."""
+clusters), each layer leaving as soon as the prompt's last chunk has written it
+(``LayerStream``). The worker calls ``run`` once per command.
+
+The role owns one ``Link`` per (link, codec, connections, TLS identity) it has sent on; each
+link's ``LinkMonitor`` is the one measurement of its egress, reported by ``link_reports``
+in the worker's heartbeats."""
 
 from __future__ import annotations
 
@@ -12,13 +17,15 @@ import time
 from dataclasses import dataclass
 
 from prfaas.engine.async_engine import AsyncEngine
-from prfaas.messages import KvTarget, PrefillCommand, PrefillResult
-from prfaas.prefill.kv_export import payload_to_wire, stream_header
+from prfaas.kvcache.hashing import prompt_hash, root_hash
+from prfaas.messages import KvTarget, LinkReport, PrefillCommand, PrefillResult
+from prfaas.prefill.kv_export import stream_header
 from prfaas.prefill.layer_stream import LayerStream
 from prfaas.sampling import to_sampling_params
 from prfaas.transfer.config import Deadlines, LinkConfig
 from prfaas.transfer.errors import TransferError
 from prfaas.transfer.link import Link
+from prfaas.transfer.monitor import LinkStats
 from prfaas.transfer.sender import KvSender, TransferStats
 from prfaas.transfer.tls import PLAINTEXT
 
@@ -30,9 +37,6 @@ class LinkSettings:
     """This worker's egress caps per link name (the cross-cluster link is paced)."""
 
     rate_gbps: dict[str, float]
-    # Stream each layer's KV while the prefill computes the next ones (prefill/layer_stream);
-    # False: send the whole payload after the prefill (kept to compare the two).
-    layerwise: bool = True
 
 
 class PrefillRole:
@@ -49,7 +53,6 @@ class PrefillRole:
         self.auth_key = auth_key
         self._senders: dict[tuple[str, str, int, bool, str], KvSender] = {}
         self._lock = threading.Lock()
-        self._plain_sending = 0  # whole-payload sends in progress
         self._streams: set[LayerStream] = set()  # layer-wise transfers of running commands
 
     def sender(self, target: KvTarget) -> KvSender:
@@ -76,54 +79,41 @@ class PrefillRole:
                 )
             return sender
 
-    def link_stats(self) -> dict[str, float]:
-        """Measured goodput per link (Gbps), for the gateway's metrics and control loop."""
+    def link_reports(self) -> list[LinkReport]:
+        """Egress per link name as its monitors measured it, summed over the senders that
+        share the name (goodput: the best backlogged transfer among them)."""
         with self._lock:
-            senders = list(self._senders.values())
-        out: dict[str, float] = {}
-        for s in senders:
-            stats = s.link.stats()
-            out[s.link.config.name] = max(out.get(s.link.config.name, 0.0), stats.goodput_gbps)
-        return out
+            stats = [sender.link.stats() for sender in self._senders.values()]
+        by_name: dict[str, list[LinkStats]] = {}
+        for s in stats:
+            by_name.setdefault(s.name, []).append(s)
+        return [
+            LinkReport(
+                link=name,
+                bytes_sent=sum(s.bytes_sent for s in group),
+                rate_gbps=sum(s.goodput_gbps for s in group),
+                goodput_gbps=max(s.backlogged_goodput_gbps or 0.0 for s in group),
+                backlog_bytes=sum(s.backlog_bytes for s in group),
+                transfers_open=sum(s.transfers_open for s in group),
+                cap_gbps=group[0].rate_cap_gbps,
+            )
+            for name, group in by_name.items()
+        ]
+
+    def prompt_hash(self, prompt_token_ids: list[int], tenant_salt: bytes) -> bytes:
+        """What the transfer header carries: the prompt's hash under this model and tenant."""
+        root = root_hash(self.engine.fingerprint, tenant_salt)
+        return prompt_hash(prompt_token_ids, self.engine.block_size, root)
 
     @property
     def num_sending(self) -> int:
         """Commands whose KV is being sent now (leak checks)."""
-        return self._plain_sending + sum(1 for s in self._streams if s.sending)
+        return sum(1 for s in self._streams if s.sending)
 
     async def run(self, cmd: PrefillCommand) -> PrefillResult:
-        started = time.monotonic()
-        if self.links.layerwise:
-            return await self.run_layerwise(cmd, started)
-        payload = await self.engine.prefill(
-            cmd.prompt_token_ids,
-            to_sampling_params(cmd.params),
-            cmd.request_id,
-            tenant_salt=bytes.fromhex(cmd.tenant_salt_hex),
-        )
-        header, arrays = payload_to_wire(payload, cmd.request_id, cmd.target.codec)
-        sender = self.sender(cmd.target)
-        deadline = started + cmd.deadline_s
-        self._plain_sending += 1
-        try:
-            stats = await asyncio.to_thread(
-                sender.send,
-                (cmd.target.host, cmd.target.port),
-                header,
-                arrays,
-                retries=1,
-                deadline_s=deadline,
-            )
-        except TransferError as e:
-            return _failed(cmd, e)
-        finally:
-            self._plain_sending -= 1
-        return _sent(cmd, stats, started)
-
-    async def run_layerwise(self, cmd: PrefillCommand, started: float) -> PrefillResult:
-        """Like ``run``, but each layer leaves as soon as the prompt's last chunk has written
-        it (``LayerStream``); on any failure the transfer is aborted and the engine has
+        """Prefill and stream; on any failure the transfer is aborted and the engine has
         freed the request's blocks before this returns ok=False."""
+        started = time.monotonic()
         sender = self.sender(cmd.target)
         deadline = started + cmd.deadline_s
         header = stream_header(
@@ -133,6 +123,7 @@ class PrefillRole:
             len(cmd.prompt_token_ids),
             cmd.request_id,
             cmd.target.codec,
+            self.prompt_hash(cmd.prompt_token_ids, bytes.fromhex(cmd.tenant_salt_hex)),
         )
         stream = LayerStream(sender, (cmd.target.host, cmd.target.port), header, deadline)
         self._streams.add(stream)
@@ -145,7 +136,7 @@ class PrefillRole:
         self, cmd: PrefillCommand, stream: LayerStream, started: float, deadline: float
     ) -> PrefillResult:
         try:
-            first_token = await asyncio.wait_for(
+            done = await asyncio.wait_for(
                 self.engine.prefill_streamed(
                     cmd.prompt_token_ids,
                     to_sampling_params(cmd.params),
@@ -163,10 +154,10 @@ class PrefillRole:
             stream.abort()
             raise
         try:
-            stats = await asyncio.to_thread(stream.finish, first_token)
+            stats = await asyncio.to_thread(stream.finish, done.first_token_id)
         except TransferError as e:
             return _failed(cmd, e)
-        return _sent(cmd, stats, started)
+        return _sent(cmd, stats, started, done.num_cached_tokens)
 
 
 def _failed(cmd: PrefillCommand, error: TransferError) -> PrefillResult:
@@ -176,7 +167,9 @@ def _failed(cmd: PrefillCommand, error: TransferError) -> PrefillResult:
     return PrefillResult(request_id=cmd.request_id, ok=False, error=str(error))
 
 
-def _sent(cmd: PrefillCommand, stats: TransferStats, started: float) -> PrefillResult:
+def _sent(
+    cmd: PrefillCommand, stats: TransferStats, started: float, cached_tokens: int
+) -> PrefillResult:
     return PrefillResult(
         request_id=cmd.request_id,
         ok=True,
@@ -184,4 +177,5 @@ def _sent(cmd: PrefillCommand, stats: TransferStats, started: float) -> PrefillR
         wire_bytes=stats.wire_bytes,
         transfer_s=stats.seconds,
         seconds=time.monotonic() - started,
+        cached_tokens=cached_tokens,
     )

@@ -13,8 +13,18 @@ Long term (``long_tick``, minutes): re-solve the planner (t and the N_p/N_d spli
 observed incremental lengths; if the best split beats the current one by ``min_gain``, return
 the role changes (least-loaded instances first) and adopt the new t_plan.
 
-The controller only decides; the caller applies role changes (drain, then switch) and
-installs the returned ``RouterState`` in the router.
+Operating-point rules, kept here so that the live loop and the simulator run the same code:
+- ``bounds``: t (and t_plan) never leave [lo, hi];
+- ``pinned_tokens``: t never moves, and no role change is proposed (the operator owns it);
+- ``adapt_mode`` off: the returned mode is the configured one (the hysteresis still runs);
+- egress: each tick's measured ``LinkView`` is smoothed here (``egress_smoothing``, the
+  newest sample's weight; 1 keeps it raw) before the mode and t read it (``egress``).
+
+The controller only decides; the caller measures (instances, the link's rate), applies role
+changes (drain, then switch; ``not_applied`` for those that failed) and installs the returned
+``RouterState`` in the router. Both callers make the same calls: ``short_tick(instances,
+link)`` every ``short_interval_s`` and ``long_tick(instances, lengths)`` every
+``long_interval_s``.
 """
 
 from __future__ import annotations
@@ -47,6 +57,28 @@ class ControlConfig:
     min_gain: float = 0.05  # relative Λ_max gain that justifies converting instances
     min_samples: int = 200  # observed lengths needed before a long-term re-plan
     threshold_step_tokens: float = 250.0
+    adapt_mode: bool = True  # False: the configured mode holds whatever the link does
+    egress_smoothing: float = 1.0  # EWMA weight of the newest egress sample; 1: none
+
+    def __post_init__(self) -> None:
+        if self.short_interval_s <= 0 or self.long_interval_s <= 0:
+            raise ValueError("control intervals must be positive")
+        if not 0.0 < self.egress_smoothing <= 1.0:
+            raise ValueError("egress_smoothing must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """Where a live deployment starts and what the operator fixed: the deployed split
+    (``n_p`` PD prefill instances), the start-up t and the planner's own t, the configured
+    mode, a pinned t, and the bounds t stays within."""
+
+    n_p: int | None = None  # None: the planner's best split
+    threshold_tokens: float | None = None  # None: t_plan
+    t_plan: float | None = None  # None: solved here
+    mode: Mode = "scarce"
+    pinned_tokens: float | None = None
+    bounds: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -64,28 +96,40 @@ class Controller:
         output_tokens: float,
         pd_cluster: str,
         prfaas_cluster: str,
+        start: OperatingPoint = OperatingPoint(),
     ) -> None:
         self.config, self.output_tokens = config, output_tokens
         self.pd_cluster, self.prfaas_cluster = pd_cluster, prfaas_cluster
         self._deployment, self._workload = deployment, workload
+        self._point = start
         self._plan = self._solve(deployment.bandwidth_gbps)
         assert self._plan.n_p is not None
-        self.n_p = self._plan.n_p  # the split the loop steers to (counts pending conversions)
+        # The split the loop steers to (counts pending conversions, not failed ones).
+        self.n_p = self._plan.n_p if start.n_p is None else start.n_p
         self._solved_gbps = deployment.bandwidth_gbps
-        self.t_plan = self._threshold()
-        self.state = RouterState(self.t_plan, "scarce")
+        # The planner's own t (before the bounds) at the last re-plan, and t_plan within them.
+        self.t_solved = self._threshold() if start.t_plan is None else start.t_plan
+        self.t_plan = self._clamp(self.t_solved)
+        t = self.t_plan if start.threshold_tokens is None else start.threshold_tokens
+        if start.pinned_tokens is not None:
+            t = start.pinned_tokens
+        self._mode: Mode = start.mode  # the link's mode, with hysteresis
+        self.state = RouterState(t, start.mode)
+        self.egress = LinkView(prfaas_cluster, pd_cluster, deployment.bandwidth_gbps)
 
-    def short_tick(self, instances: Sequence[InstanceView], egress: LinkView) -> RouterState:
+    def short_tick(self, instances: Sequence[InstanceView], link: LinkView) -> RouterState:
+        """One short tick: ``link`` is the PrfaaS → PD link's cap and its measured rate over
+        the last interval (goodput and utilization, before smoothing)."""
         c = self.config
+        egress = self._smooth(link)
         if abs(egress.capacity_gbps - self._solved_gbps) > c.bandwidth_change * self._solved_gbps:
             self._solved_gbps = egress.capacity_gbps
             self._plan = self._solve(egress.capacity_gbps)
-            self.t_plan = self._threshold()
-        mode: Mode = self.state.mode
+            self.t_plan = self._clamp(self._threshold())
         if egress.utilization > c.scarce_above:
-            mode = "scarce"
+            self._mode = "scarce"
         elif egress.utilization < c.abundant_below:
-            mode = "abundant"
+            self._mode = "abundant"
         remote_s, local_s = self._queued_seconds(instances)
         t = self.state.threshold_tokens
         if (
@@ -98,13 +142,13 @@ class Controller:
         else:
             t += 0.1 * (self.t_plan - t)
         t = min(max(t, self.t_plan / c.max_nudge), self.t_plan * c.max_nudge)
-        self.state = RouterState(t, mode)
+        self.state = RouterState(self._hold(t), self._mode_out())
         return self.state
 
     def long_tick(
         self, instances: Sequence[InstanceView], lengths: Sequence[int]
     ) -> tuple[RouterState, list[RoleChange]]:
-        if len(lengths) < self.config.min_samples:
+        if self._point.pinned_tokens is not None or len(lengths) < self.config.min_samples:
             return self.state, []
         self._workload = EmpiricalLengths(tuple(max(int(n), 1) for n in lengths))
         self._plan = self._solve(self._solved_gbps)
@@ -114,9 +158,35 @@ class Controller:
         if self._plan.throughput_rps > (1 + self.config.min_gain) * current:
             changes = self._conversions(instances, self._plan.n_p - self.n_p)
             self.n_p += sum(1 if ch.to_role == "prefill" else -1 for ch in changes)
-        self.t_plan = self._threshold()
-        self.state = RouterState(self.t_plan, self.state.mode)
+        self.t_solved = self._threshold()
+        self.t_plan = self._clamp(self.t_solved)
+        self.state = RouterState(self._hold(self.t_solved), self._mode_out())
         return self.state, changes
+
+    def not_applied(self, change: RoleChange) -> None:
+        """A role change the caller could not apply: the split steered from is unchanged."""
+        self.n_p -= 1 if change.to_role == "prefill" else -1
+
+    def _smooth(self, link: LinkView) -> LinkView:
+        w, old = self.config.egress_smoothing, self.egress
+        self.egress = dataclasses.replace(
+            link,
+            goodput_gbps=w * link.goodput_gbps + (1 - w) * old.goodput_gbps,
+            utilization=w * link.utilization + (1 - w) * old.utilization,
+        )
+        return self.egress
+
+    def _clamp(self, t: float) -> float:
+        bounds = self._point.bounds
+        return t if bounds is None else min(max(t, bounds[0]), bounds[1])
+
+    def _hold(self, t: float) -> float:
+        """The t the router gets: the pinned one, else ``t`` within the bounds."""
+        pinned = self._point.pinned_tokens
+        return pinned if pinned is not None else self._clamp(t)
+
+    def _mode_out(self) -> Mode:
+        return self._mode if self.config.adapt_mode else self._point.mode
 
     def _solve(self, bandwidth_gbps: float, unbounded_decode: bool = False) -> PlanResult:
         deployment = dataclasses.replace(self._deployment, bandwidth_gbps=max(bandwidth_gbps, 1e-6))

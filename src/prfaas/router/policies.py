@@ -44,7 +44,7 @@ def _best_prfaas(cached: Mapping[str, int], prfaas_clusters: Sequence[str]) -> s
     return max(prfaas_clusters, key=lambda c: cached.get(c, 0))
 
 
-class HomogeneousPd:
+class HomogeneousPolicy:
     """Everything prefilled in the local PD cluster (the paper's baseline)."""
 
     name = "homogeneous"
@@ -60,7 +60,7 @@ class HomogeneousPd:
         return _local(request, cached_tokens, pd_cluster)
 
 
-class NaiveHeterogeneous:
+class NaivePolicy:
     """Every prefill on PrfaaS, every decode local: no length routing (t = 0)."""
 
     name = "naive"
@@ -109,8 +109,8 @@ class PrfaasThreshold:
         return PathChoice("prfaas", remote, l_total - l_prefix, pull_from=pull)
 
 
-POLICIES: dict[str, type[HomogeneousPd] | type[NaiveHeterogeneous] | type[PrfaasThreshold]] = {
-    "homogeneous": HomogeneousPd,
-    "naive": NaiveHeterogeneous,
+POLICIES: dict[str, type[HomogeneousPolicy] | type[NaivePolicy] | type[PrfaasThreshold]] = {
+    "homogeneous": HomogeneousPolicy,
+    "naive": NaivePolicy,
     "prfaas": PrfaasThreshold,
 }

@@ -1,11 +1,13 @@
 """The router: one decision per request, from the fleet's current view and the kv index.
 
 ``Router.route`` is the whole algorithm: residency filter → cached prefix per cluster →
-path policy → prefill instance (cache affinity under CHWBL's load bound) → decode instance
-(least loaded). The caller (live gateway or simulator) owns the ``Fleet`` view, feeds the
-kv index with cache events and installs new ``RouterState``s from the control loop; the
-router itself keeps no per-request state beyond a window of observed incremental lengths
-that the long-term control loop re-plans on.
+path policy → prefill instance (cache affinity under CHWBL's load bound, or an
+``InstanceChoice`` such as the TTFT estimate) → decode instance (least loaded). The
+caller (live gateway or simulator) owns the ``FleetView``, feeds the kv index with cache
+events and installs new ``RouterState``s from the control loop; the router itself keeps no
+per-request state beyond a window of observed incremental lengths that the long-term
+control loop re-plans on and, with an ``InstanceChoice``, its record of dispatched
+prefills (``inflight``): the caller then reports each prefill's end (``prefill_finished``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from prfaas.router.chwbl import ConsistentHashRing, load_bound, pick
+from prfaas.router.inflight import InflightPrefills
+from prfaas.router.instance_choice import InstanceChoice
 from prfaas.router.kv_index import KvIndexBackend
 from prfaas.router.policies import PathPolicy
 from prfaas.router.types import (
@@ -44,7 +48,7 @@ class RouterConfig:
             raise ValueError("need block_tokens >= 1, balance_factor >= 1, length_window >= 1")
 
 
-class Fleet(Protocol):
+class FleetView(Protocol):
     """The live view the router decides on; implemented by the gateway and the simulator."""
 
     def clusters(self) -> Sequence[ClusterView]: ...
@@ -57,12 +61,15 @@ class Router:
         self,
         config: RouterConfig,
         policy: PathPolicy,
-        fleet: Fleet,
+        fleet: FleetView,
         kv_index: KvIndexBackend,
         state: RouterState,
+        instance_choice: InstanceChoice | None = None,  # None: CHWBL (or least loaded)
     ) -> None:
         self.config, self.policy, self.fleet, self.kv_index = config, policy, fleet, kv_index
         self.state = state  # replaced whole by the control loop
+        self.instance_choice = instance_choice
+        self.inflight = InflightPrefills()  # fed only when instance_choice is set
         self.observed_lengths: deque[int] = deque(maxlen=config.length_window)
         self._rings: dict[tuple[str, ...], ConsistentHashRing] = {}
 
@@ -77,7 +84,14 @@ class Router:
         )
         decode = self._pick_least_loaded(pd, "decode", instances)
         self.observed_lengths.append(request.prompt_len - max(cached.values(), default=0))
-        return self._decision(request, choice, prefill, decode, held, cached, instances)
+        decision = self._decision(request, choice, prefill, decode, held, cached, instances)
+        if self.instance_choice is not None:
+            self.inflight.add(request.request_id, prefill, decision.incremental_tokens)
+        return decision
+
+    def prefill_finished(self, request_id: str) -> None:
+        """The caller saw this request's prefill end (done, failed or aborted)."""
+        self.inflight.finish(request_id)
 
     def _allowed_clusters(self, request: RouteRequest) -> tuple[str, list[str]]:
         allowed = [c for c in self.fleet.clusters() if request.allows(c.name)]
@@ -121,6 +135,9 @@ class Router:
         group = [i for i in instances if i.cluster == cluster and i.role == "prefill"]
         if not group:
             raise NoRouteError(f"{request.request_id}: no healthy prefill instance in {cluster}")
+        if self.instance_choice is not None:
+            at = {name: self._tokens(request, blocks) for name, blocks in held.items()}
+            return self.instance_choice.pick(request, group, at, self.inflight)
         loads = {i.name: i.load for i in group}
         if not self.config.cache_aware:
             return min(group, key=lambda i: (i.load, i.name)).name

@@ -11,8 +11,10 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+# One definition of a role: the one an instance registers with (re-exported here).
+from prfaas.messages import Role as Role
+
 Path = Literal["prfaas", "pd-p"]
-Role = Literal["prefill", "decode"]
 ClusterKind = Literal["prfaas", "pd"]
 Mode = Literal["scarce", "abundant"]
 

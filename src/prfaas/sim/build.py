@@ -23,17 +23,23 @@ from prfaas.planner.deployments import (
 from prfaas.planner.profile import PrefillProfile
 from prfaas.planner.search import plan
 from prfaas.router.control import ControlConfig, Controller
-from prfaas.router.policies import HomogeneousPd as HomogeneousPolicy
-from prfaas.router.policies import NaiveHeterogeneous as NaivePolicy
-from prfaas.router.policies import PrfaasThreshold
+from prfaas.router.policies import HomogeneousPolicy, NaivePolicy, PrfaasThreshold
 from prfaas.router.router import RouterConfig
 from prfaas.router.types import RouterState
 from prfaas.sim.curves import ScalarCurve
+from prfaas.sim.estimates import ttft_choice
 from prfaas.sim.instances import PrefillCost
 from prfaas.sim.simulator import PolicySetup
-from prfaas.sim.topology import ClusterSpec, FleetSpec, LinkSpec
+from prfaas.sim.topology import FleetSpec, SimClusterSpec, SimLinkSpec
 
-POLICIES = ("homogeneous", "naive", "prfaas-static", "prfaas-adaptive", "prfaas-cache-blind")
+POLICIES = (
+    "homogeneous",
+    "naive",
+    "prfaas-static",
+    "prfaas-adaptive",
+    "prfaas-cache-blind",
+    "prfaas-ttft",  # prfaas-static's path rule, prefill instance by estimated TTFT
+)
 DEFAULT_POLICY = {
     "prfaas_pd": "prfaas-static",
     "homogeneous_pd": "homogeneous",
@@ -102,7 +108,10 @@ def build_setup(
     else:
         assert result.threshold_tokens is not None
         state = RouterState(result.threshold_tokens, "scarce")
-        setup = PolicySetup(policy, PrfaasThreshold(), router_config, state)
+        choice = None
+        if policy == "prfaas-ttft":
+            choice = ttft_choice(fleet, options.balance_factor, int(inputs.workload.max_tokens))
+        setup = PolicySetup(policy, PrfaasThreshold(), router_config, state, None, choice)
     return RunSetup(fleet, setup, result)
 
 
@@ -117,20 +126,20 @@ def prefill_cost(profile: PrefillProfile, max_tokens: int) -> PrefillCost:
 
 
 def _fleet(d: Deployment, r: PlanResult, o: FleetOptions, max_tokens: int) -> FleetSpec:
-    local = LinkSpec("pd", "pd", o.local_link_gbps)
-    clusters: list[ClusterSpec] = []
+    local = SimLinkSpec("pd", "pd", o.local_link_gbps)
+    clusters: list[SimClusterSpec] = []
     links = [local]
     if isinstance(d, PrfaasPd | NaiveHeterogeneous):
         cost = prefill_cost(d.prfaas_profile, max_tokens)
-        clusters.append(ClusterSpec("prfaas", "prfaas", d.prfaas_instances, 0, cost))
+        clusters.append(SimClusterSpec("prfaas", "prfaas", d.prfaas_instances, 0, cost))
         for src, dst in (("prfaas", "pd"), ("pd", "prfaas")):
-            links.append(LinkSpec(src, dst, d.bandwidth_gbps, o.rtt_ms, o.link_schedule))
+            links.append(SimLinkSpec(src, dst, d.bandwidth_gbps, o.rtt_ms, o.link_schedule))
     if isinstance(d, PrfaasPd | HomogeneousPd):
         assert r.n_p is not None
         cost = prefill_cost(d.pd_prefill_profile, max_tokens)
-        clusters.append(ClusterSpec("pd", "pd", r.n_p, r.n_d, cost, d.decode))
+        clusters.append(SimClusterSpec("pd", "pd", r.n_p, r.n_d, cost, d.decode))
     else:
-        clusters.append(ClusterSpec("pd", "pd", 0, d.pd_instances, None, d.decode))
+        clusters.append(SimClusterSpec("pd", "pd", 0, d.pd_instances, None, d.decode))
     return FleetSpec(
         tuple(clusters),
         tuple(links),

@@ -26,7 +26,8 @@ def register(commands: Commands) -> None:
     p.add_argument("--deployment", help="deployment name as `prfaas plan` prints it")
     p.add_argument(
         "--policy",
-        help="homogeneous | naive | prfaas-static | prfaas-adaptive | prfaas-cache-blind "
+        help="homogeneous | naive | prfaas-static | prfaas-adaptive | prfaas-cache-blind | "
+        "prfaas-ttft "
         "(default: the deployment's own, or every policy of the scenario)",
     )
     p.add_argument("--rate", type=float, help="arrival rate, requests/s")
@@ -82,6 +83,10 @@ def run_simulate(args: argparse.Namespace) -> int:
             if not trace_path.exists():
                 raise SimConfigError(f"trace not found: {trace_path}")
             ctx = ctx.for_trace(trace_path, s)
+        if scenario is not None and scenario.conversation is not None:
+            from prfaas.sim.runner import conversation_workload
+
+            ctx = ctx.for_requests(list(conversation_workload(scenario.conversation, s)), s)
         deployment = args.deployment or (scenario.deployment if scenario else None)
         deployment = deployment or ctx.inputs.deployments[0].name
         rate = args.rate if args.rate is not None else (scenario.rate_rps if scenario else None)

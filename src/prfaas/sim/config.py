@@ -17,6 +17,9 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
 from prfaas.planner.config import PlanConfigError
+from prfaas.sim.conversation import ConversationWorkload
+
+_CHAT = ConversationWorkload()
 
 _STRICT = ConfigDict(extra="forbid")
 Positive = Annotated[float, Field(gt=0)]
@@ -96,9 +99,28 @@ class TraceReplay:
 
 
 @dataclass(frozen=True, config=_STRICT)
+class ConversationSection:
+    """Multi-turn sessions (``conversation.py``); duration, seed and block size come from
+    the run's settings. Defaults: the chat preset."""
+
+    session_rate_rps: Positive = _CHAT.session_rate_rps
+    mean_turns: Annotated[float, Field(ge=1)] = _CHAT.mean_turns
+    max_turns: Annotated[int, Field(ge=1)] = _CHAT.max_turns
+    system_prompts: Annotated[int, Field(ge=1)] = _CHAT.system_prompts
+    system_tokens: Annotated[int, Field(ge=0)] = _CHAT.system_tokens
+    first_user_tokens: Positive = _CHAT.first_user_tokens
+    user_tokens: Positive = _CHAT.user_tokens
+    output_tokens: Positive = _CHAT.output_tokens
+    length_sigma: NonNegative = _CHAT.length_sigma
+    max_context_tokens: Annotated[int, Field(ge=1)] = _CHAT.max_context_tokens
+    think_s: Positive = _CHAT.think_s
+    min_gap_s: NonNegative = _CHAT.min_gap_s
+
+
+@dataclass(frozen=True, config=_STRICT)
 class ScenarioSection:
     description: str = ""
-    kind: Literal["link-dip", "burst", "drift", "trace", "steady"] = "steady"
+    kind: Literal["link-dip", "burst", "drift", "trace", "steady", "routing"] = "steady"
     deployment: str | None = None
     policies: tuple[str, ...] = ("prfaas-static", "prfaas-adaptive")
     rate_rps: Positive | None = None
@@ -106,8 +128,13 @@ class ScenarioSection:
     drift: DriftSection | None = None
     link_schedule: tuple[LinkStep, ...] = ()
     trace: TraceReplay | None = None
+    conversation: ConversationSection | None = None
     measure_from_s: NonNegative | None = None  # drift: judge max rate from here on
     settings: dict[str, Any] = Field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.trace is not None and self.conversation is not None:
+            raise ValueError("give a trace or a conversation, not both")
 
 
 @dataclass(frozen=True, config=_STRICT)

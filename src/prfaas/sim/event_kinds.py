@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from prfaas.sim.events import Event, Priority
+from prfaas.sim.events import Event, Priority, Verbs
 
 if TYPE_CHECKING:
     from prfaas.sim.instances import DecodeInstance, PrefillInstance
-    from prfaas.sim.link import Link
+    from prfaas.sim.link import SimLink
     from prfaas.sim.request import SimRequest
-    from prfaas.sim.simulator import Simulator
 
 
 class Arrival(Event):
@@ -20,7 +19,7 @@ class Arrival(Event):
     def __init__(self, request: SimRequest) -> None:
         self.request = request
 
-    def fire(self, sim: Simulator) -> None:
+    def fire(self, sim: Verbs) -> None:
         sim.arrive(self.request)
 
 
@@ -31,7 +30,7 @@ class PrefillDone(Event):
     def __init__(self, instance: PrefillInstance) -> None:
         self.instance = instance
 
-    def fire(self, sim: Simulator) -> None:
+    def fire(self, sim: Verbs) -> None:
         sim.finish_prefill(self.instance)
 
 
@@ -41,10 +40,10 @@ class LinkCheck(Event):
     priority = Priority.TRANSFER
     __slots__ = ("link", "version")
 
-    def __init__(self, link: Link, version: int) -> None:
+    def __init__(self, link: SimLink, version: int) -> None:
         self.link, self.version = link, version
 
-    def fire(self, sim: Simulator) -> None:
+    def fire(self, sim: Verbs) -> None:
         if self.version == self.link.version:
             sim.complete_flows(self.link)
 
@@ -56,7 +55,7 @@ class KvLanded(Event):
     def __init__(self, request: SimRequest) -> None:
         self.request = request
 
-    def fire(self, sim: Simulator) -> None:
+    def fire(self, sim: Verbs) -> None:
         sim.land_kv(self.request)
 
 
@@ -67,7 +66,7 @@ class PrefixPulled(Event):
     def __init__(self, request: SimRequest) -> None:
         self.request = request
 
-    def fire(self, sim: Simulator) -> None:
+    def fire(self, sim: Verbs) -> None:
         sim.land_pull(self.request)
 
 
@@ -78,7 +77,7 @@ class DecodeDone(Event):
     def __init__(self, instance: DecodeInstance, request: SimRequest) -> None:
         self.instance, self.request = instance, request
 
-    def fire(self, sim: Simulator) -> None:
+    def fire(self, sim: Verbs) -> None:
         sim.finish_decode(self.instance, self.request)
 
 
@@ -86,10 +85,10 @@ class LinkCapacityChange(Event):
     priority = Priority.LINK_CHANGE
     __slots__ = ("capacity_gbps", "link")
 
-    def __init__(self, link: Link, capacity_gbps: float) -> None:
+    def __init__(self, link: SimLink, capacity_gbps: float) -> None:
         self.link, self.capacity_gbps = link, capacity_gbps
 
-    def fire(self, sim: Simulator) -> None:
+    def fire(self, sim: Verbs) -> None:
         sim.change_capacity(self.link, self.capacity_gbps)
 
 
@@ -100,7 +99,7 @@ class RoleSwitched(Event):
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def fire(self, sim: Simulator) -> None:
+    def fire(self, sim: Verbs) -> None:
         sim.switch_role(self.name)
 
 
@@ -108,7 +107,7 @@ class ShortControlTick(Event):
     priority = Priority.CONTROL
     __slots__ = ()
 
-    def fire(self, sim: Simulator) -> None:
+    def fire(self, sim: Verbs) -> None:
         sim.short_control()
 
 
@@ -116,7 +115,7 @@ class LongControlTick(Event):
     priority = Priority.CONTROL
     __slots__ = ()
 
-    def fire(self, sim: Simulator) -> None:
+    def fire(self, sim: Verbs) -> None:
         sim.long_control()
 
 
@@ -124,5 +123,5 @@ class Sample(Event):
     priority = Priority.SAMPLE
     __slots__ = ()
 
-    def fire(self, sim: Simulator) -> None:
+    def fire(self, sim: Verbs) -> None:
         sim.sample()

@@ -15,10 +15,28 @@ from __future__ import annotations
 import heapq
 import itertools
 from enum import IntEnum
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 if TYPE_CHECKING:
-    from prfaas.sim.simulator import Simulator
+    from prfaas.sim.instances import DecodeInstance, PrefillInstance
+    from prfaas.sim.link import SimLink
+    from prfaas.sim.request import SimRequest
+
+
+class Verbs(Protocol):
+    """What events do to the simulator (``Simulator`` implements it): one verb per event."""
+
+    def arrive(self, request: SimRequest) -> None: ...
+    def finish_prefill(self, instance: PrefillInstance) -> None: ...
+    def complete_flows(self, link: SimLink) -> None: ...
+    def land_kv(self, request: SimRequest) -> None: ...
+    def land_pull(self, request: SimRequest) -> None: ...
+    def finish_decode(self, instance: DecodeInstance, request: SimRequest) -> None: ...
+    def change_capacity(self, link: SimLink, capacity_gbps: float) -> None: ...
+    def switch_role(self, name: str) -> None: ...
+    def short_control(self) -> None: ...
+    def long_control(self) -> None: ...
+    def sample(self) -> None: ...
 
 
 class Priority(IntEnum):
@@ -38,7 +56,7 @@ class Event:
     priority: ClassVar[Priority]
     __slots__ = ()
 
-    def fire(self, sim: Simulator) -> None:
+    def fire(self, sim: Verbs) -> None:
         raise NotImplementedError
 
 

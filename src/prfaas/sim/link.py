@@ -40,7 +40,7 @@ class Flow:
         self.remaining_bytes = self.total_bytes
 
 
-class Link:
+class SimLink:
     def __init__(self, name: str, src: str, dst: str, capacity_gbps: float, rtt_ms: float) -> None:
         self.name, self.src, self.dst = name, src, dst
         self.capacity_gbps, self.rtt_ms = capacity_gbps, rtt_ms
@@ -96,7 +96,7 @@ class Link:
 
 
 def water_fill(capacity: float, caps: list[float | None]) -> list[float]:
-    """Max-min fair rates for flows with optional caps (the rule ``Link`` applies)."""
+    """Max-min fair rates for flows with optional caps (the rule ``SimLink`` applies)."""
     limits = [float("inf") if cap is None else cap for cap in caps]
     order = sorted(range(len(caps)), key=lambda i: limits[i])
     rates = [0.0] * len(caps)

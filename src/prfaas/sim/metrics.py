@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prfaas.sim.instances import DecodeInstance, PrefillInstance
+from prfaas.sim.link import SimLink
 from prfaas.sim.request import SimRequest
-
-if TYPE_CHECKING:
-    from prfaas.sim.simulator import RunConfig, Simulator
+from prfaas.sim.topology import SimFleet
 
 
 @dataclass
@@ -62,9 +61,20 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+@dataclass(frozen=True)
+class RunConfig:
+    duration_s: float  # arrivals stop here
+    warmup_s: float = 0.0  # arrivals before this are simulated but not measured
+    drain_limit_s: float = 600.0  # after the last arrival, simulate at most this long
+    ttft_slo_s: float = 30.0
+    tpot_slo_s: float = 0.025
+    sample_interval_s: float = 10.0
+    role_switch_drain_s: float = 30.0
+
+
 class Metrics:
-    def __init__(self, sim: Simulator, config: RunConfig) -> None:
-        self.sim, self.config = sim, config
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
         self.measured: list[SimRequest] = []
         self.series = Series()
         self.role_changes: list[tuple[float, str, str]] = []
@@ -74,10 +84,12 @@ class Metrics:
         if self.config.warmup_s <= request.arrival_s < self.config.duration_s:
             self.measured.append(request)
 
-    def sample(self) -> None:
-        sim, s = self.sim, self.series
-        s.time_s.append(sim.now_s)
-        link = sim.links.get(sim.egress_key) if sim.egress_key else None
+    def sample(
+        self, now_s: float, fleet: SimFleet, link: SimLink | None, threshold_tokens: float
+    ) -> None:
+        """One sample of the series; ``link`` is the PrfaaS → PD link, if any."""
+        s = self.series
+        s.time_s.append(now_s)
         if link is not None:
             sent = link.bytes_sent - self._egress_sent
             self._egress_sent = link.bytes_sent
@@ -88,8 +100,8 @@ class Metrics:
         busy = {"prfaas": 0, "pd": 0}
         count = {"prfaas": 0, "pd": 0}
         decode_wait, active, slots = 0, 0, 0
-        kinds = {c.name: c.kind for c in sim.fleet.clusters()}
-        for inst in sim.fleet.by_name.values():
+        kinds = {c.name: c.kind for c in fleet.clusters()}
+        for inst in fleet.by_name.values():
             if isinstance(inst, PrefillInstance):
                 kind = kinds[inst.cluster]
                 queues[kind] += len(inst.queue)
@@ -105,10 +117,10 @@ class Metrics:
         s.busy_pd_p.append(busy["pd"] / max(count["pd"], 1))
         s.busy_decode.append(active / max(slots, 1))
         pd_prefill = count["pd"]
-        s.threshold_tokens.append(sim.router.state.threshold_tokens)
+        s.threshold_tokens.append(threshold_tokens)
         s.pd_prefill_instances.append(pd_prefill)
 
-    def result(self) -> RunResult:
+    def result(self, policy: str, now_s: float, fleet: SimFleet) -> RunResult:
         c, reqs = self.config, self.measured
         ttfts = [r.ttft_s if r.ttft_s is not None else math.inf for r in reqs]
         finite = [t for t in ttfts if math.isfinite(t)]
@@ -122,7 +134,7 @@ class Metrics:
         offloaded = sum(1 for r in reqs if r.decision is not None and r.decision.path == "prfaas")
         s = self.series
         summary: dict[str, Any] = {
-            "policy": self.sim.policy.name,
+            "policy": policy,
             "requests": len(reqs),
             "completed": sum(1 for r in reqs if r.finish_s >= 0),
             "throughput_rps": sum(1 for r in reqs if r.finish_s >= 0) / window_s,
@@ -143,22 +155,23 @@ class Metrics:
                 "pd_p": max(s.queue_pd_p, default=0),
                 "decode": max(s.queue_decode, default=0),
             },
-            "utilization": self._utilization(),
+            "utilization": _utilization(now_s, fleet),
             "role_changes": [list(x) for x in self.role_changes],
         }
         return RunResult(summary, s, reqs)
 
-    def _utilization(self) -> dict[str, float]:
-        elapsed = max(self.sim.now_s, 1e-9)
-        busy: dict[str, float] = {}
-        capacity: dict[str, float] = {}
-        kinds = {c.name: c.kind for c in self.sim.fleet.clusters()}
-        for inst in self.sim.fleet.by_name.values():
-            if isinstance(inst, DecodeInstance):
-                key, used, cap = "decode", inst.slot_s, inst.max_batch_size * elapsed
-            else:
-                key = "prfaas_prefill" if kinds[inst.cluster] == "prfaas" else "pd_prefill"
-                used, cap = inst.busy_s, elapsed
-            busy[key] = busy.get(key, 0.0) + used
-            capacity[key] = capacity.get(key, 0.0) + cap
-        return {k: min(busy[k] / capacity[k], 1.0) for k in busy}
+
+def _utilization(now_s: float, fleet: SimFleet) -> dict[str, float]:
+    elapsed = max(now_s, 1e-9)
+    busy: dict[str, float] = {}
+    capacity: dict[str, float] = {}
+    kinds = {c.name: c.kind for c in fleet.clusters()}
+    for inst in fleet.by_name.values():
+        if isinstance(inst, DecodeInstance):
+            key, used, cap = "decode", inst.slot_s, inst.max_batch_size * elapsed
+        else:
+            key = "prfaas_prefill" if kinds[inst.cluster] == "prfaas" else "pd_prefill"
+            used, cap = inst.busy_s, elapsed
+        busy[key] = busy.get(key, 0.0) + used
+        capacity[key] = capacity.get(key, 0.0) + cap
+    return {k: min(busy[k] / capacity[k], 1.0) for k in busy}

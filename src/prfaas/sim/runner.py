@@ -8,16 +8,18 @@ the per-instance cache size), so t and the split fit the traffic being replayed.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from prfaas.planner.build import PlanInputs, build_inputs
 from prfaas.planner.config import PlanConfig, TraceSection, WorkloadSection, load_plan_config
-from prfaas.planner.trace import load_mooncake_trace
+from prfaas.planner.trace import TraceRequest, incremental_lengths, load_mooncake_trace
+from prfaas.planner.workload import EmpiricalLengths
 from prfaas.router.control import ControlConfig
 from prfaas.sim.build import FleetOptions, RunSetup, build_setup, find_deployment
-from prfaas.sim.config import ScenarioSection, SimConfigError, SimSettings
+from prfaas.sim.config import ConversationSection, ScenarioSection, SimConfigError, SimSettings
+from prfaas.sim.conversation import ConversationWorkload
 from prfaas.sim.metrics import RunResult
 from prfaas.sim.request import SimRequest
 from prfaas.sim.simulator import RunConfig, Simulator
@@ -46,22 +48,28 @@ class SimContext:
         config = dataclasses.replace(self.plan_config, workload=WorkloadSection(trace=section))
         return SimContext(self.plan_path, config, build_inputs(config, self.plan_path.parent))
 
+    def for_requests(self, requests: Sequence[SimRequest], settings: SimSettings) -> SimContext:
+        """As ``for_trace``, for a generated workload (a conversation): the planner re-solves
+        on its incremental lengths under the same cache model and on its mean output."""
+        trace = [
+            TraceRequest(r.arrival_s * 1000.0, r.prompt_len, r.output_len, r.hash_ids)
+            for r in requests
+        ]
+        if not trace:
+            raise SimConfigError("the workload generated no requests")
+        capacity = settings.cache_capacity_blocks or None
+        model = "lru" if capacity is not None else "none"
+        lengths = incremental_lengths(trace, model, settings.block_tokens, capacity)
+        output_tokens = sum(r.output_length for r in trace) / len(trace)
+        inputs = dataclasses.replace(
+            self.inputs, workload=EmpiricalLengths(tuple(lengths)), output_tokens=output_tokens
+        )
+        return SimContext(self.plan_path, self.plan_config, inputs)
+
 
 def fleet_options(s: SimSettings, scenario: ScenarioSection | None) -> FleetOptions:
     schedule = tuple((step.at_s, step.gbps) for step in scenario.link_schedule) if scenario else ()
-    c = s.control
-    control = ControlConfig(
-        short_interval_s=c.short_interval_s,
-        long_interval_s=c.long_interval_s,
-        scarce_above=c.scarce_above,
-        abundant_below=c.abundant_below,
-        queue_ratio=c.queue_ratio,
-        queue_slack_s=c.queue_slack_s,
-        nudge=c.nudge,
-        max_nudge=c.max_nudge,
-        min_gain=c.min_gain,
-        min_samples=c.min_samples,
-    )
+    control = ControlConfig(**dataclasses.asdict(s.control))  # the rest: its defaults
     return FleetOptions(
         rtt_ms=s.rtt_ms,
         local_link_gbps=s.local_link_gbps,
@@ -94,6 +102,8 @@ def workload(
     if scenario is not None and scenario.trace is not None:
         path = (ctx.plan_path.parent / scenario.trace.path).resolve()
         return TraceWorkload(load_mooncake_trace(path), scenario.trace.speedup, s.duration_s)
+    if scenario is not None and scenario.conversation is not None:
+        return conversation_workload(scenario.conversation, s)
     ln = ctx.plan_config.workload.lognormal
     if ln is None:
         raise SimConfigError("synthetic traffic needs a lognormal workload in the plan config")
@@ -114,6 +124,13 @@ def workload(
         bursts,
         drift,
         s.seed,
+    )
+
+
+def conversation_workload(c: ConversationSection, s: SimSettings) -> ConversationWorkload:
+    fields = {f.name: getattr(c, f.name) for f in dataclasses.fields(c)}
+    return ConversationWorkload(
+        duration_s=s.duration_s, block_tokens=s.block_tokens, seed=s.seed, **fields
     )
 
 

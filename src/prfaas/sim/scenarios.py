@@ -8,6 +8,8 @@
 - drift: max rate judged on arrivals after the drift (``measure_from_s``), found by the
   same bisection as ``--find-max-rate`` (goal: adaptive >= 1.10x static).
 - trace: cache hit rate and TTFT, cache-aware against cache-blind routing.
+- routing: the same on any workload, every cache-aware policy against cache-blind on hit
+  rate, mean and P99 TTFT, beside the ideal hit rate (``routing_eval.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import Any
 
 from prfaas.sim.config import ScenarioSection, SimSettings
 from prfaas.sim.metrics import RunResult, percentile
-from prfaas.sim.runner import SimContext, find_max_rate, meets_slo, run_one
+from prfaas.sim.routing_eval import ideal_hit_rate, judge
+from prfaas.sim.runner import SimContext, find_max_rate, meets_slo, run_one, workload
 
 LEVEL_WINDOW_S = 600.0
 P99_WINDOW_S = 60.0
@@ -97,6 +100,10 @@ def run_scenario(
     progress: Callable[[str, float], Callable[[float], None] | None] | None = None,
 ) -> ScenarioReport:
     report = ScenarioReport(name, sc.kind)
+    ideal = None
+    if sc.kind == "routing":
+        traffic = workload(ctx, s, sc, rate_rps)
+        ideal = ideal_hit_rate(traffic, s.block_tokens, s.warmup_s, s.duration_s)
     for policy in policies:
         cb = progress(f"{name} / {policy}", s.duration_s) if progress else None
         result = run_one(ctx, deployment, policy, rate_rps, s, sc, cb)
@@ -109,9 +116,11 @@ def run_scenario(
         }
         if sc.kind == "burst" and sc.bursts:
             figures.update(burst_recovery(result, sc.bursts[0].start_s, sc.bursts[0].end_s))
-        if sc.kind == "trace":
+        if sc.kind in ("trace", "routing"):
             figures["cache_hit_rate"] = summary["cache_hit_rate"]
             figures["ttft_mean_s"] = summary["ttft_mean_s"]
+        if ideal is not None:
+            figures["ideal_hit_rate"] = ideal
         if sc.kind == "drift":
             figures["max_rate_after_drift_rps"] = _max_rate_after(
                 ctx, sc, s, deployment, policy, 2.0 * (rate_rps or 1.0)
@@ -149,6 +158,8 @@ def _judge(report: ScenarioReport) -> None:
         report.goal = "after the drift, adaptive max rate >= 1.10x static"
         a, b = adaptive["max_rate_after_drift_rps"], static["max_rate_after_drift_rps"]
         report.met = b > 0 and a >= 1.10 * b
+    elif report.kind == "routing":
+        report.goal, report.met = judge(report.figures)
     elif report.kind == "trace":
         blind, aware = report.figures.get("prfaas-cache-blind"), static
         if blind and aware:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from prfaas.router.control import Controller
+from prfaas.router.instance_choice import InstanceChoice
 from prfaas.router.kv_index import KvIndex
 from prfaas.router.policies import PathPolicy
 from prfaas.router.router import Router, RouterConfig
@@ -20,23 +21,13 @@ from prfaas.router.types import LinkView, RouteRequest, RouterState
 from prfaas.sim import event_kinds as ev
 from prfaas.sim.events import EventQueue
 from prfaas.sim.instances import DecodeInstance, PrefillInstance
-from prfaas.sim.link import Flow, Link
-from prfaas.sim.metrics import Metrics, RunResult
+from prfaas.sim.link import Flow, SimLink
+from prfaas.sim.metrics import Metrics, RunConfig, RunResult
 from prfaas.sim.request import SimRequest
-from prfaas.sim.topology import Fleet, FleetSpec
+from prfaas.sim.topology import FleetSpec, SimFleet
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    duration_s: float  # arrivals stop here
-    warmup_s: float = 0.0  # arrivals before this are simulated but not measured
-    drain_limit_s: float = 600.0  # after the last arrival, simulate at most this long
-    ttft_slo_s: float = 30.0
-    tpot_slo_s: float = 0.025
-    sample_interval_s: float = 10.0
-    role_switch_drain_s: float = 30.0
+__all__ = ["PolicySetup", "RunConfig", "Simulator"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +37,7 @@ class PolicySetup:
     router_config: RouterConfig
     state: RouterState
     controller: Controller | None = None  # None: static
+    instance_choice: InstanceChoice | None = None  # None: the router's CHWBL
 
 
 class Simulator:
@@ -61,15 +53,20 @@ class Simulator:
         self.now_s = 0.0
         self.queue = EventQueue()
         self.kv_index = KvIndex()
-        self.fleet = Fleet(fleet_spec, self.kv_index)
+        self.fleet = SimFleet(fleet_spec, self.kv_index)
         self.router = Router(
-            policy.router_config, policy.path_policy, self.fleet, self.kv_index, policy.state
+            policy.router_config,
+            policy.path_policy,
+            self.fleet,
+            self.kv_index,
+            policy.state,
+            policy.instance_choice,
         )
         self.links = {
-            (s.src, s.dst): Link(f"{s.src}->{s.dst}", s.src, s.dst, s.capacity_gbps, s.rtt_ms)
+            (s.src, s.dst): SimLink(f"{s.src}->{s.dst}", s.src, s.dst, s.capacity_gbps, s.rtt_ms)
             for s in fleet_spec.links
         }
-        self.metrics = Metrics(self, config)
+        self.metrics = Metrics(config)
         self._workload: Iterator[SimRequest] = iter(workload)
         self._flows: dict[str, Flow] = {}
         self._in_flight = 0
@@ -86,7 +83,7 @@ class Simulator:
             event.fire(self)
             if self._in_flight == 0 and self.now_s >= self.config.duration_s:
                 break  # arrivals over and every request finished
-        return self.metrics.result()
+        return self.metrics.result(self.policy.name, self.now_s, self.fleet)
 
     # --- requests -------------------------------------------------------------------------
 
@@ -115,6 +112,7 @@ class Simulator:
 
     def finish_prefill(self, instance: PrefillInstance) -> None:
         for request in instance.finish_batch(self.now_s):
+            self.router.prefill_finished(request.request_id)
             flow = self._flows.pop(request.request_id, None)
             if flow is not None:
                 link = self._link_for(request)
@@ -124,7 +122,7 @@ class Simulator:
         self._start_prefill(instance)
         self._maybe_retire(instance)
 
-    def complete_flows(self, link: Link) -> None:
+    def complete_flows(self, link: SimLink) -> None:
         done, next_s = link.complete(self.now_s)
         self._schedule_link(link, next_s)
         for flow in done:
@@ -147,7 +145,7 @@ class Simulator:
 
     # --- links, control, roles, sampling ---------------------------------------------------
 
-    def change_capacity(self, link: Link, capacity_gbps: float) -> None:
+    def change_capacity(self, link: SimLink, capacity_gbps: float) -> None:
         log.info("t=%.0fs: link %s now %g Gbps", self.now_s, link.name, capacity_gbps)
         self._schedule_link(link, link.set_capacity(capacity_gbps, self.now_s))
 
@@ -176,7 +174,8 @@ class Simulator:
             self._start_prefill(instance)
 
     def sample(self) -> None:
-        self.metrics.sample()
+        link = self.links.get(self.egress_key) if self.egress_key else None
+        self.metrics.sample(self.now_s, self.fleet, link, self.router.state.threshold_tokens)
         if self.now_s < self.config.duration_s:
             self.queue.push(self.now_s + self.config.sample_interval_s, ev.Sample())
 
@@ -247,7 +246,7 @@ class Simulator:
                 return instance.cost.kv_bytes(num_tokens)
         return 0.0
 
-    def _schedule_link(self, link: Link, next_s: float | None) -> None:
+    def _schedule_link(self, link: SimLink, next_s: float | None) -> None:
         if next_s is not None:
             self.queue.push(max(next_s, self.now_s), ev.LinkCheck(link, link.version))
 
@@ -262,7 +261,7 @@ class Simulator:
             switch_s = self.now_s + self.config.role_switch_drain_s
             self.queue.push(switch_s, ev.RoleSwitched(instance.name))
 
-    def _link_for(self, request: SimRequest) -> Link:
+    def _link_for(self, request: SimRequest) -> SimLink:
         assert request.decision is not None
         dst = self.fleet.by_name[request.decision.decode_instance].cluster
         return self.links[(request.decision.prefill_cluster, dst)]

@@ -1,6 +1,6 @@
 """What a run simulates: clusters, their instances and costs, and the links between them.
 
-``Fleet`` owns the live instance objects by name and answers the router's ``Fleet``
+``SimFleet`` owns the live instance objects by name and answers the router's ``SimFleet``
 protocol with fresh frozen views (the router never sees simulator objects). A PD-cluster
 instance converted to another role is replaced by a new object under the same name, with
 a new kv-index epoch (its cache is gone).
@@ -19,7 +19,7 @@ from prfaas.sim.instances import DecodeInstance, PrefillCost, PrefillInstance
 
 
 @dataclass(frozen=True)
-class ClusterSpec:
+class SimClusterSpec:
     name: str
     kind: ClusterKind
     num_prefill: int
@@ -29,7 +29,7 @@ class ClusterSpec:
 
 
 @dataclass(frozen=True)
-class LinkSpec:
+class SimLinkSpec:
     src: str
     dst: str
     capacity_gbps: float
@@ -39,8 +39,8 @@ class LinkSpec:
 
 @dataclass(frozen=True)
 class FleetSpec:
-    clusters: tuple[ClusterSpec, ...]
-    links: tuple[LinkSpec, ...]
+    clusters: tuple[SimClusterSpec, ...]
+    links: tuple[SimLinkSpec, ...]
     block_tokens: int = 512
     cache_capacity_blocks: int = 0  # per prefill instance; 0: no prefix cache
     max_batch_tokens: int = 8192  # prefill token budget per batch
@@ -50,7 +50,7 @@ class FleetSpec:
 Instance = PrefillInstance | DecodeInstance
 
 
-class Fleet:
+class SimFleet:
     def __init__(self, spec: FleetSpec, kv_index: KvIndex) -> None:
         self.spec, self.kv_index = spec, kv_index
         self._cluster_views = [ClusterView(c.name, c.kind) for c in spec.clusters]
@@ -78,7 +78,7 @@ class Fleet:
         cluster = self._clusters[old.cluster]
         return self._add(name, cluster, "decode" if old.role == "prefill" else "prefill")
 
-    def _add(self, name: str, cluster: ClusterSpec, role: Role) -> Instance:
+    def _add(self, name: str, cluster: SimClusterSpec, role: Role) -> Instance:
         epoch = self._epochs.get(name, -1) + 1
         self._epochs[name] = epoch
         self.kv_index.register(name, cluster.name, epoch)

@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 BLOCK_SHAPE = (16, 8, 128)  # tokens per block, KV heads, head_dim
 LAYER_BYTES = 8 << 20
 FINGERPRINT = b"prfaas-bench"
+PROMPT_HASH = bytes(16)  # the transport never interprets it
 SENDER_CLUSTER, RECEIVER_CLUSTER = "prfaas", "pd"
 
 
@@ -101,7 +102,7 @@ def make_payload(
         LayerEntry(f"layer.{i}", LayerKind.BLOCKS, DType.FLOAT16, a.shape)
         for i, a in enumerate(layers)
     )
-    return TransferHeader(request_id, FINGERPRINT, codec, entries), layers
+    return TransferHeader(request_id, FINGERPRINT, codec, entries, PROMPT_HASH), layers
 
 
 def send_once(

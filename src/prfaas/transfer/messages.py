@@ -22,6 +22,7 @@ from prfaas.transfer.wire import (
     MAX_NAME_BYTES,
     MAX_NDIM,
     MAX_REQUEST_ID_BYTES,
+    PROMPT_HASH_BYTES,
 )
 
 _E = TypeVar("_E", bound=IntEnum)
@@ -84,8 +85,13 @@ class _Reader:
 
     def blob(self, max_bytes: int) -> bytes:
         (n,) = self.unpack("<H")
-        if n > max_bytes or self.pos + n > len(self.data):
-            raise CorruptFrame(f"field of {n} bytes exceeds its bound or the message")
+        if n > max_bytes:
+            raise CorruptFrame(f"field of {n} bytes exceeds its bound {max_bytes}")
+        return self.fixed(n)
+
+    def fixed(self, n: int) -> bytes:
+        if self.pos + n > len(self.data):
+            raise CorruptFrame(f"field of {n} bytes exceeds the message")
         out = self.data[self.pos : self.pos + n]
         self.pos += n
         return out
@@ -170,6 +176,9 @@ class TransferHeader:
     fingerprint: bytes  # model fingerprint; the receiver refuses a mismatch
     codec: str  # the transfer's codec spec, e.g. "int8+zstd" (chunks say what they carry)
     layers: tuple[LayerEntry, ...]
+    # PROMPT_HASH_BYTES naming the prompt the KV was computed for (opaque here; the decode
+    # side compares it with its own hash of the prompt it reserved for, docs/wire-format.md)
+    prompt_hash: bytes
 
     @property
     def raw_bytes(self) -> int:
@@ -178,6 +187,11 @@ class TransferHeader:
     def encode(self) -> bytes:
         out = [_blob(self.request_id.encode(), MAX_REQUEST_ID_BYTES)]
         out.append(_blob(self.fingerprint, MAX_FINGERPRINT_BYTES))
+        if len(self.prompt_hash) != PROMPT_HASH_BYTES:
+            raise ValueError(
+                f"prompt hash of {len(self.prompt_hash)} bytes, not {PROMPT_HASH_BYTES}"
+            )
+        out.append(self.prompt_hash)
         out.append(_blob(self.codec.encode(), MAX_NAME_BYTES))
         if len(self.layers) > MAX_LAYERS:
             raise ValueError(f"{len(self.layers)} layers exceed {MAX_LAYERS}")
@@ -194,6 +208,7 @@ class TransferHeader:
         r = _Reader(data)
         request_id = r.text(MAX_REQUEST_ID_BYTES)
         fingerprint = r.blob(MAX_FINGERPRINT_BYTES)
+        prompt_hash = r.fixed(PROMPT_HASH_BYTES)
         codec = r.text(MAX_NAME_BYTES)
         (num_layers,) = r.unpack("<I")
         if num_layers > MAX_LAYERS:
@@ -212,7 +227,7 @@ class TransferHeader:
             )
         (raw_bytes,) = r.unpack("<Q")
         r.done()
-        header = TransferHeader(request_id, fingerprint, codec, tuple(layers))
+        header = TransferHeader(request_id, fingerprint, codec, tuple(layers), prompt_hash)
         if header.raw_bytes != raw_bytes:
             raise CorruptFrame(f"total {raw_bytes} bytes disagrees with the layers")
         return header

@@ -3,7 +3,12 @@
 Goodput is measured two ways: a sliding one-second window over bytes handed to the kernel
 (what the link carries now), and per transfer while it was backlogged (what the link can
 carry). Only the second is compared with the configured cap, because an idle or
-compute-bound sender is not a slow link. RTT and retransmissions come from TCP_INFO.
+compute-bound sender is not a slow link. RTT and retransmissions come from TCP_INFO. Bytes
+are counted as each paced grant leaves (transfers in flight included), with the transfers
+open and the KV bytes queued for the link but not yet written.
+
+The sender's monitor is the one measurement of a link's egress: a prefill worker reports
+it in every heartbeat (``messages.LinkReport``) and everyone else reads that.
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ import time
 from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
+# A transfer says something about the link only above these: 1 MiB busy for 5 ms is still
+# far above the clock's resolution and a few pacing grants.
+MIN_BUSY_S = 0.005
+MIN_WIRE_BYTES = 1 << 20
 
 # struct tcp_info (linux/tcp.h): 8 single-byte fields, then u32s; we read up to total_retrans.
 _TCP_INFO = struct.Struct("<8B24I")
@@ -58,9 +67,11 @@ class LinkStats:
     backlogged_goodput_gbps: float | None  # last transfer that kept the link busy
     rtt_ms: float | None
     retransmits: int  # summed over finished connections
-    bytes_sent: int
+    bytes_sent: int  # wire bytes, counted as they go (transfers in flight included)
     transfers_ok: int
     transfers_failed: int
+    transfers_open: int = 0
+    backlog_bytes: int = 0  # KV bytes given to open transfers, not yet written
 
 
 class LinkMonitor:
@@ -77,6 +88,18 @@ class LinkMonitor:
         self._retransmits = 0
         self._ok = 0
         self._failed = 0
+        self._open = 0
+        self._backlog = 0
+
+    def record_opened(self) -> None:
+        """A transfer opened; ``record_transfer`` closes it."""
+        with self._lock:
+            self._open += 1
+
+    def record_backlog(self, delta_bytes: int) -> None:
+        """KV bytes queued for the link (> 0) or written or dropped (< 0)."""
+        with self._lock:
+            self._backlog += delta_bytes
 
     def record_sent(self, num_bytes: int) -> None:
         now = time.monotonic()
@@ -98,13 +121,15 @@ class LinkMonitor:
     def record_transfer(
         self, ok: bool, wire_bytes: int, busy_s: float, rate_cap_gbps: float | None
     ) -> None:
-        """``busy_s``: time the transfer had data waiting to be sent (backlogged)."""
+        """Once per opened transfer, at its end. ``busy_s``: time the transfer had data
+        waiting to be sent (backlogged)."""
         with self._lock:
+            self._open = max(0, self._open - 1)
             if not ok:
                 self._failed += 1
                 return
             self._ok += 1
-            if busy_s < 0.05 or wire_bytes < 1 << 20:
+            if busy_s < MIN_BUSY_S or wire_bytes < MIN_WIRE_BYTES:
                 return  # too small to say anything about the link
             goodput_gbps = wire_bytes * 8 / busy_s / 1e9
             self._backlogged_gbps = goodput_gbps
@@ -135,4 +160,6 @@ class LinkMonitor:
                 bytes_sent=self._bytes_sent,
                 transfers_ok=self._ok,
                 transfers_failed=self._failed,
+                transfers_open=self._open,
+                backlog_bytes=max(0, self._backlog),
             )

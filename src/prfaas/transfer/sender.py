@@ -125,6 +125,8 @@ class OutgoingTransfer:
             self._deadlines.stall_s,
             sender.auth_key,
         )
+        self._link.monitor.record_opened()
+        self._queued_bytes = 0  # KV bytes given by send_layer (the link's backlog until written)
         self._flow: Flow = self._link.pacer.register(deadline_s)
         self._writers = [
             threading.Thread(target=self._writer, args=(i,), name=f"kv-send-{i}", daemon=True)
@@ -153,7 +155,11 @@ class OutgoingTransfer:
         rows = max(1, self._link.config.chunk_bytes // entry.row_bytes)
         for start in range(0, entry.shape[0], rows):
             end = min(start + rows, entry.shape[0])
-            self._queue.put(ChunkJob(index, start, end, array[start:end]))
+            job = ChunkJob(index, start, end, array[start:end])
+            with self._lock:
+                self._queued_bytes += job.rows.nbytes
+            self._link.monitor.record_backlog(job.rows.nbytes)
+            self._queue.put(job)
 
     def _writer(self, conn_index: int) -> None:
         sock = self._socks[conn_index]
@@ -171,6 +177,7 @@ class OutgoingTransfer:
                 with self._lock:
                     self._records.append(record)
                     self._raw_bytes += job.rows.nbytes
+                self._link.monitor.record_backlog(-job.rows.nbytes)
                 num_chunks += 1
             if self._error is None:
                 self._send(sock, frame_bytes(FrameType.END, End(num_chunks).encode()), None)
@@ -276,6 +283,9 @@ class OutgoingTransfer:
         self._close()
         self._flow.close()
         rate = self._link.rate_gbps
+        with self._lock:
+            unsent = self._queued_bytes - self._raw_bytes
+        self._link.monitor.record_backlog(-unsent)
         self._link.monitor.record_transfer(ok, self._wire_bytes, busy_s, rate)
 
     def _shutdown(self) -> None:

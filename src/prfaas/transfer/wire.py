@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.poly1305 import Poly1305
 from prfaas.transfer.errors import CorruptFrame, PeerGone, TransferTimeout
 
 MAGIC = b"PFKV"
-VERSION = 2  # 2: the AUTH frame (peer authentication by the cluster's KV key)
+VERSION = 3  # 2: the AUTH frame (peer authentication); 3: the header's prompt hash
 
 # Protocol bounds; a receiver may configure tighter ones, never looser.
 MAX_CONTROL_BYTES = 1 << 20  # HEADER, READY, END, TRAILER, ACK, ERROR payloads
@@ -32,6 +32,7 @@ MAX_NDIM = 8
 MAX_NAME_BYTES = 256
 MAX_REQUEST_ID_BYTES = 256
 MAX_FINGERPRINT_BYTES = 128
+PROMPT_HASH_BYTES = 16  # a block hash's size (kvcache/hashing.py)
 MAX_CONNECTIONS = 64
 MAX_MESSAGE_BYTES = 1024
 

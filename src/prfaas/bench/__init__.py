@@ -1,0 +1,1 @@
+"""`prfaas bench`: load generation against a running gateway, and its datasets."""

@@ -1,0 +1,262 @@
+"""`prfaas serve --config deploy.yaml`: clusters, instances, links, tenants, policy.
+
+Validated at the edge with clear errors naming the key; the embedded default (no file) is a
+local PD cluster (one PD-P, one PD-D) and a remote PrfaaS cluster (one prefill instance)
+behind an emulated WAN link.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from prfaas.gateway.config import GatewayConfig
+from prfaas.router.control import ControlConfig
+from prfaas.router.kv_index import KvIndex, KvIndexBackend
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]  # weights and KV (EngineConfig.dtype)
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]{1,3})?")
+
+
+def _check_device(value: str | None) -> str | None:
+    if value is not None and not DEVICE_PATTERN.fullmatch(value):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+    return value
+
+
+class InstanceSpec(_Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    role: Literal["prefill", "decode"]
+    spawn: bool = True  # False: already running elsewhere; it registers itself
+    device: str | None = None  # None: the cluster's
+    dtype: Dtype | None = None  # None: the cluster's
+    num_threads: int | None = Field(None, ge=1, le=1024)  # torch CPU threads; None: torch's
+    kv_cache_gb: float | None = Field(None, gt=0, le=4096)  # KV pool (GiB); None: the worker's
+
+    _device = field_validator("device")(_check_device)
+
+
+class ClusterSpec(_Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: Literal["pd", "prfaas"]
+    instances: list[InstanceSpec]
+    device: str = "auto"  # auto: cuda where there is one, else cpu
+    dtype: Dtype = "auto"  # auto: float32 on cpu, bfloat16 on cuda
+
+    _device = field_validator("device")(_check_device)
+
+    def device_of(self, inst: InstanceSpec) -> str:
+        return inst.device or self.device
+
+    def dtype_of(self, inst: InstanceSpec) -> str:
+        return inst.dtype or self.dtype
+
+
+class LinkSpec(_Strict):
+    """KV from ``src`` to ``dst``. ``emulate`` puts a link emulator in the path (rate,
+    RTT); otherwise the rate is the sender's pacing cap only."""
+
+    src: str
+    dst: str
+    rate_gbps: float | None = Field(None, gt=0)
+    rtt_ms: float = Field(0.0, ge=0)
+    codec: str = "raw"
+    connections: int = Field(2, ge=1, le=16)
+    tls: bool = True
+    emulate: bool = True
+
+
+class TenantSpec(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+    api_keys: list[str] = Field(default_factory=list)
+    clusters: list[str] | None = None  # residency: the only clusters it may use
+
+
+class ControlSpec(_Strict):
+    """The live dual-timescale control loop (docs/serving.md, "Start-up profiling")."""
+
+    enabled: bool = True
+    # Defaults: the controller's (``ControlConfig``).
+    short_interval_s: float = Field(ControlConfig.short_interval_s, gt=0, le=3600)  # t, mode
+    long_interval_s: float = Field(ControlConfig.long_interval_s, gt=0, le=86400)  # re-plan
+    role_changes: bool = True  # apply the long tick's PD prefill/decode conversions
+    # Off: policy.mode holds. On: the mode follows link use (abundant mode counts prefixes
+    # cached in the other cluster and pulls them across before the prefill).
+    adapt_mode: bool = False
+    egress_smoothing: float = Field(0.5, gt=0, le=1)  # weight of the newest egress sample
+    output_tokens: int = Field(256, ge=1, le=1 << 20)  # mean output length the planner assumes
+
+
+class PolicySpec(_Strict):
+    name: Literal["prfaas", "homogeneous", "naive"] = "prfaas"
+    threshold_tokens: int | None = Field(None, ge=0)  # None: measured at start-up
+    mode: Literal["scarce", "abundant"] = "scarce"
+    control: ControlSpec = ControlSpec()
+
+
+class KvIndexSpec(_Strict):
+    """Where the gateway keeps its kv index: in its own memory (the default), or in a Redis
+    server that several gateways share (``url`` ``redis://host:port/db``, ``rediss://`` or
+    ``unix://``; ``prefix`` namespaces this deployment's keys)."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    url: str | None = Field(None, max_length=512)
+    prefix: str = Field("prfaas", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+
+    @model_validator(mode="after")
+    def _url_matches_backend(self) -> KvIndexSpec:
+        if self.backend == "memory" and self.url is not None:
+            raise ValueError("url is only for backend 'redis'")
+        if self.backend == "redis":
+            if self.url is None:
+                raise ValueError("backend 'redis' needs a url, e.g. redis://127.0.0.1:6379/0")
+            if not self.url.startswith(("redis://", "rediss://", "unix://")):
+                raise ValueError(f"url {self.url!r}: expected redis://, rediss:// or unix://")
+        return self
+
+
+class OverloadSpec(_Strict):
+    """Admission at the gateway: per decode worker in-flight cap, then a bounded queue
+    with a time-to-live; beyond either, 429 with Retry-After."""
+
+    # Defaults: the gateway's (``GatewayConfig``), but a deployment's queue waits 5 s at most.
+    max_inflight_per_decode: int = Field(GatewayConfig.max_inflight_per_decode, ge=1)
+    max_queued: int = Field(GatewayConfig.max_queued, ge=0)
+    queue_ttl_s: float = Field(5.0, gt=0)
+    retry_after_s: float = Field(GatewayConfig.retry_after_s, gt=0)
+
+
+class DeployConfig(_Strict):
+    model: str | None = None
+    served_model_name: str | None = None  # the name clients pass; default: the model's
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    clusters: list[ClusterSpec]
+    links: list[LinkSpec] = Field(default_factory=list)
+    tenants: list[TenantSpec] = Field(default_factory=list)
+    policy: PolicySpec = PolicySpec()
+    kv_deadline_s: float = Field(30.0, gt=0)
+    certs_dir: Path | None = None  # from `prfaas certs`; default: a fresh CA per run
+    max_model_len: int | None = Field(None, gt=1)
+    kv_index: KvIndexSpec = KvIndexSpec()
+    # Every gateway the spawned workers register and heartbeat with (this one is added). With
+    # several, the workers outlive a gateway that dies, so that the others keep serving.
+    gateways: list[str] = Field(default_factory=list, max_length=16)
+    audit_log: Path | None = None  # also append the audit log's JSON lines to this file
+    overload: OverloadSpec = OverloadSpec()
+
+    @model_validator(mode="after")
+    def _references(self) -> DeployConfig:
+        names = [c.name for c in self.clusters]
+        if len(set(names)) != len(names):
+            raise ValueError("cluster names must be unique")
+        pd = [c for c in self.clusters if c.kind == "pd"]
+        if len(pd) != 1:
+            raise ValueError("exactly one cluster of kind 'pd' (the local cluster) is needed")
+        if not any(i.role == "decode" for i in pd[0].instances):
+            raise ValueError(f"cluster {pd[0].name!r} needs at least one decode instance")
+        for c in self.clusters:
+            if c.kind == "prfaas" and any(i.role != "prefill" for i in c.instances):
+                raise ValueError(f"cluster {c.name!r}: PrfaaS instances are prefill-only")
+        instance_names = [i.name for c in self.clusters for i in c.instances]
+        if len(set(instance_names)) != len(instance_names):
+            raise ValueError("instance names must be unique")
+        for link in self.links:
+            for end in (link.src, link.dst):
+                if end not in names:
+                    raise ValueError(f"link {link.src}->{link.dst}: unknown cluster {end!r}")
+        _check_dtypes_agree(self.clusters)
+        for url in self.gateways:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"gateways: {url!r} is not an http(s):// URL")
+        for t in self.tenants:
+            for allowed in t.clusters or []:
+                if allowed not in names:
+                    raise ValueError(f"tenant {t.name!r}: unknown cluster {allowed!r}")
+        return self
+
+
+def _check_dtypes_agree(clusters: list[ClusterSpec]) -> None:
+    """KV crosses between instances only in one dtype (it is in the model fingerprint), and
+    ``auto`` means float32 on a CPU but bfloat16 on a GPU: instances on different devices
+    must name one dtype explicitly."""
+    pairs = {(c.device_of(i), c.dtype_of(i)) for c in clusters for i in c.instances}
+    devices, dtypes = {d for d, _ in pairs}, {t for _, t in pairs}
+    if len(dtypes) > 1 or (len(devices) > 1 and dtypes == {"auto"}):
+        shown = ", ".join(f"{d}/{t}" for d, t in sorted(pairs))
+        raise ValueError(
+            f"instances run on {shown}: KV moves between instances only in one dtype; set the "
+            "same explicit dtype (e.g. dtype: float32) on every cluster"
+        )
+
+
+def default_config() -> DeployConfig:
+    return DeployConfig(
+        clusters=[
+            ClusterSpec(
+                name="local",
+                kind="pd",
+                instances=[
+                    InstanceSpec(name="pd-p-0", role="prefill"),
+                    InstanceSpec(name="pd-d-0", role="decode"),
+                ],
+            ),
+            ClusterSpec(
+                name="remote",
+                kind="prfaas",
+                instances=[InstanceSpec(name="prfaas-0", role="prefill")],
+            ),
+        ],
+        links=[LinkSpec(src="remote", dst="local", rate_gbps=1.0, rtt_ms=10.0)],
+    )
+
+
+class DeployConfigError(ValueError):
+    pass
+
+
+def load_deploy_config(path: Path) -> DeployConfig:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise DeployConfigError(f"{path}: {e}") from e
+    try:
+        cfg = DeployConfig.model_validate(raw)
+    except ValidationError as e:
+        lines = [
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors()
+        ]
+        raise DeployConfigError(f"{path}: invalid deployment:\n  " + "\n  ".join(lines)) from e
+    if cfg.certs_dir is not None and not cfg.certs_dir.is_absolute():
+        cfg = cfg.model_copy(update={"certs_dir": path.parent / cfg.certs_dir})  # file-relative
+    if cfg.audit_log is not None and not cfg.audit_log.is_absolute():
+        cfg = cfg.model_copy(update={"audit_log": path.parent / cfg.audit_log})
+    return cfg
+
+
+def open_kv_index(spec: KvIndexSpec) -> KvIndexBackend:
+    """The kv index a deployment's gateway uses; a Redis one must answer now."""
+    if spec.backend == "memory":
+        return KvIndex()
+    from prfaas.router.redis_index import RedisKvIndex  # imports redis
+
+    assert spec.url is not None  # validated by KvIndexSpec
+    index = RedisKvIndex(spec.url, spec.prefix)
+    index.check()
+    return index

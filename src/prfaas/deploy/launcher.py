@@ -1,0 +1,137 @@
+"""Spawn, restart and stop the worker processes of a deployment on this machine."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from prfaas.config import CLUSTER_TOKEN_ENV
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class WorkerSpawn:
+    name: str
+    cluster: str
+    role: str
+    port: int
+    kv_port: int
+    gateway_urls: tuple[str, ...]
+    model: str | None
+    certs_dir: Path | None
+    link_rates: dict[str, float]
+    max_model_len: int | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    num_threads: int | None = None
+    kv_cache_gb: float | None = None
+    host: str = "127.0.0.1"
+    exit_with_launcher: bool = True  # False: outlive it (several gateways: the others serve)
+
+    def argv(self) -> list[str]:
+        args = [
+            sys.executable,
+            "-m",
+            "prfaas.cli",
+            "worker",
+            "--name",
+            self.name,
+            "--role",
+            self.role,
+            "--cluster",
+            self.cluster,
+            "--listen",
+            f"{self.host}:{self.port}",
+            "--kv-listen",
+            f"{self.host}:{self.kv_port}",
+            "--gateway",
+            ",".join(self.gateway_urls),
+        ]
+        if self.exit_with_launcher:
+            args += ["--parent-pid", str(os.getpid())]
+        if self.model is not None:
+            args += ["--model", self.model]
+        if self.certs_dir is not None:
+            args += ["--certs", str(self.certs_dir)]
+        if self.max_model_len is not None:
+            args += ["--max-model-len", str(self.max_model_len)]
+        if self.device != "auto":
+            args += ["--device", self.device]
+        if self.dtype != "auto":
+            args += ["--dtype", self.dtype]
+        if self.num_threads is not None:
+            args += ["--num-threads", str(self.num_threads)]
+        if self.kv_cache_gb is not None:
+            args += ["--kv-cache-gb", str(self.kv_cache_gb)]
+        for link, rate in self.link_rates.items():
+            args += ["--link-rate", f"{link}={rate}"]
+        return args
+
+
+class Launcher:
+    """Owns the spawned processes; ``stop`` ends each one's whole process group."""
+
+    def __init__(self, cluster_token: str, log_dir: Path) -> None:
+        self.cluster_token = cluster_token
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.specs: dict[str, WorkerSpawn] = {}
+
+    def spawn(self, spec: WorkerSpawn) -> subprocess.Popen[bytes]:
+        env = dict(os.environ, **{CLUSTER_TOKEN_ENV: self.cluster_token})
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.log_dir / f"{spec.name}.log").open("ab")
+        proc = subprocess.Popen(
+            spec.argv(),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        self.procs[spec.name] = proc
+        self.specs[spec.name] = spec
+        return proc
+
+    def restart(self, name: str) -> subprocess.Popen[bytes]:
+        """Start worker ``name`` again on the same ports (SIGKILL first if it still runs).
+        The new process registers with a new epoch: the gateway forgets the old one's
+        kv-index entries."""
+        spec = self.specs[name]  # KeyError: never spawned here
+        old = self.procs.get(name)
+        if old is not None:
+            _wait_or_kill(old, 0.0)
+        return self.spawn(spec)
+
+    def dead(self) -> list[str]:
+        return [name for name, p in self.procs.items() if p.poll() is not None]
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        for proc in self.procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs.values():
+            _wait_or_kill(proc, timeout_s)
+        self.procs.clear()
+
+
+def _wait_or_kill(proc: subprocess.Popen[bytes], wait_s: float) -> None:
+    """Wait up to ``wait_s`` for ``proc`` to exit, then SIGKILL its process group."""
+    try:
+        proc.wait(timeout=wait_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

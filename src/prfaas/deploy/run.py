@@ -1,0 +1,107 @@
+"""Run a deployment in the foreground: start it, show progress, print the endpoint, serve
+until Ctrl-C, then stop every process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+from prfaas.deploy.config import DeployConfig
+from prfaas.router.kv_index import KvIndexUnavailableError
+
+logger = logging.getLogger(__name__)
+START_TIMEOUT_S = 600.0
+
+
+def model_facts(cfg: DeployConfig) -> tuple[str, object, int]:
+    """Resolve the model once here (GGUF converted before workers start, so they don't
+    race): its folder, tokenizer and context limit."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from prfaas.config import default_cache_dir
+    from prfaas.model.loader import resolve_model_folder
+
+    folder = resolve_model_folder(cfg.model, default_cache_dir())
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    hf = AutoConfig.from_pretrained(folder, local_files_only=True)
+    limit = int(getattr(hf, "max_position_embeddings", 0) or 4096)
+    if cfg.max_model_len is not None:
+        limit = min(limit, cfg.max_model_len)
+    return str(folder), tokenizer, limit
+
+
+async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: Path | None) -> int:
+    import uvicorn
+    from rich.console import Console
+
+    from prfaas.config import EngineConfig
+    from prfaas.deploy.config import open_kv_index
+    from prfaas.deploy.serve import build_deployment, start_control, wait_ready
+
+    console = Console(stderr=True)
+    try:  # before the model: an unreachable Redis is a configuration error, said at once
+        kv_index = open_kv_index(cfg.kv_index)
+    except KvIndexUnavailableError as e:
+        print(f"prfaas serve: {e} (kv_index.url in the deployment config)", file=sys.stderr)
+        return 2
+    with console.status("resolving the model…"):
+        folder, tokenizer, max_model_len = await asyncio.to_thread(model_facts, cfg)
+    url = f"http://{cfg.host}:{cfg.port}"
+    deployment = build_deployment(
+        cfg,
+        tokenizer,
+        folder,
+        max_model_len,
+        EngineConfig().block_size,  # what spawned workers use; others must match it
+        gateway_url=url,
+        api_keys=api_keys,
+        log_dir=log_dir,
+        kv_index=kv_index,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(deployment.app, host=cfg.host, port=cfg.port, log_level="warning")
+    )
+    serving = asyncio.create_task(server.serve())
+    try:
+        names = ", ".join(deployment.expected_workers)
+        with console.status(f"starting workers ({names}); loading the model in each…"):
+            await wait_ready(deployment, START_TIMEOUT_S)
+        with console.status("profiling the instances for the threshold t…"):
+            choice = await start_control(deployment)
+        key = next(iter(api_keys), None)
+        auth = f" -H 'Authorization: Bearer {key}'" if key else ""
+        print(f"prfaas is serving {deployment.backend.model_name} at {url}/v1")
+        solved = "" if choice.solved_tokens is None else f", planner {choice.solved_tokens:.0f}"
+        print(
+            f"  threshold t = {choice.applied_tokens:.0f} tokens ({choice.source}{solved}); "
+            f"status: prfaas status --url {url}"
+        )
+        body = json.dumps(
+            {
+                "model": deployment.backend.model_name,
+                "temperature": 0,
+                "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            }
+        )
+        print(
+            f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} "
+            f"-d '{body}'"
+        )
+        sys.stdout.flush()
+        await serving
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        pass
+    except (RuntimeError, TimeoutError) as e:
+        print(f"prfaas serve: {e}", file=sys.stderr)
+        return 1
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(serving, 10.0)
+        await deployment.backend.aclose()
+        deployment.close()
+    return 0

@@ -1,0 +1,253 @@
+"""`prfaas serve`: a whole deployment on this machine: gateway, workers, link emulators.
+
+The embedded default: a local PD cluster (one PD-P, one PD-D) and a remote PrfaaS cluster
+(one prefill worker) whose KV reaches the decode worker through a link emulator (a stated
+bandwidth and RTT) with mutual TLS. Ctrl-C stops every process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+
+from prfaas.config import cluster_token_from_env, server_secret_from_env
+from prfaas.deploy.admin import add_admin_routes
+from prfaas.deploy.cluster_metrics import ClusterMetrics, add_kv_index_metrics
+from prfaas.deploy.config import DeployConfig, open_kv_index
+from prfaas.deploy.control_loop import ControlLoop, running
+from prfaas.deploy.launcher import Launcher, WorkerSpawn, free_port
+from prfaas.deploy.profiling import ThresholdChoice, default_threshold, profile_deployment
+from prfaas.deploy.roles import add_role_route, add_status_route, switch_role
+from prfaas.gateway.audit import AuditLog
+from prfaas.gateway.dispatch import BackendSettings, ClusterBackend
+from prfaas.gateway.fleet import WorkerFleet
+from prfaas.gateway.internal import add_internal_routes
+from prfaas.gateway.links import LinkRoute
+from prfaas.gateway.metrics import GatewayMetrics
+from prfaas.messages import Role, WorkerInfo
+from prfaas.router.kv_index import KvIndexBackend
+from prfaas.router.policies import POLICIES
+from prfaas.router.redis_index import RedisKvIndex
+from prfaas.router.router import Router, RouterConfig
+from prfaas.router.types import RouterState
+from prfaas.transfer.emulator import EmulatorConfig, LinkEmulator
+from prfaas.transfer.tls import write_certs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Deployment:
+    """Everything `prfaas serve` started, so that it can all be stopped."""
+
+    config: DeployConfig
+    app: FastAPI
+    backend: ClusterBackend
+    fleet: WorkerFleet
+    launcher: Launcher
+    control: ControlLoop
+    emulators: list[LinkEmulator] = field(default_factory=list)
+    expected_workers: list[str] = field(default_factory=list)
+    tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    def ready(self) -> bool:
+        return all(self.fleet.healthy(n) for n in self.expected_workers)
+
+    def close(self) -> None:
+        self.launcher.stop()
+        for emu in self.emulators:
+            emu.close()
+        if self.tmp is not None:
+            self.tmp.cleanup()
+
+
+def build_deployment(
+    cfg: DeployConfig,
+    tokenizer: Any,
+    model_folder: str,
+    max_model_len: int,
+    block_size: int,
+    *,
+    gateway_url: str,
+    api_keys: dict[str, str],
+    log_dir: Path | None = None,
+    kv_index: KvIndexBackend | None = None,
+) -> Deployment:
+    from prfaas.gateway.app import create_app
+    from prfaas.gateway.config import GatewayConfig
+
+    if kv_index is None:
+        kv_index = open_kv_index(cfg.kv_index)  # first: an unreachable Redis stops us here
+    # Spawned workers heartbeat to every gateway; with several, they outlive this one.
+    gateway_urls = (gateway_url, *(u for u in cfg.gateways if u != gateway_url))
+    tmp = tempfile.TemporaryDirectory(prefix="prfaas-serve-")
+    # Workers started elsewhere must share the token (PRFAAS_CLUSTER_TOKEN) and the CA.
+    cluster_token = cluster_token_from_env() or secrets.token_hex(16)
+    certs_dir: Path | None = cfg.certs_dir
+    if certs_dir is None and any(link.tls for link in cfg.links):
+        certs_dir = Path(tmp.name) / "certs"
+        write_certs(certs_dir, [c.name for c in cfg.clusters])
+    spawns: list[WorkerSpawn] = []
+    for cluster in cfg.clusters:
+        for inst in cluster.instances:
+            if inst.spawn:
+                rates = {
+                    f"{link.src}->{link.dst}": link.rate_gbps
+                    for link in cfg.links
+                    if link.src == cluster.name and link.rate_gbps
+                }
+                spawns.append(
+                    WorkerSpawn(
+                        name=inst.name,
+                        cluster=cluster.name,
+                        role=inst.role,
+                        port=free_port(),
+                        kv_port=free_port(),
+                        gateway_urls=gateway_urls,
+                        model=model_folder,
+                        certs_dir=certs_dir,
+                        link_rates=rates,
+                        max_model_len=cfg.max_model_len,
+                        device=cluster.device_of(inst),
+                        dtype=cluster.dtype_of(inst),
+                        num_threads=inst.num_threads,
+                        kv_cache_gb=inst.kv_cache_gb,
+                        exit_with_launcher=len(gateway_urls) == 1,
+                    )
+                )
+    emulators: list[LinkEmulator] = []
+    emulators_by_link: dict[str, list[LinkEmulator]] = {}  # for POST /internal/link/{name}
+    links: dict[str, LinkRoute] = {}
+    for link in cfg.links:
+        via: dict[str, tuple[str, int]] = {}
+        if link.emulate:
+            for s in spawns:
+                if s.cluster == link.dst and s.role == "decode":
+                    emu = LinkEmulator(
+                        EmulatorConfig(
+                            listen=("127.0.0.1", 0),
+                            target=("127.0.0.1", s.kv_port),
+                            rate_gbps=link.rate_gbps,
+                            rtt_ms=link.rtt_ms,
+                        )
+                    ).start()
+                    emulators.append(emu)
+                    emulators_by_link.setdefault(f"{link.src}->{link.dst}", []).append(emu)
+                    via[s.name] = emu.address
+        links[link.src] = LinkRoute(
+            name=f"{link.src}->{link.dst}",
+            codec=link.codec,
+            connections=link.connections,
+            tls=link.tls,
+            via=via,
+        )
+    # Inside a cluster KV travels straight to the decode worker; with certificates, every
+    # KV connection (intra-cluster too) is mutual TLS, since a receiver speaks one protocol.
+    for cluster in cfg.clusters:
+        links.setdefault(cluster.name, LinkRoute(name="local", tls=certs_dir is not None))
+    # The router counts cached tokens in ``block_size``: a worker with another is refused.
+    fleet = WorkerFleet({c.name: c.kind for c in cfg.clusters}, kv_index, block_size=block_size)
+    threshold = cfg.policy.threshold_tokens
+    if threshold is None:
+        threshold = default_threshold(max_model_len)
+    router = Router(
+        RouterConfig(block_tokens=block_size),
+        POLICIES[cfg.policy.name](),
+        fleet,
+        kv_index,
+        RouterState(float(threshold), cfg.policy.mode),
+    )
+    settings = BackendSettings(
+        model_name=cfg.served_model_name or cfg.model or "SmolLM2-135M-Instruct",
+        cluster_token=cluster_token,
+        kv_deadline_s=cfg.kv_deadline_s,
+        links=links,
+        residency={t.name: frozenset(t.clusters) for t in cfg.tenants if t.clusters},
+    )
+    metrics = GatewayMetrics()
+    if isinstance(kv_index, RedisKvIndex):
+        add_kv_index_metrics(metrics, kv_index)
+    cluster_metrics = ClusterMetrics(metrics, fleet, router)
+    backend = ClusterBackend(
+        settings,
+        fleet,
+        router,
+        tokenizer,
+        max_model_len,
+        on_prefill=cluster_metrics.on_prefill,
+        on_pull=cluster_metrics.on_pull,
+        audit=AuditLog(cfg.audit_log),
+    )
+
+    async def switch(name: str, role: Role) -> WorkerInfo:
+        return await switch_role(fleet, cluster_token, name, role)
+
+    control = ControlLoop(cfg.policy.control, cfg.policy, router, fleet, switch)
+    gateway_config = GatewayConfig(
+        api_keys=api_keys,
+        server_secret=server_secret_from_env() or b"",
+        **cfg.overload.model_dump(),
+    )
+    app = create_app(backend, gateway_config, metrics=metrics, lifespan=lambda _: running(control))
+    fleet.inflight = app.state.admission.by_instance  # the one owner of in-flight counts
+    add_internal_routes(app, fleet, cluster_token)
+    add_status_route(app, fleet, router, control)
+    add_role_route(app, fleet, cluster_token)
+    launcher = Launcher(cluster_token, log_dir or Path(tmp.name) / "logs")
+    add_admin_routes(app, emulators_by_link, launcher, cluster_token)
+    deployment = Deployment(
+        cfg, app, backend, fleet, launcher, control, emulators, [s.name for s in spawns], tmp
+    )
+    for spec in spawns:
+        launcher.spawn(spec)
+    return deployment
+
+
+async def wait_ready(deployment: Deployment, timeout_s: float) -> None:
+    """Wait until every spawned worker has registered; fail early if one died."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout_s
+    while not deployment.ready():
+        dead = deployment.launcher.dead()
+        if dead:
+            raise RuntimeError(
+                f"worker(s) {dead} exited during start-up; see their logs in "
+                f"{deployment.launcher.log_dir}"
+            )
+        if loop.time() > end:
+            raise TimeoutError("workers did not register in time")
+        await asyncio.sleep(0.2)
+
+
+async def start_control(deployment: Deployment) -> ThresholdChoice:
+    """Once the workers are ready: profile them, solve t, install it, start the loop."""
+    backend = deployment.backend
+    block_size = deployment.fleet.block_size
+    assert block_size is not None  # the workers are ready, so registered
+    choice, inputs = await profile_deployment(
+        deployment.config,
+        deployment.fleet,
+        backend.settings.cluster_token,
+        backend.max_model_len,
+        block_size,
+    )
+    deployment.control.begin(choice, inputs)
+    return choice
+
+
+@contextlib.asynccontextmanager
+async def lifespan_closing(deployment: Deployment) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        await deployment.backend.aclose()
+        deployment.close()

@@ -1,0 +1,340 @@
+"""The cluster backend: route each request, start the decode stream, ship the prefill.
+
+For every request: derive its salted block hashes, ask the router (PrfaaS rule, cache
+affinity, residency), open the token stream at the chosen decode worker (which reserves
+blocks and waits for KV), and tell the chosen prefill worker to compute the prompt and ship
+its KV to that decode worker over the link between their clusters. If the KV never comes,
+the decode worker prefills locally; the stream still completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from prfaas.gateway.admission import ClosingEvents
+from prfaas.gateway.audit import AuditLog, audit_transfer
+from prfaas.gateway.backend import GenerationHandle, GenerationRequest, NoWorker
+from prfaas.gateway.cache_pull import CachePull
+from prfaas.gateway.fleet import WorkerFleet
+from prfaas.gateway.links import LinkRoute, kv_target
+from prfaas.gateway.worker_client import WorkerCallError, WorkerClient
+from prfaas.kvcache.hashing import block_hashes, root_hash
+from prfaas.messages import (
+    DecodeCommand,
+    KvFailed,
+    KvTarget,
+    PrefillCommand,
+    PrefillResult,
+    PullResult,
+    TokenEvent,
+    WorkerInfo,
+)
+from prfaas.router.router import Router
+from prfaas.router.types import NoRouteError, RouteDecision, RouteRequest
+
+logger = logging.getLogger(__name__)
+MAX_ROUTE_ATTEMPTS = 3
+MAX_EVENT_BYTES = 1 << 20  # one NDJSON token event from a decode worker, at most
+# The prefill call answers right after its KV is acknowledged; the stream's last event waits
+# at most this long for it (usage's cached_tokens comes from it).
+PREFILL_RESULT_WAIT_S = 2.0
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    model_name: str
+    cluster_token: str
+    kv_deadline_s: float = 30.0
+    links: dict[str, LinkRoute] = field(default_factory=dict)  # by source cluster
+    residency: dict[str, frozenset[str]] = field(default_factory=dict)  # tenant -> clusters
+
+
+class ClusterBackend:
+    def __init__(
+        self,
+        settings: BackendSettings,
+        fleet: WorkerFleet,
+        router: Router,
+        tokenizer: Any,
+        max_model_len: int,
+        on_prefill: Callable[[RouteDecision, PrefillResult], None] | None = None,
+        on_pull: Callable[[RouteDecision, PullResult], None] | None = None,
+        audit: AuditLog | None = None,
+    ) -> None:
+        self.settings = settings
+        self.fleet = fleet
+        self.router = router
+        self.tokenizer = tokenizer
+        self.model_name = settings.model_name
+        self.max_model_len = max_model_len
+        self.on_prefill = on_prefill
+        self.on_pull = on_pull
+        self.audit = audit
+        self.workers = WorkerClient(settings.cluster_token)
+        self.cache_pull = CachePull(
+            fleet, self.workers, settings.links, settings.kv_deadline_s, audit, on_pull
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def num_decode(self) -> int:
+        return sum(
+            1
+            for name, r in self.fleet.workers.items()
+            if r.info.role == "decode" and not r.draining and self.fleet.healthy(name)
+        )
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await self.workers.aclose()
+        if self.audit is not None:
+            self.audit.close()
+
+    def route(self, req: GenerationRequest, hashes: list[bytes]) -> RouteDecision:
+        try:
+            return self.router.route(
+                RouteRequest(
+                    request_id=req.request_id,
+                    tenant=req.tenant,
+                    prompt_len=len(req.prompt_token_ids),
+                    block_hashes=hashes,
+                    allowed_clusters=self.settings.residency.get(req.tenant),
+                )
+            )
+        except NoRouteError as e:
+            raise NoWorker(str(e)) from e
+
+    def block_hashes(self, req: GenerationRequest) -> list[bytes]:
+        """The prompt's salted block hashes, derived once per request (the router and the
+        kv index read them; workers derive the same ones from the same function)."""
+        fingerprint, block_size = self.fleet.fingerprint, self.fleet.block_size
+        if fingerprint is None or block_size is None:
+            raise NoWorker("no worker has registered yet")
+        root = root_hash(fingerprint, req.tenant_salt)
+        return block_hashes(req.prompt_token_ids, block_size, root)
+
+    async def submit(self, req: GenerationRequest) -> GenerationHandle:
+        """Route, open the decode stream, start the prefill; admission happened before."""
+        hashes = self.block_hashes(req)
+        # A worker that started draining (role switch) since its last heartbeat answers 409:
+        # stop routing to it and route again.
+        for _ in range(MAX_ROUTE_ATTEMPTS):
+            decision = self.route(req, hashes)
+            prefill = self.fleet.workers[decision.prefill_instance]
+            decode = self.fleet.workers[decision.decode_instance]
+            response = await self._open_decode(req, decode.info.name, decode.info.http_url)
+            if response is not None:
+                break
+            decode.draining = True
+        else:
+            raise NoWorker("every decode worker is switching roles")
+        prefill_cmd = PrefillCommand(
+            request_id=req.request_id,
+            prompt_token_ids=req.prompt_token_ids,
+            params=req.params,
+            tenant_salt_hex=req.tenant_salt.hex(),
+            deadline_s=self.settings.kv_deadline_s,
+            target=self.kv_target(prefill.info.cluster, decode.info),
+        )
+        route = (
+            f"{decision.path} prefill={decision.prefill_instance} decode={decision.decode_instance}"
+        )
+        if decision.pull_instance is not None:
+            route += f" pull={decision.pull_instance}"  # its cached prefix is copied first
+
+        # cached_tokens: the engine's real prefix hit, from whichever instance prefilled
+        # (``_prefill`` and ``_deltas`` report it); never the router's prediction.
+        # The stream's last event waits (bounded) for the prefill call to end, so that usage
+        # never reports a hit before the prefill instance has said what it was.
+        def engine_hit(cached_tokens: int) -> None:
+            handle.cached_tokens = cached_tokens
+
+        prefill_ended = asyncio.Event()
+        events = self._events(response, decode.info.name, engine_hit, prefill_ended)
+        handle = GenerationHandle(route, 0, events, decode.info.name)
+        self._spawn(
+            self._prefill(
+                prefill.info.http_url,
+                decode.info.http_url,
+                prefill_cmd,
+                decision,
+                req.tenant,
+                engine_hit,
+                prefill_ended,
+            )
+        )
+        return handle
+
+    def kv_target(self, source_cluster: str, receiver: WorkerInfo) -> KvTarget:
+        return kv_target(self.settings.links, source_cluster, receiver)
+
+    async def _open_decode(
+        self, req: GenerationRequest, name: str, url: str
+    ) -> aiohttp.ClientResponse | None:
+        """Open the token stream at a decode worker (it reserves blocks and waits for KV);
+        None if the worker is draining."""
+        cmd = DecodeCommand(
+            request_id=req.request_id,
+            prompt_token_ids=req.prompt_token_ids,
+            params=req.params,
+            tenant_salt_hex=req.tenant_salt.hex(),
+            expect_kv=True,
+            deadline_s=self.settings.kv_deadline_s,
+        )
+        try:
+            response = await self.workers.open_stream(url + "/decode", cmd.encode())
+        except WorkerCallError as e:
+            raise NoWorker(f"decode worker {name} unreachable: {e}") from e
+        if response.status == 409:
+            response.release()
+            return None
+        if response.status != 200:
+            response.release()
+            raise NoWorker(f"decode worker {name} answered {response.status}")
+        return response
+
+    def _events(
+        self,
+        response: aiohttp.ClientResponse,
+        decode_name: str,
+        engine_hit: Callable[[int], None],
+        prefill_ended: asyncio.Event,
+    ) -> AsyncIterator[TokenEvent]:
+        finished = False
+
+        async def finish() -> None:
+            """Once, however the stream ends (even never started): close the decode stream
+            (the gateway's admission gives back the request's slot)."""
+            nonlocal finished
+            if finished:
+                return
+            finished = True
+            response.release()  # back to the pool if read to its end, else closed
+
+        deltas = self._deltas(response, decode_name, finish, engine_hit, prefill_ended)
+        return ClosingEvents(deltas, finish)
+
+    async def _deltas(
+        self,
+        response: aiohttp.ClientResponse,
+        decode_name: str,
+        finish: Callable[[], Awaitable[None]],
+        engine_hit: Callable[[int], None],
+        prefill_ended: asyncio.Event,
+    ) -> AsyncGenerator[TokenEvent, None]:
+        try:
+            buffer, finished = b"", False
+            chunks = response.content.iter_any()
+            while True:
+                chunk = await anext(chunks, None)
+                if chunk is None:  # the body ended: a last line may lack its newline
+                    lines, buffer = [buffer], b""
+                else:
+                    buffer += chunk
+                    if len(buffer) > MAX_EVENT_BYTES:
+                        raise ValueError(f"decode worker {decode_name} sent an oversized event")
+                    *lines, buffer = buffer.split(b"\n")
+                merged: TokenEvent | None = None
+                for line in lines:
+                    if not line or finished:
+                        # After the last event the worker ends the body; reading to its end
+                        # (not closing early) keeps the connection alive for the next request.
+                        continue
+                    event = TokenEvent.decode(line)
+                    if event.error is not None:
+                        raise ValueError(event.error)
+                    if event.cached_tokens:  # the decode instance prefilled the prompt itself
+                        engine_hit(event.cached_tokens)
+                    finished = event.finished
+                    merged = _merge(merged, event)
+                if merged is not None:
+                    if merged.finished and not prefill_ended.is_set():
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(prefill_ended.wait(), PREFILL_RESULT_WAIT_S)
+                    yield merged
+                if chunk is None:
+                    break
+            if not finished:
+                raise ConnectionError(f"decode worker {decode_name} closed the stream early")
+        finally:
+            await finish()
+
+    async def _prefill(
+        self,
+        url: str,
+        decode_url: str,
+        cmd: PrefillCommand,
+        decision: RouteDecision,
+        tenant: str,
+        engine_hit: Callable[[int], None],
+        ended: asyncio.Event,
+    ) -> None:
+        try:
+            await self._prefill_and_report(url, decode_url, cmd, decision, tenant, engine_hit)
+        finally:
+            ended.set()
+
+    async def _prefill_and_report(
+        self,
+        url: str,
+        decode_url: str,
+        cmd: PrefillCommand,
+        decision: RouteDecision,
+        tenant: str,
+        engine_hit: Callable[[int], None],
+    ) -> None:
+        if decision.pull_instance is not None:
+            await self.cache_pull.run(cmd, decision, tenant)
+        started_s = time.monotonic()
+        try:
+            status, body = await self.workers.post(url + "/prefill", cmd.encode(), cmd.deadline_s)
+            result = (
+                PrefillResult.decode(body)
+                if status == 200
+                else PrefillResult(request_id=cmd.request_id, ok=False, error=f"HTTP {status}")
+            )
+        except WorkerCallError as e:
+            result = PrefillResult(request_id=cmd.request_id, ok=False, error=str(e))
+        if result.ok:
+            engine_hit(result.cached_tokens)  # the prefill instance's real prefix hit
+        else:
+            logger.warning(
+                "prefill of %s failed (%s); the decode side falls back",
+                cmd.request_id,
+                result.error,
+            )
+            # Tell the decode worker now rather than letting it wait out the KV deadline.
+            failed = KvFailed(request_id=cmd.request_id, reason=(result.error or "")[:1024])
+            with contextlib.suppress(WorkerCallError):
+                await self.workers.post(decode_url + "/kv_failed", failed.encode(), 10.0)
+        if self.on_prefill is not None:
+            self.on_prefill(decision, result)
+        route = (decision.prefill_instance, decision.decode_instance)
+        elapsed_s = time.monotonic() - started_s
+        audit_transfer(self.audit, self.fleet, cmd, route, result, tenant, elapsed_s)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _merge(merged: TokenEvent | None, event: TokenEvent) -> TokenEvent:
+    if merged is None:
+        return event
+    # Both were validated on receipt: no validation again on this per-token path.
+    return TokenEvent.model_construct(
+        request_id=merged.request_id,
+        token_ids=merged.token_ids + event.token_ids,
+        text=merged.text + event.text,
+        finished=event.finished,
+        finish_reason=event.finish_reason,
+    )

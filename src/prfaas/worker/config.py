@@ -1,0 +1,27 @@
+"""A worker's frozen configuration: its instance's name, cluster and role, where it listens,
+the gateways it reports to, the cluster token, and the engine it hosts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prfaas.config import EngineConfig
+from prfaas.messages import Role
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    name: str
+    cluster: str
+    role: Role
+    host: str
+    port: int
+    gateway_urls: tuple[str, ...]  # every gateway it registers and heartbeats with
+    cluster_token: str
+    engine: EngineConfig
+    kv_host: str = "127.0.0.1"
+    kv_port: int = 0
+    certs_dir: Path | None = None
+    link_rate_gbps: dict[str, float] = field(default_factory=dict)
+    parent_pid: int | None = None  # exit when this process (the launcher) is gone

@@ -1,0 +1,163 @@
+"""One worker process: it hosts one instance (an engine with a role, prefill or decode),
+registers it with every gateway and heartbeats to each, carrying the engine's counters, its
+links' egress and its cache events (``cache_events.CacheEventLog``).
+
+The engine sits behind the seam (``engine_api.InstanceEngine``); without one given, the
+reference engine is loaded from the config (``reference.ReferenceEngine``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+import time
+
+import httpx
+
+from prfaas.messages import TOKEN_HEADER, Heartbeat, Role, WorkerCheck, WorkerInfo
+from prfaas.worker.cache_events import CacheEventLog, EventBatch
+from prfaas.worker.config import WorkerConfig
+from prfaas.worker.engine_api import InstanceEngine
+
+logger = logging.getLogger(__name__)
+HEARTBEAT_S = 0.5
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig, engine: InstanceEngine | None = None) -> None:
+        self.config = config
+        self.role: Role = config.role
+        self.draining = False
+        self.epoch = time.time_ns() + os.getpid()  # unique per start: stale entries vanish
+        self.events = CacheEventLog(config.gateway_urls)
+        if engine is None:
+            from prfaas.worker.reference import for_worker  # loads torch and the model
+
+            engine = for_worker(config)
+        self.engine = engine
+        facts = self.engine.facts
+        self.fingerprint = facts.fingerprint
+        self._info = WorkerInfo(
+            name=config.name,
+            cluster=config.cluster,
+            role=config.role,
+            http_url=f"http://{config.host}:{config.port}",
+            kv_host=facts.kv_host,
+            kv_port=facts.kv_port,
+            fingerprint=facts.fingerprint,
+            model_name=facts.model_name,
+            max_model_len=facts.max_model_len,
+            block_size=facts.block_size,
+            epoch=self.epoch,
+            hybrid=facts.hybrid,
+        )
+
+    def info(self) -> WorkerInfo:
+        return self._info.model_copy(update={"role": self.role, "epoch": self.epoch})
+
+    def collect_events(self) -> None:
+        """Move the engine's new cache events into the log as the next numbered batch."""
+        self.events.add(self.epoch, self.engine.drain_cache_events())
+
+    def heartbeat(self, batch: EventBatch | None = None) -> Heartbeat:
+        stats = self.engine.stats()
+        return Heartbeat(
+            name=self.config.name,
+            epoch=self.epoch,
+            role=self.role,
+            num_waiting=stats.num_waiting,
+            num_running=stats.num_running,
+            kv_usage=stats.kv_usage,
+            fallbacks=stats.fallbacks,
+            draining=self.draining,
+            events=batch.events if batch else [],
+            seq=batch.seq if batch else 0,
+            queued_tokens=stats.queued_tokens,
+            links=stats.links,
+        )
+
+    async def gateway_loop(self, url: str) -> None:
+        """Register, then heartbeat; re-register whenever the gateway forgets us. One loop
+        per gateway, so that a dead gateway never delays the others."""
+        headers = {TOKEN_HEADER: self.config.cluster_token}
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=5.0) as client:
+            registered = False
+            while True:
+                self.collect_events()
+                try:
+                    if not registered:
+                        r = await client.post("/internal/register", content=self.info().encode())
+                        registered = r.status_code == 200
+                    if registered:
+                        registered = await self._send_heartbeats(client, url)
+                except httpx.HTTPError as e:
+                    logger.debug("gateway %s unreachable: %s", url, e)
+                    registered = False
+                await asyncio.sleep(HEARTBEAT_S)
+
+    async def _send_heartbeats(self, client: httpx.AsyncClient, url: str) -> bool:
+        """One heartbeat per event batch this gateway lacks, in order (one without events if
+        none); False if the gateway wants us to register again."""
+        epoch = self.epoch
+        batches: list[EventBatch | None] = [*self.events.pending(url, epoch)] or [None]
+        for batch in batches:
+            if self.epoch != epoch:  # switched roles meanwhile: the log starts over
+                return True
+            r = await client.post("/internal/heartbeat", content=self.heartbeat(batch).encode())
+            if r.status_code == 503:  # its kv index is unreachable: send the batch later
+                return True
+            if r.status_code != 200:
+                return False
+            if batch is not None:
+                self.events.ack(url, epoch, batch.seq)
+        return True
+
+    async def check(self) -> WorkerCheck:
+        """Integrity and leak report: the engine's parts, and this process's."""
+        part = await self.engine.check()
+        return WorkerCheck(
+            name=self.config.name,
+            pid=os.getpid(),
+            epoch=self.epoch,
+            role=self.role,
+            integrity_error=part.integrity_error,
+            blocks=part.blocks,
+            num_waiting=part.num_waiting,
+            num_running=part.num_running,
+            num_parked=part.num_parked,
+            num_streams=part.num_streams,
+            kv_connections=part.kv_connections,
+            kv_landings=part.kv_landings,
+            kv_allocated_bytes=part.kv_allocated_bytes,
+            kv_awaited=part.kv_awaited,
+            kv_sending=part.kv_sending,
+            asyncio_tasks=len(asyncio.all_tasks()),
+            threads=threading.active_count(),
+        )
+
+    async def switch_role(self, role: Role) -> None:
+        """Drain (the gateway stops routing here once it sees the flag), then switch."""
+        self.draining = True
+        try:
+            while True:
+                s = self.engine.stats()
+                if s.num_waiting + s.num_running + s.num_parked == 0:
+                    break
+                await asyncio.sleep(0.05)
+            await self.engine.switch_role(role)
+            self.role = role
+            self.epoch += 1  # a new identity in the index: the gateway re-reads our role
+        finally:
+            self.draining = False
+
+
+async def exit_with_parent(parent_pid: int) -> None:
+    """A worker spawned by `prfaas serve` must not outlive it, however it ended (even
+    SIGKILL): once reparented, shut down gracefully (SIGTERM to ourselves)."""
+    while os.getppid() == parent_pid:
+        await asyncio.sleep(1.0)
+    logger.warning("launcher %d is gone; shutting down", parent_pid)
+    os.kill(os.getpid(), signal.SIGTERM)

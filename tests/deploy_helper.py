@@ -1,0 +1,146 @@
+"""The one way the multi-process tests deploy: ``topology`` writes the deploy.yaml dict of the
+standard test deployment, ``deploy`` runs `prfaas serve` on it as real processes (gateway plus
+the workers it spawns) until the block exits.
+
+The standard topology: a PD cluster ``local`` (``pd-p-0`` prefill, ``pd-d-0`` decode), a
+PrfaaS cluster ``remote`` (``prfaas-0``), the link ``remote->local`` (emulated, mutual TLS
+unless overridden), t pinned at ``threshold_tokens``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+START_S = 300.0
+
+
+def topology(
+    model: Path,
+    port: int,
+    *,
+    served_model_name: str = "tiny",
+    threshold_tokens: int | None = 32,
+    spawn: bool = True,
+    link: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """The deploy.yaml dict; ``link`` updates the link's keys, ``overrides`` top-level keys
+    (``tenants``, ``kv_deadline_s``, ``overload``, ``policy``, …)."""
+
+    def inst(name: str, role: str) -> dict[str, Any]:
+        return {"name": name, "role": role, "spawn": spawn}
+
+    return {
+        "model": str(model),
+        "served_model_name": served_model_name,
+        "port": port,
+        "clusters": [
+            {
+                "name": "local",
+                "kind": "pd",
+                "instances": [inst("pd-p-0", "prefill"), inst("pd-d-0", "decode")],
+            },
+            {"name": "remote", "kind": "prfaas", "instances": [inst("prfaas-0", "prefill")]},
+        ],
+        "links": [{"src": "remote", "dst": "local", "rate_gbps": 1.0, "tls": True, **(link or {})}],
+        "policy": {"name": "prfaas", "threshold_tokens": threshold_tokens},
+        **overrides,
+    }
+
+
+@dataclass
+class Running:
+    """A running `prfaas serve`: its URL, process (a session leader: its group holds the
+    workers it spawned), folder, and what it printed up to the start-up line."""
+
+    base_url: str
+    proc: subprocess.Popen[bytes]
+    tmp: Path
+    lines: list[str]
+
+    def stop(self, sig: int = signal.SIGINT) -> None:
+        stop_process(self.proc, sig)
+
+
+def start(
+    config: dict[str, Any],
+    tmp: Path,
+    cluster_token: str,
+    *,
+    name: str = "serve",
+    until: str = "prfaas is serving",
+    env: dict[str, str] | None = None,
+) -> Running:
+    """Write ``config`` and start `prfaas serve` on it; return once it printed ``until``
+    (fails with its output and the workers' logs if it does not within ``START_S``)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out_path = tmp / f"{name}.out"
+    environment = dict(
+        os.environ,
+        PRFAAS_CACHE_DIR=str(tmp / "cache"),
+        PYTHONUNBUFFERED="1",
+        PRFAAS_CLUSTER_TOKEN=cluster_token,
+        **(env or {}),
+    )
+    argv = [sys.executable, "-m", "prfaas.cli", "serve", "--config", str(path)]
+    with out_path.open("wb") as out:  # a file, not a pipe: nobody has to keep reading it
+        proc = subprocess.Popen(
+            [*argv, "--log-dir", str(tmp / f"{name}-logs")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=environment,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + START_S
+    while True:
+        lines = out_path.read_text(errors="replace").splitlines(keepends=True)
+        if any(until in line for line in lines):
+            upto = next(i for i, line in enumerate(lines) if until in line)
+            return Running(f"http://127.0.0.1:{config['port']}", proc, tmp, lines[: upto + 1])
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_process(proc, signal.SIGKILL)
+            logs = "".join(p.read_text() for p in (tmp / f"{name}-logs").glob("*.log"))
+            raise AssertionError(f"prfaas serve did not start:\n{''.join(lines)}{logs}")
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def deploy(
+    config: dict[str, Any],
+    tmp: Path,
+    cluster_token: str,
+    *,
+    until: str = "prfaas is serving",
+    env: dict[str, str] | None = None,
+) -> Iterator[Running]:
+    """``start``, and stop the whole deployment (SIGINT, then SIGKILL) when the block exits."""
+    running = start(config, tmp, cluster_token, until=until, env=env)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGINT) -> None:
+    """Signal the process group (the workers too, even if the gateway is gone); SIGKILL it
+    if the gateway is not gone within 30 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

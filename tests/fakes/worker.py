@@ -1,0 +1,202 @@
+"""A fake worker: speaks the real worker control plane (``WorkerInfo``, ``Heartbeat``,
+``POST /prefill``, ``/decode``, ``/kv_failed``, ``/health``) with the real typed messages, and
+computes nothing.
+
+Why a fake and not the real worker: it tests the gateway's dispatch logic (routing calls,
+the decode stream, retries on a draining worker, ``kv_failed``, admission and 429, failover,
+registration refusals, which instance's prefix hit the API reports), not engines. A real
+worker would load a model per instance and bury those paths under seconds of compute; the
+engine and transfer paths have their own tests. Each behaviour is a plain attribute a test
+sets, and every command the gateway sends is recorded for the test to check.
+
+``benchmarks/instant_worker.py`` runs it as a process that registers and heartbeats on its
+own (the gateway benchmark); tests drive registration and heartbeats explicitly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from prfaas.messages import (
+    TOKEN_HEADER,
+    DecodeCommand,
+    Heartbeat,
+    KvFailed,
+    LinkReport,
+    PrefillCommand,
+    PrefillResult,
+    Role,
+    TokenEvent,
+    WorkerInfo,
+)
+
+FINGERPRINT = "0" * 64
+
+
+@dataclass
+class Behaviour:
+    """What the fake answers; tests change it between requests."""
+
+    tokens: int = 4  # token events per decode stream (at most max_tokens)
+    decode_status: int = 200  # 409: draining (the gateway routes again); 500: broken
+    decode_cached_tokens: int = 0  # on the first event: this instance prefilled itself
+    end_early: bool = False  # the stream ends without a finished event
+    prefill_ok: bool = True  # False: PrefillResult(ok=False), the decode side falls back
+    prefill_status: int = 200
+    prefill_cached_tokens: int = 0  # the prefill engine's prefix hit
+    prefill_delay_s: float = 0.0
+    decode_delay_s: float = 0.0  # before the first event (a real one waits for the KV)
+    hold_decode: asyncio.Event | None = None  # each decode stream waits for it
+
+
+@dataclass
+class Received:
+    prefills: list[PrefillCommand] = field(default_factory=list)
+    decodes: list[DecodeCommand] = field(default_factory=list)
+    kv_failed: list[KvFailed] = field(default_factory=list)
+
+
+class FakeWorker:
+    def __init__(
+        self,
+        name: str,
+        role: Role,
+        cluster: str,
+        *,
+        block_size: int = 16,
+        fingerprint: str = FINGERPRINT,
+        max_model_len: int = 8192,
+    ) -> None:
+        self.name, self.role, self.cluster = name, role, cluster
+        self.block_size, self.fingerprint, self.max_model_len = (
+            block_size,
+            fingerprint,
+            max_model_len,
+        )
+        self.epoch = time.time_ns()
+        self.behaviour = Behaviour()
+        self.received = Received()
+        self.http_url = ""  # set once served (``info`` needs it)
+        self.app = self._create_app()
+
+    def info(self) -> WorkerInfo:
+        assert self.http_url, "serve the app first and set http_url"
+        return WorkerInfo(
+            name=self.name,
+            cluster=self.cluster,
+            role=self.role,
+            http_url=self.http_url,
+            kv_host="127.0.0.1",
+            kv_port=1,  # never dialled: the fake prefill sends no KV
+            fingerprint=self.fingerprint,
+            model_name="fake",
+            max_model_len=self.max_model_len,
+            block_size=self.block_size,
+            epoch=self.epoch,
+        )
+
+    def heartbeat(self, links: list[LinkReport] | None = None, draining: bool = False) -> Heartbeat:
+        return Heartbeat(
+            name=self.name,
+            epoch=self.epoch,
+            role=self.role,
+            num_waiting=0,
+            num_running=0,
+            kv_usage=0.0,
+            fallbacks=0,
+            draining=draining,
+            links=links or [],
+        )
+
+    def register(self, gateway_url: str, token: str) -> httpx.Response:
+        """Register with a gateway and send one heartbeat; the gateway's answer to the
+        registration (200, or a refusal)."""
+        headers = {TOKEN_HEADER: token}
+        r = httpx.post(
+            f"{gateway_url}/internal/register",
+            content=self.info().encode(),
+            headers=headers,
+            timeout=5.0,
+        )
+        if r.status_code == 200:
+            self.send_heartbeat(gateway_url, token)
+        return r
+
+    def send_heartbeat(
+        self, gateway_url: str, token: str, links: list[LinkReport] | None = None
+    ) -> None:
+        r = httpx.post(
+            f"{gateway_url}/internal/heartbeat",
+            content=self.heartbeat(links).encode(),
+            headers={TOKEN_HEADER: token},
+            timeout=5.0,
+        )
+        r.raise_for_status()
+
+    def _create_app(self) -> FastAPI:
+        app = FastAPI()
+        got = self.received
+
+        @app.post("/prefill")
+        async def prefill(request: Request) -> Response:
+            cmd = PrefillCommand.decode(await request.body())
+            got.prefills.append(cmd)
+            if self.behaviour.prefill_delay_s:
+                await asyncio.sleep(self.behaviour.prefill_delay_s)
+            if self.behaviour.prefill_status != 200:
+                return Response(status_code=self.behaviour.prefill_status)
+            ok = self.behaviour.prefill_ok
+            result = PrefillResult(
+                request_id=cmd.request_id,
+                ok=ok,
+                cached_tokens=self.behaviour.prefill_cached_tokens if ok else 0,
+                error=None if ok else "fake: the transfer failed",
+            )
+            return Response(result.encode(), media_type="application/json")
+
+        @app.post("/decode")
+        async def decode(request: Request) -> Response:
+            cmd = DecodeCommand.decode(await request.body())
+            got.decodes.append(cmd)
+            behaviour = self.behaviour
+            if behaviour.decode_status != 200:
+                return Response(status_code=behaviour.decode_status)
+            n = min(behaviour.tokens, cmd.params.max_tokens)
+
+            async def lines() -> AsyncIterator[bytes]:
+                if behaviour.hold_decode is not None:
+                    await behaviour.hold_decode.wait()
+                await asyncio.sleep(behaviour.decode_delay_s)
+                for i in range(n):
+                    last = i == n - 1
+                    if behaviour.end_early and last:
+                        return
+                    event = TokenEvent(
+                        request_id=cmd.request_id,
+                        token_ids=[3 + i],
+                        text=f" w{3 + i}",
+                        finished=last,
+                        finish_reason="length" if last else None,
+                        cached_tokens=behaviour.decode_cached_tokens if i == 0 else 0,
+                    )
+                    yield event.encode() + b"\n"
+
+            return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+        @app.post("/kv_failed")
+        async def kv_failed(request: Request) -> Response:
+            got.kv_failed.append(KvFailed.decode(await request.body()))
+            return JSONResponse({"fallback": True})
+
+        @app.get("/health")
+        async def health() -> dict[str, str]:
+            return {"status": "ok"}
+
+        return app
