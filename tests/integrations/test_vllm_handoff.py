@@ -54,6 +54,7 @@ PROMPTS = {"boundary": (0, 2 * BLOCK), "off_by_one": (210, 3 * BLOCK + 1)}
 PROMPTS |= {"short_of": (420, 3 * BLOCK - 1), "prefix_hit": (0, 5 * BLOCK + 7)}
 MISSING = "missing"  # the decode instance expects it; the prefill instance never sends it
 MISFIT = "misfit"  # sent for a shorter prompt than the one the decode instance has
+OTHER = "other"  # sent for another prompt of the same length (its tokens reversed)
 CUT = "cut"  # a prefill instance that dies mid-transfer (emulated: see cut_transfer)
 
 
@@ -110,14 +111,16 @@ def read_events(path: Path) -> dict[str, dict[str, Any]]:
     return {e["transfer_id"]: e for e in map(json.loads, lines)}
 
 
-def cut_transfer(folder: Path, port: int, tmp: Path, prompt_len: int) -> None:
+def cut_transfer(folder: Path, port: int, tmp: Path, prompt: list[int]) -> None:
     """A prefill instance killed mid-transfer, as the decode instance sees it: a peer with
     valid credentials streams a third of the layers (zeros), then its connections drop.
     A real vLLM prefill of these prompts takes well under a second, too short to kill it
-    reliably at a chosen layer on this machine, hence this stand-in on the real transport."""
+    reliably at a chosen layer on this machine, hence this stand-in on the real transport.
+    The header carries the prompt's true hash, so only the cut makes the load fail."""
     import numpy as np
 
     from prfaas.config import default_cache_dir
+    from prfaas.kvcache.hashing import prompt_hash, root_hash
     from prfaas.model.loader import fingerprint_folder
     from prfaas.transfer.auth import kv_auth_key
     from prfaas.transfer.config import LinkConfig
@@ -129,14 +132,15 @@ def cut_transfer(folder: Path, port: int, tmp: Path, prompt_len: int) -> None:
     model = json.loads((folder / "config.json").read_text())
     heads = model["num_key_value_heads"]
     head_dim = model["hidden_size"] // model["num_attention_heads"]
-    shape = (prompt_len, heads, head_dim)
+    shape = (len(prompt), heads, head_dim)
     entries = tuple(
         LayerEntry(f"L{i}.{part}", LayerKind.BLOCKS, DType.FLOAT32, shape)
         for i in range(model["num_hidden_layers"])
         for part in ("k", "v")
     )
-    fingerprint = bytes.fromhex(fingerprint_folder(folder, default_cache_dir()))
-    header = TransferHeader(f"t-{CUT}", fingerprint, "raw", entries)
+    fingerprint_hex = fingerprint_folder(folder, default_cache_dir())
+    hashed = prompt_hash(prompt, BLOCK, root_hash(fingerprint_hex, b""))
+    header = TransferHeader(f"t-{CUT}", bytes.fromhex(fingerprint_hex), "raw", entries, hashed)
     sender = KvSender(
         Link(LinkConfig(connections=1)),
         tls=client_context(TlsConfig.from_dir(tmp / "certs", "prefill")),
@@ -166,6 +170,7 @@ def handoff(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     prompts[MISSING] = ids[630 : 630 + 2 * BLOCK + 5]
     prompts[MISFIT] = ids[520 : 520 + 3 * BLOCK + 3]
     prompts[CUT] = ids[330 : 330 + 2 * BLOCK + 9]
+    prompts[OTHER] = ids[137 : 137 + 2 * BLOCK + 3]  # the text repeats every 87 tokens
     assert all(len(p) == n for p, (_, n) in zip(prompts.values(), PROMPTS.values(), strict=False))
     write_certs(tmp / "certs", ["prefill", "decode"])
     (tmp / "token").write_text("cluster token for the hand-off test\n")
@@ -185,7 +190,7 @@ def handoff(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             "kv_connector_extra_config": {**common, **extra},
         }
 
-    handed = [n for n in prompts if n not in (MISSING, MISFIT, CUT)]
+    handed = [n for n in prompts if n not in (MISSING, MISFIT, CUT, OTHER)]
     misfit_send = {
         "name": MISFIT,
         "prompt_token_ids": prompts[MISFIT][: 2 * BLOCK],
@@ -195,7 +200,16 @@ def handoff(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             "prfaas_send_to": f"127.0.0.1:{port}",
         },
     }
-    prefill_jobs = [misfit_send] + [
+    other_send = {
+        **misfit_send,
+        "name": OTHER,
+        "prompt_token_ids": prompts[OTHER][::-1],
+        "kv_transfer_params": {
+            "prfaas_transfer_id": f"t-{OTHER}",
+            "prfaas_send_to": f"127.0.0.1:{port}",
+        },
+    }
+    prefill_jobs = [misfit_send, other_send] + [
         {
             "name": n,
             "prompt_token_ids": prompts[n],
@@ -218,7 +232,7 @@ def handoff(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             "max_tokens": MAX_TOKENS,
             "kv_transfer_params": {"prfaas_transfer_id": f"t-{n}"},
         }
-        for n in [*handed, MISFIT, CUT, MISSING]
+        for n in [*handed, MISFIT, OTHER, CUT, MISSING]
     ]
     prefill_extra = {"cluster": "prefill", "peer_cluster": "decode", "rate_gbps": 1.0}
     decode_extra = {
@@ -255,7 +269,7 @@ def handoff(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         wait_for(instances, ready=True, timeout_s=START_TIMEOUT_S)
         ready_s = time.monotonic()
         (tmp / "go").touch()
-        cut_transfer(folder, port, tmp, len(prompts[CUT]))
+        cut_transfer(folder, port, tmp, prompts[CUT])
         wait_for(instances, ready=False, timeout_s=RUN_TIMEOUT_S)
         yield {
             "prompts": prompts,
@@ -300,12 +314,18 @@ def test_transfer_that_never_comes_is_recomputed_within_the_deadline(
     assert f"t-{MISSING}" not in handoff["send_events"]
 
 
-def test_transfer_that_does_not_fit_is_refused_and_recomputed(handoff: dict[str, Any]) -> None:
-    alone = handoff["prefill"][f"alone-{MISFIT}"]["token_ids"]
-    assert handoff["decode"][MISFIT]["token_ids"] == alone
-    assert handoff["send_events"][f"t-{MISFIT}"]["ok"]  # delivered, verified ...
-    event = handoff["load_events"][f"t-{MISFIT}"]
-    assert not event["ok"] and f"{2 * BLOCK} tokens, need" in event["error"], event  # ... unused
+@pytest.mark.parametrize("name", [MISFIT, OTHER])
+def test_transfer_for_another_prompt_is_refused_and_recomputed(
+    handoff: dict[str, Any], name: str
+) -> None:
+    """The decode instance waits on the right transfer id, but the KV that comes under it
+    was computed for a shorter prompt (MISFIT) or for the same tokens reversed (OTHER: same
+    length, so every shape fits and only the prompt hash in the header tells them apart)."""
+    alone = handoff["prefill"][f"alone-{name}"]["token_ids"]
+    assert handoff["decode"][name]["token_ids"] == alone
+    assert handoff["send_events"][f"t-{name}"]["ok"]  # delivered, verified ...
+    event = handoff["load_events"][f"t-{name}"]
+    assert not event["ok"] and "KV for another prompt" in event["error"], event  # ... unused
 
 
 def test_prefill_dying_mid_transfer_is_recomputed(handoff: dict[str, Any]) -> None:

@@ -23,7 +23,12 @@ BLOCK = 32
 
 
 def request(rid: str, prompt_len: int, params: dict[str, Any] | None) -> Any:
-    return SimpleNamespace(request_id=rid, num_prompt_tokens=prompt_len, kv_transfer_params=params)
+    return SimpleNamespace(
+        request_id=rid,
+        num_prompt_tokens=prompt_len,
+        prompt_token_ids=list(range(1000, 1000 + prompt_len)),
+        kv_transfer_params=params,
+    )
 
 
 def blocks(ids: list[int]) -> Any:
@@ -49,7 +54,8 @@ def test_decode_loads_past_its_prefix_hit_once_and_holds_blocks_while_loading() 
     assert sched.num_tokens_to_load(req, 32) == 100 - 1 - 32  # the last token is computed here
     sched.after_alloc(req, blocks([7, 8, 9, 10]), 67)
     meta = sched.build_metadata(step([], [], {}))
-    assert meta.loads == [LoadSpec("r1", "t1", (8, 9, 10), 32, 99)] and not meta.sends
+    prompt = tuple(req.prompt_token_ids)  # the whole prompt: the loader hashes it
+    assert meta.loads == [LoadSpec("r1", "t1", (8, 9, 10), 32, 99, prompt)] and not meta.sends
     assert sched.build_metadata(step([], [], {})).loads == []  # issued once
     assert sched.num_tokens_to_load(req, 0) == 0  # a failed load is recomputed, not retried
     assert sched.on_finished(req) == (True, None)  # aborted mid-load: blocks held ...
@@ -66,7 +72,8 @@ def test_prefill_sends_in_the_step_that_completes_the_prompt() -> None:
     assert sched.num_tokens_to_load(req, 0) == 0  # a prefill instance loads nothing
     assert sched.build_metadata(step([("p1", 0)], [], {"p1": 48})).sends == []  # chunk 1
     meta = sched.build_metadata(step([], [("p1", 48)], {"p1": 32}))  # chunk 2 ends it
-    assert meta.sends == [SendSpec("p1", "t9", ("h", 1), (3, 4, 5), 80)]
+    prompt = tuple(req.prompt_token_ids)
+    assert meta.sends == [SendSpec("p1", "t9", ("h", 1), (3, 4, 5), 80, prompt)]
     assert sched.build_metadata(step([], [("p1", 80)], {"p1": 1})).sends == []  # once
     assert sched.on_finished(req) == (False, None)  # rows were copied: free at once
 
@@ -74,8 +81,11 @@ def test_prefill_sends_in_the_step_that_completes_the_prompt() -> None:
 def test_requests_without_or_with_bad_params_are_served_locally() -> None:
     sched = HandoffScheduler(BLOCK)
     plain, bad = request("a", 50, None), request("b", 50, {"prfaas_transfer_id": 3})
-    for req in (plain, bad):
+    embeds = request("c", 50, {"prfaas_transfer_id": "t3"})
+    embeds.prompt_token_ids = None  # prompt embeddings: nothing to hash, so no hand-off
+    for req in (plain, bad, embeds):
         sched.on_new_request(req)
         assert sched.num_tokens_to_load(req, 0) == 0
-    meta = sched.build_metadata(step([("a", 0), ("b", 0)], [], {"a": 50, "b": 50}))
+    progress = {"a": 50, "b": 50, "c": 50}
+    meta = sched.build_metadata(step([("a", 0), ("b", 0), ("c", 0)], [], progress))
     assert meta.sends == [] and meta.loads == []

@@ -19,8 +19,9 @@ Contract (per request, through vLLM's ``kv_transfer_params``; see params.py):
 - decode instance: ``{"prfaas_transfer_id": T}``, the same prompt. It reports the prompt
   tokens past its local prefix hit, except the last, as loaded asynchronously; the request
   waits (WAITING_FOR_REMOTE_KVS) while a thread waits up to ``load_timeout_s`` for T,
-  verifies it fits, lands the rows in the request's blocks and releases the buffers. A
-  missing, late, refused or misfitting transfer is reported through
+  verifies it is for this prompt (the header's prompt hash) and fits, lands the rows in
+  the request's blocks and releases the buffers. A missing, late, refused, misfitting or
+  other prompt's transfer is reported through
   ``get_block_ids_with_load_errors``: vLLM recomputes those tokens locally (this needs
   ``kv_load_failure_policy: recompute``, checked at start). Nothing waits without a
   deadline; an aborted request's load is abandoned and its blocks held until it ends.

@@ -1,7 +1,9 @@
 """Decode side: wait for a transfer, check it, land its rows in vLLM's blocks, or give up.
 
 One daemon thread per load. It waits on the KvReceiver (bounded by ``load_timeout_s``),
-checks the header against this instance's KV layout, scatters rows [start, end) of every
+checks the header's prompt hash against its own hash of the request's prompt (KV computed
+for another prompt, model or tenant never lands) and the header against this instance's KV
+layout, scatters rows [start, end) of every
 layer into the request's blocks, and releases the receive buffers. Any failure abandons the
 transfer (the receiver frees what it holds and refuses a late resend) and reports the
 request's blocks as load errors, so vLLM recomputes them. A load always ends: landed,
@@ -14,6 +16,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,7 +33,8 @@ logger = logging.getLogger(__name__)
 
 
 class LoadRejected(Exception):
-    """A complete transfer that does not fit this instance's KV (layout, length, dtype)."""
+    """A complete transfer that is not for this request's prompt or does not fit this
+    instance's KV (layout, length, dtype)."""
 
 
 @dataclass
@@ -58,9 +62,10 @@ class Loader:
         layout: BlockLayout,
         timeout_s: float,
         events: EventLog,
+        hash_prompt: Callable[[tuple[int, ...]], bytes],
     ) -> None:
         self.receiver, self.layers, self.layout = receiver, layers, layout
-        self.events = events
+        self.events, self.hash_prompt = events, hash_prompt
         self.timeout_s = timeout_s
         self.outcomes = LoadOutcomes()
         self._active: dict[str, str] = {}  # request id -> transfer id
@@ -124,6 +129,8 @@ class Loader:
                 self.receiver.release(spec.transfer_id)
 
     def _land(self, spec: LoadSpec, received: ReceivedTransfer) -> None:
+        if received.header.prompt_hash != self.hash_prompt(spec.prompt_token_ids):
+            raise LoadRejected(f"transfer {spec.transfer_id} carries KV for another prompt")
         index = {entry.name: i for i, entry in enumerate(received.header.layers)}
         for layer_index, kv_layer in enumerate(self.layers):
             rows = [

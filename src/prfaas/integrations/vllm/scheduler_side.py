@@ -30,7 +30,7 @@ class HandoffScheduler:
     def __init__(self, block_size: int) -> None:
         self.block_size = block_size
         self._params: dict[str, HandoffParams] = {}
-        self._prompt_lens: dict[str, int] = {}
+        self._prompts: dict[str, tuple[int, ...]] = {}
         self._new_loads: list[LoadSpec] = []
         self._loading: set[str] = set()
         self._kv_cache_manager: KVCacheManager | None = None
@@ -45,9 +45,13 @@ class HandoffScheduler:
             # The engine must not die of one client's bad params: serve it locally.
             logger.error("request %s: ignoring bad hand-off params: %s", request.request_id, exc)
             return
-        if params is not None:
-            self._params[request.request_id] = params
-            self._prompt_lens[request.request_id] = request.num_prompt_tokens
+        if params is None:
+            return
+        if request.prompt_token_ids is None:  # prompt embeddings: no ids to hash
+            logger.error("request %s: no prompt token ids, served locally", request.request_id)
+            return
+        self._params[request.request_id] = params
+        self._prompts[request.request_id] = tuple(request.prompt_token_ids)
 
     # -- decode side ---------------------------------------------------------------------
 
@@ -71,8 +75,9 @@ class HandoffScheduler:
         (block_ids,) = blocks.get_block_ids()
         first, last = start // self.block_size, (end - 1) // self.block_size
         covering = tuple(block_ids[first : last + 1])
+        prompt = self._prompts[request.request_id]
         self._new_loads.append(
-            LoadSpec(request.request_id, params.transfer_id, covering, start, end)
+            LoadSpec(request.request_id, params.transfer_id, covering, start, end, prompt)
         )
         self._loading.add(request.request_id)
 
@@ -84,14 +89,14 @@ class HandoffScheduler:
 
     def _send_spec(self, request_id: str, num_done: int) -> SendSpec | None:
         params = self._params.get(request_id)
-        prompt_len = self._prompt_lens.get(request_id, 0)
-        if params is None or params.send_to is None or num_done < prompt_len:
+        prompt = self._prompts.get(request_id, ())
+        if params is None or params.send_to is None or num_done < len(prompt):
             return None
         del self._params[request_id]  # used once
         assert self._kv_cache_manager is not None, "bind_kv_cache_manager was not called"
         (block_ids,) = self._kv_cache_manager.get_block_ids(request_id)
         return SendSpec(
-            request_id, params.transfer_id, params.send_to, tuple(block_ids), prompt_len
+            request_id, params.transfer_id, params.send_to, tuple(block_ids), len(prompt), prompt
         )
 
     # -- every step ----------------------------------------------------------------------
@@ -113,5 +118,5 @@ class HandoffScheduler:
         """(delay freeing the blocks?, params for the output). Sends copy their rows during
         the forward pass, so only a load still in flight holds blocks."""
         self._params.pop(request.request_id, None)
-        self._prompt_lens.pop(request.request_id, None)
+        self._prompts.pop(request.request_id, None)
         return request.request_id in self._loading, None

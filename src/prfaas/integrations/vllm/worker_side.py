@@ -7,6 +7,10 @@ the only work on the forward path, and once made, vLLM may free or reuse the blo
 Decode: ``start_load_kv`` starts one ``Loader`` thread per new load; ``get_finished`` and
 ``get_block_ids_with_load_errors`` report, in the same step, every load that ended and the
 blocks of those that failed.
+
+Both halves bind a transfer to its prompt: the header carries ``prompt_hash`` of the prompt
+token ids and the decode side lands it only if that equals its own hash of the prompt it
+reserved blocks for (docs/wire-format.md).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from prfaas.integrations.vllm.layout import TORCH_TO_WIRE, BlockLayout, CacheWri
 from prfaas.integrations.vllm.loading import Loader
 from prfaas.integrations.vllm.metadata import HandoffMetadata, SendSpec
 from prfaas.integrations.vllm.sending import LayerStream, SendOutcomes
+from prfaas.kvcache.hashing import prompt_hash, root_hash
 from prfaas.transfer.config import ReceiverConfig
 from prfaas.transfer.link import Link
 from prfaas.transfer.messages import LayerEntry, LayerKind, TransferHeader
@@ -69,6 +74,17 @@ class HandoffWorker:
         self._streams: dict[str, LayerStream] = {}  # request id -> stream still being fed
         self._finished_streams: list[LayerStream] = []
         self._load_errors: set[int] = set()
+        self._root = root_hash(fingerprint.hex(), b"")
+
+    def prompt_hash(self, prompt_token_ids: tuple[int, ...]) -> bytes:
+        """``kvcache.hashing.prompt_hash`` of a prompt, as both ends of a hand-off compute it.
+
+        Root: the connector's model fingerprint (hex, as prfaas's engine spells it) and an
+        empty tenant salt: vLLM's ``cache_salt`` is not wired to prfaas's tenant salt yet, so
+        every request hashes as one tenant. Block size: this instance's vLLM block size; the
+        prefill and decode instances must run the same one, or every transfer is refused
+        (the size only decides where the chain is cut: any size binds every token)."""
+        return prompt_hash(prompt_token_ids, self.block_size, self._root)
 
     def register(self, kv_caches: dict[str, torch.Tensor]) -> None:
         names = layer_order(list(kv_caches))
@@ -96,7 +112,12 @@ class HandoffWorker:
             self.receiver = KvReceiver(receiver_config, tls=self.config.server_tls()).start()
             layers = [kv_caches[name] for name in names]
             self.loader = Loader(
-                self.receiver, layers, self._layout, self.config.load_timeout_s, self.events
+                self.receiver,
+                layers,
+                self._layout,
+                self.config.load_timeout_s,
+                self.events,
+                self.prompt_hash,
             )
             logger.info("prfaas KV receiver listening on %s", self.receiver.address)
 
@@ -111,7 +132,13 @@ class HandoffWorker:
             for i in range(len(self._layer_index))
             for name in wire_names(i)
         ]
-        return TransferHeader(spec.transfer_id, self.fingerprint, self.config.codec, tuple(entries))
+        return TransferHeader(
+            spec.transfer_id,
+            self.fingerprint,
+            self.config.codec,
+            tuple(entries),
+            self.prompt_hash(spec.prompt_token_ids),
+        )
 
     def save_layer(self, meta: HandoffMetadata, layer_name: str, kv_layer: torch.Tensor) -> None:
         if not meta.sends:
