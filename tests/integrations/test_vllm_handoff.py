@@ -1,0 +1,342 @@
+"""vLLM -> vLLM hand-off through prfaas's connector: two vLLM engines in two processes, the
+KV over real TCP with mutual TLS, HMAC auth, pacing and a lossless codec.
+
+The prefill instance computes each prompt (max_tokens=1) and pushes its KV; the decode
+instance loads it and generates 16 greedy tokens, which must equal the tokens of one vLLM
+engine computing the whole prompt itself (the prefill instance again, with a cache salt
+that rules out any prefix hit). Each instance appends one JSON line per ended hand-off
+(events.py): that is how the test knows the KV was really loaded, not silently recomputed.
+Runs in the vLLM venv (`make test-vllm`); skipped where vLLM is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+if importlib.util.find_spec("vllm") is None:
+    pytest.skip(
+        "vLLM is not installed in this environment: `make test-vllm` runs these tests in "
+        "the .venv-vllm environment that `make setup-vllm` creates",
+        allow_module_level=True,
+    )
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = Path(__file__).with_name("vllm_instance.py")
+BLOCK = 32  # vllm_instance.ENGINE_ARGS["block_size"]
+MAX_TOKENS = 16
+LOAD_TIMEOUT_S = 20.0
+START_TIMEOUT_S = 480.0
+RUN_TIMEOUT_S = 300.0
+TEXT = (
+    "Prefill-as-a-Service moves the prefill of long prompts to a remote cluster with dense "
+    "compute, and ships the resulting key-value cache over ordinary Ethernet to a local "
+    "cluster that decodes. The scheduler exports only long uncached requests, whose compute "
+    "is worth the transfer, and keeps short ones local. Hybrid models with few full attention "
+    "layers emit little cache per token, which makes the link between datacenters enough. "
+)
+# name -> (first token, prompt length) in the tokenized text: on a block boundary, one past
+# it, one short of it (distinct starts: no prefix shared), and a prompt that extends
+# "boundary" (a prefix hit on both instances).
+PROMPTS = {"boundary": (0, 2 * BLOCK), "off_by_one": (210, 3 * BLOCK + 1)}
+PROMPTS |= {"short_of": (420, 3 * BLOCK - 1), "prefix_hit": (0, 5 * BLOCK + 7)}
+MISSING = "missing"  # the decode instance expects it; the prefill instance never sends it
+MISFIT = "misfit"  # sent for a shorter prompt than the one the decode instance has
+OTHER = "other"  # sent for another prompt of the same length (its tokens reversed)
+CUT = "cut"  # a prefill instance that dies mid-transfer (emulated: see cut_transfer)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Instance:
+    name: str
+    spec: dict[str, Any]
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+
+def start(name: str, spec: dict[str, Any], tmp: Path) -> Instance:
+    spec = {**spec, "ready": str(tmp / f"{name}.ready"), "go": str(tmp / "go")}
+    spec["out"] = str(tmp / f"{name}.out.json")
+    spec_path = tmp / f"{name}.json"
+    spec_path.write_text(json.dumps(spec))
+    log = tmp / f"{name}.log"
+    with log.open("wb") as f:
+        proc = subprocess.Popen(
+            ["nice", "-n", "10", sys.executable, str(SCRIPT), str(spec_path)],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    return Instance(name, spec, proc, log)
+
+
+def wait_for(instances: list[Instance], ready: bool, timeout_s: float) -> None:
+    end_s = time.monotonic() + timeout_s
+    for inst in instances:
+        while not (Path(inst.spec["ready"]).exists() if ready else inst.proc.poll() is not None):
+            if inst.proc.poll() is not None and ready:
+                raise AssertionError(f"{inst.name} exited early:\n{inst.tail()}")
+            if time.monotonic() > end_s:
+                raise AssertionError(f"{inst.name} not done within {timeout_s}s:\n{inst.tail()}")
+            time.sleep(0.2)
+        if not ready and inst.proc.returncode != 0:
+            raise AssertionError(f"{inst.name} failed:\n{inst.tail()}")
+
+
+def read_events(path: Path) -> dict[str, dict[str, Any]]:
+    if not path.exists():
+        return {}
+    lines = path.read_text().splitlines()
+    return {e["transfer_id"]: e for e in map(json.loads, lines)}
+
+
+def cut_transfer(folder: Path, port: int, tmp: Path, prompt: list[int]) -> None:
+    """A prefill instance killed mid-transfer, as the decode instance sees it: a peer with
+    valid credentials streams a third of the layers (zeros), then its connections drop.
+    A real vLLM prefill of these prompts takes well under a second, too short to kill it
+    reliably at a chosen layer on this machine, hence this stand-in on the real transport.
+    The header carries the prompt's true hash, so only the cut makes the load fail."""
+    import numpy as np
+
+    from prfaas.config import default_cache_dir
+    from prfaas.kvcache.hashing import prompt_hash, root_hash
+    from prfaas.model.loader import fingerprint_folder
+    from prfaas.transfer.auth import kv_auth_key
+    from prfaas.transfer.config import LinkConfig
+    from prfaas.transfer.link import Link
+    from prfaas.transfer.messages import DType, LayerEntry, LayerKind, TransferHeader
+    from prfaas.transfer.sender import KvSender
+    from prfaas.transfer.tls import TlsConfig, client_context
+
+    model = json.loads((folder / "config.json").read_text())
+    heads = model["num_key_value_heads"]
+    head_dim = model["hidden_size"] // model["num_attention_heads"]
+    shape = (len(prompt), heads, head_dim)
+    entries = tuple(
+        LayerEntry(f"L{i}.{part}", LayerKind.BLOCKS, DType.FLOAT32, shape)
+        for i in range(model["num_hidden_layers"])
+        for part in ("k", "v")
+    )
+    fingerprint_hex = fingerprint_folder(folder, default_cache_dir())
+    hashed = prompt_hash(prompt, BLOCK, root_hash(fingerprint_hex, b""))
+    header = TransferHeader(f"t-{CUT}", bytes.fromhex(fingerprint_hex), "raw", entries, hashed)
+    sender = KvSender(
+        Link(LinkConfig(connections=1)),
+        tls=client_context(TlsConfig.from_dir(tmp / "certs", "prefill")),
+        server_name="decode",
+        auth_key=kv_auth_key((tmp / "token").read_text().strip()),
+    )
+    rows = np.zeros(shape, np.float32)
+    with sender.open(("127.0.0.1", port), header) as transfer:
+        for index in range(len(entries) // 3):
+            transfer.send_layer(index, rows)
+        time.sleep(0.5)
+    # leaving without finish() aborts: every connection is closed mid-payload
+
+
+@pytest.fixture(scope="module")
+def handoff(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    from transformers import AutoTokenizer
+
+    from prfaas.config import default_cache_dir
+    from prfaas.model.loader import resolve_model_folder
+    from prfaas.transfer.tls import write_certs
+
+    tmp = tmp_path_factory.mktemp("vllm-handoff")
+    folder = resolve_model_folder(None, default_cache_dir())
+    ids = AutoTokenizer.from_pretrained(folder)(TEXT * 8)["input_ids"]
+    prompts = {name: ids[at : at + n] for name, (at, n) in PROMPTS.items()}
+    prompts[MISSING] = ids[630 : 630 + 2 * BLOCK + 5]
+    prompts[MISFIT] = ids[520 : 520 + 3 * BLOCK + 3]
+    prompts[CUT] = ids[330 : 330 + 2 * BLOCK + 9]
+    prompts[OTHER] = ids[137 : 137 + 2 * BLOCK + 3]  # the text repeats every 87 tokens
+    assert all(len(p) == n for p, (_, n) in zip(prompts.values(), PROMPTS.values(), strict=False))
+    write_certs(tmp / "certs", ["prefill", "decode"])
+    (tmp / "token").write_text("cluster token for the hand-off test\n")
+    port = free_port()
+    common = {
+        "certs_dir": str(tmp / "certs"),
+        "auth_token_file": str(tmp / "token"),
+        "codec": "raw+lz4",
+    }
+
+    def kv(role: str, extra: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "kv_connector": "PrfaasConnector",
+            "kv_connector_module_path": "prfaas.integrations.vllm.connector",
+            "kv_role": role,
+            "kv_load_failure_policy": "recompute",
+            "kv_connector_extra_config": {**common, **extra},
+        }
+
+    handed = [n for n in prompts if n not in (MISSING, MISFIT, CUT, OTHER)]
+    misfit_send = {
+        "name": MISFIT,
+        "prompt_token_ids": prompts[MISFIT][: 2 * BLOCK],
+        "max_tokens": 1,
+        "kv_transfer_params": {
+            "prfaas_transfer_id": f"t-{MISFIT}",
+            "prfaas_send_to": f"127.0.0.1:{port}",
+        },
+    }
+    other_send = {
+        **misfit_send,
+        "name": OTHER,
+        "prompt_token_ids": prompts[OTHER][::-1],
+        "kv_transfer_params": {
+            "prfaas_transfer_id": f"t-{OTHER}",
+            "prfaas_send_to": f"127.0.0.1:{port}",
+        },
+    }
+    prefill_jobs = [misfit_send, other_send] + [
+        {
+            "name": n,
+            "prompt_token_ids": prompts[n],
+            "max_tokens": 1,
+            "kv_transfer_params": {
+                "prfaas_transfer_id": f"t-{n}",
+                "prfaas_send_to": f"127.0.0.1:{port}",
+            },
+        }
+        for n in handed
+    ]
+    alone_jobs = [
+        {"name": f"alone-{n}", "prompt_token_ids": p, "max_tokens": MAX_TOKENS, "cache_salt": n}
+        for n, p in prompts.items()
+    ]
+    decode_jobs = [
+        {
+            "name": n,
+            "prompt_token_ids": prompts[n],
+            "max_tokens": MAX_TOKENS,
+            "kv_transfer_params": {"prfaas_transfer_id": f"t-{n}"},
+        }
+        for n in [*handed, MISFIT, OTHER, CUT, MISSING]
+    ]
+    prefill_extra = {"cluster": "prefill", "peer_cluster": "decode", "rate_gbps": 1.0}
+    decode_extra = {
+        "cluster": "decode",
+        "listen_port": port,
+        "load_timeout_s": LOAD_TIMEOUT_S,
+    }
+    started_s = time.monotonic()
+    instances = [
+        start(
+            "decode",
+            {
+                "model": str(folder),
+                "jobs": decode_jobs,
+                "kv_transfer_config": kv(
+                    "kv_consumer", {**decode_extra, "events_file": str(tmp / "decode.events")}
+                ),
+            },
+            tmp,
+        ),
+        start(
+            "prefill",
+            {
+                "model": str(folder),
+                "jobs": prefill_jobs + alone_jobs,
+                "kv_transfer_config": kv(
+                    "kv_producer", {**prefill_extra, "events_file": str(tmp / "prefill.events")}
+                ),
+            },
+            tmp,
+        ),
+    ]
+    try:
+        wait_for(instances, ready=True, timeout_s=START_TIMEOUT_S)
+        ready_s = time.monotonic()
+        (tmp / "go").touch()
+        cut_transfer(folder, port, tmp, prompts[CUT])
+        wait_for(instances, ready=False, timeout_s=RUN_TIMEOUT_S)
+        yield {
+            "prompts": prompts,
+            "decode": json.loads(Path(instances[0].spec["out"]).read_text()),
+            "prefill": json.loads(Path(instances[1].spec["out"]).read_text()),
+            "load_events": read_events(tmp / "decode.events"),
+            "send_events": read_events(tmp / "prefill.events"),
+            "start_s": ready_s - started_s,
+            "run_s": time.monotonic() - ready_s,
+        }
+    finally:
+        for inst in instances:
+            if inst.proc.poll() is None:
+                inst.proc.kill()
+                inst.proc.wait(10)
+
+
+@pytest.mark.parametrize("name", list(PROMPTS))
+def test_decode_after_handoff_equals_one_engine_alone(handoff: dict[str, Any], name: str) -> None:
+    alone = handoff["prefill"][f"alone-{name}"]["token_ids"]
+    assert len(alone) == MAX_TOKENS
+    assert handoff["decode"][name]["token_ids"] == alone
+    sent, loaded = handoff["send_events"][f"t-{name}"], handoff["load_events"][f"t-{name}"]
+    prompt_len = len(handoff["prompts"][name])
+    assert sent["ok"] and sent["num_tokens"] == prompt_len, sent
+    assert loaded["ok"], loaded
+    # every prompt token but the last came over the link, except a local prefix hit
+    local_hit = 2 * BLOCK if name == "prefix_hit" else 0
+    assert loaded["num_tokens"] == prompt_len - 1 - local_hit
+
+
+def test_transfer_that_never_comes_is_recomputed_within_the_deadline(
+    handoff: dict[str, Any],
+) -> None:
+    assert (
+        handoff["decode"][MISSING]["token_ids"]
+        == handoff["prefill"][f"alone-{MISSING}"]["token_ids"]
+    )
+    event = handoff["load_events"][f"t-{MISSING}"]
+    assert not event["ok"] and "not complete" in event["error"], event
+    assert LOAD_TIMEOUT_S <= event["seconds"] < LOAD_TIMEOUT_S + 5
+    assert f"t-{MISSING}" not in handoff["send_events"]
+
+
+@pytest.mark.parametrize("name", [MISFIT, OTHER])
+def test_transfer_for_another_prompt_is_refused_and_recomputed(
+    handoff: dict[str, Any], name: str
+) -> None:
+    """The decode instance waits on the right transfer id, but the KV that comes under it
+    was computed for a shorter prompt (MISFIT) or for the same tokens reversed (OTHER: same
+    length, so every shape fits and only the prompt hash in the header tells them apart)."""
+    alone = handoff["prefill"][f"alone-{name}"]["token_ids"]
+    assert handoff["decode"][name]["token_ids"] == alone
+    assert handoff["send_events"][f"t-{name}"]["ok"]  # delivered, verified ...
+    event = handoff["load_events"][f"t-{name}"]
+    assert not event["ok"] and "KV for another prompt" in event["error"], event  # ... unused
+
+
+def test_prefill_dying_mid_transfer_is_recomputed(handoff: dict[str, Any]) -> None:
+    alone = handoff["prefill"][f"alone-{CUT}"]["token_ids"]
+    assert handoff["decode"][CUT]["token_ids"] == alone  # the zeros that landed were not used
+    event = handoff["load_events"][f"t-{CUT}"]
+    assert not event["ok"] and event["seconds"] < LOAD_TIMEOUT_S + 5, event
+
+
+def test_no_receive_buffer_is_held_after_the_loads(handoff: dict[str, Any]) -> None:
+    events = list(handoff["load_events"].values())
+    assert len(events) == len(handoff["decode"])
+    assert events[-1]["held_bytes"] == 0
+    print(f"engines ready in {handoff['start_s']:.0f}s, jobs ran in {handoff['run_s']:.0f}s")
