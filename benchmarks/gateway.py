@@ -61,7 +61,10 @@ def _deploy_yaml(port: int) -> dict[str, object]:
                 "instances": [{"name": "prfaas-0", "role": "prefill", "spawn": False}],
             },
         ],
-        "links": [{"src": "remote", "dst": "local", "tls": False, "emulate": False}],
+        # Plaintext by choice (insecure: true): this measures the gateway, not TLS.
+        "links": [
+            {"src": "remote", "dst": "local", "tls": False, "insecure": True, "emulate": False}
+        ],
         "policy": {"threshold_tokens": THRESHOLD},
     }
 

@@ -113,6 +113,7 @@ def deploy_yaml(kind: str, a: argparse.Namespace, port: int, *, threads: int) ->
         # The decode side awaits KV from dispatch on: a prompt queued behind others at a CPU
         # PD-P must not run out of time and be recomputed (a fallback, counted in the report).
         "kv_deadline_s": 600.0,
+        "stream_stall_s": 660.0,  # must exceed kv_deadline_s: a first token may wait that long
     }
 
 

@@ -91,7 +91,10 @@ def fake_cluster(
     cfg = DeployConfig.model_validate(
         {
             "clusters": clusters,
-            "links": [{"src": "remote", "dst": "local", "tls": False, "emulate": False}],
+            # Fake workers speak plain TCP: plaintext by choice (the tests are about the gateway).
+            "links": [
+                {"src": "remote", "dst": "local", "tls": False, "insecure": True, "emulate": False}
+            ],
             "policy": {"threshold_tokens": threshold_tokens, "control": {"enabled": False}},
             "served_model_name": "fake",
             **deploy,

@@ -242,7 +242,11 @@ def loop(
                 }
                 for cluster, kind in (("local", "pd"), ("remote", "prfaas"))
             ],
-            "links": [{"src": "remote", "dst": "local", "rate_gbps": 1.0}],
+            # adapt_mode may switch to abundant mode: pulls then need the local->remote link.
+            "links": [
+                {"src": "remote", "dst": "local", "rate_gbps": 1.0},
+                {"src": "local", "dst": "remote"},
+            ],
             "policy": {
                 "threshold_tokens": threshold_tokens,
                 "control": {"output_tokens": 2, "adapt_mode": adapt_mode},

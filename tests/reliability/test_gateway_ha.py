@@ -47,8 +47,9 @@ def deploy_yaml(
         model,
         port,
         spawn=spawn,
-        # Plain TCP, no emulator: gateway B must reach the same receivers as A.
-        link={"rate_gbps": None, "tls": False, "emulate": False},
+        # Plain TCP (insecure: true, this test is about gateway failover), no emulator:
+        # gateway B must reach the same receivers as A.
+        link={"rate_gbps": None, "tls": False, "insecure": True, "emulate": False},
         kv_index={"backend": "redis", "url": redis_url, "prefix": "ha-e2e"},
         gateways=gateways,
         kv_deadline_s=60.0,

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 import yaml
 
-from prfaas.deploy.config import DeployConfigError, default_config, load_deploy_config
+from prfaas.deploy.config import (
+    DeployConfigError,
+    default_config,
+    load_deploy_config,
+    warn_insecure_links,
+)
 
 
 def write(tmp_path: Path, data: object) -> Path:
@@ -44,6 +50,70 @@ def test_bad_files_name_the_problem(tmp_path: Path, change: object, message: str
     change(data)  # type: ignore[operator]
     with pytest.raises(DeployConfigError, match=message):
         load_deploy_config(write(tmp_path, data))
+
+
+def test_the_default_has_a_tls_link_on_its_one_kv_path() -> None:
+    cfg = default_config()
+    assert [(link.src, link.dst, link.tls) for link in cfg.links] == [("remote", "local", True)]
+    assert warn_insecure_links(cfg) == []
+
+
+def test_a_missing_link_is_refused_by_name(tmp_path: Path) -> None:
+    data = base()
+    data["links"] = []
+    with pytest.raises(DeployConfigError, match="no link remote->local: cross-cluster KV needs"):
+        load_deploy_config(write(tmp_path, data))
+
+
+def test_a_link_without_tls_is_refused(tmp_path: Path) -> None:
+    data = base()
+    data["links"][0].update(tls=False)  # type: ignore[index]
+    with pytest.raises(DeployConfigError, match="link remote->local: tls: false would send"):
+        load_deploy_config(write(tmp_path, data))
+
+
+def test_insecure_needs_tls_off(tmp_path: Path) -> None:
+    data = base()
+    data["links"][0].update(insecure=True)  # type: ignore[index]
+    with pytest.raises(DeployConfigError, match="insecure: true needs tls: false"):
+        load_deploy_config(write(tmp_path, data))
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        {"mode": "abundant"},
+        {"control": {"adapt_mode": True}},  # may switch to abundant mode at run time
+    ],
+)
+def test_cache_pulls_need_the_link_back(tmp_path: Path, policy: dict[str, object]) -> None:
+    data = base()
+    data["policy"] = policy
+    with pytest.raises(DeployConfigError, match="no link local->remote"):
+        load_deploy_config(write(tmp_path, data))
+    data["links"].append({"src": "local", "dst": "remote"})  # type: ignore[attr-defined]
+    assert len(load_deploy_config(write(tmp_path, data)).links) == 2
+
+
+def test_no_pulls_no_link_back(tmp_path: Path) -> None:
+    """Scarce mode, or a policy without pulls, sends KV one way only."""
+    for policy in ({"mode": "scarce"}, {"name": "naive", "mode": "abundant"}):
+        data = base()
+        data["policy"] = policy
+        assert len(load_deploy_config(write(tmp_path, data)).links) == 1
+
+
+def test_insecure_is_accepted_and_logged_by_name(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = base()
+    data["links"][0].update(tls=False, insecure=True)  # type: ignore[index]
+    cfg = load_deploy_config(write(tmp_path, data))
+    with caplog.at_level(logging.WARNING, logger="prfaas.deploy.config"):
+        assert warn_insecure_links(cfg) == ["remote->local"]
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert "INSECURE: link remote->local" in record.getMessage()
 
 
 def test_unreadable_yaml(tmp_path: Path) -> None:

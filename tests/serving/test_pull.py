@@ -23,6 +23,9 @@ PROMPT = PREFIX + " " + " ".join(f"w{i}" for i in range(40, 50))  # 10 more: bel
 def abundant(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     config = deploy_yaml(tiny_llama, free_port())
     config["policy"] = {"name": "prfaas", "threshold_tokens": 32, "mode": "abundant"}
+    # Abundant mode may pull the PD cluster's prefixes to the PrfaaS cluster: that path
+    # needs its own TLS link (no rate: it also carries the PD cluster's own KV).
+    config["links"].append({"src": "local", "dst": "remote", "tls": True, "emulate": False})
     with serving(config, tmp_path_factory.mktemp("abundant"), tiny_llama) as d:
         yield d
 

@@ -7,6 +7,7 @@ behind an emulated WAN link.
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Literal
@@ -24,6 +25,8 @@ from pydantic import (
 from prfaas.gateway.config import GatewayConfig
 from prfaas.router.control import ControlConfig
 from prfaas.router.kv_index import KvIndex, KvIndexBackend
+
+logger = logging.getLogger(__name__)
 
 
 class _Strict(BaseModel):
@@ -70,7 +73,8 @@ class ClusterSpec(_Strict):
 
 class LinkSpec(_Strict):
     """KV from ``src`` to ``dst``. ``emulate`` puts a link emulator in the path (rate,
-    RTT); otherwise the rate is the sender's pacing cap only."""
+    RTT); otherwise the rate is the sender's pacing cap only. ``tls: false`` needs
+    ``insecure: true`` beside it: KV in plaintext is a choice made per path, on the record."""
 
     src: str
     dst: str
@@ -79,7 +83,14 @@ class LinkSpec(_Strict):
     codec: str = "raw"
     connections: int = Field(2, ge=1, le=16)
     tls: bool = True
+    insecure: bool = False
     emulate: bool = True
+
+    @model_validator(mode="after")
+    def _insecure_only_without_tls(self) -> LinkSpec:
+        if self.insecure and self.tls:
+            raise ValueError(f"link {self.src}->{self.dst}: insecure: true needs tls: false")
+        return self
 
 
 class TenantSpec(_Strict):
@@ -182,6 +193,7 @@ class DeployConfig(_Strict):
             for end in (link.src, link.dst):
                 if end not in names:
                     raise ValueError(f"link {link.src}->{link.dst}: unknown cluster {end!r}")
+        _check_links_secure(self)
         _check_dtypes_agree(self.clusters)
         if self.stream_stall_s <= self.kv_deadline_s:  # a first token may wait that long
             raise ValueError("stream_stall_s must exceed kv_deadline_s")
@@ -193,6 +205,50 @@ class DeployConfig(_Strict):
                 if allowed not in names:
                     raise ValueError(f"tenant {t.name!r}: unknown cluster {allowed!r}")
         return self
+
+
+def kv_paths(cfg: DeployConfig) -> list[tuple[str, str]]:
+    """The cross-cluster paths KV can take, as (src, dst) clusters: each PrfaaS cluster's
+    prefill instances to the PD cluster's decode instances (a cache pull from a PrfaaS
+    cluster rides the same link: links are looked up by source cluster); and, where cache
+    pulls can run (policy prfaas in abundant mode, or a control loop that may switch to
+    it), the PD cluster's cached prefixes to each PrfaaS cluster."""
+    pd = next(c.name for c in cfg.clusters if c.kind == "pd")
+    remotes = [c.name for c in cfg.clusters if c.kind == "prfaas"]
+    paths = [(r, pd) for r in remotes]
+    control = cfg.policy.control
+    if cfg.policy.name == "prfaas" and (
+        cfg.policy.mode == "abundant" or (control.enabled and control.adapt_mode)
+    ):
+        paths += [(pd, r) for r in remotes]
+    return paths
+
+
+def _check_links_secure(cfg: DeployConfig) -> None:
+    """Every cross-cluster KV path has a configured link with TLS, or one that says
+    ``insecure: true``: without a link, KV would cross in plaintext and unpaced."""
+    for link in cfg.links:
+        if not link.tls and not link.insecure:
+            raise ValueError(
+                f"link {link.src}->{link.dst}: tls: false would send KV in plaintext; set "
+                "tls: true (or insecure: true to allow it)"
+            )
+    configured = {(link.src, link.dst) for link in cfg.links}
+    for src, dst in kv_paths(cfg):
+        if (src, dst) not in configured:
+            raise ValueError(
+                f"no link {src}->{dst}: cross-cluster KV needs a link with tls: true "
+                "(or tls: false with insecure: true)"
+            )
+
+
+def warn_insecure_links(cfg: DeployConfig) -> list[str]:
+    """Log a WARNING naming each link that carries KV in plaintext by choice
+    (``insecure: true``); returns their names (src->dst)."""
+    names = [f"{link.src}->{link.dst}" for link in cfg.links if link.insecure]
+    for name in names:
+        logger.warning("INSECURE: link %s carries KV in plaintext, unauthenticated by TLS", name)
+    return names
 
 
 def _check_dtypes_agree(clusters: list[ClusterSpec]) -> None:

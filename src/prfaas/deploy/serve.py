@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from prfaas.config import cluster_token_from_env, server_secret_from_env
 from prfaas.deploy.admin import add_admin_routes
 from prfaas.deploy.cluster_metrics import ClusterMetrics, add_kv_index_metrics
-from prfaas.deploy.config import DeployConfig, binds_loopback, open_kv_index
+from prfaas.deploy.config import DeployConfig, binds_loopback, open_kv_index, warn_insecure_links
 from prfaas.deploy.control_loop import ControlLoop, running
 from prfaas.deploy.launcher import Launcher, WorkerSpawn, free_port
 from prfaas.deploy.profiling import (
@@ -137,6 +137,7 @@ def build_deployment(
                         exit_with_launcher=len(gateway_urls) == 1,
                     )
                 )
+    warn_insecure_links(cfg)
     emulators: list[LinkEmulator] = []
     emulators_by_link: dict[str, list[LinkEmulator]] = {}  # for POST /internal/link/{name}
     links: dict[str, LinkRoute] = {}
