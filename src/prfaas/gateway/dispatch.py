@@ -15,7 +15,6 @@ import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -23,8 +22,8 @@ import aiohttp
 from prfaas.gateway.admission import ClosingEvents
 from prfaas.gateway.backend import GenerationHandle, GenerationRequest, NoWorker
 from prfaas.gateway.cache_pull import CachePull
+from prfaas.gateway.config import BackendSettings
 from prfaas.gateway.fleet import WorkerFleet
-from prfaas.gateway.links import LinkRoute, kv_target
 from prfaas.gateway.stall import watched
 from prfaas.gateway.worker_client import WorkerCallError, WorkerClient
 from prfaas.kvcache.hashing import block_hashes, root_hash
@@ -49,18 +48,6 @@ MAX_EVENT_BYTES = 1 << 20  # one NDJSON token event from a decode worker, at mos
 PREFILL_RESULT_WAIT_S = 2.0
 
 
-@dataclass(frozen=True)
-class BackendSettings:
-    model_name: str
-    cluster_token: str
-    kv_deadline_s: float = 30.0
-    # A decode stream that sends nothing this long ends with an error (its worker's missed
-    # heartbeats end it sooner); above kv_deadline_s plus a local prefill.
-    stream_stall_s: float = 120.0
-    links: dict[str, LinkRoute] = field(default_factory=dict)  # by source cluster
-    residency: dict[str, frozenset[str]] = field(default_factory=dict)  # tenant -> clusters
-
-
 class ClusterBackend:
     def __init__(
         self,
@@ -82,9 +69,7 @@ class ClusterBackend:
         self.on_prefill = on_prefill
         self.audit = audit
         self.workers = WorkerClient(settings.cluster_token)
-        self.cache_pull = CachePull(
-            fleet, self.workers, settings.links, settings.kv_deadline_s, audit, on_pull
-        )
+        self.cache_pull = CachePull(fleet, self.workers, settings, audit, on_pull)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def num_decode(self) -> int:
@@ -145,7 +130,7 @@ class ClusterBackend:
             params=req.params,
             tenant_salt_hex=req.tenant_salt.hex(),
             deadline_s=self.settings.kv_deadline_s,
-            target=kv_target(self.settings.links, prefill.info.cluster, decode.info),
+            target=self.settings.kv_target(prefill.info.cluster, decode.info),
         )
         route = (
             f"{decision.path} prefill={decision.prefill_instance} decode={decision.decode_instance}"
