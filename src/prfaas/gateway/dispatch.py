@@ -124,7 +124,7 @@ class ClusterBackend:
             decode.draining = True
         else:
             raise NoWorker("every decode worker is switching roles")
-        prefill_cmd = PrefillCommand(
+        cmd = PrefillCommand(
             request_id=req.request_id,
             prompt_token_ids=req.prompt_token_ids,
             params=req.params,
@@ -145,19 +145,11 @@ class ClusterBackend:
         def engine_hit(cached_tokens: int) -> None:
             handle.cached_tokens = cached_tokens
 
-        prefill_ended = asyncio.Event()
-        events = self._events(response, decode.info.name, engine_hit, prefill_ended)
+        ended = asyncio.Event()
+        events = self._events(response, decode.info.name, engine_hit, ended)
         handle = GenerationHandle(route, 0, events, decode.info.name)
         self._spawn(
-            self._prefill(
-                prefill.info,
-                decode.info,
-                prefill_cmd,
-                decision,
-                req.tenant,
-                engine_hit,
-                prefill_ended,
-            )
+            self._prefill(prefill.info, decode.info, cmd, decision, req.tenant, engine_hit, ended)
         )
         return handle
 
@@ -178,11 +170,10 @@ class ClusterBackend:
             response = await self.workers.open_stream(url + "/decode", cmd.encode())
         except WorkerCallError as e:
             raise NoWorker(f"decode worker {name} unreachable: {e}") from e
-        if response.status == 409:
-            response.release()
-            return None
         if response.status != 200:
             response.release()
+            if response.status == 409:
+                return None
             raise NoWorker(f"decode worker {name} answered {response.status}")
         return response
 
@@ -195,12 +186,8 @@ class ClusterBackend:
     ) -> AsyncIterator[TokenEvent]:
         """The decode stream's events. However it ends, even never started, the response is
         released (idempotent: back to the pool if read to its end, else closed)."""
-
-        async def release() -> None:
-            response.release()
-
         deltas = self._deltas(response, decode_name, engine_hit, prefill_ended)
-        return ClosingEvents(deltas, release)
+        return ClosingEvents(deltas, response.release)
 
     async def _deltas(
         self,
