@@ -17,8 +17,8 @@ from aiohttp import web
 
 from prfaas.gateway.admission import Admission
 from prfaas.gateway.backend import NoWorker, Overloaded, aclose
-from prfaas.gateway.config import GatewayConfig
-from prfaas.gateway.dispatch import BackendSettings, ClusterBackend
+from prfaas.gateway.config import BackendSettings, GatewayConfig
+from prfaas.gateway.dispatch import ClusterBackend
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.messages import TokenEvent, WorkerInfo
 from prfaas.router.kv_index import KvIndex

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import tempfile
@@ -25,6 +26,7 @@ from prfaas.deploy.cluster_metrics import ClusterMetrics, add_kv_index_metrics
 from prfaas.deploy.config import DeployConfig, binds_loopback, open_kv_index, warn_insecure_links
 from prfaas.deploy.control_loop import ControlLoop, running
 from prfaas.deploy.launcher import Launcher, WorkerSpawn, free_port
+from prfaas.deploy.links import LinkRoute, kv_target
 from prfaas.deploy.profiling import (
     ThresholdChoice,
     default_threshold,
@@ -33,10 +35,10 @@ from prfaas.deploy.profiling import (
 )
 from prfaas.deploy.readiness import not_ready_reason
 from prfaas.deploy.roles import add_role_route, add_status_route, switch_role
-from prfaas.gateway.dispatch import BackendSettings, ClusterBackend
+from prfaas.gateway.config import BackendSettings
+from prfaas.gateway.dispatch import ClusterBackend
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.gateway.internal import add_internal_routes
-from prfaas.gateway.links import LinkRoute
 from prfaas.gateway.metrics import GatewayMetrics
 from prfaas.messages import Role, WorkerInfo
 from prfaas.router.kv_index import KvIndexBackend
@@ -185,7 +187,7 @@ def build_deployment(
         cluster_token=cluster_token,
         kv_deadline_s=cfg.kv_deadline_s,
         stream_stall_s=cfg.stream_stall_s,
-        links=links,
+        kv_target=functools.partial(kv_target, links),
         residency={t.name: frozenset(t.clusters) for t in cfg.tenants if t.clusters},
     )
     metrics = GatewayMetrics()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, TypeVar
 
 from prfaas.gateway.backend import NoWorker, Overloaded
@@ -105,7 +105,7 @@ class ClosingEvents(AsyncGenerator[T, None]):
     iterated: a plain async generator closed before its first step skips its ``finally``,
     and a request whose client left that early would keep its slot for ever."""
 
-    def __init__(self, events: AsyncGenerator[T, None], cleanup: Callable[[], Awaitable[None]]):
+    def __init__(self, events: AsyncGenerator[T, None], cleanup: Callable[[], object]):
         self._events = events
         self._cleanup = cleanup
 
@@ -119,4 +119,4 @@ class ClosingEvents(AsyncGenerator[T, None]):
         try:
             await self._events.aclose()
         finally:
-            await self._cleanup()
+            self._cleanup()

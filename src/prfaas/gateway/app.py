@@ -101,6 +101,39 @@ def create_app(
         card = ModelCard(id=backend.model_name, max_model_len=backend.max_model_len)
         return JSONResponse(ModelList(data=[card]).model_dump())
 
+    async def submit(
+        tenant: Tenant, prepared: Prepared, request_id: str, arrival_s: float
+    ) -> Generation:
+        req = GenerationRequest(
+            request_id, tenant.name, tenant.salt, prepared.prompt_token_ids, prepared.params
+        )
+        # The admission queue bounds the wait for a decode slot; without one, bound the submit.
+        ttl_s = None if admission.bounds_decode else admission.config.queue_ttl_s
+        try:
+            await admission.acquire()
+        except (Overloaded, NoWorker) as exc:
+            raise _refused(exc) from None
+        try:
+            handle = await asyncio.wait_for(backend.submit(req), ttl_s)
+        except BaseException as exc:
+            admission.release(request_id)
+            if isinstance(exc, TimeoutError):
+                exc = Overloaded(admission.config.retry_after_s, "timed out waiting for capacity")
+            if isinstance(exc, ValueError | Overloaded | NoWorker):
+                raise _refused(exc) from None
+            raise
+        if handle.decode_instance is not None:
+            admission.assign(request_id, handle.decode_instance)
+        return Generation(
+            handle,
+            metrics,
+            request_id=request_id,
+            model=backend.model_name,
+            num_prompt_tokens=len(prepared.prompt_token_ids),
+            arrival_s=arrival_s,
+            release=lambda: admission.release(request_id),
+        )
+
     async def generate(request: Request, chat: bool) -> Response:
         arrival_s = time.perf_counter()
         tenant = auth.authenticate(request.headers.get("authorization"))
@@ -115,7 +148,7 @@ def create_app(
             check_model(req.model, backend.model_name)
             prepared = prepare_completion(req, backend.tokenizer, backend.max_model_len)
         request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
-        gen = await _submit(backend, metrics, admission, tenant, prepared, request_id, arrival_s)
+        gen = await submit(tenant, prepared, request_id, arrival_s)
         if prepared.stream:
             chunks = gen.chat_chunks if chat else gen.completion_chunks
             return GenerationStream(gen, chunks(prepared.include_usage))
@@ -143,46 +176,6 @@ def create_app(
         return await _answer(metrics, generate(request, chat=False))
 
     return app
-
-
-async def _submit(
-    backend: Backend,
-    metrics: GatewayMetrics,
-    admission: Admission,
-    tenant: Tenant,
-    prepared: Prepared,
-    request_id: str,
-    arrival_s: float,
-) -> Generation:
-    req = GenerationRequest(
-        request_id, tenant.name, tenant.salt, prepared.prompt_token_ids, prepared.params
-    )
-    # The admission queue bounds the wait for a decode slot; without one, bound the submit.
-    ttl_s = None if admission.bounds_decode else admission.config.queue_ttl_s
-    try:
-        await admission.acquire()
-    except (Overloaded, NoWorker) as exc:
-        raise _refused(exc) from None
-    try:
-        handle = await asyncio.wait_for(backend.submit(req), ttl_s)
-    except BaseException as exc:
-        admission.release(request_id)
-        if isinstance(exc, TimeoutError):
-            exc = Overloaded(admission.config.retry_after_s, "timed out waiting for capacity")
-        if isinstance(exc, ValueError | Overloaded | NoWorker):
-            raise _refused(exc) from None
-        raise
-    if handle.decode_instance is not None:
-        admission.assign(request_id, handle.decode_instance)
-    return Generation(
-        handle,
-        metrics,
-        request_id=request_id,
-        model=backend.model_name,
-        num_prompt_tokens=len(prepared.prompt_token_ids),
-        arrival_s=arrival_s,
-        release=lambda: admission.release(request_id),
-    )
 
 
 class ClientDisconnected(Exception):

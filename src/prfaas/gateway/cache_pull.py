@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from prfaas.gateway.config import BackendSettings
 from prfaas.gateway.fleet import WorkerFleet
-from prfaas.gateway.links import LinkRoute, kv_target
 from prfaas.gateway.worker_client import WorkerCallError, WorkerClient
 from prfaas.messages import PrefillCommand, PullCommand, PullResult, SamplingSpec
 from prfaas.router.types import RouteDecision
@@ -29,8 +29,7 @@ logger = logging.getLogger(__name__)
 class CachePull:
     fleet: WorkerFleet
     workers: WorkerClient
-    links: dict[str, LinkRoute]
-    kv_deadline_s: float
+    settings: BackendSettings
     audit: AuditLog | None = None
     on_pull: Callable[[RouteDecision, PullResult], None] | None = None
 
@@ -47,14 +46,14 @@ class CachePull:
             return
         prefix = cmd.prompt_token_ids[: decision.cached_tokens]
         pull_id = f"{cmd.request_id}-pull"
-        deadline = self.kv_deadline_s / 3  # leave the decode side time to fall back
+        deadline = self.settings.kv_deadline_s / 3  # leave the decode side time to fall back
         send = PrefillCommand(
             request_id=pull_id,
             prompt_token_ids=prefix,
             params=SamplingSpec(max_tokens=1, temperature=0.0),
             tenant_salt_hex=cmd.tenant_salt_hex,
             deadline_s=deadline,
-            target=kv_target(self.links, holder.info.cluster, puller.info),
+            target=self.settings.kv_target(holder.info.cluster, puller.info),
         )
         land = PullCommand(
             request_id=pull_id,

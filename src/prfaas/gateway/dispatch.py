@@ -15,7 +15,6 @@ import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -23,8 +22,8 @@ import aiohttp
 from prfaas.gateway.admission import ClosingEvents
 from prfaas.gateway.backend import GenerationHandle, GenerationRequest, NoWorker
 from prfaas.gateway.cache_pull import CachePull
+from prfaas.gateway.config import BackendSettings
 from prfaas.gateway.fleet import WorkerFleet
-from prfaas.gateway.links import LinkRoute, kv_target
 from prfaas.gateway.stall import watched
 from prfaas.gateway.worker_client import WorkerCallError, WorkerClient
 from prfaas.kvcache.hashing import block_hashes, root_hash
@@ -49,18 +48,6 @@ MAX_EVENT_BYTES = 1 << 20  # one NDJSON token event from a decode worker, at mos
 PREFILL_RESULT_WAIT_S = 2.0
 
 
-@dataclass(frozen=True)
-class BackendSettings:
-    model_name: str
-    cluster_token: str
-    kv_deadline_s: float = 30.0
-    # A decode stream that sends nothing this long ends with an error (its worker's missed
-    # heartbeats end it sooner); above kv_deadline_s plus a local prefill.
-    stream_stall_s: float = 120.0
-    links: dict[str, LinkRoute] = field(default_factory=dict)  # by source cluster
-    residency: dict[str, frozenset[str]] = field(default_factory=dict)  # tenant -> clusters
-
-
 class ClusterBackend:
     def __init__(
         self,
@@ -82,9 +69,7 @@ class ClusterBackend:
         self.on_prefill = on_prefill
         self.audit = audit
         self.workers = WorkerClient(settings.cluster_token)
-        self.cache_pull = CachePull(
-            fleet, self.workers, settings.links, settings.kv_deadline_s, audit, on_pull
-        )
+        self.cache_pull = CachePull(fleet, self.workers, settings, audit, on_pull)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def num_decode(self) -> int:
@@ -139,13 +124,13 @@ class ClusterBackend:
             decode.draining = True
         else:
             raise NoWorker("every decode worker is switching roles")
-        prefill_cmd = PrefillCommand(
+        cmd = PrefillCommand(
             request_id=req.request_id,
             prompt_token_ids=req.prompt_token_ids,
             params=req.params,
             tenant_salt_hex=req.tenant_salt.hex(),
             deadline_s=self.settings.kv_deadline_s,
-            target=kv_target(self.settings.links, prefill.info.cluster, decode.info),
+            target=self.settings.kv_target(prefill.info.cluster, decode.info),
         )
         route = (
             f"{decision.path} prefill={decision.prefill_instance} decode={decision.decode_instance}"
@@ -160,19 +145,11 @@ class ClusterBackend:
         def engine_hit(cached_tokens: int) -> None:
             handle.cached_tokens = cached_tokens
 
-        prefill_ended = asyncio.Event()
-        events = self._events(response, decode.info.name, engine_hit, prefill_ended)
+        ended = asyncio.Event()
+        events = self._events(response, decode.info.name, engine_hit, ended)
         handle = GenerationHandle(route, 0, events, decode.info.name)
         self._spawn(
-            self._prefill(
-                prefill.info,
-                decode.info,
-                prefill_cmd,
-                decision,
-                req.tenant,
-                engine_hit,
-                prefill_ended,
-            )
+            self._prefill(prefill.info, decode.info, cmd, decision, req.tenant, engine_hit, ended)
         )
         return handle
 
@@ -193,11 +170,10 @@ class ClusterBackend:
             response = await self.workers.open_stream(url + "/decode", cmd.encode())
         except WorkerCallError as e:
             raise NoWorker(f"decode worker {name} unreachable: {e}") from e
-        if response.status == 409:
-            response.release()
-            return None
         if response.status != 200:
             response.release()
+            if response.status == 409:
+                return None
             raise NoWorker(f"decode worker {name} answered {response.status}")
         return response
 
@@ -210,12 +186,8 @@ class ClusterBackend:
     ) -> AsyncIterator[TokenEvent]:
         """The decode stream's events. However it ends, even never started, the response is
         released (idempotent: back to the pool if read to its end, else closed)."""
-
-        async def release() -> None:
-            response.release()
-
         deltas = self._deltas(response, decode_name, engine_hit, prefill_ended)
-        return ClosingEvents(deltas, release)
+        return ClosingEvents(deltas, response.release)
 
     async def _deltas(
         self,

@@ -8,12 +8,7 @@ from starlette.responses import Response
 
 from prfaas.gateway.protocol import ErrorInfo, ErrorResponse
 
-_TYPES = {
-    400: "invalid_request_error",
-    401: "invalid_request_error",
-    404: "invalid_request_error",
-    405: "invalid_request_error",
-    413: "invalid_request_error",
+_TYPES = {  # any other status (4xx: 400, 401, 404, 405, 413, ...): invalid_request_error
     429: "rate_limit_exceeded",
     500: "server_error",
     502: "server_error",

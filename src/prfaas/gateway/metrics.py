@@ -31,26 +31,17 @@ class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.ttft_s = Histogram(
-            "prfaas_time_to_first_token_seconds",
-            "Time from request arrival to the first token",
-            ["route"],
-            buckets=_TTFT_BUCKETS,
-            registry=r,
+        self.ttft_s = _latency(
+            r, "time_to_first_token", "Time from request arrival to the first token", _TTFT_BUCKETS
         )
-        self.tpot_s = Histogram(
-            "prfaas_time_per_output_token_seconds",
+        self.tpot_s = _latency(
+            r,
+            "time_per_output_token",
             "Mean time per output token after the first, per request",
-            ["route"],
-            buckets=_TPOT_BUCKETS,
-            registry=r,
+            _TPOT_BUCKETS,
         )
-        self.e2e_s = Histogram(
-            "prfaas_e2e_request_latency_seconds",
-            "Time from request arrival to its last token",
-            ["route"],
-            buckets=_E2E_BUCKETS,
-            registry=r,
+        self.e2e_s = _latency(
+            r, "e2e_request_latency", "Time from request arrival to its last token", _E2E_BUCKETS
         )
         self.requests = Counter(
             "prfaas_requests", "Requests by route and HTTP status", ["route", "status"], registry=r
@@ -73,3 +64,10 @@ class GatewayMetrics:
             except Exception:
                 logger.exception("metrics scrape hook failed")
         return generate_latest(self.registry)
+
+
+def _latency(
+    registry: CollectorRegistry, name: str, doc: str, buckets: tuple[float, ...]
+) -> Histogram:
+    """A latency histogram by route, ``prfaas_<name>_seconds``."""
+    return Histogram(f"prfaas_{name}_seconds", doc, ["route"], buckets=buckets, registry=registry)

@@ -1,5 +1,6 @@
 """Where KV from one cluster reaches a decode instance: the link routes the deployment set up
-(emulator relays, WAN addresses, codec, TLS), turned into a ``KvTarget`` per transfer."""
+(emulator relays, WAN addresses, codec, TLS), turned into a ``KvTarget`` per transfer. The
+gateway's dispatch calls ``kv_target`` through ``BackendSettings.kv_target``."""
 
 from __future__ import annotations
 
