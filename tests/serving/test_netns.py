@@ -32,9 +32,12 @@ import yaml
 
 from prfaas import LLM, SamplingParams
 from prfaas.deploy.launcher import free_port
+from prfaas.messages import TOKEN_HEADER
 
 RATE_MBIT = 8  # slow enough that the tiny model's KV takes visible time on the wire
 CLUSTER_TOKEN = "netns-cluster-token"
+# The gateway binds a namespace address, not loopback: /status wants the admin key.
+ADMIN = {TOKEN_HEADER: CLUSTER_TOKEN}
 LONG = " ".join(f"w{(11 * i) % 200 + 3}" for i in range(300))  # 300 tokens: remote
 
 
@@ -214,7 +217,7 @@ def deployment(
                 logs = "".join(f.read_text() for f in tmp.glob("*.log"))
                 pytest.fail(f"a process exited during start-up:\n{logs}")
             try:
-                status = httpx.get(gateway + "/status", timeout=2).json()
+                status = httpx.get(gateway + "/status", headers=ADMIN, timeout=2).json()
                 if sum(i["healthy"] for i in status["instances"]) == 3:
                     break
             except (httpx.HTTPError, ValueError, KeyError):
@@ -243,6 +246,6 @@ def test_long_prompt_kv_crosses_the_shaped_namespace_link(
     # The prompt's KV (2 layers x K,V x 2 heads x 16 dims, fp32 = 512 B per token) left the
     # namespace through the capped interface; only the remote prefill's traffic does.
     assert sent >= 300 * 512
-    status = httpx.get(deployment.base_url + "/status").json()
+    status = httpx.get(deployment.base_url + "/status", headers=ADMIN).json()
     fallbacks = {i["name"]: i["fallbacks"] for i in status["instances"]}
     assert fallbacks.get("pd-d-0", 0) == 0
