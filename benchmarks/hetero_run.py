@@ -6,11 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -18,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
+from benchmarks.serve_process import start_serve, stop_serve
 
 from prfaas.bench.data import BenchRequest
 from prfaas.bench.load import BenchReport, RequestResult, send_one, summarize
@@ -79,38 +75,6 @@ class DeploymentRun:
         }
 
 
-def _start(kind: str, cfg: dict[str, Any], log_dir: Path) -> subprocess.Popen[bytes]:
-    path = log_dir / f"{kind}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prfaas.cli", "serve", "--config", str(path)]
-        + ["--log-dir", str(log_dir / f"{kind}-workers")],
-        stdout=subprocess.PIPE,
-        stderr=(log_dir / f"{kind}.log").open("wb"),
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        start_new_session=True,
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + START_TIMEOUT_S
-    for line in iter(proc.stdout.readline, b""):  # ends when serve exits
-        if b"prfaas is serving" in line:
-            return proc
-        if time.monotonic() > deadline:
-            break
-    _stop(proc)
-    raise RuntimeError(f"prfaas serve ({kind}) did not start; see {log_dir / f'{kind}.log'}")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 def _egress_bytes(base: str) -> float:
     text = httpx.get(base + "/metrics", timeout=10).text
     return sum(float(m.group(1)) for line in text.splitlines() if (m := KV_BYTES.match(line)))
@@ -151,7 +115,14 @@ def run_deployment(
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     t0 = time.monotonic()
-    proc = _start(kind, make_config(port), log_dir)
+    proc = start_serve(
+        kind,
+        make_config(port),
+        log_dir,
+        START_TIMEOUT_S,
+        "--log-dir",
+        str(log_dir / f"{kind}-workers"),
+    )
     start_s = time.monotonic() - t0
     try:
         status = httpx.get(base + "/status", timeout=10).json()
@@ -161,7 +132,7 @@ def run_deployment(
         end = httpx.get(base + "/status", timeout=10).json()
     finally:
         t0 = time.monotonic()
-        _stop(proc)
+        stop_serve(proc)
     stop_s = time.monotonic() - t0
     slo_ok = sum(
         1

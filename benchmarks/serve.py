@@ -21,18 +21,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks.` as a script too
+
+from benchmarks.serve_process import start_serve, stop_serve
 
 from prfaas.bench.data import BenchRequest, random_dataset
 from prfaas.bench.load import BenchReport, run_bench
@@ -47,34 +47,7 @@ def _start(policy: str, threshold: int | None, tmp: Path) -> tuple[subprocess.Po
     cfg = default_config().model_dump(mode="json")
     cfg["port"] = port
     cfg["policy"] = {"name": policy, "threshold_tokens": threshold}
-    path = tmp / f"{policy}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prfaas.cli", "serve", "--config", str(path)],
-        stdout=subprocess.PIPE,
-        stderr=(tmp / f"{policy}.log").open("wb"),
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        start_new_session=True,
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 900
-    for line in iter(proc.stdout.readline, b""):
-        if b"prfaas is serving" in line:
-            return proc, f"http://127.0.0.1:{port}"
-        if time.monotonic() > deadline:
-            break
-    _stop(proc)
-    raise RuntimeError(f"prfaas serve ({policy}) did not start; see {tmp / f'{policy}.log'}")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    return start_serve(policy, cfg, tmp, 900), f"http://127.0.0.1:{port}"
 
 
 def _threshold(base_url: str) -> float:
@@ -106,7 +79,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             mixed_report = _bench(base, mixed, args.request_rate)
         finally:
-            _stop(proc)
+            stop_serve(proc)
         results["policies"][policy] = {
             "threshold_tokens": t,
             "long": asdict(long_report) if long_report else None,
