@@ -27,6 +27,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+
 from prfaas.router.inflight import InflightPrefills, QueuedWork
 from prfaas.router.types import InstanceView, RouteRequest
 
@@ -72,32 +74,9 @@ class PrefillTimeModel:
         lengths), coefficients clipped at 0 (a profile's T is increasing and convex)."""
         if len({x for x, _ in points}) < 3:
             raise ValueError("fitting T(l) = a + b·l + c·l² needs at least 3 distinct lengths")
-        scale = max(x for x, _ in points)  # solve in l / scale: keeps the normal equations sane
-        rows = [(1.0, x / scale, (x / scale) ** 2) for x, _ in points]
-        ata = [[sum(r[i] * r[j] for r in rows) for j in range(3)] for i in range(3)]
-        aty = [sum(r[i] * y for r, (_, y) in zip(rows, points, strict=True)) for i in range(3)]
-        a, b, c = _solve3(ata, aty)
-        return cls(max(a, 0.0), max(b / scale, 0.0), max(c / scale**2, 0.0))
-
-
-def _solve3(m: list[list[float]], v: list[float]) -> tuple[float, float, float]:
-    """Cramer's rule for a 3×3 system."""
-
-    def det(a: list[list[float]]) -> float:
-        return (
-            a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1])
-            - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
-            + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0])
-        )
-
-    d = det(m)
-    if abs(d) < 1e-12:
-        raise ValueError("profile points are degenerate: cannot fit a quadratic")
-    out = []
-    for k in range(3):
-        mk = [[v[i] if j == k else m[i][j] for j in range(3)] for i in range(3)]
-        out.append(det(mk) / d)
-    return out[0], out[1], out[2]
+        lengths, seconds = zip(*points, strict=True)
+        c, b, a = (float(v) for v in np.polyfit(lengths, seconds, 2))  # as planner profiles
+        return cls(max(a, 0.0), max(b, 0.0), max(c, 0.0))
 
 
 @dataclass(frozen=True)
