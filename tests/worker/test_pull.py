@@ -6,6 +6,7 @@ receiver's byte budgets come from the engine's pool."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 from prfaas.engine.engine import Engine
@@ -65,6 +66,11 @@ async def pull_frees(p: Worker, d: Worker) -> None:
         frame_type, _ = read_control_frame(late, FrameType.READY)
         assert frame_type == FrameType.ERROR
     assert rx.allocated_bytes == 0
+    # The receiver closes its end just after it sends ERROR: its connection count drops then.
+    for _ in range(100):
+        if (await d.check()).idle_clean:
+            break
+        await asyncio.sleep(0.05)
     assert (await d.check()).idle_clean
 
 
