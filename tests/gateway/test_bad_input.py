@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prfaas.gateway.errors import APIError
-from prfaas.gateway.prepare import parse_body, prepare_completion
-from prfaas.gateway.protocol import CompletionRequest
+from prfaas.api.errors import APIError
+from prfaas.api.prepare import parse_body, prepare_completion
+from prfaas.api.protocol import CompletionRequest
 from prfaas.messages import SamplingSpec
 from prfaas.sampling import to_sampling_params
 from tests.gateway.conftest import API_KEY, FakeBackend, LocalServer, ServerThread

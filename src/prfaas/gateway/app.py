@@ -21,27 +21,27 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from prfaas.gateway.admission import Admission
-from prfaas.gateway.auth import Authenticator, Tenant
-from prfaas.gateway.backend import Backend, GenerationRequest, NoWorker, Overloaded
-from prfaas.gateway.config import GatewayConfig
-from prfaas.gateway.errors import APIError
-from prfaas.gateway.generation import Generation, GenerationStream, IncompleteStreamError
-from prfaas.gateway.metrics import CONTENT_TYPE, GatewayMetrics
-from prfaas.gateway.middleware import ROUTE_HEADER, BodyLimitMiddleware
-from prfaas.gateway.prepare import (
+from prfaas.api.errors import APIError
+from prfaas.api.prepare import (
     Prepared,
     check_model,
     parse_body,
     prepare_chat,
     prepare_completion,
 )
-from prfaas.gateway.protocol import (
+from prfaas.api.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     ModelCard,
     ModelList,
 )
+from prfaas.gateway.admission import Admission
+from prfaas.gateway.auth import Authenticator, Tenant
+from prfaas.gateway.backend import Backend, GenerationRequest, NoWorker, Overloaded
+from prfaas.gateway.config import GatewayConfig
+from prfaas.gateway.generation import Generation, GenerationStream, IncompleteStreamError
+from prfaas.gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from prfaas.gateway.middleware import ROUTE_HEADER, BodyLimitMiddleware
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from prfaas.gateway.errors import APIError
+from prfaas.api.errors import APIError
 
 
 @dataclass(frozen=True)

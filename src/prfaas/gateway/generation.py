@@ -10,10 +10,8 @@ from collections.abc import AsyncIterator, Callable
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from prfaas.gateway import sse
-from prfaas.gateway.backend import GenerationHandle, aclose
-from prfaas.gateway.metrics import GatewayMetrics, route_kind
-from prfaas.gateway.protocol import (
+from prfaas.api import sse
+from prfaas.api.protocol import (
     AssistantMessage,
     ChatChoice,
     ChatChunkChoice,
@@ -27,6 +25,8 @@ from prfaas.gateway.protocol import (
     PromptTokensDetails,
     Usage,
 )
+from prfaas.gateway.backend import GenerationHandle, aclose
+from prfaas.gateway.metrics import GatewayMetrics, route_kind
 from prfaas.messages import TokenEvent
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from prfaas.gateway.errors import APIError
+from prfaas.api.errors import APIError
 
 ROUTE_HEADER = "x-prfaas-route"
 

@@ -8,8 +8,8 @@ from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 
-from prfaas.gateway.errors import APIError
-from prfaas.gateway.protocol import ChatCompletionRequest, CompletionRequest, ContentPart
+from prfaas.api.errors import APIError
+from prfaas.api.protocol import ChatCompletionRequest, CompletionRequest, ContentPart
 from prfaas.messages import SamplingSpec
 
 M = TypeVar("M", bound=BaseModel)

@@ -6,7 +6,7 @@ import json
 
 from starlette.responses import Response
 
-from prfaas.gateway.protocol import ErrorInfo, ErrorResponse
+from prfaas.api.protocol import ErrorInfo, ErrorResponse
 
 _TYPES = {  # any other status (4xx: 400, 401, 404, 405, 413, ...): invalid_request_error
     429: "rate_limit_exceeded",
