@@ -114,6 +114,32 @@ def test_past_decode_capacity_and_queue_the_answer_is_429() -> None:
         wait_until(lambda: admission.in_flight == 0 and not admission.by_instance)
 
 
+def test_a_decode_worker_that_joins_serves_a_queued_request_at_once() -> None:
+    overload = {"max_inflight_per_decode": 1, "max_queued": 1, "queue_ttl_s": 30.0}
+    with fake_cluster(fleet(), overload=overload) as c:
+        hold = asyncio.Event()  # pd-d-0 holds its one request until the end
+        c.workers["pd-d-0"].behaviour.hold_decode = hold
+        held = threading.Thread(target=lambda: complete(c.url, SHORT))
+        held.start()
+        admission = c.deployment.app.state.admission
+        wait_until(lambda: admission.by_instance.get("pd-d-0") == 1)
+        queued: list[httpx.Response] = []
+        waiter = threading.Thread(target=lambda: queued.append(complete(c.url, SHORT)))
+        waiter.start()
+        wait_until(lambda: admission.queued == 1)
+        started = time.monotonic()
+        assert c.register(FakeWorker("pd-d-1", "decode", "local")) == 200
+        waiter.join(10)
+        # Granted when pd-d-1 joined, not when pd-d-0 ends or the 30 s queue wait expires.
+        assert queued and queued[0].status_code == 200, queued
+        assert queued[0].headers[ROUTE_HEADER].endswith("decode=pd-d-1")
+        assert time.monotonic() - started < 5.0
+        decode_loop = c.servers["pd-d-0"].loop
+        assert decode_loop is not None
+        decode_loop.call_soon_threadsafe(hold.set)
+        held.join(10)
+
+
 def test_a_worker_that_goes_away_is_routed_around() -> None:
     workers = [*fleet(), FakeWorker("pd-d-1", "decode", "local")]
     with fake_cluster(workers) as c:

@@ -223,6 +223,7 @@ def build_deployment(
         readiness=lambda: holder[0].not_ready_reason() if holder else "starting",
     )
     fleet.inflight = app.state.admission.by_instance  # the one owner of in-flight counts
+    fleet.on_capacity = app.state.admission.grant
     add_internal_routes(app, fleet, cluster_token)
     # The cluster token is the admin key: off this machine, /status needs it too.
     admin_token = None if binds_loopback(cfg.host) else cluster_token

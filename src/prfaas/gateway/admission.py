@@ -94,7 +94,7 @@ class Admission:
         self.grant()
 
     def grant(self) -> None:
-        """Hand free slots to the oldest waiters (also call it when a decode worker joins)."""
+        """Hand free slots to the oldest waiters (the fleet calls it when an instance joins)."""
         while self._waiters and self._free():
             self._waiters.popleft().set_result(None)
             self.in_flight += 1

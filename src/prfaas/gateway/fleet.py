@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from prfaas.messages import Heartbeat, LinkReport, WorkerInfo
@@ -58,6 +58,9 @@ class WorkerFleet:
         # Requests this gateway sent to each instance and has not seen finish; owned by the
         # gateway's ``Admission`` (``by_instance``), read here as load.
         self.inflight: Mapping[str, int] = {}
+        # Called when an instance joins or comes back (registers, heartbeats again after a
+        # silence, stops draining): capacity grew, so queued requests may go (``Admission``).
+        self.on_capacity: Callable[[], None] = lambda: None
 
     @property
     def block_size(self) -> int | None:
@@ -108,6 +111,7 @@ class WorkerFleet:
             info.cluster,
             info.epoch,
         )
+        self.on_capacity()
 
     def heartbeat(self, hb: Heartbeat) -> bool:
         """Apply a heartbeat; False if the worker must register (again). Raises
@@ -116,12 +120,15 @@ class WorkerFleet:
         record = self.workers.get(hb.name)
         if record is None or record.info.epoch != hb.epoch or record.info.role != hb.role:
             return False
+        came_back = not self.healthy(hb.name) or (record.draining and not hb.draining)
         record.last_seen_s = time.monotonic()
         record.num_waiting, record.num_running = hb.num_waiting, hb.num_running
         record.fallbacks = hb.fallbacks
         record.queued_tokens = hb.queued_tokens
         record.draining = hb.draining
         record.links = {report.link: report for report in hb.links}
+        if came_back:
+            self.on_capacity()
         if hb.events:
             events: list[CacheEvent] = [
                 (bytes.fromhex(e.block_hash), e.stored, e.snapshot) for e in hb.events
