@@ -71,7 +71,7 @@ def test_a_decode_worker_whose_heartbeats_stop_ends_its_streams_early() -> None:
     workers = [*fleet(), FakeWorker("pd-d-1", "decode", "local")]
     with fake_cluster(workers, stream_stall_s=60.0) as c:
         fleet_view = c.deployment.fleet
-        fleet_view.heartbeat_timeout_s = 0.5
+        fleet_view.heartbeat_timeout_s = 2.0  # ten beats: robust on a loaded machine
         wedged = c.workers["pd-d-0"].behaviour
         wedged.stall_after = 2
 
