@@ -4,7 +4,6 @@ the tiny checkpoint behind a LocalBackend, and a fake backend for admission and 
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
@@ -15,6 +14,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from prfaas.deploy.launcher import free_port
 from prfaas.deploy.local import LocalBackend
 from prfaas.engine.async_engine import AsyncEngine
 from prfaas.engine.engine import Engine
@@ -27,12 +27,6 @@ from tests.engine.helpers import make_engine
 T = TypeVar("T")
 API_KEY = "sk-test-acme"
 TINY_CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ServerThread:

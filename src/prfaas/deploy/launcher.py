@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -13,11 +14,24 @@ from pathlib import Path
 
 from prfaas.config import CLUSTER_TOKEN_ENV
 
+# Ports handed to processes that bind them later. Below the kernel's ephemeral range
+# (net.ipv4.ip_local_port_range, 32768-60999 by default), so no outgoing connection can take
+# one between the choice and the bind, as happens to a port the kernel picked with bind(0).
+PORT_RANGE = (20000, 32000)
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port that is free now, outside the ephemeral range (random: parallel callers rarely
+    collide)."""
+    for _ in range(200):
+        port = random.randrange(*PORT_RANGE)
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free port in {PORT_RANGE} on {host}")
 
 
 @dataclass(frozen=True)
