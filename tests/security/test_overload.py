@@ -110,7 +110,10 @@ async def one_request(client: httpx.AsyncClient) -> tuple[int, str | None, list[
 
 
 def tpot_s(times: list[float]) -> float:
-    return (times[-1] - times[0]) / (len(times) - 1)
+    """Per output token, from the first chunk with text to the last. Per token, not per
+    chunk: a reader that falls behind gets several tokens in one chunk (one chunk in all,
+    on a loaded machine), and a count of chunks would then divide by zero."""
+    return (times[-1] - times[0]) / (MAX_TOKENS - 1)
 
 
 async def drive(base_url: str, pid: int) -> dict[str, object]:
@@ -120,7 +123,7 @@ async def drive(base_url: str, pid: int) -> dict[str, object]:
         base_url=base_url, headers=headers, timeout=60.0, limits=limits
     ) as client:
         unloaded = [await one_request(client) for _ in range(4)][1:]  # the first warms up
-        assert all(status == 200 for status, _, _ in unloaded)
+        assert all(status == 200 and times for status, _, times in unloaded)
         unloaded_tpot_s = statistics.median(tpot_s(t) for _, _, t in unloaded)
         e2e_s = statistics.median(t[-1] - t[0] for _, _, t in unloaded) + unloaded_tpot_s
         # The decode worker holds MAX_INFLIGHT_PER_DECODE requests at once; each takes at
