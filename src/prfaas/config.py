@@ -12,6 +12,8 @@ from pathlib import Path
 DTYPES = ("float32", "bfloat16", "float16")
 CLUSTER_TOKEN_ENV = "PRFAAS_CLUSTER_TOKEN"
 SERVER_SECRET_ENV = "PRFAAS_SERVER_SECRET"
+# Set to 1 in a worker's environment: it serves /internal/fault (tests and drills only).
+TEST_FAULTS_ENV = "PRFAAS_TEST_FAULTS"
 
 
 def cluster_token_from_env() -> str | None:
@@ -74,3 +76,8 @@ class EngineConfig:
     @property
     def resolved_cache_dir(self) -> Path:
         return self.cache_dir if self.cache_dir is not None else default_cache_dir()
+
+
+def faults_allowed() -> bool:
+    """Whether this process may have faults switched on (``TEST_FAULTS_ENV``)."""
+    return os.environ.get(TEST_FAULTS_ENV) == "1"

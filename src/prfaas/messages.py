@@ -195,7 +195,20 @@ class TokenEvent(Message):
     # On the first event: prompt tokens this worker took from its own prefix cache when it
     # prefilled the prompt itself (no KV expected, or the fallback); 0 when the KV landed.
     cached_tokens: int = Field(0, ge=0)
+    # On the first event: prompt tokens this worker's engine computed itself; 0 when the KV
+    # landed (the canary's check that the decode side really used the KV it was sent).
+    computed_tokens: int = Field(0, ge=0)
     error: str | None = None
+
+
+class FaultSwitch(Message):
+    """A test-only fault on a decode worker (served only where ``PRFAAS_TEST_FAULTS=1``):
+    ``ignore_kv`` takes the shipped KV and recomputes the prompt anyway (fake
+    disaggregation); ``zero_state`` zeroes the imported linear-attention state (a hybrid
+    model then decodes fluent but different text). What the canary must catch."""
+
+    fault: Literal["ignore_kv", "zero_state"]
+    on: bool
 
 
 class KvFailed(Message):

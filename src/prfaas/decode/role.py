@@ -8,7 +8,8 @@ freed and a late (re)send is refused, so nothing is held for a request nobody aw
 
 The first token event carries ``cached_tokens``: the prompt tokens this instance served
 from its own prefix cache when it prefilled the prompt itself (no KV expected, or the
-fallback); 0 when the KV landed from elsewhere.
+fallback); 0 when the KV landed from elsewhere. It also carries ``computed_tokens``: the
+prompt tokens this engine computed itself (0 when the KV landed).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class DecodeRole:
         # KV awaited per request; failing one early starts the local fallback at once.
         self._awaited: dict[str, asyncio.Future[KvPayload]] = {}
         self._waiters = ThreadPoolExecutor(MAX_KV_WAITERS, thread_name_prefix="kv-wait")
+        # Test-only faults (``FaultSwitch``, served where PRFAAS_TEST_FAULTS=1): off.
+        self.faults: set[str] = set()
 
     @property
     def num_awaiting_kv(self) -> int:
@@ -72,7 +75,12 @@ class DecodeRole:
         try:
             root = root_hash(self.engine.fingerprint, salt)
             check_prompt(received, prompt_hash(prompt, self.engine.block_size, root))
-            return wire_to_payload(received, prompt, self.layout)  # copies: owns its data
+            payload = wire_to_payload(received, prompt, self.layout)  # copies: owns its data
+            if "zero_state" in self.faults:
+                for state in payload.states:
+                    state.recurrent.zero_()
+                    state.conv.zero_()
+            return payload
         finally:
             self.receiver.release(request_id)
 
@@ -80,7 +88,20 @@ class DecodeRole:
         params = to_sampling_params(cmd.params)
         salt = bytes.fromhex(cmd.tenant_salt_hex)
         deltas: AsyncIterator[TokenDelta]
-        if cmd.expect_kv:
+        if cmd.expect_kv and "ignore_kv" in self.faults:
+            # The fault: take the KV (the sender sees a normal transfer), then recompute.
+            asyncio.get_running_loop().run_in_executor(
+                self._waiters,
+                self._wait_kv,
+                cmd.request_id,
+                cmd.prompt_token_ids,
+                salt,
+                cmd.deadline_s,
+            ).add_done_callback(lambda done: done.cancelled() or done.exception())
+            deltas = self.engine.generate(
+                cmd.prompt_token_ids, params, cmd.request_id, tenant_salt=salt
+            )
+        elif cmd.expect_kv:
             loop = asyncio.get_running_loop()
             kv: asyncio.Future[KvPayload] = loop.create_future()
             self._awaited[cmd.request_id] = kv
@@ -119,7 +140,10 @@ class DecodeRole:
     ) -> AsyncIterator[TokenEvent]:
         first = True
         async for d in deltas:
-            cached = (self.engine.num_cached_tokens(cmd.request_id) or 0) if first else 0
+            cached = computed = 0
+            if first:
+                cached = self.engine.num_cached_tokens(cmd.request_id) or 0
+                computed = self.engine.num_computed_tokens(cmd.request_id) or 0
             first = False
             yield TokenEvent(
                 request_id=cmd.request_id,
@@ -128,6 +152,7 @@ class DecodeRole:
                 finished=d.finished,
                 finish_reason=d.finish_reason,
                 cached_tokens=cached,
+                computed_tokens=computed,
             )
 
 

@@ -68,6 +68,17 @@ def register(commands: Commands) -> None:
     )
     s.set_defaults(handler=_status)
 
+    c = commands.top.add_parser(
+        "canary", help="run a canary round now: every path against its reference"
+    )
+    c.add_argument("--url", default="http://127.0.0.1:8000")
+    c.add_argument("--json", action="store_true")
+    c.add_argument(
+        "--token", default=None, help="the cluster token (default: $PRFAAS_CLUSTER_TOKEN)"
+    )
+    c.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the round")
+    c.set_defaults(handler=_canary)
+
 
 def _split_host_port(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
@@ -231,3 +242,35 @@ def _status(args: argparse.Namespace) -> int:
             f"{i['waiting']:>8}{i['running']:>8}{i['fallbacks']:>10}"
         )
     return 0
+
+
+def _canary(args: argparse.Namespace) -> int:
+    import httpx
+
+    from prfaas.config import cluster_token_from_env
+    from prfaas.messages import TOKEN_HEADER
+
+    token = args.token or cluster_token_from_env()
+    if not token:
+        print("prfaas canary: pass --token or set $PRFAAS_CLUSTER_TOKEN", file=sys.stderr)
+        return 2
+    url = args.url.rstrip("/") + "/admin/canary"
+    try:
+        r = httpx.post(url, headers={TOKEN_HEADER: token}, timeout=args.timeout)
+    except httpx.HTTPError as e:
+        print(f"prfaas canary: {args.url} unreachable: {e}", file=sys.stderr)
+        return 1
+    if r.status_code != 200:
+        print(f"prfaas canary: HTTP {r.status_code}: {r.text[:300]}", file=sys.stderr)
+        return 1
+    data = r.json()
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(f"{'path':<48}{'ok':<6}{'|Δ logprob|':>12}  reason")
+        for p in data["paths"]:
+            dlp = p["max_abs_dlogprob"]
+            shown = "-" if dlp is None else f"{dlp:.2e}"
+            flag = " [quarantined]" if p["quarantined"] else ""
+            print(f"{p['path']:<48}{p['ok']!s:<6}{shown:>12}  {p['reason']}{flag}")
+    return 0 if all(p["ok"] for p in data["paths"]) else 3

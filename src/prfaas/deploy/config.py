@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from prfaas.canary.config import CanaryConfig
 from prfaas.gateway.config import GatewayConfig
 from prfaas.router.control import ControlConfig
 from prfaas.router.kv_index import KvIndex, KvIndexBackend
@@ -172,6 +173,7 @@ class DeployConfig(_Strict):
     gateways: list[str] = Field(default_factory=list, max_length=16)
     audit_log: Path | None = None  # also append the audit log's JSON lines to this file
     overload: OverloadSpec = OverloadSpec()
+    canary: CanaryConfig = CanaryConfig()
 
     @model_validator(mode="after")
     def _references(self) -> DeployConfig:

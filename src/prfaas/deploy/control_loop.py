@@ -189,12 +189,13 @@ class ControlLoop:
 
 
 @contextlib.asynccontextmanager
-async def running(loop: ControlLoop) -> AsyncIterator[None]:
-    """The gateway's lifespan: the loop's task lives as long as the server."""
-    task = asyncio.create_task(loop.run())
+async def running(*loops: Any) -> AsyncIterator[None]:
+    """The gateway's lifespan: each loop's ``run()`` task lives as long as the server."""
+    tasks = [asyncio.create_task(loop.run()) for loop in loops]
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

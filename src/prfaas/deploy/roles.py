@@ -16,6 +16,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
+from prfaas.deploy.canary import canary_status
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.messages import TOKEN_HEADER, Role, RoleSwitch, WorkerInfo
 
@@ -83,6 +84,7 @@ def add_status_route(
     fleet: WorkerFleet,
     router: Any,
     control: Any = None,
+    canary: Any = None,
     *,
     admin_token: str | None = None,
 ) -> None:
@@ -103,6 +105,7 @@ def add_status_route(
             **(control.status() if control is not None else {}),
             "policy": router.policy.name,
             "kv_index_blocks": len(fleet.kv_index),
+            **({"canary": canary_status(canary)} if canary is not None else {}),
             "instances": [
                 {
                     "name": n,

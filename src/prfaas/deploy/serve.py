@@ -22,6 +22,7 @@ from fastapi import FastAPI
 
 from prfaas.config import cluster_token_from_env, server_secret_from_env
 from prfaas.deploy.admin import add_admin_routes
+from prfaas.deploy.canary import add_canary_metrics, add_canary_routes, build_canary
 from prfaas.deploy.cluster_metrics import ClusterMetrics, add_kv_index_metrics
 from prfaas.deploy.config import DeployConfig, binds_loopback, open_kv_index, warn_insecure_links
 from prfaas.deploy.control_loop import ControlLoop, running
@@ -209,6 +210,9 @@ def build_deployment(
         return await switch_role(fleet, cluster_token, name, role)
 
     control = ControlLoop(cfg.policy.control, cfg.policy, router, fleet, switch)
+    canary = build_canary(cfg.canary, backend, tokenizer, max_model_len)
+    router.quarantined = canary.board.is_quarantined
+    add_canary_metrics(metrics, canary)
     gateway_config = GatewayConfig(
         api_keys=api_keys,
         server_secret=server_secret_from_env() or b"",
@@ -219,7 +223,7 @@ def build_deployment(
         backend,
         gateway_config,
         metrics=metrics,
-        lifespan=lambda _: running(control),
+        lifespan=lambda _: running(control, canary),
         readiness=lambda: holder[0].not_ready_reason() if holder else "starting",
     )
     fleet.inflight = app.state.admission.by_instance  # the one owner of in-flight counts
@@ -227,7 +231,8 @@ def build_deployment(
     add_internal_routes(app, fleet, cluster_token)
     # The cluster token is the admin key: off this machine, /status needs it too.
     admin_token = None if binds_loopback(cfg.host) else cluster_token
-    add_status_route(app, fleet, router, control, admin_token=admin_token)
+    add_status_route(app, fleet, router, control, canary, admin_token=admin_token)
+    add_canary_routes(app, canary, cluster_token)
     add_role_route(app, fleet, cluster_token)
     launcher = Launcher(cluster_token, log_dir or Path(tmp.name) / "logs")
     add_admin_routes(app, emulators_by_link, launcher, cluster_token)

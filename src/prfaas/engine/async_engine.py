@@ -225,6 +225,12 @@ class AsyncEngine:
         KV landed from elsewhere); None before its first delta or after its stream ended."""
         return self._streams.num_cached_tokens(request_id)
 
+    def num_computed_tokens(self, request_id: str) -> int | None:
+        """Prompt tokens of a live request this engine computed itself: 0 when its KV landed
+        from elsewhere (what the canary checks: a decode side that recomputes a prompt it was
+        sent is fake disaggregation). None before its first delta or after its stream ended."""
+        return self._streams.num_computed_tokens(request_id)
+
     async def call(self, fn: Callable[[Engine], T]) -> T:
         """Run ``fn(engine)`` on the engine thread (``Inspect``): tests and diagnostics."""
         return cast(T, await self._ask(Inspect(fn)))
@@ -335,18 +341,24 @@ class AsyncEngine:
             logger.exception("engine step failed; aborting every request")
             self._abort_all(EngineError(f"engine failed: {exc}"))
             return True
-        cached: dict[str, int] = {}
+        # At a request's first delta: (prompt tokens from this prefix cache, prompt tokens
+        # computed here); (0, 0) when its KV landed from elsewhere.
+        cached: dict[str, tuple[int, int]] = {}
         for delta in deltas:
             admitted = self._uncounted.pop(delta.request_id, None)
             if admitted is not None:
                 landed = delta.request_id in self._landed
                 self._landed.discard(delta.request_id)
-                cached[delta.request_id] = 0 if landed else admitted.num_cached_tokens
+                hit = admitted.num_cached_tokens
+                computed = admitted.num_prompt_tokens - hit
+                cached[delta.request_id] = (0, 0) if landed else (hit, computed)
                 self._num_prompt_tokens += admitted.num_prompt_tokens
                 self._num_cached_tokens += admitted.num_cached_tokens
             reply = self._prefills.pop(delta.request_id, None)
             if reply is not None:
-                self._finish_prefill(delta.request_id, reply, cached.get(delta.request_id, 0))
+                self._finish_prefill(
+                    delta.request_id, reply, cached.get(delta.request_id, (0, 0))[0]
+                )
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._streams.deliver, deltas, cached)
         # A running request always computes something; without one, no delta means no progress.

@@ -1,7 +1,8 @@
 """The asyncio side's end of each request an ``AsyncEngine`` runs: its deltas in order.
 
 Loop only: the engine thread hands deltas over with ``call_soon_threadsafe(deliver, ...)``.
-A stream also remembers the request's prefix hit once its first delta came.
+A stream also remembers the request's prefix hit and computed prompt tokens once its first
+delta came.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from prfaas.engine.outputs import TokenDelta
 class Stream:
     deltas: asyncio.Queue[TokenDelta | BaseException]
     num_cached_tokens: int | None = None
+    num_computed_tokens: int | None = None
 
 
 class Streams:
@@ -40,6 +42,10 @@ class Streams:
         stream = self._streams.get(request_id)
         return None if stream is None else stream.num_cached_tokens
 
+    def num_computed_tokens(self, request_id: str) -> int | None:
+        stream = self._streams.get(request_id)
+        return None if stream is None else stream.num_computed_tokens
+
     async def follow(
         self, request_id: str, stream: Stream, close: Callable[[str, bool], None]
     ) -> AsyncIterator[TokenDelta]:
@@ -57,12 +63,13 @@ class Streams:
         finally:
             close(request_id, not finished)
 
-    def deliver(self, deltas: list[TokenDelta], cached: dict[str, int]) -> None:
-        """One step's deltas; ``cached``: the prefix hit of requests at their first delta."""
-        for request_id, num in cached.items():
+    def deliver(self, deltas: list[TokenDelta], cached: dict[str, tuple[int, int]]) -> None:
+        """One step's deltas; ``cached``: (prefix hit, prompt tokens computed) of requests at
+        their first delta."""
+        for request_id, (hit, computed) in cached.items():
             stream = self._streams.get(request_id)
             if stream is not None:
-                stream.num_cached_tokens = num
+                stream.num_cached_tokens, stream.num_computed_tokens = hit, computed
         for delta in deltas:
             stream = self._streams.get(delta.request_id)
             if stream is not None:

@@ -37,7 +37,7 @@ from prfaas.messages import (
     WorkerInfo,
 )
 from prfaas.router.router import Router
-from prfaas.router.types import NoRouteError, RouteDecision, RouteRequest
+from prfaas.router.types import NoRouteError, Path, RouteDecision, RouteRequest
 from prfaas.transfer.audit import AuditLog
 
 logger = logging.getLogger(__name__)
@@ -124,13 +124,53 @@ class ClusterBackend:
             decode.draining = True
         else:
             raise NoWorker("every decode worker is switching roles")
+        return self._start(req, decision, prefill.info, decode.info, response)
+
+    async def submit_on(
+        self, req: GenerationRequest, prefill_name: str, decode_name: str
+    ) -> GenerationHandle:
+        """Run ``req`` on one path, past the router (the canary's probe): ``prefill_name``
+        ships its KV to ``decode_name``; when they are one instance it prefills itself."""
+        prefill, decode = self.fleet.workers.get(prefill_name), self.fleet.workers.get(decode_name)
+        if prefill is None or decode is None:
+            raise NoWorker(f"no worker {prefill_name if prefill is None else decode_name}")
+        local = prefill_name == decode_name
+        response = await self._open_decode(req, decode_name, decode.info.http_url, not local)
+        if response is None:
+            raise NoWorker(f"decode worker {decode_name} is switching roles")
+        if local:
+
+            def engine_hit(cached_tokens: int) -> None:
+                handle.cached_tokens = cached_tokens
+
+            ended = asyncio.Event()
+            ended.set()  # no prefill call to wait for
+            events = self._events(response, decode_name, engine_hit, ended)
+            handle = GenerationHandle(f"local decode={decode_name}", 0, events, decode_name)
+            return handle
+        path: Path = "pd-p" if prefill.info.cluster == decode.info.cluster else "prfaas"
+        n = len(req.prompt_token_ids)
+        decision = RouteDecision(
+            req.request_id, path, prefill.info.cluster, prefill_name, decode_name, 0, n
+        )
+        return self._start(req, decision, prefill.info, decode.info, response)
+
+    def _start(
+        self,
+        req: GenerationRequest,
+        decision: RouteDecision,
+        prefill: WorkerInfo,
+        decode: WorkerInfo,
+        response: aiohttp.ClientResponse,
+    ) -> GenerationHandle:
+        """The decode stream is open at ``decode``: start the prefill that feeds it."""
         cmd = PrefillCommand(
             request_id=req.request_id,
             prompt_token_ids=req.prompt_token_ids,
             params=req.params,
             tenant_salt_hex=req.tenant_salt.hex(),
             deadline_s=self.settings.kv_deadline_s,
-            target=self.settings.kv_target(prefill.info.cluster, decode.info),
+            target=self.settings.kv_target(prefill.cluster, decode),
         )
         route = (
             f"{decision.path} prefill={decision.prefill_instance} decode={decision.decode_instance}"
@@ -146,15 +186,13 @@ class ClusterBackend:
             handle.cached_tokens = cached_tokens
 
         ended = asyncio.Event()
-        events = self._events(response, decode.info.name, engine_hit, ended)
-        handle = GenerationHandle(route, 0, events, decode.info.name)
-        self._spawn(
-            self._prefill(prefill.info, decode.info, cmd, decision, req.tenant, engine_hit, ended)
-        )
+        events = self._events(response, decode.name, engine_hit, ended)
+        handle = GenerationHandle(route, 0, events, decode.name)
+        self._spawn(self._prefill(prefill, decode, cmd, decision, req.tenant, engine_hit, ended))
         return handle
 
     async def _open_decode(
-        self, req: GenerationRequest, name: str, url: str
+        self, req: GenerationRequest, name: str, url: str, expect_kv: bool = True
     ) -> aiohttp.ClientResponse | None:
         """Open the token stream at a decode worker (it reserves blocks and waits for KV);
         None if the worker is draining."""
@@ -163,7 +201,7 @@ class ClusterBackend:
             prompt_token_ids=req.prompt_token_ids,
             params=req.params,
             tenant_salt_hex=req.tenant_salt.hex(),
-            expect_kv=True,
+            expect_kv=expect_kv,
             deadline_s=self.settings.kv_deadline_s,
         )
         try:
@@ -292,4 +330,5 @@ def _merge(merged: TokenEvent | None, event: TokenEvent) -> TokenEvent:
         text=merged.text + event.text,
         finished=event.finished,
         finish_reason=event.finish_reason,
+        computed_tokens=merged.computed_tokens + event.computed_tokens,  # first event's
     )

@@ -13,7 +13,7 @@ prefills (``inflight``): the caller then reports each prefill's end (``prefill_f
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,7 +28,6 @@ from prfaas.router.types import (
     NoRouteError,
     Path,
     PathChoice,
-    Role,
     RouteDecision,
     RouteRequest,
     RouterState,
@@ -72,22 +71,49 @@ class Router:
         self.inflight = InflightPrefills()  # fed only when instance_choice is set
         self.observed_lengths: deque[int] = deque(maxlen=config.length_window)
         self._rings: dict[tuple[str, ...], ConsistentHashRing] = {}
+        # (prefill instance, decode instance) -> whether that path is quarantined (the live
+        # canary sets it; the simulator has none).
+        self.quarantined: Callable[[str, str], bool] | None = None
 
     def route(self, request: RouteRequest) -> RouteDecision:
         pd, prfaas = self._allowed_clusters(request)  # residency: a hard filter, first
         instances = [i for i in self.fleet.instances() if i.healthy and request.allows(i.cluster)]
+        decode, instances = self._decode_and_usable(pd, instances)
         held = self._held_blocks(request)
         cached = self._cluster_tokens(request, held, instances)
         choice = self.policy.choose(request, cached, pd, prfaas, self.state)
         choice, prefill = self._prefill_or_other_path(
             request, choice, instances, held, cached, pd, prfaas
         )
-        decode = self._pick_least_loaded(pd, "decode", instances)
         self.observed_lengths.append(request.prompt_len - max(cached.values(), default=0))
         decision = self._decision(request, choice, prefill, decode, held, cached, instances)
         if self.instance_choice is not None:
             self.inflight.add(request.request_id, prefill, decision.incremental_tokens)
         return decision
+
+    def _decode_and_usable(
+        self, pd: str, instances: list[InstanceView]
+    ) -> tuple[str, list[InstanceView]]:
+        """The least-loaded decode instance and the instances a request to it may use: with
+        ``quarantined`` set (the canary), no prefill instance whose path to that decode
+        instance is quarantined. A decode instance left with no prefill instance gives way to
+        the next; if none has one, quarantine is ignored (serving beats refusing)."""
+        decodes = sorted(
+            (i for i in instances if i.cluster == pd and i.role == "decode"),
+            key=lambda i: (i.load, i.name),
+        )
+        if not decodes:
+            raise NoRouteError(f"no healthy decode instance in {pd}")
+        blocked = self.quarantined
+        if blocked is None:
+            return decodes[0].name, instances
+        for decode in decodes:
+            usable = [
+                i for i in instances if i.role != "prefill" or not blocked(i.name, decode.name)
+            ]
+            if any(i.role == "prefill" for i in usable):
+                return decode.name, usable
+        return decodes[0].name, instances
 
     def prefill_finished(self, request_id: str) -> None:
         """The caller saw this request's prefill end (done, failed or aborted)."""
@@ -171,14 +197,6 @@ class Router:
                     other = PathChoice(path, cluster, request.prompt_len - cached.get(cluster, 0))
                     return other, self._pick_prefill(request, cluster, instances, held)
             raise
-
-    def _pick_least_loaded(
-        self, cluster: str, role: Role, instances: Sequence[InstanceView]
-    ) -> str:
-        group = [i for i in instances if i.cluster == cluster and i.role == role]
-        if not group:
-            raise NoRouteError(f"no healthy {role} instance in {cluster}")
-        return min(group, key=lambda i: (i.load, i.name)).name
 
     def _ring(self, names: tuple[str, ...]) -> ConsistentHashRing:
         ring = self._rings.get(names)

@@ -22,9 +22,11 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
+from prfaas.config import faults_allowed
 from prfaas.messages import (
     TOKEN_HEADER,
     DecodeCommand,
+    FaultSwitch,
     KvFailed,
     PrefillCommand,
     ProfileRequest,
@@ -106,6 +108,15 @@ def create_worker_app(worker: Worker) -> FastAPI:
         check(request, "decode")
         msg = KvFailed.decode(await request.body())
         return {"fallback": engine.kv_failed(msg.request_id, msg.reason)}
+
+    if faults_allowed():
+
+        @app.post("/internal/fault")
+        async def fault(request: Request) -> dict[str, bool]:
+            check(request)
+            msg = FaultSwitch.decode(await request.body())
+            engine.set_fault(msg.fault, msg.on)
+            return {msg.fault: msg.on}
 
     @app.post("/pull")
     async def pull(request: Request) -> Response:

@@ -130,6 +130,12 @@ class ReferenceEngine:
     def kv_failed(self, request_id: str, reason: str) -> bool:
         return self.decode_role.fail(request_id, reason)
 
+    def set_fault(self, fault: str, on: bool) -> None:
+        if on:
+            self.decode_role.faults.add(fault)
+        else:
+            self.decode_role.faults.discard(fault)
+
     async def pull(self, cmd: PullCommand) -> PullResult:
         return await self.pull_role.run(cmd)
 
