@@ -56,6 +56,7 @@ class Behaviour:
     hold_decode: asyncio.Event | None = None  # each decode stream waits for it
     stall_after: int | None = None  # events sent before the stream goes silent, never ending
     heartbeats: bool = True  # False: ``FakeCluster.beat`` skips it (a wedged process)
+    ignores_kv: bool = False  # reports computing a prompt whose KV it was sent (the canary's)
 
 
 @dataclass
@@ -172,6 +173,9 @@ class FakeWorker:
             if behaviour.decode_status != 200:
                 return Response(status_code=behaviour.decode_status)
             n = min(behaviour.tokens, cmd.params.max_tokens)
+            # An honest decode side computes the prompt only when no KV is shipped to it.
+            recomputes = not cmd.expect_kv or behaviour.ignores_kv
+            computed = len(cmd.prompt_token_ids) if recomputes else 0
 
             async def lines() -> AsyncIterator[bytes]:
                 if behaviour.hold_decode is not None:
@@ -197,6 +201,7 @@ class FakeWorker:
                         finished=last,
                         finish_reason="length" if last else None,
                         cached_tokens=behaviour.decode_cached_tokens if i == 0 else 0,
+                        computed_tokens=computed if i == 0 else 0,
                     ).encode()
                     + b"\n"
                 )
