@@ -29,8 +29,8 @@ class Bound:
 
 
 # Lossless transport must change nothing beyond float noise (fp32: 1e-4). The quantized
-# codecs' bounds are per model; these defaults were measured on SmolLM2-135M (docs/canary.md)
-# and deploy.yaml's ``canary.bounds`` overrides them.
+# codecs' bounds are per model: deploy.yaml's ``canary.bounds`` sets them; docs/canary.md
+# says how these defaults compare with what SmolLM2-135M measures.
 DEFAULT_BOUNDS: Mapping[str, Bound] = {
     "raw": Bound(True, 1e-4),
     "int8": Bound(False, 0.5),
