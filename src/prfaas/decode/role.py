@@ -88,24 +88,8 @@ class DecodeRole:
         params = to_sampling_params(cmd.params)
         salt = bytes.fromhex(cmd.tenant_salt_hex)
         deltas: AsyncIterator[TokenDelta]
-        if cmd.expect_kv and "ignore_kv" in self.faults:
-            # The fault: take the KV (the sender sees a normal transfer), then recompute.
-            asyncio.get_running_loop().run_in_executor(
-                self._waiters,
-                self._wait_kv,
-                cmd.request_id,
-                cmd.prompt_token_ids,
-                salt,
-                cmd.deadline_s,
-            ).add_done_callback(lambda done: done.cancelled() or done.exception())
-            deltas = self.engine.generate(
-                cmd.prompt_token_ids, params, cmd.request_id, tenant_salt=salt
-            )
-        elif cmd.expect_kv:
+        if cmd.expect_kv:
             loop = asyncio.get_running_loop()
-            kv: asyncio.Future[KvPayload] = loop.create_future()
-            self._awaited[cmd.request_id] = kv
-            kv.add_done_callback(lambda done: self._given_up(cmd.request_id, done))
             waiter = loop.run_in_executor(
                 self._waiters,
                 self._wait_kv,
@@ -114,6 +98,10 @@ class DecodeRole:
                 salt,
                 cmd.deadline_s,
             )
+        if cmd.expect_kv and "ignore_kv" not in self.faults:
+            kv: asyncio.Future[KvPayload] = loop.create_future()
+            self._awaited[cmd.request_id] = kv
+            kv.add_done_callback(lambda done: self._given_up(cmd.request_id, done))
             waiter.add_done_callback(lambda done: _settle(kv, done))
             deltas = self.engine.decode_with_kv(
                 cmd.prompt_token_ids,
@@ -124,6 +112,8 @@ class DecodeRole:
                 tenant_salt=salt,
             )
         else:
+            if cmd.expect_kv:  # the fault: take the KV (a normal transfer), then recompute
+                waiter.add_done_callback(lambda done: done.cancelled() or done.exception())
             deltas = self.engine.generate(
                 cmd.prompt_token_ids, params, cmd.request_id, tenant_salt=salt
             )
