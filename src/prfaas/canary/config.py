@@ -39,6 +39,9 @@ class CanaryConfig(BaseModel):
     period_s: float = Field(900.0, gt=0, le=7 * 86400)  # low rate: a few requests per path
     prompts: tuple[str, ...] = Field(DEFAULT_PROMPTS, min_length=1, max_length=32)
     max_tokens: int = Field(16, ge=1, le=512)
+    # Each prompt also runs sampled (temperature 1) under this seed: seeded sampling must give
+    # the same text on every path. None: greedy only.
+    seed: int | None = Field(7, ge=0, le=2**63 - 1)
     probe_timeout_s: float = Field(120.0, gt=0, le=3600)
     quarantine: bool = False  # True: the router avoids a path that breaks its bound
     bounds: dict[str, BoundSpec] = Field(default_factory=dict)  # by lossy codec: raw/int8/fp8

@@ -15,9 +15,9 @@ from prfaas.canary.verdict import PathOutput, Verdict, bound_for, judge
 
 logger = logging.getLogger(__name__)
 
-# Runs ``prompt`` greedily for ``max_tokens`` on exactly ``path`` (fresh caches: a salt of
-# its own), raising on any failure to run.
-Probe = Callable[[CanaryPath, list[int], int], Awaitable[PathOutput]]
+# Runs ``prompt`` for ``max_tokens`` on exactly ``path`` (fresh caches: a salt of its own),
+# greedily or, with a seed, sampled at temperature 1 under that seed; raises on any failure.
+Probe = Callable[[CanaryPath, list[int], int, int | None], Awaitable[PathOutput]]
 
 
 class Canary:
@@ -51,12 +51,13 @@ class Canary:
             paths = self.paths()
             verdicts: dict[CanaryPath, list[Verdict]] = {}
             failed: set[CanaryPath] = set()
-            for prompt in self.prompts:
+            seeds = [None] if self.config.seed is None else [None, self.config.seed]
+            for prompt, seed in ((p, seed) for p in self.prompts for seed in seeds):
                 references: dict[str, PathOutput] = {}
                 for path in paths:  # each decode instance's reference path comes first
                     try:
                         output = await asyncio.wait_for(
-                            self.probe(path, prompt, self.config.max_tokens),
+                            self.probe(path, prompt, self.config.max_tokens, seed),
                             self.config.probe_timeout_s,
                         )
                     except Exception as exc:  # reported on the board, never raised

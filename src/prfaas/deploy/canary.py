@@ -43,14 +43,21 @@ def build_canary(
 
 
 def probe_through(backend: ClusterBackend) -> Probe:
-    async def probe(path: CanaryPath, prompt: list[int], max_tokens: int) -> PathOutput:
+    async def probe(
+        path: CanaryPath, prompt: list[int], max_tokens: int, seed: int | None
+    ) -> PathOutput:
         # A salt of its own: every probe computes the whole prompt, on every path.
         req = GenerationRequest(
             request_id=f"canary-{uuid.uuid4().hex}",
             tenant=CANARY_TENANT,
             tenant_salt=os.urandom(16),
             prompt_token_ids=prompt,
-            params=SamplingSpec(max_tokens=max_tokens, temperature=0.0, ignore_eos=True),
+            params=SamplingSpec(
+                max_tokens=max_tokens,
+                temperature=0.0 if seed is None else 1.0,
+                seed=seed,
+                ignore_eos=True,
+            ),
         )
         handle = await backend.submit_on(req, path.prefill, path.decode)
         tokens: list[int] = []
