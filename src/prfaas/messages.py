@@ -184,6 +184,17 @@ class DecodeCommand(Message):
     deadline_s: float = Field(gt=0.0, le=3600.0)
 
 
+class LogprobEntry(Message):
+    """One position's logprobs (``engine.logprobs.TokenLogprobs``): the chosen token's
+    logprob and rank (1 = the most likely), and the top alternatives, most likely first."""
+
+    token_id: int = Field(ge=0)
+    logprob: float
+    rank: int = Field(ge=1)
+    top_token_ids: list[int] = Field(default_factory=list, max_length=20)
+    top_logprobs: list[float] = Field(default_factory=list, max_length=20)
+
+
 class TokenEvent(Message):
     """One line of a decode worker's NDJSON token stream."""
 
@@ -196,6 +207,11 @@ class TokenEvent(Message):
     # prefilled the prompt itself (no KV expected, or the fallback); 0 when the KV landed.
     cached_tokens: int = Field(0, ge=0)
     error: str | None = None
+    # One entry per token in ``token_ids`` when the request asked for logprobs.
+    logprobs: list[LogprobEntry] | None = Field(None, max_length=MAX_PROMPT_TOKENS)
+    # On the first event when it asked for prompt logprobs: one per prompt token (the first
+    # is None: nothing precedes it).
+    prompt_logprobs: list[LogprobEntry | None] | None = Field(None, max_length=MAX_PROMPT_TOKENS)
 
 
 class KvFailed(Message):

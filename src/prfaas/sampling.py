@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from prfaas.engine.logprobs import TokenLogprobs
 from prfaas.engine.sampling_params import SamplingParams, StructuredOutputs
-from prfaas.messages import SamplingSpec
+from prfaas.messages import LogprobEntry, SamplingSpec
 
 
 def to_sampling_params(spec: SamplingSpec) -> SamplingParams:
@@ -56,4 +59,26 @@ def to_spec(params: SamplingParams) -> SamplingSpec:
         prompt_logprobs=params.prompt_logprobs,
         json_schema=None if so is None else so.json,
         json_object=so is not None and so.json_object,
+    )
+
+
+def to_entries(logprobs: Sequence[TokenLogprobs] | None) -> list[LogprobEntry] | None:
+    """The engine's output-token logprobs as they travel in ``TokenEvent``s."""
+    return None if logprobs is None else [_entry(e) for e in logprobs]
+
+
+def to_prompt_entries(
+    logprobs: Sequence[TokenLogprobs | None] | None,
+) -> list[LogprobEntry | None] | None:
+    return None if logprobs is None else [None if e is None else _entry(e) for e in logprobs]
+
+
+def _entry(e: TokenLogprobs) -> LogprobEntry:
+    # Built by us from engine output: no validation on this per-token path.
+    return LogprobEntry.model_construct(
+        token_id=e.token_id,
+        logprob=e.logprob,
+        rank=e.rank,
+        top_token_ids=list(e.top_token_ids),
+        top_logprobs=list(e.top_logprobs),
     )
