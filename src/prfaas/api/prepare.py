@@ -168,6 +168,8 @@ def _refuse_undeclared(req: ChatCompletionRequest | CompletionRequest) -> None:
     if field is not None:
         raise APIError(400, f"`{field[:100]}` is not supported by this server", param=field)
     _check_range("n", req.n, 1, MAX_N)
+    if req.stream_options is not None and not req.stream:
+        raise APIError(400, "stream_options needs stream: true", param="stream_options")
 
 
 def _check_range(name: str, value: int, low: int, high: int) -> None:
