@@ -21,6 +21,11 @@ from pydantic import (
 TOKEN_HEADER = "x-prfaas-cluster-token"  # the shared cluster token on every control call
 # The wire layer after a KV payload's tensors that carries the first sampled token (int64).
 KV_FIRST_TOKEN_LAYER = "first_token"
+# Optional wire layers after it, when the request asked for logprobs: per position
+# ``.logprobs`` (rows, 1 + k) float32 [chosen, top k] and ``.ids`` (rows, 2 + k) int64
+# [token id, rank, top k ids], rank 0 marking a position without an entry.
+KV_FIRST_LOGPROBS_LAYER = "first_token_logprobs"
+KV_PROMPT_LOGPROBS_LAYER = "prompt_logprobs"
 MAX_PROMPT_TOKENS = 1 << 20
 MAX_NAME = 128
 MAX_EVENTS = 65536
