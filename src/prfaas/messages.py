@@ -21,6 +21,11 @@ from pydantic import (
 TOKEN_HEADER = "x-prfaas-cluster-token"  # the shared cluster token on every control call
 # The wire layer after a KV payload's tensors that carries the first sampled token (int64).
 KV_FIRST_TOKEN_LAYER = "first_token"
+# Optional wire layers after it, when the request asked for logprobs: per position
+# ``.logprobs`` (rows, 1 + k) float32 [chosen, top k] and ``.ids`` (rows, 2 + k) int64
+# [token id, rank, top k ids], rank 0 marking a position without an entry.
+KV_FIRST_LOGPROBS_LAYER = "first_token_logprobs"
+KV_PROMPT_LOGPROBS_LAYER = "prompt_logprobs"
 MAX_PROMPT_TOKENS = 1 << 20
 MAX_NAME = 128
 MAX_EVENTS = 65536
@@ -184,6 +189,17 @@ class DecodeCommand(Message):
     deadline_s: float = Field(gt=0.0, le=3600.0)
 
 
+class LogprobEntry(Message):
+    """One position's logprobs (``engine.logprobs.TokenLogprobs``): the chosen token's
+    logprob and rank (1 = the most likely), and the top alternatives, most likely first."""
+
+    token_id: int = Field(ge=0)
+    logprob: float
+    rank: int = Field(ge=1)
+    top_token_ids: list[int] = Field(default_factory=list, max_length=20)
+    top_logprobs: list[float] = Field(default_factory=list, max_length=20)
+
+
 class TokenEvent(Message):
     """One line of a decode worker's NDJSON token stream."""
 
@@ -199,6 +215,11 @@ class TokenEvent(Message):
     # landed (the canary's check that the decode side really used the KV it was sent).
     computed_tokens: int = Field(0, ge=0)
     error: str | None = None
+    # One entry per token in ``token_ids`` when the request asked for logprobs.
+    logprobs: list[LogprobEntry] | None = Field(None, max_length=MAX_PROMPT_TOKENS)
+    # On the first event when it asked for prompt logprobs: one per prompt token (the first
+    # is None: nothing precedes it).
+    prompt_logprobs: list[LogprobEntry | None] | None = Field(None, max_length=MAX_PROMPT_TOKENS)
 
 
 class FaultSwitch(Message):

@@ -80,7 +80,10 @@ def test_salt_is_derived_from_the_tenant_never_the_client(
     fake_server: tuple[FakeBackend, ServerThread],
 ) -> None:
     backend, server = fake_server
-    body = {**BODY, "tenant_salt": "00", "user": "someone-else"}
+    body = {**BODY, "tenant_salt": "00"}  # no such field: refused, never used
+    r = httpx.post(f"{server.base_url}/v1/completions", json=body)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tenant_salt"
+    body = {**BODY, "user": "someone-else"}
     r = httpx.post(f"{server.base_url}/v1/completions", json=body, headers={"x-tenant": "evil"})
     assert r.status_code == 200
     req = backend.submitted[-1]

@@ -1,7 +1,8 @@
 """OpenAI API request and response bodies (pydantic at the HTTP edge).
 
-Unknown fields are ignored, as OpenAI-compatible servers do; fields we cannot honour
-(n > 1, logprobs, echo, penalties) are refused with a 400 by the serving layer. Types are
+Every field is honoured or refused: a field not declared here (``audio``, ``tools``,
+``suffix``, ...) is a 400 naming it when its value is not null (``refused_field``), never
+silently ignored. ``docs/api.md`` lists each field and what it does. Types are
 strict: ``true`` is not an integer, ``"yes"`` not a boolean, ``"1"`` not a number (an int is
 still a float). Bounds match the worker messages (``prfaas.messages.SamplingSpec``), so a
 request the gateway accepts is one every worker accepts.
@@ -16,10 +17,30 @@ from pydantic import BaseModel, ConfigDict, Field
 
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
 MAX_STOP_TOKEN_IDS = 64  # vLLM extension; the worker messages' bound
+MAX_LOGIT_BIAS = 300
+MAX_LOGPROBS = 20  # alternatives per token (vLLM's default bound; OpenAI allows 20 in chat)
+MAX_N = 16
+MAX_PROMPTS = 64  # prompts in one batched completion request
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
+    # Undeclared fields are kept (``model_extra``) so that the request can refuse them.
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    def refused_field(self, prefix: str = "") -> str | None:
+        """The first undeclared field with a value, here or in a nested part (dotted)."""
+        for name, value in (self.model_extra or {}).items():
+            if value is not None:
+                return prefix + name
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            for i, item in enumerate(value if isinstance(value, list) else [value]):
+                if isinstance(item, _In):
+                    at = f"{prefix}{name}.{i}." if isinstance(value, list) else f"{prefix}{name}."
+                    found = item.refused_field(at)
+                    if found is not None:
+                        return found
+        return None
 
 
 class StreamOptions(_In):
@@ -41,7 +62,25 @@ class _SamplingFields(_In):
     stream_options: StreamOptions | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
-    user: str | None = None
+    logit_bias: dict[str, float] | None = Field(default=None, max_length=MAX_LOGIT_BIAS)
+    user: str | None = Field(default=None, max_length=256)  # an end-user id; never stored
+    # vLLM's sampling extensions
+    repetition_penalty: float | None = None
+    min_tokens: int = 0
+    min_p: float | None = None
+    include_stop_str_in_output: bool = False
+
+
+class JsonSchemaFormat(_In):
+    name: str = Field(max_length=64)
+    description: str | None = None
+    schema_: dict[str, object] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_In):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 class ContentPart(_In):
@@ -50,7 +89,7 @@ class ContentPart(_In):
 
 
 class ChatMessage(_In):
-    role: str
+    role: Literal["system", "developer", "user", "assistant"]
     content: str | list[ContentPart] | None = None
 
 
@@ -58,6 +97,9 @@ class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = None
     logprobs: bool | None = None
+    top_logprobs: int | None = None
+    response_format: ResponseFormat | None = None
+    store: bool | None = None  # nothing is ever stored: only false is honoured
 
 
 class CompletionRequest(_SamplingFields):
@@ -85,11 +127,25 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatTokenLogprob]
+
+
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -110,6 +166,7 @@ class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: DeltaMessage
     finish_reason: str | None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -121,11 +178,21 @@ class ChatCompletionChunk(BaseModel):
     usage: Usage | None = None
 
 
+class CompletionLogprobs(BaseModel):
+    """Per token: its text, where it starts in the choice's text, its logprob and the top
+    alternatives (``None`` for an echoed prompt's first token, which has no context)."""
+
+    text_offset: list[int]
+    token_logprobs: list[float | None]
+    tokens: list[str]
+    top_logprobs: list[dict[str, float] | None]
+
+
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(BaseModel):

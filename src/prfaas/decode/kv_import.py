@@ -1,9 +1,10 @@
 """Rebuild an engine KV payload from a landed transfer (see ``prefill/kv_export.py``).
 
 The wire layers must be exactly this model's tensor names (``tensor_names(layout)``) plus
-the first token, each of the kind its name implies; the engine's ``KvPayload.validate`` then
-checks shapes and dtypes against the model. The tensors are copies: the receiver reuses its
-buffers once released.
+the first token (and, when the request asked for them, its logprobs and the prompt's: pairs
+of layers named in ``messages``), each of the kind its name implies; the engine's
+``KvPayload.validate`` then checks shapes and dtypes against the model. The tensors are
+copies: the receiver reuses its buffers once released.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import numpy as np
 import torch
 
 from prfaas.engine.handoff import KvImportError, KvPayload, LayerLayout, tensor_names
-from prfaas.messages import KV_FIRST_TOKEN_LAYER
+from prfaas.engine.logprobs import TokenLogprobs
+from prfaas.messages import KV_FIRST_LOGPROBS_LAYER, KV_FIRST_TOKEN_LAYER, KV_PROMPT_LOGPROBS_LAYER
+from prfaas.sampling import logprobs_of_rows
 from prfaas.transfer.messages import DType, LayerKind
 from prfaas.transfer.receiver import ReceivedTransfer
 
@@ -41,7 +44,8 @@ def wire_to_payload(
 ) -> KvPayload:
     entries, arrays = received.header.layers, received.layers
     expected = tensor_names(layout)
-    if len(entries) != len(expected) + 1:
+    first_at = len(expected)  # the first token's layer; logprob layers may follow it
+    if len(entries) not in (first_at + 1, first_at + 3, first_at + 5):
         raise KvImportError(
             f"transfer has {len(entries)} wire layers, expected {len(expected) + 1}"
         )
@@ -57,11 +61,12 @@ def wire_to_payload(
         if per_token:
             kv_dtype = kv_dtype or entry.dtype
         tensors[name] = _as_torch(array, entry.dtype)
-    meta, first = entries[-1], arrays[-1]
+    meta, first = entries[first_at], arrays[first_at]
     if meta.name != KV_FIRST_TOKEN_LAYER or meta.dtype is not DType.INT64 or meta.shape != (1,):
         raise KvImportError("transfer lacks the first token")
+    logprobs = _logprobs(received, first_at + 1, len(prompt_token_ids))
     dtype = str(WIRE_TO_TORCH[kv_dtype or DType.FLOAT32]).removeprefix("torch.")
-    return KvPayload.from_named_tensors(
+    payload = KvPayload.from_named_tensors(
         received.header.fingerprint.hex(),
         list(prompt_token_ids),
         int(first[0]),
@@ -69,3 +74,35 @@ def wire_to_payload(
         list(layout),
         tensors,
     )
+    first_logprobs = logprobs.get(KV_FIRST_LOGPROBS_LAYER)
+    payload.first_logprobs = None if first_logprobs is None else first_logprobs[0]
+    payload.prompt_logprobs = logprobs.get(KV_PROMPT_LOGPROBS_LAYER)
+    return payload
+
+
+def _logprobs(
+    received: ReceivedTransfer, start: int, num_tokens: int
+) -> dict[str, list[TokenLogprobs | None]]:
+    """The logprob layer pairs from wire layer ``start`` on, by name."""
+    entries, arrays = received.header.layers, received.layers
+    rows = {KV_FIRST_LOGPROBS_LAYER: 1, KV_PROMPT_LOGPROBS_LAYER: num_tokens}
+    out: dict[str, list[TokenLogprobs | None]] = {}
+    for i in range(start, len(entries), 2):
+        values, ids = entries[i], entries[i + 1]
+        name = values.name.removesuffix(".logprobs")
+        if (
+            name not in rows
+            or name in out
+            or values.name != f"{name}.logprobs"
+            or ids.name != f"{name}.ids"
+            or values.dtype is not DType.FLOAT32
+            or ids.dtype is not DType.INT64
+            or len(values.shape) != 2
+            or values.shape[0] != rows[name]
+        ):
+            raise KvImportError(f"unexpected wire layers {values.name!r}, {ids.name!r}")
+        try:
+            out[name] = logprobs_of_rows(arrays[i], arrays[i + 1])
+        except ValueError as e:
+            raise KvImportError(str(e)) from None
+    return out

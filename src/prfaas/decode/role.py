@@ -25,7 +25,7 @@ from prfaas.engine.handoff import KvImportError, KvPayload, LayerLayout
 from prfaas.engine.outputs import TokenDelta
 from prfaas.kvcache.hashing import prompt_hash, root_hash
 from prfaas.messages import DecodeCommand, TokenEvent
-from prfaas.sampling import to_sampling_params
+from prfaas.sampling import to_entries, to_prompt_entries, to_sampling_params
 from prfaas.transfer.receiver import KvReceiver
 
 logger = logging.getLogger(__name__)
@@ -143,6 +143,8 @@ class DecodeRole:
                 finish_reason=d.finish_reason,
                 cached_tokens=cached,
                 computed_tokens=computed,
+                logprobs=to_entries(d.logprobs),
+                prompt_logprobs=to_prompt_entries(d.prompt_logprobs),
             )
 
 

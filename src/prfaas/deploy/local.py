@@ -17,7 +17,7 @@ from prfaas.gateway.app import create_app
 from prfaas.gateway.backend import GenerationHandle, GenerationRequest, aclose
 from prfaas.gateway.config import GatewayConfig
 from prfaas.messages import TokenEvent
-from prfaas.sampling import to_sampling_params
+from prfaas.sampling import to_entries, to_prompt_entries, to_sampling_params
 
 
 class LocalBackend:
@@ -75,6 +75,8 @@ def _event(delta: TokenDelta) -> TokenEvent:
         text=delta.new_text,
         finished=delta.finished,
         finish_reason=delta.finish_reason,
+        logprobs=to_entries(delta.logprobs),
+        prompt_logprobs=to_prompt_entries(delta.prompt_logprobs),
     )
 
 

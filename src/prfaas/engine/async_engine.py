@@ -356,16 +356,16 @@ class AsyncEngine:
                 self._num_cached_tokens += admitted.num_cached_tokens
             reply = self._prefills.pop(delta.request_id, None)
             if reply is not None:
-                self._finish_prefill(
-                    delta.request_id, reply, cached.get(delta.request_id, (0, 0))[0]
-                )
+                hit, _ = cached.get(delta.request_id, (0, 0))
+                self._finish_prefill(delta, reply, hit)
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._streams.deliver, deltas, cached)
         # A running request always computes something; without one, no delta means no progress.
         return bool(deltas) or bool(engine.scheduler.running)
 
-    def _finish_prefill(self, request_id: str, reply: Reply, num_cached_tokens: int) -> None:
+    def _finish_prefill(self, delta: TokenDelta, reply: Reply, num_cached_tokens: int) -> None:
         """The layers already went to the sink during the step: free the blocks now."""
+        request_id = delta.request_id
         try:
             token = self._engine.export_first_token(request_id)
         except Exception as exc:  # handed to the waiting coroutine
@@ -374,7 +374,9 @@ class AsyncEngine:
             return
         self._engine.release(request_id)
         self._publish()  # its cache events are out before the prefill is reported done
-        self._answer(reply, PrefillDone(token, num_cached_tokens), None)
+        first_logprobs = delta.logprobs[0] if delta.logprobs else None
+        done = PrefillDone(token, num_cached_tokens, first_logprobs, delta.prompt_logprobs)
+        self._answer(reply, done, None)
 
     def _abort_all(self, error: EngineError) -> None:
         """End every request: free its blocks, and end its stream or prefill with ``error``."""

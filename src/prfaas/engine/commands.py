@@ -15,6 +15,7 @@ from typing import Any
 
 from prfaas.engine.engine import Engine, LayerSink
 from prfaas.engine.handoff import KvPayload
+from prfaas.engine.logprobs import TokenLogprobs
 from prfaas.engine.sampling_params import SamplingParams
 
 
@@ -102,6 +103,10 @@ class PrefillDone:
 
     first_token_id: int
     num_cached_tokens: int
+    # The first token's logprobs and the prompt's, when the request asked for them: they
+    # travel with the KV (``prefill/kv_export.py``) to the side that streams the tokens.
+    first_logprobs: TokenLogprobs | None = None
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from prfaas.engine.logprobs import TokenLogprobs
 from prfaas.kvcache.spec import FullAttentionSpec, LayerSpec, LinearStateSpec, MLASpec
 
 FULL_ATTENTION = "full_attention"  # K and V per token: kv
@@ -101,6 +102,10 @@ class KvPayload:
     latent: list[torch.Tensor] = field(default_factory=list)
     # Per kda layer, in layout order: the state after all num_tokens tokens.
     states: list[LinearState] = field(default_factory=list)
+    # Computed where the prompt was, when the request asked for them: the first token's
+    # logprobs and the prompt's (one per prompt token, the first None).
+    first_logprobs: TokenLogprobs | None = None
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -14,8 +14,8 @@ from prfaas.engine.handoff import KvPayload
 from prfaas.engine.logprobs import TokenLogprobs, as_vllm_dict, decoder
 from prfaas.engine.outputs import CompletionOutput, RequestOutput, TokenDelta
 from prfaas.engine.request import Request
-from prfaas.engine.sampler import derive_seed
 from prfaas.engine.sampling_params import SamplingParams
+from prfaas.seeds import derive_seed
 
 Prompt = str | list[int]
 Params = SamplingParams | Sequence[SamplingParams] | None  # one for all, or one per prompt

@@ -20,8 +20,7 @@ import torch
 
 from prfaas.engine.logprobs import TokenLogprobs, token_logprobs
 from prfaas.engine.penalties import SampleRow, apply_logit_bias, apply_min_tokens, apply_penalties
-
-_MASK64 = (1 << 64) - 1
+from prfaas.seeds import step_seed
 
 
 @dataclass
@@ -89,19 +88,6 @@ def sampling_probs(logits: torch.Tensor, rows: Sequence[SampleRow]) -> torch.Ten
         sorted_logits = sorted_logits.masked_fill(before >= top_p[:, None], float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
     return logits.softmax(-1)
-
-
-def step_seed(seed: int, position: int) -> int:
-    """The generator seed of a seeded sequence's output position (64-bit mix)."""
-    x = (seed * 0x9E3779B97F4A7C15 + position + 1) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def derive_seed(seed: int, index: int) -> int:
-    """The seed of sequence ``index`` of an ``n > 1`` request (index 0 keeps ``seed``)."""
-    return seed if index == 0 else step_seed(seed ^ 0x5EED, -index) & ((1 << 63) - 1)
 
 
 def _draw(probs: torch.Tensor, rows: Sequence[SampleRow]) -> torch.Tensor:

@@ -28,6 +28,7 @@ from prfaas.api.prepare import (
     parse_body,
     prepare_chat,
     prepare_completion,
+    sibling_params,
 )
 from prfaas.api.protocol import (
     ChatCompletionRequest,
@@ -35,13 +36,16 @@ from prfaas.api.protocol import (
     ModelCard,
     ModelList,
 )
+from prfaas.api.render import Renderer
 from prfaas.gateway.admission import Admission
 from prfaas.gateway.auth import Authenticator, Tenant
 from prfaas.gateway.backend import Backend, GenerationRequest, NoWorker, Overloaded
+from prfaas.gateway.choices import Choices
 from prfaas.gateway.config import GatewayConfig
 from prfaas.gateway.generation import Generation, GenerationStream, IncompleteStreamError
 from prfaas.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from prfaas.gateway.middleware import ROUTE_HEADER, BodyLimitMiddleware
+from prfaas.messages import SamplingSpec
 
 logger = logging.getLogger(__name__)
 
@@ -102,11 +106,9 @@ def create_app(
         return JSONResponse(ModelList(data=[card]).model_dump())
 
     async def submit(
-        tenant: Tenant, prepared: Prepared, request_id: str, arrival_s: float
+        tenant: Tenant, prompt: list[int], params: SamplingSpec, request_id: str, arrival_s: float
     ) -> Generation:
-        req = GenerationRequest(
-            request_id, tenant.name, tenant.salt, prepared.prompt_token_ids, prepared.params
-        )
+        req = GenerationRequest(request_id, tenant.name, tenant.salt, prompt, params)
         # The admission queue bounds the wait for a decode slot; without one, bound the submit.
         ttl_s = None if admission.bounds_decode else admission.config.queue_ttl_s
         try:
@@ -129,10 +131,32 @@ def create_app(
             metrics,
             request_id=request_id,
             model=backend.model_name,
-            num_prompt_tokens=len(prepared.prompt_token_ids),
+            num_prompt_tokens=len(prompt),
             arrival_s=arrival_s,
             release=lambda: admission.release(request_id),
         )
+
+    async def submit_all(
+        tenant: Tenant, prepared: Prepared, request_id: str, arrival_s: float
+    ) -> list[Generation]:
+        """Every sequence of the request, in choice order. Siblings (``n > 1``) are submitted
+        once the first sequence of their prompt has its first token: its prompt's blocks are
+        then in the prefix cache and the siblings share them instead of computing them."""
+        gens: list[Generation] = []
+        many = len(prepared.prompts) * prepared.n > 1
+        try:
+            for prompt in prepared.prompts:
+                for j in range(prepared.n):
+                    rid = f"{request_id}-{len(gens)}" if many else request_id
+                    params = sibling_params(prepared.params, j)
+                    gens.append(await submit(tenant, prompt, params, rid, arrival_s))
+                    if j == 0 and prepared.n > 1:
+                        await gens[-1].prefetch()
+        except BaseException:
+            for gen in gens:
+                await gen.close(499)
+            raise
+        return gens
 
     async def generate(request: Request, chat: bool) -> Response:
         arrival_s = time.perf_counter()
@@ -148,13 +172,16 @@ def create_app(
             check_model(req.model, backend.model_name)
             prepared = prepare_completion(req, backend.tokenizer, backend.max_model_len)
         request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
-        gen = await submit(tenant, prepared, request_id, arrival_s)
+        gens = await submit_all(tenant, prepared, request_id, arrival_s)
+        choices = Choices(
+            gens, Renderer(prepared, backend.tokenizer), request_id, backend.model_name
+        )
         if prepared.stream:
-            chunks = gen.chat_chunks if chat else gen.completion_chunks
-            return GenerationStream(gen, chunks(prepared.include_usage))
+            chunks = choices.chat_chunks if chat else choices.completion_chunks
+            return GenerationStream(choices, chunks(prepared.include_usage))
         status = 500
         try:
-            whole = gen.chat_completion() if chat else gen.completion()
+            whole = choices.chat_completion() if chat else choices.completion()
             body = await _unless_disconnected(request, whole)
             status = 200
         except ClientDisconnected:
@@ -164,8 +191,8 @@ def create_app(
             status = 502
             raise APIError(502, f"generation failed: {exc}"[:500]) from None
         finally:
-            await gen.close(status)
-        return JSONResponse(body.model_dump(), headers={ROUTE_HEADER: gen.route})
+            await choices.close(status)
+        return JSONResponse(body.model_dump(), headers={ROUTE_HEADER: choices.route})
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:

@@ -42,7 +42,9 @@ from prfaas.transfer.audit import AuditLog
 
 logger = logging.getLogger(__name__)
 MAX_ROUTE_ATTEMPTS = 3
-MAX_EVENT_BYTES = 1 << 20  # one NDJSON token event from a decode worker, at most
+# One NDJSON token event from a decode worker, at most: the first one may carry the prompt's
+# logprobs (echo with logprobs), up to ~600 bytes per prompt token.
+MAX_EVENT_BYTES = 1 << 26
 # The prefill call answers right after its KV is acknowledged; the stream's last event waits
 # at most this long for it (usage's cached_tokens comes from it).
 PREFILL_RESULT_WAIT_S = 2.0
@@ -331,4 +333,8 @@ def _merge(merged: TokenEvent | None, event: TokenEvent) -> TokenEvent:
         finished=event.finished,
         finish_reason=event.finish_reason,
         computed_tokens=merged.computed_tokens + event.computed_tokens,  # first event's
+        logprobs=None
+        if merged.logprobs is None and event.logprobs is None
+        else (merged.logprobs or []) + (event.logprobs or []),
+        prompt_logprobs=merged.prompt_logprobs or event.prompt_logprobs,
     )

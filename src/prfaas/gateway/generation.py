@@ -1,30 +1,20 @@
-"""One admitted request between the backend and its HTTP response: the OpenAI bodies and SSE
-chunks it becomes, its timings, and its metrics (recorded once, when it closes)."""
+"""One admitted sequence between the backend and its HTTP response: its token events, its
+timings and its metrics (recorded once, when it closes). ``choices.py`` turns one request's
+sequences (``n`` per prompt) into OpenAI bodies and SSE chunks."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from prfaas.api import sse
-from prfaas.api.protocol import (
-    AssistantMessage,
-    ChatChoice,
-    ChatChunkChoice,
-    ChatCompletion,
-    ChatCompletionChunk,
-    Completion,
-    CompletionChoice,
-    DeltaMessage,
-    ErrorInfo,
-    ErrorResponse,
-    PromptTokensDetails,
-    Usage,
-)
+from prfaas.api.protocol import ErrorInfo, ErrorResponse
+from prfaas.api.render import Output
 from prfaas.gateway.backend import GenerationHandle, aclose
 from prfaas.gateway.metrics import GatewayMetrics, route_kind
 from prfaas.messages import TokenEvent
@@ -59,18 +49,27 @@ class Generation:
         self._first_s: float | None = None
         self._last_s: float | None = None
         self._release: Callable[[], None] | None = release
+        self._buffered: TokenEvent | None = None
 
     @property
     def route(self) -> str:
         return self.handle.route
 
+    async def prefetch(self) -> None:
+        """Wait for the first event (the prompt is then computed and its full blocks cached:
+        a sibling with the same prompt submitted now shares them)."""
+        if self._buffered is None:
+            self._buffered = await anext(aiter(self.handle.events), None)
+
     async def deltas(self) -> AsyncIterator[TokenEvent]:
+        if self._buffered is not None:
+            first, self._buffered = self._buffered, None
+            self._stamp(first)
+            yield first
+            if first.finished:
+                return
         async for delta in self.handle.events:
-            now = time.perf_counter()
-            if self._first_s is None:
-                self._first_s = now
-            self._last_s = now
-            self.num_output_tokens += len(delta.token_ids)
+            self._stamp(delta)
             yield delta
             if delta.finished:
                 return
@@ -78,13 +77,18 @@ class Generation:
         # (e.g. a worker gone), reported as such, never passed off as a complete answer.
         raise IncompleteStreamError(f"request {self.request_id}: the backend stream ended early")
 
-    def usage(self) -> Usage:
-        return Usage(
-            prompt_tokens=self.num_prompt_tokens,
-            completion_tokens=self.num_output_tokens,
-            total_tokens=self.num_prompt_tokens + self.num_output_tokens,
-            prompt_tokens_details=PromptTokensDetails(cached_tokens=self.handle.cached_tokens),
-        )
+    def _stamp(self, delta: TokenEvent) -> None:
+        now = time.perf_counter()
+        if self._first_s is None:
+            self._first_s = now
+        self._last_s = now
+        self.num_output_tokens += len(delta.token_ids)
+
+    async def collect(self) -> Output:
+        out = Output()
+        async for delta in self.deltas():
+            out.add(delta)
+        return out
 
     async def close(self, status: int) -> None:
         """Stop the backend stream (aborts an unfinished request), free the admission slot
@@ -112,70 +116,22 @@ class Generation:
             tpot = (self._last_s - self._first_s) / (self.num_output_tokens - 1)
             m.tpot_s.labels(route).observe(tpot)
 
-    # ---- whole responses -------------------------------------------------------------------
 
-    async def collect(self) -> tuple[str, str | None]:
-        texts: list[str] = []
-        finish_reason: str | None = None
-        async for delta in self.deltas():
-            texts.append(delta.text)
-            if delta.finished:
-                finish_reason = delta.finish_reason
-        return "".join(texts), finish_reason
+class Closable(Protocol):
+    failed: bool
 
-    async def chat_completion(self) -> ChatCompletion:
-        text, finish_reason = await self.collect()
-        choice = ChatChoice(message=AssistantMessage(content=text), finish_reason=finish_reason)
-        return ChatCompletion(
-            id=self.request_id, model=self.model, choices=[choice], usage=self.usage()
-        )
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def route(self) -> str: ...
 
-    async def completion(self) -> Completion:
-        text, finish_reason = await self.collect()
-        choice = CompletionChoice(text=text, finish_reason=finish_reason)
-        return Completion(
-            id=self.request_id, model=self.model, choices=[choice], usage=self.usage()
-        )
-
-    # ---- streams ---------------------------------------------------------------------------
-
-    async def chat_chunks(self, include_usage: bool) -> AsyncIterator[bytes]:
-        def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> bytes:
-            return sse.event(
-                ChatCompletionChunk(
-                    id=self.request_id, model=self.model, choices=choices, usage=usage
-                )
-            )
-
-        yield chunk([ChatChunkChoice(delta=DeltaMessage(role="assistant", content=""))])
-        async for delta in self.deltas():
-            if delta.text or delta.finished:
-                finish = delta.finish_reason if delta.finished else None
-                content = DeltaMessage(content=delta.text)
-                yield chunk([ChatChunkChoice(delta=content, finish_reason=finish)])
-        if include_usage:
-            yield chunk([], self.usage())
-        yield sse.DONE
-
-    async def completion_chunks(self, include_usage: bool) -> AsyncIterator[bytes]:
-        def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> bytes:
-            return sse.event(
-                Completion(id=self.request_id, model=self.model, choices=choices, usage=usage)
-            )
-
-        async for delta in self.deltas():
-            if delta.text or delta.finished:
-                finish = delta.finish_reason if delta.finished else None
-                yield chunk([CompletionChoice(text=delta.text, finish_reason=finish)])
-        if include_usage:
-            yield chunk([], self.usage())
-        yield sse.DONE
+    async def close(self, status: int) -> None: ...
 
 
 class GenerationStream(StreamingResponse):
-    """An SSE response that closes its generation however the connection ends."""
+    """An SSE response that closes its generation(s) however the connection ends."""
 
-    def __init__(self, generation: Generation, chunks: AsyncIterator[bytes]) -> None:
+    def __init__(self, generation: Closable, chunks: AsyncIterator[bytes]) -> None:
         self.generation = generation
         super().__init__(
             self._until_failure(chunks),

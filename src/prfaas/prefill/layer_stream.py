@@ -28,10 +28,12 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from prfaas.messages import KV_FIRST_TOKEN_LAYER
 from prfaas.prefill.kv_export import as_numpy, first_token_array
 from prfaas.transfer.errors import PeerGone, TransferError, TransferTimeout
 from prfaas.transfer.messages import TransferHeader
@@ -92,9 +94,13 @@ class LayerStream:
 
     # ---- the role ---------------------------------------------------------------------------
 
-    def finish(self, first_token_id: int) -> TransferStats:
-        """Queue the first token, wait for the ACK; a TransferError on any failure. Blocks."""
-        self._put([(len(self.header.layers) - 1, first_token_array(first_token_id))])
+    def finish(
+        self, first_token_id: int, extra: Sequence[tuple[str, np.ndarray]] = ()
+    ) -> TransferStats:
+        """Queue the first token (and the ``extra`` layers the header declares after it: its
+        logprobs), wait for the ACK; a TransferError on any failure. Blocks."""
+        first = self._index[KV_FIRST_TOKEN_LAYER], first_token_array(first_token_id)
+        self._put([first, *((self._index[name], array) for name, array in extra)])
         self._thread.join(max(0.0, self._deadline_s - time.monotonic()) + 1.0)
         if self._thread.is_alive():  # the transfer's own deadlines bound it; this is a backstop
             self.abort()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from prfaas.engine.async_engine import AsyncEngine
 from prfaas.kvcache.hashing import prompt_hash, root_hash
 from prfaas.messages import KvTarget, LinkReport, PrefillCommand, PrefillResult
-from prfaas.prefill.kv_export import stream_header
+from prfaas.prefill.kv_export import logprob_arrays, stream_header
 from prfaas.prefill.layer_stream import LayerStream
 from prfaas.sampling import to_sampling_params
 from prfaas.transfer.config import Deadlines, LinkConfig
@@ -124,6 +124,8 @@ class PrefillRole:
             cmd.request_id,
             cmd.target.codec,
             self.prompt_hash(cmd.prompt_token_ids, bytes.fromhex(cmd.tenant_salt_hex)),
+            logprobs=cmd.params.logprobs,
+            prompt_logprobs=cmd.params.prompt_logprobs,
         )
         stream = LayerStream(sender, (cmd.target.host, cmd.target.port), header, deadline)
         self._streams.add(stream)
@@ -154,7 +156,14 @@ class PrefillRole:
             stream.abort()
             raise
         try:
-            stats = await asyncio.to_thread(stream.finish, done.first_token_id)
+            extra = logprob_arrays(
+                done.first_logprobs,
+                done.prompt_logprobs,
+                len(cmd.prompt_token_ids),
+                cmd.params.logprobs,
+                cmd.params.prompt_logprobs,
+            )
+            stats = await asyncio.to_thread(stream.finish, done.first_token_id, extra)
         except TransferError as e:
             return _failed(cmd, e)
         return _sent(cmd, stats, started, done.num_cached_tokens)
