@@ -45,15 +45,19 @@ def remote(paths: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return path
 
 
-def test_every_raw_path_agrees_and_fake_disaggregation_is_caught(
+def test_every_path_keeps_its_bound_and_fake_disaggregation_is_caught(
     tiny_llama: Path, tmp_path: Path
 ) -> None:
-    config = topology(tiny_llama, free_port(), canary=CANARY)
+    # The WAN link quantizes (int8); inside the PD cluster KV travels raw.
+    config = topology(tiny_llama, free_port(), canary=CANARY, link={"codec": "int8"})
     with deploy(config, tmp_path, TOKEN, env={"PRFAAS_TEST_FAULTS": "1"}) as running:
         paths = run_round(running.base_url)
         assert len(paths) == 3, paths  # pd-d-0's reference, from pd-p-0, from prfaas-0
-        for p in paths.values():
-            assert p["ok"] and p["first_divergence"] is None, p
+        assert all(p["ok"] for p in paths.values()), paths
+        raw = paths["pd-p-0 -[local, raw]-> pd-d-0"]
+        assert raw["first_divergence"] is None and raw["max_abs_dlogprob"] <= 1e-4, raw
+        int8 = remote(paths)
+        assert int8["codec"] == "int8" and int8["max_abs_dlogprob"] > 0, int8  # it is lossy
 
         switch(running.base_url, "pd-d-0", "ignore_kv", True)
         paths = run_round(running.base_url)

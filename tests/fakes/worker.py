@@ -30,6 +30,7 @@ from prfaas.messages import (
     Heartbeat,
     KvFailed,
     LinkReport,
+    LogprobEntry,
     PrefillCommand,
     PrefillResult,
     Role,
@@ -192,6 +193,9 @@ class FakeWorker:
                     got.abandoned.append(cmd.request_id)
                     raise
 
+            def logprob(i: int) -> LogprobEntry:  # made up, deterministic
+                return LogprobEntry(token_id=3 + i, logprob=-0.25 * (i + 1), rank=1)
+
             def event(i: int, last: bool) -> bytes:
                 return (
                     TokenEvent(
@@ -202,6 +206,7 @@ class FakeWorker:
                         finish_reason="length" if last else None,
                         cached_tokens=behaviour.decode_cached_tokens if i == 0 else 0,
                         computed_tokens=computed if i == 0 else 0,
+                        logprobs=None if cmd.params.logprobs is None else [logprob(i)],
                     ).encode()
                     + b"\n"
                 )

@@ -57,23 +57,28 @@ def probe_through(backend: ClusterBackend) -> Probe:
                 temperature=0.0 if seed is None else 1.0,
                 seed=seed,
                 ignore_eos=True,
+                logprobs=0,  # the chosen tokens' own
             ),
         )
         handle = await backend.submit_on(req, path.prefill, path.decode)
         tokens: list[int] = []
+        logprobs: list[float] = []
         computed: int | None = None
         try:
             async for event in handle.events:
                 if computed is None:
                     computed = event.computed_tokens
                 tokens += event.token_ids
+                logprobs += [entry.logprob for entry in event.logprobs or ()]
                 if event.finished:
                     break
         finally:
             await aclose(handle.events)
         if len(tokens) != max_tokens:
             raise RuntimeError(f"{len(tokens)} tokens of {max_tokens}")
-        return PathOutput(tuple(tokens), (), computed or 0)
+        if len(logprobs) != len(tokens):
+            raise RuntimeError(f"{len(logprobs)} logprobs for {len(tokens)} tokens")
+        return PathOutput(tuple(tokens), tuple(logprobs), computed or 0)
 
     return probe
 
