@@ -25,7 +25,7 @@ from typing import Any
 
 from prfaas.deploy.cluster_metrics import link_reports
 from prfaas.deploy.config import ControlSpec, PolicySpec
-from prfaas.deploy.profiling import PlannerInputs, ThresholdChoice
+from prfaas.deploy.profiling import PlannerInputs, ThresholdChoice, clamp_reason
 from prfaas.deploy.roles import RoleSwitchError
 from prfaas.deploy.ttft_estimate import measured_choice
 from prfaas.gateway.fleet import WorkerFleet
@@ -125,11 +125,13 @@ class ControlLoop:
         self.router.state, changes = c.long_tick(self.fleet.instances(), lengths)
         replanned = len(lengths) >= c.config.min_samples and self.pinned is None
         if replanned and self.choice is not None:
+            reason = f"re-planned on {len(lengths)} observed prompt lengths"
+            clamped = self.inputs and clamp_reason(c.t_solved, self.inputs.bounds)
             self.choice = dataclasses.replace(
                 self.choice,
                 applied_tokens=self.router.state.threshold_tokens,
                 solved_tokens=c.t_solved,
-                reason=f"re-planned on {len(lengths)} observed prompt lengths",
+                reason=f"{reason}; {clamped}" if clamped else reason,
             )
         applied: list[RoleChange] = []
         for change in changes:
@@ -194,6 +196,10 @@ class ControlLoop:
                 "short_ticks": self.short_ticks,
                 "long_ticks": self.long_ticks,
                 "t_plan_tokens": None if c is None else c.t_plan,
+                "t_solved_tokens": None if c is None else c.t_solved,
+                "t_clamp": None
+                if c is None or self.inputs is None
+                else clamp_reason(c.t_solved, self.inputs.bounds),
                 "n_p": None if c is None else c.n_p,
                 "egress": None if c is None else dataclasses.asdict(c.egress),
                 "role_changes": [f"{ch.instance}->{ch.to_role}" for ch in self.applied_changes],

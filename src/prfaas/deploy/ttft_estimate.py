@@ -5,8 +5,8 @@ Before start-up profiling (or where it does not run: a pinned t, a failed profil
 cluster gets ``PLACEHOLDER``, a linear T(l): the choice then balances queued tokens and
 weighs a cached prefix by the tokens it saves, which needs no absolute timing. Once the
 prefill instances are profiled, T(l) = a + b·l + c·l² is fitted per cluster on the measured
-points (as the simulator fits its cost model), and the PrfaaS cluster's KV transfer term is
-the measured KV bytes per token over the link's cap.
+points (``MeasuredPrefill.prefill_model``, the fit the planner profile uses), and the PrfaaS
+cluster's KV transfer term is the measured KV bytes per token over the link's cap.
 """
 
 from __future__ import annotations
@@ -24,16 +24,6 @@ def placeholder_choice(clusters: Iterable[str], balance_factor: float) -> Estima
     return EstimatedTtft({c: ClusterCosts(PLACEHOLDER) for c in clusters}, balance_factor)
 
 
-def fitted_model(m: MeasuredPrefill) -> PrefillTimeModel:
-    """T(l) fitted on one instance's measured prefills; with fewer than 3 distinct lengths,
-    the line through the longest one (the profile is too short to say more)."""
-    points = [(float(n), s) for n, s in zip(m.num_tokens, m.prefill_s, strict=True)]
-    if len({n for n, _ in points}) >= 3:
-        return PrefillTimeModel.fit(points)
-    n, s = max(points)
-    return PrefillTimeModel(0.0, s / max(n, 1.0))
-
-
 def measured_choice(
     measured: Iterable[MeasuredPrefill],
     link_gbps: Mapping[str, float],
@@ -49,5 +39,5 @@ def measured_choice(
         if gbps and len(m.num_tokens) >= 2 and m.num_tokens[-1] > m.num_tokens[0]:
             per_token = (m.kv_bytes[-1] - m.kv_bytes[0]) / (m.num_tokens[-1] - m.num_tokens[0])
             transfer_s_per_token = max(per_token, 0.0) * 8 / (gbps * 1e9)
-        costs[m.cluster] = ClusterCosts(fitted_model(m), transfer_s_per_token)
+        costs[m.cluster] = ClusterCosts(m.prefill_model(), transfer_s_per_token)
     return EstimatedTtft(costs, balance_factor)
