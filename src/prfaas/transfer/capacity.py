@@ -69,6 +69,11 @@ class CapacityEstimator:
             gbps = (self._busy_bytes - bytes0) * 8 / (self._busy_s - busy0) / 1e9
             self._measured = (now_s, gbps)
 
+    def add_busy(self, seconds: float) -> None:
+        """Busy time the sender learned of late (bytes it wrote waited in buffers on the way
+        for this long): counted now, with no bytes of its own (they were counted as written)."""
+        self._busy_s += seconds
+
     def estimate(self, now_s: float, cap_gbps: float | None) -> CapacityEstimate:
         """The estimate as of the last ``update`` (call it at ``now_s`` first)."""
         if self._last_s is None:

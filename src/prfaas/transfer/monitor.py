@@ -3,7 +3,10 @@
 Goodput is measured three ways: a sliding one-second window over bytes handed to the kernel
 (what the link carries now), per transfer while it was backlogged, and continuously while
 the link was backlogged (``capacity.CapacityEstimator``: what the link can carry now, and
-how much of the time it had a backlog; a stalled link is busy, never idle). Only the
+how much of the time it had a backlog; a stalled link is busy, never idle). Backlogged means
+KV bytes wait to be written; and a transfer's acknowledgement that comes later than the
+path's fixed latency counts that excess as busy time too (its bytes sat in buffers on the
+way), so that buffers in front of a slow link do not read as capacity. Only the
 backlogged ones are compared with the configured cap, because an idle or compute-bound
 sender is not a slow link. RTT and retransmissions come from TCP_INFO. Bytes
 are counted as each paced grant leaves (transfers in flight included), with the transfers
@@ -30,6 +33,7 @@ logger = logging.getLogger(__name__)
 # far above the clock's resolution and a few pacing grants.
 MIN_BUSY_S = 0.005
 MIN_WIRE_BYTES = 1 << 20
+ACK_WAITS = 64  # transfers whose least acknowledgement wait is taken as the fixed latency
 
 # struct tcp_info (linux/tcp.h): 8 single-byte fields, then u32s; we read up to total_retrans.
 _TCP_INFO = struct.Struct("<8B24I")
@@ -96,6 +100,7 @@ class LinkMonitor:
         self._failed = 0
         self._open = 0
         self._backlog = 0
+        self._ack_waits: collections.deque[float] = collections.deque(maxlen=ACK_WAITS)
         self._capacity = CapacityEstimator()
 
     def record_opened(self) -> None:
@@ -108,6 +113,18 @@ class LinkMonitor:
         with self._lock:
             self._backlog += delta_bytes
             self._capacity.update(time.monotonic(), self._bytes_sent, self._backlog > 0)
+
+    def record_ack_wait(self, wait_s: float) -> None:
+        """A transfer wrote its last byte and got its acknowledgement ``wait_s`` later. The
+        least such wait lately is the path's fixed latency (RTT, the receiver's landing);
+        anything beyond it was spent delivering bytes still in buffers on the way (socket
+        buffers, a bottleneck's queue): the link was busy for that long, though the sender
+        no longer had a backlog."""
+        with self._lock:
+            self._ack_waits.append(wait_s)
+            excess_s = wait_s - min(self._ack_waits)
+            if excess_s > 0:
+                self._capacity.add_busy(excess_s)
 
     def record_sent(self, num_bytes: int) -> None:
         now = time.monotonic()
