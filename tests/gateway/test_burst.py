@@ -4,12 +4,15 @@ prefill in flight from dispatch to its end, so the burst spreads over the PD-P i
 within the load bound instead of piling onto the instance that holds the prefix.
 
 Fakes because the subject is the gateway's routing and its in-flight bookkeeping; each
-fake prefill takes a fixed second so that the whole burst is in flight at once."""
+fake prefill takes 1.5 s so that much of the burst is in flight at once."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+
+import httpx
 
 from prfaas.kvcache.hashing import block_hashes, root_hash
 from prfaas.router.instance_choice import EstimatedTtft, load_bound_s
@@ -48,6 +51,17 @@ def warm_prefix(c: FakeCluster, holder: str) -> None:
         c.workers[n].received.prefills.clear()
 
 
+async def send_burst(url: str, statuses: Counter[int]) -> None:
+    async with httpx.AsyncClient(timeout=60) as client:
+
+        async def one(i: int) -> None:
+            body = {"model": "fake", "prompt": prompt(i), "max_tokens": 4}
+            r = await client.post(url + "/v1/completions", json=body)
+            statuses[r.status_code] += 1
+
+        await asyncio.gather(*(one(i) for i in range(BURST)))
+
+
 def burst(instance_choice: str) -> tuple[Counter[str], dict[str, float], FakeCluster]:
     """Fire the burst; at the moment all of it is in flight, the prefills per instance and the
     queued seconds the router counts per instance."""
@@ -59,17 +73,21 @@ def burst(instance_choice: str) -> tuple[Counter[str], dict[str, float], FakeClu
         for n in PD_P:
             c.workers[n].behaviour.prefill_delay_s = 1.5
         router = c.deployment.backend.router
-        with ThreadPoolExecutor(BURST) as pool:
-            futures = [pool.submit(complete, c.url, prompt(i)) for i in range(BURST)]
-            received = lambda: sum(len(c.workers[n].received.prefills) for n in PD_P)  # noqa: E731
-            wait_until(lambda: received() == BURST)
-            counts = Counter({n: len(c.workers[n].received.prefills) for n in PD_P})
-            waits: dict[str, float] = {}
-            if isinstance(router.instance_choice, EstimatedTtft):
-                model = router.instance_choice.costs["local"].prefill
-                waits = {n: model.queued_s(router.inflight.work(n)) for n in PD_P}
-            assert all(f.result().status_code == 200 for f in futures)
-        wait_until(lambda: len(router.inflight) == 0)  # every prefill's end was reported
+        statuses: Counter[int] = Counter()
+        # One client thread with one event loop: 50 blocking client threads would starve
+        # the fakes' heartbeats (this process also runs the gateway and every fake).
+        fire = threading.Thread(target=asyncio.run, args=(send_burst(c.url, statuses),))
+        fire.start()
+        received = lambda: sum(len(c.workers[n].received.prefills) for n in PD_P)  # noqa: E731
+        wait_until(lambda: received() == BURST or not fire.is_alive(), timeout_s=60)
+        counts = Counter({n: len(c.workers[n].received.prefills) for n in PD_P})
+        waits: dict[str, float] = {}
+        if isinstance(router.instance_choice, EstimatedTtft):
+            model = router.instance_choice.costs["local"].prefill
+            waits = {n: model.queued_s(router.inflight.work(n)) for n in PD_P}
+        fire.join(60)
+        assert statuses == {200: BURST}, statuses
+        wait_until(lambda: len(router.inflight) == 0, 30)  # every prefill's end was reported
         return counts, waits, c
 
 
