@@ -78,7 +78,7 @@ def inputs(rate_gbps: float | None = 1.0, prfaas_scale: float = 1.0) -> PlannerI
 
 def test_profile_lengths_stay_inside_the_context() -> None:
     assert profile_lengths(512, 16) == [32, 128, 256, 383, 511]  # spread to the context
-    assert profile_lengths(MAX_MODEL_LEN, BLOCK) == [32, 1024, 2048, 3072, 4096]  # capped
+    assert profile_lengths(MAX_MODEL_LEN, BLOCK) == [32, 512, 1024, 1536, 2048]  # capped
     assert threshold_bounds(512, 16) == (32.0, 384.0)
 
 

@@ -47,9 +47,10 @@ DECODE_TOKENS = 8
 UNCAPPED_GBPS = 1e4  # a link with no rate cap: the planner sees it as never binding
 PRIOR_POINTS = 64  # lengths in the uniform prior the planner solves on before any traffic
 PROFILE_TIMEOUT_S = 300.0
-# The longest profiled prompt: start-up profiling stays around a minute on a 2-core CPU
-# with the embedded model. Beyond it the fitted quadratic extrapolates.
-PROFILE_MAX_TOKENS = 4096
+# The longest profiled prompt: a quarter of the embedded model's context, so that start-up
+# profiling stays within minutes on a 2-core CPU. Beyond it the fitted quadratic
+# extrapolates (a line would miss attention's l² term: the old 512-token profile did).
+PROFILE_MAX_TOKENS = 2048
 PROFILE_GRID = 64  # lengths the fitted T(l) is tabulated at, up to the context
 
 
