@@ -122,6 +122,10 @@ class LinkReport(Message):
     backlog_bytes: int = Field(ge=0)  # queued for the link, not yet on the wire
     transfers_open: int = Field(ge=0)
     cap_gbps: float | None = Field(None, gt=0.0)  # the pacer's cap; None: uncapped
+    # Goodput while backlogged over the last seconds, at most the cap (transfer/capacity.py);
+    # None: no backlog lately, the capacity is unknown. A stalled link measures 0.
+    capacity_gbps: float | None = Field(None, ge=0.0)
+    busy_fraction: float = Field(0.0, ge=0.0, le=1.0)  # share of that window with a backlog
 
 
 class Heartbeat(Message):

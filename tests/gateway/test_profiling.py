@@ -77,9 +77,55 @@ def inputs(rate_gbps: float | None = 1.0, prfaas_scale: float = 1.0) -> PlannerI
 
 
 def test_profile_lengths_stay_inside_the_context() -> None:
-    assert profile_lengths(512, 16) == [32, 73, 168, 384]
-    assert profile_lengths(MAX_MODEL_LEN, BLOCK) == [32, 81, 203, 512]  # capped: start-up
+    assert profile_lengths(512, 16) == [32, 128, 256, 383, 511]  # spread to the context
+    assert profile_lengths(MAX_MODEL_LEN, BLOCK) == [32, 512, 1024, 1536, 2048]  # capped
     assert threshold_bounds(512, 16) == (32.0, 384.0)
+
+
+def attention_bound(n: float) -> float:
+    """A prefill whose quadratic (attention) term dominates at long lengths."""
+    return 1e-3 + 2e-5 * n + 3e-8 * n * n
+
+
+def balanced_t(time_s: object, lo: float, hi: float, prfaas_per_pd: float) -> float:
+    """The oracle, the paper's throughput model (eqs. 3-8) solved by hand: with uniform
+    lengths on [lo, hi] and an ample link, each side serves N / (share · T(its mean length)),
+    and Λ is largest where the two are equal: (t - lo)·T((lo + t)/2) = (hi - t)·T((t + hi)/2)
+    / prfaas_per_pd (a fine grid, independent of the planner's search)."""
+    t = np.linspace(lo, hi, 20001)
+    f = np.vectorize(time_s)
+    gap = (t - lo) * f((lo + t) / 2) - (hi - t) * f((t + hi) / 2) / prfaas_per_pd
+    return float(t[np.argmin(np.abs(gap))])
+
+
+def test_the_unclamped_t_is_the_one_the_measured_profile_implies() -> None:
+    """One PD prefill instance, two PrfaaS ones, the same attention-bound T(l), measured at
+    the start-up lengths, an ample link: the solved t is the balance point (≈ 0.72 of the
+    context for this T, against ≈ 0.58 for a linear T: a profile cut at 512 tokens and
+    extrapolated along a line lands there and fails this)."""
+    lengths = tuple(profile_lengths(MAX_MODEL_LEN, BLOCK))
+    times = tuple(attention_bound(n) for n in lengths)
+    kv = tuple(KV_PER_TOKEN * n for n in lengths)
+    local = MeasuredPrefill("local", "pd-p-0", lengths, times, kv)
+    remote = MeasuredPrefill("remote", "prfaas-0", lengths, times, kv)
+    cfg = deploy(100.0)
+    prfaas = cfg.clusters[1].model_copy(
+        update={
+            "instances": [
+                cfg.clusters[1].instances[0].model_copy(update={"name": n})
+                for n in ("prfaas-0", "prfaas-1")
+            ]
+        }
+    )
+    cfg = cfg.model_copy(update={"clusters": [cfg.clusters[0], prfaas]})
+    planned = planner_inputs(cfg, local, remote, DECODE, MAX_MODEL_LEN, BLOCK)
+    choice = choose_threshold(planned, DECODE, 256)
+    expected = balanced_t(attention_bound, lengths[0], MAX_MODEL_LEN, 2.0)
+    assert 0.65 * MAX_MODEL_LEN < expected < 0.75 * MAX_MODEL_LEN
+    assert choice.solved_tokens == pytest.approx(expected, abs=planned.step_tokens)
+    assert choice.applied_tokens == choice.solved_tokens  # inside the bounds: not a clamp
+    assert choice.to_json()["clamped"] is False
+    assert choice.reason == "planner optimum on the measured profiles"
 
 
 def test_noisy_measurements_become_a_profile_that_never_falls_with_length() -> None:

@@ -1,6 +1,7 @@
 """Cluster gauges on the gateway's /metrics: the threshold, per-instance queue depth and
-health, KV transfers per link (bytes, outcomes), link goodput and egress as the sending
-instances measured them (their heartbeats' ``LinkReport``s), and local-prefill fallbacks."""
+health, KV transfers per link (bytes, outcomes), link goodput, egress, capacity estimate and
+backlogged share as the sending instances measured them (their heartbeats' ``LinkReport``s),
+and local-prefill fallbacks."""
 
 from __future__ import annotations
 
@@ -56,6 +57,19 @@ class ClusterMetrics:
             ["link"],
             registry=r,
         )
+        self.capacity = Gauge(
+            "prfaas_link_capacity_gbps",
+            "Link capacity out of a cluster as its senders measure it (goodput while "
+            "backlogged, at most the cap; 0: stalled); absent until measured",
+            ["link"],
+            registry=r,
+        )
+        self.busy = Gauge(
+            "prfaas_link_busy_fraction",
+            "Share of the last window the busiest sender out of a cluster had a backlog",
+            ["link"],
+            registry=r,
+        )
         self.wire_bytes = Gauge(
             "prfaas_link_wire_bytes",
             "KV bytes put on the wire out of a cluster since its instances started (their reports)",
@@ -88,6 +102,10 @@ class ClusterMetrics:
                 self.goodput.labels(cluster.name).set(sum(r.goodput_gbps for r in reports))
                 self.egress.labels(cluster.name).set(sum(r.rate_gbps for r in reports))
                 self.wire_bytes.labels(cluster.name).set(sum(r.bytes_sent for r in reports))
+                self.busy.labels(cluster.name).set(max(r.busy_fraction for r in reports))
+                measured = [r.capacity_gbps for r in reports if r.capacity_gbps is not None]
+                if measured:
+                    self.capacity.labels(cluster.name).set(sum(measured))
 
     def on_prefill(self, decision: RouteDecision, result: PrefillResult) -> None:
         link = decision.prefill_cluster

@@ -120,6 +120,10 @@ class PolicySpec(_Strict):
     threshold_tokens: int | None = Field(None, ge=0)  # None: measured at start-up
     mode: Literal["scarce", "abundant"] = "scarce"
     control: ControlSpec = ControlSpec()
+    # Prefill instance inside a cluster: least estimated TTFT (queue + incremental prefill +
+    # transfer, in-flight counts kept at dispatch) or CHWBL on heartbeat loads.
+    instance_choice: Literal["ttft", "chwbl"] = "ttft"
+    balance_factor: float = Field(1.25, ge=1.0, le=10.0)  # the per-request load bound
 
 
 class KvIndexSpec(_Strict):

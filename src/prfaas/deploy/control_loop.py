@@ -1,8 +1,9 @@
 """The live dual-timescale control loop: ``router.control.Controller`` on the gateway's view.
 
 Every ``short_interval_s``: the fleet's instances (queued prompt tokens from heartbeats), the
-PrfaaS → PD link (configured cap, and the egress rate the PrfaaS instances measured and
-reported in their heartbeats) → ``Controller.short_tick`` → a new ``RouterState`` installed
+PrfaaS → PD link as the PrfaaS instances measured it and reported in their heartbeats (egress
+rate, capacity estimate, backlogged share: ``router.link_state.measured_link``, the rule the
+simulator applies to its own links) → ``Controller.short_tick`` → a new ``RouterState`` installed
 in the router (replaced whole). Every ``long_interval_s``: ``Controller.long_tick`` on the
 incremental lengths the router observed → a re-planned t and role changes, applied one at a
 time by draining the worker and switching it (``roles.switch_role``, as
@@ -24,11 +25,14 @@ from typing import Any
 
 from prfaas.deploy.cluster_metrics import link_reports
 from prfaas.deploy.config import ControlSpec, PolicySpec
-from prfaas.deploy.profiling import PlannerInputs, ThresholdChoice
+from prfaas.deploy.profiling import PlannerInputs, ThresholdChoice, clamp_reason
 from prfaas.deploy.roles import RoleSwitchError
+from prfaas.deploy.ttft_estimate import measured_choice
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.messages import Role, WorkerInfo
 from prfaas.router.control import ControlConfig, Controller, OperatingPoint, RoleChange
+from prfaas.router.instance_choice import EstimatedTtft
+from prfaas.router.link_state import measured_link
 from prfaas.router.router import Router
 from prfaas.router.types import LinkView, Mode, RouterState
 
@@ -64,6 +68,14 @@ class ControlLoop:
         tick. The controller starts at the deployed split and at the applied t."""
         self.choice, self.inputs = choice, inputs
         self.router.state = RouterState(choice.applied_tokens, self.mode)
+        ttft = self.router.instance_choice
+        if isinstance(ttft, EstimatedTtft) and choice.measured:
+            links = (
+                {} if inputs is None else {inputs.prfaas_cluster: inputs.deployment.bandwidth_gbps}
+            )
+            self.router.instance_choice = measured_choice(
+                choice.measured, links, ttft.balance_factor, base=ttft
+            )
         if inputs is not None and self.spec.enabled:
             config = ControlConfig(
                 short_interval_s=self.spec.short_interval_s,
@@ -113,11 +125,13 @@ class ControlLoop:
         self.router.state, changes = c.long_tick(self.fleet.instances(), lengths)
         replanned = len(lengths) >= c.config.min_samples and self.pinned is None
         if replanned and self.choice is not None:
+            reason = f"re-planned on {len(lengths)} observed prompt lengths"
+            clamped = self.inputs and clamp_reason(c.t_solved, self.inputs.bounds)
             self.choice = dataclasses.replace(
                 self.choice,
                 applied_tokens=self.router.state.threshold_tokens,
                 solved_tokens=c.t_solved,
-                reason=f"re-planned on {len(lengths)} observed prompt lengths",
+                reason=f"{reason}; {clamped}" if clamped else reason,
             )
         applied: list[RoleChange] = []
         for change in changes:
@@ -138,11 +152,12 @@ class ControlLoop:
         return True
 
     def _egress(self, c: Controller) -> LinkView:
-        """The PrfaaS → PD link now: its configured cap and the rate its sending instances
-        measured over their last window (``LinkReport.rate_gbps``), unsmoothed."""
-        cap = c.egress.capacity_gbps
-        gbps = sum(r.rate_gbps for r in link_reports(self.fleet, c.prfaas_cluster))
-        return LinkView(c.prfaas_cluster, c.pd_cluster, cap, gbps, gbps / cap if cap else 0.0)
+        """The PrfaaS → PD link now, as its sending instances measured it over their last
+        window (their ``LinkReport``s: rate, capacity estimate, backlogged share; the same
+        rule as the simulator's, ``measured_link``), within the configured cap; unsmoothed."""
+        reports = link_reports(self.fleet, c.prfaas_cluster)
+        cap = self.inputs.deployment.bandwidth_gbps if self.inputs else c.egress.capacity_gbps
+        return measured_link(c.prfaas_cluster, c.pd_cluster, cap, reports)
 
     # ---- the background task (the gateway's lifespan runs it) ------------------------------
 
@@ -181,6 +196,10 @@ class ControlLoop:
                 "short_ticks": self.short_ticks,
                 "long_ticks": self.long_ticks,
                 "t_plan_tokens": None if c is None else c.t_plan,
+                "t_solved_tokens": None if c is None else c.t_solved,
+                "t_clamp": None
+                if c is None or self.inputs is None
+                else clamp_reason(c.t_solved, self.inputs.bounds),
                 "n_p": None if c is None else c.n_p,
                 "egress": None if c is None else dataclasses.asdict(c.egress),
                 "role_changes": [f"{ch.instance}->{ch.to_role}" for ch in self.applied_changes],

@@ -1,9 +1,11 @@
 """Start-up profiling: measure the deployed instances, then solve the threshold t.
 
 After every worker has registered, ``profile_deployment`` asks one prefill worker of the PD
-cluster and one of the PrfaaS cluster for short measured prefills at a few lengths inside
-the context (``POST /profile``), and one decode worker for a batch's decode step. Those
-become planner profiles (T_prefill measured, S_kv from the engine's layer specs), the link
+cluster and one of the PrfaaS cluster for measured prefills at lengths spread up to the
+context (``POST /profile``; at most ``PROFILE_MAX_TOKENS``), and one decode worker for a
+batch's decode step. Those become planner profiles (T(l) = a + b·l + c·l² fitted on the
+measured points, coefficients >= 0, so attention's quadratic term carries to the context;
+S_kv from the engine's layer specs), the link
 cap is the configured ``rate_gbps`` of the PrfaaS → PD link, and the planner solves t for
 the deployed instance counts (``PrfaasPd``, the split held at the deployed N_p).
 
@@ -33,21 +35,23 @@ from prfaas.planner.profile import TableProfile
 from prfaas.planner.search import best_threshold_for_split, plan
 from prfaas.planner.throughput import DecodeSpec
 from prfaas.planner.workload import EmpiricalLengths
+from prfaas.router.instance_choice import PrefillTimeModel
 
 logger = logging.getLogger(__name__)
 
 Source = Literal["profiled", "pinned", "default"]
-NUM_LENGTHS = 4
+NUM_LENGTHS = 5
 REPEATS = 2
 DECODE_BATCH = 4
 DECODE_TOKENS = 8
 UNCAPPED_GBPS = 1e4  # a link with no rate cap: the planner sees it as never binding
 PRIOR_POINTS = 64  # lengths in the uniform prior the planner solves on before any traffic
 PROFILE_TIMEOUT_S = 300.0
-# The longest profiled prompt, so that start-up profiling stays well under a minute on a
-# 2-core CPU with the embedded model. Beyond it T_prefill is extrapolated along the last
-# segment, which underestimates where attention dominates (long prompts on small models).
-PROFILE_MAX_TOKENS = 512
+# The longest profiled prompt: a quarter of the embedded model's context, so that start-up
+# profiling stays within minutes on a 2-core CPU. Beyond it the fitted quadratic
+# extrapolates (a line would miss attention's l² term: the old 512-token profile did).
+PROFILE_MAX_TOKENS = 2048
+PROFILE_GRID = 64  # lengths the fitted T(l) is tabulated at, up to the context
 
 
 def default_threshold(max_model_len: int) -> int:
@@ -56,11 +60,12 @@ def default_threshold(max_model_len: int) -> int:
 
 
 def profile_lengths(max_model_len: int, block_size: int) -> list[int]:
-    """``NUM_LENGTHS`` lengths spread geometrically over [2 blocks, 3/4 of the context]
-    (at most ``PROFILE_MAX_TOKENS``)."""
-    hi = max(2, min((3 * max_model_len) // 4, PROFILE_MAX_TOKENS))
-    lo = min(2 * block_size, hi // 2)
-    points = np.geomspace(max(lo, 1), hi, NUM_LENGTHS)
+    """``NUM_LENGTHS`` lengths from 2 blocks to the context (at most ``PROFILE_MAX_TOKENS``):
+    the first geometric (a fixed cost shows at short lengths), the rest even (the quadratic
+    term shows at long ones)."""
+    hi = max(3, min(max_model_len - 1, PROFILE_MAX_TOKENS))
+    lo = max(1, min(2 * block_size, hi // 4))
+    points = [lo, *np.linspace(hi / (NUM_LENGTHS - 1), hi, NUM_LENGTHS - 1)]
     return sorted({round(x) for x in points})
 
 
@@ -89,14 +94,27 @@ class MeasuredPrefill:
     def from_result(cls, cluster: str, instance: str, r: ProfileResult) -> MeasuredPrefill:
         return cls(cluster, instance, tuple(r.num_tokens), tuple(r.prefill_s), tuple(r.kv_bytes))
 
-    def planner_profile(self) -> TableProfile:
-        """Piecewise-linear in the measured points. Prefill time never falls with length:
-        a measurement that says so is noise, raised to the one before it."""
-        times = np.maximum.accumulate(np.asarray(self.prefill_s, dtype=np.float64))
+    def prefill_model(self) -> PrefillTimeModel:
+        """T(l) = a + b·l + c·l² least-squares on the measured points, coefficients >= 0
+        (prefill time never falls with length); a line through the longest point if fewer
+        than 3 lengths were measured."""
+        points = [(float(n), s) for n, s in zip(self.num_tokens, self.prefill_s, strict=True)]
+        if len({n for n, _ in points}) >= 3:
+            return PrefillTimeModel.fit(points)
+        n, s = max(points)
+        return PrefillTimeModel(0.0, s / max(n, 1.0))
+
+    def planner_profile(self, max_tokens: int | None = None) -> TableProfile:
+        """The fitted T(l) tabulated up to ``max_tokens`` (default: the longest measured),
+        with S_kv linear in the measured sizes."""
+        hi = max(max_tokens or 0, max(self.num_tokens))
+        grid = np.unique(np.linspace(1.0, float(hi), PROFILE_GRID).round())
+        model = self.prefill_model()
+        kv = np.polyval(np.polyfit(self.num_tokens, self.kv_bytes, 1), grid)
         return TableProfile(
-            tuple(float(n) for n in self.num_tokens),
-            tuple(float(t) for t in times),
-            tuple(float(b) for b in self.kv_bytes),
+            tuple(float(n) for n in grid),
+            tuple(model.seconds(int(n)) for n in grid),
+            tuple(float(b) for b in kv),
             fit="interp",
         )
 
@@ -117,6 +135,7 @@ class ThresholdChoice:
             "source": self.source,
             "applied_tokens": self.applied_tokens,
             "solved_tokens": self.solved_tokens,
+            "clamped": self.solved_tokens is not None and self.solved_tokens != self.applied_tokens,
             "reason": self.reason,
             "prefill_s": {
                 m.cluster: {
@@ -173,9 +192,9 @@ def planner_inputs(
     deployment = PrfaasPd(
         name="deployed",
         prfaas_instances=len(prfaas_spec.instances),
-        prfaas_profile=prfaas.planner_profile(),
+        prfaas_profile=prfaas.planner_profile(max_model_len),
         pd_instances=len(pd_spec.instances),
-        pd_prefill_profile=pd.planner_profile(),
+        pd_prefill_profile=pd.planner_profile(max_model_len),
         decode=decode,
         bandwidth_gbps=UNCAPPED_GBPS if cap is None else cap,
     )
@@ -209,20 +228,24 @@ def choose_threshold(
 ) -> ThresholdChoice:
     solved = solve_threshold(inputs, output_tokens)
     applied = clamp(solved, inputs.bounds)
-    lo, hi = inputs.bounds
-    if applied == solved:
-        reason = "planner optimum on the measured profiles"
-    elif solved > hi:
-        reason = (
+    reason = clamp_reason(solved, inputs.bounds) or "planner optimum on the measured profiles"
+    return ThresholdChoice(applied, "profiled", reason, solved, inputs.measured, decode)
+
+
+def clamp_reason(solved: float, bounds: tuple[float, float]) -> str | None:
+    """Why the planner's t is not applied as it is; None when it is inside the bounds."""
+    lo, hi = bounds
+    if solved > hi:
+        return (
             f"planner optimum {solved:.0f} is beyond 3/4 of the context; kept at {hi:.0f} "
             "so that both paths serve (longer prompts go remote)"
         )
-    else:
-        reason = (
+    if solved < lo:
+        return (
             f"planner optimum {solved:.0f} is under 2 blocks; kept at {lo:.0f} "
             "so that both paths serve (shorter prompts prefill locally)"
         )
-    return ThresholdChoice(applied, "profiled", reason, solved, inputs.measured, decode)
+    return None
 
 
 class ProfilingError(RuntimeError):

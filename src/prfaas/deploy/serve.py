@@ -36,6 +36,7 @@ from prfaas.deploy.profiling import (
 )
 from prfaas.deploy.readiness import not_ready_reason
 from prfaas.deploy.roles import add_role_route, add_status_route, switch_role
+from prfaas.deploy.ttft_estimate import placeholder_choice
 from prfaas.gateway.config import BackendSettings
 from prfaas.gateway.dispatch import ClusterBackend
 from prfaas.gateway.fleet import WorkerFleet
@@ -176,12 +177,17 @@ def build_deployment(
     threshold = cfg.policy.threshold_tokens
     if threshold is None:
         threshold = default_threshold(max_model_len)
+    instance_choice = None  # CHWBL
+    if cfg.policy.instance_choice == "ttft":
+        clusters = [c.name for c in cfg.clusters]
+        instance_choice = placeholder_choice(clusters, cfg.policy.balance_factor)
     router = Router(
-        RouterConfig(block_tokens=block_size),
+        RouterConfig(block_tokens=block_size, balance_factor=cfg.policy.balance_factor),
         POLICIES[cfg.policy.name](),
         fleet,
         kv_index,
         RouterState(float(threshold), cfg.policy.mode),
+        instance_choice,
     )
     settings = BackendSettings(
         model_name=cfg.served_model_name or cfg.model or "SmolLM2-135M-Instruct",

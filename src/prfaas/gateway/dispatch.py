@@ -89,6 +89,7 @@ class ClusterBackend:
             self.audit.close()
 
     def route(self, req: GenerationRequest, hashes: list[bytes]) -> RouteDecision:
+        self.router.prefill_finished(req.request_id)  # routed again: the last one never ran
         try:
             return self.router.route(
                 RouteRequest(
@@ -112,7 +113,15 @@ class ClusterBackend:
         return block_hashes(req.prompt_token_ids, block_size, root)
 
     async def submit(self, req: GenerationRequest) -> GenerationHandle:
-        """Route, open the decode stream, start the prefill; admission happened before."""
+        """Route, open the decode stream, start the prefill; admission happened before.
+        The router counts the prefill in flight from routing to ``_prefill``'s end."""
+        try:
+            return await self._submit(req)
+        except BaseException:
+            self.router.prefill_finished(req.request_id)  # routed, never dispatched
+            raise
+
+    async def _submit(self, req: GenerationRequest) -> GenerationHandle:
         hashes = self.block_hashes(req)
         # A worker that started draining (role switch) since its last heartbeat answers 409:
         # stop routing to it and route again.
@@ -314,6 +323,7 @@ class ClusterBackend:
                 elapsed_s = time.monotonic() - started_s
                 self.audit.shipped(cmd, result, prefill, decode, tenant, elapsed_s)
         finally:
+            self.router.prefill_finished(cmd.request_id)
             ended.set()
 
     def _spawn(self, coro: Any) -> None:

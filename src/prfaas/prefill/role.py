@@ -96,6 +96,8 @@ class PrefillRole:
                 backlog_bytes=sum(s.backlog_bytes for s in group),
                 transfers_open=sum(s.transfers_open for s in group),
                 cap_gbps=group[0].rate_cap_gbps,
+                capacity_gbps=_capacity_gbps(group),
+                busy_fraction=max(s.busy_fraction for s in group),
             )
             for name, group in by_name.items()
         ]
@@ -188,3 +190,10 @@ def _sent(
         seconds=time.monotonic() - started,
         cached_tokens=cached_tokens,
     )
+
+
+def _capacity_gbps(group: list[LinkStats]) -> float | None:
+    """Senders sharing a link name that measured it: concurrent backlogged senders split a
+    shared link, so their capacities add up; None if none measured."""
+    measured = [s.capacity_gbps for s in group if s.capacity_gbps is not None]
+    return sum(measured) if measured else None

@@ -125,7 +125,8 @@ class Controller:
         if abs(egress.capacity_gbps - self._solved_gbps) > c.bandwidth_change * self._solved_gbps:
             self._solved_gbps = egress.capacity_gbps
             self._plan = self._solve(egress.capacity_gbps)
-            self.t_plan = self._clamp(self._threshold())
+            self.t_solved = self._threshold()
+            self.t_plan = self._clamp(self.t_solved)
         if egress.utilization > c.scarce_above:
             self._mode = "scarce"
         elif egress.utilization < c.abundant_below:

@@ -10,6 +10,11 @@ share. The data lands ``rtt_ms / 2`` after its last byte leaves.
 Rates are recomputed at every change (flow start, producer done, flow end, capacity
 change); between changes every rate is constant, so bytes advance exactly. A pending
 completion check carries the link's version and is ignored if anything changed since.
+
+What the control loop may know of a link is what its sender measures
+(``transfer.capacity.CapacityEstimator``, fed here as the live sender feeds it): bytes sent,
+and whether some flow is held back by the link (backlogged) rather than by its producer.
+``measure`` gives that; the true ``capacity_gbps`` stays inside the simulation.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from prfaas.planner.units import gbps_to_bytes_per_s
+from prfaas.router.link_state import LinkSample
+from prfaas.transfer.capacity import CapacityEstimator
 
 _EPS_BYTES = 1e-3
 _EPS_S = 1e-9  # float time resolution: a flow this close to its end is done
@@ -44,10 +51,14 @@ class SimLink:
     def __init__(self, name: str, src: str, dst: str, capacity_gbps: float, rtt_ms: float) -> None:
         self.name, self.src, self.dst = name, src, dst
         self.capacity_gbps, self.rtt_ms = capacity_gbps, rtt_ms
+        self.cap_gbps = capacity_gbps  # the configured cap: what an operator knows
         self.flows: list[Flow] = []
         self.bytes_sent = 0.0  # cumulative, for egress metrics
         self.version = 0
         self._last_s = 0.0
+        self._estimator = CapacityEstimator()
+        self._sent_at_measure = 0.0
+        self._measured_s = 0.0
 
     def add(self, flow: Flow, now_s: float) -> float | None:
         self._advance(now_s)
@@ -71,6 +82,23 @@ class SimLink:
         self.flows = [f for f in self.flows if not _finished(f)]
         return done, self._reallocate(now_s)
 
+    def measure(self, now_s: float) -> LinkSample:
+        """The sender's view since the last ``measure``: rate, capacity estimate, busy share."""
+        self._advance(now_s)
+        self._estimator.update(now_s, self.bytes_sent, self._backlogged())
+        estimate = self._estimator.estimate(now_s, self.cap_gbps)
+        span_s = now_s - self._measured_s
+        rate = (self.bytes_sent - self._sent_at_measure) * 8 / 1e9 / span_s if span_s > 0 else 0.0
+        self._sent_at_measure, self._measured_s = self.bytes_sent, now_s
+        return LinkSample(rate, estimate.capacity_gbps, estimate.busy_fraction)
+
+    def _backlogged(self) -> bool:
+        """Some flow has bytes waiting that the link, not its producer, holds back."""
+        return any(
+            f.cap_bytes_per_s is None or f.rate_bytes_per_s < f.cap_bytes_per_s * (1 - 1e-9)
+            for f in self.flows
+        )
+
     def _advance(self, now_s: float) -> None:
         dt = now_s - self._last_s
         if dt > 0:
@@ -87,6 +115,7 @@ class SimLink:
         rates = water_fill(capacity, [f.cap_bytes_per_s for f in self.flows])
         for f, rate in zip(self.flows, rates, strict=True):
             f.rate_bytes_per_s = rate
+        self._estimator.update(now_s, self.bytes_sent, self._backlogged())
         finish = [
             now_s + f.remaining_bytes / f.rate_bytes_per_s
             for f in self.flows

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from prfaas.router.control import Controller
 from prfaas.router.instance_choice import InstanceChoice
 from prfaas.router.kv_index import KvIndex
+from prfaas.router.link_state import measured_link
 from prfaas.router.policies import PathPolicy
 from prfaas.router.router import Router, RouterConfig
 from prfaas.router.types import LinkView, RouteRequest, RouterState
@@ -73,7 +74,6 @@ class Simulator:
         kinds = {c.name: c.kind for c in fleet_spec.clusters}
         egress = [k for k in self.links if kinds[k[0]] == "prfaas" and kinds[k[1]] == "pd"]
         self.egress_key = egress[0] if egress else None
-        self._egress_sent_at_tick = 0.0
 
     def run(self) -> RunResult:
         self._schedule_start()
@@ -277,15 +277,8 @@ class Simulator:
         return instance
 
     def _egress_view(self) -> LinkView:
-        """The PrfaaS → PD link as the control loop sees it: cap, goodput since last tick."""
+        """The PrfaaS → PD link as the live control loop sees it: its sender's measure
+        (``SimLink.measure``) within the configured cap, never the true capacity."""
         assert self.egress_key is not None, "the adaptive policy needs a PrfaaS -> PD link"
         link = self.links[self.egress_key]
-        assert self.policy.controller is not None
-        interval_s = self.policy.controller.config.short_interval_s
-        sent = link.bytes_sent - self._egress_sent_at_tick
-        self._egress_sent_at_tick = link.bytes_sent
-        goodput_gbps = sent * 8 / 1e9 / interval_s
-        capacity = link.capacity_gbps
-        busy = 1.0 if capacity <= 0 and link.flows else 0.0
-        utilization = goodput_gbps / capacity if capacity > 0 else busy
-        return LinkView(link.src, link.dst, capacity, goodput_gbps, utilization)
+        return measured_link(link.src, link.dst, link.cap_gbps, [link.measure(self.now_s)])

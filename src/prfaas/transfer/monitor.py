@@ -1,9 +1,14 @@
 """Link monitor: goodput, RTT and retransmissions per link, for the router and the logs.
 
-Goodput is measured two ways: a sliding one-second window over bytes handed to the kernel
-(what the link carries now), and per transfer while it was backlogged (what the link can
-carry). Only the second is compared with the configured cap, because an idle or
-compute-bound sender is not a slow link. RTT and retransmissions come from TCP_INFO. Bytes
+Goodput is measured three ways: a sliding one-second window over bytes handed to the kernel
+(what the link carries now), per transfer while it was backlogged, and continuously while
+the link was backlogged (``capacity.CapacityEstimator``: what the link can carry now, and
+how much of the time it had a backlog; a stalled link is busy, never idle). Backlogged means
+KV bytes wait to be written; and a transfer's acknowledgement that comes later than the
+path's fixed latency counts that excess as busy time too (its bytes sat in buffers on the
+way), so that buffers in front of a slow link do not read as capacity. Only the
+backlogged ones are compared with the configured cap, because an idle or compute-bound
+sender is not a slow link. RTT and retransmissions come from TCP_INFO. Bytes
 are counted as each paced grant leaves (transfers in flight included), with the transfers
 open and the KV bytes queued for the link but not yet written.
 
@@ -21,11 +26,14 @@ import threading
 import time
 from dataclasses import dataclass
 
+from prfaas.transfer.capacity import CapacityEstimator
+
 logger = logging.getLogger(__name__)
 # A transfer says something about the link only above these: 1 MiB busy for 5 ms is still
 # far above the clock's resolution and a few pacing grants.
 MIN_BUSY_S = 0.005
 MIN_WIRE_BYTES = 1 << 20
+ACK_WAITS = 64  # transfers whose least acknowledgement wait is taken as the fixed latency
 
 # struct tcp_info (linux/tcp.h): 8 single-byte fields, then u32s; we read up to total_retrans.
 _TCP_INFO = struct.Struct("<8B24I")
@@ -72,6 +80,8 @@ class LinkStats:
     transfers_failed: int
     transfers_open: int = 0
     backlog_bytes: int = 0  # KV bytes given to open transfers, not yet written
+    capacity_gbps: float | None = None  # goodput while backlogged, at most the cap; None: unknown
+    busy_fraction: float = 0.0  # share of the last window with a backlog
 
 
 class LinkMonitor:
@@ -90,6 +100,8 @@ class LinkMonitor:
         self._failed = 0
         self._open = 0
         self._backlog = 0
+        self._ack_waits: collections.deque[float] = collections.deque(maxlen=ACK_WAITS)
+        self._capacity = CapacityEstimator()
 
     def record_opened(self) -> None:
         """A transfer opened; ``record_transfer`` closes it."""
@@ -100,6 +112,19 @@ class LinkMonitor:
         """KV bytes queued for the link (> 0) or written or dropped (< 0)."""
         with self._lock:
             self._backlog += delta_bytes
+            self._capacity.update(time.monotonic(), self._bytes_sent, self._backlog > 0)
+
+    def record_ack_wait(self, wait_s: float) -> None:
+        """A transfer wrote its last byte and got its acknowledgement ``wait_s`` later. The
+        least such wait lately is the path's fixed latency (RTT, the receiver's landing);
+        anything beyond it was spent delivering bytes still in buffers on the way (socket
+        buffers, a bottleneck's queue): the link was busy for that long, though the sender
+        no longer had a backlog."""
+        with self._lock:
+            self._ack_waits.append(wait_s)
+            excess_s = wait_s - min(self._ack_waits)
+            if excess_s > 0:
+                self._capacity.add_busy(excess_s)
 
     def record_sent(self, num_bytes: int) -> None:
         now = time.monotonic()
@@ -109,6 +134,7 @@ class LinkMonitor:
                 self._samples.append((now, self._bytes_sent))
             while len(self._samples) > 2 and now - self._samples[1][0] > self.WINDOW_S:
                 self._samples.popleft()
+            self._capacity.update(now, self._bytes_sent, self._backlog > 0)
 
     def record_connection(self, info: TcpInfo | None) -> None:
         """Called once per connection before it closes."""
@@ -145,6 +171,8 @@ class LinkMonitor:
     def stats(self, rate_cap_gbps: float | None) -> LinkStats:
         now = time.monotonic()
         with self._lock:
+            self._capacity.update(now, self._bytes_sent, self._backlog > 0)
+            estimate = self._capacity.estimate(now, rate_cap_gbps)
             goodput = 0.0
             if self._samples and now - self._samples[-1][0] < self.WINDOW_S:
                 t0, b0 = self._samples[0]
@@ -162,4 +190,6 @@ class LinkMonitor:
                 transfers_failed=self._failed,
                 transfers_open=self._open,
                 backlog_bytes=max(0, self._backlog),
+                capacity_gbps=estimate.capacity_gbps,
+                busy_fraction=estimate.busy_fraction,
             )

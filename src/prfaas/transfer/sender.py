@@ -219,7 +219,9 @@ class OutgoingTransfer:
                 if writer.is_alive():
                     self._fail(TransferTimeout("transfer deadline passed"))
             self._raise_if_failed()
+            waited_s = time.monotonic()
             ack = self._trailer_and_ack()
+            self._link.monitor.record_ack_wait(time.monotonic() - waited_s)
             if ack.num_chunks != len(self._records):
                 raise TransferError(f"receiver acknowledged {ack.num_chunks} chunks")
         except TransferError as exc:
