@@ -106,7 +106,8 @@ class TenantSpec(_Strict):
     burst_tokens: float | None = Field(None, gt=0, le=1e12)
 
     def limits(self) -> TenantLimits | None:
-        if self.requests_per_s is None and self.tokens_per_min is None:
+        values = (self.requests_per_s, self.tokens_per_min, self.burst_requests, self.burst_tokens)
+        if all(v is None for v in values):
             return None
         try:
             return TenantLimits(
