@@ -50,6 +50,7 @@ def test_a_request_line_carries_its_tokens_and_the_kv_its_transfers_moved(tmp_pa
         ledger.finish("r1", prompt_tokens=1, cached_tokens=0, completion_tokens=1, remote=True)
         is None
     )
+    ledger.flush()  # the writer thread has written and fsynced the line
     [line] = path.read_text().splitlines()
     obj = json.loads(line)
     assert obj["event"] == "usage" and obj["id"] == "r1" and obj["prefill"] == "remote"
@@ -146,3 +147,28 @@ def test_a_writer_killed_mid_stream_loses_nothing_it_wrote_whole(tmp_path: Path)
         3 * len(ids),
         2 * len(ids),
     )
+
+
+def test_lines_from_many_threads_are_each_written_once(tmp_path: Path) -> None:
+    """Group commit: requests ending on several threads at once share fsyncs, and every
+    line is written whole and once by the time ``close`` returns."""
+    import threading
+
+    path = tmp_path / "usage.jsonl"
+    ledger = UsageLedger(path)
+
+    def end_requests(t: int) -> None:
+        for i in range(200):
+            rid = f"t{t}-{i}"
+            ledger.begin(rid, "alice", "m")
+            ledger.finish(rid, prompt_tokens=1, cached_tokens=0, completion_tokens=1, remote=True)
+
+    threads = [threading.Thread(target=end_requests, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ledger.close()
+    ledger.close()  # idempotent
+    ids = [json.loads(line)["id"] for line in path.read_bytes().splitlines()]
+    assert sorted(ids) == sorted(f"t{t}-{i}" for t in range(8) for i in range(200))

@@ -13,11 +13,14 @@ recorded it. A transfer reported after its request's line was written (a prefill
 its stream) gets a line of its own: ``{"event": "usage_kv", "id": "<request id>:kv:<n>", ...}``
 with the tenant, model and ``kv_bytes`` only.
 
-Crash safety: each line is one ``write`` to a file opened ``O_APPEND`` followed by ``fsync``,
-written once, when its request ends, before the ledger forgets the request. Every line has a
-unique ``id``: a reader counts each id once (``read_usage``), so a log replayed or copied
-twice over is still billed once, and a torn last line (the process died mid-write) is skipped
-and cut off by the next writer before it appends.
+Crash safety: each line is written once, when its request ends, to a file opened
+``O_APPEND``. A writer thread appends the lines queued since its last round in one ``write``
+and then ``fsync``s (group commit: the event loop never waits for the disk, and one fsync
+covers every request that ended meanwhile); ``close`` writes what is queued. Every line has
+a unique ``id``: a reader counts each id once (``read_usage``), so a log replayed or copied
+twice over is still billed once, and a torn last line (the process died mid-write) is
+skipped and cut off by the next writer before it appends. A process killed outright loses
+only the lines queued since the last round (the requests that ended in the last fsync).
 """
 
 from __future__ import annotations
@@ -91,10 +94,17 @@ class UsageLedger:
         self._open: dict[str, tuple[str, str, dict[str, int]]] = {}  # id -> tenant, model, kv
         self._late_lines = 0  # late-KV lines written (their ids' suffix)
         self._fd: int | None = None
+        self._queued: list[bytes] = []  # lines not yet written
+        self._writing = False  # the writer thread holds lines it has not yet fsynced
+        self._closing = False
+        self._wake = threading.Condition(self._lock)
+        self._writer: threading.Thread | None = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             _cut_torn_tail(path)
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._writer = threading.Thread(target=self._write_rounds, daemon=True)
+            self._writer.start()
 
     def begin(self, request_id: str, tenant: str, model: str) -> None:
         with self._lock:
@@ -152,22 +162,57 @@ class UsageLedger:
         return record
 
     def _write(self, record: UsageRecord) -> None:
-        if self._fd is not None:
+        if self._writer is not None:
             line = _encode(record)
-            with self._lock:
-                os.write(self._fd, line)
-                os.fsync(self._fd)
+            with self._wake:
+                self._queued.append(line)
+                self._wake.notify_all()
         for listener in self.listeners:
             try:
                 listener(record)
             except Exception:
                 logger.exception("usage listener failed")
 
+    def _write_rounds(self) -> None:
+        """The writer thread: append what is queued, fsync, repeat; ends once closed."""
+        fd = self._fd
+        assert fd is not None
+        while True:
+            with self._wake:
+                while not self._queued and not self._closing:
+                    self._wake.wait()
+                lines, self._queued = self._queued, []
+                self._writing = bool(lines)
+            if not lines:  # closing, and everything is written
+                return
+            try:
+                data = b"".join(lines)
+                while data:  # a short write (disk full) goes on where it stopped
+                    data = data[os.write(fd, data) :]
+                os.fsync(fd)
+            except OSError:
+                logger.exception("usage log %s: %d lines not written", self.path, len(lines))
+            with self._wake:
+                self._writing = False
+                self._wake.notify_all()
+
+    def flush(self) -> None:
+        """Return once every line queued so far is written and fsynced."""
+        with self._wake:
+            while self._writer is not None and (self._queued or self._writing):
+                self._wake.wait()
+
     def close(self) -> None:
-        with self._lock:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+        """Write what is queued, then stop the writer and close the file. Idempotent."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify_all()
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _encode(r: UsageRecord) -> bytes:
