@@ -107,7 +107,7 @@ def fake_cluster(
         CONTEXT,
         16,
         gateway_url="http://127.0.0.1:1",
-        api_keys={},
+        api_keys={key: t.name for t in cfg.tenants for key in t.api_keys},
         kv_index=KvIndex(),
     )
     cluster: FakeCluster | None = None

@@ -52,6 +52,7 @@ class Behaviour:
     prefill_ok: bool = True  # False: PrefillResult(ok=False), the decode side falls back
     prefill_status: int = 200
     prefill_cached_tokens: int = 0  # the prefill engine's prefix hit
+    prefill_kv_bytes: int = 0  # KV the prefill says it delivered (the fake sends none)
     prefill_delay_s: float = 0.0
     decode_delay_s: float = 0.0  # before the first event (a real one waits for the KV)
     hold_decode: asyncio.Event | None = None  # each decode stream waits for it
@@ -162,6 +163,7 @@ class FakeWorker:
                 request_id=cmd.request_id,
                 ok=ok,
                 cached_tokens=self.behaviour.prefill_cached_tokens if ok else 0,
+                kv_bytes=self.behaviour.prefill_kv_bytes if ok else 0,
                 error=None if ok else "fake: the transfer failed",
             )
             return Response(result.encode(), media_type="application/json")

@@ -43,6 +43,9 @@ def test_default_round_trips(tmp_path: Path) -> None:
         (lambda d: d["clusters"][0].update(kind="prfaas"), "exactly one cluster of kind 'pd'"),
         (lambda d: d.update(tenants=[{"name": "t", "clusters": ["nowhere"]}]), "nowhere"),
         (lambda d: d.update(kv_deadline_s=30, stream_stall_s=10), "stream_stall_s"),
+        (lambda d: d.update(tenants=[{"name": "t", "burst_tokens": 5}]), "needs tokens_per_min"),
+        (lambda d: d.update(tenants=[{"name": "t", "requests_per_s": 0}]), "requests_per_s"),
+        (lambda d: d.update(tenants=[{"name": "t"}, {"name": "t"}]), "tenant names"),
     ],
 )
 def test_bad_files_name_the_problem(tmp_path: Path, change: object, message: str) -> None:
@@ -164,3 +167,19 @@ def test_a_spawned_worker_exits_when_its_launcher_dies(tmp_path: Path) -> None:
         time.sleep(0.5)
     os.kill(worker_pid, signal.SIGKILL)
     pytest.fail("the worker outlived its launcher")
+
+
+def test_tenant_limits_and_the_usage_log_reach_the_gateway(tmp_path: Path) -> None:
+    data = base()
+    data["tenants"] = [
+        {"name": "a", "requests_per_s": 2, "tokens_per_min": 600, "burst_tokens": 50},
+        {"name": "b"},
+    ]
+    data["usage_log"] = "logs/usage.jsonl"
+    cfg = load_deploy_config(write(tmp_path, data))
+    assert cfg.usage_log == tmp_path / "logs/usage.jsonl"  # relative to the file
+    a, b = cfg.tenants
+    assert b.limits() is None
+    limits = a.limits()
+    assert limits is not None and (limits.requests_per_s, limits.tokens_per_min) == (2, 600)
+    assert (limits.burst_requests, limits.burst_tokens) == (None, 50)

@@ -32,6 +32,7 @@ def register(commands: Commands) -> None:
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--log-dir", type=Path, default=None, help="worker logs (default: temp)")
     p.add_argument("--audit-log", type=Path, default=None, help="append audit JSON lines here")
+    p.add_argument("--usage-log", type=Path, default=None, help="append usage JSON lines here")
     p.set_defaults(handler=_serve)
 
     w = commands.top.add_parser("worker", help="run one engine worker (prefill or decode)")
@@ -144,7 +145,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"prfaas serve: {e}", file=sys.stderr)
         return 2
     updates: dict[str, object] = {}
-    for key in ("host", "port", "model", "max_model_len", "audit_log"):
+    for key in ("host", "port", "model", "max_model_len", "audit_log", "usage_log"):
         if getattr(args, key) is not None:
             updates[key] = getattr(args, key)
     if args.threshold is not None:

@@ -26,6 +26,7 @@ from prfaas.canary.config import CanaryConfig
 from prfaas.gateway.config import GatewayConfig
 from prfaas.router.control import ControlConfig
 from prfaas.router.kv_index import KvIndex, KvIndexBackend
+from prfaas.tenancy.limits import TenantLimits
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +99,23 @@ class TenantSpec(_Strict):
     name: str = Field(min_length=1, max_length=64)
     api_keys: list[str] = Field(default_factory=list)
     clusters: list[str] | None = None  # residency: the only clusters it may use
+    # Token-bucket limits (``tenancy.limits``); None: unlimited. Bursts: one second of
+    # requests, one minute of tokens unless set.
+    requests_per_s: float | None = Field(None, gt=0, le=1e6)
+    tokens_per_min: float | None = Field(None, gt=0, le=1e12)
+    burst_requests: float | None = Field(None, gt=0, le=1e6)
+    burst_tokens: float | None = Field(None, gt=0, le=1e12)
+
+    def limits(self) -> TenantLimits | None:
+        values = (self.requests_per_s, self.tokens_per_min, self.burst_requests, self.burst_tokens)
+        if all(v is None for v in values):
+            return None
+        try:
+            return TenantLimits(
+                self.requests_per_s, self.tokens_per_min, self.burst_requests, self.burst_tokens
+            )
+        except ValueError as e:
+            raise ValueError(f"tenant {self.name!r}: {e}") from None
 
 
 class ControlSpec(_Strict):
@@ -176,6 +194,7 @@ class DeployConfig(_Strict):
     # several, the workers outlive a gateway that dies, so that the others keep serving.
     gateways: list[str] = Field(default_factory=list, max_length=16)
     audit_log: Path | None = None  # also append the audit log's JSON lines to this file
+    usage_log: Path | None = None  # one JSON line per finished request, to bill from
     overload: OverloadSpec = OverloadSpec()
     canary: CanaryConfig = CanaryConfig()
 
@@ -206,7 +225,11 @@ class DeployConfig(_Strict):
         for url in self.gateways:
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"gateways: {url!r} is not an http(s):// URL")
+        tenant_names = [t.name for t in self.tenants]
+        if len(set(tenant_names)) != len(tenant_names):
+            raise ValueError("tenant names must be unique")
         for t in self.tenants:
+            t.limits()  # a burst without its rate is refused here
             for allowed in t.clusters or []:
                 if allowed not in names:
                     raise ValueError(f"tenant {t.name!r}: unknown cluster {allowed!r}")
@@ -310,8 +333,10 @@ def load_deploy_config(path: Path) -> DeployConfig:
         raise DeployConfigError(f"{path}: invalid deployment:\n  " + "\n  ".join(lines)) from e
     if cfg.certs_dir is not None and not cfg.certs_dir.is_absolute():
         cfg = cfg.model_copy(update={"certs_dir": path.parent / cfg.certs_dir})  # file-relative
-    if cfg.audit_log is not None and not cfg.audit_log.is_absolute():
-        cfg = cfg.model_copy(update={"audit_log": path.parent / cfg.audit_log})
+    for key in ("audit_log", "usage_log"):  # file-relative
+        log = getattr(cfg, key)
+        if log is not None and not log.is_absolute():
+            cfg = cfg.model_copy(update={key: path.parent / log})
     return cfg
 
 

@@ -81,6 +81,7 @@ class Deployment:
 
     def close(self) -> None:
         self.launcher.stop()
+        self.app.state.tenants.ledger.close()
         for emu in self.emulators:
             emu.close()
         if self.tmp is not None:
@@ -219,9 +220,12 @@ def build_deployment(
     canary = build_canary(cfg.canary, backend, tokenizer, max_model_len)
     router.quarantined = canary.board.is_quarantined
     add_canary_metrics(metrics, canary)
+    limits = {t.name: t.limits() for t in cfg.tenants}
     gateway_config = GatewayConfig(
         api_keys=api_keys,
         server_secret=server_secret_from_env() or b"",
+        tenant_limits={name: lim for name, lim in limits.items() if lim is not None},
+        usage_log=cfg.usage_log,
         **cfg.overload.model_dump(),
     )
     holder: list[Deployment] = []  # the app asks the deployment built around it
@@ -233,6 +237,8 @@ def build_deployment(
         readiness=lambda: holder[0].not_ready_reason() if holder else "starting",
     )
     fleet.inflight = app.state.admission.by_instance  # the one owner of in-flight counts
+    assert backend.audit is not None
+    backend.audit.listeners.append(app.state.tenants.ledger.transferred)  # KV bytes per tenant
     fleet.on_capacity = app.state.admission.grant
     add_internal_routes(app, fleet, cluster_token)
     # The cluster token is the admin key: off this machine, /status needs it too.

@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP front door, as an app factory over a ``Backend``.
 
 Per request: authenticate (API key → tenant, salt derived here), parse and validate the body,
-tokenize, admit (``admission``: bounded in-flight counts, else 429), submit to the backend,
+tokenize, take it from the tenant's rate limits (``tenant_gate``, else 429), admit
+(``admission``: bounded in-flight counts, else 429), submit to the backend,
 and answer as a whole body or as SSE. Bad input is a 4xx in the OpenAI error format, never a 500.
 """
 
@@ -45,6 +46,7 @@ from prfaas.gateway.config import GatewayConfig
 from prfaas.gateway.generation import Generation, GenerationStream, IncompleteStreamError
 from prfaas.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from prfaas.gateway.middleware import ROUTE_HEADER, BodyLimitMiddleware
+from prfaas.gateway.tenant_gate import TenantGate
 from prfaas.messages import SamplingSpec
 
 logger = logging.getLogger(__name__)
@@ -72,12 +74,14 @@ def create_app(
     auth = Authenticator(config.api_keys, config.server_secret, config.default_tenant)
     admission = Admission(config, backend.num_decode)
     metrics.in_flight.set_function(lambda: admission.in_flight)
+    tenants = TenantGate(config, metrics)  # rate limits and usage per tenant
 
     app = FastAPI(
         title="prfaas", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
     )
     app.state.metrics = metrics
     app.state.admission = admission
+    app.state.tenants = tenants
     app.state.authenticator = auth
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes)
 
@@ -106,19 +110,35 @@ def create_app(
         return JSONResponse(ModelList(data=[card]).model_dump())
 
     async def submit(
-        tenant: Tenant, prompt: list[int], params: SamplingSpec, request_id: str, arrival_s: float
+        tenant: Tenant,
+        prompt: list[int],
+        params: SamplingSpec,
+        request_id: str,
+        arrival_s: float,
+        **share: bool,
     ) -> Generation:
         req = GenerationRequest(request_id, tenant.name, tenant.salt, prompt, params)
         # The admission queue bounds the wait for a decode slot; without one, bound the submit.
         ttl_s = None if admission.bounds_decode else admission.config.queue_ttl_s
+        prompt_len, max_tokens = len(prompt), params.max_tokens
+        try:
+            reserved = tenants.admit(
+                tenant.name, request_id, backend.model_name, prompt_len, max_tokens
+            )
+        except (Overloaded, ValueError) as exc:
+            raise _refused(exc) from None
         try:
             await admission.acquire()
-        except (Overloaded, NoWorker) as exc:
-            raise _refused(exc) from None
+        except BaseException as exc:
+            tenants.refused(reserved, request_id)
+            if isinstance(exc, Overloaded | NoWorker):
+                raise _refused(exc) from None
+            raise
         try:
             handle = await asyncio.wait_for(backend.submit(req), ttl_s)
         except BaseException as exc:
             admission.release(request_id)
+            tenants.refused(reserved, request_id)
             if isinstance(exc, TimeoutError):
                 exc = Overloaded(admission.config.retry_after_s, "timed out waiting for capacity")
             if isinstance(exc, ValueError | Overloaded | NoWorker):
@@ -126,15 +146,22 @@ def create_app(
             raise
         if handle.decode_instance is not None:
             admission.assign(request_id, handle.decode_instance)
-        return Generation(
+
+        def release() -> None:
+            admission.release(request_id)
+            tenants.finish(reserved, request_id, gen.usage(), gen.route)
+
+        gen = Generation(
             handle,
             metrics,
             request_id=request_id,
             model=backend.model_name,
-            num_prompt_tokens=len(prompt),
+            num_prompt_tokens=prompt_len,
             arrival_s=arrival_s,
-            release=lambda: admission.release(request_id),
+            release=release,
+            **share,
         )
+        return gen
 
     async def submit_all(
         tenant: Tenant, prepared: Prepared, request_id: str, arrival_s: float
@@ -149,7 +176,8 @@ def create_app(
                 for j in range(prepared.n):
                     rid = f"{request_id}-{len(gens)}" if many else request_id
                     params = sibling_params(prepared.params, j)
-                    gens.append(await submit(tenant, prompt, params, rid, arrival_s))
+                    share = {"counts_prompt": j == 0, "counts_output": not prepared.echo_only}
+                    gens.append(await submit(tenant, prompt, params, rid, arrival_s, **share))
                     if j == 0 and prepared.n > 1:
                         await gens[-1].prefetch()
         except BaseException:

@@ -45,10 +45,10 @@ class Choices:
             await gen.close(status)
 
     def usage(self) -> Usage:
-        n = self.prepared.n
-        prompt = sum(len(p) for p in self.prepared.prompts)
-        cached = sum(g.handle.cached_tokens for g in self.gens[::n])
-        completion = 0 if self.prepared.echo_only else sum(g.num_output_tokens for g in self.gens)
+        shares = [g.usage() for g in self.gens]
+        prompt = sum(u.prompt_tokens for u in shares)
+        completion = sum(u.completion_tokens for u in shares)
+        cached = sum(u.prompt_tokens_details.cached_tokens for u in shares)
         return Usage(
             prompt_tokens=prompt,
             completion_tokens=completion,

@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 
 from prfaas.messages import KvTarget, WorkerInfo
+from prfaas.tenancy.limits import TenantLimits
 
 
 @dataclass(frozen=True)
@@ -33,9 +35,14 @@ class GatewayConfig:
     # 429 + Retry-After. None: wait as long as it takes.
     queue_ttl_s: float | None = None
     retry_after_s: float = 1.0
+    # Per tenant (by name): requests/s and tokens/min token buckets (``tenancy.limits``);
+    # a tenant not named here is unlimited.
+    tenant_limits: Mapping[str, TenantLimits] = field(default_factory=dict)
+    usage_log: Path | None = None  # one JSON line per finished request (``tenancy.usage``)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "api_keys", MappingProxyType(dict(self.api_keys)))
+        object.__setattr__(self, "tenant_limits", MappingProxyType(dict(self.tenant_limits)))
         if not self.server_secret:
             object.__setattr__(self, "server_secret", os.urandom(32))
         if any(not k or not t for k, t in self.api_keys.items()):

@@ -13,7 +13,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from prfaas.api import sse
-from prfaas.api.protocol import ErrorInfo, ErrorResponse
+from prfaas.api.protocol import ErrorInfo, ErrorResponse, PromptTokensDetails, Usage
 from prfaas.api.render import Output
 from prfaas.gateway.backend import GenerationHandle, aclose
 from prfaas.gateway.metrics import GatewayMetrics, route_kind
@@ -37,8 +37,13 @@ class Generation:
         num_prompt_tokens: int,
         arrival_s: float,
         release: Callable[[], None],
+        counts_prompt: bool = True,
+        counts_output: bool = True,
     ) -> None:
         self.handle = handle
+        # What this sequence adds to its request's usage: a sibling (n > 1) shares its
+        # prompt with the first sequence, which counts it; echo with max_tokens 0 no output.
+        self.counts_prompt, self.counts_output = counts_prompt, counts_output
         self.request_id = request_id
         self.model = model
         self.num_prompt_tokens = num_prompt_tokens
@@ -54,6 +59,19 @@ class Generation:
     @property
     def route(self) -> str:
         return self.handle.route
+
+    def usage(self) -> Usage:
+        """This sequence's share of its request's usage (the one place it is derived)."""
+        prompt = self.num_prompt_tokens if self.counts_prompt else 0
+        completion = self.num_output_tokens if self.counts_output else 0
+        return Usage(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=prompt + completion,
+            prompt_tokens_details=PromptTokensDetails(
+                cached_tokens=self.handle.cached_tokens if self.counts_prompt else 0
+            ),
+        )
 
     async def prefetch(self) -> None:
         """Wait for the first event (the prompt is then computed and its full blocks cached:

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -50,10 +51,12 @@ class AuditRecord:
 
 
 class AuditLog:
-    """Writes ``AuditRecord`` lines to the ``prfaas.audit`` logger and an optional file."""
+    """Writes ``AuditRecord`` lines to the ``prfaas.audit`` logger and an optional file, and
+    hands each record to ``listeners`` (the tenants' usage ledger counts KV bytes from them)."""
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
+        self.listeners: list[Callable[[AuditRecord], None]] = []
         self._lock = threading.Lock()
         self._fd: int | None = None
         if path is not None:
@@ -76,6 +79,11 @@ class AuditLog:
         if self._fd is not None:
             with self._lock:
                 os.write(self._fd, line.encode() + b"\n")
+        for listener in self.listeners:
+            try:
+                listener(record)
+            except Exception:
+                logger.exception("audit listener failed")
         return line
 
     def shipped(
