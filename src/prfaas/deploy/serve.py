@@ -21,6 +21,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from prfaas.config import cluster_token_from_env, server_secret_from_env
+from prfaas.control_plane import GATEWAY, ControlTls, warn_insecure
 from prfaas.deploy.admin import add_admin_routes
 from prfaas.deploy.cluster_metrics import ClusterMetrics, add_kv_index_metrics
 from prfaas.deploy.config import DeployConfig, binds_loopback, open_kv_index, warn_insecure_links
@@ -66,6 +67,10 @@ class Deployment:
     emulators: list[LinkEmulator] = field(default_factory=list)
     expected_workers: list[str] = field(default_factory=list)
     tmp: tempfile.TemporaryDirectory[str] | None = None
+    # The mutual-TLS control listener (registration, heartbeats) and its identity; None: an
+    # insecure control plane (those routes are on ``app``, plain HTTP).
+    control_app: FastAPI | None = None
+    control_tls: ControlTls | None = None
 
     def ready(self) -> bool:
         """Every spawned worker has registered (start-up profiling can begin)."""
@@ -108,9 +113,12 @@ def build_deployment(
     # Workers started elsewhere must share the token (PRFAAS_CLUSTER_TOKEN) and the CA.
     cluster_token = cluster_token_from_env() or secrets.token_hex(16)
     certs_dir: Path | None = cfg.certs_dir
-    if certs_dir is None and any(link.tls for link in cfg.links):
-        certs_dir = Path(tmp.name) / "certs"
+    insecure = cfg.control_plane.insecure
+    if certs_dir is None and (not insecure or any(link.tls for link in cfg.links)):
+        certs_dir = Path(tmp.name) / "certs"  # a few ms: mutual TLS costs no start-up time
         write_certs(certs_dir, [c.name for c in cfg.clusters])
+    control_tls = None if insecure or certs_dir is None else ControlTls.from_dir(certs_dir, GATEWAY)
+    worker_tls = None if control_tls is None else control_tls.client_context()
     spawns: list[WorkerSpawn] = []
     for cluster in cfg.clusters:
         for inst in cluster.instances:
@@ -137,6 +145,7 @@ def build_deployment(
                         num_threads=inst.num_threads,
                         kv_cache_gb=inst.kv_cache_gb,
                         exit_with_launcher=len(gateway_urls) == 1,
+                        insecure_control=insecure,
                     )
                 )
     warn_insecure_links(cfg)
@@ -189,6 +198,7 @@ def build_deployment(
         stream_stall_s=cfg.stream_stall_s,
         kv_target=functools.partial(kv_target, links),
         residency={t.name: frozenset(t.clusters) for t in cfg.tenants if t.clusters},
+        worker_tls=worker_tls,
     )
     metrics = GatewayMetrics()
     if isinstance(kv_index, RedisKvIndex):
@@ -206,7 +216,7 @@ def build_deployment(
     )
 
     async def switch(name: str, role: Role) -> WorkerInfo:
-        return await switch_role(fleet, cluster_token, name, role)
+        return await switch_role(fleet, cluster_token, name, role, worker_tls)
 
     control = ControlLoop(cfg.policy.control, cfg.policy, router, fleet, switch)
     gateway_config = GatewayConfig(
@@ -223,15 +233,32 @@ def build_deployment(
         readiness=lambda: holder[0].not_ready_reason() if holder else "starting",
     )
     fleet.inflight = app.state.admission.by_instance  # the one owner of in-flight counts
-    add_internal_routes(app, fleet, cluster_token)
+    control_app: FastAPI | None = None
+    if control_tls is None:
+        warn_insecure("the gateway (registrations on its public port)")
+        add_internal_routes(app, fleet, cluster_token)
+    else:
+        control_app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+        add_internal_routes(control_app, fleet, cluster_token, bound_to_certificates=True)
     # The cluster token is the admin key: off this machine, /status needs it too.
     admin_token = None if binds_loopback(cfg.host) else cluster_token
     add_status_route(app, fleet, router, control, admin_token=admin_token)
-    add_role_route(app, fleet, cluster_token)
+    add_role_route(app, fleet, cluster_token, worker_tls)
     launcher = Launcher(cluster_token, log_dir or Path(tmp.name) / "logs")
     add_admin_routes(app, emulators_by_link, launcher, cluster_token)
+    expected = [s.name for s in spawns]
     deployment = Deployment(
-        cfg, app, backend, fleet, launcher, control, emulators, [s.name for s in spawns], tmp
+        cfg,
+        app,
+        backend,
+        fleet,
+        launcher,
+        control,
+        emulators,
+        expected,
+        tmp,
+        control_app,
+        control_tls,
     )
     holder.append(deployment)
     for spec in spawns:
@@ -281,6 +308,7 @@ async def start_control(deployment: Deployment) -> ThresholdChoice:
         backend.settings.cluster_token,
         backend.max_model_len,
         block_size,
+        backend.settings.worker_tls,
     )
     deployment.control.begin(choice, inputs)
     return choice
