@@ -32,7 +32,7 @@ START_S = 300.0
 TEST_CERTS = Path(tempfile.mkdtemp(prefix="prfaas-test-certs-"))
 
 
-def test_certs(clusters: list[str]) -> Path:
+def session_certs(clusters: list[str]) -> Path:
     """The session's CA folder, with a bundle for each of ``clusters`` (added as needed)."""
     from prfaas.transfer.tls import write_certs
 
@@ -47,7 +47,7 @@ def gateway_tls() -> ssl.SSLContext:
     """A client context holding the gateways' certificate of the session's test CA."""
     from prfaas.control_plane import GATEWAY, ControlTls
 
-    return ControlTls.from_dir(test_certs([]), GATEWAY).client_context()
+    return ControlTls.from_dir(session_certs([]), GATEWAY).client_context()
 
 
 def topology(
@@ -112,7 +112,10 @@ def launch(
     tmp.mkdir(parents=True, exist_ok=True)
     insecure = config.get("control_plane", {}).get("insecure", False)
     if "certs_dir" not in config and not insecure:
-        config = {**config, "certs_dir": str(test_certs([c["name"] for c in config["clusters"]]))}
+        config = {
+            **config,
+            "certs_dir": str(session_certs([c["name"] for c in config["clusters"]])),
+        }
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     out_path = tmp / f"{name}.out"
