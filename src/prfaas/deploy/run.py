@@ -41,7 +41,13 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
     from prfaas.config import EngineConfig
     from prfaas.deploy.config import open_kv_index
     from prfaas.deploy.launcher import free_port
-    from prfaas.deploy.serve import build_deployment, start_control, wait_ready, wait_serving
+    from prfaas.deploy.serve import (
+        build_deployment,
+        control_server,
+        start_control,
+        wait_ready,
+        wait_serving,
+    )
 
     console = Console(stderr=True)
     try:  # before the model: an unreachable Redis is a configuration error, said at once
@@ -71,18 +77,8 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
     server = uvicorn.Server(
         uvicorn.Config(deployment.app, host=cfg.host, port=cfg.port, log_level="warning")
     )
-    servers = [server]
-    if deployment.control_app is not None and deployment.control_tls is not None:
-        options = deployment.control_tls.uvicorn_options()
-        control_config = uvicorn.Config(
-            deployment.control_app,
-            host=control_host,
-            port=control_port,
-            log_level="warning",
-            lifespan="off",
-            **options,
-        )
-        servers.append(uvicorn.Server(control_config))
+    control_listener = control_server(deployment, control_host, control_port)
+    servers = [server] if control_listener is None else [server, control_listener]
     serving = asyncio.gather(*(srv.serve() for srv in servers))
     try:
         names = ", ".join(deployment.expected_workers)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI
 
 from prfaas.config import cluster_token_from_env, server_secret_from_env
@@ -264,6 +265,18 @@ def build_deployment(
     for spec in spawns:
         launcher.spawn(spec)
     return deployment
+
+
+def control_server(deployment: Deployment, host: str, port: int) -> uvicorn.Server | None:
+    """The gateway's control listener (registrations, heartbeats; mutual TLS) on ``host``:
+    ``port``, to serve beside the public app; None for an insecure control plane."""
+    if deployment.control_app is None or deployment.control_tls is None:
+        return None
+    options = deployment.control_tls.uvicorn_options()
+    config = uvicorn.Config(
+        deployment.control_app, host=host, port=port, log_level="warning", lifespan="off", **options
+    )
+    return uvicorn.Server(config)
 
 
 async def wait_ready(deployment: Deployment, timeout_s: float) -> None:
