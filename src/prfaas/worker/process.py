@@ -110,19 +110,28 @@ class Worker:
             base_url=url, headers=headers, timeout=5.0, verify=verify
         ) as client:
             registered = False
+            problem: str | None = None  # the last one logged: each is said once, not at 2 Hz
             while True:
                 self.collect_events()
+                said = problem
                 try:
                     if not registered:
                         r = await self._post(client, "/internal/register", self.info().encode())
                         registered = r.status_code == 200
                         if r.status_code == 403:  # e.g. a certificate of another cluster
-                            logger.error("gateway %s refused us: %s", url, r.text[:500])
+                            problem = f"gateway {url} refused us: {r.text[:500]}"
                     if registered:
+                        problem = None
                         registered = await self._send_heartbeats(client, url)
                 except httpx.HTTPError as e:
-                    logger.debug("gateway %s unreachable: %s", url, e)
                     registered = False
+                    tls = _ssl_error(e)
+                    if tls is not None:  # certificates that do not fit: worth saying
+                        problem = f"gateway {url}: TLS failed: {tls}"
+                    else:
+                        logger.debug("gateway %s unreachable: %s", url, e)
+                if problem is not None and problem != said:
+                    logger.error("%s", problem)
                 await asyncio.sleep(HEARTBEAT_S)
 
     async def _send_heartbeats(self, client: httpx.AsyncClient, url: str) -> bool:
@@ -196,6 +205,16 @@ class Worker:
             self.epoch += 1  # a new identity in the index: the gateway re-reads our role
         finally:
             self.draining = False
+
+
+def _ssl_error(e: BaseException) -> ssl.SSLError | None:
+    """The TLS error beneath an HTTP client's error, if one is."""
+    cause: BaseException | None = e
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 async def exit_with_parent(parent_pid: int) -> None:
