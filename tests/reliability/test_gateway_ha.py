@@ -294,10 +294,11 @@ def test_event_log_keeps_each_batch_until_every_gateway_has_it() -> None:
 
 
 class _Worker:
-    """The three things ``Worker._send_heartbeats`` uses, without an engine: this test is
-    about the resend rule, so the gateway is an httpx mock answering 503, then 200."""
+    """The things ``Worker._send_heartbeats`` uses, without an engine: this test is about
+    the resend rule, so the gateway is an httpx mock answering 503, then 200 (plain HTTP)."""
 
     def __init__(self) -> None:
+        self.control = None
         self.epoch = 7
         self.events = CacheEventLog(["g"])
         self.events.add(7, events(1))
@@ -315,6 +316,11 @@ class _Worker:
             events=batch.events if batch else [],
             seq=batch.seq if batch else 0,
         )
+
+    async def _post(self, client: httpx.AsyncClient, path: str, body: bytes) -> httpx.Response:
+        from prfaas.worker import Worker
+
+        return await Worker._post(self, client, path, body)  # type: ignore[arg-type]
 
 
 def test_a_worker_resends_batches_its_gateway_could_not_index() -> None:
