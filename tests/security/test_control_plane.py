@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import ssl
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +36,14 @@ from tests.worker.test_app_seam import StandIn
 TOKEN = "control-plane-token"
 AUTH = {TOKEN_HEADER: TOKEN}
 SECRET_PROMPT = [31337, 27182, 16180]  # token ids that must never cross in clear
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster_token() -> Iterator[None]:
+    """The deployment's cluster token is ours (workers started elsewhere share it so)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CLUSTER_TOKEN_ENV, TOKEN)
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -163,14 +174,13 @@ def test_the_gateway_client_checks_the_cluster_the_worker_registered_in(
 # -- the gateway's control listener ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def gateway(certs: Path) -> Iterator[tuple[Deployment, ServerThread]]:
-    """A real gateway (``build_deployment``, nothing spawned) with its control listener."""
+def gateway_only(certs: Path, **control_plane: object) -> Deployment:
+    """A real gateway (``build_deployment``) whose instances are all started elsewhere."""
     instances = {"local": ["pd-p-0", "pd-d-0"], "remote": ["prfaas-0"]}
     cfg = DeployConfig.model_validate(
         {
             "certs_dir": str(certs),
-            "control_plane": {"port": 1},  # unused: the listener below picks its own port
+            "control_plane": control_plane,
             "clusters": [
                 {
                     "name": name,
@@ -186,7 +196,7 @@ def gateway(certs: Path) -> Iterator[tuple[Deployment, ServerThread]]:
             "policy": {"threshold_tokens": 64, "control": {"enabled": False}},
         }
     )
-    deployment = build_deployment(
+    return build_deployment(
         cfg,
         word_tokenizer(),
         "unused: nothing is spawned",
@@ -196,6 +206,13 @@ def gateway(certs: Path) -> Iterator[tuple[Deployment, ServerThread]]:
         api_keys={},
         kv_index=KvIndex(),
     )
+
+
+@pytest.fixture(scope="module")
+def gateway(certs: Path) -> Iterator[tuple[Deployment, ServerThread]]:
+    """A real gateway with its control listener (port 1 in the config is not used: the
+    listener here picks its own)."""
+    deployment = gateway_only(certs, port=1)
     assert deployment.control_app is not None and deployment.control_tls is not None
     options = deployment.control_tls.uvicorn_options()
     try:
@@ -215,14 +232,6 @@ def post(url: str, body: bytes, verify: ssl.SSLContext) -> httpx.Response:
     # The gateway's certificate names GATEWAY, whatever its address: workers check that.
     with httpx.Client(verify=verify, timeout=5) as client:
         return client.post(url, content=body, headers=AUTH, extensions={"sni_hostname": GATEWAY})
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cluster_token() -> Iterator[None]:
-    """The deployment's cluster token is ours (workers started elsewhere share it so)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(CLUSTER_TOKEN_ENV, TOKEN)
-        yield
 
 
 def test_a_worker_cannot_register_into_another_cluster_than_its_certificate_names(
@@ -267,3 +276,27 @@ def test_the_gateway_control_listener_wants_tls_and_a_client_certificate(
     assert r.status_code == 400 and "not https" in r.text
     # The public port serves no registration at all: the token alone places no worker.
     assert "/internal/register" not in {getattr(r, "path", "") for r in deployment.app.routes}
+
+
+def test_plain_http_is_only_an_explicit_and_loud_choice(
+    certs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker = [sys.executable, "-m", "prfaas.cli", "worker", "--name", "w", "--role", "prefill"]
+    worker += ["--cluster", "local", "--listen", "127.0.0.1:0", "--gateway", "http://g:1"]
+    env = dict(os.environ, **{CLUSTER_TOKEN_ENV: TOKEN})
+    for extra, message in (
+        ([], "pass --certs"),  # neither certificates nor --insecure: no start
+        (["--certs", str(certs / "local")], "needs https"),  # certificates, an http gateway
+    ):
+        run = subprocess.run(
+            worker + extra, env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert run.returncode == 2 and message in run.stderr, run.stderr
+    with caplog.at_level(logging.WARNING, logger="prfaas.control_plane"):
+        insecure = gateway_only(certs, insecure=True)
+    try:
+        assert insecure.control_app is None and insecure.backend.settings.worker_tls is None
+        assert any(r.getMessage().startswith("INSECURE: the control plane") for r in caplog.records)
+        assert "/internal/register" in {getattr(r, "path", "") for r in insecure.app.routes}
+    finally:
+        insecure.close()
