@@ -68,7 +68,8 @@ def main() -> None:
     print(f"{'codec':<6} {'path':<44} {'max |Δ logprob|':>16} {'first divergence':>17}  ok")
     for codec, p in rows:
         first = "-" if p["first_divergence"] is None else str(p["first_divergence"])
-        print(f"{codec:<6} {p['path']:<44} {p['max_abs_dlogprob']:>16.3e} {first:>17}  {p['ok']}")
+        gap = "-" if p["max_abs_dlogprob"] is None else f"{p['max_abs_dlogprob']:.3e}"
+        print(f"{codec:<6} {p['path']:<44} {gap:>16} {first:>17}  {p['ok']} {p['reason']}")
 
 
 if __name__ == "__main__":

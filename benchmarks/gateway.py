@@ -61,10 +61,12 @@ def _deploy_yaml(port: int) -> dict[str, object]:
                 "instances": [{"name": "prfaas-0", "role": "prefill", "spawn": False}],
             },
         ],
-        # Plaintext by choice (insecure: true): this measures the gateway, not TLS.
+        # Plaintext by choice (insecure: true): this measures the gateway, not TLS; the
+        # instant workers register over plain HTTP on the public port.
         "links": [
             {"src": "remote", "dst": "local", "tls": False, "insecure": True, "emulate": False}
         ],
+        "control_plane": {"insecure": True},
         "policy": {"threshold_tokens": THRESHOLD},
     }
 

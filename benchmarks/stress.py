@@ -46,8 +46,10 @@ import openai
 import yaml
 
 from prfaas import LLM, SamplingParams
+from prfaas.control_plane import GATEWAY, ControlTls
 from prfaas.deploy.launcher import free_port
 from prfaas.messages import TOKEN_HEADER, WorkerCheck
+from prfaas.transfer.tls import write_certs
 
 TOKEN = "stress-cluster-token"
 API_KEY = "stress-key"
@@ -134,7 +136,12 @@ class Deployment:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = tmp / "deploy.yaml"
-        config.write_text(yaml.safe_dump(deploy_yaml(model, self.port, kv_deadline_s, threshold)))
+        raw = deploy_yaml(model, self.port, kv_deadline_s, threshold)
+        # Our own CA, so that the checks below reach the workers as a gateway does (mTLS).
+        raw["certs_dir"] = str(tmp / "certs")
+        write_certs(tmp / "certs", ["local", "remote"])
+        self.worker_tls = ControlTls.from_dir(tmp / "certs", GATEWAY).client_context()
+        config.write_text(yaml.safe_dump(raw))
         env = dict(os.environ, PRFAAS_CLUSTER_TOKEN=TOKEN, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "prfaas.cli", "serve", "--config", str(config)]
@@ -161,7 +168,12 @@ class Deployment:
         return {i["name"]: i["http_url"] for i in self.status()["instances"]}
 
     def check(self, url: str) -> WorkerCheck:
-        r = httpx.get(url + "/internal/check", headers={TOKEN_HEADER: TOKEN}, timeout=10)
+        r = httpx.get(
+            url + "/internal/check",
+            headers={TOKEN_HEADER: TOKEN},
+            timeout=10,
+            verify=self.worker_tls,
+        )
         r.raise_for_status()
         return WorkerCheck.decode(r.content)
 

@@ -4,15 +4,22 @@ the workers it spawns) until the block exits.
 
 The standard topology: a PD cluster ``local`` (``pd-p-0`` prefill, ``pd-d-0`` decode), a
 PrfaaS cluster ``remote`` (``prfaas-0``), the link ``remote->local`` (emulated, mutual TLS
-unless overridden), t pinned at ``threshold_tokens``."""
+unless overridden), t pinned at ``threshold_tokens``.
+
+Certificates: unless a config sets ``certs_dir`` or an insecure control plane, ``launch`` gives
+it the session's test CA (``TEST_CERTS``, a bundle per cluster and the gateways'), so that a
+test can call a worker's control port as a gateway does (``gateway_tls``)."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
+import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +29,25 @@ from typing import Any
 import yaml
 
 START_S = 300.0
+TEST_CERTS = Path(tempfile.mkdtemp(prefix="prfaas-test-certs-"))
+
+
+def session_certs(clusters: list[str]) -> Path:
+    """The session's CA folder, with a bundle for each of ``clusters`` (added as needed)."""
+    from prfaas.transfer.tls import write_certs
+
+    missing = [c for c in clusters if not (TEST_CERTS / c).is_dir()]
+    if missing or not (TEST_CERTS / "gateway").is_dir():
+        write_certs(TEST_CERTS, missing)
+    return TEST_CERTS
+
+
+@functools.cache
+def gateway_tls() -> ssl.SSLContext:
+    """A client context holding the gateways' certificate of the session's test CA."""
+    from prfaas.control_plane import GATEWAY, ControlTls
+
+    return ControlTls.from_dir(session_certs([]), GATEWAY).client_context()
 
 
 def topology(
@@ -84,6 +110,12 @@ def launch(
     """Write ``config`` and start `prfaas serve` on it (extra CLI ``args``); return at once
     with the process and the file its output goes to."""
     tmp.mkdir(parents=True, exist_ok=True)
+    insecure = config.get("control_plane", {}).get("insecure", False)
+    if "certs_dir" not in config and not insecure:
+        config = {
+            **config,
+            "certs_dir": str(session_certs([c["name"] for c in config["clusters"]])),
+        }
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     out_path = tmp / f"{name}.out"

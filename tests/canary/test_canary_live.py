@@ -15,7 +15,7 @@ import pytest
 
 from prfaas.deploy.launcher import free_port
 from prfaas.messages import TOKEN_HEADER, FaultSwitch
-from tests.deploy_helper import deploy, topology
+from tests.deploy_helper import deploy, gateway_tls, topology
 from tests.engine.hybrid_helpers import PATTERNS, save_kimi_checkpoint
 
 TOKEN = "canary-test-token"
@@ -36,7 +36,10 @@ def switch(base_url: str, worker: str, fault: str, on: bool) -> None:
     status = httpx.get(base_url + "/status", timeout=10.0).json()
     url = next(i["http_url"] for i in status["instances"] if i["name"] == worker)
     body = FaultSwitch(fault=fault, on=on).encode()  # type: ignore[arg-type]
-    r = httpx.post(url + "/internal/fault", content=body, headers={TOKEN_HEADER: TOKEN})
+    # A worker's control port: HTTPS, a gateway's certificate.
+    r = httpx.post(
+        url + "/internal/fault", content=body, headers={TOKEN_HEADER: TOKEN}, verify=gateway_tls()
+    )
     assert r.status_code == 200, r.text
 
 

@@ -95,6 +95,9 @@ def fake_cluster(
             "links": [
                 {"src": "remote", "dst": "local", "tls": False, "insecure": True, "emulate": False}
             ],
+            # ... and register over plain HTTP, on the public port: tests/security covers
+            # the mutual-TLS control plane with real certificates.
+            "control_plane": {"insecure": True},
             "policy": {"threshold_tokens": threshold_tokens, "control": {"enabled": False}},
             "served_model_name": "fake",
             **deploy,

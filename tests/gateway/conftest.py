@@ -38,12 +38,19 @@ class ServerThread:
         on_start: Callable[[], None] | None = None,
         on_stop: Callable[[], Awaitable[None]] | None = None,
         lifespan: str = "off",
+        options: dict[str, Any] | None = None,  # more uvicorn.Config keywords (e.g. TLS)
     ) -> None:
         self.app = app
         self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        scheme = "https" if options and "ssl_context_factory" in options else "http"
+        self.base_url = f"{scheme}://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan=lifespan
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan=lifespan,
+            **(options or {}),
         )
         self.server = uvicorn.Server(config)
         self.loop: asyncio.AbstractEventLoop | None = None

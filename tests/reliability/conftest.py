@@ -22,7 +22,7 @@ from prfaas import LLM, SamplingParams
 from prfaas.deploy.launcher import free_port
 from prfaas.messages import TOKEN_HEADER, LinkControl, WorkerCheck
 from tests.conftest import make_tiny_checkpoint
-from tests.deploy_helper import start, stop_process, topology
+from tests.deploy_helper import gateway_tls, start, stop_process, topology
 
 CLUSTER_TOKEN = "reliability-cluster-token"
 API_KEY = "key-drill"
@@ -151,7 +151,12 @@ def start_serve(tmp: Path, config: dict[str, Any]) -> Serve:
 
 
 def worker_check(url: str) -> WorkerCheck:
-    r = httpx.get(url + "/internal/check", headers={TOKEN_HEADER: CLUSTER_TOKEN}, timeout=10)
+    r = httpx.get(
+        url + "/internal/check",
+        headers={TOKEN_HEADER: CLUSTER_TOKEN},
+        timeout=10,
+        verify=gateway_tls(),  # a worker's control port: HTTPS, a gateway's certificate
+    )
     r.raise_for_status()
     return WorkerCheck.decode(r.content)
 

@@ -21,6 +21,7 @@ import httpx
 import openai
 import pytest
 
+from tests.deploy_helper import gateway_tls
 from tests.reliability.conftest import (
     KV_DEADLINE_S,
     LONG,
@@ -219,7 +220,8 @@ def test_admin_and_check_routes_need_the_cluster_token(serve: Serve) -> None:
         ("POST", f"{serve.base_url}/internal/workers/prfaas-0/restart"),
         ("GET", f"{worker}/internal/check"),
     ):
-        assert httpx.request(method, url, content=b"{}", timeout=10).status_code == 401
+        r = httpx.request(method, url, content=b"{}", timeout=10, verify=gateway_tls())
+        assert r.status_code == 401
     unknown = httpx.post(
         f"{serve.base_url}/internal/link/nowhere", content=b"{}", headers=serve.headers()
     )

@@ -41,7 +41,7 @@ LONG = " ".join(f"w{(11 * i) % 200 + 3}" for i in range(80))  # 80 tokens: above
 
 
 def deploy_yaml(
-    model: Path, port: int, redis_url: str, spawn: bool, gateways: list[str]
+    model: Path, port: int, redis_url: str, spawn: bool, gateways: list[str], control_port: int
 ) -> dict[str, object]:
     return topology(
         model,
@@ -51,7 +51,8 @@ def deploy_yaml(
         # gateway B must reach the same receivers as A.
         link={"rate_gbps": None, "tls": False, "insecure": True, "emulate": False},
         kv_index={"backend": "redis", "url": redis_url, "prefix": "ha-e2e"},
-        gateways=gateways,
+        gateways=gateways,  # their control listeners (mutual TLS), where workers register
+        control_plane={"port": control_port},
         kv_deadline_s=60.0,
     )
 
@@ -137,11 +138,11 @@ def healthy_workers(base_url: str) -> set[str]:
 @pytest.mark.slow
 def test_killing_a_gateway_loses_no_routing_state(tiny_llama: Path, tmp_path: Path) -> None:
     redis_server = start_redis(tmp_path)  # its own: killed at the end
-    port_a, port_b = free_port(), free_port()
+    port_a, port_b, control_a, control_b = (free_port() for _ in range(4))
     url_a, url_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
-    gateways = [url_a, url_b]
+    gateways = [f"https://127.0.0.1:{control_a}", f"https://127.0.0.1:{control_b}"]
     gateway_a = start_gateway(
-        tmp_path, "a", deploy_yaml(tiny_llama, port_a, redis_server.url, True, gateways)
+        tmp_path, "a", deploy_yaml(tiny_llama, port_a, redis_server.url, True, gateways, control_a)
     )
     workers = children(gateway_a.pid)
     gateway_b: subprocess.Popen[bytes] | None = None
@@ -156,7 +157,9 @@ def test_killing_a_gateway_loses_no_routing_state(tiny_llama: Path, tmp_path: Pa
 
         # Gateway B starts only now, over workers it did not spawn.
         gateway_b = start_gateway(
-            tmp_path, "b", deploy_yaml(tiny_llama, port_b, redis_server.url, False, gateways)
+            tmp_path,
+            "b",
+            deploy_yaml(tiny_llama, port_b, redis_server.url, False, gateways, control_b),
         )
         everyone = {"pd-p-0", "pd-d-0", "prfaas-0"}
         wait_for(lambda: healthy_workers(url_b) == everyone, 60, "workers registered at B")
@@ -198,7 +201,7 @@ def test_a_shared_index_without_secret_or_redis_is_a_clear_error(
 ) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
     config = tmp_path / "deploy.yaml"
-    config.write_text(yaml.safe_dump(deploy_yaml(tiny_llama, free_port(), url, True, [])))
+    config.write_text(yaml.safe_dump(deploy_yaml(tiny_llama, free_port(), url, True, [], 0)))
     env = dict(os.environ, PRFAAS_CACHE_DIR=str(tmp_path / "cache"))
     env.pop("PRFAAS_SERVER_SECRET", None)
 
@@ -291,10 +294,11 @@ def test_event_log_keeps_each_batch_until_every_gateway_has_it() -> None:
 
 
 class _Worker:
-    """The three things ``Worker._send_heartbeats`` uses, without an engine: this test is
-    about the resend rule, so the gateway is an httpx mock answering 503, then 200."""
+    """The things ``Worker._send_heartbeats`` uses, without an engine: this test is about
+    the resend rule, so the gateway is an httpx mock answering 503, then 200 (plain HTTP)."""
 
     def __init__(self) -> None:
+        self.control = None
         self.epoch = 7
         self.events = CacheEventLog(["g"])
         self.events.add(7, events(1))
@@ -312,6 +316,11 @@ class _Worker:
             events=batch.events if batch else [],
             seq=batch.seq if batch else 0,
         )
+
+    async def _post(self, client: httpx.AsyncClient, path: str, body: bytes) -> httpx.Response:
+        from prfaas.worker import Worker
+
+        return await Worker._post(self, client, path, body)  # type: ignore[arg-type]
 
 
 def test_a_worker_resends_batches_its_gateway_could_not_index() -> None:

@@ -27,6 +27,7 @@ import openai
 import pytest
 
 from prfaas.deploy.launcher import free_port
+from tests.deploy_helper import session_certs
 from tests.reliability.conftest import (
     KV_DEADLINE_S,
     MARGIN_S,
@@ -54,7 +55,8 @@ def start_worker(
         return subprocess.Popen(
             [sys.executable, "-m", "prfaas.cli", "worker", "--name", name, "--role", ROLES[name]]
             + ["--cluster", "local", "--listen", f"127.0.0.1:{port}", "--gateway", gateway]
-            + ["--model", str(model), "--max-model-len", "512", "--kv-cache-gb", "0.05"],
+            + ["--model", str(model), "--max-model-len", "512", "--kv-cache-gb", "0.05"]
+            + ["--certs", str(session_certs(["local"]))],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env_for(tmp),
@@ -79,11 +81,14 @@ def cluster(drill_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         drill_model, port, clusters=[{"name": "local", "kind": "pd", "instances": instances}]
     )
     config["links"] = []
+    control_port = free_port()  # the gateway's mutual-TLS listener, where workers register
+    config["control_plane"] = {"port": control_port}
+    config["certs_dir"] = str(session_certs(["local"]))
     ports = {name: free_port() for name in ROLES}
-    gateway = f"http://127.0.0.1:{port}"
+    gateway = f"https://127.0.0.1:{control_port}"
     procs = {n: start_worker(drill_model, tmp, n, ports[n], gateway) for n in ROLES}
     try:
-        yield Cluster(tmp, config, {n: f"http://127.0.0.1:{p}" for n, p in ports.items()}, procs)
+        yield Cluster(tmp, config, {n: f"https://127.0.0.1:{p}" for n, p in ports.items()}, procs)
     finally:
         for proc in procs.values():
             if proc.poll() is None:

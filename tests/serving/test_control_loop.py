@@ -10,6 +10,7 @@ prompt lengths, converts a decode instance to prefill through the real drain-and
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -23,7 +24,13 @@ from tests.serving.conftest import CLUSTER_TOKEN
 from prfaas.deploy.config import DeployConfig
 from prfaas.deploy.launcher import free_port
 from prfaas.deploy.run import model_facts
-from prfaas.deploy.serve import Deployment, build_deployment, start_control, wait_ready
+from prfaas.deploy.serve import (
+    Deployment,
+    build_deployment,
+    control_server,
+    start_control,
+    wait_ready,
+)
 from prfaas.messages import TOKEN_HEADER, Heartbeat, ProfileRequest, ProfileResult
 
 T = TypeVar("T")
@@ -46,20 +53,24 @@ class Gateway:
 
     async def _start(self, cfg: DeployConfig, log_dir: Path) -> Deployment:
         folder, tokenizer, max_model_len = await asyncio.to_thread(model_facts, cfg)
+        control_port = free_port()  # the control listener: workers register there (mTLS)
         deployment = build_deployment(
             cfg,
             tokenizer,
             folder,
             max_model_len,
             BLOCK,
-            gateway_url=self.url,
+            gateway_url=f"https://127.0.0.1:{control_port}",
             api_keys={"key": "alice"},
             log_dir=log_dir,
         )
         self.server = uvicorn.Server(
             uvicorn.Config(deployment.app, host="127.0.0.1", port=cfg.port, log_level="warning")
         )
-        self.serving = asyncio.ensure_future(self.server.serve())
+        control = control_server(deployment, "127.0.0.1", control_port)
+        assert control is not None
+        self.servers = [self.server, control]
+        self.serving = asyncio.gather(*(server.serve() for server in self.servers))
         try:
             await wait_ready(deployment, 240)
             await start_control(deployment)
@@ -69,7 +80,8 @@ class Gateway:
         return deployment
 
     async def _stop(self, deployment: Deployment) -> None:
-        self.server.should_exit = True
+        for server in self.servers:
+            server.should_exit = True
         await asyncio.wait_for(self.serving, 10)
         await deployment.backend.aclose()
         deployment.close()
@@ -230,6 +242,7 @@ def test_long_tick_converts_a_decode_instance_on_a_real_worker(gateway: Gateway)
         fleet.workers["pd-d-0"].info.http_url + "/health",
         headers={TOKEN_HEADER: CLUSTER_TOKEN},
         timeout=10,
+        verify=as_gateway(gateway),
     ).json()
     assert health["role"] == "prefill"
 
@@ -238,15 +251,22 @@ async def _observe(gw: Gateway, lengths: list[int]) -> None:
     gw.deployment.backend.router.observed_lengths.extend(lengths)
 
 
+def as_gateway(gw: Gateway) -> ssl.SSLContext:
+    """A client context with the deployment's gateway certificate: what a worker answers."""
+    assert gw.deployment.control_tls is not None
+    return gw.deployment.control_tls.client_context()
+
+
 def test_profile_endpoint_checks_the_token_and_bounds_its_input(gateway: Gateway) -> None:
     url = gateway.deployment.fleet.workers["prfaas-0"].info.http_url + "/profile"
     ok = {TOKEN_HEADER: CLUSTER_TOKEN}
     body = ProfileRequest(num_tokens=[32]).encode()
-    assert httpx.post(url, content=body, timeout=30).status_code == 401
+    tls = as_gateway(gateway)
+    assert httpx.post(url, content=body, timeout=30, verify=tls).status_code == 401
     too_long = ProfileRequest(num_tokens=[32, MAX_MODEL_LEN]).encode()
-    r = httpx.post(url, content=too_long, headers=ok, timeout=30)
+    r = httpx.post(url, content=too_long, headers=ok, timeout=30, verify=tls)
     assert r.status_code == 400 and "exceed" in r.text
     many = b'{"num_tokens": [' + b",".join(b"8" for _ in range(17)) + b"]}"
-    assert httpx.post(url, content=many, headers=ok, timeout=30).status_code == 400
-    r = httpx.post(url, content=body, headers=ok, timeout=60)
+    assert httpx.post(url, content=many, headers=ok, timeout=30, verify=tls).status_code == 400
+    r = httpx.post(url, content=body, headers=ok, timeout=60, verify=tls)
     assert r.status_code == 200 and ProfileResult.decode(r.content).num_tokens == [32]

@@ -140,7 +140,7 @@ def test_a_spawned_worker_exits_when_its_launcher_dies(tmp_path: Path) -> None:
         "import os, subprocess, sys, time\n"
         "p = subprocess.Popen([sys.executable, '-m', 'prfaas.cli', 'worker', '--name', 'w',"
         " '--role', 'prefill', '--cluster', 'c', '--listen', '127.0.0.1:0',"
-        " '--gateway', 'http://127.0.0.1:9', '--model', sys.argv[1],"
+        " '--gateway', 'http://127.0.0.1:9', '--insecure', '--model', sys.argv[1],"
         " '--parent-pid', str(os.getpid())], start_new_session=True,"
         " env=dict(os.environ, PRFAAS_CLUSTER_TOKEN='t'))\n"
         "print(p.pid, flush=True)\n"

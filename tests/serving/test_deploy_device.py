@@ -89,7 +89,16 @@ def test_a_bad_worker_device_is_a_clear_error() -> None:
     env = dict(os.environ, PRFAAS_CLUSTER_TOKEN="t")
     common = ["--name", "w", "--role", "prefill", "--cluster", "c", "--listen", "127.0.0.1:0"]
     proc = subprocess.run(
-        [sys.executable, "-m", "prfaas.cli", "worker", *common, "--gateway", "http://g"]
+        [
+            sys.executable,
+            "-m",
+            "prfaas.cli",
+            "worker",
+            *common,
+            "--gateway",
+            "http://g",
+            "--insecure",
+        ]
         + ["--device", "tpu"],
         env=env,
         capture_output=True,

@@ -152,14 +152,16 @@ def deployment(
         capture_output=True,
         timeout=60,
     )
-    port = free_port(namespace.host_ip)
+    port, control_port = free_port(namespace.host_ip), free_port(namespace.host_ip)
     gateway = f"http://{namespace.host_ip}:{port}"
+    control = f"https://{namespace.host_ip}:{control_port}"  # where workers register (mTLS)
     config = {
         "model": str(tiny_llama),
         "served_model_name": "tiny",
         "host": namespace.host_ip,
         "port": port,
         "certs_dir": str(certs),
+        "control_plane": {"port": control_port},
         "clusters": [
             {
                 "name": "local",
@@ -182,8 +184,8 @@ def deployment(
         "kv_deadline_s": 60.0,
     }
     (tmp / "deploy.yaml").write_text(yaml.safe_dump(config))
-    worker = [*cli, "worker", "--model", str(tiny_llama), "--certs", str(certs)]
-    worker += ["--gateway", gateway, "--kv-cache-gb", "0.05"]
+    worker = [*cli, "worker", "--model", str(tiny_llama)]
+    worker += ["--gateway", control, "--kv-cache-gb", "0.05"]
     procs = [
         _spawn(
             [*cli, "serve", "--config", str(tmp / "deploy.yaml"), "--log-dir", str(tmp)],
@@ -194,6 +196,7 @@ def deployment(
             [
                 *worker,
                 *("--name", "pd-d-0", "--role", "decode", "--cluster", "local"),
+                *("--certs", str(certs / "local")),  # its cluster's bundle only
                 *("--listen", f"127.0.0.1:{free_port()}"),
                 *("--kv-listen", f"{namespace.host_ip}:0"),  # reachable from the namespace
             ],
@@ -204,6 +207,7 @@ def deployment(
             namespace.exec(
                 *worker,
                 *("--name", "prfaas-0", "--role", "prefill", "--cluster", "remote"),
+                *("--certs", str(certs / "remote")),
                 *("--listen", f"{namespace.ns_ip}:{free_port()}"),
             ),
             env,

@@ -15,8 +15,11 @@ from .conftest import make_payload, make_sender
 
 def test_certs_command(tmp_path: Path) -> None:
     assert main(["certs", "--out", str(tmp_path), "--clusters", "east,west"]) == 0
-    names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["ca.key", "ca.pem", "east.key", "east.pem", "west.key", "west.pem"]
+    names = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    bundles = [
+        f"{n}/{f}" for n in ("east", "gateway", "west") for f in ("ca.pem", f"{n}.key", f"{n}.pem")
+    ]
+    assert names == sorted(["ca.key", "ca.pem", *bundles])  # the CA key in no bundle
 
 
 def test_bench_transfer_loopback_json(capsys: object) -> None:

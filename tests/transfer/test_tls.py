@@ -56,7 +56,8 @@ def test_refused_without_a_client_certificate(certs_dir: Path) -> None:
 
 def test_refused_with_a_certificate_from_another_ca(certs_dir: Path, tmp_path: Path) -> None:
     write_certs(tmp_path, ["prfaas"])
-    foreign = TlsConfig(certs_dir / "ca.pem", tmp_path / "prfaas.pem", tmp_path / "prfaas.key")
+    bundle = tmp_path / "prfaas"
+    foreign = TlsConfig(certs_dir / "ca.pem", bundle / "prfaas.pem", bundle / "prfaas.key")
     _refused(certs_dir, client_context(foreign))
 
 
@@ -74,4 +75,5 @@ def test_tls_1_2_is_refused(certs_dir: Path) -> None:
 
 def test_certificate_files(certs_dir: Path) -> None:
     assert (certs_dir / "ca.pem").read_text().startswith("-----BEGIN CERTIFICATE")
-    assert (certs_dir / "pd.key").stat().st_mode & 0o777 == 0o600
+    assert (certs_dir / "pd" / "pd.key").stat().st_mode & 0o777 == 0o600
+    assert (certs_dir / "ca.key").stat().st_mode & 0o777 == 0o600

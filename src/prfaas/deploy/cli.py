@@ -49,7 +49,17 @@ def register(commands: Commands) -> None:
         help="a gateway to register with; repeat or comma-separate for several",
     )
     w.add_argument("--model", default=None)
-    w.add_argument("--certs", type=Path, default=None, help="cluster certificates (mTLS)")
+    w.add_argument(
+        "--certs",
+        type=Path,
+        default=None,
+        help="this cluster's bundle from `prfaas certs` (mutual TLS: KV and control plane)",
+    )
+    w.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plain HTTP to and from the gateway (logged as INSECURE); KV keeps --certs",
+    )
     w.add_argument("--link-rate", action="append", default=[], metavar="LINK=GBPS")
     w.add_argument("--max-model-len", type=int, default=None)
     w.add_argument("--num-threads", type=int, default=None)
@@ -96,6 +106,13 @@ def _worker(args: argparse.Namespace) -> int:
     if not token:
         print(f"prfaas worker: set {CLUSTER_TOKEN_ENV} to the cluster token", file=sys.stderr)
         return 2
+    if args.certs is None and not args.insecure:
+        print(
+            "prfaas worker: pass --certs (this cluster's bundle from `prfaas certs`), or "
+            "--insecure for a plain-HTTP control plane",
+            file=sys.stderr,
+        )
+        return 2
     host, port = _split_host_port(args.listen)
     kv_host, kv_port = _split_host_port(args.kv_listen)
     rates = {k: float(v) for k, _, v in (r.partition("=") for r in args.link_rate)}
@@ -122,12 +139,18 @@ def _worker(args: argparse.Namespace) -> int:
         kv_host=kv_host,
         kv_port=kv_port,
         certs_dir=args.certs,
+        insecure_control=args.insecure,
         link_rate_gbps=rates,
         engine=engine,
         parent_pid=args.parent_pid,
     )
-    worker = Worker(config)
-    uvicorn.run(create_worker_app(worker), host=host, port=port, log_level="warning")
+    try:
+        worker = Worker(config)
+    except (ValueError, OSError) as e:  # e.g. an http:// gateway with certificates
+        print(f"prfaas worker: {e}", file=sys.stderr)
+        return 2
+    tls = {} if worker.control is None else worker.control.uvicorn_options()
+    uvicorn.run(create_worker_app(worker), host=host, port=port, log_level="warning", **tls)
     return 0
 
 

@@ -27,6 +27,7 @@ from prfaas.gateway.config import GatewayConfig
 from prfaas.router.control import ControlConfig
 from prfaas.router.kv_index import KvIndex, KvIndexBackend
 from prfaas.tenancy.limits import TenantLimits
+from prfaas.transfer.tls import GATEWAY
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,17 @@ class LinkSpec(_Strict):
         if self.insecure and self.tls:
             raise ValueError(f"link {self.src}->{self.dst}: insecure: true needs tls: false")
         return self
+
+
+class ControlPlaneSpec(_Strict):
+    """Gateway <-> worker calls: HTTPS with mutual TLS from ``certs_dir``'s bundles, workers
+    registering on the gateway's control listener (``host``:``port``, the URL a worker's
+    ``--gateway`` names). ``insecure: true``: plain HTTP, registration on the public port
+    with the cluster token alone, logged as INSECURE at start."""
+
+    host: str | None = None  # default: the gateway's host
+    port: int = Field(0, ge=0, le=65535)  # 0: a free port (every worker spawned here)
+    insecure: bool = False
 
 
 class TenantSpec(_Strict):
@@ -188,6 +200,7 @@ class DeployConfig(_Strict):
     kv_deadline_s: float = Field(30.0, gt=0)
     stream_stall_s: float = Field(120.0, gt=0)  # a decode stream silent this long ends (502)
     certs_dir: Path | None = None  # from `prfaas certs`; default: a fresh CA per run
+    control_plane: ControlPlaneSpec = ControlPlaneSpec()
     max_model_len: int | None = Field(None, gt=1)
     kv_index: KvIndexSpec = KvIndexSpec()
     # Every gateway the spawned workers register and heartbeat with (this one is added). With
@@ -203,6 +216,8 @@ class DeployConfig(_Strict):
         names = [c.name for c in self.clusters]
         if len(set(names)) != len(names):
             raise ValueError("cluster names must be unique")
+        if GATEWAY in names:
+            raise ValueError(f"cluster name {GATEWAY!r} is the gateways' certificate name")
         pd = [c for c in self.clusters if c.kind == "pd"]
         if len(pd) != 1:
             raise ValueError("exactly one cluster of kind 'pd' (the local cluster) is needed")
@@ -222,12 +237,10 @@ class DeployConfig(_Strict):
         _check_dtypes_agree(self.clusters)
         if self.stream_stall_s <= self.kv_deadline_s:  # a first token may wait that long
             raise ValueError("stream_stall_s must exceed kv_deadline_s")
-        for url in self.gateways:
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"gateways: {url!r} is not an http(s):// URL")
         tenant_names = [t.name for t in self.tenants]
         if len(set(tenant_names)) != len(tenant_names):
             raise ValueError("tenant names must be unique")
+        _check_control_plane(self)
         for t in self.tenants:
             t.limits()  # a burst without its rate is refused here
             for allowed in t.clusters or []:
@@ -251,6 +264,29 @@ def kv_paths(cfg: DeployConfig) -> list[tuple[str, str]]:
     ):
         paths += [(pd, r) for r in remotes]
     return paths
+
+
+def _check_control_plane(cfg: DeployConfig) -> None:
+    """Workers reach gateways over HTTPS unless the control plane is insecure; workers
+    started elsewhere need the bundles (``certs_dir``) and a known control port."""
+    scheme = "http://" if cfg.control_plane.insecure else "https://"
+    for url in cfg.gateways:
+        if not url.startswith(scheme):
+            raise ValueError(
+                f"gateways: {url!r} is not an {scheme} URL (a gateway's control listener"
+                f"{'' if cfg.control_plane.insecure else ', mutual TLS'})"
+            )
+    by_hand = any(not i.spawn for c in cfg.clusters for i in c.instances)
+    if by_hand and not cfg.control_plane.insecure:
+        if cfg.certs_dir is None:
+            raise ValueError(
+                "instances with spawn: false need certs_dir (`prfaas certs`; each machine "
+                "gets its cluster's bundle), or control_plane.insecure: true"
+            )
+        if cfg.control_plane.port == 0:
+            raise ValueError(
+                "instances with spawn: false need control_plane.port (their --gateway URL)"
+            )
 
 
 def _check_links_secure(cfg: DeployConfig) -> None:

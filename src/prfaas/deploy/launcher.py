@@ -43,7 +43,7 @@ class WorkerSpawn:
     kv_port: int
     gateway_urls: tuple[str, ...]
     model: str | None
-    certs_dir: Path | None
+    certs_dir: Path | None  # the folder of bundles `prfaas certs` wrote
     link_rates: dict[str, float]
     max_model_len: int | None = None
     device: str = "auto"
@@ -52,6 +52,7 @@ class WorkerSpawn:
     kv_cache_gb: float | None = None
     host: str = "127.0.0.1"
     exit_with_launcher: bool = True  # False: outlive it (several gateways: the others serve)
+    insecure_control: bool = False  # plain HTTP to and from the gateway, even with certs
 
     def argv(self) -> list[str]:
         args = [
@@ -78,6 +79,8 @@ class WorkerSpawn:
             args += ["--model", self.model]
         if self.certs_dir is not None:
             args += ["--certs", str(self.certs_dir)]
+        if self.insecure_control:
+            args += ["--insecure"]
         if self.max_model_len is not None:
             args += ["--max-model-len", str(self.max_model_len)]
         if self.device != "auto":

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import ssl
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -253,10 +254,17 @@ class ProfilingError(RuntimeError):
 
 
 async def profile_worker(
-    client: httpx.AsyncClient, url: str, request: ProfileRequest
+    client: httpx.AsyncClient, url: str, request: ProfileRequest, cluster: str | None = None
 ) -> ProfileResult:
+    """``cluster``: the name the worker's certificate must prove (over mutual TLS)."""
+    extensions = {} if cluster is None else {"sni_hostname": cluster}
     try:
-        r = await client.post(url + "/profile", content=request.encode(), timeout=PROFILE_TIMEOUT_S)
+        r = await client.post(
+            url + "/profile",
+            content=request.encode(),
+            timeout=PROFILE_TIMEOUT_S,
+            extensions=extensions,
+        )
     except httpx.HTTPError as e:
         raise ProfilingError(f"{url}: {e}") from e
     if r.status_code != 200:
@@ -281,6 +289,7 @@ async def measure(
     cluster_token: str,
     max_model_len: int,
     block_size: int,
+    tls: ssl.SSLContext | None = None,
 ) -> tuple[MeasuredPrefill, MeasuredPrefill, DecodeSpec]:
     """Profile one PD prefill, one PrfaaS prefill and one PD decode worker, one at a time
     (on a shared host, concurrent runs would measure each other)."""
@@ -294,10 +303,11 @@ async def measure(
         num_tokens=lengths[:1], repeats=1, decode_batch=DECODE_BATCH, decode_tokens=DECODE_TOKENS
     )
     measured: list[MeasuredPrefill] = []
-    async with httpx.AsyncClient(headers={TOKEN_HEADER: cluster_token}) as client:
+    headers = {TOKEN_HEADER: cluster_token}
+    async with httpx.AsyncClient(headers=headers, verify=tls or True) as client:
         for cluster in (pd, remote):
             name, url = _first(fleet, cluster, "prefill")
-            result = await profile_worker(client, url, prefill_req)
+            result = await profile_worker(client, url, prefill_req, cluster if tls else None)
             measured.append(MeasuredPrefill.from_result(cluster, name, result))
             logger.info(
                 "profiled %s (%s): prefill %s s at %s tokens",
@@ -307,7 +317,7 @@ async def measure(
                 result.num_tokens,
             )
         name, url = _first(fleet, pd, "decode")
-        decoded = await profile_worker(client, url, decode_req)
+        decoded = await profile_worker(client, url, decode_req, pd if tls else None)
     decode = DecodeSpec(decoded.decode_batch, decoded.decode_step_s)
     logger.info(
         "profiled %s: a decode step of %d requests takes %.4f s", name, DECODE_BATCH, decode.step_s
@@ -330,6 +340,7 @@ async def profile_deployment(
     cluster_token: str,
     max_model_len: int,
     block_size: int,
+    tls: ssl.SSLContext | None = None,
 ) -> tuple[ThresholdChoice, PlannerInputs | None]:
     """The start-up t and, where the control loop can run, the planner inputs for it.
 
@@ -343,7 +354,9 @@ async def profile_deployment(
     if pinned is not None and not (control.enabled and control.adapt_mode):
         return ThresholdChoice(fallback, "pinned", "pinned by the operator"), None
     try:
-        pd, remote, decode = await measure(cfg, fleet, cluster_token, max_model_len, block_size)
+        pd, remote, decode = await measure(
+            cfg, fleet, cluster_token, max_model_len, block_size, tls
+        )
         inputs = planner_inputs(cfg, pd, remote, decode, max_model_len, block_size)
         if pinned is not None:
             reason = "pinned by the operator"

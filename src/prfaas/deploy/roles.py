@@ -9,6 +9,7 @@ loop uses too:
 from __future__ import annotations
 
 import hmac
+import ssl
 from typing import Any
 
 import httpx
@@ -29,7 +30,13 @@ class RoleSwitchError(RuntimeError):
         self.status = status
 
 
-async def switch_role(fleet: WorkerFleet, cluster_token: str, name: str, role: Role) -> WorkerInfo:
+async def switch_role(
+    fleet: WorkerFleet,
+    cluster_token: str,
+    name: str,
+    role: Role,
+    tls: ssl.SSLContext | None = None,
+) -> WorkerInfo:
     """Drain a PD-cluster worker, then switch its role (the ``/internal/role`` route and the
     control loop's long tick both come here).
 
@@ -43,11 +50,14 @@ async def switch_role(fleet: WorkerFleet, cluster_token: str, name: str, role: R
         raise RoleSwitchError(400, "only PD-cluster workers switch roles")
     record.draining = True
     try:
-        async with httpx.AsyncClient(headers={TOKEN_HEADER: cluster_token}) as client:
+        async with httpx.AsyncClient(
+            headers={TOKEN_HEADER: cluster_token}, verify=tls or True
+        ) as client:
             r = await client.post(
                 record.info.http_url + "/role",
                 content=RoleSwitch(role=role).encode(),
                 timeout=600.0,
+                extensions={} if tls is None else {"sni_hostname": record.info.cluster},
             )
     except httpx.HTTPError as e:
         record.draining = False
@@ -61,7 +71,9 @@ async def switch_role(fleet: WorkerFleet, cluster_token: str, name: str, role: R
     return info
 
 
-def add_role_route(app: FastAPI, fleet: WorkerFleet, cluster_token: str) -> None:
+def add_role_route(
+    app: FastAPI, fleet: WorkerFleet, cluster_token: str, tls: ssl.SSLContext | None = None
+) -> None:
     """POST /internal/role {name, role}: drain a PD-cluster worker, then switch its role."""
 
     @app.post("/internal/role", include_in_schema=False)
@@ -73,7 +85,7 @@ def add_role_route(app: FastAPI, fleet: WorkerFleet, cluster_token: str) -> None
         except ValidationError as e:
             raise HTTPException(400, str(e)) from e
         try:
-            info = await switch_role(fleet, cluster_token, msg.name, msg.role)
+            info = await switch_role(fleet, cluster_token, msg.name, msg.role, tls)
         except RoleSwitchError as e:
             raise HTTPException(e.status, str(e)) from e
         return Response(info.encode(), media_type="application/json")

@@ -40,7 +40,14 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
 
     from prfaas.config import EngineConfig
     from prfaas.deploy.config import open_kv_index
-    from prfaas.deploy.serve import build_deployment, start_control, wait_ready, wait_serving
+    from prfaas.deploy.launcher import free_port
+    from prfaas.deploy.serve import (
+        build_deployment,
+        control_server,
+        start_control,
+        wait_ready,
+        wait_serving,
+    )
 
     console = Console(stderr=True)
     try:  # before the model: an unreachable Redis is a configuration error, said at once
@@ -51,13 +58,18 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
     with console.status("resolving the model…"):
         folder, tokenizer, max_model_len = await asyncio.to_thread(model_facts, cfg)
     url = f"http://{cfg.host}:{cfg.port}"
+    control = cfg.control_plane
+    control_host = control.host or cfg.host
+    control_port = control.port or free_port(control_host)
+    # Where spawned workers register: the control listener (mutual TLS), unless insecure.
+    worker_url = url if control.insecure else f"https://{control_host}:{control_port}"
     deployment = build_deployment(
         cfg,
         tokenizer,
         folder,
         max_model_len,
         EngineConfig().block_size,  # what spawned workers use; others must match it
-        gateway_url=url,
+        gateway_url=worker_url,
         api_keys=api_keys,
         log_dir=log_dir,
         kv_index=kv_index,
@@ -65,7 +77,9 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
     server = uvicorn.Server(
         uvicorn.Config(deployment.app, host=cfg.host, port=cfg.port, log_level="warning")
     )
-    serving = asyncio.create_task(server.serve())
+    control_listener = control_server(deployment, control_host, control_port)
+    servers = [server] if control_listener is None else [server, control_listener]
+    serving = asyncio.gather(*(srv.serve() for srv in servers))
     try:
         names = ", ".join(deployment.expected_workers)
         with console.status(f"starting workers ({names}); loading the model in each…"):
@@ -77,6 +91,8 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
         # Never the key itself: the banner ends up in terminals, CI logs and screenshots.
         auth = ' -H "Authorization: Bearer $PRFAAS_API_KEY"' if api_keys else ""
         print(f"prfaas is serving {deployment.backend.model_name} at {url}/v1")
+        if not control.insecure:
+            print(f"  workers register at {worker_url} (mutual TLS, certificate-bound clusters)")
         solved = "" if choice.solved_tokens is None else f", planner {choice.solved_tokens:.0f}"
         print(
             f"  threshold t = {choice.applied_tokens:.0f} tokens ({choice.source}{solved}); "
@@ -101,7 +117,8 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
         print(f"prfaas serve: {e}", file=sys.stderr)
         return 1
     finally:
-        server.should_exit = True
+        for srv in servers:
+            srv.should_exit = True
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(serving, 10.0)
         await deployment.backend.aclose()

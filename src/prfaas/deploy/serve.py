@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI
 
 from prfaas.config import cluster_token_from_env, server_secret_from_env
+from prfaas.control_plane import GATEWAY, ControlTls, warn_insecure
 from prfaas.deploy.admin import add_admin_routes
 from prfaas.deploy.canary import add_canary_metrics, add_canary_routes, build_canary
 from prfaas.deploy.cluster_metrics import ClusterMetrics, add_kv_index_metrics
@@ -68,6 +70,10 @@ class Deployment:
     emulators: list[LinkEmulator] = field(default_factory=list)
     expected_workers: list[str] = field(default_factory=list)
     tmp: tempfile.TemporaryDirectory[str] | None = None
+    # The mutual-TLS control listener (registration, heartbeats) and its identity; None: an
+    # insecure control plane (those routes are on ``app``, plain HTTP).
+    control_app: FastAPI | None = None
+    control_tls: ControlTls | None = None
 
     def ready(self) -> bool:
         """Every spawned worker has registered (start-up profiling can begin)."""
@@ -111,9 +117,12 @@ def build_deployment(
     # Workers started elsewhere must share the token (PRFAAS_CLUSTER_TOKEN) and the CA.
     cluster_token = cluster_token_from_env() or secrets.token_hex(16)
     certs_dir: Path | None = cfg.certs_dir
-    if certs_dir is None and any(link.tls for link in cfg.links):
-        certs_dir = Path(tmp.name) / "certs"
+    insecure = cfg.control_plane.insecure
+    if certs_dir is None and (not insecure or any(link.tls for link in cfg.links)):
+        certs_dir = Path(tmp.name) / "certs"  # a few ms: mutual TLS costs no start-up time
         write_certs(certs_dir, [c.name for c in cfg.clusters])
+    control_tls = None if insecure or certs_dir is None else ControlTls.from_dir(certs_dir, GATEWAY)
+    worker_tls = None if control_tls is None else control_tls.client_context()
     spawns: list[WorkerSpawn] = []
     for cluster in cfg.clusters:
         for inst in cluster.instances:
@@ -140,6 +149,7 @@ def build_deployment(
                         num_threads=inst.num_threads,
                         kv_cache_gb=inst.kv_cache_gb,
                         exit_with_launcher=len(gateway_urls) == 1,
+                        insecure_control=insecure,
                     )
                 )
     warn_insecure_links(cfg)
@@ -197,6 +207,7 @@ def build_deployment(
         stream_stall_s=cfg.stream_stall_s,
         kv_target=functools.partial(kv_target, links),
         residency={t.name: frozenset(t.clusters) for t in cfg.tenants if t.clusters},
+        worker_tls=worker_tls,
     )
     metrics = GatewayMetrics()
     if isinstance(kv_index, RedisKvIndex):
@@ -214,7 +225,7 @@ def build_deployment(
     )
 
     async def switch(name: str, role: Role) -> WorkerInfo:
-        return await switch_role(fleet, cluster_token, name, role)
+        return await switch_role(fleet, cluster_token, name, role, worker_tls)
 
     control = ControlLoop(cfg.policy.control, cfg.policy, router, fleet, switch)
     canary = build_canary(cfg.canary, backend, tokenizer, max_model_len)
@@ -240,21 +251,50 @@ def build_deployment(
     assert backend.audit is not None
     backend.audit.listeners.append(app.state.tenants.ledger.transferred)  # KV bytes per tenant
     fleet.on_capacity = app.state.admission.grant
-    add_internal_routes(app, fleet, cluster_token)
+    control_app: FastAPI | None = None
+    if control_tls is None:
+        warn_insecure("the gateway (registrations on its public port)")
+        add_internal_routes(app, fleet, cluster_token)
+    else:
+        control_app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+        add_internal_routes(control_app, fleet, cluster_token, bound_to_certificates=True)
     # The cluster token is the admin key: off this machine, /status needs it too.
     admin_token = None if binds_loopback(cfg.host) else cluster_token
     add_status_route(app, fleet, router, control, canary, admin_token=admin_token)
     add_canary_routes(app, canary, cluster_token)
-    add_role_route(app, fleet, cluster_token)
+    add_role_route(app, fleet, cluster_token, worker_tls)
     launcher = Launcher(cluster_token, log_dir or Path(tmp.name) / "logs")
     add_admin_routes(app, emulators_by_link, launcher, cluster_token)
+    expected = [s.name for s in spawns]
     deployment = Deployment(
-        cfg, app, backend, fleet, launcher, control, emulators, [s.name for s in spawns], tmp
+        cfg,
+        app,
+        backend,
+        fleet,
+        launcher,
+        control,
+        emulators,
+        expected,
+        tmp,
+        control_app,
+        control_tls,
     )
     holder.append(deployment)
     for spec in spawns:
         launcher.spawn(spec)
     return deployment
+
+
+def control_server(deployment: Deployment, host: str, port: int) -> uvicorn.Server | None:
+    """The gateway's control listener (registrations, heartbeats; mutual TLS) on ``host``:
+    ``port``, to serve beside the public app; None for an insecure control plane."""
+    if deployment.control_app is None or deployment.control_tls is None:
+        return None
+    options = deployment.control_tls.uvicorn_options()
+    config = uvicorn.Config(
+        deployment.control_app, host=host, port=port, log_level="warning", lifespan="off", **options
+    )
+    return uvicorn.Server(config)
 
 
 async def wait_ready(deployment: Deployment, timeout_s: float) -> None:
@@ -299,6 +339,7 @@ async def start_control(deployment: Deployment) -> ThresholdChoice:
         backend.settings.cluster_token,
         backend.max_model_len,
         block_size,
+        backend.settings.worker_tls,
     )
     deployment.control.begin(choice, inputs)
     return choice

@@ -4,6 +4,7 @@ cluster backend's."""
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,3 +77,5 @@ class BackendSettings:
     # link routes); by default straight to it.
     kv_target: Callable[[str, WorkerInfo], KvTarget] = direct_kv_target
     residency: dict[str, frozenset[str]] = field(default_factory=dict)  # tenant -> clusters
+    # The gateway's client context for worker calls (mutual TLS); None: plain HTTP.
+    worker_tls: ssl.SSLContext | None = None

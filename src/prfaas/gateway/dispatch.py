@@ -70,7 +70,7 @@ class ClusterBackend:
         self.max_model_len = max_model_len
         self.on_prefill = on_prefill
         self.audit = audit
-        self.workers = WorkerClient(settings.cluster_token)
+        self.workers = WorkerClient(settings.cluster_token, settings.worker_tls, fleet.cluster_at)
         self.cache_pull = CachePull(fleet, self.workers, settings, audit, on_pull)
         self._tasks: set[asyncio.Task[None]] = set()
 

@@ -143,6 +143,15 @@ class WorkerFleet:
             time.monotonic() - record.last_seen_s <= self.heartbeat_timeout_s
         )
 
+    def cluster_at(self, url: str) -> str | None:
+        """The cluster of the registered worker whose control URL ``url`` starts with: the
+        name its certificate must prove when the gateway calls it."""
+        for record in self.workers.values():
+            base = record.info.http_url
+            if url == base or url.startswith(base + "/"):
+                return record.info.cluster
+        return None
+
     def forget(self, name: str) -> None:
         self.workers.pop(name, None)
         self.kv_index.remove(name)

@@ -1,28 +1,61 @@
-"""The gateway's internal endpoints: worker registration and heartbeats (cluster token)."""
+"""The gateway's internal endpoints: worker registration and heartbeats (cluster token).
+
+With ``bound_to_certificates`` they are served on the gateway's mutual-TLS control listener
+and a worker's certificate decides where it may be: a registration into any cluster but the
+one its certificate names is refused (403, logged), and so is a heartbeat for a worker of
+another cluster. The token alone never places a worker anywhere."""
 
 from __future__ import annotations
 
 import hmac
+import logging
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
+from prfaas.control_plane import peer_of
 from prfaas.gateway.fleet import BlockSizeConflictError, WorkerFleet
 from prfaas.messages import TOKEN_HEADER, Heartbeat, WorkerInfo
 from prfaas.router.kv_index import KvIndexUnavailableError
 
+logger = logging.getLogger(__name__)
 
-def add_internal_routes(app: FastAPI, fleet: WorkerFleet, cluster_token: str) -> None:
+
+def add_internal_routes(
+    app: FastAPI, fleet: WorkerFleet, cluster_token: str, bound_to_certificates: bool = False
+) -> None:
     def check(request: Request) -> None:
         if not hmac.compare_digest(request.headers.get(TOKEN_HEADER, ""), cluster_token):
             raise HTTPException(401, "missing or invalid cluster token")
+
+    def check_cluster(request: Request, worker: str, cluster: str) -> None:
+        """The client's certificate names ``cluster`` (where ``worker`` claims to be)."""
+        if not bound_to_certificates:
+            return
+        peer = peer_of(request)
+        if peer != cluster:
+            logger.warning(
+                "refused worker %s into cluster %r: its certificate names %r",
+                worker,
+                cluster,
+                peer,
+            )
+            raise HTTPException(
+                403, f"worker {worker}: certificate of {peer!r} cannot register into {cluster!r}"
+            )
 
     @app.post("/internal/register", include_in_schema=False)
     async def register(request: Request) -> Response:
         check(request)
         try:
             info = WorkerInfo.decode(await request.body())
+            check_cluster(request, info.name, info.cluster)
+            if bound_to_certificates and not info.http_url.startswith("https://"):
+                raise ValueError(f"worker {info.name}: control URL {info.http_url} is not https")
+            held = fleet.workers.get(info.name)
+            if held and held.info.cluster != info.cluster and fleet.healthy(info.name):
+                raise HTTPException(409, f"worker name {info.name} is live in {held.info.cluster}")
             fleet.register(info)
         except BlockSizeConflictError as e:
             raise HTTPException(409, str(e)) from e
@@ -37,6 +70,9 @@ def add_internal_routes(app: FastAPI, fleet: WorkerFleet, cluster_token: str) ->
             hb = Heartbeat.decode(await request.body())
         except ValidationError as e:
             raise HTTPException(400, str(e)) from e
+        record = fleet.workers.get(hb.name)
+        if record is not None:
+            check_cluster(request, hb.name, record.info.cluster)
         try:
             known = fleet.heartbeat(hb)
         except KvIndexUnavailableError as e:  # liveness taken; the worker resends the batch

@@ -33,7 +33,11 @@ def _stall(text: str) -> tuple[float, float]:
 
 
 def register(commands: Commands) -> None:
-    certs = commands.top.add_parser("certs", help="create a CA and per-cluster TLS certificates")
+    certs = commands.top.add_parser(
+        "certs",
+        help="a CA and one bundle per cluster and for the gateways (key, certificate, CA "
+        "certificate); copy each machine only its bundle, keep ca.key off them",
+    )
     certs.add_argument("--out", type=Path, required=True, help="directory to write into")
     certs.add_argument(
         "--clusters",
@@ -72,8 +76,18 @@ def run_certs(args: argparse.Namespace) -> int:
     from prfaas.transfer.tls import write_certs
 
     clusters = [name.strip() for name in args.clusters.split(",") if name.strip()]
-    for path in write_certs(args.out, clusters):
+    try:
+        written = write_certs(args.out, clusters)
+    except ValueError as e:
+        print(f"prfaas certs: {e}", file=sys.stderr)
+        return 2
+    for path in written:
         print(path)
+    print(
+        f"copy each machine only its bundle(s) (e.g. {args.out / clusters[0]}); keep "
+        f"{args.out / 'ca.key'} where certificates are made (it signs bundles added later)",
+        file=sys.stderr,
+    )
     return 0
 
 

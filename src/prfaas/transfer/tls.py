@@ -1,9 +1,11 @@
 """Mutual TLS 1.3 between clusters: a private CA, one certificate per cluster.
 
-``write_certs`` (behind `prfaas certs`) makes ``ca.pem`` and, per cluster, ``NAME.pem`` and
-``NAME.key`` (EC P-256; the cluster name is the certificate's DNS name). Both ends present
-their certificate and verify the peer's against the CA; the sender also checks that the
-receiver's name is the cluster it meant to reach. TLS 1.2 and below are refused.
+``write_certs`` (behind `prfaas certs`) makes a CA (``ca.pem``, ``ca.key``) and one bundle
+folder per cluster and one for the gateways (``GATEWAY``): ``NAME/ca.pem``, ``NAME/NAME.pem``,
+``NAME/NAME.key`` (EC P-256; the name is the certificate's common name and DNS name). A
+bundle is all one machine needs: the CA key is in none of them. Both ends present their
+certificate and verify the peer's against the CA; the client also checks that the server's
+name is the one it meant to reach. TLS 1.2 and below are refused.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 _VALID_DAYS = 365
+GATEWAY = "gateway"  # the gateways' identity on the control plane; no cluster may take it
 
 
 def _name(common_name: str) -> x509.Name:
@@ -61,24 +64,41 @@ def _write(path: Path, data: bytes, private: bool = False) -> None:
         f.write(data)
 
 
-def write_certs(out_dir: Path, clusters: list[str]) -> list[Path]:
-    """Create a CA and one certificate per cluster under ``out_dir``; returns the files."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = (
-        _builder("prfaas CA", _name("prfaas CA"), ca_key)
+def _load_or_make_ca(out_dir: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """The CA in ``out_dir`` if one is there (bundles added later join it), else a new one."""
+    cert_path, key_path = out_dir / "ca.pem", out_dir / "ca.key"
+    if cert_path.exists() and key_path.exists():
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{key_path}: not an EC private key")
+        return key, x509.load_pem_x509_certificate(cert_path.read_bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        _builder("prfaas CA", _name("prfaas CA"), key)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
+        .sign(key, hashes.SHA256())
     )
-    written = [out_dir / "ca.pem", out_dir / "ca.key"]
-    _write(written[0], ca_cert.public_bytes(serialization.Encoding.PEM))
-    _write(written[1], _key_pem(ca_key), private=True)
+    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    _write(key_path, _key_pem(key), private=True)
+    return key, cert
+
+
+def write_certs(out_dir: Path, clusters: list[str]) -> list[Path]:
+    """Write one bundle per cluster, and the gateways' (``GATEWAY``), under ``out_dir``, signed
+    by its CA (made if absent); returns the files written."""
     for cluster in clusters:
+        if not cluster or "/" in cluster or cluster.startswith(".") or cluster == GATEWAY:
+            raise ValueError(f"{cluster!r} cannot name a cluster certificate")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_cert = _load_or_make_ca(out_dir)
+    ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
+    written = [out_dir / "ca.pem", out_dir / "ca.key"]
+    for name in dict.fromkeys([*clusters, GATEWAY]):
         key = ec.generate_private_key(ec.SECP256R1())
-        names: list[x509.GeneralName] = [x509.DNSName(cluster), x509.DNSName("localhost")]
+        names: list[x509.GeneralName] = [x509.DNSName(name), x509.DNSName("localhost")]
         names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
         cert = (
-            _builder(cluster, ca_cert.subject, key)
+            _builder(name, ca_cert.subject, key)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.SubjectAlternativeName(names), critical=False)
             .add_extension(
@@ -89,9 +109,12 @@ def write_certs(out_dir: Path, clusters: list[str]) -> list[Path]:
             )
             .sign(ca_key, hashes.SHA256())
         )
-        _write(out_dir / f"{cluster}.pem", cert.public_bytes(serialization.Encoding.PEM))
-        _write(out_dir / f"{cluster}.key", _key_pem(key), private=True)
-        written += [out_dir / f"{cluster}.pem", out_dir / f"{cluster}.key"]
+        bundle = out_dir / name
+        bundle.mkdir(exist_ok=True)
+        _write(bundle / "ca.pem", ca_pem)
+        _write(bundle / f"{name}.pem", cert.public_bytes(serialization.Encoding.PEM))
+        _write(bundle / f"{name}.key", _key_pem(key), private=True)
+        written += [bundle / "ca.pem", bundle / f"{name}.pem", bundle / f"{name}.key"]
     return written
 
 
@@ -114,6 +137,10 @@ class TlsConfig:
 
     @staticmethod
     def from_dir(certs_dir: Path, cluster: str) -> TlsConfig:
+        """``cluster``'s identity from its bundle: ``certs_dir`` is the bundle itself, or the
+        folder `prfaas certs` wrote that holds it (``certs_dir/cluster/``)."""
+        if (certs_dir / cluster).is_dir():
+            certs_dir = certs_dir / cluster
         return TlsConfig(
             certs_dir / "ca.pem", certs_dir / f"{cluster}.pem", certs_dir / f"{cluster}.key"
         )
@@ -140,3 +167,16 @@ def client_context(config: TlsConfig) -> ssl.SSLContext:
     context = _context(ssl.Purpose.SERVER_AUTH, config)
     context.check_hostname = True
     return context
+
+
+def peer_name(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | None:
+    """The common name of the peer's verified certificate (its cluster, or ``GATEWAY``); None
+    without TLS or without a client certificate."""
+    if ssl_object is None:
+        return None
+    cert = ssl_object.getpeercert() or {}
+    for rdn in cert.get("subject", ()):
+        for attribute in rdn:
+            if attribute[0] == "commonName":
+                return str(attribute[1])
+    return None

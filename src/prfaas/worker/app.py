@@ -1,5 +1,6 @@
 """A worker's HTTP control endpoint. Every route requires the cluster token in
-``x-prfaas-cluster-token``; the engine behind them is the worker's ``InstanceEngine``.
+``x-prfaas-cluster-token`` and, when the worker has certificates (HTTPS, mutual TLS), a
+gateway's client certificate; the engine behind them is the worker's ``InstanceEngine``.
 
   POST /prefill    PrefillCommand -> PrefillResult    (role prefill)
   POST /decode     DecodeCommand  -> NDJSON TokenEvent lines (role decode)
@@ -23,6 +24,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from prfaas.config import faults_allowed
+from prfaas.control_plane import GATEWAY, peer_of
 from prfaas.messages import (
     TOKEN_HEADER,
     DecodeCommand,
@@ -69,6 +71,9 @@ def create_worker_app(worker: Worker) -> FastAPI:
         token = request.headers.get(TOKEN_HEADER, "")
         if not hmac.compare_digest(token, worker.config.cluster_token):
             raise HTTPException(401, "missing or invalid cluster token")
+        if worker.control is not None and peer_of(request) != GATEWAY:
+            # Another cluster's worker holds a valid certificate too, but only gateways command.
+            raise HTTPException(403, f"certificate {peer_of(request)!r} is not a gateway's")
         # A draining worker still takes commands of its current role: they were routed
         # before the gateway stopped routing here, and the drain waits for them.
         if role is not None and worker.role != role:

@@ -22,7 +22,8 @@ class WorkerConfig:
     engine: EngineConfig
     kv_host: str = "127.0.0.1"
     kv_port: int = 0
-    certs_dir: Path | None = None
+    certs_dir: Path | None = None  # its cluster's bundle: mutual TLS for KV and control
+    insecure_control: bool = False  # plain HTTP to and from the gateway, even with certs
     link_rate_gbps: dict[str, float] = field(default_factory=dict)
     parent_pid: int | None = None  # exit when this process (the launcher) is gone
     drain_timeout_s: float = 120.0  # a role switch gives up if requests still run by then

@@ -12,11 +12,13 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import threading
 import time
 
 import httpx
 
+from prfaas.control_plane import GATEWAY, ControlTls, warn_insecure
 from prfaas.messages import TOKEN_HEADER, Heartbeat, Role, WorkerCheck, WorkerInfo
 from prfaas.worker.cache_events import CacheEventLog, EventBatch
 from prfaas.worker.config import WorkerConfig
@@ -37,6 +39,18 @@ class Worker:
         self.role: Role = config.role
         self.draining = False
         self.epoch = time.time_ns() + os.getpid()  # unique per start: stale entries vanish
+        # Mutual TLS with every gateway from this cluster's bundle; None: plain HTTP.
+        self.control = (
+            None
+            if config.certs_dir is None or config.insecure_control
+            else ControlTls.from_dir(config.certs_dir, config.cluster)
+        )
+        if self.control is not None:
+            plain = [u for u in config.gateway_urls if not u.startswith("https://")]
+            if plain:
+                raise ValueError(f"gateway URL(s) {plain}: a worker with certificates needs https")
+        # Built once here: a missing or unreadable bundle stops the worker before it loads.
+        self._gateway_ssl = None if self.control is None else self.control.client_context()
         self.events = CacheEventLog(config.gateway_urls)
         if engine is None:
             from prfaas.worker.reference import for_worker  # loads torch and the model
@@ -44,12 +58,13 @@ class Worker:
             engine = for_worker(config)
         self.engine = engine
         facts = self.engine.facts
+        scheme = "http" if self.control is None else "https"
         self.fingerprint = facts.fingerprint
         self._info = WorkerInfo(
             name=config.name,
             cluster=config.cluster,
             role=config.role,
-            http_url=f"http://{config.host}:{config.port}",
+            http_url=f"{scheme}://{config.host}:{config.port}",
             kv_host=facts.kv_host,
             kv_port=facts.kv_port,
             fingerprint=facts.fingerprint,
@@ -88,19 +103,35 @@ class Worker:
         """Register, then heartbeat; re-register whenever the gateway forgets us. One loop
         per gateway, so that a dead gateway never delays the others."""
         headers = {TOKEN_HEADER: self.config.cluster_token}
-        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=5.0) as client:
+        verify: ssl.SSLContext | bool = self._gateway_ssl or True
+        if self._gateway_ssl is None:
+            warn_insecure(f"worker {self.config.name} (to {url})")
+        async with httpx.AsyncClient(
+            base_url=url, headers=headers, timeout=5.0, verify=verify
+        ) as client:
             registered = False
+            problem: str | None = None  # the last one logged: each is said once, not at 2 Hz
             while True:
                 self.collect_events()
+                said = problem
                 try:
                     if not registered:
-                        r = await client.post("/internal/register", content=self.info().encode())
+                        r = await self._post(client, "/internal/register", self.info().encode())
                         registered = r.status_code == 200
+                        if r.status_code == 403:  # e.g. a certificate of another cluster
+                            problem = f"gateway {url} refused us: {r.text[:500]}"
                     if registered:
+                        problem = None
                         registered = await self._send_heartbeats(client, url)
                 except httpx.HTTPError as e:
-                    logger.debug("gateway %s unreachable: %s", url, e)
                     registered = False
+                    tls = _ssl_error(e)
+                    if tls is not None:  # certificates that do not fit: worth saying
+                        problem = f"gateway {url}: TLS failed: {tls}"
+                    else:
+                        logger.debug("gateway %s unreachable: %s", url, e)
+                if problem is not None and problem != said:
+                    logger.error("%s", problem)
                 await asyncio.sleep(HEARTBEAT_S)
 
     async def _send_heartbeats(self, client: httpx.AsyncClient, url: str) -> bool:
@@ -111,7 +142,7 @@ class Worker:
         for batch in batches:
             if self.epoch != epoch:  # switched roles meanwhile: the log starts over
                 return True
-            r = await client.post("/internal/heartbeat", content=self.heartbeat(batch).encode())
+            r = await self._post(client, "/internal/heartbeat", self.heartbeat(batch).encode())
             if r.status_code == 503:  # its kv index is unreachable: send the batch later
                 return True
             if r.status_code != 200:
@@ -119,6 +150,12 @@ class Worker:
             if batch is not None:
                 self.events.ack(url, epoch, batch.seq)
         return True
+
+    async def _post(self, client: httpx.AsyncClient, path: str, body: bytes) -> httpx.Response:
+        """POST to a gateway; over TLS its certificate must be a gateway's, whatever its
+        address (the name checked is ``GATEWAY``)."""
+        extensions = {} if self.control is None else {"sni_hostname": GATEWAY}
+        return await client.post(path, content=body, extensions=extensions)
 
     async def check(self) -> WorkerCheck:
         """Integrity and leak report: the engine's parts, and this process's."""
@@ -168,6 +205,16 @@ class Worker:
             self.epoch += 1  # a new identity in the index: the gateway re-reads our role
         finally:
             self.draining = False
+
+
+def _ssl_error(e: BaseException) -> ssl.SSLError | None:
+    """The TLS error beneath an HTTP client's error, if one is."""
+    cause: BaseException | None = e
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 async def exit_with_parent(parent_pid: int) -> None:
