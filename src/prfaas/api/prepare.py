@@ -43,10 +43,6 @@ class Prepared:
     echo_only: bool = False
     tools: ToolMode | None = None  # chat with tools: how the output becomes tool calls
 
-    @property
-    def prompt_token_ids(self) -> list[int]:
-        return self.prompts[0]
-
 
 def sibling_params(params: SamplingSpec, index: int) -> SamplingSpec:
     """Sequence ``index`` of an ``n > 1`` request: a seeded request's siblings get seeds of
