@@ -12,6 +12,7 @@ from prfaas.messages import (
     KvFailed,
     KvTarget,
     LinkReport,
+    LogprobEntry,
     Message,
     PrefillCommand,
     PrefillResult,
@@ -88,6 +89,17 @@ EXAMPLES: list[Message] = [
         finished=True,
         finish_reason="stop",
         cached_tokens=16,
+    ),
+    TokenEvent(
+        request_id="r",
+        token_ids=[5, 6],
+        logprobs=[
+            LogprobEntry(
+                token_id=5, logprob=-0.25, rank=1, top_token_ids=[5], top_logprobs=[-0.25]
+            ),
+            LogprobEntry(token_id=6, logprob=-3.5, rank=4),
+        ],
+        prompt_logprobs=[None, LogprobEntry(token_id=9, logprob=-1.0, rank=2)],
     ),
     KvFailed(request_id="r", reason="link cut"),
     RoleSwitch(role="decode"),

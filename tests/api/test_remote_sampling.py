@@ -6,6 +6,7 @@ events equal ``prfaas.LLM``'s outputs on one engine."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,9 @@ from prfaas.config import EngineConfig
 from prfaas.engine.engine import Engine
 from prfaas.messages import DecodeCommand, SamplingSpec, TokenEvent
 from prfaas.sampling import to_sampling_params
+from tests.conftest import make_tiny_checkpoint
 from tests.engine.hybrid_helpers import prompt_of
+from tests.engine.test_structured_outputs import SCHEMA, VOCAB, _byte_level_tokenizer, _validate
 from tests.serving.test_layerwise import Deployment, engine_args
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -119,3 +122,30 @@ def test_the_first_token_obeys_the_sampling_extras(
     assert tokens == want.outputs[0].token_ids
     biased = spec.model_copy(update={"logit_bias": {17: 100.0}})
     assert [t for e in remote(engines, prompt, biased) for t in e.token_ids] == [17] * 8
+
+
+@pytest.fixture(scope="module")
+def byte_engines(
+    tmp_path_factory: pytest.TempPathFactory, cache_dir: Path
+) -> tuple[Engine, Engine]:
+    folder = make_tiny_checkpoint(tmp_path_factory.mktemp("bytes"), "llama", vocab_size=VOCAB)
+    _byte_level_tokenizer(folder)
+    config = EngineConfig(**engine_args(folder, cache_dir))
+    return Engine(config), Engine(config)
+
+
+def test_a_grammar_holds_across_the_hand_off(byte_engines: tuple[Engine, Engine]) -> None:
+    """The prefill side samples the first token under the grammar; the decode side starts
+    its own grammar, advances it by that token and continues: the output validates."""
+    prompt = [int(t) for t in byte_engines[0].tokenizer.encode("Describe a user as JSON: " * 3)]
+    texts = []
+    for seed in range(6):
+        spec = SamplingSpec(
+            max_tokens=120, temperature=1.0, seed=seed, json_schema=json.dumps(SCHEMA)
+        )
+        events = remote(byte_engines, prompt, spec)
+        assert events[-1].finish_reason == "stop"
+        text = "".join(e.text for e in events)
+        _validate(json.loads(text))
+        texts.append(text)
+    assert len(set(texts)) > 1

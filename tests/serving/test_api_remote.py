@@ -4,6 +4,9 @@ API's sampling extras, logprobs, echo and n > 1: what one engine (``prfaas.LLM``
 
 from __future__ import annotations
 
+import re
+
+import httpx
 import openai
 import pytest
 from tests.serving.conftest import Deployed
@@ -23,6 +26,13 @@ def client(deployed: Deployed) -> openai.OpenAI:
     return openai.OpenAI(base_url=deployed.base_url + "/v1", api_key="key-alice", max_retries=0)
 
 
+def cached_tokens(deployed: Deployed) -> float:
+    text = httpx.get(deployed.base_url + "/metrics").text
+    match = re.search(r"^prfaas_cached_prompt_tokens_total ([0-9.e+]+)$", text, re.M)
+    assert match is not None
+    return float(match.group(1))
+
+
 def test_extras_logprobs_and_n_on_the_remote_path(deployed: Deployed, reference: LLM) -> None:
     params = SamplingParams(
         n=2,
@@ -35,6 +45,7 @@ def test_extras_logprobs_and_n_on_the_remote_path(deployed: Deployed, reference:
         logprobs=2,
     )
     (want,) = reference.generate([LONG], params)
+    before = cached_tokens(deployed)
     raw = client(deployed).completions.with_raw_response.create(
         model="tiny",
         prompt=LONG,
@@ -60,6 +71,9 @@ def test_extras_logprobs_and_n_on_the_remote_path(deployed: Deployed, reference:
     assert out.usage is not None and out.usage.completion_tokens == sum(
         len(o.token_ids) for o in want.outputs
     )
+    # The sibling, submitted once the first sequence had its first token, found the prompt's
+    # full blocks cached (the first's KV landed on the decode instance and was kept).
+    assert cached_tokens(deployed) - before >= (len(want.prompt_token_ids) - 1) // 16 * 16 > 0
 
 
 def test_echo_prompt_logprobs_on_the_remote_path(deployed: Deployed, reference: LLM) -> None:

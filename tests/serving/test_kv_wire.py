@@ -13,6 +13,7 @@ from tests.engine.hybrid_helpers import greedy, kimi_engine, prompt_of, save_kim
 from prfaas.decode.kv_import import wire_to_payload
 from prfaas.engine.engine import Engine
 from prfaas.engine.handoff import KvImportError, KvPayload
+from prfaas.engine.logprobs import TokenLogprobs
 from prfaas.prefill.kv_export import payload_to_wire
 from prfaas.transfer.receiver import ReceivedTransfer
 
@@ -80,3 +81,23 @@ def test_wire_layers_of_another_model_are_refused(
     hybrid = kimi_engine(kimi, cache_dir)
     with pytest.raises(KvImportError):
         wire_to_payload(ReceivedTransfer(header, arrays), dense.token_ids, hybrid.layout)
+
+
+def test_logprob_layers_survive_the_wire_and_bad_ones_are_refused(
+    tiny_llama: Path, cache_dir: Path
+) -> None:
+    engine = make_engine(tiny_llama, cache_dir)
+    payload = export(engine, prompt_of(20))
+    payload.first_logprobs = TokenLogprobs(payload.first_token_id, -0.5, 1, (7, 9), (-0.5, -2.0))
+    # Values exact in float32, as the engine's are.
+    payload.prompt_logprobs = [None] + [
+        TokenLogprobs(t, -float(i), 2, (3,), (-0.125,)) for i, t in enumerate(payload.token_ids[1:])
+    ]
+    header, arrays = payload_to_wire(payload, "r3", "raw", bytes(16))
+    rebuilt = wire_to_payload(ReceivedTransfer(header, arrays), payload.token_ids, engine.layout)
+    assert rebuilt.first_logprobs == payload.first_logprobs
+    assert rebuilt.prompt_logprobs == payload.prompt_logprobs
+    # A logprob pair that does not pair up (ids of another width) is refused.
+    arrays[-1] = arrays[-1][:, :2].copy()
+    with pytest.raises(KvImportError):
+        wire_to_payload(ReceivedTransfer(header, arrays), payload.token_ids, engine.layout)

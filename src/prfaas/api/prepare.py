@@ -15,9 +15,11 @@ from prfaas.api.protocol import (
     MAX_N,
     MAX_PROMPTS,
     ChatCompletionRequest,
+    ChatMessage,
     CompletionRequest,
     ContentPart,
 )
+from prfaas.api.tools import ToolMode, prepare_tools
 from prfaas.messages import SamplingSpec
 from prfaas.seeds import derive_seed
 
@@ -39,10 +41,7 @@ class Prepared:
     n: int = 1
     echo: bool = False
     echo_only: bool = False
-
-    @property
-    def prompt_token_ids(self) -> list[int]:
-        return self.prompts[0]
+    tools: ToolMode | None = None  # chat with tools: how the output becomes tool calls
 
 
 def sibling_params(params: SamplingSpec, index: int) -> SamplingSpec:
@@ -88,9 +87,12 @@ def prepare_chat(req: ChatCompletionRequest, tokenizer: Any, max_model_len: int)
     _refuse_undeclared(req)
     if req.store:
         raise APIError(400, "store: prfaas never stores completions", param="store")
-    conversation = [{"role": m.role, "content": _text_of(m.content)} for m in req.messages]
+    tools, template, grammar = prepare_tools(req, tokenizer)
+    conversation = [_message(m) for m in req.messages]
     try:
-        ids = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True)
+        ids = tokenizer.apply_chat_template(
+            conversation, add_generation_prompt=True, tokenize=True, **template
+        )
         if hasattr(ids, "keys"):  # BatchEncoding in newer transformers
             ids = ids["input_ids"]
         prompt = [int(t) for t in ids]
@@ -104,10 +106,37 @@ def prepare_chat(req: ChatCompletionRequest, tokenizer: Any, max_model_len: int)
             raise APIError(400, "top_logprobs requires logprobs: true", param="top_logprobs")
         _check_range("top_logprobs", req.top_logprobs, 0, MAX_LOGPROBS)
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    extra = {"logprobs": logprobs, **_structured(req)}
+    extra = {"logprobs": logprobs, **_structured(req), **grammar}
     prepared = _prepared(req, [prompt], max_tokens, max_model_len, "messages", extra)
     _check_token_ids(prepared.params, len(tokenizer))
-    return prepared
+    return dataclasses.replace(prepared, tools=tools)
+
+
+def _message(m: ChatMessage) -> dict[str, Any]:
+    """One message as chat templates take it (a call's arguments as a mapping)."""
+    out: dict[str, Any] = {"role": m.role, "content": _text_of(m.content)}
+    if m.tool_calls:
+        out["tool_calls"] = [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {
+                    "name": c.function.name,
+                    "arguments": _arguments(c.function.arguments),
+                },
+            }
+            for c in m.tool_calls
+        ]
+    if m.tool_call_id is not None:
+        out["tool_call_id"] = m.tool_call_id
+    return out
+
+
+def _arguments(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def prepare_completion(req: CompletionRequest, tokenizer: Any, max_model_len: int) -> Prepared:

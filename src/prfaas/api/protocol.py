@@ -21,6 +21,7 @@ MAX_LOGIT_BIAS = 300
 MAX_LOGPROBS = 20  # alternatives per token (vLLM's default bound; OpenAI allows 20 in chat)
 MAX_N = 16
 MAX_PROMPTS = 64  # prompts in one batched completion request
+MAX_TOOLS = 128
 
 
 class _In(BaseModel):
@@ -88,9 +89,43 @@ class ContentPart(_In):
     text: str | None = None
 
 
+class FunctionDef(_In):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str | None = Field(default=None, max_length=4096)
+    parameters: dict[str, object] | None = None
+    strict: bool | None = None  # the arguments always follow ``parameters`` when forced
+
+
+class ToolDef(_In):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_In):
+    name: str = Field(max_length=64)
+
+
+class NamedToolChoice(_In):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class FunctionCallIn(_In):
+    name: str = Field(max_length=64)
+    arguments: str
+
+
+class ToolCallIn(_In):
+    id: str = Field(max_length=128)
+    type: Literal["function"]
+    function: FunctionCallIn
+
+
 class ChatMessage(_In):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
+    tool_calls: list[ToolCallIn] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_call_id: str | None = Field(default=None, max_length=128)
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -100,6 +135,8 @@ class ChatCompletionRequest(_SamplingFields):
     top_logprobs: int | None = None
     response_format: ResponseFormat | None = None
     store: bool | None = None  # nothing is ever stored: only false is honoured
+    tools: list[ToolDef] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
 
 
 class CompletionRequest(_SamplingFields):
@@ -122,9 +159,21 @@ class Usage(BaseModel):
     prompt_tokens_details: PromptTokensDetails
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # JSON text
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
 
 
 class TopLogprob(BaseModel):

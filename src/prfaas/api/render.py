@@ -21,8 +21,10 @@ from prfaas.api.protocol import (
     ChatTokenLogprob,
     CompletionChoice,
     CompletionLogprobs,
+    ToolCall,
     TopLogprob,
 )
+from prfaas.api.tools import tool_calls
 from prfaas.messages import LogprobEntry, TokenEvent
 
 
@@ -67,10 +69,17 @@ class Renderer:
     # ---- chat ------------------------------------------------------------------------------
 
     def chat_choice(self, index: int, out: Output) -> ChatChoice:
+        content: str | None = out.text
+        calls: list[ToolCall] = []
+        finish = out.finish_reason
+        if self.prepared.tools is not None:
+            content, calls = tool_calls(out.text, self.prepared.tools)
+            if calls and finish == "stop":
+                finish = "tool_calls"
         return ChatChoice(
             index=index,
-            message=AssistantMessage(content=out.text),
-            finish_reason=out.finish_reason,
+            message=AssistantMessage(content=content, tool_calls=calls),
+            finish_reason=finish,
             logprobs=self.chat_logprobs(out.logprobs),
         )
 

@@ -365,18 +365,15 @@ class AsyncEngine:
 
     def _finish_prefill(self, delta: TokenDelta, reply: Reply, num_cached_tokens: int) -> None:
         """The layers already went to the sink during the step: free the blocks now."""
-        request_id = delta.request_id
         try:
-            token = self._engine.export_first_token(request_id)
+            token = self._engine.export_first_token(delta.request_id)
         except Exception as exc:  # handed to the waiting coroutine
-            self._engine.abort(request_id)
+            self._engine.abort(delta.request_id)
             self._answer(reply, None, exc)
             return
-        self._engine.release(request_id)
+        self._engine.release(delta.request_id)
         self._publish()  # its cache events are out before the prefill is reported done
-        first_logprobs = delta.logprobs[0] if delta.logprobs else None
-        done = PrefillDone(token, num_cached_tokens, first_logprobs, delta.prompt_logprobs)
-        self._answer(reply, done, None)
+        self._answer(reply, PrefillDone.of(token, num_cached_tokens, delta), None)
 
     def _abort_all(self, error: EngineError) -> None:
         """End every request: free its blocks, and end its stream or prefill with ``error``."""

@@ -16,6 +16,7 @@ from typing import Any
 from prfaas.engine.engine import Engine, LayerSink
 from prfaas.engine.handoff import KvPayload
 from prfaas.engine.logprobs import TokenLogprobs
+from prfaas.engine.outputs import TokenDelta
 from prfaas.engine.sampling_params import SamplingParams
 
 
@@ -107,6 +108,12 @@ class PrefillDone:
     # travel with the KV (``prefill/kv_export.py``) to the side that streams the tokens.
     first_logprobs: TokenLogprobs | None = None
     prompt_logprobs: list[TokenLogprobs | None] | None = None
+
+    @classmethod
+    def of(cls, token_id: int, num_cached_tokens: int, delta: TokenDelta) -> PrefillDone:
+        """With the logprobs the request's first delta carries."""
+        first = delta.logprobs[0] if delta.logprobs else None
+        return cls(token_id, num_cached_tokens, first, delta.prompt_logprobs)
 
 
 @dataclass(frozen=True)

@@ -173,12 +173,8 @@ class Engine:
         req.move_to(RequestStatus.DECODING)
         self.scheduler.unpark_running(req)
         req.append_token(payload.first_token_id)
-        # The first token streams out of the next step(), like every other token, with the
-        # logprobs computed where the prompt was.
-        delta = self._after_token(req, payload.first_logprobs)
-        if payload.prompt_logprobs is not None:
-            delta.prompt_logprobs = payload.prompt_logprobs
-        self._pending.append(delta)
+        self._sampling.land(req, payload.prompt_logprobs)  # computed where the prompt was
+        self._pending.append(self._after_token(req, payload.first_logprobs))  # next step()
 
     def fail_kv(self, request_id: str) -> None:
         """The KV will not come: prefill this request locally instead (the fallback)."""

@@ -68,6 +68,11 @@ class PromptLogprobs:
             entries = prompt_token_logprobs(compute_logits, rows, targets, num_top)
             self._entries[chunk.request_id][chunk.start + 1 : stop + 1] = entries
 
+    def replace(self, request_id: str, entries: Entries) -> None:
+        """Entries computed elsewhere (with the KV), for a request that asked for them."""
+        if request_id in self._entries:
+            self._entries[request_id] = list(entries)
+
     def request_ids(self) -> set[str]:
         return set(self._requests)
 

@@ -51,6 +51,12 @@ class SamplingState:
             grammar.accept(req.output_token_ids[-1])
         return self._prompt_logprobs.take_with_first_token(req)
 
+    def land(self, req: Request, prompt_logprobs: Entries | None) -> None:
+        """A request whose prompt was computed elsewhere: its prompt logprobs came with the KV
+        (None: they stay unknown)."""
+        if prompt_logprobs is not None and len(prompt_logprobs) == req.num_prompt_tokens:
+            self._prompt_logprobs.replace(req.request_id, prompt_logprobs)
+
     def check_integrity(self, live: set[str]) -> None:
         """Nothing kept for a request that has ended."""
         kept = set(self._grammars) | self._prompt_logprobs.request_ids()
