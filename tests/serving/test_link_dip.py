@@ -8,6 +8,9 @@ starts below its upper bound), the PrfaaS → PD link through the emulator at 1 
 traffic of prompts spread over the context. At run time the emulator's rate drops to
 50 Mbit/s (the operator route, ``POST /internal/link/remote->local``), then comes back. The
 gateway knows only what the PrfaaS worker measures and reports in its heartbeats.
+
+Timing-sensitive: on a host whose cores are heavily oversubscribed, acknowledgements delayed
+by CPU starvation read as link time and the 1 Gbit/s estimate sags (docs/router.md).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def config(model: Path) -> DeployConfig:
             "served_model_name": "tiny",
             "port": free_port(),
             "max_model_len": MAX_MODEL_LEN,
-            "kv_deadline_s": 5.0,
+            "kv_deadline_s": 15.0,
             "clusters": [
                 {
                     "name": "local",
@@ -156,6 +159,7 @@ def first_after(trace: Trace, start_s: float, ok: Any) -> float:
     return next(t - start_s for t, gbps, _, _ in trace if t >= start_s and ok(gbps))
 
 
+@pytest.mark.slow
 def test_a_dip_is_measured_raises_t_and_t_returns(gateway: Gateway) -> None:
     control = gateway.deployment.control
     assert control.controller is not None, "the loop must run"
