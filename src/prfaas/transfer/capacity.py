@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 WINDOW_S = 2.0
 MIN_BUSY_S = 0.05
-HOLD_S = 30.0
+HOLD_S = 5.0  # short: a link that stopped queueing is no longer the bottleneck it was
 
 
 @dataclass(frozen=True)
