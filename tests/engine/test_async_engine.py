@@ -13,6 +13,7 @@ from prfaas.engine.async_engine import AsyncEngine
 from prfaas.engine.engine import Engine
 from prfaas.engine.handoff import KvPayload
 from prfaas.engine.sampling_params import SamplingParams
+from prfaas.engine.streams import PromptTokens
 from tests.engine.helpers import export_prefill, make_engine
 
 T = TypeVar("T")
@@ -120,14 +121,14 @@ def test_decode_with_kv_equals_generate_and_reports_no_local_hit(
         first_cached = None
         async for d in b.decode_with_kv(PROMPTS[2], GREEDY, "d", ready(), deadline_s=5.0):
             if not got:
-                first_cached = b.num_cached_tokens("d")
+                first_cached = b.prompt_tokens("d")
             got += d.new_token_ids
         assert b.stats().fallbacks == 0
         return ref, got, first_cached
 
     ref, got, first_cached = run([engine_b], body)
     assert got == ref
-    assert first_cached == 0  # the KV landed from elsewhere: nothing computed or hit here
+    assert first_cached == PromptTokens(0, 0)  # the KV landed: nothing computed or hit here
 
 
 def test_streamed_prefill_reports_its_real_prefix_hit(engine: Engine) -> None:
@@ -167,7 +168,7 @@ def test_failed_kv_falls_back_to_local_prefill(engine: Engine, failure: str) -> 
         got: list[int] = []
         async for d in ae.decode_with_kv(PROMPTS[1], GREEDY, "d", broken(), deadline_s=0.1):
             if not got:  # prefilled here: the first block came from ref's prefix cache
-                assert ae.num_cached_tokens("d") == 16
+                assert ae.prompt_tokens("d") == PromptTokens(16, len(PROMPTS[1]) - 16)
             got += d.new_token_ids
         assert ae.stats().fallbacks == before + 1
         return ref, got

@@ -132,8 +132,8 @@ class DecodeRole:
         async for d in deltas:
             cached = computed = 0
             if first:
-                cached = self.engine.num_cached_tokens(cmd.request_id) or 0
-                computed = self.engine.num_computed_tokens(cmd.request_id) or 0
+                served = self.engine.prompt_tokens(cmd.request_id)
+                cached, computed = (served.cached, served.computed) if served else (0, 0)
             first = False
             yield TokenEvent(
                 request_id=cmd.request_id,

@@ -45,7 +45,8 @@ class LocalBackend:
         except BaseException:
             await aclose(deltas)
             raise
-        cached = self.engine.num_cached_tokens(req.request_id) or 0
+        served = self.engine.prompt_tokens(req.request_id)
+        cached = served.cached if served else 0
         return GenerationHandle("local", cached, _events(first, deltas))
 
 

@@ -44,7 +44,7 @@ from prfaas.engine.handoff import KvImportError, KvPayload, LayerLayout
 from prfaas.engine.outputs import TokenDelta
 from prfaas.engine.request import Request
 from prfaas.engine.sampling_params import SamplingParams
-from prfaas.engine.streams import Streams
+from prfaas.engine.streams import PromptTokens, Streams
 from prfaas.kvcache.block_pool import CacheEvent
 
 __all__ = ["AsyncEngine", "EngineError", "EngineStats", "PrefillDone"]
@@ -220,16 +220,10 @@ class AsyncEngine:
             events, self._events = self._events, []
         return events
 
-    def num_cached_tokens(self, request_id: str) -> int | None:
-        """Prompt tokens of a live request served from this engine's prefix cache (0 when its
-        KV landed from elsewhere); None before its first delta or after its stream ended."""
-        return self._streams.num_cached_tokens(request_id)
-
-    def num_computed_tokens(self, request_id: str) -> int | None:
-        """Prompt tokens of a live request this engine computed itself: 0 when its KV landed
-        from elsewhere (what the canary checks: a decode side that recomputes a prompt it was
-        sent is fake disaggregation). None before its first delta or after its stream ended."""
-        return self._streams.num_computed_tokens(request_id)
+    def prompt_tokens(self, request_id: str) -> PromptTokens | None:
+        """How a live request's prompt was served (prefix hit, tokens computed here; (0, 0)
+        when its KV landed); None before its first delta or after its stream ended."""
+        return self._streams.prompt_tokens(request_id)
 
     async def call(self, fn: Callable[[Engine], T]) -> T:
         """Run ``fn(engine)`` on the engine thread (``Inspect``): tests and diagnostics."""
@@ -341,25 +335,24 @@ class AsyncEngine:
             logger.exception("engine step failed; aborting every request")
             self._abort_all(EngineError(f"engine failed: {exc}"))
             return True
-        # At a request's first delta: (prompt tokens from this prefix cache, prompt tokens
-        # computed here); (0, 0) when its KV landed from elsewhere.
-        cached: dict[str, tuple[int, int]] = {}
+        prompts: dict[str, PromptTokens] = {}  # of the requests at their first delta
         for delta in deltas:
             admitted = self._uncounted.pop(delta.request_id, None)
             if admitted is not None:
+                hit, total = admitted.num_cached_tokens, admitted.num_prompt_tokens
                 landed = delta.request_id in self._landed
                 self._landed.discard(delta.request_id)
-                hit = admitted.num_cached_tokens
-                computed = admitted.num_prompt_tokens - hit
-                cached[delta.request_id] = (0, 0) if landed else (hit, computed)
+                prompts[delta.request_id] = (
+                    PromptTokens(0, 0) if landed else PromptTokens(hit, total - hit)
+                )
                 self._num_prompt_tokens += admitted.num_prompt_tokens
                 self._num_cached_tokens += admitted.num_cached_tokens
             reply = self._prefills.pop(delta.request_id, None)
             if reply is not None:
-                hit, _ = cached.get(delta.request_id, (0, 0))
-                self._finish_prefill(delta, reply, hit)
+                served = prompts.get(delta.request_id)
+                self._finish_prefill(delta, reply, served.cached if served else 0)
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._streams.deliver, deltas, cached)
+        self._loop.call_soon_threadsafe(self._streams.deliver, deltas, prompts)
         # A running request always computes something; without one, no delta means no progress.
         return bool(deltas) or bool(engine.scheduler.running)
 

@@ -14,11 +14,19 @@ from dataclasses import dataclass
 from prfaas.engine.outputs import TokenDelta
 
 
+@dataclass(frozen=True)
+class PromptTokens:
+    """How a request's prompt was served, known at its first delta: tokens from this
+    engine's prefix cache and tokens it computed. (0, 0) when its KV landed from elsewhere."""
+
+    cached: int
+    computed: int
+
+
 @dataclass
 class Stream:
     deltas: asyncio.Queue[TokenDelta | BaseException]
-    num_cached_tokens: int | None = None
-    num_computed_tokens: int | None = None
+    prompt: PromptTokens | None = None
 
 
 class Streams:
@@ -38,13 +46,9 @@ class Streams:
     def forget(self, request_id: str) -> None:
         self._streams.pop(request_id, None)
 
-    def num_cached_tokens(self, request_id: str) -> int | None:
+    def prompt_tokens(self, request_id: str) -> PromptTokens | None:
         stream = self._streams.get(request_id)
-        return None if stream is None else stream.num_cached_tokens
-
-    def num_computed_tokens(self, request_id: str) -> int | None:
-        stream = self._streams.get(request_id)
-        return None if stream is None else stream.num_computed_tokens
+        return None if stream is None else stream.prompt
 
     async def follow(
         self, request_id: str, stream: Stream, close: Callable[[str, bool], None]
@@ -63,13 +67,12 @@ class Streams:
         finally:
             close(request_id, not finished)
 
-    def deliver(self, deltas: list[TokenDelta], cached: dict[str, tuple[int, int]]) -> None:
-        """One step's deltas; ``cached``: (prefix hit, prompt tokens computed) of requests at
-        their first delta."""
-        for request_id, (hit, computed) in cached.items():
+    def deliver(self, deltas: list[TokenDelta], prompts: dict[str, PromptTokens]) -> None:
+        """One step's deltas; ``prompts``: how requests at their first delta were served."""
+        for request_id, prompt in prompts.items():
             stream = self._streams.get(request_id)
             if stream is not None:
-                stream.num_cached_tokens, stream.num_computed_tokens = hit, computed
+                stream.prompt = prompt
         for delta in deltas:
             stream = self._streams.get(delta.request_id)
             if stream is not None:
