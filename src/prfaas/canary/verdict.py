@@ -69,7 +69,8 @@ def judge(reference: PathOutput, run: PathOutput, *, shipped: bool, bound: Bound
     if fake:
         reasons.append(
             f"fake disaggregation: the decode side computed {run.computed_prompt_tokens} "
-            "prompt tokens of a prompt whose KV it was sent"
+            "prompt tokens of a prompt whose KV it was sent (a silent recompute, or the KV "
+            "never landed and it fell back)"
         )
     if bound.identical_tokens and first is not None:
         reasons.append(f"tokens differ from position {first}")
