@@ -164,3 +164,18 @@ def test_a_spawned_worker_exits_when_its_launcher_dies(tmp_path: Path) -> None:
         time.sleep(0.5)
     os.kill(worker_pid, signal.SIGKILL)
     pytest.fail("the worker outlived its launcher")
+
+
+def test_the_engine_is_chosen_per_instance_and_one_per_deployment() -> None:
+    from prfaas.deploy.config import DeployConfig, default_config
+
+    cfg = default_config()
+    assert {cfg.engine_of(c, i) for c in cfg.clusters for i in c.instances} == {"reference"}
+    assert cfg.block_size() == 16
+    vllm = cfg.model_copy(update={"engine": "vllm"})
+    assert {vllm.engine_of(c, i) for c in vllm.clusters for i in c.instances} == {"vllm"}
+    assert vllm.block_size() == 32  # vLLM's CPU backend: multiples of 32
+    raw = cfg.model_dump()
+    raw["clusters"][1]["engine"] = "vllm"
+    with pytest.raises(ValueError, match="one engine per deployment"):
+        DeployConfig.model_validate(raw)

@@ -30,6 +30,12 @@ def register(commands: Commands) -> None:
     )
     p.add_argument("--no-auth", action="store_true", help="allow no keys on a public address")
     p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument(
+        "--engine",
+        choices=["reference", "vllm"],
+        default=None,
+        help="the engine of instances whose config names none (vllm: in the vLLM venv)",
+    )
     p.add_argument("--log-dir", type=Path, default=None, help="worker logs (default: temp)")
     p.add_argument("--audit-log", type=Path, default=None, help="append audit JSON lines here")
     p.set_defaults(handler=_serve)
@@ -56,6 +62,12 @@ def register(commands: Commands) -> None:
     w.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     w.add_argument("--kv-cache-gb", type=float, default=1.0, help="KV pool memory (GiB)")
     w.add_argument("--parent-pid", type=int, default=None, help="exit when it exits")
+    w.add_argument(
+        "--engine",
+        choices=["reference", "vllm"],
+        default="reference",
+        help="the engine this instance runs (vllm: in the vLLM venv, `make setup-vllm`)",
+    )
     w.set_defaults(handler=_worker)
 
     s = commands.top.add_parser("status", help="show a running deployment")
@@ -113,6 +125,7 @@ def _worker(args: argparse.Namespace) -> int:
         link_rate_gbps=rates,
         engine=engine,
         parent_pid=args.parent_pid,
+        engine_kind=args.engine,
     )
     worker = Worker(config)
     uvicorn.run(create_worker_app(worker), host=host, port=port, log_level="warning")
@@ -133,7 +146,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"prfaas serve: {e}", file=sys.stderr)
         return 2
     updates: dict[str, object] = {}
-    for key in ("host", "port", "model", "max_model_len", "audit_log"):
+    for key in ("host", "port", "model", "max_model_len", "audit_log", "engine"):
         if getattr(args, key) is not None:
             updates[key] = getattr(args, key)
     if args.threshold is not None:

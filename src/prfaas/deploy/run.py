@@ -38,7 +38,6 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
     import uvicorn
     from rich.console import Console
 
-    from prfaas.config import EngineConfig
     from prfaas.deploy.config import open_kv_index
     from prfaas.deploy.serve import build_deployment, start_control, wait_ready, wait_serving
 
@@ -56,7 +55,7 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
         tokenizer,
         folder,
         max_model_len,
-        EngineConfig().block_size,  # what spawned workers use; others must match it
+        cfg.block_size(),  # what spawned workers use; others must match it
         gateway_url=url,
         api_keys=api_keys,
         log_dir=log_dir,

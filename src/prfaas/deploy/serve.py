@@ -137,6 +137,7 @@ def build_deployment(
                         num_threads=inst.num_threads,
                         kv_cache_gb=inst.kv_cache_gb,
                         exit_with_launcher=len(gateway_urls) == 1,
+                        engine=cfg.engine_of(cluster, inst),
                     )
                 )
     warn_insecure_links(cfg)
