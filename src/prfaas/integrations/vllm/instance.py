@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import shutil
 import socket
 import tempfile
@@ -37,6 +38,7 @@ from prfaas.integrations.vllm.launch import (
     Launch,
     engine_args,
     sampling_params,
+    thread_env,
     write_token,
 )
 from prfaas.integrations.vllm.params import LINK, SEND_TO, TRANSFER_ID
@@ -84,6 +86,7 @@ def for_worker(config: WorkerConfig) -> VllmEngine:
     and the hand-off log."""
     from prfaas.model.loader import fingerprint_folder, resolve_model_folder
 
+    os.environ.update(thread_env(config))  # read by vLLM's engine processes at their start
     cache_dir = config.engine.resolved_cache_dir
     folder = resolve_model_folder(config.engine.model, cache_dir)
     private = Path(tempfile.mkdtemp(prefix="prfaas-vllm-"))
