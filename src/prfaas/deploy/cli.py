@@ -81,6 +81,15 @@ def register(commands: Commands) -> None:
     s.set_defaults(handler=_status)
 
 
+VLLM_MISSING = "vLLM is not installed here: run it from .venv-vllm (make setup-vllm; docs/vllm.md)"
+
+
+def _vllm_missing() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is None
+
+
 def _split_host_port(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     return host or "127.0.0.1", int(port)
@@ -92,6 +101,9 @@ def _worker(args: argparse.Namespace) -> int:
     from prfaas.config import CLUSTER_TOKEN_ENV, EngineConfig, cluster_token_from_env
     from prfaas.worker import Worker, WorkerConfig, create_worker_app
 
+    if args.engine == "vllm" and _vllm_missing():
+        print(f"prfaas worker: --engine vllm: {VLLM_MISSING}", file=sys.stderr)
+        return 2
     token = cluster_token_from_env()
     if not token:
         print(f"prfaas worker: set {CLUSTER_TOKEN_ENV} to the cluster token", file=sys.stderr)
@@ -152,6 +164,13 @@ def _serve(args: argparse.Namespace) -> int:
     if args.threshold is not None:
         updates["policy"] = cfg.policy.model_copy(update={"threshold_tokens": args.threshold})
     cfg = cfg.model_copy(update=updates)
+    engines = {cfg.engine_of(c, i) for c in cfg.clusters for i in c.instances if i.spawn}
+    if len(engines) > 1:  # --engine is applied after the file's validation
+        print(f"prfaas serve: one engine per deployment, got {sorted(engines)}", file=sys.stderr)
+        return 2
+    if "vllm" in engines and _vllm_missing():
+        print(f"prfaas serve: engine vllm: {VLLM_MISSING}", file=sys.stderr)
+        return 2
     api_keys = {t_key: t.name for t in cfg.tenants for t_key in t.api_keys}
     if args.api_key_file is not None:
         from prfaas.deploy.api_keys import ApiKeyFileError, load_api_key_file
