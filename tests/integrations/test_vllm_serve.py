@@ -163,9 +163,12 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         kv_deadline_s=60.0,
         engine="vllm",
     )
-    for cluster in config["clusters"]:  # one unbound thread each: see launch.thread_env
+    # One unbound thread each (see launch.thread_env) and a small KV pool: three engines
+    # and the reference share 2 cores and a memory other test runs use too (an engine's
+    # worker holds about 1.3 GB besides its pool; 1 GiB pools got one OOM-killed).
+    for cluster in config["clusters"]:
         for inst in cluster["instances"]:
-            inst["num_threads"] = 1
+            inst |= {"num_threads": 1, "kv_cache_gb": 0.25}
     running = start(config, tmp, CLUSTER_TOKEN)
     try:
         ref_proc.wait(REFERENCE_START_S)
