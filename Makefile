@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PIP    := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: setup run test lint typecheck imports unit clean setup-vllm smoke-vllm test-vllm
+.PHONY: setup run test test-main lint typecheck imports unit clean setup-vllm smoke-vllm test-vllm
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -36,7 +36,22 @@ imports: setup
 unit: setup
 	$(VENV)/bin/pytest -q
 
-test: lint typecheck imports unit
+# Both test suites at once: vLLM's venv is built and its tests run in the background
+# (mostly pip's downloads, then two deployments of vLLM engines) while lint, mypy, the import
+# contracts and the main pytest run in the foreground; the vLLM log is printed at the end.
+# `make test-main` runs the foreground half alone; `make test-vllm` the other half.
+VLLM_LOG := .test-vllm.log
+
+test: setup
+	@( $(MAKE) --no-print-directory test-vllm > $(VLLM_LOG) 2>&1 ) & vllm=$$!; \
+	$(MAKE) --no-print-directory test-main; main=$$?; \
+	echo "waiting for the vLLM tests (make test-vllm, log: $(VLLM_LOG))"; \
+	wait $$vllm; vllm_rc=$$?; \
+	tail -n 25 $(VLLM_LOG); \
+	echo "main tests: exit $$main; vLLM tests: exit $$vllm_rc"; \
+	test $$main -eq 0 && test $$vllm_rc -eq 0
+
+test-main: lint typecheck imports unit
 
 # vLLM (the CPU build, pinned: its KV-connector API is experimental) in its own venv: it needs
 # transformers<5.20, older than the main venv's. torch is pinned first, as above; the
@@ -69,9 +84,10 @@ setup-vllm: $(VLLM_STAMP)
 smoke-vllm: setup-vllm
 	$(VLLM_PY) examples/vllm_generate.py
 
-# The vLLM integration tests (two vLLM engines handing KV over prfaas.transfer).
+# The vLLM integration tests: two vLLM engines handing KV over prfaas.transfer, and
+# `prfaas serve --engine vllm` under the openai client (tests/integrations).
 test-vllm: setup-vllm
-	$(VLLM_VENV)/bin/pytest -q tests/integrations
+	nice -n 5 $(VLLM_VENV)/bin/pytest -q -p no:cacheprovider tests/integrations
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(VLLM_LOG) .mypy_cache .pytest_cache .ruff_cache

@@ -58,3 +58,25 @@ def test_extra_config_is_validated_at_the_edge(tmp_path: Path) -> None:
     token.write_text("\n")
     with pytest.raises(ValueError, match="empty"):
         ConnectorConfig.from_extra({"auth_token_file": str(token)}).auth_key()
+
+
+def test_a_request_may_name_its_link_and_its_tenant_salt() -> None:
+    from prfaas.integrations.vllm.params import LinkChoice, salt_bytes
+
+    link = {"name": "remote->local", "codec": "raw+lz4", "connections": 2, "tls": True}
+    params = HandoffParams.parse(
+        {"prfaas_transfer_id": "t", "prfaas_send_to": "h:1", "prfaas_link": link}
+    )
+    assert params is not None
+    assert params.link == LinkChoice("remote->local", "raw+lz4", 2, True, "")
+    config = ConnectorConfig(link_rates_gbps={"remote->local": 2.5})
+    assert config.link_for(params.link).rate_gbps == 2.5
+    assert config.link_for(LinkChoice("local")).rate_gbps is None
+    for bad in ({"name": ""}, {"name": "x", "tls": "yes"}, {"name": "x", "extra": 1}, "x"):
+        with pytest.raises(ValueError, match="prfaas_link"):
+            HandoffParams.parse({"prfaas_transfer_id": "t", "prfaas_link": bad})
+    assert salt_bytes("00ff") == b"\x00\xff"  # a prfaas worker's tenant_salt_hex
+    assert salt_bytes("tenant-a") == b"tenant-a"
+    assert salt_bytes(None) == salt_bytes("") == b""
+    with pytest.raises(ValueError, match="link_rates_gbps"):
+        ConnectorConfig.from_extra({"link_rates_gbps": {"x": -1}})

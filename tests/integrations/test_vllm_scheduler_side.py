@@ -28,6 +28,7 @@ def request(rid: str, prompt_len: int, params: dict[str, Any] | None) -> Any:
         num_prompt_tokens=prompt_len,
         prompt_token_ids=list(range(1000, 1000 + prompt_len)),
         kv_transfer_params=params,
+        cache_salt=None,
     )
 
 

@@ -7,7 +7,8 @@ SPEC: {"model": folder, "kv_transfer_config": {...} | null, "ready": path, "go":
        "kv_transfer_params" | null, "cache_salt" | null}, ...]}
 
 Starts the engine (fp32, eager, small), touches ``ready``, waits (bounded) for ``go``, runs
-the jobs one after another (greedy) and writes {name: token_ids} to ``out``. The
+the jobs one after another (greedy) and writes {name: {token_ids, text, top2, seconds}}
+to ``out``. The
 ``__main__`` guard matters: vLLM starts its engine processes with spawn.
 """
 
@@ -63,6 +64,7 @@ def main(spec_path: str) -> None:
         (output,) = llm.generate([prompt], params, use_tqdm=False)
         results[job["name"]] = {
             "token_ids": list(output.outputs[0].token_ids),
+            "text": output.outputs[0].text,
             # per generated token: the two best (token id, logprob), best first
             "top2": [
                 sorted(((t, lp.logprob) for t, lp in step.items()), key=lambda x: -x[1])[:2]

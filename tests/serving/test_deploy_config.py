@@ -183,3 +183,18 @@ def test_tenant_limits_and_the_usage_log_reach_the_gateway(tmp_path: Path) -> No
     limits = a.limits()
     assert limits is not None and (limits.requests_per_s, limits.tokens_per_min) == (2, 600)
     assert (limits.burst_requests, limits.burst_tokens) == (None, 50)
+
+
+def test_the_engine_is_chosen_per_instance_and_one_per_deployment() -> None:
+    from prfaas.deploy.config import DeployConfig, default_config
+
+    cfg = default_config()
+    assert {cfg.engine_of(c, i) for c in cfg.clusters for i in c.instances} == {"reference"}
+    assert cfg.block_size() == 16
+    vllm = cfg.model_copy(update={"engine": "vllm"})
+    assert {vllm.engine_of(c, i) for c in vllm.clusters for i in c.instances} == {"vllm"}
+    assert vllm.block_size() == 32  # vLLM's CPU backend: multiples of 32
+    raw = cfg.model_dump()
+    raw["clusters"][1]["engine"] = "vllm"
+    with pytest.raises(ValueError, match="one engine per deployment"):
+        DeployConfig.model_validate(raw)

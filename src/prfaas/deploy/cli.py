@@ -30,6 +30,12 @@ def register(commands: Commands) -> None:
     )
     p.add_argument("--no-auth", action="store_true", help="allow no keys on a public address")
     p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument(
+        "--engine",
+        choices=["reference", "vllm"],
+        default=None,
+        help="the engine of instances whose config names none (vllm: in the vLLM venv)",
+    )
     p.add_argument("--log-dir", type=Path, default=None, help="worker logs (default: temp)")
     p.add_argument("--audit-log", type=Path, default=None, help="append audit JSON lines here")
     p.add_argument("--usage-log", type=Path, default=None, help="append usage JSON lines here")
@@ -67,6 +73,12 @@ def register(commands: Commands) -> None:
     w.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     w.add_argument("--kv-cache-gb", type=float, default=1.0, help="KV pool memory (GiB)")
     w.add_argument("--parent-pid", type=int, default=None, help="exit when it exits")
+    w.add_argument(
+        "--engine",
+        choices=["reference", "vllm"],
+        default="reference",
+        help="the engine this instance runs (vllm: in the vLLM venv, `make setup-vllm`)",
+    )
     w.set_defaults(handler=_worker)
 
     s = commands.top.add_parser("status", help="show a running deployment")
@@ -91,6 +103,15 @@ def register(commands: Commands) -> None:
     c.set_defaults(handler=_canary)
 
 
+VLLM_MISSING = "vLLM is not installed here: run it from .venv-vllm (make setup-vllm; docs/vllm.md)"
+
+
+def _vllm_missing() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is None
+
+
 def _split_host_port(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     return host or "127.0.0.1", int(port)
@@ -102,6 +123,9 @@ def _worker(args: argparse.Namespace) -> int:
     from prfaas.config import CLUSTER_TOKEN_ENV, EngineConfig, cluster_token_from_env
     from prfaas.worker import Worker, WorkerConfig, create_worker_app
 
+    if args.engine == "vllm" and _vllm_missing():
+        print(f"prfaas worker: --engine vllm: {VLLM_MISSING}", file=sys.stderr)
+        return 2
     token = cluster_token_from_env()
     if not token:
         print(f"prfaas worker: set {CLUSTER_TOKEN_ENV} to the cluster token", file=sys.stderr)
@@ -143,6 +167,7 @@ def _worker(args: argparse.Namespace) -> int:
         link_rate_gbps=rates,
         engine=engine,
         parent_pid=args.parent_pid,
+        engine_kind=args.engine,
     )
     try:
         worker = Worker(config)
@@ -168,12 +193,19 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"prfaas serve: {e}", file=sys.stderr)
         return 2
     updates: dict[str, object] = {}
-    for key in ("host", "port", "model", "max_model_len", "audit_log", "usage_log"):
+    for key in ("host", "port", "model", "max_model_len", "audit_log", "usage_log", "engine"):
         if getattr(args, key) is not None:
             updates[key] = getattr(args, key)
     if args.threshold is not None:
         updates["policy"] = cfg.policy.model_copy(update={"threshold_tokens": args.threshold})
     cfg = cfg.model_copy(update=updates)
+    engines = {cfg.engine_of(c, i) for c in cfg.clusters for i in c.instances if i.spawn}
+    if len(engines) > 1:  # --engine is applied after the file's validation
+        print(f"prfaas serve: one engine per deployment, got {sorted(engines)}", file=sys.stderr)
+        return 2
+    if "vllm" in engines and _vllm_missing():
+        print(f"prfaas serve: engine vllm: {VLLM_MISSING}", file=sys.stderr)
+        return 2
     api_keys = {t_key: t.name for t in cfg.tenants for t_key in t.api_keys}
     if args.api_key_file is not None:
         from prfaas.deploy.api_keys import ApiKeyFileError, load_api_key_file

@@ -37,6 +37,7 @@ class _Strict(BaseModel):
 
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]  # weights and KV (EngineConfig.dtype)
+Engine = Literal["reference", "vllm"]  # the engine an instance runs (worker.config.EngineKind)
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]{1,3})?")
 
 
@@ -54,6 +55,7 @@ class InstanceSpec(_Strict):
     dtype: Dtype | None = None  # None: the cluster's
     num_threads: int | None = Field(None, ge=1, le=1024)  # torch CPU threads; None: torch's
     kv_cache_gb: float | None = Field(None, gt=0, le=4096)  # KV pool (GiB); None: the worker's
+    engine: Engine | None = None  # None: the cluster's
 
     _device = field_validator("device")(_check_device)
 
@@ -64,6 +66,7 @@ class ClusterSpec(_Strict):
     instances: list[InstanceSpec]
     device: str = "auto"  # auto: cuda where there is one, else cpu
     dtype: Dtype = "auto"  # auto: float32 on cpu, bfloat16 on cuda
+    engine: Engine | None = None  # None: the deployment's
 
     _device = field_validator("device")(_check_device)
 
@@ -210,6 +213,28 @@ class DeployConfig(_Strict):
     usage_log: Path | None = None  # one JSON line per finished request, to bill from
     overload: OverloadSpec = OverloadSpec()
     canary: CanaryConfig = CanaryConfig()
+    engine: Engine = "reference"  # every instance's unless its cluster or itself says
+
+    def engine_of(self, cluster: ClusterSpec, inst: InstanceSpec) -> Engine:
+        return inst.engine or cluster.engine or self.engine
+
+    def block_size(self) -> int:
+        """Tokens per KV block on every spawned instance (all must agree: one hash chain)."""
+        from prfaas.config import EngineConfig
+        from prfaas.integrations.vllm.launch import BLOCK_SIZE
+
+        engines = {self.engine_of(c, i) for c in self.clusters for i in c.instances}
+        return BLOCK_SIZE if "vllm" in engines else EngineConfig().block_size
+
+    @model_validator(mode="after")
+    def _one_engine(self) -> DeployConfig:
+        engines = {self.engine_of(c, i) for c in self.clusters for i in c.instances if i.spawn}
+        if len(engines) > 1:
+            raise ValueError(
+                "spawned instances run one engine per deployment for now (the reference "
+                "engine's block size differs from vLLM's); got " + ", ".join(sorted(engines))
+            )
+        return self
 
     @model_validator(mode="after")
     def _references(self) -> DeployConfig:

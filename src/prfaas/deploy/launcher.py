@@ -53,6 +53,7 @@ class WorkerSpawn:
     host: str = "127.0.0.1"
     exit_with_launcher: bool = True  # False: outlive it (several gateways: the others serve)
     insecure_control: bool = False  # plain HTTP to and from the gateway, even with certs
+    engine: str = "reference"
 
     def argv(self) -> list[str]:
         args = [
@@ -91,6 +92,8 @@ class WorkerSpawn:
             args += ["--num-threads", str(self.num_threads)]
         if self.kv_cache_gb is not None:
             args += ["--kv-cache-gb", str(self.kv_cache_gb)]
+        if self.engine != "reference":
+            args += ["--engine", self.engine]
         for link, rate in self.link_rates.items():
             args += ["--link-rate", f"{link}={rate}"]
         return args

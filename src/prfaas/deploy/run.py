@@ -38,7 +38,6 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
     import uvicorn
     from rich.console import Console
 
-    from prfaas.config import EngineConfig
     from prfaas.deploy.config import open_kv_index
     from prfaas.deploy.launcher import free_port
     from prfaas.deploy.serve import (
@@ -68,7 +67,7 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
         tokenizer,
         folder,
         max_model_len,
-        EngineConfig().block_size,  # what spawned workers use; others must match it
+        cfg.block_size(),  # what spawned workers use; others must match it
         gateway_url=worker_url,
         api_keys=api_keys,
         log_dir=log_dir,

@@ -150,6 +150,7 @@ def build_deployment(
                         kv_cache_gb=inst.kv_cache_gb,
                         exit_with_launcher=len(gateway_urls) == 1,
                         insecure_control=insecure,
+                        engine=cfg.engine_of(cluster, inst),
                     )
                 )
     warn_insecure_links(cfg)

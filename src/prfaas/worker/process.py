@@ -3,7 +3,8 @@ registers it with every gateway and heartbeats to each, carrying the engine's co
 links' egress and its cache events (``cache_events.CacheEventLog``).
 
 The engine sits behind the seam (``engine_api.InstanceEngine``); without one given, the
-reference engine is loaded from the config (``reference.ReferenceEngine``).
+config's engine is loaded: the reference engine (``reference.ReferenceEngine``) or vLLM
+(``integrations.vllm.instance.VllmEngine``, in the vLLM venv).
 """
 
 from __future__ import annotations
@@ -53,9 +54,7 @@ class Worker:
         self._gateway_ssl = None if self.control is None else self.control.client_context()
         self.events = CacheEventLog(config.gateway_urls)
         if engine is None:
-            from prfaas.worker.reference import for_worker  # loads torch and the model
-
-            engine = for_worker(config)
+            engine = load_engine(config)
         self.engine = engine
         facts = self.engine.facts
         scheme = "http" if self.control is None else "https"
@@ -215,6 +214,17 @@ def _ssl_error(e: BaseException) -> ssl.SSLError | None:
             return cause
         cause = cause.__cause__ or cause.__context__
     return None
+
+
+def load_engine(config: WorkerConfig) -> InstanceEngine:
+    """The engine the config names, loaded (torch, the model, and vLLM for ``vllm``)."""
+    if config.engine_kind == "vllm":
+        from prfaas.integrations.vllm.instance import for_worker as vllm_for_worker
+
+        return vllm_for_worker(config)
+    from prfaas.worker.reference import for_worker
+
+    return for_worker(config)
 
 
 async def exit_with_parent(parent_pid: int) -> None:

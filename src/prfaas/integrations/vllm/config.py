@@ -7,6 +7,7 @@ Keys (all optional)::
     peer_cluster               the name the receiver's certificate must carry (sender side)
     auth_token_file            a file holding the cluster token (HMAC auth on every connection)
     rate_gbps, connections, codec, chunk_bytes      the link to the decode instance
+    link_rates_gbps            {link name: cap}: pacing of a transfer that names its link
     send_timeout_s             a transfer's total deadline on the prefill instance
     load_timeout_s             how long a decode instance waits for KV before it recomputes
     fingerprint                the model's fingerprint (hex); default: computed from its folder
@@ -23,6 +24,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from prfaas.integrations.vllm.params import LinkChoice
 from prfaas.transfer.auth import kv_auth_key
 from prfaas.transfer.config import Deadlines, LinkConfig
 from prfaas.transfer.tls import (
@@ -52,6 +54,7 @@ class ConnectorConfig:
     load_timeout_s: float = 60.0
     fingerprint: str | None = None
     events_file: str | None = None
+    link_rates_gbps: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.listen_port < 65536:
@@ -72,7 +75,15 @@ class ConnectorConfig:
         if unknown:
             raise ValueError(f"unknown prfaas connector keys {unknown}; known: {sorted(known)}")
         for key, value in extra.items():
-            if key in ("rate_gbps", "send_timeout_s", "load_timeout_s"):
+            if key == "link_rates_gbps":
+                ok = value is None or (
+                    isinstance(value, dict)
+                    and all(
+                        isinstance(k, str) and isinstance(v, int | float) and v > 0
+                        for k, v in value.items()
+                    )
+                )
+            elif key in ("rate_gbps", "send_timeout_s", "load_timeout_s"):
                 ok = value is None or isinstance(value, int | float)
             elif key in ("listen_port", "connections", "chunk_bytes"):
                 ok = isinstance(value, int) and not isinstance(value, bool)
@@ -91,8 +102,22 @@ class ConnectorConfig:
             chunk_bytes=self.chunk_bytes,
         )
 
+    def link_for(self, choice: LinkChoice) -> LinkConfig:
+        """The link a transfer names: its codec and connections, this instance's cap."""
+        return LinkConfig(
+            name=choice.name,
+            rate_gbps=(self.link_rates_gbps or {}).get(choice.name),
+            connections=choice.connections,
+            codec=choice.codec,
+            chunk_bytes=self.chunk_bytes,
+        )
+
     def deadlines(self) -> Deadlines:
-        return Deadlines(total_s=max(self.send_timeout_s, self.load_timeout_s))
+        """A connection may wait for the prefill's layers (the stream opens at the first
+        layer) as long as a transfer may take: on a loaded CPU host a prefill instance can
+        compute for longer than the transport's default stall window."""
+        timeout_s = max(self.send_timeout_s, self.load_timeout_s)
+        return Deadlines(stall_s=timeout_s, total_s=timeout_s)
 
     def _tls(self) -> TlsConfig | None:
         if self.certs_dir is None:

@@ -62,7 +62,7 @@ class Loader:
         layout: BlockLayout,
         timeout_s: float,
         events: EventLog,
-        hash_prompt: Callable[[tuple[int, ...]], bytes],
+        hash_prompt: Callable[[tuple[int, ...], str | None], bytes],
     ) -> None:
         self.receiver, self.layers, self.layout = receiver, layers, layout
         self.events, self.hash_prompt = events, hash_prompt
@@ -129,7 +129,7 @@ class Loader:
                 self.receiver.release(spec.transfer_id)
 
     def _land(self, spec: LoadSpec, received: ReceivedTransfer) -> None:
-        if received.header.prompt_hash != self.hash_prompt(spec.prompt_token_ids):
+        if received.header.prompt_hash != self.hash_prompt(spec.prompt_token_ids, spec.cache_salt):
             raise LoadRejected(f"transfer {spec.transfer_id} carries KV for another prompt")
         index = {entry.name: i for i, entry in enumerate(received.header.layers)}
         for layer_index, kv_layer in enumerate(self.layers):

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorMetadata
 
+from prfaas.integrations.vllm.params import LinkChoice
+
 Address = tuple[str, int]
 
 
@@ -21,6 +23,8 @@ class SendSpec:
     block_ids: tuple[int, ...]  # the request's blocks, in token order
     num_tokens: int
     prompt_token_ids: tuple[int, ...]  # len == num_tokens
+    link: LinkChoice | None = None  # None: the connector's configured link
+    cache_salt: str | None = None  # vLLM's per-request salt: the tenant's (params.salt_bytes)
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class LoadSpec:
     start: int
     end: int
     prompt_token_ids: tuple[int, ...]  # the whole prompt, not only [start, end)
+    cache_salt: str | None = None
 
 
 @dataclass

@@ -31,6 +31,7 @@ class HandoffScheduler:
         self.block_size = block_size
         self._params: dict[str, HandoffParams] = {}
         self._prompts: dict[str, tuple[int, ...]] = {}
+        self._salts: dict[str, str | None] = {}
         self._new_loads: list[LoadSpec] = []
         self._loading: set[str] = set()
         self._kv_cache_manager: KVCacheManager | None = None
@@ -52,6 +53,7 @@ class HandoffScheduler:
             return
         self._params[request.request_id] = params
         self._prompts[request.request_id] = tuple(request.prompt_token_ids)
+        self._salts[request.request_id] = request.cache_salt
 
     # -- decode side ---------------------------------------------------------------------
 
@@ -77,7 +79,15 @@ class HandoffScheduler:
         covering = tuple(block_ids[first : last + 1])
         prompt = self._prompts[request.request_id]
         self._new_loads.append(
-            LoadSpec(request.request_id, params.transfer_id, covering, start, end, prompt)
+            LoadSpec(
+                request.request_id,
+                params.transfer_id,
+                covering,
+                start,
+                end,
+                prompt,
+                self._salts.get(request.request_id),
+            )
         )
         self._loading.add(request.request_id)
 
@@ -96,7 +106,14 @@ class HandoffScheduler:
         assert self._kv_cache_manager is not None, "bind_kv_cache_manager was not called"
         (block_ids,) = self._kv_cache_manager.get_block_ids(request_id)
         return SendSpec(
-            request_id, params.transfer_id, params.send_to, tuple(block_ids), len(prompt), prompt
+            request_id,
+            params.transfer_id,
+            params.send_to,
+            tuple(block_ids),
+            len(prompt),
+            prompt,
+            params.link,
+            self._salts.get(request_id),
         )
 
     # -- every step ----------------------------------------------------------------------
@@ -119,4 +136,5 @@ class HandoffScheduler:
         the forward pass, so only a load still in flight holds blocks."""
         self._params.pop(request.request_id, None)
         self._prompts.pop(request.request_id, None)
+        self._salts.pop(request.request_id, None)
         return request.request_id in self._loading, None

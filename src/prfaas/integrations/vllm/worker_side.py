@@ -26,6 +26,7 @@ from prfaas.integrations.vllm.events import EventLog
 from prfaas.integrations.vllm.layout import TORCH_TO_WIRE, BlockLayout, CacheWriter, wire_names
 from prfaas.integrations.vllm.loading import Loader
 from prfaas.integrations.vllm.metadata import HandoffMetadata, SendSpec
+from prfaas.integrations.vllm.params import LinkChoice, salt_bytes
 from prfaas.integrations.vllm.sending import LayerStream, SendOutcomes
 from prfaas.kvcache.hashing import prompt_hash, root_hash
 from prfaas.transfer.config import ReceiverConfig
@@ -33,6 +34,7 @@ from prfaas.transfer.link import Link
 from prfaas.transfer.messages import LayerEntry, LayerKind, TransferHeader
 from prfaas.transfer.receiver import KvReceiver
 from prfaas.transfer.sender import KvSender
+from prfaas.transfer.tls import PLAINTEXT
 
 logger = logging.getLogger(__name__)
 _LAYER_NUMBER = re.compile(r"\.(\d+)\.")
@@ -67,24 +69,26 @@ class HandoffWorker:
         self.send_outcomes = SendOutcomes(events=self.events)
         self.receiver: KvReceiver | None = None
         self.loader: Loader | None = None
-        self._sender: KvSender | None = None
+        self._sender: KvSender | None = None  # the configured link
+        self._senders: dict[LinkChoice, KvSender] = {}  # links named by requests
         self._layer_index: dict[str, int] = {}
         self._layout: BlockLayout | None = None
         self._dtype = torch.float32
         self._streams: dict[str, LayerStream] = {}  # request id -> stream still being fed
         self._finished_streams: list[LayerStream] = []
         self._load_errors: set[int] = set()
-        self._root = root_hash(fingerprint.hex(), b"")
 
-    def prompt_hash(self, prompt_token_ids: tuple[int, ...]) -> bytes:
+    def prompt_hash(self, prompt_token_ids: tuple[int, ...], cache_salt: str | None) -> bytes:
         """``kvcache.hashing.prompt_hash`` of a prompt, as both ends of a hand-off compute it.
 
-        Root: the connector's model fingerprint (hex, as prfaas's engine spells it) and an
-        empty tenant salt: vLLM's ``cache_salt`` is not wired to prfaas's tenant salt yet, so
-        every request hashes as one tenant. Block size: this instance's vLLM block size; the
-        prefill and decode instances must run the same one, or every transfer is refused
-        (the size only decides where the chain is cut: any size binds every token)."""
-        return prompt_hash(prompt_token_ids, self.block_size, self._root)
+        Root: the connector's model fingerprint (hex, as prfaas's engine spells it) and the
+        request's tenant salt (its vLLM ``cache_salt``, ``params.salt_bytes``): KV computed
+        for one tenant never lands in another's request. Block size: this instance's vLLM
+        block size; the prefill and decode instances must run the same one, or every
+        transfer is refused (the size only decides where the chain is cut: any size binds
+        every token)."""
+        root = root_hash(self.fingerprint.hex(), salt_bytes(cache_salt))
+        return prompt_hash(prompt_token_ids, self.block_size, root)
 
     def register(self, kv_caches: dict[str, torch.Tensor]) -> None:
         names = layer_order(list(kv_caches))
@@ -123,6 +127,24 @@ class HandoffWorker:
 
     # -- prefill -------------------------------------------------------------------------
 
+    def _sender_for(self, spec: SendSpec) -> KvSender:
+        """The configured link's sender, or one per link a request names (its pacing and
+        egress are shared by every transfer over that link)."""
+        assert self._sender is not None, "not a kv_producer"
+        if spec.link is None:
+            return self._sender
+        sender = self._senders.get(spec.link)
+        if sender is None:
+            sender = KvSender(
+                Link(self.config.link_for(spec.link)),
+                tls=self.config.client_tls() if spec.link.tls else PLAINTEXT,
+                server_name=spec.link.server_name or None,
+                deadlines=self.config.deadlines(),
+                auth_key=self.config.auth_key(),
+            )
+            self._senders[spec.link] = sender
+        return sender
+
     def _header(self, spec: SendSpec) -> TransferHeader:
         assert self._layout is not None
         shape = (spec.num_tokens, *self._layout.row_shape)
@@ -135,9 +157,9 @@ class HandoffWorker:
         return TransferHeader(
             spec.transfer_id,
             self.fingerprint,
-            self.config.codec,
+            self.config.codec if spec.link is None else spec.link.codec,
             tuple(entries),
-            self.prompt_hash(spec.prompt_token_ids),
+            self.prompt_hash(spec.prompt_token_ids, spec.cache_salt),
         )
 
     def save_layer(self, meta: HandoffMetadata, layer_name: str, kv_layer: torch.Tensor) -> None:
@@ -149,7 +171,7 @@ class HandoffWorker:
             stream = self._streams.get(spec.request_id)
             if stream is None:
                 stream = LayerStream(
-                    self._sender,
+                    self._sender_for(spec),
                     spec.address,
                     self._header(spec),
                     self.config.send_timeout_s,
