@@ -182,6 +182,17 @@ class DecodeCommand(Message):
     tenant_salt_hex: str = Field(max_length=128)
     expect_kv: bool  # False: prefill here too (a PD-P worker that also decodes, or fallback)
     deadline_s: float = Field(gt=0.0, le=3600.0)
+    # Decode failover: output tokens another instance already streamed to the client. They
+    # are prefilled here with the prompt and count as this request's output (penalties,
+    # min/max_tokens, stop strings, seeded positions, grammar, detokenizer), and the stream
+    # goes on from the next token.
+    resume_token_ids: list[int] = Field(default_factory=list, max_length=MAX_PROMPT_TOKENS)
+
+    @model_validator(mode="after")
+    def _resume_prefills_here(self) -> DecodeCommand:
+        if self.resume_token_ids and self.expect_kv:
+            raise ValueError("a resumed decode prefills here: expect_kv must be false")
+        return self
 
 
 class TokenEvent(Message):
@@ -196,6 +207,9 @@ class TokenEvent(Message):
     # prefilled the prompt itself (no KV expected, or the fallback); 0 when the KV landed.
     cached_tokens: int = Field(0, ge=0)
     error: str | None = None
+    # On the first line of a stream that expects KV, before any token: whether the worker
+    # holds blocks for it (True: send the KV) or prefills it here (False: send nothing).
+    reserved: bool | None = None
 
 
 class KvFailed(Message):

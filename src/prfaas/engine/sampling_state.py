@@ -51,6 +51,13 @@ class SamplingState:
             grammar.accept(req.output_token_ids[-1])
         return self._prompt_logprobs.take_with_first_token(req)
 
+    def on_resumed(self, req: Request) -> None:
+        """Advance the request's grammar over outputs another instance produced (failover)."""
+        grammar = self._grammars.get(req.request_id)
+        if grammar is not None:
+            for token_id in req.output_token_ids:
+                grammar.accept(token_id)
+
     def check_integrity(self, live: set[str]) -> None:
         """Nothing kept for a request that has ended."""
         kept = set(self._grammars) | self._prompt_logprobs.request_ids()
