@@ -56,6 +56,8 @@ class Behaviour:
     hold_decode: asyncio.Event | None = None  # each decode stream waits for it
     stall_after: int | None = None  # events sent before the stream goes silent, never ending
     heartbeats: bool = True  # False: ``FakeCluster.beat`` skips it (a wedged process)
+    reserve: bool = True  # False: no blocks for the KV (the stream says so first)
+    hold_reservation: asyncio.Event | None = None  # the reservation answer waits for it
 
 
 @dataclass
@@ -172,13 +174,21 @@ class FakeWorker:
             if behaviour.decode_status != 200:
                 return Response(status_code=behaviour.decode_status)
             n = min(behaviour.tokens, cmd.params.max_tokens)
+            # Token i of the answer is 3 + i, whichever instance sends it: a resumed stream
+            # (decode failover) goes on from the tokens it was given.
+            start = len(cmd.resume_token_ids)
 
             async def lines() -> AsyncIterator[bytes]:
+                if cmd.expect_kv:
+                    if behaviour.hold_reservation is not None:
+                        await behaviour.hold_reservation.wait()
+                    yield TokenEvent(request_id=cmd.request_id, reserved=behaviour.reserve).encode()
+                    yield b"\n"
                 if behaviour.hold_decode is not None:
                     await behaviour.hold_decode.wait()
                 await asyncio.sleep(behaviour.decode_delay_s)
                 try:
-                    for i in range(n):
+                    for i in range(start, n):
                         if i == behaviour.stall_after:
                             await asyncio.Event().wait()  # until the gateway hangs up
                         if behaviour.end_early and i == n - 1:
@@ -196,7 +206,7 @@ class FakeWorker:
                         text=f" w{3 + i}",
                         finished=last,
                         finish_reason="length" if last else None,
-                        cached_tokens=behaviour.decode_cached_tokens if i == 0 else 0,
+                        cached_tokens=behaviour.decode_cached_tokens if i == start else 0,
                     ).encode()
                     + b"\n"
                 )

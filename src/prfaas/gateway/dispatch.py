@@ -2,29 +2,30 @@
 
 For every request: derive its salted block hashes, ask the router (PrfaaS rule, cache
 affinity, residency), open the token stream at the chosen decode worker (which reserves
-blocks and waits for KV), and tell the chosen prefill worker to compute the prompt and ship
-its KV to that decode worker over the link between their clusters. If the KV never comes,
-the decode worker prefills locally; the stream still completes.
+blocks and waits for KV, and says first whether it holds them), and, only if it does, tell
+the chosen prefill worker to compute the prompt and ship its KV to that decode worker over
+the link between their clusters. Without a reservation the decode worker prefills the prompt
+itself and no KV crosses the link. If the KV never comes, the decode worker prefills locally;
+the stream still completes. A decode stream lost mid-way resumes at another decode instance
+(``failover.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
-
-import aiohttp
 
 from prfaas.gateway.admission import ClosingEvents
 from prfaas.gateway.backend import GenerationHandle, GenerationRequest, NoWorker
 from prfaas.gateway.cache_pull import CachePull
 from prfaas.gateway.config import BackendSettings
+from prfaas.gateway.decode_stream import Batches, reservation, token_events
+from prfaas.gateway.failover import DecodeFailover
 from prfaas.gateway.fleet import WorkerFleet
-from prfaas.gateway.stall import watched
 from prfaas.gateway.worker_client import WorkerCallError, WorkerClient
 from prfaas.kvcache.hashing import block_hashes, root_hash
 from prfaas.messages import (
@@ -42,7 +43,6 @@ from prfaas.transfer.audit import AuditLog
 
 logger = logging.getLogger(__name__)
 MAX_ROUTE_ATTEMPTS = 3
-MAX_EVENT_BYTES = 1 << 20  # one NDJSON token event from a decode worker, at most
 # The prefill call answers right after its KV is acknowledged; the stream's last event waits
 # at most this long for it (usage's cached_tokens comes from it).
 PREFILL_RESULT_WAIT_S = 2.0
@@ -70,6 +70,7 @@ class ClusterBackend:
         self.audit = audit
         self.workers = WorkerClient(settings.cluster_token)
         self.cache_pull = CachePull(fleet, self.workers, settings, audit, on_pull)
+        self.failover = DecodeFailover(fleet, self.workers, settings)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def num_decode(self) -> int:
@@ -118,12 +119,13 @@ class ClusterBackend:
             decision = self.route(req, hashes)
             prefill = self.fleet.workers[decision.prefill_instance]
             decode = self.fleet.workers[decision.decode_instance]
-            response = await self._open_decode(req, decode.info.name, decode.info.http_url)
-            if response is not None:
+            opened = await self._open_decode(req, decode.info.name, decode.info.http_url)
+            if opened is not None:
                 break
             decode.draining = True
         else:
             raise NoWorker("every decode worker is switching roles")
+        reserved, first, stream = opened
         cmd = PrefillCommand(
             request_id=req.request_id,
             prompt_token_ids=req.prompt_token_ids,
@@ -146,8 +148,13 @@ class ClusterBackend:
             handle.cached_tokens = cached_tokens
 
         ended = asyncio.Event()
-        events = self._events(response, decode.info.name, engine_hit, ended)
+        events = self._events(req, decode.info.name, first, stream, engine_hit, ended)
         handle = GenerationHandle(route, 0, events, decode.info.name)
+        if not reserved:  # the decode worker prefills it: the KV would cross for nothing
+            logger.info("%s: %s holds no blocks; no remote prefill", req.request_id, route)
+            self.router.prefill_finished(req.request_id)
+            ended.set()
+            return handle
         self._spawn(
             self._prefill(prefill.info, decode.info, cmd, decision, req.tenant, engine_hit, ended)
         )
@@ -155,9 +162,10 @@ class ClusterBackend:
 
     async def _open_decode(
         self, req: GenerationRequest, name: str, url: str
-    ) -> aiohttp.ClientResponse | None:
-        """Open the token stream at a decode worker (it reserves blocks and waits for KV);
-        None if the worker is draining."""
+    ) -> tuple[bool, list[TokenEvent], Batches] | None:
+        """Open the token stream at a decode worker (it reserves blocks and waits for KV):
+        whether it holds blocks, the events read with that answer, and the stream; None if
+        the worker is draining."""
         cmd = DecodeCommand(
             request_id=req.request_id,
             prompt_token_ids=req.prompt_token_ids,
@@ -175,66 +183,49 @@ class ClusterBackend:
             if response.status == 409:
                 return None
             raise NoWorker(f"decode worker {name} answered {response.status}")
-        return response
+        batches = token_events(
+            response, name, self.settings.stream_stall_s, self.failover.healthy(name)
+        )
+        try:
+            reserved, rest = await reservation(batches, name)
+        except BaseException as e:
+            await batches.aclose()
+            if isinstance(e, ConnectionError | ValueError):
+                raise NoWorker(f"decode worker {name}: {e}") from e
+            raise
+        return reserved, rest, batches
 
     def _events(
         self,
-        response: aiohttp.ClientResponse,
-        decode_name: str,
-        engine_hit: Callable[[int], None],
-        prefill_ended: asyncio.Event,
-    ) -> AsyncIterator[TokenEvent]:
-        """The decode stream's events. However it ends, even never started, the response is
-        released (idempotent: back to the pool if read to its end, else closed)."""
-        deltas = self._deltas(response, decode_name, engine_hit, prefill_ended)
-        return ClosingEvents(deltas, response.release)
-
-    async def _deltas(
-        self,
-        response: aiohttp.ClientResponse,
-        decode_name: str,
+        req: GenerationRequest,
+        name: str,
+        first: list[TokenEvent],
+        stream: Batches,
         engine_hit: Callable[[int], None],
         prefill_ended: asyncio.Event,
     ) -> AsyncGenerator[TokenEvent, None]:
-        alive = functools.partial(self.fleet.healthy, decode_name)
-        stall_s = self.settings.stream_stall_s
-        chunks = watched(response.content.iter_any(), decode_name, stall_s, alive)
-        try:
-            buffer, finished = b"", False
-            while True:
-                chunk = await anext(chunks, None)
-                if chunk is None:  # the body ended: a last line may lack its newline
-                    lines, buffer = [buffer], b""
-                else:
-                    buffer += chunk
-                    if len(buffer) > MAX_EVENT_BYTES:
-                        raise ValueError(f"decode worker {decode_name} sent an oversized event")
-                    *lines, buffer = buffer.split(b"\n")
-                merged: TokenEvent | None = None
-                for line in lines:
-                    if not line or finished:
-                        # After the last event the worker ends the body; reading to its end
-                        # (not closing early) keeps the connection alive for the next request.
-                        continue
-                    event = TokenEvent.decode(line)
-                    if event.error is not None:
-                        raise ValueError(event.error)
-                    if event.cached_tokens:  # the decode instance prefilled the prompt itself
-                        engine_hit(event.cached_tokens)
-                    finished = event.finished
-                    merged = _merge(merged, event)
-                if merged is not None:
-                    if merged.finished and not prefill_ended.is_set():
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(prefill_ended.wait(), PREFILL_RESULT_WAIT_S)
-                    yield merged
-                if chunk is None:
-                    break
-            if not finished:
-                raise ConnectionError(f"decode worker {decode_name} closed the stream early")
-        finally:
-            await chunks.aclose()  # its watch timer stops
-            response.release()
+        """The request's events (``first``, then ``stream``'s, resumed elsewhere if the
+        stream is lost). However they end, even never iterated, the response is released:
+        closed before its first step, a generator skips its finally, so the started
+        ``stream`` is closed directly (idempotent)."""
+        batches = self.failover.resumable(req, name, _chain(first, stream))
+        return ClosingEvents(self._deltas(batches, engine_hit, prefill_ended), stream.aclose)
+
+    async def _deltas(
+        self, batches: Batches, engine_hit: Callable[[int], None], prefill_ended: asyncio.Event
+    ) -> AsyncGenerator[TokenEvent, None]:
+        """One merged event per chunk read; the last waits (bounded) for the prefill's end."""
+        async for batch in batches:
+            merged: TokenEvent | None = None
+            for event in batch:
+                if event.cached_tokens:  # the decode instance prefilled the prompt itself
+                    engine_hit(event.cached_tokens)
+                merged = _merge(merged, event)
+            if merged is not None:
+                if merged.finished and not prefill_ended.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(prefill_ended.wait(), PREFILL_RESULT_WAIT_S)
+                yield merged
 
     async def _prefill(
         self,
@@ -280,6 +271,17 @@ class ClusterBackend:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+async def _chain(first: list[TokenEvent], batches: Batches) -> Batches:
+    """``first`` (if any events), then ``batches``; closing it closes ``batches``."""
+    try:
+        if first:
+            yield first
+        async for batch in batches:
+            yield batch
+    finally:
+        await batches.aclose()
 
 
 def _merge(merged: TokenEvent | None, event: TokenEvent) -> TokenEvent:

@@ -7,6 +7,8 @@ a decode stream and a prefill call, so connections are unbounded and kept alive.
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 
 from prfaas.messages import TOKEN_HEADER, PrefillCommand, PrefillResult
@@ -50,11 +52,13 @@ class WorkerClient:
             return PrefillResult(request_id=cmd.request_id, ok=False, error=f"HTTP {status}")
         return PrefillResult.decode(body)
 
-    async def open_stream(self, url: str, body: bytes) -> aiohttp.ClientResponse:
+    async def open_stream(
+        self, url: str, body: bytes, timeout_s: float = 10.0
+    ) -> aiohttp.ClientResponse:
         """POST and return the response with its body unread (the caller streams it and
-        must ``release()`` it)."""
+        must ``release()`` it); WorkerCallError if its headers take over ``timeout_s``."""
         try:
-            return await self.session.post(url, data=body)
+            return await asyncio.wait_for(self.session.post(url, data=body), timeout_s)
         except (aiohttp.ClientError, TimeoutError) as e:
             raise WorkerCallError(str(e) or type(e).__name__) from e
 
