@@ -57,6 +57,8 @@ class Behaviour:
     stall_after: int | None = None  # events sent before the stream goes silent, never ending
     heartbeats: bool = True  # False: ``FakeCluster.beat`` skips it (a wedged process)
     reserve: bool = True  # False: no blocks for the KV (the stream says so first)
+    text_padding: int = 0  # characters appended to each token's text (a large stream)
+    token_gap_s: float = 0.0  # between token events (a decode step)
     hold_reservation: asyncio.Event | None = None  # the reservation answer waits for it
 
 
@@ -194,6 +196,7 @@ class FakeWorker:
                         if behaviour.end_early and i == n - 1:
                             return
                         yield event(i, i == n - 1)
+                        await asyncio.sleep(behaviour.token_gap_s)
                 except (asyncio.CancelledError, GeneratorExit):
                     got.abandoned.append(cmd.request_id)
                     raise
@@ -203,7 +206,7 @@ class FakeWorker:
                     TokenEvent(
                         request_id=cmd.request_id,
                         token_ids=[3 + i],
-                        text=f" w{3 + i}",
+                        text=f" w{3 + i}" + " " * behaviour.text_padding,
                         finished=last,
                         finish_reason="length" if last else None,
                         cached_tokens=behaviour.decode_cached_tokens if i == start else 0,

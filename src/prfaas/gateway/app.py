@@ -75,7 +75,11 @@ def create_app(
     app.state.metrics = metrics
     app.state.admission = admission
     app.state.authenticator = auth
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=config.max_body_bytes,
+        body_timeout_s=config.body_timeout_s,
+    )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -151,7 +155,8 @@ def create_app(
         gen = await submit(tenant, prepared, request_id, arrival_s)
         if prepared.stream:
             chunks = gen.chat_chunks if chat else gen.completion_chunks
-            return GenerationStream(gen, chunks(prepared.include_usage))
+            write_timeout_s = config.stream_write_timeout_s
+            return GenerationStream(gen, chunks(prepared.include_usage), write_timeout_s)
         status = 500
         try:
             whole = gen.chat_completion() if chat else gen.completion()

@@ -3,12 +3,13 @@ chunks it becomes, its timings, and its metrics (recorded once, when it closes).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
 from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from prfaas.api import sse
 from prfaas.api.protocol import (
@@ -172,11 +173,20 @@ class Generation:
         yield sse.DONE
 
 
-class GenerationStream(StreamingResponse):
-    """An SSE response that closes its generation however the connection ends."""
+class SlowReader(Exception):
+    """The client stopped reading its stream: a write waited past its deadline."""
 
-    def __init__(self, generation: Generation, chunks: AsyncIterator[bytes]) -> None:
+
+class GenerationStream(StreamingResponse):
+    """An SSE response that closes its generation however the connection ends. Each write
+    waits at most ``write_timeout_s`` for the client to read (the transport buffers a
+    bounded amount); past it the request is aborted, its slot and blocks given back."""
+
+    def __init__(
+        self, generation: Generation, chunks: AsyncIterator[bytes], write_timeout_s: float
+    ) -> None:
         self.generation = generation
+        self.write_timeout_s = write_timeout_s
         super().__init__(
             self._until_failure(chunks),
             media_type="text/event-stream",
@@ -184,8 +194,21 @@ class GenerationStream(StreamingResponse):
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_within(message: Message) -> None:
+            try:
+                await asyncio.wait_for(send(message), self.write_timeout_s)
+            except TimeoutError:
+                raise SlowReader from None
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, send_within)
+        except SlowReader:
+            logger.warning(
+                "request %s aborted: its client read nothing for %g s",
+                self.generation.request_id,
+                self.write_timeout_s,
+            )
+            self.generation.failed = True
         finally:
             await self.generation.close(500 if self.generation.failed else 200)
 
