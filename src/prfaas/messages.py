@@ -315,9 +315,11 @@ class WorkerCheck(Message):
 
 class LinkControl(Message):
     """POST /internal/link/{name} on the gateway of `prfaas serve`: drive the link emulator
-    of that link (tests, rehearsals). Applied in order: rate, stall, cut."""
+    of that link (tests, rehearsals). Applied in order: rate, blackhole, stall, cut."""
 
     rate_gbps: float | None = Field(None, gt=0.0)  # None: leave the rate as it is
     uncapped: bool = False  # remove the rate cap
+    # True: connections are accepted, nothing is forwarded, until False; None: unchanged.
+    blackhole: bool | None = None
     stall_s: float = Field(0.0, ge=0.0, le=3600.0)  # nothing moves for this long
     cut: bool = False  # shut every open connection now
