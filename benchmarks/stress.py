@@ -15,10 +15,10 @@ computed up front by the offline engine (``prfaas.LLM``) on the same checkpoint.
 
 Requests arrive evenly over ``--duration-s`` (at most ``--concurrency`` in flight). While
 they run, ``--fault-every-s`` seconds after the previous fault cleared, the next of
-``benchmarks/stress_faults.py``'s faults strikes: the remote prefill worker SIGKILLed and
-restarted, the remote prefill worker SIGSTOPped for ``--hold-s``, the link blackholed for
-``--hold-s``, the busiest decode instance SIGSTOPped for ``--hold-s`` (its streams fail over
-to another decode instance). Each request counts as:
+``benchmarks/stress_faults.py``'s faults strikes: the busiest decode instance SIGSTOPped
+for ``--hold-s`` (its streams fail over to another decode instance), the remote prefill
+worker SIGSTOPped for ``--hold-s``, the link blackholed for ``--hold-s``, the remote prefill
+worker SIGKILLed and restarted. Each request counts as:
   completed  the output equals the expected one
   failed     ended with a clear error (an OpenAI-format HTTP error)
   hung       no answer within the KV deadline plus ``--margin-s``
@@ -225,7 +225,8 @@ def one(client: openai.OpenAI, prompt: str, expected: str, max_tokens: int, at_s
     except openai.APITimeoutError:
         return Outcome("hung", "", time.monotonic() - started)
     except openai.APIStatusError as e:
-        return Outcome("failed", "", time.monotonic() - started, f"HTTP {e.status_code}")
+        why = re.sub(r"(chat)?cmpl-[0-9a-f]+: ", "", str(e.message))[:80]  # one line per cause
+        return Outcome("failed", "", time.monotonic() - started, f"HTTP {e.status_code}: {why}")
     except openai.APIConnectionError as e:
         return Outcome("failed", "", time.monotonic() - started, type(e).__name__)
 

@@ -1,12 +1,12 @@
 """The faults `benchmarks/stress.py` injects while its requests run, in turn, one every
 ``every_s`` seconds after the previous one has cleared:
 
-  kill       SIGKILL the remote prefill worker, restart it, wait until it is back
+  wedge-d    SIGSTOP the decode instance serving the most requests for ``hold_s``, then
+             SIGCONT (its streams fail over to another decode instance, or end with an error)
   wedge      SIGSTOP the remote prefill worker for ``hold_s``, then SIGCONT (a wedged
              process or a silent partition: its connections stay open, nothing moves)
   blackhole  the WAN link accepts connections and forwards nothing for ``hold_s``
-  wedge-d    SIGSTOP the decode instance serving the most requests for ``hold_s``, then
-             SIGCONT (its streams fail over to another decode instance, or end with an error)
+  kill       SIGKILL the remote prefill worker, restart it, wait until it is back
 
 A busy worker may answer slowly: every call here tolerates that rather than ending the run.
 """
@@ -26,7 +26,7 @@ import httpx
 
 from prfaas.messages import WorkerCheck
 
-FAULTS = ("kill", "wedge", "blackhole", "wedge-d")
+FAULTS = ("wedge-d", "wedge", "blackhole", "kill")
 
 
 class Deployment(Protocol):
