@@ -1,18 +1,24 @@
-"""Stress under faults: 200 requests while the remote prefill worker is killed and restarted.
+"""Stress under faults: 200 requests while workers are killed and wedged and the WAN
+link is blackholed.
 
     PYTHONPATH=src .venv/bin/python benchmarks/stress.py [--model FOLDER] [--requests 200]
-        [--duration-s 60] [--concurrency 16] [--kill-every-s 4] [--kv-deadline-s 5] [--json]
+        [--duration-s 60] [--concurrency 16] [--fault-every-s 4] [--hold-s 6]
+        [--decoders 2] [--kv-deadline-s 5] [--json]
 
 Spawns `prfaas serve` (default: the embedded default model, as `prfaas serve` would;
 ``--model`` for another checkpoint, e.g. a tiny one) with the default topology: a local PD
-cluster and a remote PrfaaS cluster behind an emulated WAN link with mutual TLS. Every
+cluster (one prefill, ``--decoders`` decode instances) and a remote PrfaaS cluster behind an
+emulated WAN link with mutual TLS. Every
 request has its own prompt (no shared prefix), short ones below the threshold t (local
 prefill) and long ones above it (remote prefill), greedy; their expected outputs are
 computed up front by the offline engine (``prfaas.LLM``) on the same checkpoint.
 
 Requests arrive evenly over ``--duration-s`` (at most ``--concurrency`` in flight). While
-they run, a killer SIGKILLs the remote prefill worker ``--kill-every-s`` seconds after it
-is back and restarts it (POST /internal/workers/prfaas-0/restart). Each request counts as:
+they run, ``--fault-every-s`` seconds after the previous fault cleared, the next of
+``benchmarks/stress_faults.py``'s faults strikes: the busiest decode instance SIGSTOPped
+for ``--hold-s`` (its streams fail over to another decode instance), the remote prefill
+worker SIGSTOPped for ``--hold-s``, the link blackholed for ``--hold-s``, the remote prefill
+worker SIGKILLed and restarted. Each request counts as:
   completed  the output equals the expected one
   failed     ended with a clear error (an OpenAI-format HTTP error)
   hung       no answer within the KV deadline plus ``--margin-s``
@@ -24,7 +30,6 @@ Exit status 1 if anything hung, answered wrong, or leaked.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
@@ -48,8 +53,11 @@ import yaml
 from prfaas import LLM, SamplingParams
 from prfaas.control_plane import GATEWAY, ControlTls
 from prfaas.deploy.launcher import free_port
-from prfaas.messages import TOKEN_HEADER, WorkerCheck
+from prfaas.messages import TOKEN_HEADER, LinkControl, WorkerCheck
 from prfaas.transfer.tls import write_certs
+
+sys.path.insert(0, str(Path(__file__).parent))
+from stress_faults import inject
 
 TOKEN = "stress-cluster-token"
 API_KEY = "stress-key"
@@ -71,8 +79,10 @@ class Report:
     requests: int
     concurrency: int
     kv_deadline_s: float
-    kill_every_s: float
-    kills: int = 0
+    fault_every_s: float
+    hold_s: float
+    decoders: int
+    faults: dict[str, int] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     paths: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
@@ -103,7 +113,7 @@ def threshold_between(lengths: list[int]) -> int:
 
 
 def deploy_yaml(
-    model: str | None, port: int, kv_deadline_s: float, threshold_tokens: int
+    model: str | None, port: int, kv_deadline_s: float, threshold_tokens: int, decoders: int
 ) -> dict[str, Any]:
     return {
         "model": model,
@@ -115,7 +125,7 @@ def deploy_yaml(
                 "kind": "pd",
                 "instances": [
                     {"name": "pd-p-0", "role": "prefill"},
-                    {"name": "pd-d-0", "role": "decode"},
+                    *({"name": f"pd-d-{i}", "role": "decode"} for i in range(decoders)),
                 ],
             },
             {
@@ -132,11 +142,11 @@ def deploy_yaml(
 
 
 class Deployment:
-    def __init__(self, model: str | None, kv_deadline_s: float, threshold: int, tmp: Path) -> None:
+    def __init__(self, model: str | None, args: argparse.Namespace, threshold: int, tmp: Path):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = tmp / "deploy.yaml"
-        raw = deploy_yaml(model, self.port, kv_deadline_s, threshold)
+        raw = deploy_yaml(model, self.port, args.kv_deadline_s, threshold, args.decoders)
         # Our own CA, so that the checks below reach the workers as a gateway does (mTLS).
         raw["certs_dir"] = str(tmp / "certs")
         write_certs(tmp / "certs", ["local", "remote"])
@@ -188,6 +198,15 @@ class Deployment:
         r.raise_for_status()
         return int(r.json()["pid"])
 
+    def link(self, **control: Any) -> None:
+        r = httpx.post(
+            f"{self.url}/internal/link/remote->local",
+            content=LinkControl(**control).encode(),
+            headers={TOKEN_HEADER: TOKEN},
+            timeout=10,
+        )
+        r.raise_for_status()
+
     def fallbacks(self) -> float:
         text = httpx.get(self.url + "/metrics", timeout=10).text
         found = re.findall(r"^prfaas_instance_kv_fallbacks\{[^}]*\} (\S+)$", text, re.M)
@@ -201,28 +220,6 @@ class Deployment:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-
-
-def killer(dep: Deployment, every_s: float, stop: threading.Event, kills: list[float]) -> None:
-    """SIGKILL the remote prefill worker ``every_s`` after it is back (registered with a new
-    epoch, healthy), and restart it at once. A busy worker may answer slowly: every call
-    here tolerates that rather than ending the drill."""
-    url = dep.worker_urls()[VICTIM]
-    pid = None
-    while pid is None and not stop.is_set():
-        with contextlib.suppress(httpx.HTTPError):
-            pid = dep.check(url).pid
-    while pid is not None and not stop.wait(every_s):
-        epoch = dep.instance(VICTIM)["epoch"]
-        os.kill(pid, signal.SIGKILL)
-        kills.append(time.monotonic())
-        pid = dep.restart(VICTIM)
-        while not stop.is_set():
-            with contextlib.suppress(httpx.HTTPError):
-                victim = dep.instance(VICTIM)
-                if victim["healthy"] and victim["epoch"] != epoch:
-                    break
-            time.sleep(0.2)
 
 
 def one(client: openai.OpenAI, prompt: str, expected: str, max_tokens: int, at_s: float) -> Outcome:
@@ -239,7 +236,8 @@ def one(client: openai.OpenAI, prompt: str, expected: str, max_tokens: int, at_s
     except openai.APITimeoutError:
         return Outcome("hung", "", time.monotonic() - started)
     except openai.APIStatusError as e:
-        return Outcome("failed", "", time.monotonic() - started, f"HTTP {e.status_code}")
+        why = re.sub(r"(chat)?cmpl-[0-9a-f]+: ", "", str(e.message))[:80]  # one line per cause
+        return Outcome("failed", "", time.monotonic() - started, f"HTTP {e.status_code}: {why}")
     except openai.APIConnectionError as e:
         return Outcome("failed", "", time.monotonic() - started, type(e).__name__)
 
@@ -277,11 +275,13 @@ def run(args: argparse.Namespace) -> Report:
         args.requests,
         args.concurrency,
         args.kv_deadline_s,
-        args.kill_every_s,
+        args.fault_every_s,
+        args.hold_s,
+        args.decoders,
     )
     with tempfile.TemporaryDirectory(prefix="prfaas-stress-") as tmp:
         print("starting prfaas serve …", file=sys.stderr)
-        dep = Deployment(args.model, args.kv_deadline_s, threshold, Path(tmp))
+        dep = Deployment(args.model, args, threshold, Path(tmp))
         try:
             client = openai.OpenAI(
                 base_url=dep.url + "/v1",
@@ -290,14 +290,16 @@ def run(args: argparse.Namespace) -> Report:
                 timeout=args.kv_deadline_s + args.margin_s,
             )
             fallbacks_before = dep.fallbacks()
-            stop, kills = threading.Event(), list[float]()
-            kill_thread = threading.Thread(
-                target=killer, args=(dep, args.kill_every_s, stop, kills), daemon=True
+            stop, faults = threading.Event(), Counter[str]()
+            fault_thread = threading.Thread(
+                target=inject,
+                args=(dep, VICTIM, args.fault_every_s, args.hold_s, stop, faults),
+                daemon=True,
             )
             started = time.monotonic()
             gap_s = args.duration_s / args.requests
             arrivals = [started + i * gap_s for i in range(args.requests)]
-            kill_thread.start()
+            fault_thread.start()
             with ThreadPoolExecutor(args.concurrency) as pool:
                 outcomes = list(
                     pool.map(
@@ -309,9 +311,9 @@ def run(args: argparse.Namespace) -> Report:
                 )
             report.wall_s = time.monotonic() - started
             stop.set()
-            kill_thread.join()
-            report.kills = len(kills)
-            # The victim comes back (and everything settles) before the leak check.
+            fault_thread.join()
+            report.faults = dict(faults)
+            # The victims come back (and everything settles) before the leak check.
             time.sleep(2.0)
             report.leaks = wait_clean(dep, args.settle_s)
             report.clean = not report.leaks
@@ -336,7 +338,8 @@ def print_table(r: Report) -> None:
         ("requests / concurrency", f"{r.requests} / {r.concurrency}"),
         ("threshold t", f"{r.threshold_tokens} tokens"),
         ("kv deadline", f"{r.kv_deadline_s:g} s"),
-        ("kills of prfaas-0", f"{r.kills} (every {r.kill_every_s:g} s)"),
+        ("faults", f"{r.faults} (every {r.fault_every_s:g} s, held {r.hold_s:g} s)"),
+        ("decode instances", r.decoders),
         ("completed (correct)", r.counts["completed"]),
         ("failed cleanly", f"{r.counts['failed']} {r.errors or ''}"),
         ("hung", r.counts["hung"]),
@@ -359,7 +362,9 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, default=16, help="requests in flight at most")
     p.add_argument("--duration-s", type=float, default=60.0, help="arrivals spread over this")
     p.add_argument("--max-tokens", type=int, default=8)
-    p.add_argument("--kill-every-s", type=float, default=4.0)
+    p.add_argument("--fault-every-s", type=float, default=4.0, help="after the last cleared")
+    p.add_argument("--hold-s", type=float, default=6.0, help="how long a wedge/blackhole lasts")
+    p.add_argument("--decoders", type=int, default=2, help="decode instances (failover)")
     p.add_argument("--kv-deadline-s", type=float, default=5.0)
     p.add_argument("--margin-s", type=float, default=60.0, help="beyond the deadline: hung")
     p.add_argument("--settle-s", type=float, default=30.0, help="wait for clean pools")

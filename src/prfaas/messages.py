@@ -191,6 +191,17 @@ class DecodeCommand(Message):
     tenant_salt_hex: str = Field(max_length=128)
     expect_kv: bool  # False: prefill here too (a PD-P worker that also decodes, or fallback)
     deadline_s: float = Field(gt=0.0, le=3600.0)
+    # Decode failover: output tokens another instance already streamed to the client. They
+    # are prefilled here with the prompt and count as this request's output (penalties,
+    # min/max_tokens, stop strings, seeded positions, grammar, detokenizer), and the stream
+    # goes on from the next token.
+    resume_token_ids: list[int] = Field(default_factory=list, max_length=MAX_PROMPT_TOKENS)
+
+    @model_validator(mode="after")
+    def _resume_prefills_here(self) -> DecodeCommand:
+        if self.resume_token_ids and self.expect_kv:
+            raise ValueError("a resumed decode prefills here: expect_kv must be false")
+        return self
 
 
 class LogprobEntry(Message):
@@ -224,6 +235,10 @@ class TokenEvent(Message):
     # On the first event when it asked for prompt logprobs: one per prompt token (the first
     # is None: nothing precedes it).
     prompt_logprobs: list[LogprobEntry | None] | None = Field(None, max_length=MAX_PROMPT_TOKENS)
+
+    # On the first line of a stream that expects KV, before any token: whether the worker
+    # holds blocks for it (True: send the KV) or prefills it here (False: send nothing).
+    reserved: bool | None = None
 
 
 class FaultSwitch(Message):
@@ -339,9 +354,11 @@ class WorkerCheck(Message):
 
 class LinkControl(Message):
     """POST /internal/link/{name} on the gateway of `prfaas serve`: drive the link emulator
-    of that link (tests, rehearsals). Applied in order: rate, stall, cut."""
+    of that link (tests, rehearsals). Applied in order: rate, blackhole, stall, cut."""
 
     rate_gbps: float | None = Field(None, gt=0.0)  # None: leave the rate as it is
     uncapped: bool = False  # remove the rate cap
+    # True: connections are accepted, nothing is forwarded, until False; None: unchanged.
+    blackhole: bool | None = None
     stall_s: float = Field(0.0, ge=0.0, le=3600.0)  # nothing moves for this long
     cut: bool = False  # shut every open connection now

@@ -59,6 +59,10 @@ class Behaviour:
     stall_after: int | None = None  # events sent before the stream goes silent, never ending
     heartbeats: bool = True  # False: ``FakeCluster.beat`` skips it (a wedged process)
     ignores_kv: bool = False  # reports computing a prompt whose KV it was sent (the canary's)
+    reserve: bool = True  # False: no blocks for the KV (the stream says so first)
+    text_padding: int = 0  # characters appended to each token's text (a large stream)
+    token_gap_s: float = 0.0  # between token events (a decode step)
+    hold_reservation: asyncio.Event | None = None  # the reservation answer waits for it
 
 
 @dataclass
@@ -179,18 +183,27 @@ class FakeWorker:
             # An honest decode side computes the prompt only when no KV is shipped to it.
             recomputes = not cmd.expect_kv or behaviour.ignores_kv
             computed = len(cmd.prompt_token_ids) if recomputes else 0
+            # Token i of the answer is 3 + i, whichever instance sends it: a resumed stream
+            # (decode failover) goes on from the tokens it was given.
+            start = len(cmd.resume_token_ids)
 
             async def lines() -> AsyncIterator[bytes]:
+                if cmd.expect_kv:
+                    if behaviour.hold_reservation is not None:
+                        await behaviour.hold_reservation.wait()
+                    yield TokenEvent(request_id=cmd.request_id, reserved=behaviour.reserve).encode()
+                    yield b"\n"
                 if behaviour.hold_decode is not None:
                     await behaviour.hold_decode.wait()
                 await asyncio.sleep(behaviour.decode_delay_s)
                 try:
-                    for i in range(n):
+                    for i in range(start, n):
                         if i == behaviour.stall_after:
                             await asyncio.Event().wait()  # until the gateway hangs up
                         if behaviour.end_early and i == n - 1:
                             return
                         yield event(i, i == n - 1)
+                        await asyncio.sleep(behaviour.token_gap_s)
                 except (asyncio.CancelledError, GeneratorExit):
                     got.abandoned.append(cmd.request_id)
                     raise
@@ -203,11 +216,11 @@ class FakeWorker:
                     TokenEvent(
                         request_id=cmd.request_id,
                         token_ids=[3 + i],
-                        text=f" w{3 + i}",
+                        text=f" w{3 + i}" + " " * behaviour.text_padding,
                         finished=last,
                         finish_reason="length" if last else None,
-                        cached_tokens=behaviour.decode_cached_tokens if i == 0 else 0,
-                        computed_tokens=computed if i == 0 else 0,
+                        cached_tokens=behaviour.decode_cached_tokens if i == start else 0,
+                        computed_tokens=computed if i == start else 0,
                         logprobs=None if cmd.params.logprobs is None else [logprob(i)],
                     ).encode()
                     + b"\n"

@@ -28,6 +28,7 @@ CLUSTER_TOKEN = "reliability-cluster-token"
 API_KEY = "key-drill"
 MODEL = "tiny"
 KV_DEADLINE_S = 4.0
+BODY_TIMEOUT_S = 3.0  # the gateway's slow-body bound in the drills (default 30 s)
 # Loaded 2-core machine: an answer may take a few seconds beyond the deadline.
 MARGIN_S = 20.0
 SETTLE_S = 20.0  # how long leak checks wait for the processes to go idle
@@ -64,6 +65,7 @@ def serve_config(model: Path, port: int, **overrides: Any) -> dict[str, Any]:
         max_model_len=512,
         tenants=[{"name": "drill", "api_keys": [API_KEY]}],
         kv_deadline_s=KV_DEADLINE_S,
+        overload={"body_timeout_s": BODY_TIMEOUT_S},
     )
     cfg.update(overrides)
     return cfg

@@ -32,7 +32,8 @@ def check(**overrides: object) -> WorkerCheck:
 
 
 @pytest.mark.parametrize(
-    "message", [check(), LinkControl(rate_gbps=0.5, stall_s=2.0, cut=True), LinkControl()]
+    "message",
+    [check(), LinkControl(rate_gbps=0.5, stall_s=2.0, cut=True, blackhole=True), LinkControl()],
 )
 def test_round_trip(message: WorkerCheck | LinkControl) -> None:
     assert type(message).decode(message.encode()) == message

@@ -1,4 +1,4 @@
-"""Each fault of prfaas issue #7 against one `prfaas serve` deployment (real processes, the
+"""Each fault of prfaas issues #7 and #13 against one `prfaas serve` deployment (real processes, the
 emulated WAN link with mutual TLS, a KV deadline of a few seconds).
 
 For every fault: the request in flight either completes with the offline engine's greedy
@@ -11,7 +11,9 @@ reservation, send, asyncio task) is left behind.
 from __future__ import annotations
 
 import os
+import select
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +25,7 @@ import pytest
 
 from tests.deploy_helper import gateway_tls
 from tests.reliability.conftest import (
+    BODY_TIMEOUT_S,
     KV_DEADLINE_S,
     LONG,
     MARGIN_S,
@@ -226,3 +229,102 @@ def test_admin_and_check_routes_need_the_cluster_token(serve: Serve) -> None:
         f"{serve.base_url}/internal/link/nowhere", content=b"{}", headers=serve.headers()
     )
     assert unknown.status_code == 404
+
+
+def test_prefill_worker_stopped_mid_send(
+    serve: Serve, reference: Callable[[str, int], str], baseline: dict[str, int]
+) -> None:
+    prefill = urls(serve)["prfaas-0"]
+    victim = worker_check(prefill)
+    before = serve.fallbacks()
+    prompt = long_prompt(7)
+    serve.link(rate_gbps=SLOW_GBPS)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(complete, serve, prompt)
+            wait_for(lambda: worker_check(prefill).kv_sending == 1, 30, "the KV send to start")
+            os.kill(victim.pid, signal.SIGSTOP)  # wedged: its connections stay open, silent
+            got = answer.result()
+    finally:
+        os.kill(victim.pid, signal.SIGCONT)
+    assert got.route.startswith("prfaas prefill=prfaas-0"), got.route
+    assert got.text == reference(prompt, MAX_TOKENS)
+    assert got.elapsed_s < KV_DEADLINE_S + MARGIN_S
+    # What it had written may already sit in the emulated link's queue and land; if not,
+    # the decode side falls back once at the KV deadline.
+    assert fallbacks_after(serve, before, 0) in (0, 1)
+    serve.wait_healthy(["prfaas-0"])  # the same process: a late send is refused, freed
+    assert_clean(urls(serve), baseline)
+    serve.assert_idle()
+
+
+def test_link_blackholed(
+    serve: Serve, reference: Callable[[str, int], str], baseline: dict[str, int]
+) -> None:
+    before = serve.fallbacks()
+    prompt = long_prompt(8)
+    serve.link(blackhole=True)  # connections are accepted, nothing is forwarded
+    try:
+        got = complete(serve, prompt)
+    finally:
+        serve.link(blackhole=False)
+    assert got.route.startswith("prfaas"), got.route
+    assert got.text == reference(prompt, MAX_TOKENS)
+    assert KV_DEADLINE_S * 0.9 < got.elapsed_s < KV_DEADLINE_S + MARGIN_S
+    assert fallbacks_after(serve, before, 1) == 1
+    assert_clean(urls(serve), baseline)
+    serve.assert_idle()
+
+
+def trickle_until_answered(sock: socket.socket, first: bytes, limit_s: float) -> float:
+    """Send ``first``, then a byte every 0.5 s until the peer answers or hangs up; the
+    seconds that took."""
+    started = time.monotonic()
+    sock.sendall(first)
+    while time.monotonic() - started < limit_s:
+        if select.select([sock], [], [], 0.5)[0]:
+            break
+        try:
+            sock.sendall(b"0")
+        except OSError:  # hung up
+            break
+    return time.monotonic() - started
+
+
+def test_slow_loris_on_the_gateway_port(
+    serve: Serve, reference: Callable[[str, int], str], baseline: dict[str, int]
+) -> None:
+    host, port = serve.base_url.removeprefix("http://").split(":")
+    head = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer x\r\n"
+        "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+    ).encode()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        with ThreadPoolExecutor(1) as pool:  # served meanwhile, as usual
+            other = pool.submit(complete, serve, SHORT)
+            took_s = trickle_until_answered(sock, head, BODY_TIMEOUT_S + 10)
+            assert other.result().text == reference(SHORT, MAX_TOKENS)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 408")
+    assert BODY_TIMEOUT_S <= took_s < BODY_TIMEOUT_S + 2.0, took_s
+    assert_clean(urls(serve), baseline)
+    serve.assert_idle()
+
+
+def test_slow_loris_on_the_kv_port(
+    serve: Serve, reference: Callable[[str, int], str], baseline: dict[str, int]
+) -> None:
+    handshake_s = 10.0  # the KV receiver's total deadline for TLS + HELLO + AUTH
+    port = serve.instance("pd-d-0")["kv_port"]
+    before = serve.fallbacks()
+    # A TLS handshake record announcing 512 bytes, then one byte every 0.5 s.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        with ThreadPoolExecutor(1) as pool:  # a transfer to the same receiver meanwhile
+            other = pool.submit(complete, serve, long_prompt(9))
+            took_s = trickle_until_answered(sock, b"\x16\x03\x01\x02\x00", handshake_s + 10)
+            got = other.result()
+        assert got.text == reference(long_prompt(9), MAX_TOKENS)
+        assert got.route.startswith("prfaas"), got.route
+    assert handshake_s - 0.5 <= took_s < handshake_s + 3.0, took_s  # from its accept
+    assert fallbacks_after(serve, before, 0) == 0  # the KV landed despite the trickle
+    assert_clean(urls(serve), baseline)
+    serve.assert_idle()

@@ -10,17 +10,18 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from aiohttp import web
 
 from prfaas.gateway.admission import Admission
-from prfaas.gateway.backend import NoWorker, Overloaded, aclose
+from prfaas.gateway.backend import GenerationRequest, NoWorker, Overloaded, aclose
 from prfaas.gateway.config import BackendSettings, GatewayConfig
 from prfaas.gateway.dispatch import ClusterBackend
 from prfaas.gateway.fleet import WorkerFleet
-from prfaas.messages import TokenEvent, WorkerInfo
+from prfaas.messages import SamplingSpec, TokenEvent, WorkerInfo
 from prfaas.router.kv_index import KvIndex
 from tests.security.conftest import MAX_INFLIGHT_PER_DECODE, Secured
 
@@ -201,12 +202,27 @@ def test_a_stream_closed_before_its_first_event_gives_its_slot_back() -> None:
             )
         )
         backend = ClusterBackend(BackendSettings("tiny", "t"), fleet, None, None, 512)
+        reserved = TokenEvent(request_id="r", reserved=True)
         event = TokenEvent(request_id="r", token_ids=[5], finished=True, finish_reason="stop")
 
         # A real decode-stream response over real TCP from a one-route server: no decode
         # worker needed to test what the gateway does with one.
-        async def decode(_: web.Request) -> web.Response:
-            return web.Response(body=event.encode())  # the last line without its newline
+        calls = [0]
+        hung_up = asyncio.Event()
+
+        async def decode(request: web.Request) -> web.StreamResponse:
+            calls[0] += 1
+            response = web.StreamResponse()
+            await response.prepare(request)
+            await response.write(reserved.encode() + b"\n")  # alone, as before any KV
+            if calls[0] == 1:  # the first sends nothing more until the gateway hangs up
+                while request.transport is not None and not request.transport.is_closing():
+                    await asyncio.sleep(0.02)
+                hung_up.set()
+                return response
+            await response.write(event.encode())  # the last line without its newline
+            await response.write_eof()
+            return response
 
         app = web.Application()
         app.router.add_post("/decode", decode)
@@ -215,18 +231,25 @@ def test_a_stream_closed_before_its_first_event_gives_its_slot_back() -> None:
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        url = f"http://127.0.0.1:{port}/decode"
-        left_early = await backend.workers.open_stream(url, b"")
-        read_through = await backend.workers.open_stream(url, b"")
+        url = f"http://127.0.0.1:{port}"
+        req = GenerationRequest("r", "default", b"", [5, 6], SamplingSpec())
         hits: list[int] = []
-        await aclose(backend._events(left_early, "d0", hits.append, asyncio.Event()))  # unread
-        assert left_early.closed
+
+        async def events(done: asyncio.Event) -> Any:
+            opened = await backend._open_decode(req, "d0", url)
+            assert opened is not None and opened[0] is True and opened[1] == []
+            return backend._events(req, "d0", opened[1], opened[2], hits.append, done)
+
+        left_early = await events(asyncio.Event())
+        await aclose(left_early)  # never iterated
         done = asyncio.Event()  # the prefill call has ended: the last event need not wait
         done.set()
-        events = backend._events(read_through, "d0", hits.append, done)
-        assert [d.finished async for d in events] == [True]
-        await aclose(events)  # after the generator's own cleanup: closed once, not twice
-        assert read_through.closed and hits == []  # the event reported no prefix hit
+        read_through = await events(done)
+        assert [d.finished async for d in read_through] == [True]
+        await aclose(read_through)  # after the generator's own cleanup: closed once
+        assert hits == []  # the event reported no prefix hit
+        # The unread response was closed: the worker saw the gateway hang up.
+        await asyncio.wait_for(hung_up.wait(), 5.0)
         await backend.aclose()
         await runner.cleanup()
 

@@ -101,3 +101,22 @@ def test_monitor_counts_a_transfer_while_it_is_in_flight(receiver: KvReceiver) -
     assert (after.transfers_open, after.backlog_bytes) == (0, 0)
     assert after.bytes_sent == stats.wire_bytes and after.transfers_ok == 1
     receiver.release(header.request_id)
+
+
+def test_emulator_blackhole_accepts_and_forwards_nothing_until_cleared() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as target:
+        config = EmulatorConfig(("127.0.0.1", 0), target.getsockname())
+        with LinkEmulator(config) as emulator:
+            emulator.blackhole(True)
+            client = socket.create_connection(emulator.address, timeout=2)  # accepted
+            client.sendall(b"ping")
+            target.settimeout(2)
+            server, _ = target.accept()
+            server.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                server.recv(4)  # nothing forwarded
+            emulator.blackhole(False)
+            server.settimeout(2)
+            assert server.recv(4) == b"ping"
+            client.close()
+            server.close()

@@ -88,8 +88,14 @@ def commands(d: Worker, request_id: str, prompt: list[int]) -> tuple[PrefillComm
     return prefill, decode
 
 
-async def events(d: Worker, cmd: DecodeCommand) -> list[TokenEvent]:
-    return [event async for event in d.engine.decode(cmd)]
+async def events(d: Worker, cmd: DecodeCommand, reserved: bool = True) -> list[TokenEvent]:
+    """The token events; a stream that expects KV first says whether blocks are held."""
+    got = [event async for event in d.engine.decode(cmd)]
+    if cmd.expect_kv:
+        assert got[0].reserved is reserved and not got[0].token_ids
+        got = got[1:]
+    assert all(e.reserved is None for e in got)
+    return got
 
 
 async def handoff(p: Worker, d: Worker, request_id: str) -> tuple[PrefillResult, list[TokenEvent]]:
@@ -120,6 +126,7 @@ async def cached_tokens_are_real(p: Worker, d: Worker) -> None:
     # The fallback (the KV will not come) reports d0's own hit too.
     _, fallback = commands(d, "r4", PROMPT)
     stream = aiter(d.engine.decode(fallback))
+    assert (await anext(stream)).reserved is True  # before any KV: blocks are held
     first_event = asyncio.ensure_future(anext(stream))
     for _ in range(100):  # the reservation is made on the engine thread: wait for it
         if d.engine.kv_failed("r4", "prefill failed"):
@@ -170,3 +177,31 @@ async def another_prompt_is_refused(p: Worker, d: Worker) -> None:
     assert got[0].cached_tokens == 64
     for w in (p, d):
         assert (await w.check()).idle_clean
+
+
+def test_a_decode_that_cannot_reserve_says_so_first_and_counts_a_fallback(
+    tiny_llama: Path, cache_dir: Path
+) -> None:
+    # 8 blocks of 16: one reservation for the 70-token prompt (5 blocks) leaves too few.
+    config = EngineConfig(model=str(tiny_llama), cache_dir=cache_dir, num_kv_blocks=8)
+    run((Engine(config), Engine(config)), cannot_reserve)
+
+
+async def cannot_reserve(p: Worker, d: Worker) -> None:
+    _, reference = commands(d, "ref", PROMPT)
+    expected = await events(d, reference.model_copy(update={"expect_kv": False}))
+    _, holder = commands(d, "holder", PROMPT)
+    held = aiter(d.engine.decode(holder))
+    assert (await anext(held)).reserved is True
+    _, second = commands(d, "second", PROMPT)
+    stream = aiter(d.engine.decode(second))
+    # Told at once, before any KV could be awaited: prefilled here, the gateway ships none.
+    first = await asyncio.wait_for(anext(stream), 5.0)
+    assert first.reserved is False and not first.token_ids
+    assert d.engine.kv_failed("holder", "prefill failed")  # frees its blocks for the rest
+    got = [e async for e in stream]
+    held_rest = [e async for e in held]
+    assert [e.token_ids for e in got] == [e.token_ids for e in expected]
+    assert [e.token_ids for e in held_rest] == [e.token_ids for e in expected]
+    assert d.heartbeat().fallbacks == 2  # the unreserved one and the failed hand-off
+    assert (await d.check()).idle_clean

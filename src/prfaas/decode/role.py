@@ -6,6 +6,10 @@ the prompt here instead (the fallback): the request still completes. Once a
 request has given up on its KV, the receiver is told to abandon it: whatever landed is
 freed and a late (re)send is refused, so nothing is held for a request nobody awaits.
 
+A stream that expects KV starts with an event saying whether blocks are held for it
+(``reserved``); without them the prompt is prefilled here at once, and the gateway does not
+ship the KV. A stream with ``resume_token_ids`` (decode failover) goes on from those outputs.
+
 The first token event carries ``cached_tokens``: the prompt tokens this instance served
 from its own prefix cache when it prefilled the prompt itself (no KV expected, or the
 fallback); 0 when the KV landed from elsewhere. It also carries ``computed_tokens``: the
@@ -16,8 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from prfaas.decode.kv_import import check_prompt, wire_to_payload
 from prfaas.engine.async_engine import AsyncEngine
@@ -87,7 +92,7 @@ class DecodeRole:
     async def run(self, cmd: DecodeCommand) -> AsyncIterator[TokenEvent]:
         params = to_sampling_params(cmd.params)
         salt = bytes.fromhex(cmd.tenant_salt_hex)
-        deltas: AsyncIterator[TokenDelta]
+        deltas: AsyncIterator[TokenDelta | TokenEvent]
         if cmd.expect_kv:
             loop = asyncio.get_running_loop()
             waiter = loop.run_in_executor(
@@ -103,20 +108,30 @@ class DecodeRole:
             self._awaited[cmd.request_id] = kv
             kv.add_done_callback(lambda done: self._given_up(cmd.request_id, done))
             waiter.add_done_callback(lambda done: _settle(kv, done))
-            deltas = self.engine.decode_with_kv(
+            reserved: asyncio.Future[bool] = loop.create_future()
+            held = self.engine.decode_with_kv(
                 cmd.prompt_token_ids,
                 params,
                 cmd.request_id,
                 kv,
                 deadline_s=cmd.deadline_s,
                 tenant_salt=salt,
+                on_reserved=reserved.set_result,
             )
+            deltas = _announced(cmd.request_id, held, reserved)
         else:
-            if cmd.expect_kv:  # the fault: take the KV (a normal transfer), then recompute
-                waiter.add_done_callback(lambda done: done.cancelled() or done.exception())
             deltas = self.engine.generate(
-                cmd.prompt_token_ids, params, cmd.request_id, tenant_salt=salt
+                cmd.prompt_token_ids,
+                params,
+                cmd.request_id,
+                tenant_salt=salt,
+                resumed=cmd.resume_token_ids,
             )
+            if cmd.expect_kv:  # the fault: say "reserved", take the KV, then recompute
+                waiter.add_done_callback(lambda done: done.cancelled() or done.exception())
+                faked: asyncio.Future[bool] = loop.create_future()
+                faked.set_result(True)
+                deltas = _announced(cmd.request_id, deltas, faked)
         try:
             async for event in self._events(cmd, deltas):
                 yield event
@@ -126,10 +141,13 @@ class DecodeRole:
                 kv_left.cancel()  # the stream ended first (client gone): abandon the KV now
 
     async def _events(
-        self, cmd: DecodeCommand, deltas: AsyncIterator[TokenDelta]
+        self, cmd: DecodeCommand, deltas: AsyncIterator[TokenDelta | TokenEvent]
     ) -> AsyncIterator[TokenEvent]:
         first = True
         async for d in deltas:
+            if isinstance(d, TokenEvent):  # the reservation's outcome, before any token
+                yield d
+                continue
             cached = computed = 0
             if first:
                 served = self.engine.prompt_tokens(cmd.request_id)
@@ -146,6 +164,34 @@ class DecodeRole:
                 logprobs=to_entries(d.logprobs),
                 prompt_logprobs=to_prompt_entries(d.prompt_logprobs),
             )
+
+
+async def _announced(
+    request_id: str, deltas: AsyncIterator[TokenDelta], reserved: asyncio.Future[bool]
+) -> AsyncIterator[TokenDelta | TokenEvent]:
+    """``TokenEvent(reserved=...)`` as soon as the pool answered, before the KV is awaited
+    (the gateway ships the KV only when blocks are held), then the deltas. The deltas' first
+    step (reserve, wait for the KV, first token) runs as a task beside that wait; however
+    this generator ends, the task has ended before it returns."""
+    first: asyncio.Future[TokenDelta] = asyncio.ensure_future(anext(deltas))
+    try:
+        both: list[asyncio.Future[Any]] = [reserved, first]
+        await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
+        if reserved.done():  # else the engine refused the request: ``first`` raises it
+            yield TokenEvent(request_id=request_id, reserved=reserved.result())
+        delta = await first
+        yield delta
+        while not delta.finished:
+            delta = await anext(deltas)
+            yield delta
+    finally:
+        if not first.done():
+            first.cancel()
+            await asyncio.wait([first])
+        if not first.cancelled():
+            first.exception()  # retrieved: it was raised above, or the consumer left first
+        if isinstance(deltas, AsyncGenerator):
+            await deltas.aclose()
 
 
 def _settle(future: asyncio.Future[KvPayload], done: asyncio.Future[KvPayload]) -> None:

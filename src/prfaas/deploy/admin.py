@@ -1,7 +1,7 @@
 """Operator controls of a `prfaas serve` deployment (cluster token): drive a link emulator
 and restart a spawned worker. For fault drills, tests and the stress benchmark.
 
-  POST /internal/link/{name}              LinkControl (rate, stall, cut) on every emulator
+  POST /internal/link/{name}              LinkControl (rate, blackhole, stall, cut) on each emulator
                                           of link ``name`` (e.g. ``remote->local``)
   POST /internal/workers/{name}/restart   SIGKILL worker ``name`` if it runs, start it again
                                           on its ports (it registers with a new epoch)
@@ -45,6 +45,8 @@ def add_admin_routes(
                 emu.set_rate_gbps(None)
             elif control.rate_gbps is not None:
                 emu.set_rate_gbps(control.rate_gbps)
+            if control.blackhole is not None:
+                emu.blackhole(control.blackhole)
             if control.stall_s > 0:
                 emu.stall(control.stall_s)
             if control.cut:

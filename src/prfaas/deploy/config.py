@@ -182,13 +182,17 @@ class KvIndexSpec(_Strict):
 
 class OverloadSpec(_Strict):
     """Admission at the gateway: per decode worker in-flight cap, then a bounded queue
-    with a time-to-live; beyond either, 429 with Retry-After."""
+    with a time-to-live; beyond either, 429 with Retry-After. Slow clients: a body that takes
+    longer than ``body_timeout_s`` is refused (408), a stream whose reader stops reading for
+    ``stream_write_timeout_s`` is aborted."""
 
     # Defaults: the gateway's (``GatewayConfig``), but a deployment's queue waits 5 s at most.
     max_inflight_per_decode: int = Field(GatewayConfig.max_inflight_per_decode, ge=1)
     max_queued: int = Field(GatewayConfig.max_queued, ge=0)
     queue_ttl_s: float = Field(5.0, gt=0)
     retry_after_s: float = Field(GatewayConfig.retry_after_s, gt=0)
+    body_timeout_s: float = Field(GatewayConfig.body_timeout_s, gt=0)
+    stream_write_timeout_s: float = Field(GatewayConfig.stream_write_timeout_s, gt=0)
 
 
 class DeployConfig(_Strict):

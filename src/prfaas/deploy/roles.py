@@ -130,6 +130,7 @@ def add_status_route(
                     "inflight": fleet.inflight.get(n, 0),
                     "fallbacks": r.fallbacks,
                     "http_url": r.info.http_url,
+                    "kv_port": r.info.kv_port,
                     "epoch": r.info.epoch,
                     "kv_index_blocks": fleet.kv_index.num_blocks_of(n),
                 }

@@ -132,11 +132,12 @@ class AsyncEngine:
         request_id: str,
         *,
         tenant_salt: bytes = b"",
+        resumed: list[int] | tuple[()] = (),  # decode failover: ``engine/resume.py``
     ) -> AsyncIterator[TokenDelta]:
         """Stream one request's deltas. Input errors raise ValueError before any delta."""
         stream = self._streams.open(request_id)
         try:
-            await self._ask(Admit(prompt_token_ids, params, request_id, tenant_salt))
+            await self._ask(Admit(prompt_token_ids, params, request_id, tenant_salt, resumed))
         except BaseException as exc:
             self._close(request_id, isinstance(exc, asyncio.CancelledError))
             raise
@@ -174,15 +175,18 @@ class AsyncEngine:
         *,
         deadline_s: float,
         tenant_salt: bytes = b"",
+        on_reserved: Callable[[bool], object] = lambda held: None,
     ) -> AsyncIterator[TokenDelta]:
-        """Hold blocks now, land the KV when ``kv`` resolves, then stream deltas. If ``kv``
-        raises, misses ``deadline_s`` or does not fit, the request is prefilled here instead
-        (the fallback, in ``stats().fallbacks``); with no free blocks now, it is just generated."""
+        """Hold blocks now (``on_reserved(held)``), land the KV when ``kv`` resolves, then
+        stream deltas. If ``kv`` raises, misses ``deadline_s`` or does not fit, or no blocks are
+        free now, the request is prefilled here instead (a fallback: ``stats().fallbacks``)."""
         stream = self._streams.open(request_id)
         try:
             reserved = await self._ask(Reserve(prompt_token_ids, params, request_id, tenant_salt))
+            on_reserved(reserved)
             if not reserved:
                 logger.info("request %s: no blocks to reserve, prefilling locally", request_id)
+                self._fallbacks += 1
                 await self._ask(Admit(prompt_token_ids, params, request_id, tenant_salt))
         except BaseException as exc:
             self._close(request_id, isinstance(exc, asyncio.CancelledError))
@@ -289,9 +293,9 @@ class AsyncEngine:
         """Run one command on the engine; its answer, or ``_LATER``."""
         engine = self._engine
         match command:
-            case Admit(prompt, params, request_id, salt):
-                req = engine.add_request(prompt, params, request_id, tenant_salt=salt)
-                self._uncounted[request_id] = req
+            case Admit(prompt, params, rid, salt, resumed):
+                req = engine.add_request(prompt, params, rid, tenant_salt=salt, resumed=resumed)
+                self._uncounted[rid] = req
             case StreamPrefill(prompt, params, request_id, sink, salt):
                 assert reply is not None
                 req = engine.add_request(

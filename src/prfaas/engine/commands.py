@@ -29,6 +29,7 @@ class Admit:
     params: SamplingParams
     request_id: str
     tenant_salt: bytes = b""
+    resumed: list[int] | tuple[()] = ()  # outputs another instance streamed (failover)
 
 
 @dataclass(frozen=True)

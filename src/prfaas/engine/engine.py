@@ -20,6 +20,7 @@ from prfaas.engine.kv_setup import build_kv_cache
 from prfaas.engine.logprobs import TokenLogprobs
 from prfaas.engine.outputs import TokenDelta
 from prfaas.engine.request import Request, RequestStatus
+from prfaas.engine.resume import check_resumable, resume_outputs
 from prfaas.engine.runner import LayerHook, ModelRunner, NamedTensors
 from prfaas.engine.sampling_params import SamplingParams, check_for_model
 from prfaas.engine.sampling_state import SamplingState
@@ -129,11 +130,14 @@ class Engine:
         prefill_only: bool = False,
         tenant_salt: bytes = b"",
         prompt: str | None = None,
+        resumed: list[int] | tuple[()] = (),  # outputs streamed elsewhere (engine/resume.py)
     ) -> Request:
         """Queue a request. Raises ValueError (nothing queued) for input this engine can't serve."""
+        check_resumable(params, resumed, self.vocab_size)
         req = self._new_request(
             prompt_token_ids, params, request_id, prefill_only, tenant_salt, prompt
         )
+        resume_outputs(req, self._live[req.request_id].detok, self._sampling, resumed)
         self.scheduler.add(req)
         return req
 

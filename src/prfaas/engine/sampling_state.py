@@ -57,6 +57,13 @@ class SamplingState:
         if prompt_logprobs is not None and len(prompt_logprobs) == req.num_prompt_tokens:
             self._prompt_logprobs.replace(req.request_id, prompt_logprobs)
 
+    def on_resumed(self, req: Request) -> None:
+        """Advance the request's grammar over outputs another instance produced (failover)."""
+        grammar = self._grammars.get(req.request_id)
+        if grammar is not None:
+            for token_id in req.output_token_ids:
+                grammar.accept(token_id)
+
     def check_integrity(self, live: set[str]) -> None:
         """Nothing kept for a request that has ended."""
         kept = set(self._grammars) | self._prompt_logprobs.request_ids()

@@ -16,6 +16,7 @@ long as the gateway's counts drive the choice. ``release`` undoes both counts, o
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, TypeVar
@@ -103,7 +104,8 @@ class Admission:
 class ClosingEvents(AsyncGenerator[T, None]):
     """An event stream whose ``aclose`` always runs ``cleanup``, even if it was never
     iterated: a plain async generator closed before its first step skips its ``finally``,
-    and a request whose client left that early would keep its slot for ever."""
+    and a request whose client left that early would keep its slot for ever. ``cleanup``
+    may return an awaitable: it is awaited."""
 
     def __init__(self, events: AsyncGenerator[T, None], cleanup: Callable[[], object]):
         self._events = events
@@ -119,4 +121,6 @@ class ClosingEvents(AsyncGenerator[T, None]):
         try:
             await self._events.aclose()
         finally:
-            self._cleanup()
+            done = self._cleanup()
+            if inspect.isawaitable(done):
+                await done

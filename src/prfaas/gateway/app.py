@@ -83,7 +83,11 @@ def create_app(
     app.state.admission = admission
     app.state.tenants = tenants
     app.state.authenticator = auth
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=config.max_body_bytes,
+        body_timeout_s=config.body_timeout_s,
+    )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -206,7 +210,8 @@ def create_app(
         )
         if prepared.stream:
             chunks = choices.chat_chunks if chat else choices.completion_chunks
-            return GenerationStream(choices, chunks(prepared.include_usage))
+            write_timeout_s = config.stream_write_timeout_s
+            return GenerationStream(choices, chunks(prepared.include_usage), write_timeout_s)
         status = 500
         try:
             whole = choices.chat_completion() if chat else choices.completion()

@@ -27,6 +27,11 @@ class GatewayConfig:
     server_secret: bytes = b""
     default_tenant: str = "default"
     max_body_bytes: int = 4 * 2**20
+    # Slow clients cannot hold a slot for ever: the whole body must arrive within
+    # body_timeout_s of the headers (408 after), and one SSE write may wait for a reader that
+    # stopped reading at most stream_write_timeout_s (then the request is aborted).
+    body_timeout_s: float = 30.0
+    stream_write_timeout_s: float = 30.0
     # Admission (``admission.Admission``), the one place these are set:
     max_in_flight: int = 256  # requests admitted at once; beyond: 429 + Retry-After
     max_inflight_per_decode: int = 32  # requests one decode instance holds (waiting + running)
@@ -58,6 +63,8 @@ class GatewayConfig:
             raise ValueError("queue_ttl_s must be positive")
         if self.max_body_bytes <= 0:
             raise ValueError("max_body_bytes must be positive")
+        if self.body_timeout_s <= 0 or self.stream_write_timeout_s <= 0:
+            raise ValueError("body_timeout_s and stream_write_timeout_s must be positive")
 
 
 def direct_kv_target(source_cluster: str, receiver: WorkerInfo) -> KvTarget:

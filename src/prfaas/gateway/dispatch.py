@@ -2,29 +2,30 @@
 
 For every request: derive its salted block hashes, ask the router (PrfaaS rule, cache
 affinity, residency), open the token stream at the chosen decode worker (which reserves
-blocks and waits for KV), and tell the chosen prefill worker to compute the prompt and ship
-its KV to that decode worker over the link between their clusters. If the KV never comes,
-the decode worker prefills locally; the stream still completes.
+blocks and waits for KV, and says first whether it holds them), and, only if it does, tell
+the chosen prefill worker to compute the prompt and ship its KV to that decode worker over
+the link between their clusters. Without a reservation the decode worker prefills the prompt
+itself and no KV crosses the link. If the KV never comes, the decode worker prefills locally;
+the stream still completes. A decode stream lost mid-way resumes at another decode instance
+(``failover.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
-
-import aiohttp
 
 from prfaas.gateway.admission import ClosingEvents
 from prfaas.gateway.backend import GenerationHandle, GenerationRequest, NoWorker
 from prfaas.gateway.cache_pull import CachePull
 from prfaas.gateway.config import BackendSettings
+from prfaas.gateway.decode_stream import Batches, reservation, token_events
+from prfaas.gateway.failover import DecodeFailover
 from prfaas.gateway.fleet import WorkerFleet
-from prfaas.gateway.stall import watched
 from prfaas.gateway.worker_client import WorkerCallError, WorkerClient
 from prfaas.kvcache.hashing import block_hashes, root_hash
 from prfaas.messages import (
@@ -42,9 +43,6 @@ from prfaas.transfer.audit import AuditLog
 
 logger = logging.getLogger(__name__)
 MAX_ROUTE_ATTEMPTS = 3
-# One NDJSON token event from a decode worker, at most: the first one may carry the prompt's
-# logprobs (echo with logprobs), up to ~600 bytes per prompt token.
-MAX_EVENT_BYTES = 1 << 26
 # The prefill call answers right after its KV is acknowledged; the stream's last event waits
 # at most this long for it (usage's cached_tokens comes from it).
 PREFILL_RESULT_WAIT_S = 2.0
@@ -72,6 +70,7 @@ class ClusterBackend:
         self.audit = audit
         self.workers = WorkerClient(settings.cluster_token, settings.worker_tls, fleet.cluster_at)
         self.cache_pull = CachePull(fleet, self.workers, settings, audit, on_pull)
+        self.failover = DecodeFailover(fleet, self.workers, settings)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def num_decode(self) -> int:
@@ -129,42 +128,35 @@ class ClusterBackend:
             decision = self.route(req, hashes)
             prefill = self.fleet.workers[decision.prefill_instance]
             decode = self.fleet.workers[decision.decode_instance]
-            response = await self._open_decode(req, decode.info.name, decode.info.http_url)
-            if response is not None:
+            opened = await self._open_decode(req, decode.info.name, decode.info.http_url)
+            if opened is not None:
                 break
             decode.draining = True
         else:
             raise NoWorker("every decode worker is switching roles")
-        return self._start(req, decision, prefill.info, decode.info, response)
+        return self._start(req, decision, prefill.info, decode.info, opened)
 
     async def submit_on(
         self, req: GenerationRequest, prefill_name: str, decode_name: str
     ) -> GenerationHandle:
-        """Run ``req`` on one path, past the router (the canary's probe): ``prefill_name``
-        ships its KV to ``decode_name``; when they are one instance it prefills itself."""
+        """Run ``req`` on one path, past the router and without failover (the canary's
+        probe): ``prefill_name`` ships its KV to ``decode_name``; when they are one instance
+        it prefills itself."""
         prefill, decode = self.fleet.workers.get(prefill_name), self.fleet.workers.get(decode_name)
         if prefill is None or decode is None:
             raise NoWorker(f"no worker {prefill_name if prefill is None else decode_name}")
         local = prefill_name == decode_name
-        response = await self._open_decode(req, decode_name, decode.info.http_url, not local)
-        if response is None:
+        opened = await self._open_decode(req, decode_name, decode.info.http_url, not local)
+        if opened is None:
             raise NoWorker(f"decode worker {decode_name} is switching roles")
-        if local:
-
-            def engine_hit(cached_tokens: int) -> None:
-                handle.cached_tokens = cached_tokens
-
-            ended = asyncio.Event()
-            ended.set()  # no prefill call to wait for
-            events = self._events(response, decode_name, engine_hit, ended)
-            handle = GenerationHandle(f"local decode={decode_name}", 0, events, decode_name)
-            return handle
         path: Path = "pd-p" if prefill.info.cluster == decode.info.cluster else "prfaas"
         n = len(req.prompt_token_ids)
         decision = RouteDecision(
             req.request_id, path, prefill.info.cluster, prefill_name, decode_name, 0, n
         )
-        return self._start(req, decision, prefill.info, decode.info, response)
+        if local:  # nothing to ship: as if no blocks were held for KV
+            opened = (False, *opened[1:])
+        return self._start(req, decision, prefill.info, decode.info, opened, failover=False)
 
     def _start(
         self,
@@ -172,9 +164,12 @@ class ClusterBackend:
         decision: RouteDecision,
         prefill: WorkerInfo,
         decode: WorkerInfo,
-        response: aiohttp.ClientResponse,
+        opened: tuple[bool, list[TokenEvent], Batches],
+        failover: bool = True,
     ) -> GenerationHandle:
-        """The decode stream is open at ``decode``: start the prefill that feeds it."""
+        """The decode stream is open at ``decode``: start the prefill that feeds it, if the
+        decode worker holds blocks for its KV."""
+        reserved, first, stream = opened
         cmd = PrefillCommand(
             request_id=req.request_id,
             prompt_token_ids=req.prompt_token_ids,
@@ -197,16 +192,22 @@ class ClusterBackend:
             handle.cached_tokens = cached_tokens
 
         ended = asyncio.Event()
-        events = self._events(response, decode.name, engine_hit, ended)
+        events = self._events(req, decode.name, first, stream, engine_hit, ended, failover)
         handle = GenerationHandle(route, 0, events, decode.name)
+        if not reserved:  # the decode worker prefills it: the KV would cross for nothing
+            logger.info("%s: %s holds no blocks; no remote prefill", req.request_id, route)
+            self.router.prefill_finished(req.request_id)
+            ended.set()
+            return handle
         self._spawn(self._prefill(prefill, decode, cmd, decision, req.tenant, engine_hit, ended))
         return handle
 
     async def _open_decode(
         self, req: GenerationRequest, name: str, url: str, expect_kv: bool = True
-    ) -> aiohttp.ClientResponse | None:
-        """Open the token stream at a decode worker (it reserves blocks and waits for KV);
-        None if the worker is draining."""
+    ) -> tuple[bool, list[TokenEvent], Batches] | None:
+        """Open the token stream at a decode worker (with ``expect_kv`` it reserves blocks
+        and waits for KV): whether it holds blocks, the events read with that answer, and the
+        stream; None if the worker is draining."""
         cmd = DecodeCommand(
             request_id=req.request_id,
             prompt_token_ids=req.prompt_token_ids,
@@ -224,66 +225,54 @@ class ClusterBackend:
             if response.status == 409:
                 return None
             raise NoWorker(f"decode worker {name} answered {response.status}")
-        return response
+        batches = token_events(
+            response, name, self.settings.stream_stall_s, self.failover.healthy(name)
+        )
+        if not expect_kv:
+            return False, [], batches
+        try:
+            reserved, rest = await reservation(batches, name)
+        except BaseException as e:
+            await batches.aclose()
+            if isinstance(e, ConnectionError | ValueError):
+                raise NoWorker(f"decode worker {name}: {e}") from e
+            raise
+        return reserved, rest, batches
 
     def _events(
         self,
-        response: aiohttp.ClientResponse,
-        decode_name: str,
+        req: GenerationRequest,
+        name: str,
+        first: list[TokenEvent],
+        stream: Batches,
         engine_hit: Callable[[int], None],
         prefill_ended: asyncio.Event,
-    ) -> AsyncIterator[TokenEvent]:
-        """The decode stream's events. However it ends, even never started, the response is
-        released (idempotent: back to the pool if read to its end, else closed)."""
-        deltas = self._deltas(response, decode_name, engine_hit, prefill_ended)
-        return ClosingEvents(deltas, response.release)
+        failover: bool = True,
+    ) -> AsyncGenerator[TokenEvent, None]:
+        """The request's events (``first``, then ``stream``'s, resumed elsewhere if the
+        stream is lost and ``failover``). However they end, even never iterated, the response
+        is released: closed before its first step, a generator skips its finally, so the
+        started ``stream`` is closed directly (idempotent)."""
+        batches = _chain(first, stream)
+        if failover:
+            batches = self.failover.resumable(req, name, batches)
+        return ClosingEvents(self._deltas(batches, engine_hit, prefill_ended), stream.aclose)
 
     async def _deltas(
-        self,
-        response: aiohttp.ClientResponse,
-        decode_name: str,
-        engine_hit: Callable[[int], None],
-        prefill_ended: asyncio.Event,
+        self, batches: Batches, engine_hit: Callable[[int], None], prefill_ended: asyncio.Event
     ) -> AsyncGenerator[TokenEvent, None]:
-        alive = functools.partial(self.fleet.healthy, decode_name)
-        stall_s = self.settings.stream_stall_s
-        chunks = watched(response.content.iter_any(), decode_name, stall_s, alive)
-        try:
-            buffer, finished = b"", False
-            while True:
-                chunk = await anext(chunks, None)
-                if chunk is None:  # the body ended: a last line may lack its newline
-                    lines, buffer = [buffer], b""
-                else:
-                    buffer += chunk
-                    if len(buffer) > MAX_EVENT_BYTES:
-                        raise ValueError(f"decode worker {decode_name} sent an oversized event")
-                    *lines, buffer = buffer.split(b"\n")
-                merged: TokenEvent | None = None
-                for line in lines:
-                    if not line or finished:
-                        # After the last event the worker ends the body; reading to its end
-                        # (not closing early) keeps the connection alive for the next request.
-                        continue
-                    event = TokenEvent.decode(line)
-                    if event.error is not None:
-                        raise ValueError(event.error)
-                    if event.cached_tokens:  # the decode instance prefilled the prompt itself
-                        engine_hit(event.cached_tokens)
-                    finished = event.finished
-                    merged = _merge(merged, event)
-                if merged is not None:
-                    if merged.finished and not prefill_ended.is_set():
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(prefill_ended.wait(), PREFILL_RESULT_WAIT_S)
-                    yield merged
-                if chunk is None:
-                    break
-            if not finished:
-                raise ConnectionError(f"decode worker {decode_name} closed the stream early")
-        finally:
-            await chunks.aclose()  # its watch timer stops
-            response.release()
+        """One merged event per chunk read; the last waits (bounded) for the prefill's end."""
+        async for batch in batches:
+            merged: TokenEvent | None = None
+            for event in batch:
+                if event.cached_tokens:  # the decode instance prefilled the prompt itself
+                    engine_hit(event.cached_tokens)
+                merged = _merge(merged, event)
+            if merged is not None:
+                if merged.finished and not prefill_ended.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(prefill_ended.wait(), PREFILL_RESULT_WAIT_S)
+                yield merged
 
     async def _prefill(
         self,
@@ -330,6 +319,17 @@ class ClusterBackend:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+async def _chain(first: list[TokenEvent], batches: Batches) -> Batches:
+    """``first`` (if any events), then ``batches``; closing it closes ``batches``."""
+    try:
+        if first:
+            yield first
+        async for batch in batches:
+            yield batch
+    finally:
+        await batches.aclose()
 
 
 def _merge(merged: TokenEvent | None, event: TokenEvent) -> TokenEvent:

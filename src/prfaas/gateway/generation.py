@@ -4,13 +4,14 @@ sequences (``n`` per prompt) into OpenAI bodies and SSE chunks."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from prfaas.api import sse
 from prfaas.api.protocol import ErrorInfo, ErrorResponse, PromptTokensDetails, Usage
@@ -146,11 +147,20 @@ class Closable(Protocol):
     async def close(self, status: int) -> None: ...
 
 
-class GenerationStream(StreamingResponse):
-    """An SSE response that closes its generation(s) however the connection ends."""
+class SlowReader(Exception):
+    """The client stopped reading its stream: a write waited past its deadline."""
 
-    def __init__(self, generation: Closable, chunks: AsyncIterator[bytes]) -> None:
+
+class GenerationStream(StreamingResponse):
+    """An SSE response that closes its generation(s) however the connection ends. Each write
+    waits at most ``write_timeout_s`` for the client to read (the transport buffers a
+    bounded amount); past it the request is aborted, its slots and blocks given back."""
+
+    def __init__(
+        self, generation: Closable, chunks: AsyncIterator[bytes], write_timeout_s: float
+    ) -> None:
         self.generation = generation
+        self.write_timeout_s = write_timeout_s
         super().__init__(
             self._until_failure(chunks),
             media_type="text/event-stream",
@@ -158,8 +168,21 @@ class GenerationStream(StreamingResponse):
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_within(message: Message) -> None:
+            try:
+                await asyncio.wait_for(send(message), self.write_timeout_s)
+            except TimeoutError:
+                raise SlowReader from None
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, send_within)
+        except SlowReader:
+            logger.warning(
+                "request %s aborted: its client read nothing for %g s",
+                self.generation.request_id,
+                self.write_timeout_s,
+            )
+            self.generation.failed = True
         finally:
             await self.generation.close(500 if self.generation.failed else 200)
 

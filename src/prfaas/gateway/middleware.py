@@ -1,10 +1,13 @@
 """ASGI middleware: a bounded request body, and the ``x-prfaas-route`` header on every response.
 
 The body is read here, up to ``max_body_bytes`` (413 beyond, whatever Content-Length
-claims), and replayed to the app, so no handler ever buffers an unbounded body.
+claims) and within ``body_timeout_s`` of the headers (408 after: a slow-loris trickle holds
+nothing for longer), and replayed to the app, so no handler ever buffers an unbounded body.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -14,9 +17,10 @@ ROUTE_HEADER = "x-prfaas-route"
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, body_timeout_s: float) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -24,7 +28,11 @@ class BodyLimitMiddleware:
             return
         send = _with_route_header(send)
         try:
-            body = await self._read_body(scope, receive)
+            body = await asyncio.wait_for(self._read_body(scope, receive), self.body_timeout_s)
+        except TimeoutError:
+            message = f"the request body did not arrive within {self.body_timeout_s:g} s"
+            await APIError(408, message).response()(scope, receive, send)
+            return
         except APIError as exc:
             await exc.response()(scope, receive, send)
             return

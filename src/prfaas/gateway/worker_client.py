@@ -11,6 +11,7 @@ fleet knows, and only if the worker's certificate names the cluster it registere
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Callable
 
@@ -78,11 +79,14 @@ class WorkerClient:
             return PrefillResult(request_id=cmd.request_id, ok=False, error=f"HTTP {status}")
         return PrefillResult.decode(body)
 
-    async def open_stream(self, url: str, body: bytes) -> aiohttp.ClientResponse:
+    async def open_stream(
+        self, url: str, body: bytes, timeout_s: float = 10.0
+    ) -> aiohttp.ClientResponse:
         """POST and return the response with its body unread (the caller streams it and
-        must ``release()`` it)."""
+        must ``release()`` it); WorkerCallError if its headers take over ``timeout_s``."""
         try:
-            return await self.session.post(url, data=body, server_hostname=self._expect(url))
+            post = self.session.post(url, data=body, server_hostname=self._expect(url))
+            return await asyncio.wait_for(post, timeout_s)
         except (aiohttp.ClientError, TimeoutError) as e:
             raise WorkerCallError(str(e) or type(e).__name__) from e
 

@@ -8,7 +8,8 @@ paced by one token bucket per direction shared by all connections (the link's ca
 pipe holds at most ``queue_bytes``, so the sender sees backpressure as on a real path.
 Scripted events, timed from the first accepted connection: stalls (nothing moves) and cuts
 (every open connection is shut in both directions); ``cut_after_bytes`` cuts once after that
-many bytes went towards the target.
+many bytes went towards the target. A blackhole (``blackhole(True)`` until ``False``) is a
+stall without an end: connections are still accepted, nothing is forwarded.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import math
 import random
 import socket
 import threading
@@ -180,6 +182,12 @@ class LinkEmulator:
     def stall(self, duration_s: float) -> None:
         with self._lock:
             self._stalled_until_s = max(self._stalled_until_s, time.monotonic() + duration_s)
+
+    def blackhole(self, on: bool) -> None:
+        """Forward nothing from now until ``blackhole(False)`` (which ends any stall)."""
+        with self._lock:
+            self._stalled_until_s = math.inf if on else 0.0
+        logger.info("link emulator: blackhole %s", "on" if on else "off")
 
     def wait_while_stalled(self) -> None:
         while (left_s := self._stalled_until_s - time.monotonic()) > 0:

@@ -19,7 +19,10 @@ Contract (every implementation):
 - ``decode`` streams the request's ``TokenEvent``s, the last one ``finished``. With
   ``expect_kv`` it holds room for the prompt's KV, lands it when it comes (only KV computed
   for this exact prompt, model and tenant), and otherwise prefills here (the fallback):
-  the request completes either way. The first event's ``cached_tokens`` is the prompt
+  the request completes either way. Its first event, before the KV is awaited, says
+  whether room is held (``reserved``; False: it prefills here at once and the gateway ships
+  no KV). With ``resume_token_ids`` it prefills prompt + those tokens and goes on from them
+  as if it had sampled them (decode failover). The first event's ``cached_tokens`` is the prompt
   tokens this engine did not compute itself when it prefilled (0 when the KV landed from
   elsewhere). Input the engine refuses raises ``ValueError`` before any event. A consumer
   that stops iterating aborts the request and frees its blocks.

@@ -1,0 +1,113 @@
+"""Decode failover: a decode stream whose worker stalls, dies or hangs up mid-stream goes on
+at another healthy decode instance of the tenant's clusters, which prefills the prompt and
+the tokens already streamed (``DecodeCommand.resume_token_ids``) and continues from there.
+The client's stream never learns of it; a greedy request streams exactly the tokens of an
+uninterrupted run. With no instance to go to, the original error ends the stream.
+
+Not failed over: an error event (the worker refused the request: another would too) and
+an oversized event.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+
+import aiohttp
+
+from prfaas.gateway.backend import GenerationRequest
+from prfaas.gateway.config import BackendSettings
+from prfaas.gateway.decode_stream import Batches, token_events
+from prfaas.gateway.fleet import WorkerFleet
+from prfaas.gateway.worker_client import WorkerCallError, WorkerClient
+from prfaas.messages import DecodeCommand
+
+logger = logging.getLogger(__name__)
+MAX_FAILOVERS = 2  # per request
+
+
+class DecodeFailover:
+    def __init__(
+        self, fleet: WorkerFleet, workers: WorkerClient, settings: BackendSettings
+    ) -> None:
+        self.fleet = fleet
+        self.workers = workers
+        self.settings = settings
+
+    def healthy(self, name: str) -> Callable[[], bool]:
+        return functools.partial(self.fleet.healthy, name)
+
+    async def resumable(self, req: GenerationRequest, name: str, batches: Batches) -> Batches:
+        """``batches`` of the stream at ``name``; on a failure, the same request's next
+        events from another instance (at most ``MAX_FAILOVERS`` times)."""
+        streamed: list[int] = []
+        tried, finished = {name}, False
+        try:
+            for failovers in range(MAX_FAILOVERS + 1):
+                try:
+                    async for batch in batches:
+                        for event in batch:
+                            streamed += event.token_ids
+                            finished = event.finished
+                        yield batch
+                    return
+                except (ConnectionError, aiohttp.ClientError) as exc:  # stalls included
+                    await batches.aclose()
+                    if finished:  # lost after its last event: nothing is missing
+                        return
+                    resumed = None
+                    if failovers < MAX_FAILOVERS:
+                        resumed = await self._resume(req, streamed, tried)
+                    if resumed is None:
+                        raise
+                    logger.warning(
+                        "request %s: %s; resumed at %s after %d tokens",
+                        req.request_id,
+                        exc,
+                        resumed[0],
+                        len(streamed),
+                    )
+                    batches = resumed[1]
+        finally:
+            await batches.aclose()
+
+    async def _resume(
+        self, req: GenerationRequest, streamed: list[int], tried: set[str]
+    ) -> tuple[str, Batches] | None:
+        """Open the request's stream at the least loaded healthy decode instance not tried."""
+        allowed = self.settings.residency.get(req.tenant)
+        cmd = DecodeCommand(
+            request_id=req.request_id,
+            prompt_token_ids=req.prompt_token_ids,
+            # Prompt logprobs came with the first token, already streamed.
+            params=req.params.model_copy(update={"prompt_logprobs": None}),
+            tenant_salt_hex=req.tenant_salt.hex(),
+            expect_kv=False,
+            deadline_s=self.settings.kv_deadline_s,
+            resume_token_ids=streamed,
+        )
+        while True:
+            candidates = [
+                v
+                for v in self.fleet.instances()
+                if v.role == "decode"
+                and v.healthy
+                and v.name not in tried
+                and (allowed is None or v.cluster in allowed)
+            ]
+            if not candidates:
+                return None
+            name = min(candidates, key=lambda v: v.load).name
+            tried.add(name)
+            url = self.fleet.workers[name].info.http_url + "/decode"
+            try:
+                response = await self.workers.open_stream(url, cmd.encode())
+            except WorkerCallError as e:
+                logger.warning("request %s: cannot resume at %s: %s", req.request_id, name, e)
+                continue
+            if response.status != 200:
+                response.release()
+                continue
+            stall_s = self.settings.stream_stall_s
+            return name, token_events(response, name, stall_s, self.healthy(name))
