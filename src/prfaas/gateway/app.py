@@ -1,7 +1,7 @@
 """The OpenAI-compatible HTTP front door, as an app factory over a ``Backend``.
 
 Per request: authenticate (API key → tenant, salt derived here), parse and validate the body,
-tokenize, take it from the tenant's rate limits (``tenant_gate``, else 429), admit
+tokenize, take it from the tenant's rate limits (``tenancy.gate``, else 429), admit
 (``admission``: bounded in-flight counts, else 429), submit to the backend,
 and answer as a whole body or as SSE. Bad input is a 4xx in the OpenAI error format, never a 500.
 """
@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from prfaas.api.choices import Choices
 from prfaas.api.errors import APIError
 from prfaas.api.prepare import (
     Prepared,
@@ -41,13 +42,13 @@ from prfaas.api.render import Renderer
 from prfaas.gateway.admission import Admission
 from prfaas.gateway.auth import Authenticator, Tenant
 from prfaas.gateway.backend import Backend, GenerationRequest, NoWorker, Overloaded
-from prfaas.gateway.choices import Choices
 from prfaas.gateway.config import GatewayConfig
 from prfaas.gateway.generation import Generation, GenerationStream, IncompleteStreamError
-from prfaas.gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from prfaas.gateway.metrics import CONTENT_TYPE, GatewayMetrics, route_kind
 from prfaas.gateway.middleware import ROUTE_HEADER, BodyLimitMiddleware
-from prfaas.gateway.tenant_gate import TenantGate
 from prfaas.messages import SamplingSpec
+from prfaas.tenancy.gate import TenantGate
+from prfaas.tenancy.limits import RateLimited
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,8 @@ def create_app(
     auth = Authenticator(config.api_keys, config.server_secret, config.default_tenant)
     admission = Admission(config, backend.num_decode)
     metrics.in_flight.set_function(lambda: admission.in_flight)
-    tenants = TenantGate(config, metrics)  # rate limits and usage per tenant
+    # Rate limits and usage per tenant.
+    tenants = TenantGate(config.tenant_limits, config.usage_log, metrics.registry)
 
     app = FastAPI(
         title="prfaas", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
@@ -129,7 +131,7 @@ def create_app(
             reserved = tenants.admit(
                 tenant.name, request_id, backend.model_name, prompt_len, max_tokens
             )
-        except (Overloaded, ValueError) as exc:
+        except (RateLimited, ValueError) as exc:
             raise _refused(exc) from None
         try:
             await admission.acquire()
@@ -153,7 +155,15 @@ def create_app(
 
         def release() -> None:
             admission.release(request_id)
-            tenants.finish(reserved, request_id, gen.usage(), gen.route)
+            usage = gen.usage()
+            tenants.finish(
+                reserved,
+                request_id,
+                prompt_tokens=usage.prompt_tokens,
+                cached_tokens=usage.prompt_tokens_details.cached_tokens,
+                completion_tokens=usage.completion_tokens,
+                remote=route_kind(gen.route) == "prfaas",
+            )
 
         gen = Generation(
             handle,
@@ -284,9 +294,9 @@ async def _answer(metrics: GatewayMetrics, work: Awaitable[Response]) -> Respons
 
 
 def _refused(exc: Exception) -> APIError:
-    """Admission's or the backend's refusal as the client sees it: ``Overloaded`` is 429 +
-    Retry-After, ``NoWorker`` 503, bad input (``ValueError``) 400."""
-    if isinstance(exc, Overloaded):
+    """A refusal as the client sees it: ``Overloaded`` (admission) and ``RateLimited`` (the
+    tenant's limits) are 429 + Retry-After, ``NoWorker`` 503, bad input (``ValueError``) 400."""
+    if isinstance(exc, Overloaded | RateLimited):
         retry = str(max(1, math.ceil(exc.retry_after_s)))
         return APIError(429, str(exc), code="rate_limit_exceeded", headers={"Retry-After": retry})
     if isinstance(exc, NoWorker):

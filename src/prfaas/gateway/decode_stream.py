@@ -14,7 +14,8 @@ from collections.abc import AsyncGenerator, Callable
 import aiohttp
 
 from prfaas.gateway.stall import watched
-from prfaas.messages import TokenEvent
+from prfaas.gateway.worker_client import WorkerClient
+from prfaas.messages import DecodeCommand, TokenEvent
 
 # One NDJSON token event from a decode worker, at most: the first one may carry the prompt's
 # logprobs (echo with logprobs), up to ~600 bytes per prompt token.
@@ -65,3 +66,16 @@ async def reservation(batches: Batches, name: str) -> tuple[bool, list[TokenEven
     if first.reserved is None:
         raise ConnectionError(f"decode worker {name} did not report its reservation")
     return first.reserved, rest
+
+
+async def open_decode(
+    workers: WorkerClient, name: str, url: str, cmd: DecodeCommand, stall_s: float,
+    healthy: Callable[[], bool],
+) -> Batches | int:  # fmt: skip
+    """``cmd``'s token stream at the decode worker ``name`` (``url``), or the HTTP status it
+    answered instead; ``WorkerCallError`` if it cannot be reached in time."""
+    response = await workers.open_stream(url + "/decode", cmd.encode())
+    if response.status != 200:
+        response.release()
+        return response.status
+    return token_events(response, name, stall_s, healthy)

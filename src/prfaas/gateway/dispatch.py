@@ -23,7 +23,7 @@ from prfaas.gateway.admission import ClosingEvents
 from prfaas.gateway.backend import GenerationHandle, GenerationRequest, NoWorker
 from prfaas.gateway.cache_pull import CachePull
 from prfaas.gateway.config import BackendSettings
-from prfaas.gateway.decode_stream import Batches, reservation, token_events
+from prfaas.gateway.decode_stream import Batches, open_decode, reservation
 from prfaas.gateway.failover import DecodeFailover
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.gateway.worker_client import WorkerCallError, WorkerClient
@@ -216,18 +216,15 @@ class ClusterBackend:
             expect_kv=expect_kv,
             deadline_s=self.settings.kv_deadline_s,
         )
+        stall_s, healthy = self.settings.stream_stall_s, self.failover.healthy(name)
         try:
-            response = await self.workers.open_stream(url + "/decode", cmd.encode())
+            batches = await open_decode(self.workers, name, url, cmd, stall_s, healthy)
         except WorkerCallError as e:
             raise NoWorker(f"decode worker {name} unreachable: {e}") from e
-        if response.status != 200:
-            response.release()
-            if response.status == 409:
+        if isinstance(batches, int):
+            if batches == 409:
                 return None
-            raise NoWorker(f"decode worker {name} answered {response.status}")
-        batches = token_events(
-            response, name, self.settings.stream_stall_s, self.failover.healthy(name)
-        )
+            raise NoWorker(f"decode worker {name} answered {batches}")
         if not expect_kv:
             return False, [], batches
         try:

@@ -18,7 +18,7 @@ import aiohttp
 
 from prfaas.gateway.backend import GenerationRequest
 from prfaas.gateway.config import BackendSettings
-from prfaas.gateway.decode_stream import Batches, token_events
+from prfaas.gateway.decode_stream import Batches, open_decode
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.gateway.worker_client import WorkerCallError, WorkerClient
 from prfaas.messages import DecodeCommand
@@ -100,14 +100,14 @@ class DecodeFailover:
                 return None
             name = min(candidates, key=lambda v: v.load).name
             tried.add(name)
-            url = self.fleet.workers[name].info.http_url + "/decode"
+            url = self.fleet.workers[name].info.http_url
+            stall_s = self.settings.stream_stall_s
             try:
-                response = await self.workers.open_stream(url, cmd.encode())
+                opened = await open_decode(
+                    self.workers, name, url, cmd, stall_s, self.healthy(name)
+                )
             except WorkerCallError as e:
                 logger.warning("request %s: cannot resume at %s: %s", req.request_id, name, e)
                 continue
-            if response.status != 200:
-                response.release()
-                continue
-            stall_s = self.settings.stream_stall_s
-            return name, token_events(response, name, stall_s, self.healthy(name))
+            if not isinstance(opened, int):
+                return name, opened

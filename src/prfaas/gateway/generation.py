@@ -8,12 +8,12 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Protocol
 
 from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from prfaas.api import sse
+from prfaas.api.choices import Choices
 from prfaas.api.protocol import ErrorInfo, ErrorResponse, PromptTokensDetails, Usage
 from prfaas.api.render import Output
 from prfaas.gateway.backend import GenerationHandle, aclose
@@ -136,17 +136,6 @@ class Generation:
             m.tpot_s.labels(route).observe(tpot)
 
 
-class Closable(Protocol):
-    failed: bool
-
-    @property
-    def request_id(self) -> str: ...
-    @property
-    def route(self) -> str: ...
-
-    async def close(self, status: int) -> None: ...
-
-
 class SlowReader(Exception):
     """The client stopped reading its stream: a write waited past its deadline."""
 
@@ -157,7 +146,7 @@ class GenerationStream(StreamingResponse):
     bounded amount); past it the request is aborted, its slots and blocks given back."""
 
     def __init__(
-        self, generation: Closable, chunks: AsyncIterator[bytes], write_timeout_s: float
+        self, generation: Choices, chunks: AsyncIterator[bytes], write_timeout_s: float
     ) -> None:
         self.generation = generation
         self.write_timeout_s = write_timeout_s

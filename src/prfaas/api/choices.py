@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
 
 from prfaas.api import sse
 from prfaas.api.protocol import (
@@ -21,13 +22,24 @@ from prfaas.api.protocol import (
     Usage,
 )
 from prfaas.api.render import Output, Renderer
-from prfaas.gateway.generation import Generation
 from prfaas.messages import TokenEvent
+
+
+class SequenceRun(Protocol):
+    """One generated sequence as the gateway runs it (``gateway.generation.Generation``)."""
+
+    @property
+    def route(self) -> str: ...
+
+    def usage(self) -> Usage: ...  # its share of the request's usage
+    def deltas(self) -> AsyncIterator[TokenEvent]: ...  # its events, the last finished
+    async def collect(self) -> Output: ...
+    async def close(self, status: int) -> None: ...
 
 
 class Choices:
     def __init__(
-        self, gens: list[Generation], renderer: Renderer, request_id: str, model: str
+        self, gens: Sequence[SequenceRun], renderer: Renderer, request_id: str, model: str
     ) -> None:
         self.gens = gens
         self.renderer = renderer
@@ -138,7 +150,7 @@ class Choices:
             return
         queue: asyncio.Queue[tuple[int, TokenEvent | BaseException | None]] = asyncio.Queue()
 
-        async def pump(i: int, gen: Generation) -> None:
+        async def pump(i: int, gen: SequenceRun) -> None:
             try:
                 async for delta in gen.deltas():
                     queue.put_nowait((i, delta))
