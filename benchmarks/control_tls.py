@@ -24,7 +24,7 @@ from tests.worker.test_app_seam import StandIn
 
 from prfaas.config import EngineConfig
 from prfaas.control_plane import GATEWAY, ControlTls
-from prfaas.gateway.worker_client import WorkerClient
+from prfaas.dispatch.worker_client import WorkerClient
 from prfaas.messages import KvFailed
 from prfaas.transfer.tls import write_certs
 from prfaas.worker import Worker, WorkerConfig, create_worker_app

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from prfaas.gateway.stall import WorkerStalled, watched
+from prfaas.dispatch.stall import WorkerStalled, watched
 from tests.fakes.cluster import FakeCluster, fake_cluster
 from tests.gateway.test_dispatch import SHORT, complete, fleet, wait_until
 

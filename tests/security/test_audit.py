@@ -11,8 +11,8 @@ from pathlib import Path
 import openai
 
 from prfaas.deploy.launcher import free_port
-from prfaas.gateway.config import BackendSettings
-from prfaas.gateway.dispatch import ClusterBackend
+from prfaas.dispatch.cluster import ClusterBackend
+from prfaas.dispatch.config import BackendSettings
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.messages import KvTarget, PrefillCommand, SamplingSpec, WorkerInfo
 from prfaas.router.kv_index import KvIndex

@@ -23,7 +23,7 @@ from prfaas.config import CLUSTER_TOKEN_ENV, EngineConfig
 from prfaas.control_plane import GATEWAY, ControlTls
 from prfaas.deploy.config import DeployConfig
 from prfaas.deploy.serve import Deployment, build_deployment
-from prfaas.gateway.worker_client import WorkerCallError, WorkerClient
+from prfaas.dispatch.worker_client import WorkerCallError, WorkerClient
 from prfaas.messages import TOKEN_HEADER, DecodeCommand, KvFailed, SamplingSpec, WorkerCheck
 from prfaas.router.kv_index import KvIndex
 from prfaas.transfer.tls import TlsConfig, write_certs

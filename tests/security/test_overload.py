@@ -16,10 +16,10 @@ import httpx
 import pytest
 from aiohttp import web
 
+from prfaas.dispatch.cluster import ClusterBackend
+from prfaas.dispatch.config import BackendSettings, GatewayConfig
 from prfaas.gateway.admission import Admission
 from prfaas.gateway.backend import GenerationRequest, NoWorker, Overloaded, aclose
-from prfaas.gateway.config import BackendSettings, GatewayConfig
-from prfaas.gateway.dispatch import ClusterBackend
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.messages import SamplingSpec, TokenEvent, WorkerInfo
 from prfaas.router.kv_index import KvIndex

@@ -14,10 +14,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from prfaas.config import EngineConfig
+from prfaas.dispatch.cluster import ClusterBackend
+from prfaas.dispatch.config import BackendSettings
 from prfaas.engine.sampling_params import SamplingParams
 from prfaas.gateway.backend import GenerationRequest
-from prfaas.gateway.config import BackendSettings
-from prfaas.gateway.dispatch import ClusterBackend
 from prfaas.gateway.fleet import FingerprintConflictError, WorkerFleet
 from prfaas.kvcache.hashing import block_hashes, root_hash
 from prfaas.messages import KvTarget, PrefillCommand

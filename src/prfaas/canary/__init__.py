@@ -5,4 +5,4 @@ its codec's bound, or whose decode side recomputed the prompt it was sent ("fake
 disaggregation"), is reported and, with quarantine on, routed around until it passes again.
 
 Decision code only (no torch, no HTTP): the gateway supplies the probe that runs a prompt on
-one path (``gateway/dispatch.py``) and serves the board (``deploy/``)."""
+one path (``dispatch/cluster.py``) and serves the board (``deploy/``)."""

@@ -16,8 +16,8 @@ from prfaas.canary.config import CanaryConfig
 from prfaas.canary.paths import CanaryPath, enumerate_paths
 from prfaas.canary.runner import Canary, Probe
 from prfaas.canary.verdict import PathOutput
+from prfaas.dispatch.cluster import ClusterBackend
 from prfaas.gateway.backend import GenerationRequest, aclose
-from prfaas.gateway.dispatch import ClusterBackend
 from prfaas.gateway.metrics import GatewayMetrics
 from prfaas.messages import TOKEN_HEADER, SamplingSpec, WorkerInfo
 

@@ -39,8 +39,8 @@ from prfaas.deploy.profiling import (
 from prfaas.deploy.readiness import not_ready_reason
 from prfaas.deploy.roles import add_role_route, add_status_route, switch_role
 from prfaas.deploy.ttft_estimate import placeholder_choice
-from prfaas.gateway.config import BackendSettings
-from prfaas.gateway.dispatch import ClusterBackend
+from prfaas.dispatch.cluster import ClusterBackend
+from prfaas.dispatch.config import BackendSettings
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.gateway.internal import add_internal_routes
 from prfaas.gateway.metrics import GatewayMetrics

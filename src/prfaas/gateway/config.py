@@ -1,16 +1,13 @@
-"""The gateway's frozen configurations: the front door's, validated on construction, and the
-cluster backend's."""
+"""The front door's frozen configuration, validated on construction."""
 
 from __future__ import annotations
 
 import os
-import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from prfaas.messages import KvTarget, WorkerInfo
 from prfaas.tenancy.limits import TenantLimits
 
 
@@ -65,24 +62,3 @@ class GatewayConfig:
             raise ValueError("max_body_bytes must be positive")
         if self.body_timeout_s <= 0 or self.stream_write_timeout_s <= 0:
             raise ValueError("body_timeout_s and stream_write_timeout_s must be positive")
-
-
-def direct_kv_target(source_cluster: str, receiver: WorkerInfo) -> KvTarget:
-    """KV straight to ``receiver``'s KV receiver, no TLS, whatever the source cluster."""
-    return KvTarget(host=receiver.kv_host, port=receiver.kv_port, server_name=receiver.cluster)
-
-
-@dataclass(frozen=True)
-class BackendSettings:
-    model_name: str
-    cluster_token: str
-    kv_deadline_s: float = 30.0
-    # A decode stream that sends nothing this long ends with an error (its worker's missed
-    # heartbeats end it sooner); above kv_deadline_s plus a local prefill.
-    stream_stall_s: float = 120.0
-    # Where KV from a source cluster reaches a decode worker's receiver (the deployment's
-    # link routes); by default straight to it.
-    kv_target: Callable[[str, WorkerInfo], KvTarget] = direct_kv_target
-    residency: dict[str, frozenset[str]] = field(default_factory=dict)  # tenant -> clusters
-    # The gateway's client context for worker calls (mutual TLS); None: plain HTTP.
-    worker_tls: ssl.SSLContext | None = None

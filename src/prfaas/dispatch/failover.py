@@ -16,11 +16,11 @@ from collections.abc import Callable
 
 import aiohttp
 
+from prfaas.dispatch.config import BackendSettings
+from prfaas.dispatch.decode_stream import Batches, open_decode
+from prfaas.dispatch.worker_client import WorkerCallError, WorkerClient
 from prfaas.gateway.backend import GenerationRequest
-from prfaas.gateway.config import BackendSettings
-from prfaas.gateway.decode_stream import Batches, open_decode
 from prfaas.gateway.fleet import WorkerFleet
-from prfaas.gateway.worker_client import WorkerCallError, WorkerClient
 from prfaas.messages import DecodeCommand
 
 logger = logging.getLogger(__name__)

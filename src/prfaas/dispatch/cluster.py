@@ -19,14 +19,14 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
+from prfaas.dispatch.cache_pull import CachePull
+from prfaas.dispatch.config import BackendSettings
+from prfaas.dispatch.decode_stream import Batches, open_decode, reservation
+from prfaas.dispatch.failover import DecodeFailover
+from prfaas.dispatch.worker_client import WorkerCallError, WorkerClient
 from prfaas.gateway.admission import ClosingEvents
 from prfaas.gateway.backend import GenerationHandle, GenerationRequest, NoWorker
-from prfaas.gateway.cache_pull import CachePull
-from prfaas.gateway.config import BackendSettings
-from prfaas.gateway.decode_stream import Batches, open_decode, reservation
-from prfaas.gateway.failover import DecodeFailover
 from prfaas.gateway.fleet import WorkerFleet
-from prfaas.gateway.worker_client import WorkerCallError, WorkerClient
 from prfaas.kvcache.hashing import block_hashes, root_hash
 from prfaas.messages import (
     DecodeCommand,

@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from prfaas.gateway.config import BackendSettings
+from prfaas.dispatch.config import BackendSettings
+from prfaas.dispatch.worker_client import WorkerCallError, WorkerClient
 from prfaas.gateway.fleet import WorkerFleet
-from prfaas.gateway.worker_client import WorkerCallError, WorkerClient
 from prfaas.messages import PrefillCommand, PullCommand, PullResult, SamplingSpec
 from prfaas.router.types import RouteDecision
 from prfaas.transfer.audit import AuditLog

@@ -13,8 +13,8 @@ from collections.abc import AsyncGenerator, Callable
 
 import aiohttp
 
-from prfaas.gateway.stall import watched
-from prfaas.gateway.worker_client import WorkerClient
+from prfaas.dispatch.stall import watched
+from prfaas.dispatch.worker_client import WorkerClient
 from prfaas.messages import DecodeCommand, TokenEvent
 
 # One NDJSON token event from a decode worker, at most: the first one may carry the prompt's
