@@ -16,6 +16,7 @@ import torch
 from prfaas.config import EngineConfig
 from prfaas.engine.detokenizer import IncrementalDetokenizer
 from prfaas.engine.handoff import KvImportError, KvPayload, layout_from_specs
+from prfaas.engine.host_memory import placement
 from prfaas.engine.kv_setup import build_kv_cache
 from prfaas.engine.logprobs import TokenLogprobs
 from prfaas.engine.outputs import TokenDelta
@@ -32,14 +33,6 @@ from prfaas.kvcache.spec import specs_from_hf_config
 from prfaas.model.loader import LoadedModel, load_model
 
 logger = logging.getLogger(__name__)
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class LayerSink(Protocol):
@@ -74,8 +67,7 @@ class Engine:
         self.config = config
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
-        self.device = resolve_device(config.device)
-        dtype = None if config.dtype == "auto" else _DTYPES[config.dtype]
+        self.device, dtype = placement(config.device, config.dtype)
         self.loaded = loaded or load_model(
             config.model, self.device, dtype, config.resolved_cache_dir, config.max_model_len
         )
