@@ -140,7 +140,11 @@ def run_vllm(
     if done.returncode != 0:
         sys.stderr.write(done.stdout[-4000:] + done.stderr[-8000:])
         raise SystemExit(f"vLLM run failed (exit {done.returncode})")
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    # vLLM logs to stdout too: the figures are the last line that is a JSON object.
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise SystemExit(f"vLLM run printed no figures: {done.stdout[-2000:]}")
+    return dict(json.loads(lines[-1]))
 
 
 def main() -> None:
