@@ -1,13 +1,22 @@
-"""Engine benchmark: prfaas against transformers ``generate`` on SmolLM2, one process, one run.
+"""Engine benchmark: prfaas against vLLM's CPU engine and transformers on SmolLM2, one run.
 
+    make setup-vllm    # once: vLLM in its own venv, .venv-vllm
     .venv/bin/python benchmarks/engine.py [--num-requests 64] [--threads 2] [--json]
+        [--peers vllm,transformers] [--vllm-python .venv-vllm/bin/python]
 
-Workloads (fp32, CPU, ``--threads`` torch threads, the same seeded prompts for both):
+vLLM runs in its own venv and process (``benchmarks/engine_vllm.py``), first, on the token ids
+this script draws; prfaas and transformers then run here. Ratios are prfaas over each peer
+(speed; for the prefill, the peer's seconds over prfaas's). The machine may be shared: only
+the ratios of one run mean much.
+
+Workloads (fp32, CPU, ``--threads`` threads, the same seeded prompts for all):
 - serving-like: N requests, prompt lengths 32-1024 and output lengths 16-256 drawn from a
   fixed seed; transformers runs static batches of 16 (left padding, each batch generating up
   to its longest output); prfaas gets all requests at once (continuous batching). Both
-  ignore EOS so every request produces exactly its output length. Reported: generated
-  tokens per second, counting each request's own output tokens only.
+  ignore EOS so every request produces exactly its output length. vLLM gets all requests at
+  once with the prfaas engine's limits (64 sequences, 2048 tokens a step), eager mode
+  (``--vllm-compile`` for its torch.compile). Reported: generated tokens per second, counting
+  each request's own output tokens only.
 - batch-1 decode: a 32-token prompt, 128 new tokens, tokens/s after the first.
 - prefill: one 2048-token prompt, seconds to the first token.
 """
@@ -16,14 +25,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from prfaas import LLM, SamplingParams
+from prfaas.config import default_cache_dir
+from prfaas.model.loader import resolve_model_folder
 
 
 def workload(n: int, seed: int, vocab: int) -> list[tuple[list[int], int]]:
@@ -72,6 +88,17 @@ class Transformers:
         for i in range(0, len(reqs), batch_size):
             self.generate_batch(reqs[i : i + batch_size])
 
+    def measure(
+        self, reqs: list[tuple[list[int], int]], decode: list[int], long: list[int]
+    ) -> dict[str, float]:
+        self.generate_batch(reqs[:2])  # warm-up
+        out = {"hf_serving_tok_s": sum(n for _, n in reqs) / timed(lambda: self.serving(reqs, 16))}
+        h1 = timed(lambda: self.generate_batch([(decode, 1)]))
+        h129 = timed(lambda: self.generate_batch([(decode, 129)]))
+        out["hf_decode_b1_tok_s"] = 128 / (h129 - h1)
+        out["hf_prefill_2048_s"] = timed(lambda: self.generate_batch([(long, 1)]))
+        return out
+
 
 def prfaas_serving(llm: LLM, reqs: list[tuple[list[int], int]]) -> None:
     engine = llm.engine
@@ -81,72 +108,145 @@ def prfaas_serving(llm: LLM, reqs: list[tuple[list[int], int]]) -> None:
         engine.step()
 
 
+def run_vllm(
+    python: str,
+    threads: int,
+    reqs: list[tuple[list[int], int]],
+    decode: list[int],
+    long: list[int],
+    compile_: bool,
+    kv_cache_gb: float,
+) -> dict[str, float]:
+    """vLLM's figures on the same token ids, from ``engine_vllm.py`` in vLLM's venv."""
+    if not Path(python).exists():
+        raise SystemExit(f"{python} not found: run `make setup-vllm` or pass --peers transformers")
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump({"serving": reqs, "decode_prompt": decode, "long_prompt": long}, f)
+    script = Path(__file__).with_name("engine_vllm.py")
+    cmd = [
+        python,
+        str(script),
+        f.name,
+        "--threads",
+        str(threads),
+        "--kv-cache-gb",
+        str(kv_cache_gb),
+    ]
+    cmd += ["--compile"] if compile_ else []
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
+    finally:
+        os.unlink(f.name)
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout[-4000:] + done.stderr[-8000:])
+        raise SystemExit(f"vLLM run failed (exit {done.returncode})")
+    # vLLM logs to stdout too: the figures are the last line that is a JSON object.
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise SystemExit(f"vLLM run printed no figures: {done.stdout[-2000:]}")
+    return dict(json.loads(lines[-1]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--num-requests", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--peers", default="vllm,transformers")
+    ap.add_argument("--vllm-python", default=".venv-vllm/bin/python")
+    ap.add_argument("--vllm-compile", action="store_true")
+    ap.add_argument("--kv-cache-gb", type=float, default=1.0, help="KV memory of each engine")
     args = ap.parse_args()
+    peers = [p for p in args.peers.split(",") if p]
+    if not set(peers) <= {"vllm", "transformers"}:
+        raise SystemExit(f"--peers: vllm and/or transformers, not {args.peers!r}")
     torch.set_num_threads(args.threads)
 
+    # vLLM runs first, before prfaas holds its KV memory (the two never run at once).
+    folder = resolve_model_folder(None, default_cache_dir())
+    vocab = int(json.loads((folder / "config.json").read_text())["vocab_size"])
+    reqs = workload(args.num_requests, args.seed, vocab)
+    useful = sum(n for _, n in reqs)
+    decode_prompt = reqs[0][0][:32]
+    long_prompt = [random.Random(1).randrange(100, 49000) for _ in range(2048)]
+
+    results: dict[str, float] = {}
+    if "vllm" in peers:
+        results.update(
+            run_vllm(
+                args.vllm_python,
+                args.threads,
+                reqs,
+                decode_prompt,
+                long_prompt,
+                args.vllm_compile,
+                args.kv_cache_gb,
+            )
+        )
     llm = LLM(
         None,
         num_threads=args.threads,
-        kv_cache_memory_gb=4.0,
+        kv_cache_memory_gb=args.kv_cache_gb,
         max_num_seqs=64,
         max_num_batched_tokens=2048,
     )
-    hf = Transformers(str(llm.engine.loaded.folder))
-    reqs = workload(args.num_requests, args.seed, llm.engine.vocab_size)
-    useful = sum(n for _, n in reqs)
-
-    results: dict[str, float] = {}
-    # Warm-up both once on a tiny input.
-    prfaas_serving(llm, reqs[:2])
-    hf.generate_batch(reqs[:2])
-
-    results["prfaas_serving_tok_s"] = useful / timed(lambda: prfaas_serving(llm, reqs))
-    results["hf_serving_tok_s"] = useful / timed(lambda: hf.serving(reqs, 16))
-
-    prompt = reqs[0][0][:32]
-    one = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
-    many = SamplingParams(max_tokens=129, temperature=0, ignore_eos=True)
-    t1 = timed(lambda: llm.generate([prompt], one))
-    t129 = timed(lambda: llm.generate([prompt], many))
-    results["prfaas_decode_b1_tok_s"] = 128 / (t129 - t1)
-    h1 = timed(lambda: hf.generate_batch([(prompt, 1)]))
-    h129 = timed(lambda: hf.generate_batch([(prompt, 129)]))
-    results["hf_decode_b1_tok_s"] = 128 / (h129 - h1)
-
-    long_prompt = [random.Random(1).randrange(100, 49000) for _ in range(2048)]
-    llm.engine.kv.pool.reset_cache()
-    results["prfaas_prefill_2048_s"] = timed(lambda: llm.generate([long_prompt], one))
-    results["hf_prefill_2048_s"] = timed(lambda: hf.generate_batch([(long_prompt, 1)]))
-
-    results["serving_ratio"] = results["prfaas_serving_tok_s"] / results["hf_serving_tok_s"]
-    results["decode_b1_ratio"] = results["prfaas_decode_b1_tok_s"] / results["hf_decode_b1_tok_s"]
-    results["prefill_ratio"] = results["hf_prefill_2048_s"] / results["prfaas_prefill_2048_s"]
+    results.update(measure_prfaas(llm, reqs, decode_prompt, long_prompt))
+    if "transformers" in peers:
+        hf = Transformers(str(llm.engine.loaded.folder))
+        results.update(hf.measure(reqs, decode_prompt, long_prompt))
+    names = ["prfaas"] + [{"vllm": "vllm", "transformers": "hf"}[p] for p in peers]
+    for peer in names[1:]:
+        results[f"serving_ratio_{peer}"] = (
+            results["prfaas_serving_tok_s"] / results[f"{peer}_serving_tok_s"]
+        )
+        results[f"decode_b1_ratio_{peer}"] = (
+            results["prfaas_decode_b1_tok_s"] / results[f"{peer}_decode_b1_tok_s"]
+        )
+        results[f"prefill_ratio_{peer}"] = (
+            results[f"{peer}_prefill_2048_s"] / results["prfaas_prefill_2048_s"]
+        )
     if args.json:
         print(json.dumps(results, indent=2))
         return
     print(
         f"SmolLM2-135M fp32, CPU, {args.threads} threads, {args.num_requests} requests, "
-        f"{useful} generated tokens"
-    )
-    print(f"{'workload':<34}{'prfaas':>12}{'transformers':>14}{'ratio':>8}")
-    print(
-        f"{'serving-like (generated tok/s)':<34}{results['prfaas_serving_tok_s']:>12.1f}"
-        f"{results['hf_serving_tok_s']:>14.1f}{results['serving_ratio']:>7.2f}x"
+        f"{useful} generated tokens; ratio = prfaas / peer (prefill: peer s / prfaas s)"
     )
     print(
-        f"{'batch-1 decode (tok/s)':<34}{results['prfaas_decode_b1_tok_s']:>12.1f}"
-        f"{results['hf_decode_b1_tok_s']:>14.1f}{results['decode_b1_ratio']:>7.2f}x"
+        f"{'workload':<32}"
+        + "".join(f"{n:>10}" for n in names)
+        + "".join(f"{'/' + n:>9}" for n in names[1:])
     )
-    print(
-        f"{'2048-token prefill (s)':<34}{results['prfaas_prefill_2048_s']:>12.2f}"
-        f"{results['hf_prefill_2048_s']:>14.2f}{results['prefill_ratio']:>7.2f}x"
-    )
+    for key, label, fmt in (
+        ("serving_tok_s", "serving-like (generated tok/s)", ".1f"),
+        ("decode_b1_tok_s", "batch-1 decode (tok/s)", ".1f"),
+        ("prefill_2048_s", "2048-token prefill (s)", ".2f"),
+    ):
+        ratio = key.replace("_tok_s", "_ratio").replace("_2048_s", "_ratio")
+        print(
+            f"{label:<32}"
+            + "".join(f"{results[f'{n}_{key}']:>10{fmt}}" for n in names)
+            + "".join(f"{results[f'{ratio}_{n}']:>8.2f}x" for n in names[1:])
+        )
+
+
+def measure_prfaas(
+    llm: LLM, reqs: list[tuple[list[int], int]], decode: list[int], long: list[int]
+) -> dict[str, float]:
+    useful = sum(n for _, n in reqs)
+    prfaas_serving(llm, reqs[:2])  # warm-up
+    # No prefix cache carried into a timed run (vLLM runs with prefix caching off).
+    llm.engine.kv.pool.reset_cache()
+    out = {"prfaas_serving_tok_s": useful / timed(lambda: prfaas_serving(llm, reqs))}
+    one = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
+    many = SamplingParams(max_tokens=129, temperature=0, ignore_eos=True)
+    t1 = timed(lambda: llm.generate([decode], one))
+    t129 = timed(lambda: llm.generate([decode], many))
+    out["prfaas_decode_b1_tok_s"] = 128 / (t129 - t1)
+    llm.engine.kv.pool.reset_cache()
+    out["prfaas_prefill_2048_s"] = timed(lambda: llm.generate([long], one))
+    return out
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ from prfaas.model.kda import (
     kda_chunked,
     kda_recurrent,
     unit_lower_inverse,
+    without_read_backs,
 )
+from tests.host_reads import count_host_reads
 
 Tensor = torch.Tensor
 ATOL = 1e-5
@@ -257,3 +259,16 @@ def test_runs_with_autograd_enabled() -> None:
         o_ref, s_ref = kda_recurrent(**x)
     _close(o.detach(), o_ref)
     _close(s.detach(), s_ref)
+
+
+@pytest.mark.parametrize("max_step_decay", [0.01, 8.0, 40.0])
+def test_path_without_read_backs_is_exact_and_reads_nothing(max_step_decay: float) -> None:
+    # The accelerator's path (no decay read back to pick a shortcut), run on the CPU.
+    x = _inputs(150, max_step_decay=max_step_decay)
+    x["g"] = x["g"] * torch.tensor([0.1, 1.0, 3.0])[:, None]
+    o_ref, s_ref = kda_recurrent(**x)
+    with without_read_backs(), count_host_reads() as reads:
+        o, s = kda_chunked(**x)
+    assert reads == []
+    _close(o, o_ref)
+    _close(s, s_ref)

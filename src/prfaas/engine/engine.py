@@ -16,12 +16,14 @@ import torch
 from prfaas.config import EngineConfig
 from prfaas.engine.detokenizer import IncrementalDetokenizer
 from prfaas.engine.handoff import KvImportError, KvPayload, layout_from_specs
+from prfaas.engine.host_memory import placement
 from prfaas.engine.kv_setup import build_kv_cache
+from prfaas.engine.layer_export import LayerExport, Sink, host_copy_for
 from prfaas.engine.logprobs import TokenLogprobs
 from prfaas.engine.outputs import TokenDelta
 from prfaas.engine.request import Request, RequestStatus
 from prfaas.engine.resume import check_resumable, resume_outputs
-from prfaas.engine.runner import LayerHook, ModelRunner, NamedTensors
+from prfaas.engine.runner import LayerReader, ModelRunner, NamedTensors
 from prfaas.engine.sampling_params import SamplingParams, check_for_model
 from prfaas.engine.sampling_state import SamplingState
 from prfaas.engine.scheduler import Scheduler, SchedulerOutput
@@ -33,14 +35,6 @@ from prfaas.kvcache.spec import specs_from_hf_config
 from prfaas.model.loader import LoadedModel, load_model
 
 logger = logging.getLogger(__name__)
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class LayerSink(Protocol):
@@ -75,8 +69,7 @@ class Engine:
         self.config = config
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
-        self.device = resolve_device(config.device)
-        dtype = None if config.dtype == "auto" else _DTYPES[config.dtype]
+        self.device, dtype = placement(config.device, config.dtype)
         self.loaded = loaded or load_model(
             config.model, self.device, dtype, config.resolved_cache_dir, config.max_model_len
         )
@@ -224,8 +217,10 @@ class Engine:
         out = self.scheduler.schedule()
         if not out.chunks:
             return deltas
-        hook = self._layer_hook(out) if self._layer_sinks else None
-        logits = self._sampling.execute(self.runner, out, hook)
+        export = self._layer_export(out) if self._layer_sinks else None
+        logits = self._sampling.execute(self.runner, out, export)
+        if export is not None:
+            export.finish()  # every streamed layer is in host memory and handed over
         to_sample = [self._live[c.request_id].request for c in out.chunks if c.sample]
         result = self._sampling.sample(logits, to_sample)
         ids = [r.request_id for r in to_sample]
@@ -365,9 +360,9 @@ class Engine:
             req.request_id, [token], delta, True, stop.finish_reason, stop.stop_reason
         )
 
-    def _layer_hook(self, out: SchedulerOutput) -> LayerHook | None:
-        """The per-layer hook of a step, or None when no streamed request completes its
-        prompt in it.
+    def _layer_export(self, out: SchedulerOutput) -> LayerExport | None:
+        """The per-layer hook of a step (``LayerExport``), or None when no streamed request
+        completes its prompt in it.
 
         The rule (chunked prefill): a layer is streamed only by the step running the prompt's
         last chunk (``sample`` is set on exactly that chunk of a prefill-only request), after
@@ -376,7 +371,7 @@ class Engine:
         the state after the whole prompt. Earlier chunks stream nothing, so no KV that is not
         final ever leaves, and each layer leaves exactly once.
         """
-        readers = []
+        readers: list[tuple[Sink, LayerReader]] = []
         for chunk in out.chunks:
             sink = self._layer_sinks.get(chunk.request_id)
             if sink is None or not chunk.sample:
@@ -385,14 +380,7 @@ class Engine:
             slot = self.kv.state_slot(chunk.request_id)
             readers.append((sink, self.runner.layer_reader(chunk.block_table, slot, num_tokens)))
             sink.begin()
-        if not readers:
-            return None
-
-        def hook(layer_index: int) -> None:
-            for sink, read in readers:
-                sink.layer(layer_index, read(layer_index))
-
-        return hook
+        return LayerExport(readers, host_copy_for(self.device)) if readers else None
 
     def _end(self, request_id: str, status: RequestStatus) -> None:
         self._layer_sinks.pop(request_id, None)

@@ -180,7 +180,8 @@ def flatten_step(
     slot_parts: list[np.ndarray] = []
     prefills: list[PrefillSegment] = []
     decode_rows: list[int] = []
-    decode_ctx: list[np.ndarray] = []
+    decode_tables: list[list[int]] = []
+    decode_lens: list[int] = []
     sample_rows: list[int] = []
     row = 0
     for chunk in out.chunks:
@@ -191,7 +192,8 @@ def flatten_step(
         slot_parts.append(slot_ids(chunk.block_table, block_size, chunk.start, end))
         if n == 1 and chunk.start > 0:
             decode_rows.append(row)
-            decode_ctx.append(slot_ids(chunk.block_table, block_size, 0, end))
+            decode_tables.append(chunk.block_table)
+            decode_lens.append(end)
         elif chunk.start == 0:
             prefills.append(PrefillSegment(row, row + n, None, None))
         else:
@@ -210,40 +212,55 @@ def flatten_step(
         decode_mask=None,
     )
     if decode_rows:
-        meta.decode_rows, meta.decode_slots, meta.decode_mask = _padded(
-            device, decode_rows, decode_ctx
-        )
-        meta.decode_groups = _decode_groups(device, decode_rows, decode_ctx)
+        lens = np.asarray(decode_lens, dtype=np.int64)
+        slots, valid = context_slots(decode_tables, lens, block_size)
+        rows = np.asarray(decode_rows, dtype=np.int64)
+        meta.decode_rows, meta.decode_slots, meta.decode_mask = _padded(device, rows, slots, valid)
+        meta.decode_groups = _decode_groups(device, rows, lens, slots, valid)
     input_ids = _tensor(device, np.asarray(ids, dtype=np.int64))
     return input_ids, _tensor(device, np.concatenate(positions)), meta, sample_rows
 
 
+def context_slots(
+    tables: list[list[int]], lens: np.ndarray, block_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Slots of positions ``[0, lens[i])`` of each decode row under its block table, as one
+    (D, max_len) array padded with slot 0, and its (D, max_len) validity. Python touches
+    each row's block ids only (O(blocks)); the slots are one vectorized expression."""
+    max_len = int(lens.max())
+    width = -(-max_len // block_size)
+    tables_np = np.zeros((len(tables), width), dtype=np.int64)
+    for i, table in enumerate(tables):
+        n = min(len(table), width)
+        tables_np[i, :n] = table[:n]
+    pos = np.arange(max_len, dtype=np.int64)
+    valid = pos[None, :] < lens[:, None]
+    slots = tables_np[:, pos // block_size] * block_size + pos % block_size
+    return np.where(valid, slots, 0), valid
+
+
 def _padded(
-    device: torch.device, rows: list[int], ctx: list[np.ndarray]
+    device: torch.device, rows: np.ndarray, slots: np.ndarray, valid: np.ndarray
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Decode rows, their context slots padded to the longest, and the padding mask."""
-    max_ctx = max(len(c) for c in ctx)
-    padded = np.zeros((len(ctx), max_ctx), dtype=np.int64)
-    valid = np.zeros((len(ctx), max_ctx), dtype=bool)
-    for i, c in enumerate(ctx):
-        padded[i, : len(c)] = c
-        valid[i, : len(c)] = True
+    """Decode rows, their context slots, and the padding mask (None when nothing is padded)."""
     mask = None if valid.all() else torch.from_numpy(valid).to(device)[:, None, None, :]
-    return _tensor(device, np.asarray(rows, dtype=np.int64)), _tensor(device, padded), mask
+    return _tensor(device, rows), _tensor(device, np.ascontiguousarray(slots)), mask
 
 
 def _decode_groups(
-    device: torch.device, rows: list[int], ctx: list[np.ndarray]
+    device: torch.device, rows: np.ndarray, lens: np.ndarray, slots: np.ndarray, valid: np.ndarray
 ) -> list[DecodeGroup]:
     """Split decode rows, sorted by context length, into up to DECODE_GROUPS groups of equal
     count: each group pads only to its own longest context (attention and gather work drop
     with the padding; a group costs one more attention call)."""
-    order = sorted(range(len(rows)), key=lambda i: len(ctx[i]))
+    order = np.argsort(lens, kind="stable")
     num_groups = min(DECODE_GROUPS, max(1, len(rows) // MIN_GROUP_ROWS))
     groups: list[DecodeGroup] = []
-    for part in np.array_split(np.asarray(order), num_groups):
-        idx = [int(i) for i in part]
-        g_rows, g_slots, g_mask = _padded(device, [rows[i] for i in idx], [ctx[i] for i in idx])
+    for part in np.array_split(order, num_groups):
+        width = int(lens[part].max())
+        g_rows, g_slots, g_mask = _padded(
+            device, rows[part], slots[part, :width], valid[part, :width]
+        )
         groups.append(DecodeGroup(g_rows, g_slots, g_mask))
     return groups
 

@@ -68,15 +68,16 @@ def sampling_probs(logits: torch.Tensor, rows: Sequence[SampleRow]) -> torch.Ten
     device = logits.device
     temperature = torch.tensor([r.params.temperature for r in rows], device=device)
     logits = logits / temperature[:, None]
-    min_p = torch.tensor([r.params.min_p for r in rows], device=device)
-    if bool((min_p > 0).any()):
+    # Which processors run is decided on the host from the params (no device read-back).
+    if any(r.params.min_p > 0 for r in rows):
+        min_p = torch.tensor([r.params.min_p for r in rows], device=device)
         probs = logits.softmax(-1)
         floor = min_p[:, None] * probs.amax(dim=-1, keepdim=True)
         logits = logits.masked_fill(probs < floor, float("-inf"))
     vocab = logits.shape[1]
     top_k = [r.params.top_k if 0 < r.params.top_k < vocab else vocab for r in rows]
     top_p = torch.tensor([r.params.top_p for r in rows], device=device)
-    if min(top_k) < vocab or bool((top_p < 1.0).any()):
+    if min(top_k) < vocab or any(r.params.top_p < 1.0 for r in rows):
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         k = torch.tensor(top_k, device=device)
         # Ties with the k-th value are kept (a threshold, like vLLM's).

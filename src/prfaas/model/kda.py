@@ -20,10 +20,33 @@ This module does not know about layers, projections or caches.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 
 Tensor = torch.Tensor
+
+# Shortcuts that read a decay back to the host to pick a cheaper exact path are taken only
+# on a CPU, where the read costs nothing. On an accelerator it would stall the step, so the
+# path without read-backs (every level of ``decayed_gram``'s halving, same result) runs
+# instead. ``without_read_backs`` runs that path on a CPU too (the sync-counting tests).
+_read_backs_on_cpu = True
+
+
+def _may_read_back(t: Tensor) -> bool:
+    return t.device.type == "cpu" and _read_backs_on_cpu
+
+
+@contextmanager
+def without_read_backs() -> Iterator[None]:
+    global _read_backs_on_cpu
+    saved, _read_backs_on_cpu = _read_backs_on_cpu, False
+    try:
+        yield
+    finally:
+        _read_backs_on_cpu = saved
 
 
 def l2norm(x: Tensor, eps: float = 1e-6) -> Tensor:
@@ -149,11 +172,14 @@ def decayed_gram(x: Tensor, y: Tensor, g_cum: Tensor) -> Tensor:
     assert chunk & (chunk - 1) == 0, "chunk size must be a power of two"
     m = x.new_zeros(*torch.broadcast_shapes(x.shape, y.shape)[:-1], chunk)
     s = chunk // 2
+    may_read_back = _may_read_back(x)
     while s >= 1:
         groups = chunk // (2 * s)
         xs, ys, gs = (t.unflatten(-2, (groups, 2 * s)) for t in (x, y, g_cum))
         group_decay = gs[..., 0, :] - gs[..., -1, :]  # (..., groups, dim), >= 0
-        if float(group_decay.detach().max()) <= SAFE_LOG_RANGE:
+        # Without the read-back, the halving goes down to s = 1 (blocks of one row, whose
+        # strict lower triangle is empty): the same blocks, each exact, more matmuls.
+        if may_read_back and float(group_decay.detach().max()) <= SAFE_LOG_RANGE:
             ref = gs[..., :1, :]  # (..., groups, 1, dim): first row of each group
             decay = torch.exp(gs - ref)  # in [e^-SAFE_LOG_RANGE, 1]: its inverse is finite
             xa, yb = xs * decay, ys / decay
@@ -204,6 +230,8 @@ def _intra_chunk(q: Tensor, k: Tensor, g_cum: Tensor) -> IntraChunk:
     Each (chunk, head) decaying by at most SAFE_LOG_RANGE takes one factorised matmul, the
     others the exact recursive halving of `decayed_gram`.
     """
+    if not _may_read_back(q):
+        return _intra_halving(q, k, g_cum)
     in_range = -g_cum[..., -1, :].amin(dim=-1) <= SAFE_LOG_RANGE  # (...): per chunk and head
     if bool(in_range.all()):
         return _intra_factored(q, k, g_cum)

@@ -75,7 +75,13 @@ class KimiTopkRouter(nn.Module):
 
 
 class KimiExperts(nn.Module):
-    """Routed experts as stacked weights; runs each expert once on the tokens routed to it."""
+    """Routed experts as stacked weights.
+
+    The (token, slot) pairs are sorted by expert and each expert's rows run as one group of a
+    grouped matmul whose group ends are a device tensor: no expert id or count is read back
+    to the host, so a step never waits on the device here. ``forward_loop`` is the reference
+    (one matmul per expert present, which reads the expert ids back).
+    """
 
     def __init__(self, config: KimiConfig) -> None:
         super().__init__()
@@ -84,12 +90,28 @@ class KimiExperts(nn.Module):
             config.hidden_size,
             config.moe_intermediate_size,
         )
+        self.num_experts = num
         self.gate_up_proj = nn.Parameter(torch.zeros(num, 2 * inter, hidden))
         self.down_proj = nn.Parameter(torch.zeros(num, hidden, inter))
         self.act_fn = _activation(config.hidden_act)
 
     def forward(self, x: Tensor, indices: Tensor, weights: Tensor) -> Tensor:
         # x: (num_tokens, hidden); indices, weights: (num_tokens, top_k)
+        top_k = indices.shape[1]
+        flat = indices.reshape(-1)  # (num_tokens * top_k,) pair p = token * top_k + slot
+        order = flat.argsort(stable=True)  # pairs grouped by expert
+        token = order // top_k
+        ends = torch.bincount(flat, minlength=self.num_experts).cumsum(0).to(torch.int32)
+        rows = x.index_select(0, token)  # (pairs, hidden)
+        gate_up = torch._grouped_mm(rows, self.gate_up_proj.transpose(-2, -1), offs=ends)
+        gate, up = gate_up.chunk(2, dim=-1)
+        y = torch._grouped_mm(
+            (self.act_fn(gate) * up).contiguous(), self.down_proj.transpose(-2, -1), offs=ends
+        )
+        y = y * weights.reshape(-1).index_select(0, order)[:, None]
+        return torch.zeros_like(x).index_add_(0, token, y.to(x.dtype))
+
+    def forward_loop(self, x: Tensor, indices: Tensor, weights: Tensor) -> Tensor:
         out = torch.zeros_like(x)
         for expert in indices.unique().tolist():
             token, slot = torch.where(indices == expert)

@@ -18,4 +18,6 @@ class RMSNorm(nn.Module):
         dtype = x.dtype
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
+        # In place on the fresh product (one allocation fewer); the same values as
+        # ``weight * x32.to(dtype)``.
+        return x32.to(dtype).mul_(self.weight)

@@ -17,9 +17,10 @@ from torch import nn
 
 from prfaas.model.attention import AttentionMetadata, paged_attention, write_kv
 from prfaas.model.layers import RMSNorm
-from prfaas.model.rope import RotaryEmbedding
+from prfaas.model.rope import RotaryEmbedding, rotate_
 
 KVCache = tuple[torch.Tensor, torch.Tensor]  # K, V: (num_slots, num_kv_heads, head_dim)
+Rope = tuple[torch.Tensor, torch.Tensor]  # the step's cos, sin: (T, 1, head_dim / 2) each
 
 
 def head_dim_of(cfg: Any) -> int:
@@ -27,7 +28,7 @@ def head_dim_of(cfg: Any) -> int:
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, cfg: Any, rope: RotaryEmbedding) -> None:
+    def __init__(self, cfg: Any) -> None:
         super().__init__()
         self.num_heads = cfg.num_attention_heads
         self.num_kv_heads = cfg.num_key_value_heads
@@ -44,20 +45,20 @@ class LlamaAttention(nn.Module):
         if self.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
-        self.rope = rope
 
     def forward(
-        self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, cache: KVCache
+        self, x: torch.Tensor, rope: Rope, meta: AttentionMetadata, cache: KVCache
     ) -> torch.Tensor:
         num_tokens = x.shape[0]
-        qkv = self.qkv_proj(x)
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(num_tokens, self.num_heads, self.head_dim)
-        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
-        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
+        qkv = self.qkv_proj(x)  # (T, q_size + 2 * kv_size), rows [q | k | v]
+        # q and k side by side, (T, num_heads + num_kv_heads, head_dim): one rotation for both.
+        qk = qkv[:, : self.q_size + self.kv_size].view(num_tokens, -1, self.head_dim)
+        v = qkv[:, self.q_size + self.kv_size :].view(num_tokens, self.num_kv_heads, self.head_dim)
         if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rope(positions, q, k)
+            qk[:, : self.num_heads] = self.q_norm(qk[:, : self.num_heads])
+            qk[:, self.num_heads :] = self.k_norm(qk[:, self.num_heads :])
+        rotate_(qk, *rope)
+        q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]
         write_kv(cache[0], cache[1], k, v, meta.slot_mapping)
         o = paged_attention(q, k, v, cache[0], cache[1], meta, self.scale)
         return self.o_proj(o.reshape(num_tokens, self.q_size))
@@ -73,21 +74,21 @@ class LlamaMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(F.silu(gate).mul_(up))
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, cfg: Any, rope: RotaryEmbedding) -> None:
+    def __init__(self, cfg: Any) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = LlamaAttention(cfg, rope)
+        self.self_attn = LlamaAttention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = LlamaMLP(cfg)
 
     def forward(
-        self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, cache: KVCache
+        self, x: torch.Tensor, rope: Rope, meta: AttentionMetadata, cache: KVCache
     ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), positions, meta, cache)
+        x = x + self.self_attn(self.input_layernorm(x), rope, meta, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -96,11 +97,8 @@ class LlamaBackbone(nn.Module):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         # One table shared by all layers (not a parameter, so it is not in the state dict).
-        rope = RotaryEmbedding(cfg, head_dim_of(cfg), max_positions)
-        self.rope = rope
-        self.layers = nn.ModuleList(
-            LlamaDecoderLayer(cfg, rope) for _ in range(cfg.num_hidden_layers)
-        )
+        self.rope = RotaryEmbedding(cfg, head_dim_of(cfg), max_positions)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
@@ -129,8 +127,9 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """``on_layer(i)`` runs after layer ``i`` has written this step's K/V into ``caches``."""
         x = self.model.embed_tokens(input_ids)
+        rope = self.model.rope.lookup(positions, x.dtype)
         for i, (layer, cache) in enumerate(zip(self.model.layers, caches, strict=True)):
-            x = layer(x, positions, meta, cache)
+            x = layer(x, rope, meta, cache)
             if on_layer is not None:
                 on_layer(i)
         return self.model.norm(x)

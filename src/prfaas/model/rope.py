@@ -32,19 +32,40 @@ class RotaryEmbedding(nn.Module):
             inv_freq, scaling = _inv_freq(hf_config, head_dim)
             positions = torch.arange(max_positions, dtype=torch.float)
             freqs = positions[:, None] * inv_freq[None, :]  # (max_positions, head_dim / 2)
-            emb = torch.cat((freqs, freqs), dim=-1)
-            self.cos = emb.cos() * scaling
-            self.sin = emb.sin() * scaling
+            # Half width: both halves of a head rotate by the same angles.
+            self.cos = freqs.cos() * scaling  # (max_positions, head_dim / 2)
+            self.sin = freqs.sin() * scaling
+
+    def lookup(
+        self, positions: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of the step's positions (T,), each (T, 1, head_dim / 2): looked up once
+        per step and shared by all layers."""
+        if self.cos.device != positions.device:
+            self.cos, self.sin = self.cos.to(positions.device), self.sin.to(positions.device)
+        cos = self.cos.index_select(0, positions).unsqueeze(1).to(dtype)
+        sin = self.sin.index_select(0, positions).unsqueeze(1).to(dtype)
+        return cos, sin
 
     def forward(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """q: (T, num_heads, head_dim), k: (T, num_kv_heads, head_dim); positions: (T,)."""
-        if self.cos.device != positions.device:
-            self.cos, self.sin = self.cos.to(positions.device), self.sin.to(positions.device)
-        cos = self.cos.index_select(0, positions).unsqueeze(1).to(q.dtype)  # (T, 1, head_dim)
-        sin = self.sin.index_select(0, positions).unsqueeze(1).to(q.dtype)
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        """q: (T, num_heads, head_dim), k: (T, num_kv_heads, head_dim); positions: (T,).
+        Returns rotated copies (the reference for ``rotate_``)."""
+        cos, sin = self.lookup(positions, q.dtype)
+        cos2, sin2 = torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
+        return q * cos2 + _rotate_half(q) * sin2, k * cos2 + _rotate_half(k) * sin2
+
+
+def rotate_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """Rotate x (T, heads, head_dim) in place by ``lookup``'s cos and sin (T, 1, head_dim / 2):
+    (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), the halves of each head; two temporaries
+    of half width instead of the reference's five full-width ones."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    x1_sin = x1 * sin
+    x1.mul_(cos).sub_(x2 * sin)
+    x2.mul_(cos).add_(x1_sin)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
