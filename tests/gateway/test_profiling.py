@@ -20,7 +20,6 @@ from pydantic import ValidationError
 from prfaas.deploy.config import (
     DeployConfig,
     DeployConfigError,
-    LinkSpec,
     default_config,
     load_deploy_config,
 )
@@ -36,6 +35,7 @@ from prfaas.deploy.profiling import (
     threshold_bounds,
 )
 from prfaas.deploy.roles import RoleSwitchError
+from prfaas.deploy.specs import LinkSpec
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.messages import Heartbeat, LinkReport, ProfileRequest, ProfileResult, Role, WorkerInfo
 from prfaas.planner.throughput import DecodeSpec

@@ -25,11 +25,11 @@ import yaml
 
 from prfaas.deploy.config import (
     DeployConfigError,
-    KvIndexSpec,
     default_config,
     load_deploy_config,
 )
 from prfaas.deploy.launcher import WorkerSpawn, free_port
+from prfaas.deploy.specs import KvIndexSpec
 from prfaas.gateway.config import GatewayConfig
 from prfaas.messages import CacheEventMsg, Heartbeat
 from prfaas.worker.cache_events import BATCH_EVENTS, CacheEventLog, EventBatch

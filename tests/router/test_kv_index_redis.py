@@ -16,7 +16,8 @@ from itertools import count
 import pytest
 
 from prfaas.deploy.cluster_metrics import add_kv_index_metrics
-from prfaas.deploy.config import KvIndexSpec, open_kv_index
+from prfaas.deploy.config import open_kv_index
+from prfaas.deploy.specs import KvIndexSpec
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.gateway.metrics import GatewayMetrics
 from prfaas.messages import CacheEventMsg, Heartbeat, WorkerInfo

@@ -24,9 +24,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from prfaas.deploy.cluster_metrics import link_reports
-from prfaas.deploy.config import ControlSpec, PolicySpec
 from prfaas.deploy.profiling import PlannerInputs, ThresholdChoice, clamp_reason
 from prfaas.deploy.roles import RoleSwitchError
+from prfaas.deploy.specs import ControlSpec, PolicySpec
 from prfaas.deploy.ttft_estimate import measured_choice
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.messages import Role, WorkerInfo

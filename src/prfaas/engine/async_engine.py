@@ -42,9 +42,8 @@ from prfaas.engine.commands import (
 from prfaas.engine.engine import Engine, LayerSink
 from prfaas.engine.handoff import KvImportError, KvPayload, LayerLayout
 from prfaas.engine.outputs import TokenDelta
-from prfaas.engine.request import Request
 from prfaas.engine.sampling_params import SamplingParams
-from prfaas.engine.streams import PromptTokens, Streams
+from prfaas.engine.streams import PromptLedger, PromptTokens, Streams
 from prfaas.kvcache.block_pool import CacheEvent
 
 __all__ = ["AsyncEngine", "EngineError", "EngineStats", "PrefillDone"]
@@ -69,13 +68,9 @@ class AsyncEngine:
         self._stats = EngineStats()  # published by the thread
         self._events: list[CacheEvent] = []
         self._events_lock = threading.Lock()
-        # Thread only: requests not yet counted in the stats (counted at their first delta),
-        # requests whose KV landed from elsewhere, streamed prefills awaiting their first token.
-        self._uncounted: dict[str, Request] = {}
-        self._landed: set[str] = set()
+        # Thread only: how each prompt was served, streamed prefills awaiting their first token.
+        self._served = PromptLedger()
         self._prefills: dict[str, Reply] = {}
-        self._num_prompt_tokens = 0
-        self._num_cached_tokens = 0
 
     # ---- properties (immutable after load, safe from any thread) ---------------------------
 
@@ -295,14 +290,14 @@ class AsyncEngine:
         match command:
             case Admit(prompt, params, rid, salt, resumed):
                 req = engine.add_request(prompt, params, rid, tenant_salt=salt, resumed=resumed)
-                self._uncounted[rid] = req
+                self._served.admitted(req)
             case StreamPrefill(prompt, params, request_id, sink, salt):
                 assert reply is not None
                 req = engine.add_request(
                     prompt, params, request_id, prefill_only=True, tenant_salt=salt
                 )
                 engine.stream_layers(request_id, sink)
-                self._uncounted[request_id] = req
+                self._served.admitted(req)
                 self._prefills[request_id] = reply
                 return _LATER
             case Reserve(prompt, params, request_id, salt):
@@ -310,17 +305,16 @@ class AsyncEngine:
                     req = engine.reserve_for_kv(prompt, params, request_id, tenant_salt=salt)
                 except KvImportError:
                     return False
-                self._uncounted[request_id] = req
+                self._served.admitted(req)
                 return True
             case LandKv(request_id, payload):
                 engine.land_kv(request_id, payload)
-                self._landed.add(request_id)
+                self._served.landed(request_id)
             case FailKv(request_id):
                 engine.fail_kv(request_id)
             case Abort(request_id):
                 engine.abort(request_id)
-                self._uncounted.pop(request_id, None)
-                self._landed.discard(request_id)
+                self._served.forget(request_id)
                 self._prefills.pop(request_id, None)
             case ImportPrefix(payload, salt):
                 return engine.import_prefix(payload, tenant_salt=salt)
@@ -339,18 +333,8 @@ class AsyncEngine:
             logger.exception("engine step failed; aborting every request")
             self._abort_all(EngineError(f"engine failed: {exc}"))
             return True
-        prompts: dict[str, PromptTokens] = {}  # of the requests at their first delta
+        prompts = self._served.first_deltas(deltas)
         for delta in deltas:
-            admitted = self._uncounted.pop(delta.request_id, None)
-            if admitted is not None:
-                hit, total = admitted.num_cached_tokens, admitted.num_prompt_tokens
-                landed = delta.request_id in self._landed
-                self._landed.discard(delta.request_id)
-                prompts[delta.request_id] = (
-                    PromptTokens(0, 0) if landed else PromptTokens(hit, total - hit)
-                )
-                self._num_prompt_tokens += admitted.num_prompt_tokens
-                self._num_cached_tokens += admitted.num_cached_tokens
             reply = self._prefills.pop(delta.request_id, None)
             if reply is not None:
                 served = prompts.get(delta.request_id)
@@ -378,8 +362,7 @@ class AsyncEngine:
             self._engine.abort(req.request_id)
         for reply in self._prefills.values():
             self._answer(reply, None, error)
-        self._uncounted.clear()
-        self._landed.clear()
+        self._served = PromptLedger()
         self._prefills.clear()
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._streams.fail_all, error)
@@ -395,8 +378,8 @@ class AsyncEngine:
             num_running=len(sched.running),
             num_parked=len(sched.parked),
             kv_usage=engine.kv.usage,
-            num_prompt_tokens=self._num_prompt_tokens,
-            num_cached_tokens=self._num_cached_tokens,
+            num_prompt_tokens=self._served.num_prompt_tokens,
+            num_cached_tokens=self._served.num_cached_tokens,
             num_queued_tokens=sum(
                 max(r.num_prompt_tokens - r.num_computed_tokens, 0)
                 for r in (*sched.waiting, *sched.running)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from prfaas.engine.outputs import TokenDelta
+from prfaas.engine.request import Request
 
 
 @dataclass(frozen=True)
@@ -81,3 +82,42 @@ class Streams:
     def fail_all(self, error: BaseException) -> None:
         for stream in self._streams.values():
             stream.deltas.put_nowait(error)
+
+
+class PromptLedger:
+    """Engine-thread side: how each admitted request's prompt was served, known at its first
+    delta (a prefix hit and what was computed here, or (0, 0) when its KV landed), and the
+    totals over every request so far (``EngineStats``)."""
+
+    def __init__(self) -> None:
+        self._admitted: dict[str, Request] = {}  # not yet at its first delta
+        self._landed: set[str] = set()
+        self.num_prompt_tokens = 0
+        self.num_cached_tokens = 0
+
+    def admitted(self, req: Request) -> None:
+        self._admitted[req.request_id] = req
+
+    def landed(self, request_id: str) -> None:
+        self._landed.add(request_id)
+
+    def forget(self, request_id: str) -> None:
+        self._admitted.pop(request_id, None)
+        self._landed.discard(request_id)
+
+    def first_deltas(self, deltas: list[TokenDelta]) -> dict[str, PromptTokens]:
+        """How the prompts of the requests at their first delta in ``deltas`` were served."""
+        prompts: dict[str, PromptTokens] = {}
+        for delta in deltas:
+            req = self._admitted.pop(delta.request_id, None)
+            if req is None:
+                continue
+            hit, total = req.num_cached_tokens, req.num_prompt_tokens
+            landed = delta.request_id in self._landed
+            self._landed.discard(delta.request_id)
+            prompts[delta.request_id] = (
+                PromptTokens(0, 0) if landed else PromptTokens(hit, total - hit)
+            )
+            self.num_prompt_tokens += total
+            self.num_cached_tokens += hit
+        return prompts
