@@ -17,9 +17,10 @@ import pytest
 from aiohttp import web
 
 from prfaas.dispatch.cluster import ClusterBackend
-from prfaas.dispatch.config import BackendSettings, GatewayConfig
+from prfaas.dispatch.config import BackendSettings
 from prfaas.gateway.admission import Admission
 from prfaas.gateway.backend import GenerationRequest, NoWorker, Overloaded, aclose
+from prfaas.gateway.config import GatewayConfig
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.messages import SamplingSpec, TokenEvent, WorkerInfo
 from prfaas.router.kv_index import KvIndex
