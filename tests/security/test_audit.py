@@ -16,7 +16,9 @@ from prfaas.dispatch.config import BackendSettings
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.messages import KvTarget, PrefillCommand, SamplingSpec, WorkerInfo
 from prfaas.router.kv_index import KvIndex
-from prfaas.router.types import RouteDecision
+from prfaas.router.policies import POLICIES
+from prfaas.router.router import Router, RouterConfig
+from prfaas.router.types import RouteDecision, RouterState
 from prfaas.transfer.audit import AuditLog, AuditRecord
 from tests.security.conftest import Secured
 
@@ -124,7 +126,10 @@ def test_a_failed_cross_cluster_transfer_is_audited_as_failed(tmp_path: Path) ->
         )
     )
     log = AuditLog(tmp_path / "audit.jsonl")
-    backend = ClusterBackend(BackendSettings("tiny", "t"), fleet, None, None, 512, audit=log)
+    router = Router(
+        RouterConfig(block_tokens=16), POLICIES["prfaas"](), fleet, KvIndex(), RouterState(64.0)
+    )
+    backend = ClusterBackend(BackendSettings("tiny", "t"), fleet, router, None, 512, audit=log)
     prompt = [int(w[1:]) for w in LONG.split()]
     cmd = PrefillCommand(
         request_id="cmpl-failed",

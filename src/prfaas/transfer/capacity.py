@@ -23,7 +23,7 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass
 
-WINDOW_S = 2.0
+WINDOW_S = 1.0
 MIN_BUSY_S = 0.05
 HOLD_S = 5.0  # short: a link that stopped queueing is no longer the bottleneck it was
 
