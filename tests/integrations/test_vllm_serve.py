@@ -40,7 +40,7 @@ import openai
 
 from prfaas.deploy.launcher import free_port
 from prfaas.messages import TOKEN_HEADER, LinkControl, WorkerCheck
-from tests.deploy_helper import Running, start, topology
+from tests.deploy_helper import Running, gateway_tls, start, topology
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +90,9 @@ class Deployment:
 
 
 def check(url: str) -> WorkerCheck:
-    r = httpx.get(url + "/internal/check", headers={TOKEN_HEADER: CLUSTER_TOKEN}, timeout=10)
+    # A worker's control port: HTTPS, a gateway's certificate.
+    headers = {TOKEN_HEADER: CLUSTER_TOKEN}
+    r = httpx.get(url + "/internal/check", headers=headers, timeout=10, verify=gateway_tls())
     r.raise_for_status()
     return WorkerCheck.decode(r.content)
 

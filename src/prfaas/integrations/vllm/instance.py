@@ -209,6 +209,8 @@ class VllmEngine:
         )
 
     async def decode(self, cmd: DecodeCommand) -> AsyncIterator[TokenEvent]:
+        if cmd.resume_token_ids:
+            raise ValueError("a vLLM instance does not resume another's stream (failover) yet")
         params = sampling_params(cmd.params)  # ValueError before any event
         local = params.clone()
         if cmd.expect_kv:
@@ -219,6 +221,10 @@ class VllmEngine:
         self._held[cmd.request_id] = held
         outputs = self._generate(cmd, params)
         try:
+            if cmd.expect_kv:
+                # vLLM's scheduler holds room for the KV itself (through the connector): the
+                # reservation is granted here; KV that cannot land falls back below.
+                yield TokenEvent(request_id=cmd.request_id, reserved=True)
             out = await self._first(outputs, held, cmd.deadline_s + LOAD_TIMEOUT_S)
             fell_back = out is None
             if out is None:  # the KV will not come: prefill here
