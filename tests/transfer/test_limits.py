@@ -115,6 +115,16 @@ def test_header_above_the_pool_budget_is_refused_before_allocation() -> None:
         assert rx.allocated_bytes == 0 and rx.num_transfers == 0
 
 
+def test_the_total_budget_follows_the_pool_not_two_longest_requests() -> None:
+    # A small context over a larger pool: many shorter landings fit at once.
+    per_transfer, total = ReceiverConfig.pool_budgets(2 << 20, pool_bytes=64 << 20)
+    assert per_transfer == (2 << 20) + TRANSFER_SLACK_BYTES
+    assert total >= 64 << 20 and total // per_transfer >= 30
+    # A pool smaller than two longest requests: still room for two of them.
+    long_one, total = ReceiverConfig.pool_budgets(8 << 20, pool_bytes=1 << 20)
+    assert total == 2 * long_one
+
+
 def test_pool_budgets_are_validated() -> None:
     with pytest.raises(ValueError):
         ReceiverConfig.pool_budgets(0)

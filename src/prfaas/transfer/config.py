@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from prfaas.transfer.codecs import CodecSpec
 from prfaas.transfer.wire import MAX_CHUNK_FRAME_BYTES, MAX_CONNECTIONS
 
+POOL_SLACK_TRANSFERS = 64  # transfers' slack counted in a pool-sized total budget
 TRANSFER_SLACK_BYTES = 64 << 10  # beyond the KV itself: the first token array, and room
 
 
@@ -70,12 +71,17 @@ class ReceiverConfig:
             raise ValueError("max_connections must be >= 1 and handshake_s positive")
 
     @staticmethod
-    def pool_budgets(transfer_bytes: int) -> tuple[int, int]:
+    def pool_budgets(transfer_bytes: int, pool_bytes: int = 0) -> tuple[int, int]:
         """Budgets for an engine whose largest possible request holds ``transfer_bytes`` of
-        KV (its whole pool at most): one transfer that size (plus ``TRANSFER_SLACK_BYTES``
-        for the first token), and twice that in all, for a transfer landing while another
-        waits to be copied into the pool: ``(max_transfer_bytes, max_total_bytes)``."""
-        if transfer_bytes <= 0:
-            raise ValueError(f"transfer_bytes must be positive, got {transfer_bytes}")
+        KV (its whole pool at most) and whose pool holds ``pool_bytes``: one transfer that
+        size (plus ``TRANSFER_SLACK_BYTES`` for the first token), and in all the larger of
+        two such transfers and the pool with a slack for each of ``POOL_SLACK_TRANSFERS``
+        transfers. A decode instance holds blocks before its KV is sent, so the landings at
+        once carry about what the pool can hold; two full-length ones alone would refuse a
+        third short request while the pool had room (``(max_transfer_bytes,
+        max_total_bytes)``)."""
+        if transfer_bytes <= 0 or pool_bytes < 0:
+            raise ValueError(f"need transfer_bytes > 0, pool_bytes >= 0: {transfer_bytes}")
         per_transfer = transfer_bytes + TRANSFER_SLACK_BYTES
-        return per_transfer, 2 * per_transfer
+        pool = pool_bytes + POOL_SLACK_TRANSFERS * TRANSFER_SLACK_BYTES
+        return per_transfer, max(2 * per_transfer, pool)

@@ -77,7 +77,7 @@ class ReferenceEngine:
         engine = engine or Engine(config)
         self.engine = AsyncEngine(engine)
         max_transfer_bytes, max_total_bytes = ReceiverConfig.pool_budgets(
-            largest_request_bytes(engine)
+            largest_request_bytes(engine), pool_bytes(engine)
         )
         self.receiver = KvReceiver(
             ReceiverConfig(
@@ -202,6 +202,12 @@ def _engine_side(engine: Engine) -> tuple[str | None, BlockCounts, tuple[int, in
         leased=pool.num_blocks - len(free),
     )
     return error, blocks, (len(sched.waiting), len(sched.running), len(sched.parked))
+
+
+def pool_bytes(engine: Engine) -> int:
+    """The KV every block of this engine's pool holds."""
+    num_tokens = engine.kv.pool.num_blocks * engine.kv.block_size
+    return kv_bytes_block_rounded(engine.layer_specs, num_tokens, engine.kv.block_size)
 
 
 def largest_request_bytes(engine: Engine) -> int:
