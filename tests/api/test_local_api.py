@@ -5,15 +5,14 @@ offline ``prfaas.LLM`` gives for the same request."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
 from prfaas import LLM, SamplingParams
-from tests.gateway.conftest import API_KEY, TINY_CHAT_TEMPLATE, LocalServer
+from tests.gateway.conftest import LocalServer
+from tests.gateway.test_openai_api import client, llm
 
 MESSAGES = [{"role": "user", "content": "w5 w9 w17 w33 w65 w129 w200 w7"}]
 PROMPT = "w11 w22 w33 w44 w55 w66 w77 w88 w99"
@@ -21,20 +20,7 @@ LONG_PROMPT = " ".join(f"w{3 + (i * 7) % 250}" for i in range(40))  # several fu
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module")
-def llm(tiny_llama: Path, cache_dir: Path) -> LLM:
-    llm = LLM(str(tiny_llama), cache_dir=cache_dir, num_kv_blocks=256)
-    llm.tokenizer.chat_template = TINY_CHAT_TEMPLATE
-    return llm
-
-
-@pytest.fixture
-def client(local_server: LocalServer) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(
-        base_url=f"{local_server.base_url}/v1", api_key=API_KEY, max_retries=0
-    ) as client:
-        yield client
-    local_server.check_engine()
+__all__ = ["client", "llm"]  # the fixtures, used by name
 
 
 def decode(llm: LLM, token_id: int) -> str:

@@ -12,11 +12,9 @@ from pathlib import Path
 import openai
 import pytest
 
-from prfaas.gateway.config import GatewayConfig
-from tests.conftest import make_tiny_checkpoint
-from tests.engine.helpers import make_engine
-from tests.engine.test_structured_outputs import SCHEMA, VOCAB, _byte_level_tokenizer, _validate
-from tests.gateway.conftest import API_KEY, TINY_CHAT_TEMPLATE, LocalServer
+from tests.api.conftest import byte_level_server
+from tests.engine.test_structured_outputs import SCHEMA, _validate
+from tests.gateway.conftest import TINY_CHAT_TEMPLATE, LocalServer
 
 NUM_PROMPTS = 50
 MAX_TOKENS = 120  # the schema's longest object is well under this
@@ -24,20 +22,7 @@ MAX_TOKENS = 120  # the schema's longest object is well under this
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Iterator[LocalServer]:
-    folder = make_tiny_checkpoint(tmp_path_factory.mktemp("bytes"), "llama", vocab_size=VOCAB)
-    _byte_level_tokenizer(folder)
-    engine = make_engine(folder, cache_dir)
-    engine.tokenizer.chat_template = TINY_CHAT_TEMPLATE
-    server = LocalServer(engine, GatewayConfig(api_keys={API_KEY: "acme"}), model_name="bytes")
-    with server.thread:
-        yield server
-        server.check_engine()
-
-
-@pytest.fixture
-def client(server: LocalServer) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=API_KEY, max_retries=0) as c:
-        yield c
+    yield from byte_level_server(tmp_path_factory, cache_dir, TINY_CHAT_TEMPLATE)
 
 
 def test_strict_json_schema_over_seeded_prompts(client: openai.OpenAI) -> None:

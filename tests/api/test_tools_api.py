@@ -15,10 +15,7 @@ import openai
 import pytest
 
 from prfaas.api.tools import ToolMode, tool_calls
-from prfaas.gateway.config import GatewayConfig
-from tests.conftest import make_tiny_checkpoint
-from tests.engine.helpers import make_engine
-from tests.engine.test_structured_outputs import VOCAB, _byte_level_tokenizer
+from tests.api.conftest import byte_level_server
 from tests.gateway.conftest import API_KEY, LocalServer
 
 TOOLS_TEMPLATE = (
@@ -55,20 +52,7 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Iterator[LocalServer]:
-    folder = make_tiny_checkpoint(tmp_path_factory.mktemp("tools"), "llama", vocab_size=VOCAB)
-    _byte_level_tokenizer(folder)
-    engine = make_engine(folder, cache_dir)
-    engine.tokenizer.chat_template = TOOLS_TEMPLATE
-    server = LocalServer(engine, GatewayConfig(api_keys={API_KEY: "acme"}), model_name="bytes")
-    with server.thread:
-        yield server
-        server.check_engine()
-
-
-@pytest.fixture
-def client(server: LocalServer) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=API_KEY, max_retries=0) as c:
-        yield c
+    yield from byte_level_server(tmp_path_factory, cache_dir, TOOLS_TEMPLATE)
 
 
 def valid_city(arguments: str) -> bool:

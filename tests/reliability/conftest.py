@@ -114,6 +114,18 @@ class Serve:
             base_url=self.base_url + "/v1", api_key=API_KEY, max_retries=0, timeout=timeout_s
         )
 
+    def long_stream(self, max_tokens: int) -> openai.Stream[openai.types.Completion]:
+        """A greedy streamed completion of ``SHORT`` (local prefill) that runs ``max_tokens``
+        tokens whatever it says: long enough to stop a worker in the middle of it."""
+        return self.client().completions.create(
+            model=MODEL,
+            prompt=SHORT,
+            max_tokens=max_tokens,
+            temperature=0,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+
     def wait_healthy(self, names: list[str], epochs: dict[str, int] | None = None) -> None:
         """Until every named worker is registered and healthy (with an epoch other than the
         one in ``epochs``, for a restarted worker)."""

@@ -17,8 +17,6 @@ import pytest
 
 from prfaas.deploy.launcher import free_port
 from tests.reliability.conftest import (
-    MODEL,
-    SHORT,
     Serve,
     assert_clean,
     serve_config,
@@ -42,14 +40,7 @@ def two_decoders(drill_model: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def stream(serve: Serve, on_first: object = None) -> str:
-    chunks = serve.client().completions.create(
-        model=MODEL,
-        prompt=SHORT,
-        max_tokens=300,
-        temperature=0,
-        stream=True,
-        extra_body={"ignore_eos": True},
-    )
+    chunks = serve.long_stream(300)
     texts = []
     for chunk in chunks:
         if not texts and callable(on_first):

@@ -161,14 +161,7 @@ def test_decode_worker_killed_mid_decode(
 ) -> None:
     decode = urls(serve)["pd-d-0"]
     victim = worker_check(decode)
-    stream = serve.client().completions.create(
-        model=MODEL,
-        prompt=SHORT,
-        max_tokens=400,
-        temperature=0,
-        stream=True,
-        extra_body={"ignore_eos": True},
-    )
+    stream = serve.long_stream(400)
     started = time.monotonic()
     chunks = iter(stream)
     next(chunks)  # decoding has begun

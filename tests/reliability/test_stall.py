@@ -25,14 +25,7 @@ def test_a_stopped_decode_worker_ends_its_stream_within_the_heartbeat_timeout(
 ) -> None:
     urls = {i["name"]: i["http_url"] for i in serve.status()["instances"]}
     victim = worker_check(urls["pd-d-0"])
-    stream = serve.client().completions.create(
-        model=MODEL,
-        prompt=SHORT,
-        max_tokens=400,
-        temperature=0,
-        stream=True,
-        extra_body={"ignore_eos": True},
-    )
+    stream = serve.long_stream(400)
     chunks = iter(stream)
     next(chunks)  # decoding has begun
     os.kill(victim.pid, signal.SIGSTOP)

@@ -74,20 +74,12 @@ def config(model: Path) -> DeployConfig:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    import os
-
     tmp = tmp_path_factory.mktemp("dip")
     model = make_tiny_checkpoint(tmp / "model", "llama", num_hidden_layers=8, num_key_value_heads=4)
-    saved = {k: os.environ.get(k) for k in ("PRFAAS_CLUSTER_TOKEN", "PRFAAS_CACHE_DIR")}
-    os.environ.update(PRFAAS_CLUSTER_TOKEN=CLUSTER_TOKEN, PRFAAS_CACHE_DIR=str(tmp / "cache"))
-    try:
+    with pytest.MonkeyPatch.context() as env:  # the in-process gateway reads them once
+        env.setenv("PRFAAS_CLUSTER_TOKEN", CLUSTER_TOKEN)
+        env.setenv("PRFAAS_CACHE_DIR", str(tmp / "cache"))
         gw = Gateway(config(model), tmp / "logs")
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     try:
         yield gw
     finally:
