@@ -154,9 +154,9 @@ class ClusterBackend:
         decision = RouteDecision(
             req.request_id, path, prefill.info.cluster, prefill_name, decode_name, 0, n
         )
-        if local:  # nothing to ship: as if no blocks were held for KV
-            opened = (False, *opened[1:])
-        return self._start(req, decision, prefill.info, decode.info, opened, failover=False)
+        return self._start(
+            req, decision, prefill.info, decode.info, opened, failover=False, local=local
+        )
 
     def _start(
         self,
@@ -166,9 +166,10 @@ class ClusterBackend:
         decode: WorkerInfo,
         opened: tuple[bool, list[TokenEvent], Batches],
         failover: bool = True,
+        local: bool = False,
     ) -> GenerationHandle:
         """The decode stream is open at ``decode``: start the prefill that feeds it, if the
-        decode worker holds blocks for its KV."""
+        decode worker holds blocks for its KV (``local``: it prefills the prompt itself)."""
         reserved, first, stream = opened
         cmd = PrefillCommand(
             request_id=req.request_id,
@@ -194,6 +195,9 @@ class ClusterBackend:
         ended = asyncio.Event()
         events = self._events(req, decode.name, first, stream, engine_hit, ended, failover)
         handle = GenerationHandle(route, 0, events, decode.name)
+        if local:  # no prefill call, nothing shipped
+            ended.set()
+            return handle
         if not reserved:  # the decode worker prefills it: the KV would cross for nothing
             logger.info("%s: %s holds no blocks; no remote prefill", req.request_id, route)
             self.router.prefill_finished(req.request_id)
