@@ -15,11 +15,13 @@ by CPU starvation read as link time and the 1 Gbit/s estimate sags (docs/router.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +29,19 @@ import httpx
 import pytest
 from tests.conftest import make_tiny_checkpoint
 from tests.serving.conftest import CLUSTER_TOKEN
-from tests.serving.test_control_loop import Gateway
+from tests.serving.test_control_loop import BLOCK, Gateway
 
+from prfaas.config import EngineConfig
 from prfaas.deploy.config import DeployConfig
 from prfaas.deploy.launcher import free_port
 from prfaas.gateway.middleware import ROUTE_HEADER
 from prfaas.messages import TOKEN_HEADER, LinkControl
+from prfaas.router.control import Controller
+from prfaas.sim.replay import ControlSample, LiveScenario, RecordedRequest, compare, replay
 
 MAX_MODEL_LEN = 512
+NUM_LAYERS = 8
+KV_HEADS = 4
 DIPPED_GBPS = 0.05
 
 
@@ -72,10 +79,16 @@ def config(model: Path) -> DeployConfig:
     )
 
 
+def checkpoint(folder: Path, kv_heads: int = KV_HEADS) -> Path:
+    return make_tiny_checkpoint(
+        folder, "llama", num_hidden_layers=NUM_LAYERS, num_key_value_heads=kv_heads
+    )
+
+
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("dip")
-    model = make_tiny_checkpoint(tmp / "model", "llama", num_hidden_layers=8, num_key_value_heads=4)
+    model = checkpoint(tmp / "model")
     with pytest.MonkeyPatch.context() as env:  # the in-process gateway reads them once
         env.setenv("PRFAAS_CLUSTER_TOKEN", CLUSTER_TOKEN)
         env.setenv("PRFAAS_CACHE_DIR", str(tmp / "cache"))
@@ -86,13 +99,25 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         gw.close()
 
 
+@dataclass(frozen=True)
+class Sent:
+    """One request of the traffic: when it was sent and answered, its path and status, and
+    the prompt and output tokens the gateway counted (0 when it failed)."""
+
+    sent_s: float
+    done_s: float
+    path: str
+    status: int
+    prompt_tokens: int
+    output_tokens: int
+
+
 class Traffic:
-    """Steady requests from a few client threads, prompt lengths cycling over the context;
-    records (time, path, status) per request."""
+    """Steady requests from a few client threads, prompt lengths cycling over the context."""
 
     def __init__(self, url: str, clients: int = 3) -> None:
         self.url, self.stop = url, threading.Event()
-        self.done: list[tuple[float, str, int]] = []
+        self.done: list[Sent] = []
         self.threads = [threading.Thread(target=self._run, args=(k,)) for k in range(clients)]
         for t in self.threads:
             t.start()
@@ -104,9 +129,20 @@ class Traffic:
                 n = 50 + (i * 137) % 450  # 50..499 tokens
                 prompt = " ".join(f"w{3 + (i + j) % 250}" for j in range(n))
                 body = {"model": "tiny", "prompt": prompt, "max_tokens": 2}
+                sent_s = time.monotonic()
                 r = client.post(self.url + "/v1/completions", json=body)
                 path = r.headers.get(ROUTE_HEADER, "").split(" ")[0]
-                self.done.append((time.monotonic(), path, r.status_code))
+                usage = r.json().get("usage", {}) if r.status_code == 200 else {}
+                self.done.append(
+                    Sent(
+                        sent_s,
+                        time.monotonic(),
+                        path,
+                        r.status_code,
+                        usage.get("prompt_tokens", 0),
+                        usage.get("completion_tokens", 0),
+                    )
+                )
                 i += 3
 
     def close(self) -> None:
@@ -114,9 +150,11 @@ class Traffic:
         for t in self.threads:
             t.join(60)
 
-    def remote_share(self, start_s: float, end_s: float) -> float:
-        paths = [p for t, p, _ in self.done if start_s <= t < end_s]
-        return sum(p == "prfaas" for p in paths) / max(len(paths), 1)
+
+def remote_share(run: DipRun, start_s: float, end_s: float) -> float:
+    """Share of the requests answered in [start_s, end_s) that were prefilled remotely."""
+    paths = [r.path for r in run.requests if start_s <= r.done_s < end_s]
+    return sum(p == "prfaas" for p in paths) / max(len(paths), 1)
 
 
 def set_rate(gw: Gateway, gbps: float) -> None:
@@ -151,34 +189,95 @@ def first_after(trace: Trace, start_s: float, ok: Any) -> float:
     return next(t - start_s for t, gbps, _, _ in trace if t >= start_s and ok(gbps))
 
 
-@pytest.mark.slow
-def test_a_dip_is_measured_raises_t_and_t_returns(gateway: Gateway) -> None:
-    control = gateway.deployment.control
+@dataclass
+class DipRun:
+    """A live dip: monotonic times of the traffic's start, the dip and the restore; the
+    controller's trace; the requests; failed prefill results; the controller as traffic
+    began (a copy: the simulator's replay starts from it)."""
+
+    start_s: float
+    dip_s: float
+    restore_s: float
+    trace: Trace
+    requests: list[Sent]
+    errors: list[tuple[float, str]]  # (monotonic time, error) of failed prefill results
+    controller: Controller
+
+
+def run_dip(gw: Gateway, steady_s: float = 12, dip_s: float = 15, after_s: float = 15) -> DipRun:
+    """Steady traffic at 1 Gbit/s for ``steady_s``, at 50 Mbit/s for ``dip_s``, restored for
+    ``after_s``."""
+    control = gw.deployment.control
     assert control.controller is not None, "the loop must run"
-    bounds = control.inputs.bounds if control.inputs else (0.0, 0.0)
-    errors: list[str] = []  # failed prefill results (transfer errors) during the run
-    backend = gateway.deployment.backend
+    errors: list[tuple[float, str]] = []
+    backend = gw.deployment.backend
     on_prefill = backend.on_prefill
 
     def record(decision: Any, result: Any) -> None:
         if not result.ok:
-            errors.append(result.error or "")
+            errors.append((time.monotonic(), result.error or ""))
         if on_prefill is not None:
             on_prefill(decision, result)
 
+    async def snapshot() -> Controller:  # on the loop's thread: never mid-tick
+        assert control.controller is not None
+        return copy.deepcopy(control.controller)
+
     backend.on_prefill = record
-    traffic = Traffic(gateway.url)
     trace: Trace = []
+    controller = gw.call(snapshot())
+    start_s = time.monotonic()
+    traffic = Traffic(gw.url)
     try:
-        watch(gateway, 12, trace)  # steady state at 1 Gbit/s
-        dip_s = time.monotonic()
-        set_rate(gateway, DIPPED_GBPS)
-        watch(gateway, 15, trace)
-        restore_s = time.monotonic()
-        set_rate(gateway, 1.0)
-        watch(gateway, 15, trace)
+        watch(gw, steady_s, trace)
+        dip_at = time.monotonic()
+        set_rate(gw, DIPPED_GBPS)
+        watch(gw, dip_s, trace)
+        restore_at = time.monotonic()
+        set_rate(gw, 1.0)
+        watch(gw, after_s, trace)
     finally:
         traffic.close()
+        backend.on_prefill = on_prefill
+    return DipRun(start_s, dip_at, restore_at, trace, traffic.done, errors, controller)
+
+
+def live_scenario(gw: Gateway, run: DipRun) -> LiveScenario:
+    """The run as the simulator replays it: the measured deployment, the controller as
+    traffic began, the requests as sent, the emulator's rate steps (times from the start)."""
+    control = gw.deployment.control
+    assert control.inputs is not None
+    cfg = gw.deployment.config
+    requests = tuple(
+        RecordedRequest(r.sent_s - run.start_s, r.prompt_tokens, r.output_tokens)
+        for r in run.requests
+        if r.status == 200
+    )
+    schedule = ((run.dip_s - run.start_s, DIPPED_GBPS), (run.restore_s - run.start_s, 1.0))
+    return LiveScenario(
+        deployment=control.inputs.deployment,
+        n_p=control.inputs.n_p,
+        controller=run.controller,
+        requests=requests,
+        link_schedule=schedule,
+        block_tokens=BLOCK,
+        max_batch_tokens=EngineConfig.max_num_batched_tokens,
+        pipeline_layers=NUM_LAYERS,
+        balance_factor=cfg.policy.balance_factor,
+        instance_choice=copy.deepcopy(control.router.instance_choice),
+    )
+
+
+def live_samples(run: DipRun) -> list[ControlSample]:
+    return [ControlSample(s - run.start_s, g, t) for s, g, t, _ in run.trace]
+
+
+@pytest.mark.slow
+def test_a_dip_is_measured_raises_t_and_t_returns(gateway: Gateway) -> None:
+    control = gateway.deployment.control
+    bounds = control.inputs.bounds if control.inputs else (0.0, 0.0)
+    run = run_dip(gateway)
+    trace, dip_s, restore_s, errors = run.trace, run.dip_s, run.restore_s, run.errors
     shown = [(round(s - dip_s, 1), round(g, 3), round(t), f) for s, g, t, f in trace]
     shown_all = f"{control.choice}\nbounds {bounds}\n{shown}"
     logging.getLogger(__name__).warning("dip trace (s, Gbit/s, t, fallbacks): %s", shown)
@@ -189,14 +288,24 @@ def test_a_dip_is_measured_raises_t_and_t_returns(gateway: Gateway) -> None:
     assert first_after(trace, dip_s, lambda g: g < 2 * DIPPED_GBPS) <= 5.0, shown_all
     t_before, t_during = before[-1][1], max(t for _, t in during)
     assert t_during > t_before, shown_all  # t rose
-    shares = traffic.remote_share(0, dip_s), traffic.remote_share(dip_s + 5, restore_s)
+    shares = remote_share(run, run.start_s, dip_s), remote_share(run, dip_s + 5, restore_s)
     if t_before < 0.9 * bounds[1]:  # the profile may start t near its bound: no room to rise
         assert shares[1] < shares[0], (shares, shown_all)
     assert first_after(trace, restore_s, lambda g: g > 2 * DIPPED_GBPS) <= 8.0, shown_all
     assert after[-1][1] < t_during, shown_all  # t came back down
-    codes = Counter(code for _, _, code in traffic.done)
+    codes = Counter(r.status for r in run.requests)
     assert set(codes) == {200}, (codes, errors[:3])
     # Transfers the decode side gave up on for their deadline (the receiver refusing one
     # when its memory budget is full is counted apart: it happens at 1 Gbit/s too).
-    missed = [e for e in errors if "deadline" in e or "timed out" in e or "Timeout" in e]
+    missed = [
+        (round(at - dip_s, 1), e)
+        for at, e in errors
+        if "deadline" in e or "timed out" in e or "Timeout" in e
+    ]
     assert not missed, (missed[:3], len(errors), shown_all)
+    # The same scenario in the simulator, on the same Controller: t agrees.
+    live = live_samples(run)
+    simulated = replay(live_scenario(gateway, run), live[-1].time_s + 1)
+    agreement = compare(live, simulated)
+    logging.getLogger(__name__).warning("live vs simulated t: %s", agreement)
+    assert agreement.mean_relative <= 0.2, (agreement, shown_all)

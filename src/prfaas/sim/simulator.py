@@ -71,6 +71,8 @@ class Simulator:
         self._workload: Iterator[SimRequest] = iter(workload)
         self._flows: dict[str, Flow] = {}
         self._in_flight = 0
+        # (time, the controller's smoothed link view, the state it returned) per short tick
+        self.control_trace: list[tuple[float, LinkView, RouterState]] = []
         kinds = {c.name: c.kind for c in fleet_spec.clusters}
         egress = [k for k in self.links if kinds[k[0]] == "prfaas" and kinds[k[1]] == "pd"]
         self.egress_key = egress[0] if egress else None
@@ -153,6 +155,7 @@ class Simulator:
         controller = self.policy.controller
         assert controller is not None
         self.router.state = controller.short_tick(self.fleet.instances(), self._egress_view())
+        self.control_trace.append((self.now_s, controller.egress, self.router.state))
         self.queue.push(self.now_s + controller.config.short_interval_s, ev.ShortControlTick())
 
     def long_control(self) -> None:
