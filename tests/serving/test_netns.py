@@ -14,12 +14,14 @@ counter), and that the output equals the offline engine's.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -69,6 +71,15 @@ class Namespace:
 
     def exec(self, *cmd: str) -> list[str]:
         return ["ip", "netns", "exec", self.name, *cmd]
+
+    def set_rate(self, rate_mbit: float) -> None:
+        """The uplink's tbf rate, changed in place (the queue and its packets stay)."""
+        _run(
+            *self.exec(
+                "tc", "qdisc", "change", "dev", self.ns_dev, "root", "tbf",
+                "rate", f"{rate_mbit}mbit", "burst", "16kb", "latency", "400ms",
+            )
+        )  # fmt: skip
 
     def sent_bytes(self) -> int:
         out = _run(*self.exec("tc", "-s", "qdisc", "show", "dev", self.ns_dev)).stdout
@@ -253,3 +264,56 @@ def test_long_prompt_kv_crosses_the_shaped_namespace_link(
     status = httpx.get(deployment.base_url + "/status", headers=ADMIN).json()
     fallbacks = {i["name"]: i["fallbacks"] for i in status["instances"]}
     assert fallbacks.get("pd-d-0", 0) == 0
+
+
+DIPPED_MBIT = 1
+
+
+def _capacity_gbps(base_url: str) -> float | None:
+    """The remote cluster's link capacity as its sender measures it (``/metrics``)."""
+    text = httpx.get(base_url + "/metrics", headers=ADMIN, timeout=5).text
+    match = re.search(r'prfaas_link_capacity_gbps\{link="remote"\} (\S+)', text)
+    return float(match.group(1)) if match else None
+
+
+def test_a_tbf_dip_shows_in_the_senders_capacity_estimate(
+    deployment: NetnsDeployment, namespace: Namespace
+) -> None:
+    """Under steady remote prefills, the uplink's tbf rate drops from 8 to 1 Mbit/s: the
+    capacity the PrfaaS worker measures and reports in its heartbeats falls under twice the
+    dipped rate within 5 s, with no hand-off failing for it."""
+    stop = threading.Event()
+    codes: list[int] = []
+
+    def traffic() -> None:
+        with httpx.Client(headers={"Authorization": "Bearer key-alice"}, timeout=60) as client:
+            while not stop.is_set():
+                body = {"model": "tiny", "prompt": LONG, "max_tokens": 1}
+                codes.append(
+                    client.post(deployment.base_url + "/v1/completions", json=body).status_code
+                )
+
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    trace: list[tuple[float, float | None]] = []
+    try:
+        time.sleep(4)  # steady traffic at 8 Mbit/s
+        before = _capacity_gbps(deployment.base_url)
+        dip_s = time.monotonic()
+        namespace.set_rate(DIPPED_MBIT)
+        while time.monotonic() < dip_s + 10:
+            trace.append((round(time.monotonic() - dip_s, 1), _capacity_gbps(deployment.base_url)))
+            time.sleep(0.5)
+    finally:
+        namespace.set_rate(RATE_MBIT)
+        stop.set()
+        thread.join(90)
+    logging.getLogger(__name__).warning("tbf dip: before %s, after (s, Gbit/s) %s", before, trace)
+    low = 2 * DIPPED_MBIT / 1000
+    assert before is None or before > low, (before, trace)  # None: not measured yet
+    noticed = next((s for s, gbps in trace if gbps is not None and gbps < low), None)
+    assert noticed is not None and noticed <= 5.0, trace
+    assert codes and set(codes) == {200}, codes
+    status = httpx.get(deployment.base_url + "/status", headers=ADMIN).json()
+    fallbacks = {i["name"]: i["fallbacks"] for i in status["instances"]}
+    assert fallbacks.get("pd-d-0", 0) == 0, (fallbacks, trace)
