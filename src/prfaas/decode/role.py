@@ -70,8 +70,10 @@ class DecodeRole:
 
     def _given_up(self, request_id: str, kv: asyncio.Future[KvPayload]) -> None:
         """The KV future failed or was cancelled (deadline, prefill failed, client gone)."""
-        if kv.cancelled() or kv.exception() is not None:
-            self.receiver.abandon(request_id)
+        if kv.cancelled():
+            self.receiver.abandon(request_id, "the decode stream ended first")
+        elif (error := kv.exception()) is not None:
+            self.receiver.abandon(request_id, f"{type(error).__name__}: {error}")
 
     def _wait_kv(
         self, request_id: str, prompt: list[int], salt: bytes, timeout_s: float

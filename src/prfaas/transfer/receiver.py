@@ -93,7 +93,7 @@ class KvReceiver(ConnectionServer):
         self._failures: dict[str, TransferError] = {}  # recent outcomes, for late waiters
         # Requests the consumer gave up on (deadline, fallback): a late (re)send is refused,
         # so nothing lands for a request nobody will release. Bounded, oldest forgotten.
-        self._abandoned: dict[str, None] = {}
+        self._abandoned: dict[str, str] = {}  # request id -> why
         self._allocated_bytes = 0
         self._pool = BufferPool(config.pool_bytes)
 
@@ -140,11 +140,12 @@ class KvReceiver(ConnectionServer):
                 raise KeyError(f"{request_id} is not a complete transfer")
             self._remove(landing)
 
-    def abandon(self, request_id: str) -> None:
-        """The consumer gave up on ``request_id`` (it fell back to a local prefill): free
-        whatever has landed or is landing, wake its waiters, and refuse a late (re)send."""
+    def abandon(self, request_id: str, reason: str = "") -> None:
+        """The consumer gave up on ``request_id`` (it fell back to a local prefill) for
+        ``reason``: free whatever has landed or is landing, wake its waiters, and refuse a
+        late (re)send, saying why."""
         with self._cond:
-            self._abandoned[request_id] = None
+            self._abandoned[request_id] = reason[:200] or "no reason given"
             while len(self._abandoned) > MAX_ABANDONED:
                 self._abandoned.pop(next(iter(self._abandoned)))
             landing = self._landings.get(request_id)
@@ -253,7 +254,8 @@ class KvReceiver(ConnectionServer):
             raise TransferRefused(f"{header.raw_bytes} bytes exceed max_transfer_bytes")
         with self._cond:
             if header.request_id in self._abandoned:
-                raise TransferRefused(f"{header.request_id} was abandoned (deadline passed)")
+                why = self._abandoned[header.request_id]
+                raise TransferRefused(f"{header.request_id} was abandoned by its consumer ({why})")
             landing = self._landings.get(header.request_id)
             if landing is not None and landing.state == LandingState.COMPLETE:
                 raise TransferRefused(f"{header.request_id} is already complete")

@@ -50,10 +50,10 @@ class PullRole:
             payload = await asyncio.to_thread(self._wait, cmd)
             cached = await self.engine.import_prefix(payload, tenant_salt=salt)
         except (TransferError, ValueError, TimeoutError) as e:  # KvImportError is a ValueError
-            self.receiver.abandon(cmd.request_id)
+            self.receiver.abandon(cmd.request_id, f"cache pull failed: {e}")
             logger.warning("cache pull %s failed: %s", cmd.request_id, e)
             return PullResult(request_id=cmd.request_id, ok=False, error=str(e)[:1024])
         except BaseException:  # cancelled (the caller left) or a bug: nothing stays held
-            self.receiver.abandon(cmd.request_id)
+            self.receiver.abandon(cmd.request_id, "cache pull cancelled")
             raise
         return PullResult(request_id=cmd.request_id, ok=True, cached_tokens=cached)
