@@ -11,7 +11,9 @@ comes back, traffic returns to it.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -150,18 +152,23 @@ def test_regional_failover_keeps_every_tenant_inside_its_regions(tmp_path: Path)
 
 
 def test_a_full_region_spills_its_tenants_to_their_next_region(tmp_path: Path) -> None:
-    overload = {"max_inflight_per_decode": 1}
-    with regions(tmp_path, overload=overload) as c:
+    with regions(tmp_path, overload={"max_inflight_per_decode": 1}) as c:
+        held = asyncio.Event()
+        c.workers["a-d"].behaviour.hold_decode = held  # its one slot stays taken
+        answers: list[httpx.Response] = []
+        first = threading.Thread(target=lambda: answers.append(complete(c, "ab", SHORT)))
+        first.start()
         admission = c.deployment.app.state.admission
-        admission.by_instance["a-d"] = 1  # a request running at a-d: region a is at its cap
-        assert route(c, "ab", SHORT) == "pd-p prefill=b-p decode=b-d"
-        assert route(c, "free", SHORT) == "pd-p prefill=b-p decode=b-d"
+        wait_until(lambda: admission.by_instance.get("a-d") == 1, timeout_s=10.0)
         status = httpx.get(c.url + "/status").json()["regions"]
         assert [r["state"] for r in status] == ["full", "serving"]
-        # A full region is still the only one of a pinned tenant: it waits there, not in b.
-        admission.by_instance["b-d"] = 1  # every region full: the first allowed takes it
-        assert route(c, "ab", SHORT) == "pd-p prefill=a-p decode=a-d"
-        del admission.by_instance["a-d"], admission.by_instance["b-d"]
+        assert route(c, "ab", SHORT) == "pd-p prefill=b-p decode=b-d"
+        server = c.servers["a-d"]
+        assert server.loop is not None
+        server.loop.call_soon_threadsafe(held.set)
+        first.join(30)
+        assert answers and answers[0].headers[ROUTE_HEADER] == "pd-p prefill=a-p decode=a-d"
+        wait_until(lambda: not admission.by_instance)
         assert route(c, "ab", SHORT) == "pd-p prefill=a-p decode=a-d"  # back home
 
 

@@ -87,7 +87,8 @@ class DecodeFailover:
     async def _resume(
         self, req: GenerationRequest, streamed: list[int], tried: set[str]
     ) -> tuple[str, Batches] | None:
-        """Open the request's stream at the least loaded healthy decode instance not tried."""
+        """Open the request's stream at a healthy decode instance not tried: in the tenant's
+        best region, the least loaded."""
         allowed = self.settings.residency.get(req.tenant)
         regions = self.settings.tenant_regions.get(req.tenant)
         route = RouteRequest(req.request_id, req.tenant, 0, (), allowed, regions)
