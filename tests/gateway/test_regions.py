@@ -12,8 +12,10 @@ comes back, traffic returns to it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +51,21 @@ def workers() -> list[FakeWorker]:
     ]
 
 
-def regions(tmp_path: Path, **deploy: Any) -> Any:
-    return fake_cluster(
-        workers(),
-        layout=CLUSTERS,
-        tenants=TENANTS,
-        audit_log=tmp_path / "audit.jsonl",
-        **deploy,
+@contextlib.contextmanager
+def regions(tmp_path: Path, **deploy: Any) -> Iterator[FakeCluster]:
+    cluster = fake_cluster(
+        workers(), layout=CLUSTERS, tenants=TENANTS, audit_log=tmp_path / "audit.jsonl", **deploy
     )
+    with cluster as c:
+        # The first registered may have missed its heartbeat deadline while the last
+        # registered (a loaded machine): start once the heartbeat loop has reached them all.
+        all_healthy(c)
+        yield c
+
+
+def all_healthy(c: FakeCluster) -> None:
+    fleet = c.deployment.fleet
+    wait_until(lambda: all(fleet.healthy(n) for n in c.servers), timeout_s=10.0)
 
 
 def complete(c: FakeCluster, tenant: str, prompt: str, max_tokens: int = 4) -> httpx.Response:
@@ -74,7 +83,7 @@ def route(c: FakeCluster, tenant: str, prompt: str) -> str:
 def kill(c: FakeCluster, name: str) -> None:
     """The worker's process is gone; wait until the gateway has seen its heartbeats stop."""
     c.stop(name)
-    wait_until(lambda: not c.deployment.fleet.healthy(name), timeout_s=10.0)
+    wait_until(lambda: not c.deployment.fleet.healthy(name), timeout_s=20.0)
 
 
 def audit(tmp_path: Path, event: str) -> list[dict[str, Any]]:
@@ -95,6 +104,9 @@ def assert_residency_held(tmp_path: Path) -> None:
 
 def test_regional_failover_keeps_every_tenant_inside_its_regions(tmp_path: Path) -> None:
     with regions(tmp_path) as c:
+        # Twice the default: on a loaded machine the fakes' heartbeat loop may lag, and a
+        # healthy region must not look down.
+        c.deployment.fleet.heartbeat_timeout_s = 6.0
         # Everyone starts in its first region; only the unrestricted tenant may offload.
         assert route(c, "pinned", SHORT) == "pd-p prefill=a-p decode=a-d"
         assert route(c, "ab", SHORT) == "pd-p prefill=a-p decode=a-d"
@@ -127,6 +139,7 @@ def test_regional_failover_keeps_every_tenant_inside_its_regions(tmp_path: Path)
 
         # Region a comes back: new requests return to it.
         assert c.register(c.workers["a-d"]) == 200
+        all_healthy(c)
         assert route(c, "ab", SHORT) == "pd-p prefill=a-p decode=a-d"
         assert route(c, "free", SHORT) == "pd-p prefill=a-p decode=a-d"
         assert route(c, "pinned", SHORT) == "pd-p prefill=a-p decode=a-d"

@@ -71,7 +71,12 @@ class ClusterBackend:
         self.workers = WorkerClient(settings.cluster_token, settings.worker_tls, fleet.cluster_at)
         self.cache_pull = CachePull(fleet, self.workers, settings, audit, on_pull)
         self.failover = DecodeFailover(
-            fleet, self.workers, settings, router.regions, on_resume=self._resumed
+            fleet,
+            self.workers,
+            settings,
+            lambda req: self.route_request(req, []),
+            router.regions,
+            on_resume=self._resumed,
         )
         self._tasks: set[asyncio.Task[None]] = set()
 

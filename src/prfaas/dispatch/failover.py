@@ -36,12 +36,14 @@ class DecodeFailover:
         fleet: WorkerFleet,
         workers: WorkerClient,
         settings: BackendSettings,
+        route_request: Callable[[GenerationRequest], RouteRequest],
         regions: RegionMap | None = None,
         on_resume: Callable[[GenerationRequest, str], None] | None = None,
     ) -> None:
         self.fleet = fleet
         self.workers = workers
         self.settings = settings
+        self.route_request = route_request  # the request's residency and regions
         self.regions = regions
         self.on_resume = on_resume  # (request, the decode instance it resumed at)
 
@@ -89,9 +91,7 @@ class DecodeFailover:
     ) -> tuple[str, Batches] | None:
         """Open the request's stream at a healthy decode instance not tried: in the tenant's
         best region, the least loaded."""
-        allowed = self.settings.residency.get(req.tenant)
-        regions = self.settings.tenant_regions.get(req.tenant)
-        route = RouteRequest(req.request_id, req.tenant, 0, (), allowed, regions)
+        route = self.route_request(req)
         cmd = DecodeCommand(
             request_id=req.request_id,
             prompt_token_ids=req.prompt_token_ids,
