@@ -71,29 +71,40 @@ class FakeCluster:
 
 @contextlib.contextmanager
 def fake_cluster(
-    workers: list[FakeWorker], threshold_tokens: int = 64, **deploy: Any
+    workers: list[FakeWorker],
+    threshold_tokens: int = 64,
+    layout: dict[str, tuple[str, str | None]] | None = None,
+    **deploy: Any,
 ) -> Iterator[FakeCluster]:
     """A gateway with a PD cluster ``local`` and a PrfaaS cluster ``remote`` (the workers'
     clusters), t pinned at ``threshold_tokens``, the control loop off; ``deploy`` overrides
-    deploy.yaml keys (``overload``, ``kv_deadline_s``, …). Every worker registers first."""
-    clusters = [
+    deploy.yaml keys (``overload``, ``kv_deadline_s``, …). Every worker registers first.
+    ``layout``: other clusters instead, name -> (kind, region), each PrfaaS one linked to
+    every PD one."""
+    layout = layout or {"local": ("pd", None), "remote": ("prfaas", None)}
+    specs = [
         {
             "name": name,
             "kind": kind,
+            **({"region": region} if region is not None else {}),
             "instances": [
                 {"name": w.name, "role": w.role, "spawn": False}
                 for w in workers
                 if w.cluster == name
             ],
         }
-        for name, kind in (("local", "pd"), ("remote", "prfaas"))
+        for name, (kind, region) in layout.items()
     ]
+    pds = [name for name, (kind, _) in layout.items() if kind == "pd"]
+    remotes = [name for name, (kind, _) in layout.items() if kind == "prfaas"]
     cfg = DeployConfig.model_validate(
         {
-            "clusters": clusters,
+            "clusters": specs,
             # Fake workers speak plain TCP: plaintext by choice (the tests are about the gateway).
             "links": [
-                {"src": "remote", "dst": "local", "tls": False, "insecure": True, "emulate": False}
+                {"src": src, "dst": dst, "tls": False, "insecure": True, "emulate": False}
+                for src in remotes
+                for dst in pds
             ],
             # ... and register over plain HTTP, on the public port: tests/security covers
             # the mutual-TLS control plane with real certificates.

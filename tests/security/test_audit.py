@@ -42,13 +42,18 @@ FIELDS = {
 }
 
 
-def audit_lines(path: Path, request_id: str, timeout_s: float = 10.0) -> list[dict[str, object]]:
-    """The audit lines of ``request_id`` (the line is written when the prefill reports)."""
+def audit_lines(
+    path: Path, request_id: str, timeout_s: float = 10.0, event: str = "kv_transfer"
+) -> list[dict[str, object]]:
+    """The ``event`` lines of ``request_id`` (a transfer's is written when the prefill
+    reports)."""
     end_s = time.monotonic() + timeout_s
     while True:
         text = path.read_text() if path.exists() else ""
         lines = [json.loads(line) for line in text.splitlines()]
-        found = [line for line in lines if line["request_id"] == request_id]
+        found = [
+            line for line in lines if (line["request_id"], line["event"]) == (request_id, event)
+        ]
         if found or time.monotonic() > end_s:
             return found
         time.sleep(0.1)
@@ -73,6 +78,13 @@ def test_a_cross_cluster_transfer_has_one_audit_line_without_prompt_text(
     assert isinstance(line["kv_bytes"], int) and line["kv_bytes"] > 0
     assert isinstance(line["wire_bytes"], int) and line["wire_bytes"] >= line["kv_bytes"]
     assert isinstance(line["seconds"], float) and line["seconds"] > 0
+    # ... and one line saying where the request went: every cluster it touched.
+    [routed] = audit_lines(secured.audit_log, completion.id, event="request")
+    assert (routed["tenant"], routed["outcome"], routed["region"]) == ("carol", "routed", "local")
+    assert (routed["clusters"], routed["instances"]) == (
+        ["remote", "local"],
+        ["prfaas-0", "pd-d-0"],
+    )
 
     local = client.completions.create(model="tiny", prompt=SHORT, max_tokens=2, temperature=0)
     assert audit_lines(secured.audit_log, local.id, timeout_s=2.0) == []  # not cross-cluster

@@ -24,7 +24,7 @@ def abundant(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     config = deploy_yaml(tiny_llama, free_port())
     config["policy"] = {"name": "prfaas", "threshold_tokens": 32, "mode": "abundant"}
     # Abundant mode may pull the PD cluster's prefixes to the PrfaaS cluster: that path
-    # needs its own TLS link (no rate: it also carries the PD cluster's own KV).
+    # needs its own TLS link (no rate: pulls go unpaced; KV inside a cluster takes no link).
     config["links"].append({"src": "local", "dst": "remote", "tls": True, "emulate": False})
     with serving(config, tmp_path_factory.mktemp("abundant"), tiny_llama) as d:
         yield d

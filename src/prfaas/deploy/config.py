@@ -18,6 +18,7 @@ from pydantic import (
 )
 
 from prfaas.canary.config import CanaryConfig
+from prfaas.deploy.regions import check_regions, offload_pairs
 from prfaas.deploy.specs import (
     ClusterSpec,
     ControlPlaneSpec,
@@ -88,11 +89,10 @@ class DeployConfig(_Strict):
             raise ValueError("cluster names must be unique")
         if GATEWAY in names:
             raise ValueError(f"cluster name {GATEWAY!r} is the gateways' certificate name")
-        pd = [c for c in self.clusters if c.kind == "pd"]
-        if len(pd) != 1:
-            raise ValueError("exactly one cluster of kind 'pd' (the local cluster) is needed")
-        if not any(i.role == "decode" for i in pd[0].instances):
-            raise ValueError(f"cluster {pd[0].name!r} needs at least one decode instance")
+        check_regions(self)  # one PD cluster per region
+        for pd in (c for c in self.clusters if c.kind == "pd"):
+            if not any(i.role == "decode" for i in pd.instances):
+                raise ValueError(f"cluster {pd.name!r} needs at least one decode instance")
         for c in self.clusters:
             if c.kind == "prfaas" and any(i.role != "prefill" for i in c.instances):
                 raise ValueError(f"cluster {c.name!r}: PrfaaS instances are prefill-only")
@@ -113,26 +113,21 @@ class DeployConfig(_Strict):
         _check_control_plane(self)
         for t in self.tenants:
             t.limits()  # a burst without its rate is refused here
-            for allowed in t.clusters or []:
-                if allowed not in names:
-                    raise ValueError(f"tenant {t.name!r}: unknown cluster {allowed!r}")
         return self
 
 
 def kv_paths(cfg: DeployConfig) -> list[tuple[str, str]]:
     """The cross-cluster paths KV can take, as (src, dst) clusters: each PrfaaS cluster's
-    prefill instances to the PD cluster's decode instances (a cache pull from a PrfaaS
-    cluster rides the same link: links are looked up by source cluster); and, where cache
-    pulls can run (policy prfaas in abundant mode, or a control loop that may switch to
-    it), the PD cluster's cached prefixes to each PrfaaS cluster."""
-    pd = next(c.name for c in cfg.clusters if c.kind == "pd")
-    remotes = [c.name for c in cfg.clusters if c.kind == "prfaas"]
-    paths = [(r, pd) for r in remotes]
+    prefill instances to the decode instances of the PD clusters it serves
+    (``regions.offload_pairs``; a cache pull from a PrfaaS cluster rides the same link);
+    and, where cache pulls can run (policy prfaas in abundant mode, or a control loop that
+    may switch to it), each PD cluster's cached prefixes to the PrfaaS clusters it uses."""
+    paths = offload_pairs(cfg)
     control = cfg.policy.control
     if cfg.policy.name == "prfaas" and (
         cfg.policy.mode == "abundant" or (control.enabled and control.adapt_mode)
     ):
-        paths += [(pd, r) for r in remotes]
+        paths += [(pd, r) for r, pd in paths]
     return paths
 
 

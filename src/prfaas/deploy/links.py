@@ -11,7 +11,8 @@ from prfaas.messages import KvTarget, WorkerInfo
 
 @dataclass(frozen=True)
 class LinkRoute:
-    """How KV from one source cluster reaches decode workers: through ``via[decode_name]``
+    """How KV from one cluster reaches workers of another (or of its own: the ``local``
+    route, one per cluster): through ``via[decode_name]``
     (a link emulator or a WAN address) when set, else straight to the worker's receiver."""
 
     name: str
@@ -21,11 +22,17 @@ class LinkRoute:
     via: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
-def kv_target(links: dict[str, LinkRoute], source_cluster: str, receiver: WorkerInfo) -> KvTarget:
-    """Where KV from ``source_cluster`` reaches ``receiver``'s KV receiver: over that
-    cluster's link (through its emulator or WAN address when one is set), TLS identity the
-    receiver's cluster."""
-    link = links.get(source_cluster, LinkRoute("local"))
+Routes = dict[tuple[str, str], LinkRoute]  # (source cluster, destination cluster) -> route
+
+
+def kv_target(links: Routes, source_cluster: str, receiver: WorkerInfo) -> KvTarget:
+    """Where KV from ``source_cluster`` reaches ``receiver``'s KV receiver: over the link
+    between their clusters (through its emulator or WAN address when one is set), else the
+    source cluster's local route; TLS identity the receiver's cluster. A PrfaaS cluster that
+    serves several regions has one link to each."""
+    link = links.get((source_cluster, receiver.cluster)) or links.get(
+        (source_cluster, source_cluster), LinkRoute("local")
+    )
     host, port = link.via.get(receiver.name, (receiver.kv_host, receiver.kv_port))
     return KvTarget(
         host=host,

@@ -3,7 +3,7 @@ loop uses too:
 
   POST /internal/role   RoleSwitch {name, role}: drain a PD-cluster worker, then switch it
   GET  /status          clusters, instances and roles, queue depths, threshold and mode,
-                        and the control loop's state
+                        the control loop's state, and each region's state
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from prfaas.deploy.canary import canary_status
+from prfaas.deploy.region_status import region_status
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.messages import TOKEN_HEADER, Role, RoleSwitch, WorkerInfo
 
@@ -118,6 +119,11 @@ def add_status_route(
             "policy": router.policy.name,
             "kv_index_blocks": len(fleet.kv_index),
             **({"canary": canary_status(canary)} if canary is not None else {}),
+            **(
+                {"regions": region_status(router.regions, fleet)}
+                if getattr(router, "regions", None) is not None
+                else {}
+            ),
             "instances": [
                 {
                     "name": n,

@@ -29,7 +29,7 @@ from prfaas.deploy.cluster_metrics import ClusterMetrics, add_kv_index_metrics
 from prfaas.deploy.config import DeployConfig, binds_loopback, open_kv_index, warn_insecure_links
 from prfaas.deploy.control_loop import ControlLoop, running
 from prfaas.deploy.launcher import Launcher, WorkerSpawn, free_port
-from prfaas.deploy.links import LinkRoute, kv_target
+from prfaas.deploy.links import LinkRoute, Routes, kv_target
 from prfaas.deploy.profiling import (
     ThresholdChoice,
     default_threshold,
@@ -37,6 +37,8 @@ from prfaas.deploy.profiling import (
     profiles_at_start,
 )
 from prfaas.deploy.readiness import not_ready_reason
+from prfaas.deploy.region_status import RegionMetrics
+from prfaas.deploy.regions import region_map, residency, tenant_regions
 from prfaas.deploy.roles import add_role_route, add_status_route, switch_role
 from prfaas.deploy.ttft_estimate import placeholder_choice
 from prfaas.dispatch.cluster import ClusterBackend
@@ -156,7 +158,7 @@ def build_deployment(
     warn_insecure_links(cfg)
     emulators: list[LinkEmulator] = []
     emulators_by_link: dict[str, list[LinkEmulator]] = {}  # for POST /internal/link/{name}
-    links: dict[str, LinkRoute] = {}
+    links: Routes = {}
     for link in cfg.links:
         via: dict[str, tuple[str, int]] = {}
         if link.emulate:
@@ -173,7 +175,7 @@ def build_deployment(
                     emulators.append(emu)
                     emulators_by_link.setdefault(f"{link.src}->{link.dst}", []).append(emu)
                     via[s.name] = emu.address
-        links[link.src] = LinkRoute(
+        links[link.src, link.dst] = LinkRoute(
             name=f"{link.src}->{link.dst}",
             codec=link.codec,
             connections=link.connections,
@@ -183,7 +185,9 @@ def build_deployment(
     # Inside a cluster KV travels straight to the decode worker; with certificates, every
     # KV connection (intra-cluster too) is mutual TLS, since a receiver speaks one protocol.
     for cluster in cfg.clusters:
-        links.setdefault(cluster.name, LinkRoute(name="local", tls=certs_dir is not None))
+        links.setdefault(
+            (cluster.name, cluster.name), LinkRoute(name="local", tls=certs_dir is not None)
+        )
     # The router counts cached tokens in ``block_size``: a worker with another is refused.
     fleet = WorkerFleet({c.name: c.kind for c in cfg.clusters}, kv_index, block_size=block_size)
     threshold = cfg.policy.threshold_tokens
@@ -200,6 +204,7 @@ def build_deployment(
         kv_index,
         RouterState(float(threshold), cfg.policy.mode),
         instance_choice,
+        region_map(cfg, cfg.overload.max_inflight_per_decode),
     )
     settings = BackendSettings(
         model_name=cfg.served_model_name or cfg.model or "SmolLM2-135M-Instruct",
@@ -207,7 +212,8 @@ def build_deployment(
         kv_deadline_s=cfg.kv_deadline_s,
         stream_stall_s=cfg.stream_stall_s,
         kv_target=functools.partial(kv_target, links),
-        residency={t.name: frozenset(t.clusters) for t in cfg.tenants if t.clusters},
+        residency=residency(cfg),
+        tenant_regions=tenant_regions(cfg),
         worker_tls=worker_tls,
     )
     metrics = GatewayMetrics()
@@ -249,8 +255,10 @@ def build_deployment(
         readiness=lambda: holder[0].not_ready_reason() if holder else "starting",
     )
     fleet.inflight = app.state.admission.by_instance  # the one owner of in-flight counts
-    assert backend.audit is not None
+    assert backend.audit is not None and router.regions is not None
     backend.audit.listeners.append(app.state.tenants.ledger.transferred)  # KV bytes per tenant
+    region_metrics = RegionMetrics(metrics, router.regions, fleet)
+    backend.audit.request_listeners.append(region_metrics.on_request)
     fleet.on_capacity = app.state.admission.grant
     control_app: FastAPI | None = None
     if control_tls is None:

@@ -49,6 +49,8 @@ class ClusterSpec(_Strict):
     device: str = "auto"  # auto: cuda where there is one, else cpu
     dtype: Dtype = "auto"  # auto: float32 on cpu, bfloat16 on cuda
     engine: Engine | None = None  # None: the deployment's
+    # Its region (``deploy.regions``); None: a region of its own, named as the cluster.
+    region: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
 
     _device = field_validator("device")(_check_device)
 
@@ -96,6 +98,8 @@ class TenantSpec(_Strict):
     name: str = Field(min_length=1, max_length=64)
     api_keys: list[str] = Field(default_factory=list)
     clusters: list[str] | None = None  # residency: the only clusters it may use
+    # Residency by region, in order of preference (``deploy.regions``); None: every region.
+    regions: list[str] | None = Field(None, min_length=1, max_length=64)
     # Token-bucket limits (``tenancy.limits``); None: unlimited. Bursts: one second of
     # requests, one minute of tokens unless set.
     requests_per_s: float | None = Field(None, gt=0, le=1e6)

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable
-from typing import Any
+from typing import Any, Literal
 
 from prfaas.dispatch.cache_pull import CachePull
 from prfaas.dispatch.config import BackendSettings
@@ -39,7 +39,7 @@ from prfaas.messages import (
 )
 from prfaas.router.router import Router
 from prfaas.router.types import NoRouteError, Path, RouteDecision, RouteRequest
-from prfaas.transfer.audit import AuditLog
+from prfaas.transfer.audit import AuditLog, RequestRecord
 
 logger = logging.getLogger(__name__)
 MAX_ROUTE_ATTEMPTS = 3
@@ -70,7 +70,14 @@ class ClusterBackend:
         self.audit = audit
         self.workers = WorkerClient(settings.cluster_token, settings.worker_tls, fleet.cluster_at)
         self.cache_pull = CachePull(fleet, self.workers, settings, audit, on_pull)
-        self.failover = DecodeFailover(fleet, self.workers, settings)
+        self.failover = DecodeFailover(
+            fleet,
+            self.workers,
+            settings,
+            lambda req: self.route_request(req, []),
+            router.regions,
+            on_resume=self._resumed,
+        )
         self._tasks: set[asyncio.Task[None]] = set()
 
     def num_decode(self) -> int:
@@ -90,17 +97,55 @@ class ClusterBackend:
     def route(self, req: GenerationRequest, hashes: list[bytes]) -> RouteDecision:
         self.router.prefill_finished(req.request_id)  # routed again: the last one never ran
         try:
-            return self.router.route(
-                RouteRequest(
-                    request_id=req.request_id,
-                    tenant=req.tenant,
-                    prompt_len=len(req.prompt_token_ids),
-                    block_hashes=hashes,
-                    allowed_clusters=self.settings.residency.get(req.tenant),
-                )
-            )
+            return self.router.route(self.route_request(req, hashes))
         except NoRouteError as e:
+            self._audit(req, "refused", [], reason=str(e))
             raise NoWorker(str(e)) from e
+
+    def route_request(self, req: GenerationRequest, hashes: list[bytes]) -> RouteRequest:
+        """``req`` as the router sees it: its tenant's residency and regions."""
+        return RouteRequest(
+            request_id=req.request_id,
+            tenant=req.tenant,
+            prompt_len=len(req.prompt_token_ids),
+            block_hashes=hashes,
+            allowed_clusters=self.settings.residency.get(req.tenant),
+            regions=self.settings.tenant_regions.get(req.tenant),
+        )
+
+    def _audit(
+        self,
+        req: GenerationRequest,
+        outcome: Literal["routed", "resumed", "refused"],
+        instances: list[str],
+        reason: str | None = None,
+    ) -> None:
+        """One ``request`` line in the audit log: the clusters of ``instances`` (prefill,
+        cache pull holder, decode; the decode instance last) and the decode's region."""
+        if self.audit is None:
+            return
+        workers = self.fleet.workers
+        clusters = [workers[n].info.cluster for n in instances if n in workers]
+        region = home = None
+        regions = self.router.regions
+        if regions is not None:
+            preference = regions.preference(self.route_request(req, []))
+            home = preference[0] if preference else None
+            region = regions.region_of.get(clusters[-1]) if clusters else None
+        record = RequestRecord(
+            req.request_id,
+            req.tenant,
+            outcome,
+            region,
+            home,
+            tuple(dict.fromkeys(clusters)),
+            tuple(dict.fromkeys(instances)),
+            reason,
+        )
+        self.audit.request(record)
+
+    def _resumed(self, req: GenerationRequest, decode_instance: str) -> None:
+        self._audit(req, "resumed", [decode_instance])
 
     def block_hashes(self, req: GenerationRequest) -> list[bytes]:
         """The prompt's salted block hashes, derived once per request (the router and the
@@ -134,6 +179,10 @@ class ClusterBackend:
             decode.draining = True
         else:
             raise NoWorker("every decode worker is switching roles")
+        touched = [decision.prefill_instance, decision.decode_instance]
+        if decision.pull_instance is not None:
+            touched.insert(0, decision.pull_instance)
+        self._audit(req, "routed", touched)
         return self._start(req, decision, prefill.info, decode.info, opened)
 
     async def submit_on(

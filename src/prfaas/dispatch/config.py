@@ -26,5 +26,7 @@ class BackendSettings:
     # link routes); by default straight to it.
     kv_target: Callable[[str, WorkerInfo], KvTarget] = direct_kv_target
     residency: dict[str, frozenset[str]] = field(default_factory=dict)  # tenant -> clusters
+    # tenant -> its regions, best first (``router.regions``); absent: the deployment's order
+    tenant_regions: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # The gateway's client context for worker calls (mutual TLS); None: plain HTTP.
     worker_tls: ssl.SSLContext | None = None

@@ -1,5 +1,6 @@
 """Decode failover: a decode stream whose worker stalls, dies or hangs up mid-stream goes on
-at another healthy decode instance of the tenant's clusters, which prefills the prompt and
+at another healthy decode instance of the tenant's clusters (its best region first, then
+the least loaded; never outside its residency), which prefills the prompt and
 the tokens already streamed (``DecodeCommand.resume_token_ids``) and continues from there.
 The client's stream never learns of it; a greedy request streams exactly the tokens of an
 uninterrupted run. With no instance to go to, the original error ends the stream.
@@ -22,6 +23,8 @@ from prfaas.dispatch.worker_client import WorkerCallError, WorkerClient
 from prfaas.gateway.backend import GenerationRequest
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.messages import DecodeCommand
+from prfaas.router.regions import RegionMap
+from prfaas.router.types import RouteRequest
 
 logger = logging.getLogger(__name__)
 MAX_FAILOVERS = 2  # per request
@@ -29,11 +32,20 @@ MAX_FAILOVERS = 2  # per request
 
 class DecodeFailover:
     def __init__(
-        self, fleet: WorkerFleet, workers: WorkerClient, settings: BackendSettings
+        self,
+        fleet: WorkerFleet,
+        workers: WorkerClient,
+        settings: BackendSettings,
+        route_request: Callable[[GenerationRequest], RouteRequest],
+        regions: RegionMap | None = None,
+        on_resume: Callable[[GenerationRequest, str], None] | None = None,
     ) -> None:
         self.fleet = fleet
         self.workers = workers
         self.settings = settings
+        self.route_request = route_request  # the request's residency and regions
+        self.regions = regions
+        self.on_resume = on_resume  # (request, the decode instance it resumed at)
 
     def healthy(self, name: str) -> Callable[[], bool]:
         return functools.partial(self.fleet.healthy, name)
@@ -69,14 +81,17 @@ class DecodeFailover:
                         len(streamed),
                     )
                     batches = resumed[1]
+                    if self.on_resume is not None:
+                        self.on_resume(req, resumed[0])
         finally:
             await batches.aclose()
 
     async def _resume(
         self, req: GenerationRequest, streamed: list[int], tried: set[str]
     ) -> tuple[str, Batches] | None:
-        """Open the request's stream at the least loaded healthy decode instance not tried."""
-        allowed = self.settings.residency.get(req.tenant)
+        """Open the request's stream at a healthy decode instance not tried: in the tenant's
+        best region, the least loaded."""
+        route = self.route_request(req)
         cmd = DecodeCommand(
             request_id=req.request_id,
             prompt_token_ids=req.prompt_token_ids,
@@ -94,11 +109,11 @@ class DecodeFailover:
                 if v.role == "decode"
                 and v.healthy
                 and v.name not in tried
-                and (allowed is None or v.cluster in allowed)
+                and route.allows(v.cluster)
             ]
             if not candidates:
                 return None
-            name = min(candidates, key=lambda v: v.load).name
+            name = min(candidates, key=lambda v: (self._rank(route, v.cluster), v.load)).name
             tried.add(name)
             url = self.fleet.workers[name].info.http_url
             stall_s = self.settings.stream_stall_s
@@ -111,3 +126,6 @@ class DecodeFailover:
                 continue
             if not isinstance(opened, int):
                 return name, opened
+
+    def _rank(self, route: RouteRequest, cluster: str) -> int:
+        return 0 if self.regions is None else self.regions.rank(route, cluster)

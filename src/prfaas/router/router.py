@@ -1,6 +1,8 @@
 """The router: one decision per request, from the fleet's current view and the kv index.
 
-``Router.route`` is the whole algorithm: residency filter → cached prefix per cluster →
+``Router.route`` is the whole algorithm: residency filter → region (``regions``: the
+tenant's first region that can serve, and the PrfaaS clusters it may use) → cached prefix per
+cluster →
 path policy → prefill instance (cache affinity under CHWBL's load bound, or an
 ``InstanceChoice`` such as the TTFT estimate) → decode instance (least loaded). The
 caller (live gateway or simulator) owns the ``FleetView``, feeds the kv index with cache
@@ -22,6 +24,7 @@ from prfaas.router.inflight import InflightPrefills
 from prfaas.router.instance_choice import InstanceChoice
 from prfaas.router.kv_index import KvIndexBackend
 from prfaas.router.policies import PathPolicy
+from prfaas.router.regions import RegionMap
 from prfaas.router.types import (
     ClusterView,
     InstanceView,
@@ -64,10 +67,12 @@ class Router:
         kv_index: KvIndexBackend,
         state: RouterState,
         instance_choice: InstanceChoice | None = None,  # None: CHWBL (or least loaded)
+        regions: RegionMap | None = None,  # None: the first allowed PD cluster, every PrfaaS one
     ) -> None:
         self.config, self.policy, self.fleet, self.kv_index = config, policy, fleet, kv_index
         self.state = state  # replaced whole by the control loop
         self.instance_choice = instance_choice
+        self.regions = regions
         self.inflight = InflightPrefills()  # fed only when instance_choice is set
         self.observed_lengths: deque[int] = deque(maxlen=config.length_window)
         self._rings: dict[tuple[str, ...], ConsistentHashRing] = {}
@@ -76,8 +81,10 @@ class Router:
         self.quarantined: Callable[[str, str], bool] | None = None
 
     def route(self, request: RouteRequest) -> RouteDecision:
-        pd, prfaas = self._allowed_clusters(request)  # residency: a hard filter, first
+        # Residency, then the region: hard filters, first.
         instances = [i for i in self.fleet.instances() if i.healthy and request.allows(i.cluster)]
+        pd, prfaas = self._allowed_clusters(request, instances)
+        instances = [i for i in instances if i.cluster == pd or i.cluster in prfaas]
         decode, instances = self._decode_and_usable(pd, instances)
         held = self._held_blocks(request)
         cached = self._cluster_tokens(request, held, instances)
@@ -119,7 +126,12 @@ class Router:
         """The caller saw this request's prefill end (done, failed or aborted)."""
         self.inflight.finish(request_id)
 
-    def _allowed_clusters(self, request: RouteRequest) -> tuple[str, list[str]]:
+    def _allowed_clusters(
+        self, request: RouteRequest, instances: Sequence[InstanceView]
+    ) -> tuple[str, list[str]]:
+        """The PD cluster to decode in and the PrfaaS clusters the prefill may use."""
+        if self.regions is not None:
+            return self.regions.choose(request, instances)
         allowed = [c for c in self.fleet.clusters() if request.allows(c.name)]
         pd = [c.name for c in allowed if c.kind == "pd"]
         if not pd:

@@ -26,6 +26,8 @@ class RouteRequest:
     ``block_hashes[i]`` names the prefix up to the end of block ``i`` (hashes chain), so a
     holder of ``block_hashes[i]`` can serve ``(i + 1) * block_tokens`` cached tokens.
     ``allowed_clusters`` (residency) is a hard filter: ``None`` means any cluster.
+    ``regions``: the tenant's regions in order of preference (``router.regions``); ``None``
+    means the deployment's order.
     """
 
     request_id: str
@@ -33,6 +35,7 @@ class RouteRequest:
     prompt_len: int
     block_hashes: Sequence[Hashable] = ()
     allowed_clusters: frozenset[str] | None = None
+    regions: tuple[str, ...] | None = None
 
     def allows(self, cluster: str) -> bool:
         return self.allowed_clusters is None or cluster in self.allowed_clusters

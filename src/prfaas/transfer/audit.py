@@ -1,5 +1,6 @@
 """The audit log: one JSON line per cross-cluster KV transfer, written by the gateway as each
-transfer it dispatched ends (``AuditLog.shipped``).
+transfer it dispatched ends (``AuditLog.shipped``), and one per request routed, resumed at
+another decode instance or refused, naming every cluster it touched (``AuditLog.request``).
 
 Each line says who moved how much KV where, and how it ended::
 
@@ -8,6 +9,15 @@ Each line says who moved how much KV where, and how it ended::
      "source_cluster": "remote", "source_instance": "prfaas-0",
      "destination_cluster": "local", "destination_instance": "pd-d-0",
      "outcome": "ok", "reason": null, "seconds": 0.012}
+
+and::
+
+    {"event": "request", "ts": "…", "request_id": "cmpl-…", "tenant": "alice",
+     "outcome": "routed", "region": "eu", "home_region": "eu", "clusters": ["eu-pd", "eu-prfaas"],
+     "instances": ["eu-prfaas-0", "eu-pd-d-0"], "reason": null}
+
+(``outcome`` ``resumed``: decode failover moved it, ``clusters`` then names the new decode
+instance's; ``refused``: no allowed region could serve it, ``clusters`` is empty.)
 
 Invariant: a line never carries prompt text, token ids or sampled text; only identifiers,
 sizes and timings (``AuditRecord`` has no field that could hold them, and ``reason`` is a
@@ -50,6 +60,18 @@ class AuditRecord:
     seconds: float  # transfer opened to acknowledged (ok), or command sent to failure
 
 
+@dataclass(frozen=True)
+class RequestRecord:
+    request_id: str
+    tenant: str
+    outcome: Literal["routed", "resumed", "refused"]
+    region: str | None  # where it decodes; None: refused
+    home_region: str | None  # the tenant's first allowed region (elsewhere: a failover)
+    clusters: tuple[str, ...]  # every cluster this step touched: prefill, cache pull, decode
+    instances: tuple[str, ...]
+    reason: str | None = None  # why it was refused
+
+
 class AuditLog:
     """Writes ``AuditRecord`` lines to the ``prfaas.audit`` logger and an optional file, and
     hands each record to ``listeners`` (the tenants' usage ledger counts KV bytes from them)."""
@@ -57,6 +79,7 @@ class AuditLog:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
         self.listeners: list[Callable[[AuditRecord], None]] = []
+        self.request_listeners: list[Callable[[RequestRecord], None]] = []  # region metrics
         self._lock = threading.Lock()
         self._fd: int | None = None
         if path is not None:
@@ -70,20 +93,38 @@ class AuditLog:
         if record.reason is not None:
             fields["reason"] = record.reason[:MAX_REASON_CHARS]
         fields["seconds"] = round(record.seconds, 6)
+        line = self._write("kv_transfer", fields)
+        for listener in self.listeners:
+            try:
+                listener(record)
+            except Exception:
+                logger.exception("audit listener failed")
+        return line
+
+    def request(self, record: RequestRecord) -> str:
+        """Record where one request went; returns the JSON line (without the newline)."""
+        fields = asdict(record)
+        fields["clusters"], fields["instances"] = list(record.clusters), list(record.instances)
+        if record.reason is not None:
+            fields["reason"] = record.reason[:MAX_REASON_CHARS]
+        line = self._write("request", fields)
+        for listener in self.request_listeners:
+            try:
+                listener(record)
+            except Exception:
+                logger.exception("audit listener failed")
+        return line
+
+    def _write(self, event: str, fields: dict[str, object]) -> str:
         now = datetime.datetime.now(datetime.UTC)
         line = json.dumps(
-            {"event": "kv_transfer", "ts": now.isoformat(timespec="milliseconds"), **fields},
+            {"event": event, "ts": now.isoformat(timespec="milliseconds"), **fields},
             ensure_ascii=True,
         )
         logger.info("%s", line)
         if self._fd is not None:
             with self._lock:
                 os.write(self._fd, line.encode() + b"\n")
-        for listener in self.listeners:
-            try:
-                listener(record)
-            except Exception:
-                logger.exception("audit listener failed")
         return line
 
     def shipped(
