@@ -38,6 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--codecs", default="raw,int8,fp8")
+    parser.add_argument("--log-dir", type=Path, default=None, help="keep each serve's logs here")
     args = parser.parse_args()
     token = secrets.token_hex(8)
     os.environ["PRFAAS_CLUSTER_TOKEN"] = token
@@ -47,12 +48,16 @@ def main() -> None:
             cfg = default_config().model_dump(mode="json", exclude_none=True)
             cfg["port"] = port = free_port()
             cfg["links"][0]["codec"] = codec
+            # The canary forces each path: a pinned t skips start-up profiling (and its memory).
+            cfg["policy"]["threshold_tokens"] = 1024
             cfg["canary"] = {
                 "enabled": False,
                 "max_tokens": args.max_tokens,
                 "prompts": [*DEFAULT_PROMPTS, *EXTRA_PROMPTS],
             }
-            proc = start_serve(codec, cfg, Path(tmp), 600.0)
+            logs = (args.log_dir or Path(tmp)) / codec
+            logs.mkdir(parents=True, exist_ok=True)
+            proc = start_serve(codec, cfg, logs, 600.0, "--log-dir", str(logs))
             try:
                 r = httpx.post(
                     f"http://127.0.0.1:{port}/admin/canary",

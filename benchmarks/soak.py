@@ -9,8 +9,12 @@ offline engine's output. Faults recur: every ``--kill-every-s`` the remote prefi
 is SIGKILLed and restarted; every ``--stall-every-s`` the WAN link stalls past the KV
 deadline (the admin route of the link emulator). The RSS of every process that is not
 killed (the gateway, the PD-P and PD-D workers) is sampled every 10 s; growth is measured
-from the end of ``--warmup-min`` to the end (goal: < 5% per process). Counts as in the
-stress run: completed (correct), failed cleanly, hung, wrong; then a leak check.
+from the end of ``--warmup-min`` to the end (goal: < 5% per process), with the least-squares
+slope over the same samples (MiB per minute). Counts as in the stress run: completed
+(correct), failed cleanly, hung, wrong; then a leak check.
+
+The workers inherit this process's environment (glibc's ``MALLOC_ARENA_MAX`` among it, which
+the report records): soaks with different values compare the allocator's settings.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing
 import os
 import random
 import signal
@@ -27,7 +32,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,12 +40,10 @@ import httpx
 import openai
 
 from prfaas import LLM, SamplingParams
-from prfaas.messages import TOKEN_HEADER
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stress import (
     API_KEY,
-    TOKEN,
     VICTIM,
     Deployment,
     Outcome,
@@ -64,6 +67,8 @@ class SoakReport:
     paths: dict[str, int] = field(default_factory=dict)
     rss_mib: dict[str, list[float]] = field(default_factory=dict)  # process -> samples
     growth_pct: dict[str, float] = field(default_factory=dict)
+    slope_mib_per_min: dict[str, float] = field(default_factory=dict)  # after the warm-up
+    malloc_arena_max: str = ""  # this process's MALLOC_ARENA_MAX ("" when unset)
     clean: bool = False
     leaks: list[str] = field(default_factory=list)
 
@@ -76,7 +81,6 @@ def rss_mib(pid: int) -> float:
 
 
 def faults(dep: Deployment, args: argparse.Namespace, stop: threading.Event, r: SoakReport) -> None:
-    headers = {TOKEN_HEADER: TOKEN}
     url = dep.worker_urls()[VICTIM]
     next_kill = time.monotonic() + args.kill_every_s
     next_stall = time.monotonic() + args.stall_every_s
@@ -89,12 +93,7 @@ def faults(dep: Deployment, args: argparse.Namespace, stop: threading.Event, r: 
                 r.kills += 1
                 next_kill = now + args.kill_every_s
             if now >= next_stall:
-                httpx.post(
-                    f"{dep.url}/internal/link/remote->local",
-                    headers=headers,
-                    json={"stall_s": args.kv_deadline_s * 1.5},
-                    timeout=10,
-                ).raise_for_status()
+                dep.link(stall_s=args.kv_deadline_s * 1.5)
                 r.stalls += 1
                 next_stall = now + args.stall_every_s
 
@@ -112,18 +111,26 @@ def sampler(dep: Deployment, stop: threading.Event, r: SoakReport) -> None:
             return
 
 
+def reference(model: str | None, texts: list[str], max_tokens: int) -> tuple[list[str], int]:
+    """The offline engine's greedy answers and the routing threshold between the short and
+    the long prompts (run in a child process: its memory goes back before the soak)."""
+    llm = LLM(model)
+    params = SamplingParams(max_tokens=max_tokens, temperature=0)
+    expected = [o.outputs[0].text for o in llm.generate(texts, params)]
+    return expected, threshold_between([len(llm.tokenizer(t).input_ids) for t in texts])
+
+
 def run(args: argparse.Namespace) -> SoakReport:
     pool_size = 64  # distinct prompts, reused: caches fill and evict as in real traffic
     texts = prompts(pool_size, args.seed)
-    llm = LLM(args.model)
-    params = SamplingParams(max_tokens=args.max_tokens, temperature=0)
-    expected = [o.outputs[0].text for o in llm.generate(texts, params)]
-    threshold = threshold_between([len(llm.tokenizer(t).input_ids) for t in texts])
-    del llm
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn) as child:
+        expected, threshold = child.submit(reference, args.model, texts, args.max_tokens).result()
     report = SoakReport(args.model or "embedded default (SmolLM2-135M-Instruct)", args.minutes)
+    report.malloc_arena_max = os.environ.get("MALLOC_ARENA_MAX", "")
     outcomes: list[Outcome] = []
     with tempfile.TemporaryDirectory(prefix="prfaas-soak-") as tmp:
-        dep = Deployment(args.model, args.kv_deadline_s, threshold, Path(tmp))
+        dep = Deployment(args.model, args, threshold, Path(tmp))
         try:
             client = openai.OpenAI(
                 base_url=dep.url + "/v1",
@@ -171,6 +178,9 @@ def run(args: argparse.Namespace) -> SoakReport:
             base = statistics.median(samples[warm : warm + 3])
             last = statistics.median(samples[-3:])
             report.growth_pct[name] = 100 * (last - base) / base
+            minutes = [i / 6 for i in range(warm, len(samples))]
+            fit = statistics.linear_regression(minutes, samples[warm:])
+            report.slope_mib_per_min[name] = fit.slope
     return report
 
 
@@ -185,6 +195,7 @@ def main() -> int:
     p.add_argument("--kill-every-s", type=float, default=60.0)
     p.add_argument("--stall-every-s", type=float, default=90.0)
     p.add_argument("--kv-deadline-s", type=float, default=5.0)
+    p.add_argument("--decoders", type=int, default=1, help="decode instances (pd-d-0 measured)")
     p.add_argument("--margin-s", type=float, default=60.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
@@ -193,11 +204,17 @@ def main() -> int:
     if args.json:
         print(json.dumps(asdict(r), indent=2))
     else:
+        arenas = r.malloc_arena_max or "unset (the launcher's default)"
         print(f"soak: {r.minutes:g} min on {r.model}; {r.kills} kills, {r.stalls} link stalls")
+        print(f"MALLOC_ARENA_MAX: {arenas}")
         print(f"requests {r.requests}: {r.counts}; routes {r.paths}")
         for name, pct in r.growth_pct.items():
             s = r.rss_mib[name]
-            print(f"  RSS {name:<8} {s[0]:7.0f} MiB at start, {s[-1]:7.0f} at end, {pct:+.1f}%")
+            slope = r.slope_mib_per_min[name]
+            print(
+                f"  RSS {name:<8} {s[0]:7.0f} MiB at start, {s[-1]:7.0f} at end, {pct:+.1f}%,"
+                f" {slope:+.2f} MiB/min after the warm-up"
+            )
         print("pools clean afterwards:", "yes" if r.clean else f"NO: {r.leaks}")
     bad = r.counts["hung"] + r.counts["wrong"] + (0 if r.clean else 1)
     bad += sum(1 for pct in r.growth_pct.values() if pct >= 5.0)

@@ -26,6 +26,7 @@ KV_FIRST_TOKEN_LAYER = "first_token"
 # [token id, rank, top k ids], rank 0 marking a position without an entry.
 KV_FIRST_LOGPROBS_LAYER = "first_token_logprobs"
 KV_PROMPT_LOGPROBS_LAYER = "prompt_logprobs"
+MAX_LOGPROBS = 20  # alternatives per position a request may ask for (vLLM's default cap)
 MAX_PROMPT_TOKENS = 1 << 20
 MAX_NAME = 128
 MAX_EVENTS = 65536
@@ -69,8 +70,8 @@ class SamplingSpec(Message):
     logit_bias: dict[
         Annotated[int, Field(ge=0, lt=1 << 24)], Annotated[float, Field(ge=-100.0, le=100.0)]
     ] = Field(default_factory=dict, max_length=300)
-    logprobs: int | None = Field(None, ge=0, le=20)
-    prompt_logprobs: int | None = Field(None, ge=0, le=20)
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     include_stop_str_in_output: bool = False
     # Structured outputs: a JSON schema as JSON text, or any JSON object (at most one).
     json_schema: str | None = Field(None, max_length=65536)

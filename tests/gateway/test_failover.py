@@ -15,6 +15,7 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Callable
 
 import httpx
 
@@ -32,7 +33,8 @@ def two_decoders() -> list[FakeWorker]:
     return workers
 
 
-def stream_text(c: FakeCluster, on_first: object = None) -> str:
+def stream_text(c: FakeCluster, on_chunk: Callable[[int], None] | None = None) -> str:
+    """The streamed completion's text; ``on_chunk(i)`` runs as chunk ``i`` arrives."""
     body = {"model": "fake", "prompt": SHORT, "max_tokens": 8, "stream": True}
     texts: list[str] = []
     with httpx.stream("POST", c.url + "/v1/completions", json=body, timeout=30.0) as r:
@@ -42,8 +44,8 @@ def stream_text(c: FakeCluster, on_first: object = None) -> str:
                 continue
             chunk = json.loads(line[6:])
             assert "error" not in chunk, chunk
-            if not texts and callable(on_first):
-                on_first()
+            if on_chunk is not None:
+                on_chunk(len(texts))
             texts.append(chunk["choices"][0]["text"])
     return "".join(texts)
 
@@ -94,11 +96,12 @@ def test_a_wedged_decode_worker_fails_over_mid_stream() -> None:
         wedged = c.workers["pd-d-0"].behaviour  # both idle: the router picks pd-d-0 first
         wedged.stall_after = 2
 
-        def wedge() -> None:
-            wedged.heartbeats = False
+        def wedge(chunk: int) -> None:
+            if chunk == 0:
+                wedged.heartbeats = False
 
         started = time.monotonic()
-        assert stream_text(c, on_first=wedge) == FULL
+        assert stream_text(c, on_chunk=wedge) == FULL
         assert time.monotonic() - started < 1.0 + 2.0
         assert_resumed(c)
 
@@ -119,3 +122,22 @@ def test_a_decode_worker_that_dies_mid_stream_fails_over() -> None:
         assert r.status_code == 200 and r.json()["choices"][0]["text"] == FULL
         (resumed,) = c.workers["pd-d-1"].received.decodes
         assert resumed.resume_token_ids == [3 + i for i in range(7)]
+
+
+def test_a_failed_over_request_counts_against_its_new_instance() -> None:
+    """Admission's per-instance count (the load the router balances and bounds) follows the
+    request to the instance it resumed at, and is given back once, there."""
+    with fake_cluster(two_decoders(), stream_stall_s=1.0, kv_deadline_s=0.5) as c:
+        c.workers["pd-d-0"].behaviour.stall_after = 2
+        c.workers["pd-d-1"].behaviour.token_gap_s = 0.05
+        admission = c.deployment.app.state.admission
+        counts: list[dict[str, int]] = []
+
+        def count(chunk: int) -> None:
+            counts.append(dict(admission.by_instance))
+
+        assert stream_text(c, on_chunk=count) == FULL
+        assert counts[0] == {"pd-d-0": 1}  # the first chunk came from pd-d-0
+        moved = counts.index({"pd-d-1": 1})  # ValueError: never counted at pd-d-1
+        assert all("pd-d-0" not in seen for seen in counts[moved:]), counts
+        assert_resumed(c)

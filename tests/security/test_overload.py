@@ -83,6 +83,28 @@ def test_the_gateway_limit_bounds_every_backend() -> None:
     asyncio.run(scenario())
 
 
+def test_a_moved_request_counts_at_its_new_instance_and_is_released_once() -> None:
+    """Decode failover moves a request's count (``move``); its release then gives back the new
+    instance's count, not the old one's (which still serves another request), and a move
+    that arrives after the release changes nothing."""
+
+    async def scenario() -> None:
+        cap = Admission(GatewayConfig(max_inflight_per_decode=4), lambda: 2)
+        for request_id in ("a", "b"):
+            await cap.acquire()
+            cap.assign(request_id, "d0")
+        cap.move("a", "d1")
+        assert (cap.in_flight, cap.by_instance) == (2, {"d0": 1, "d1": 1})
+        cap.release("a")
+        assert (cap.in_flight, cap.by_instance) == (1, {"d0": 1})
+        cap.move("a", "d0")  # late: already released
+        assert (cap.in_flight, cap.by_instance) == (1, {"d0": 1})
+        cap.release("b")
+        assert (cap.in_flight, cap.by_instance) == (0, {})
+
+    asyncio.run(scenario())
+
+
 def vm_rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from prfaas.transfer.config import TRANSFER_SLACK_BYTES, ReceiverConfig
+from prfaas.transfer.config import ReceiverConfig
 from prfaas.transfer.errors import ErrorCode
 from prfaas.transfer.messages import ErrorMessage, Hello
 from prfaas.transfer.receiver import KvReceiver
@@ -97,8 +97,7 @@ def test_connections_beyond_the_cap_are_refused_and_counted() -> None:
 
 def test_header_above_the_pool_budget_is_refused_before_allocation() -> None:
     header, _ = make_payload(num_full=2, num_linear=0)
-    one_short = header.raw_bytes - TRANSFER_SLACK_BYTES - 1
-    per_transfer, total = ReceiverConfig.pool_budgets(one_short)
+    per_transfer, total = ReceiverConfig.pool_budgets(header.raw_bytes - 1)
     config = ReceiverConfig(
         fingerprint=FINGERPRINT,
         deadlines=FAST,
@@ -118,7 +117,7 @@ def test_header_above_the_pool_budget_is_refused_before_allocation() -> None:
 def test_the_total_budget_follows_the_pool_not_two_longest_requests() -> None:
     # A small context over a larger pool: many shorter landings fit at once.
     per_transfer, total = ReceiverConfig.pool_budgets(2 << 20, pool_bytes=64 << 20)
-    assert per_transfer == (2 << 20) + TRANSFER_SLACK_BYTES
+    assert per_transfer == 2 << 20
     assert total >= 64 << 20 and total // per_transfer >= 30
     # A pool smaller than two longest requests: still room for two of them.
     long_one, total = ReceiverConfig.pool_budgets(8 << 20, pool_bytes=1 << 20)

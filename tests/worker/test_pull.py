@@ -2,7 +2,7 @@
 hand-driven sender that is admitted (its buffers allocated) and then goes quiet, and a pull
 whose deadline passes first. The buffers are freed when the pull gives up, not when the
 receiver's own stall deadline fires, and a late send for that pull is refused. Also: the
-receiver's byte budgets come from the engine's pool."""
+receiver's byte budgets come from the engine's pool and from what a transfer really carries."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import asyncio
 import socket
 
 from prfaas.engine.engine import Engine
-from prfaas.messages import PullCommand
-from prfaas.transfer.config import POOL_SLACK_TRANSFERS, TRANSFER_SLACK_BYTES
+from prfaas.messages import MAX_LOGPROBS, PullCommand
+from prfaas.prefill.kv_export import max_side_bytes, stream_header
 from prfaas.transfer.messages import DType, Hello, LayerEntry, LayerKind, TransferHeader
 from prfaas.transfer.wire import FrameType, frame_bytes, read_control_frame
 from prfaas.worker import Worker
@@ -75,15 +75,32 @@ async def pull_frees(p: Worker, d: Worker) -> None:
 
 
 def test_the_receiver_budgets_come_from_the_pool(engines: tuple[Engine, Engine]) -> None:
-    largest = largest_request_bytes(engines[1])
+    engine = engines[1]
+    largest = largest_request_bytes(engine)
     assert 0 < largest < 64 << 20  # 64 blocks of a tiny model, not the old fixed 32 GiB
+    # The longest prompt with echo + logprobs at the most alternatives, as the prefill side
+    # declares it: exactly the per-transfer budget (the old fixed 64 KiB slack beyond the KV
+    # was short: one prompt-logprob row per prompt token).
+    longest = min(engine.kv.pool.num_blocks * engine.kv.block_size, engine.max_model_len)
+    header = stream_header(
+        engine.layout,
+        engine.fingerprint,
+        engine.dtype,
+        longest,
+        "longest",
+        "raw",
+        bytes(16),
+        logprobs=MAX_LOGPROBS,
+        prompt_logprobs=MAX_LOGPROBS,
+    )
+    assert header.raw_bytes <= largest  # equal when the length is whole blocks
+    assert max_side_bytes(longest) > 64 << 10
 
     async def body(p: Worker, d: Worker) -> None:
         assert isinstance(d.engine, ReferenceEngine)
         config = d.engine.receiver.config
-        assert config.max_transfer_bytes == largest + TRANSFER_SLACK_BYTES
+        assert config.max_transfer_bytes == largest
         # About what the pool holds (decode reserves before its KV is sent), at least two.
-        whole_pool = pool_bytes(engines[1]) + POOL_SLACK_TRANSFERS * TRANSFER_SLACK_BYTES
-        assert config.max_total_bytes == max(2 * config.max_transfer_bytes, whole_pool)
+        assert config.max_total_bytes == max(2 * largest, pool_bytes(engine))
 
     run(engines, body)

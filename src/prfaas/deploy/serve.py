@@ -255,6 +255,7 @@ def build_deployment(
         readiness=lambda: holder[0].not_ready_reason() if holder else "starting",
     )
     fleet.inflight = app.state.admission.by_instance  # the one owner of in-flight counts
+    backend.failover.on_moved = app.state.admission.move  # a failed-over request counts anew
     assert backend.audit is not None and router.regions is not None
     backend.audit.listeners.append(app.state.tenants.ledger.transferred)  # KV bytes per tenant
     region_metrics = RegionMetrics(metrics, router.regions, fleet)

@@ -3,7 +3,9 @@ at another healthy decode instance of the tenant's clusters (its best region fir
 the least loaded; never outside its residency), which prefills the prompt and
 the tokens already streamed (``DecodeCommand.resume_token_ids``) and continues from there.
 The client's stream never learns of it; a greedy request streams exactly the tokens of an
-uninterrupted run. With no instance to go to, the original error ends the stream.
+uninterrupted run. With no instance to go to, the original error ends the stream. Each move
+is reported to ``on_moved`` (the gateway's admission, which counts the request against the
+instance it now runs on).
 
 Not failed over: an error event (the worker refused the request: another would too) and
 an oversized event.
@@ -45,7 +47,9 @@ class DecodeFailover:
         self.settings = settings
         self.route_request = route_request  # the request's residency and regions
         self.regions = regions
-        self.on_resume = on_resume  # (request, the decode instance it resumed at)
+        self.on_resume = on_resume  # (request, the decode instance it resumed at): the audit
+        # (request id, the decode instance it resumed at); set by whoever counts requests
+        self.on_moved: Callable[[str, str], None] | None = None
 
     def healthy(self, name: str) -> Callable[[], bool]:
         return functools.partial(self.fleet.healthy, name)
@@ -80,6 +84,8 @@ class DecodeFailover:
                         resumed[0],
                         len(streamed),
                     )
+                    if self.on_moved is not None:
+                        self.on_moved(req.request_id, resumed[0])
                     batches = resumed[1]
                     if self.on_resume is not None:
                         self.on_resume(req, resumed[0])

@@ -10,7 +10,9 @@ requests keep their time per output token and the gateway's memory stays flat.
 
 Once routed, a request is counted against its decode instance (``assign``); the fleet view
 reads ``by_instance`` as the load the router balances, so the per-instance bound holds as
-long as the gateway's counts drive the choice. ``release`` undoes both counts, once.
+long as the gateway's counts drive the choice. A request whose decode stream failed over
+moves to its new instance (``move``); ``release`` undoes both counts, once, wherever the
+request ended.
 """
 
 from __future__ import annotations
@@ -82,17 +84,28 @@ class Admission:
         self._instance_of[request_id] = instance
         self.by_instance[instance] = self.by_instance.get(instance, 0) + 1
 
+    def move(self, request_id: str, instance: str) -> None:
+        """A request's decode stream resumed at ``instance`` (failover): count it there, not
+        at the instance it left. Nothing for a request already released (or never counted)."""
+        if request_id not in self._instance_of:
+            return
+        self._uncount(self._instance_of[request_id])
+        self.assign(request_id, instance)
+
     def release(self, request_id: str) -> None:
         """Give back an admitted request's slot (call once per ``acquire``)."""
         self.in_flight = max(0, self.in_flight - 1)
         instance = self._instance_of.pop(request_id, None)
         if instance is not None:
-            left = self.by_instance[instance] - 1
-            if left > 0:
-                self.by_instance[instance] = left
-            else:
-                del self.by_instance[instance]
+            self._uncount(instance)
         self.grant()
+
+    def _uncount(self, instance: str) -> None:
+        left = self.by_instance[instance] - 1
+        if left > 0:
+            self.by_instance[instance] = left
+        else:
+            del self.by_instance[instance]
 
     def grant(self) -> None:
         """Hand free slots to the oldest waiters (the fleet calls it when an instance joins)."""

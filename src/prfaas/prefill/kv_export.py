@@ -21,7 +21,12 @@ import torch
 
 from prfaas.engine.handoff import FULL_ATTENTION, KDA, KvPayload, LayerLayout
 from prfaas.engine.logprobs import TokenLogprobs
-from prfaas.messages import KV_FIRST_LOGPROBS_LAYER, KV_FIRST_TOKEN_LAYER, KV_PROMPT_LOGPROBS_LAYER
+from prfaas.messages import (
+    KV_FIRST_LOGPROBS_LAYER,
+    KV_FIRST_TOKEN_LAYER,
+    KV_PROMPT_LOGPROBS_LAYER,
+    MAX_LOGPROBS,
+)
 from prfaas.sampling import logprob_rows
 from prfaas.transfer.messages import DType, LayerEntry, LayerKind, TransferHeader
 
@@ -103,7 +108,23 @@ def stream_header(
         else:  # MLA
             rows = (num_tokens, entry.head_dim)
             entries.append(LayerEntry(at + "latent", LayerKind.BLOCKS, wire, rows))
-    entries.append(LayerEntry(KV_FIRST_TOKEN_LAYER, LayerKind.STATE, DType.INT64, (1,)))
+    entries += side_layers(num_tokens, logprobs, prompt_logprobs)
+    return TransferHeader(
+        request_id=request_id,
+        fingerprint=bytes.fromhex(fingerprint),
+        codec=codec,
+        layers=tuple(entries),
+        prompt_hash=prompt_hash,
+    )
+
+
+def side_layers(
+    num_tokens: int, logprobs: int | None, prompt_logprobs: int | None
+) -> list[LayerEntry]:
+    """The wire layers after the KV of a ``num_tokens`` prompt: the first token, then the
+    logprob pairs the request asked for (``logprobs``/``prompt_logprobs`` alternatives per
+    position; None: no pair). ``logprob_arrays`` fills the pairs."""
+    entries = [LayerEntry(KV_FIRST_TOKEN_LAYER, LayerKind.STATE, DType.INT64, (1,))]
     for name, num_rows, k in (
         (KV_FIRST_LOGPROBS_LAYER, 1, logprobs),
         (KV_PROMPT_LOGPROBS_LAYER, num_tokens, prompt_logprobs),
@@ -115,13 +136,14 @@ def stream_header(
             entries.append(
                 LayerEntry(f"{name}.ids", LayerKind.STATE, DType.INT64, (num_rows, 2 + k))
             )
-    return TransferHeader(
-        request_id=request_id,
-        fingerprint=bytes.fromhex(fingerprint),
-        codec=codec,
-        layers=tuple(entries),
-        prompt_hash=prompt_hash,
-    )
+    return entries
+
+
+def max_side_bytes(num_tokens: int) -> int:
+    """The most bytes the layers after the KV take for a ``num_tokens`` prompt: both logprob
+    pairs at the largest number of alternatives a request may ask for. Affine in
+    ``num_tokens`` (the prompt logprobs are one row per prompt token)."""
+    return sum(e.num_bytes for e in side_layers(num_tokens, MAX_LOGPROBS, MAX_LOGPROBS))
 
 
 def first_token_array(token_id: int) -> np.ndarray:

@@ -7,9 +7,6 @@ from dataclasses import dataclass, field
 from prfaas.transfer.codecs import CodecSpec
 from prfaas.transfer.wire import MAX_CHUNK_FRAME_BYTES, MAX_CONNECTIONS
 
-POOL_SLACK_TRANSFERS = 64  # transfers' slack counted in a pool-sized total budget
-TRANSFER_SLACK_BYTES = 64 << 10  # beyond the KV itself: the first token array, and room
-
 
 @dataclass(frozen=True)
 class Deadlines:
@@ -72,16 +69,13 @@ class ReceiverConfig:
 
     @staticmethod
     def pool_budgets(transfer_bytes: int, pool_bytes: int = 0) -> tuple[int, int]:
-        """Budgets for an engine whose largest possible request holds ``transfer_bytes`` of
-        KV (its whole pool at most) and whose pool holds ``pool_bytes``: one transfer that
-        size (plus ``TRANSFER_SLACK_BYTES`` for the first token), and in all the larger of
-        two such transfers and the pool with a slack for each of ``POOL_SLACK_TRANSFERS``
-        transfers. A decode instance holds blocks before its KV is sent, so the landings at
-        once carry about what the pool can hold; two full-length ones alone would refuse a
-        third short request while the pool had room (``(max_transfer_bytes,
-        max_total_bytes)``)."""
+        """Budgets for an engine whose largest possible transfer is ``transfer_bytes`` (its
+        whole ``raw_bytes``: KV and every layer after it) and whose pool's transfers at once
+        take at most ``pool_bytes``: one transfer that size, and in all the larger of two such
+        transfers and the pool. A decode instance holds blocks before its KV is sent, so the
+        landings at once carry about what the pool can hold; two full-length ones alone would
+        refuse a third short request while the pool had room (``(max_transfer_bytes,
+        max_total_bytes)``). The engine owns both sizes; nothing is added here."""
         if transfer_bytes <= 0 or pool_bytes < 0:
             raise ValueError(f"need transfer_bytes > 0, pool_bytes >= 0: {transfer_bytes}")
-        per_transfer = transfer_bytes + TRANSFER_SLACK_BYTES
-        pool = pool_bytes + POOL_SLACK_TRANSFERS * TRANSFER_SLACK_BYTES
-        return per_transfer, max(2 * per_transfer, pool)
+        return transfer_bytes, max(2 * transfer_bytes, pool_bytes)

@@ -28,6 +28,7 @@ from prfaas.messages import (
     Role,
     TokenEvent,
 )
+from prfaas.prefill.kv_export import max_side_bytes
 from prfaas.prefill.role import LinkSettings, PrefillRole
 from prfaas.transfer.auth import kv_auth_key
 from prfaas.transfer.config import ReceiverConfig
@@ -205,13 +206,20 @@ def _engine_side(engine: Engine) -> tuple[str | None, BlockCounts, tuple[int, in
 
 
 def pool_bytes(engine: Engine) -> int:
-    """The KV every block of this engine's pool holds."""
-    num_tokens = engine.kv.pool.num_blocks * engine.kv.block_size
-    return kv_bytes_block_rounded(engine.layer_specs, num_tokens, engine.kv.block_size)
+    """What the transfers landing at once into this engine's pool can carry: the KV every
+    block holds, and the layers after the KV (``max_side_bytes``) of one transfer per block.
+    A transfer lands into blocks reserved for it, at least one, and its side layers grow
+    with its tokens: at most ``max_side_bytes(block_size)`` per block it holds."""
+    block_size, num_blocks = engine.kv.block_size, engine.kv.pool.num_blocks
+    kv = kv_bytes_block_rounded(engine.layer_specs, num_blocks * block_size, block_size)
+    return kv + num_blocks * max_side_bytes(block_size)
 
 
 def largest_request_bytes(engine: Engine) -> int:
-    """The KV of the longest request this engine can hold: every block of its pool (or the
-    model's length, if shorter) and one state per linear layer. No transfer to it is larger."""
+    """The largest transfer to this engine (``raw_bytes``): the KV of the longest request it
+    can hold (every block of its pool, or the model's length if shorter; one state per linear
+    layer), then its first token and logprobs at the most alternatives a request may ask
+    for (``max_side_bytes``)."""
     num_tokens = min(engine.kv.pool.num_blocks * engine.kv.block_size, engine.max_model_len)
-    return kv_bytes_block_rounded(engine.layer_specs, num_tokens, engine.kv.block_size)
+    kv = kv_bytes_block_rounded(engine.layer_specs, num_tokens, engine.kv.block_size)
+    return kv + max_side_bytes(num_tokens)
