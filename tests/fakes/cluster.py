@@ -125,8 +125,8 @@ def fake_cluster(
     cluster: FakeCluster | None = None
     stop = threading.Event()
     try:
-        backend = deployment.backend
-        with ServerThread(deployment.app, on_stop=backend.aclose, lifespan="on") as gateway:
+        on_stop = deployment.aclose_backends  # every model version's
+        with ServerThread(deployment.app, on_stop=on_stop, lifespan="on") as gateway:
             token = deployment.backend.settings.cluster_token
             cluster = FakeCluster(gateway.base_url, token, deployment, {}, {})
             for worker in workers:

@@ -51,6 +51,10 @@ class Drains:
     freed_blocks: dict[str, int] = field(default_factory=dict)  # version key -> total
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
+    def cancel(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+
     def start(self, version: ServedVersion) -> None:
         """``ModelCatalog.on_drained``: free the version's caches in the background."""
         task = asyncio.ensure_future(self.free_caches(version.key))
@@ -74,11 +78,12 @@ class Drains:
                 url = record.info.http_url + "/internal/free_cache"
                 try:
                     status, body = await backend.workers.post(url, b"", 10.0)
-                except WorkerCallError as e:
+                    if status == 200:
+                        freed += int(json.loads(body)["freed_blocks"])
+                    else:
+                        logger.warning("%s: %s answered %d to free_cache", key, name, status)
+                except (WorkerCallError, ValueError, KeyError, TypeError) as e:
                     logger.warning("%s: cannot free the caches of %s: %s", key, name, e)
-                    continue
-                if status == 200:
-                    freed += int(json.loads(body).get("freed_blocks", 0))
             total += freed
             self.freed_blocks[key] = total
             if round_ > 0 and freed == 0:

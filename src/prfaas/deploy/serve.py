@@ -85,6 +85,7 @@ class Deployment:
     control_tls: ControlTls | None = None
     # Every served model version, the top-level one (``backend``, ``fleet``) first.
     versions: list[VersionParts] = field(default_factory=list)
+    drains: Drains | None = None  # the cache frees of drained versions, still running
 
     def ready(self) -> bool:
         """Every spawned worker has registered (start-up profiling can begin)."""
@@ -102,6 +103,8 @@ class Deployment:
         return None
 
     async def aclose_backends(self) -> None:
+        if self.drains is not None:
+            self.drains.cancel()
         for parts in self.versions:
             await parts.backend.aclose()
 
@@ -335,6 +338,7 @@ def build_deployment(
         control_app,
         control_tls,
         parts,
+        drains,
     )
     holder.append(deployment)
     for spec in spawns:
