@@ -89,8 +89,7 @@ class Deployment:
 
     def ready(self) -> bool:
         """Every spawned worker has registered (start-up profiling can begin)."""
-        healthy = {n for v in self.versions for n in v.fleet.workers if v.fleet.healthy(n)}
-        return all(n in healthy for n in self.expected_workers)
+        return all(any(v.fleet.healthy(n) for v in self.versions) for n in self.expected_workers)
 
     def not_ready_reason(self) -> str | None:
         """Why some request would fail now (``/health`` says it with a 503); None once every
@@ -163,7 +162,7 @@ def build_deployment(
     cluster_token = cluster_token_from_env() or secrets.token_hex(16)
     certs_dir: Path | None = cfg.certs_dir
     insecure = cfg.control_plane.insecure
-    if certs_dir is None and (not insecure or any(link.tls for link in cfg.links)):
+    if certs_dir is None and (not insecure or any(link.tls for link in all_links)):
         certs_dir = Path(tmp.name) / "certs"  # a few ms: mutual TLS costs no start-up time
         write_certs(certs_dir, [c.name for _, c in clusters])
     control_tls = None if insecure or certs_dir is None else ControlTls.from_dir(certs_dir, GATEWAY)
