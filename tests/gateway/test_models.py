@@ -140,6 +140,10 @@ def test_the_rollout_route_shifts_new_requests_and_usage_names_the_version(
             assert complete(c, SHORT).headers[VERSION] == "fake@green"
         after = served_by(c)
         assert after["g-d-0"] - before["g-d-0"] == 3 and after["pd-d-0"] == before["pd-d-0"]
+        shown = httpx.get(c.url + "/metrics", timeout=10.0).text
+        assert 'prfaas_model_version_weight{model="fake",version="green"} 100.0' in shown
+        assert 'prfaas_model_version_weight{model="fake",version="v1"} 0.0' in shown
+        assert 'prfaas_model_version_drained{model="fake",version="v1"} 1.0' in shown
         # A line is written when its request is released, just after its answer went out.
         wait_until(lambda: len(usage.read_text().splitlines()) == 4)
         lines = [json.loads(line) for line in usage.read_text().splitlines()]

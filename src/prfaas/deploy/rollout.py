@@ -10,11 +10,14 @@ once each of its instances reports no request in its heartbeat and the gateway h
 flight there, each drops its prefix cache (``/internal/free_cache``; the evictions reach the
 kv index with the next heartbeat). Rounds repeat until one frees nothing, so that a request
 whose blocks were released just after a round leaves nothing cached.
+
+``/metrics``: per version its weight, the requests it holds, and whether it is drained.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import logging
@@ -22,11 +25,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
+from prometheus_client import Gauge
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from prfaas.dispatch.cluster import ClusterBackend
 from prfaas.dispatch.worker_client import WorkerCallError
 from prfaas.gateway.catalog import ModelCatalog, ServedVersion, UnknownModel
+from prfaas.gateway.metrics import GatewayMetrics
 from prfaas.messages import TOKEN_HEADER
 
 logger = logging.getLogger(__name__)
@@ -150,3 +155,30 @@ def add_rollout_routes(
             raise HTTPException(400, str(e)[:500]) from None
         logger.info("rollout: %s weights now %s", req.model, weights)
         return {"model": req.model, "weights": weights}
+
+
+def add_rollout_metrics(metrics: GatewayMetrics, catalog: ModelCatalog) -> None:
+    r, labels = metrics.registry, ["model", "version"]
+    weight = Gauge(
+        "prfaas_model_version_weight",
+        "Percent of the model name's new sessions this version gets",
+        labels,
+        registry=r,
+    )
+    held = Gauge(
+        "prfaas_model_version_held", "Requests this version serves now", labels, registry=r
+    )
+    drained = Gauge(
+        "prfaas_model_version_drained",
+        "1 once the version is at weight 0 and holds no request",
+        labels,
+        registry=r,
+    )
+    for v in catalog.versions.values():
+        weight.labels(v.name, v.version).set_function(functools.partial(catalog.weight, v))
+        held.labels(v.name, v.version).set_function(functools.partial(_held, v))
+        drained.labels(v.name, v.version).set_function(functools.partial(catalog.drained, v))
+
+
+def _held(version: ServedVersion) -> int:
+    return version.held

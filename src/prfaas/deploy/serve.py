@@ -45,7 +45,7 @@ from prfaas.deploy.profiling import (
 )
 from prfaas.deploy.readiness import not_ready_reason
 from prfaas.deploy.roles import add_role_route, add_status_route, switch_role
-from prfaas.deploy.rollout import Drains, add_rollout_routes
+from prfaas.deploy.rollout import Drains, add_rollout_metrics, add_rollout_routes
 from prfaas.deploy.ttft_estimate import placeholder_choice
 from prfaas.dispatch.cluster import ClusterBackend
 from prfaas.dispatch.config import BackendSettings
@@ -279,6 +279,7 @@ def build_deployment(
     )
     drains = Drains({p.version.key: p.backend for p in parts})
     catalog.on_drained = drains.start
+    add_rollout_metrics(metrics, catalog)
 
     async def switch(name: str, role: Role) -> WorkerInfo:
         return await switch_role(fleet, cluster_token, name, role, worker_tls)
