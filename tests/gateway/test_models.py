@@ -10,8 +10,10 @@ each version's workers report a fingerprint of their own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,8 @@ def pd(name: str, prefix: str, fingerprint: str) -> tuple[dict[str, Any], list[F
     return spec, workers
 
 
-def models_fleet(green_weight: float = 0.0, **deploy: Any) -> Any:
+@contextlib.contextmanager
+def models_fleet(green_weight: float = 0.0, **deploy: Any) -> Iterator[FakeCluster]:
     green, green_workers = pd("green", "g", "1" * 64)
     other, other_workers = pd("b", "b", "2" * 64)
     models = [
@@ -55,7 +58,10 @@ def models_fleet(green_weight: float = 0.0, **deploy: Any) -> Any:
         {"name": "fake-b", "model": "unused", "clusters": [other]},
     ]
     workers = [*fleet(), *green_workers, *other_workers]
-    return fake_cluster(workers, models=models, **deploy)
+    with fake_cluster(workers, models=models, **deploy) as c:
+        for version in c.deployment.versions:  # a loaded machine delays the fakes' beats
+            version.fleet.heartbeat_timeout_s = 30.0
+        yield c
 
 
 def complete(
@@ -145,7 +151,7 @@ def test_the_rollout_route_shifts_new_requests_and_usage_names_the_version(
         assert 'prfaas_model_version_weight{model="fake",version="v1"} 0.0' in shown
         assert 'prfaas_model_version_drained{model="fake",version="v1"} 1.0' in shown
         # A line is written when its request is released, just after its answer went out.
-        wait_until(lambda: len(usage.read_text().splitlines()) == 4)
+        wait_until(lambda: len(usage.read_text().splitlines()) == 4, 30.0)
         lines = [json.loads(line) for line in usage.read_text().splitlines()]
         assert [line["model"] for line in lines] == ["fake@v1", *["fake@green"] * 3]
 
@@ -168,7 +174,7 @@ def test_a_request_keeps_its_version_through_a_rollout_and_the_old_one_drains() 
         answers: list[httpx.Response] = []
         request = threading.Thread(target=lambda: answers.append(complete(c, SHORT)))
         request.start()
-        wait_until(lambda: len(c.workers["pd-d-0"].received.decodes) == 1)
+        wait_until(lambda: len(c.workers["pd-d-0"].received.decodes) == 1, 30.0)
         assert rollout(c, "green", 100).status_code == 200
         assert complete(c, SHORT).headers[VERSION] == "fake@green"  # new ones: green
         status = rollout_status(c)["fake@v1"]
@@ -179,8 +185,8 @@ def test_a_request_keeps_its_version_through_a_rollout_and_the_old_one_drains() 
         loop.call_soon_threadsafe(held.set)
         request.join(10)
         assert answers[0].status_code == 200 and answers[0].headers[VERSION] == "fake@v1"
-        wait_until(lambda: rollout_status(c)["fake@v1"]["drained"])
-        wait_until(lambda: all(c.workers[n].received.cache_frees >= 2 for n in old), 10.0)
+        wait_until(lambda: rollout_status(c)["fake@v1"]["drained"], 30.0)
+        wait_until(lambda: all(c.workers[n].received.cache_frees >= 2 for n in old), 30.0)
         status = rollout_status(c)["fake@v1"]
         assert status["held"] == 0 and status["freed_blocks"] == 5
         assert all(i["inflight"] == 0 for i in status["instances"])

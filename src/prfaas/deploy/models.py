@@ -13,7 +13,7 @@ on clusters of its own::
       - name: tiny            # the top-level model's served name: its second version
         version: green
         model: /ckpt/tiny-v2
-        weight: 0             # percent of the name's new sessions; the first version has the rest
+        weight: 0             # percent of the name's new sessions (default 0); v1 has the rest
         sticky: tenant        # a tenant keeps one version (default: per session header)
         clusters: [...]
 
@@ -44,7 +44,9 @@ class ModelSpec(_Strict):
     name: str = Field(min_length=1, max_length=128, pattern=NAME_PATTERN)
     version: str = Field(PRIMARY_VERSION, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     model: str = Field(min_length=1, max_length=4096)
-    weight: float = Field(100.0, ge=0, le=100)  # percent; the first version of a name: the rest
+    # Percent of the name's new sessions for a second version (default 0: it starts idle);
+    # a name's first version gets the rest, whatever it says.
+    weight: float | None = Field(None, ge=0, le=100)
     # What keeps a conversation on one version: the client's session header (``session``),
     # or, without one, the tenant (``tenant``: a tenant's requests keep its first version).
     sticky: Literal["session", "tenant"] = "session"
@@ -81,7 +83,7 @@ def model_versions(primary: ModelVersion, extra: Sequence[ModelSpec]) -> list[Mo
                 spec.name,
                 spec.version,
                 spec.model,
-                spec.weight,
+                spec.weight or 0.0,
                 tuple(spec.clusters),
                 tuple(spec.links),
                 spec.sticky == "tenant",
