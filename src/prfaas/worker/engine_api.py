@@ -38,6 +38,9 @@ Contract (every implementation):
 - ``check`` reports integrity and everything that could leak (``EngineCheck``).
 - ``switch_role`` is awaited once no request is waiting, running or parked (the worker
   drains first); the engine then takes the other role's commands.
+- ``free_cache`` drops every prefix-cached block no request holds (its model version was
+  drained), nothing in use; the reference engine reports the drops as removals in
+  ``drain_cache_events``.
 - Every await on another process or socket has a deadline.
 """
 
