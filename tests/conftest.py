@@ -26,12 +26,13 @@ def _tokenizer_files(folder: Path, vocab_size: int) -> None:
     fast.save_pretrained(folder)
 
 
-def make_tiny_checkpoint(folder: Path, kind: str, **overrides: Any) -> Path:
-    """Save a seeded random-weight model of family ``kind`` (llama | qwen3 | qwen2)."""
+def make_tiny_checkpoint(folder: Path, kind: str, seed: int = 0, **overrides: Any) -> Path:
+    """Save a seeded random-weight model of family ``kind`` (llama | qwen3 | qwen2); another
+    ``seed``: other weights of the same shape (a model's second version)."""
     import torch
     import transformers
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     common: dict[str, Any] = dict(
         vocab_size=256,
         hidden_size=64,

@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "prfaas.planner.cli",
     "prfaas.sim.cli",
     "prfaas.deploy.cli",
+    "prfaas.deploy.rollout_cli",
     "prfaas.bench.cli",
     "prfaas.transfer.cli",
 )

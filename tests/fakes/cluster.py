@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from prfaas.deploy.config import DeployConfig
+from prfaas.deploy.models import ModelFacts, ModelVersion, served_versions
 from prfaas.deploy.serve import Deployment, build_deployment
 from prfaas.router.kv_index import KvIndex
 from tests.fakes.worker import FakeWorker
@@ -34,6 +35,11 @@ def word_tokenizer() -> Any:
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
     )
+
+
+def cfg_versions(cfg: DeployConfig) -> list[ModelVersion]:
+    """The versions of ``models:`` (the top-level one aside)."""
+    return [v for v, _ in served_versions(cfg)[1:]]
 
 
 @dataclass
@@ -78,9 +84,9 @@ def fake_cluster(
 ) -> Iterator[FakeCluster]:
     """A gateway with a PD cluster ``local`` and a PrfaaS cluster ``remote`` (the workers'
     clusters), t pinned at ``threshold_tokens``, the control loop off; ``deploy`` overrides
-    deploy.yaml keys (``overload``, ``kv_deadline_s``, …). Every worker registers first.
-    ``layout``: other clusters instead, name -> (kind, region), each PrfaaS one linked to
-    every PD one."""
+    deploy.yaml keys (``overload``, ``kv_deadline_s``, ``models``: their checkpoints are the
+    word tokenizer's too, …). Every worker registers first. ``layout``: other clusters
+    instead, name -> (kind, region), each PrfaaS one linked to every PD one."""
     layout = layout or {"local": ("pd", None), "remote": ("prfaas", None)}
     specs = [
         {
@@ -114,21 +120,23 @@ def fake_cluster(
             **deploy,
         }
     )
+    unused = "unused: nothing is spawned"
     deployment = build_deployment(
         cfg,
         word_tokenizer(),
-        "unused: nothing is spawned",
+        unused,
         CONTEXT,
         16,
         gateway_url="http://127.0.0.1:1",
         api_keys={key: t.name for t in cfg.tenants for key in t.api_keys},
         kv_index=KvIndex(),
+        models={m.key: ModelFacts(unused, word_tokenizer(), CONTEXT) for m in cfg_versions(cfg)},
     )
     cluster: FakeCluster | None = None
     stop = threading.Event()
     try:
-        backend = deployment.backend
-        with ServerThread(deployment.app, on_stop=backend.aclose, lifespan="on") as gateway:
+        on_stop = deployment.aclose_backends  # every model version's
+        with ServerThread(deployment.app, on_stop=on_stop, lifespan="on") as gateway:
             token = deployment.backend.settings.cluster_token
             cluster = FakeCluster(gateway.base_url, token, deployment, {}, {})
             for worker in workers:

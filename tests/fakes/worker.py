@@ -63,6 +63,7 @@ class Behaviour:
     text_padding: int = 0  # characters appended to each token's text (a large stream)
     token_gap_s: float = 0.0  # between token events (a decode step)
     hold_reservation: asyncio.Event | None = None  # the reservation answer waits for it
+    cached_blocks: int = 0  # what ``/internal/free_cache`` says it dropped (then 0)
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Received:
     decodes: list[DecodeCommand] = field(default_factory=list)
     kv_failed: list[KvFailed] = field(default_factory=list)
     abandoned: list[str] = field(default_factory=list)  # streams the gateway closed unfinished
+    cache_frees: int = 0  # calls of /internal/free_cache
 
 
 class FakeWorker:
@@ -232,6 +234,12 @@ class FakeWorker:
         async def kv_failed(request: Request) -> Response:
             got.kv_failed.append(KvFailed.decode(await request.body()))
             return JSONResponse({"fallback": True})
+
+        @app.post("/internal/free_cache")
+        async def free_cache() -> dict[str, int]:
+            got.cache_frees += 1
+            freed, self.behaviour.cached_blocks = self.behaviour.cached_blocks, 0
+            return {"freed_blocks": freed}
 
         @app.get("/health")
         async def health() -> dict[str, str]:

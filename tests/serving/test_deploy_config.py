@@ -198,3 +198,143 @@ def test_the_engine_is_chosen_per_instance_and_one_per_deployment() -> None:
     raw["clusters"][1]["engine"] = "vllm"
     with pytest.raises(ValueError, match="one engine per deployment"):
         DeployConfig.model_validate(raw)
+
+
+def pd_cluster(name: str, prefix: str) -> dict[str, object]:
+    instances = [
+        {"name": f"{prefix}-p", "role": "prefill"},
+        {"name": f"{prefix}-d", "role": "decode"},
+    ]
+    return {"name": name, "kind": "pd", "instances": instances}
+
+
+def with_models(*models: dict[str, object]) -> dict[str, object]:
+    return base() | {"served_model_name": "tiny", "models": list(models)}
+
+
+def test_models_each_version_with_its_clusters_and_weights(tmp_path: Path) -> None:
+    from prfaas.deploy.models import served_versions
+
+    green = {"name": "tiny", "version": "green", "model": "/ckpt/v2", "weight": 25}
+    other = {"name": "other", "model": "/ckpt/b", "sticky": "tenant"}
+    cfg = load_deploy_config(
+        write(
+            tmp_path,
+            with_models(
+                green | {"clusters": [pd_cluster("green", "g")]},
+                other | {"clusters": [pd_cluster("b", "b")]},
+            ),
+        )
+    )
+    versions = served_versions(cfg)
+    assert [(v.key, v.weight, v.sticky_tenant) for v, _ in versions] == [
+        ("tiny@v1", 75.0, False),  # the first version has the rest
+        ("tiny@green", 25.0, False),
+        ("other@v1", 100.0, True),
+    ]
+    # Each version's own view of the deployment: its model, clusters, no further models.
+    views = {v.key: view for v, view in versions}
+    assert [c.name for c in views["tiny@v1"].clusters] == ["local", "remote"]
+    assert [c.name for c in views["tiny@green"].clusters] == ["green"]
+    assert views["other@v1"].model == "/ckpt/b" and views["other@v1"].models == []
+
+
+@pytest.mark.parametrize(
+    ("models", "message"),
+    [
+        (
+            [{"name": "tiny", "version": "v1", "model": "m", "clusters": [pd_cluster("g", "g")]}],
+            "configured twice",
+        ),
+        (
+            [
+                {
+                    "name": "tiny",
+                    "version": f"v{i}",
+                    "model": "m",
+                    "weight": 10,
+                    "clusters": [pd_cluster(f"c{i}", f"c{i}")],
+                }
+                for i in (2, 3)
+            ],
+            "blue-green has two",
+        ),
+        ([{"name": "b", "model": "m", "clusters": [pd_cluster("local", "g")]}], "cluster names"),
+        (
+            [
+                {
+                    "name": "b",
+                    "model": "m",
+                    "clusters": [
+                        {
+                            "name": "g",
+                            "kind": "pd",
+                            "instances": [{"name": "pd-d-0", "role": "decode"}],
+                        }
+                    ],
+                }
+            ],
+            "instance names",
+        ),
+        ([{"name": "b", "model": "m", "clusters": []}], "at least one cluster of kind 'pd'"),
+        (
+            [
+                {
+                    "name": "b",
+                    "model": "m",
+                    "clusters": [
+                        pd_cluster("g", "g"),
+                        {
+                            "name": "far",
+                            "kind": "prfaas",
+                            "instances": [{"name": "f", "role": "prefill"}],
+                        },
+                    ],
+                }
+            ],
+            "no link far->g",
+        ),
+        (
+            [{"name": "b", "model": "m", "weight": 101, "clusters": [pd_cluster("g", "g")]}],
+            "weight",
+        ),
+        (
+            [{"name": "b", "model": "m", "sticky": "never", "clusters": [pd_cluster("g", "g")]}],
+            "sticky",
+        ),
+    ],
+)
+def test_bad_models_name_the_problem(
+    tmp_path: Path, models: list[dict[str, object]], message: str
+) -> None:
+    with pytest.raises(DeployConfigError, match=message):
+        load_deploy_config(write(tmp_path, with_models(*models)))
+
+
+def test_a_tenant_may_be_resident_in_another_models_clusters(tmp_path: Path) -> None:
+    from prfaas.deploy.models import residency, served_versions
+
+    other = {"name": "b", "model": "m", "clusters": [pd_cluster("b-local", "b")]}
+    data = with_models(other) | {"tenants": [{"name": "t", "clusters": ["local", "b-local"]}]}
+    cfg = load_deploy_config(write(tmp_path, data))
+    views = {v.key: view for v, view in served_versions(cfg)}
+    assert residency(cfg, views["tiny@v1"].clusters) == {"t": frozenset({"local"})}
+    assert residency(cfg, views["b@v1"].clusters) == {"t": frozenset({"b-local"})}
+
+
+def test_a_tenants_regions_range_over_every_models_clusters(tmp_path: Path) -> None:
+    """Residency by region spans the fleet: a tenant pinned to region ``us`` may use model
+    b's clusters there and none of the top-level model's (region ``eu``)."""
+    from prfaas.deploy.models import residency, served_versions
+
+    b_pd = pd_cluster("b-local", "b") | {"region": "us"}
+    other = {"name": "b", "model": "m", "clusters": [b_pd]}
+    data = with_models(other) | {"tenants": [{"name": "t", "regions": ["us"]}, {"name": "u"}]}
+    data["clusters"] = [c | {"region": "eu"} for c in data["clusters"]]
+    cfg = load_deploy_config(write(tmp_path, data))
+    views = {v.key: view for v, view in served_versions(cfg)}
+    assert residency(cfg, views["tiny@v1"].clusters) == {"t": frozenset()}
+    assert residency(cfg, views["b@v1"].clusters) == {"t": frozenset({"b-local"})}
+    data["tenants"] = [{"name": "t", "regions": ["mars"]}]
+    with pytest.raises(DeployConfigError, match="unknown region 'mars'"):
+        load_deploy_config(write(tmp_path, data))

@@ -87,6 +87,9 @@ class StandIn:
     async def switch_role(self, role: Role) -> None:
         pass
 
+    async def free_cache(self) -> int:
+        return 1
+
 
 def worker(role: Role) -> tuple[Worker, StandIn]:
     config = WorkerConfig(
@@ -133,6 +136,9 @@ def test_routes_speak_to_the_engine_only_through_the_seam() -> None:
         assert r.status_code == 400 and "limit" in r.text
         check = WorkerCheck.decode(client.get("/internal/check", headers=auth).content)
         assert check.idle_clean and check.blocks.cached == 1
+        assert client.post("/internal/free_cache").status_code == 401
+        r = client.post("/internal/free_cache", headers=auth)
+        assert r.json() == {"freed_blocks": 1}
     assert engine.stopped
     beat = w.heartbeat()
     assert (beat.num_running, beat.kv_usage, beat.fallbacks, beat.links) == (1, 0.25, 2, [LINK])

@@ -137,6 +137,13 @@ async def cached_tokens_are_real(p: Worker, d: Worker) -> None:
     assert rest[-1].finished and d.heartbeat().fallbacks == 1
     for w in (p, d):
         assert (await w.check()).idle_clean
+    # A drained model version drops its prefix cache; the evictions reach the kv index.
+    p.engine.drain_cache_events()  # what earlier heartbeats carried
+    cached = (await p.check()).blocks.cached
+    assert cached >= 4 and await p.engine.free_cache() == cached
+    after = await p.check()
+    assert after.idle_clean and after.blocks.cached == 0
+    assert [e.stored for e in p.engine.drain_cache_events()] == [False] * cached
 
 
 def test_the_prefill_heartbeat_reports_its_link_egress(engines: tuple[Engine, Engine]) -> None:

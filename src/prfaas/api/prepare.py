@@ -73,16 +73,6 @@ def parse_body(raw: bytes, model: type[M]) -> M:
         raise APIError(400, f"{loc or 'body'}: {first['msg']}", param=loc) from None
 
 
-def check_model(requested: str | None, served: str) -> None:
-    if requested is not None and requested != served:
-        raise APIError(
-            404,
-            f"The model `{requested[:200]}` does not exist.",
-            code="model_not_found",
-            param="model",
-        )
-
-
 def prepare_chat(req: ChatCompletionRequest, tokenizer: Any, max_model_len: int) -> Prepared:
     _refuse_undeclared(req)
     if req.store:

@@ -18,6 +18,7 @@ from pydantic import (
 )
 
 from prfaas.canary.config import CanaryConfig
+from prfaas.deploy.models import PRIMARY_VERSION, ModelSpec, check_models, fleet_of
 from prfaas.deploy.regions import check_regions, offload_pairs
 from prfaas.deploy.specs import (
     ClusterSpec,
@@ -60,6 +61,10 @@ class DeployConfig(_Strict):
     overload: OverloadSpec = OverloadSpec()
     canary: CanaryConfig = CanaryConfig()
     engine: Engine = "reference"  # every instance's unless its cluster or itself says
+    # Further models and second versions (``deploy.models``); the top-level model is
+    # ``version`` of ``served_model_name``.
+    version: str = Field(PRIMARY_VERSION, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    models: list[ModelSpec] = Field(default_factory=list, max_length=64)
 
     def engine_of(self, cluster: ClusterSpec, inst: InstanceSpec) -> Engine:
         return inst.engine or cluster.engine or self.engine
@@ -69,12 +74,14 @@ class DeployConfig(_Strict):
         from prfaas.config import EngineConfig
         from prfaas.integrations.vllm.launch import BLOCK_SIZE
 
-        engines = {self.engine_of(c, i) for c in self.clusters for i in c.instances}
+        clusters = [*self.clusters, *(c for m in self.models for c in m.clusters)]
+        engines = {self.engine_of(c, i) for c in clusters for i in c.instances}
         return BLOCK_SIZE if "vllm" in engines else EngineConfig().block_size
 
     @model_validator(mode="after")
     def _one_engine(self) -> DeployConfig:
-        engines = {self.engine_of(c, i) for c in self.clusters for i in c.instances if i.spawn}
+        clusters = [*self.clusters, *(c for m in self.models for c in m.clusters)]
+        engines = {self.engine_of(c, i) for c in clusters for i in c.instances if i.spawn}
         if len(engines) > 1:
             raise ValueError(
                 "spawned instances run one engine per deployment for now (the reference "
@@ -89,7 +96,7 @@ class DeployConfig(_Strict):
             raise ValueError("cluster names must be unique")
         if GATEWAY in names:
             raise ValueError(f"cluster name {GATEWAY!r} is the gateways' certificate name")
-        check_regions(self)  # one PD cluster per region
+        check_regions(self, fleet_of(self))  # one PD cluster per region
         for pd in (c for c in self.clusters if c.kind == "pd"):
             if not any(i.role == "decode" for i in pd.instances):
                 raise ValueError(f"cluster {pd.name!r} needs at least one decode instance")
@@ -113,6 +120,11 @@ class DeployConfig(_Strict):
         _check_control_plane(self)
         for t in self.tenants:
             t.limits()  # a burst without its rate is refused here
+        return self
+
+    @model_validator(mode="after")
+    def _models(self) -> DeployConfig:
+        check_models(self)
         return self
 
 

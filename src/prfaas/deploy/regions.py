@@ -25,6 +25,8 @@ Rules (``check_regions``, at load time):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from prfaas.deploy.specs import ClusterSpec, LinkSpec, TenantSpec
@@ -42,6 +44,16 @@ class DeployConfig(Protocol):
 
     @property
     def tenants(self) -> list[TenantSpec]: ...
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """Every model version's clusters and links at once (``models:`` adds clusters of its
+    own): what a tenant's residency ranges over. Routing is per version (its own view)."""
+
+    clusters: list[ClusterSpec]
+    links: list[LinkSpec]
+    tenants: list[TenantSpec]
 
 
 def region_of(cfg: DeployConfig) -> dict[str, str]:
@@ -94,12 +106,22 @@ def tenant_regions(cfg: DeployConfig) -> dict[str, tuple[str, ...]]:
     return {t.name: tuple(t.regions) for t in cfg.tenants if t.regions is not None}
 
 
-def check_regions(cfg: DeployConfig) -> None:
-    """The rules of the module docstring; a ValueError naming the key otherwise."""
-    regions = region_of(cfg)
+def residency_within(
+    fleet: DeployConfig, clusters: Sequence[ClusterSpec]
+) -> dict[str, frozenset[str]]:
+    """``residency`` over the whole fleet, narrowed to ``clusters`` (one model version's):
+    a tenant restricted elsewhere maps to the empty set here (none of them)."""
+    own = {c.name for c in clusters}
+    return {t: allowed & own for t, allowed in residency(fleet).items()}
+
+
+def check_regions(cfg: DeployConfig, fleet: DeployConfig | None = None) -> None:
+    """The rules of the module docstring; a ValueError naming the key otherwise. ``fleet``:
+    every model version's clusters, which tenants' residency ranges over (default ``cfg``)."""
     pds = [c.name for c in cfg.clusters if c.kind == "pd"]
     if not pds:
         raise ValueError("at least one cluster of kind 'pd' (a region's decode cluster) is needed")
+    regions = region_of(cfg)
     seen: dict[str, str] = {}
     for pd in pds:
         if regions[pd] in seen:
@@ -116,8 +138,11 @@ def check_regions(cfg: DeployConfig) -> None:
                     f"PrfaaS cluster {c.name!r} has no link to a PD cluster: with several "
                     "regions, a link says which PD clusters it serves"
                 )
-    allowed = residency(cfg)
-    for t in cfg.tenants:
+    fleet = fleet or cfg
+    regions = region_of(fleet)
+    pds = [c.name for c in fleet.clusters if c.kind == "pd"]
+    allowed = residency(fleet)
+    for t in fleet.tenants:
         for cluster in t.clusters or []:
             if cluster not in regions:
                 raise ValueError(f"tenant {t.name!r}: unknown cluster {cluster!r}")

@@ -9,15 +9,17 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from prfaas.deploy.config import DeployConfig
+from prfaas.deploy.models import ModelFacts, served_versions
 from prfaas.router.kv_index import KvIndexUnavailableError
 
 logger = logging.getLogger(__name__)
 START_TIMEOUT_S = 600.0
 
 
-def model_facts(cfg: DeployConfig) -> tuple[str, object, int]:
+def model_facts(cfg: DeployConfig) -> tuple[str, Any, int]:
     """Resolve the model once here (GGUF converted before workers start, so they don't
     race): its folder, tokenizer and context limit."""
     from transformers import AutoConfig, AutoTokenizer
@@ -56,6 +58,10 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
         return 2
     with console.status("resolving the model…"):
         folder, tokenizer, max_model_len = await asyncio.to_thread(model_facts, cfg)
+        models = {}
+        for version, view in served_versions(cfg)[1:]:
+            facts = await asyncio.to_thread(model_facts, view)
+            models[version.key] = ModelFacts(*facts)
     url = f"http://{cfg.host}:{cfg.port}"
     control = cfg.control_plane
     control_host = control.host or cfg.host
@@ -72,6 +78,7 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
         api_keys=api_keys,
         log_dir=log_dir,
         kv_index=kv_index,
+        models=models,
     )
     server = uvicorn.Server(
         uvicorn.Config(deployment.app, host=cfg.host, port=cfg.port, log_level="warning")
@@ -89,7 +96,13 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
             await wait_serving(deployment, lambda why: shown.update(f"not ready: {why}…"))
         # Never the key itself: the banner ends up in terminals, CI logs and screenshots.
         auth = ' -H "Authorization: Bearer $PRFAAS_API_KEY"' if api_keys else ""
-        print(f"prfaas is serving {deployment.backend.model_name} at {url}/v1")
+        names = ", ".join(dict.fromkeys(v.version.name for v in deployment.versions))
+        print(f"prfaas is serving {names} at {url}/v1")
+        if len(deployment.versions) > 1:
+            weights = ", ".join(
+                f"{v.version.key} ({v.version.weight:g}%)" for v in deployment.versions
+            )
+            print(f"  model versions: {weights}; rollouts: prfaas rollout --url {url}")
         if not control.insecure:
             print(f"  workers register at {worker_url} (mutual TLS, certificate-bound clusters)")
         solved = "" if choice.solved_tokens is None else f", planner {choice.solved_tokens:.0f}"
@@ -120,6 +133,6 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
             srv.should_exit = True
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(serving, 10.0)
-        await deployment.backend.aclose()
+        await deployment.aclose_backends()
         deployment.close()
     return 0

@@ -3,6 +3,11 @@
 The embedded default: a local PD cluster (one PD-P, one PD-D) and a remote PrfaaS cluster
 (one prefill worker) whose KV reaches the decode worker through a link emulator (a stated
 bandwidth and RTT) with mutual TLS. Ctrl-C stops every process.
+
+With ``models:`` (``deploy.models``), every further model version gets its own clusters,
+workers, fleet, router, kv index and backend; the gateway picks a version per request
+(``gateway.catalog``). The top-level model's version keeps the control loop, the canary and
+``/status``; the others run at their configured (or default) threshold.
 """
 
 from __future__ import annotations
@@ -11,9 +16,10 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
 import secrets
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +36,7 @@ from prfaas.deploy.config import DeployConfig, binds_loopback, open_kv_index, wa
 from prfaas.deploy.control_loop import ControlLoop, running
 from prfaas.deploy.launcher import Launcher, WorkerSpawn, free_port
 from prfaas.deploy.links import LinkRoute, Routes, kv_target
+from prfaas.deploy.models import ModelFacts, ModelVersion, residency, served_versions
 from prfaas.deploy.profiling import (
     ThresholdChoice,
     default_threshold,
@@ -38,16 +45,18 @@ from prfaas.deploy.profiling import (
 )
 from prfaas.deploy.readiness import not_ready_reason
 from prfaas.deploy.region_status import RegionMetrics
-from prfaas.deploy.regions import region_map, residency, tenant_regions
+from prfaas.deploy.regions import region_map, tenant_regions
 from prfaas.deploy.roles import add_role_route, add_status_route, switch_role
+from prfaas.deploy.rollout import Drains, add_rollout_metrics, add_rollout_routes
 from prfaas.deploy.ttft_estimate import placeholder_choice
 from prfaas.dispatch.cluster import ClusterBackend
 from prfaas.dispatch.config import BackendSettings
+from prfaas.gateway.catalog import ModelCatalog, ServedVersion
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.gateway.internal import add_internal_routes
 from prfaas.gateway.metrics import GatewayMetrics
 from prfaas.messages import Role, WorkerInfo
-from prfaas.router.kv_index import KvIndexBackend
+from prfaas.router.kv_index import KvIndex, KvIndexBackend
 from prfaas.router.policies import POLICIES
 from prfaas.router.redis_index import RedisKvIndex
 from prfaas.router.router import Router, RouterConfig
@@ -76,16 +85,29 @@ class Deployment:
     # insecure control plane (those routes are on ``app``, plain HTTP).
     control_app: FastAPI | None = None
     control_tls: ControlTls | None = None
+    # Every served model version, the top-level one (``backend``, ``fleet``) first.
+    versions: list[VersionParts] = field(default_factory=list)
+    drains: Drains | None = None  # the cache frees of drained versions, still running
 
     def ready(self) -> bool:
         """Every spawned worker has registered (start-up profiling can begin)."""
-        return all(self.fleet.healthy(n) for n in self.expected_workers)
+        return all(any(v.fleet.healthy(n) for v in self.versions) for n in self.expected_workers)
 
     def not_ready_reason(self) -> str | None:
         """Why some request would fail now (``/health`` says it with a 503); None once every
-        configured path has a healthy instance and t is settled."""
+        configured path of every model version has a healthy instance and t is settled."""
         settled = self.control.choice is not None or not profiles_at_start(self.config)
-        return not_ready_reason(self.config, list(self.fleet.instances()), settled)
+        for parts in self.versions:
+            reason = not_ready_reason(parts.config, list(parts.fleet.instances()), settled)
+            if reason is not None:
+                return reason if len(self.versions) == 1 else f"{parts.version.key}: {reason}"
+        return None
+
+    async def aclose_backends(self) -> None:
+        if self.drains is not None:
+            self.drains.cancel()
+        for parts in self.versions:
+            await parts.backend.aclose()
 
     def close(self) -> None:
         self.launcher.stop()
@@ -94,6 +116,20 @@ class Deployment:
             emu.close()
         if self.tmp is not None:
             self.tmp.cleanup()
+
+
+@dataclass
+class VersionParts:
+    """One served model version's own side of the gateway: its view of the deployment
+    (its clusters and links), fleet and backend (router and kv index inside)."""
+
+    version: ModelVersion
+    config: DeployConfig
+    backend: ClusterBackend
+
+    @property
+    def fleet(self) -> WorkerFleet:
+        return self.backend.fleet
 
 
 def build_deployment(
@@ -107,12 +143,20 @@ def build_deployment(
     api_keys: dict[str, str],
     log_dir: Path | None = None,
     kv_index: KvIndexBackend | None = None,
+    models: Mapping[str, ModelFacts] | None = None,
 ) -> Deployment:
+    """``tokenizer``, ``model_folder`` and ``max_model_len`` are the top-level model's;
+    ``models`` those of every further version (``name@version``)."""
     from prfaas.gateway.app import create_app
     from prfaas.gateway.config import GatewayConfig
 
     if kv_index is None:
         kv_index = open_kv_index(cfg.kv_index)  # first: an unreachable Redis stops us here
+    versions = served_versions(cfg)
+    facts = {versions[0][0].key: ModelFacts(model_folder, tokenizer, max_model_len)}
+    facts.update(models or {})
+    clusters = [(v, c) for v, view in versions for c in view.clusters]
+    all_links = [link for _, view in versions for link in view.links]
     # Spawned workers heartbeat to every gateway; with several, they outlive this one.
     gateway_urls = (gateway_url, *(u for u in cfg.gateways if u != gateway_url))
     tmp = tempfile.TemporaryDirectory(prefix="prfaas-serve-")
@@ -120,18 +164,18 @@ def build_deployment(
     cluster_token = cluster_token_from_env() or secrets.token_hex(16)
     certs_dir: Path | None = cfg.certs_dir
     insecure = cfg.control_plane.insecure
-    if certs_dir is None and (not insecure or any(link.tls for link in cfg.links)):
+    if certs_dir is None and (not insecure or any(link.tls for link in all_links)):
         certs_dir = Path(tmp.name) / "certs"  # a few ms: mutual TLS costs no start-up time
-        write_certs(certs_dir, [c.name for c in cfg.clusters])
+        write_certs(certs_dir, [c.name for _, c in clusters])
     control_tls = None if insecure or certs_dir is None else ControlTls.from_dir(certs_dir, GATEWAY)
     worker_tls = None if control_tls is None else control_tls.client_context()
     spawns: list[WorkerSpawn] = []
-    for cluster in cfg.clusters:
+    for version, cluster in clusters:
         for inst in cluster.instances:
             if inst.spawn:
                 rates = {
                     f"{link.src}->{link.dst}": link.rate_gbps
-                    for link in cfg.links
+                    for link in all_links
                     if link.src == cluster.name and link.rate_gbps
                 }
                 spawns.append(
@@ -142,7 +186,7 @@ def build_deployment(
                         port=free_port(),
                         kv_port=free_port(),
                         gateway_urls=gateway_urls,
-                        model=model_folder,
+                        model=facts[version.key].folder,
                         certs_dir=certs_dir,
                         link_rates=rates,
                         max_model_len=cfg.max_model_len,
@@ -159,7 +203,7 @@ def build_deployment(
     emulators: list[LinkEmulator] = []
     emulators_by_link: dict[str, list[LinkEmulator]] = {}  # for POST /internal/link/{name}
     links: Routes = {}
-    for link in cfg.links:
+    for link in all_links:
         via: dict[str, tuple[str, int]] = {}
         if link.emulate:
             for s in spawns:
@@ -184,52 +228,63 @@ def build_deployment(
         )
     # Inside a cluster KV travels straight to the decode worker; with certificates, every
     # KV connection (intra-cluster too) is mutual TLS, since a receiver speaks one protocol.
-    for cluster in cfg.clusters:
+    for _, cluster in clusters:
         links.setdefault(
             (cluster.name, cluster.name), LinkRoute(name="local", tls=certs_dir is not None)
         )
-    # The router counts cached tokens in ``block_size``: a worker with another is refused.
-    fleet = WorkerFleet({c.name: c.kind for c in cfg.clusters}, kv_index, block_size=block_size)
-    threshold = cfg.policy.threshold_tokens
-    if threshold is None:
-        threshold = default_threshold(max_model_len)
-    instance_choice = None  # CHWBL
-    if cfg.policy.instance_choice == "ttft":
-        clusters = [c.name for c in cfg.clusters]
-        instance_choice = placeholder_choice(clusters, cfg.policy.balance_factor)
-    router = Router(
-        RouterConfig(block_tokens=block_size, balance_factor=cfg.policy.balance_factor),
-        POLICIES[cfg.policy.name](),
-        fleet,
-        kv_index,
-        RouterState(float(threshold), cfg.policy.mode),
-        instance_choice,
-        region_map(cfg, cfg.overload.max_inflight_per_decode),
-    )
-    settings = BackendSettings(
-        model_name=cfg.served_model_name or cfg.model or "SmolLM2-135M-Instruct",
-        cluster_token=cluster_token,
-        kv_deadline_s=cfg.kv_deadline_s,
-        stream_stall_s=cfg.stream_stall_s,
-        kv_target=functools.partial(kv_target, links),
-        residency=residency(cfg),
-        tenant_regions=tenant_regions(cfg),
-        worker_tls=worker_tls,
-    )
+
+    def settings(version: ModelVersion, view: DeployConfig) -> BackendSettings:
+        return BackendSettings(
+            model_name=version.name,
+            cluster_token=cluster_token,
+            kv_deadline_s=cfg.kv_deadline_s,
+            stream_stall_s=cfg.stream_stall_s,
+            kv_target=functools.partial(kv_target, links),
+            residency=residency(cfg, view.clusters),
+            tenant_regions=tenant_regions(cfg),
+            worker_tls=worker_tls,
+        )
+
+    fleet, router = _fleet_and_router(cfg, kv_index, block_size, max_model_len)
     metrics = GatewayMetrics()
     if isinstance(kv_index, RedisKvIndex):
         add_kv_index_metrics(metrics, kv_index)
     cluster_metrics = ClusterMetrics(metrics, fleet, router)
+    audit = AuditLog(cfg.audit_log)  # every version's transfers, one log
     backend = ClusterBackend(
-        settings,
+        settings(*versions[0]),
         fleet,
         router,
         tokenizer,
         max_model_len,
         on_prefill=cluster_metrics.on_prefill,
         on_pull=cluster_metrics.on_pull,
-        audit=AuditLog(cfg.audit_log),
+        audit=audit,
     )
+    parts = [VersionParts(versions[0][0], versions[0][1], backend)]
+    for version, view in versions[1:]:
+        # Its own kv index: a version's blocks are found on its own instances only.
+        own_index: KvIndexBackend
+        if cfg.kv_index.backend == "memory":
+            own_index = KvIndex()
+        else:
+            prefix = re.sub(r"[^A-Za-z0-9_.:-]", "_", f"{cfg.kv_index.prefix}:{version.key}")
+            own_index = open_kv_index(cfg.kv_index.model_copy(update={"prefix": prefix}))
+        its = facts[version.key]
+        v_fleet, v_router = _fleet_and_router(view, own_index, block_size, its.max_model_len)
+        v_backend = ClusterBackend(
+            settings(version, view), v_fleet, v_router, its.tokenizer, its.max_model_len
+        )
+        v_backend.audit = audit
+        parts.append(VersionParts(version, view, v_backend))
+    catalog = ModelCatalog(
+        [ServedVersion(p.version.name, p.version.version, p.backend) for p in parts],
+        {p.version.key: p.version.weight for p in parts},
+        sticky_tenants=frozenset(p.version.name for p in parts if p.version.sticky_tenant),
+    )
+    drains = Drains({p.version.key: p.backend for p in parts})
+    catalog.on_drained = drains.start
+    add_rollout_metrics(metrics, catalog)
 
     async def switch(name: str, role: Role) -> WorkerInfo:
         return await switch_role(fleet, cluster_token, name, role, worker_tls)
@@ -248,26 +303,28 @@ def build_deployment(
     )
     holder: list[Deployment] = []  # the app asks the deployment built around it
     app = create_app(
-        backend,
+        catalog,
         gateway_config,
         metrics=metrics,
         lifespan=lambda _: running(control, canary),
         readiness=lambda: holder[0].not_ready_reason() if holder else "starting",
     )
-    fleet.inflight = app.state.admission.by_instance  # the one owner of in-flight counts
-    backend.failover.on_moved = app.state.admission.move  # a failed-over request counts anew
-    assert backend.audit is not None and router.regions is not None
-    backend.audit.listeners.append(app.state.tenants.ledger.transferred)  # KV bytes per tenant
-    region_metrics = RegionMetrics(metrics, router.regions, fleet)
-    backend.audit.request_listeners.append(region_metrics.on_request)
-    fleet.on_capacity = app.state.admission.grant
+    fleets = [p.fleet for p in parts]
+    for p in parts:
+        p.fleet.inflight = app.state.admission.by_instance  # the one owner of in-flight counts
+        p.fleet.on_capacity = app.state.admission.grant
+        p.backend.failover.on_moved = app.state.admission.move  # a failed-over request counts anew
+    audit.listeners.append(app.state.tenants.ledger.transferred)  # KV bytes per tenant
+    assert router.regions is not None
+    region_metrics = RegionMetrics(metrics, router.regions, fleet)  # the top-level version's
+    audit.request_listeners.append(region_metrics.on_request)
     control_app: FastAPI | None = None
     if control_tls is None:
         warn_insecure("the gateway (registrations on its public port)")
-        add_internal_routes(app, fleet, cluster_token)
+        add_internal_routes(app, fleets, cluster_token)
     else:
         control_app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
-        add_internal_routes(control_app, fleet, cluster_token, bound_to_certificates=True)
+        add_internal_routes(control_app, fleets, cluster_token, bound_to_certificates=True)
     # The cluster token is the admin key: off this machine, /status needs it too.
     admin_token = None if binds_loopback(cfg.host) else cluster_token
     add_status_route(app, fleet, router, control, canary, admin_token=admin_token)
@@ -275,6 +332,7 @@ def build_deployment(
     add_role_route(app, fleet, cluster_token, worker_tls)
     launcher = Launcher(cluster_token, log_dir or Path(tmp.name) / "logs")
     add_admin_routes(app, emulators_by_link, launcher, cluster_token)
+    add_rollout_routes(app, catalog, drains, cluster_token)
     expected = [s.name for s in spawns]
     deployment = Deployment(
         cfg,
@@ -288,11 +346,38 @@ def build_deployment(
         tmp,
         control_app,
         control_tls,
+        parts,
+        drains,
     )
     holder.append(deployment)
     for spec in spawns:
         launcher.spawn(spec)
     return deployment
+
+
+def _fleet_and_router(
+    view: DeployConfig, kv_index: KvIndexBackend, block_size: int, max_model_len: int
+) -> tuple[WorkerFleet, Router]:
+    """One model version's fleet (its clusters) and router (its policy and threshold)."""
+    # The router counts cached tokens in ``block_size``: a worker with another is refused.
+    clusters = {c.name: c.kind for c in view.clusters}
+    fleet = WorkerFleet(clusters, kv_index, block_size=block_size)
+    threshold = view.policy.threshold_tokens
+    if threshold is None:
+        threshold = default_threshold(max_model_len)
+    instance_choice = None  # CHWBL
+    if view.policy.instance_choice == "ttft":
+        instance_choice = placeholder_choice(list(clusters), view.policy.balance_factor)
+    router = Router(
+        RouterConfig(block_tokens=block_size, balance_factor=view.policy.balance_factor),
+        POLICIES[view.policy.name](),
+        fleet,
+        kv_index,
+        RouterState(float(threshold), view.policy.mode),
+        instance_choice,
+        region_map(view, view.overload.max_inflight_per_decode),
+    )
+    return fleet, router
 
 
 def control_server(deployment: Deployment, host: str, port: int) -> uvicorn.Server | None:
@@ -360,5 +445,5 @@ async def lifespan_closing(deployment: Deployment) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await deployment.backend.aclose()
+        await deployment.aclose_backends()
         deployment.close()

@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP front door, as an app factory over a ``Backend``.
 
 Per request: authenticate (API key → tenant, salt derived here), parse and validate the body,
-tokenize, take it from the tenant's rate limits (``tenancy.gate``, else 429), admit
+pick the model version (``catalog``: the request's ``model``, the traffic split), tokenize,
+take it from the tenant's rate limits (``tenancy.gate``, else 429), admit
 (``admission``: bounded in-flight counts, else 429), submit to the backend,
 and answer as a whole body or as SSE. Bad input is a 4xx in the OpenAI error format, never a 500.
 """
@@ -26,7 +27,6 @@ from prfaas.api.choices import Choices
 from prfaas.api.errors import APIError
 from prfaas.api.prepare import (
     Prepared,
-    check_model,
     parse_body,
     prepare_chat,
     prepare_completion,
@@ -42,10 +42,16 @@ from prfaas.api.render import Renderer
 from prfaas.gateway.admission import Admission
 from prfaas.gateway.auth import Authenticator, Tenant
 from prfaas.gateway.backend import Backend, GenerationRequest, NoWorker, Overloaded
+from prfaas.gateway.catalog import ModelCatalog, ServedVersion, UnknownModel
 from prfaas.gateway.config import GatewayConfig
 from prfaas.gateway.generation import Generation, GenerationStream, IncompleteStreamError
 from prfaas.gateway.metrics import CONTENT_TYPE, GatewayMetrics, route_kind
-from prfaas.gateway.middleware import ROUTE_HEADER, BodyLimitMiddleware
+from prfaas.gateway.middleware import (
+    ROUTE_HEADER,
+    SESSION_HEADER,
+    VERSION_HEADER,
+    BodyLimitMiddleware,
+)
 from prfaas.messages import SamplingSpec
 from prfaas.tenancy.gate import TenantGate
 from prfaas.tenancy.limits import RateLimited
@@ -58,7 +64,7 @@ Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
 def create_app(
-    backend: Backend,
+    backend: Backend | ModelCatalog,
     config: GatewayConfig | None = None,
     *,
     metrics: GatewayMetrics | None = None,
@@ -69,11 +75,13 @@ def create_app(
     their gauges; it is also ``app.state.metrics``. ``lifespan`` starts and stops what the
     backend needs (engines, connections) with the server. ``readiness`` says why the
     backend cannot serve a request yet (None once it can): ``/health`` answers 503 with that
-    reason until then, 200 after (vLLM's semantics: a probe never sends traffic too early)."""
+    reason until then, 200 after (vLLM's semantics: a probe never sends traffic too early).
+    ``backend`` is one model's, or a ``ModelCatalog`` of several models and versions."""
     config = config or GatewayConfig()
     metrics = metrics or GatewayMetrics()
     auth = Authenticator(config.api_keys, config.server_secret, config.default_tenant)
-    admission = Admission(config, backend.num_decode)
+    catalog = backend if isinstance(backend, ModelCatalog) else ModelCatalog.single(backend)
+    admission = Admission(config, catalog.num_decode)
     metrics.in_flight.set_function(lambda: admission.in_flight)
     # Rate limits and usage per tenant.
     tenants = TenantGate(config.tenant_limits, config.usage_log, metrics.registry)
@@ -85,6 +93,7 @@ def create_app(
     app.state.admission = admission
     app.state.tenants = tenants
     app.state.authenticator = auth
+    app.state.catalog = catalog
     app.add_middleware(
         BodyLimitMiddleware,
         max_body_bytes=config.max_body_bytes,
@@ -112,10 +121,14 @@ def create_app(
             auth.authenticate(request.headers.get("authorization"))
         except APIError as exc:
             return exc.response()
-        card = ModelCard(id=backend.model_name, max_model_len=backend.max_model_len)
-        return JSONResponse(ModelList(data=[card]).model_dump())
+        cards = [
+            ModelCard(id=name, max_model_len=min(v.backend.max_model_len for v in catalog.of(name)))
+            for name in catalog.names()
+        ]
+        return JSONResponse(ModelList(data=cards).model_dump())
 
     async def submit(
+        version: ServedVersion,
         tenant: Tenant,
         prompt: list[int],
         params: SamplingSpec,
@@ -124,19 +137,21 @@ def create_app(
         **share: bool,
     ) -> Generation:
         req = GenerationRequest(request_id, tenant.name, tenant.salt, prompt, params)
+        backend = version.backend
         # The admission queue bounds the wait for a decode slot; without one, bound the submit.
         ttl_s = None if admission.bounds_decode else admission.config.queue_ttl_s
         prompt_len, max_tokens = len(prompt), params.max_tokens
+        label = catalog.usage_label(version)
         try:
-            reserved = tenants.admit(
-                tenant.name, request_id, backend.model_name, prompt_len, max_tokens
-            )
+            reserved = tenants.admit(tenant.name, request_id, label, prompt_len, max_tokens)
         except (RateLimited, ValueError) as exc:
             raise _refused(exc) from None
+        catalog.hold(version)  # dropped on refusal or at release
         try:
             await admission.acquire()
         except BaseException as exc:
             tenants.refused(reserved, request_id)
+            catalog.drop(version)
             if isinstance(exc, Overloaded | NoWorker):
                 raise _refused(exc) from None
             raise
@@ -145,6 +160,7 @@ def create_app(
         except BaseException as exc:
             admission.release(request_id)
             tenants.refused(reserved, request_id)
+            catalog.drop(version)
             if isinstance(exc, TimeoutError):
                 exc = Overloaded(admission.config.retry_after_s, "timed out waiting for capacity")
             if isinstance(exc, ValueError | Overloaded | NoWorker):
@@ -164,12 +180,13 @@ def create_app(
                 completion_tokens=usage.completion_tokens,
                 remote=route_kind(gen.route) == "prfaas",
             )
+            catalog.drop(version)
 
         gen = Generation(
             handle,
             metrics,
             request_id=request_id,
-            model=backend.model_name,
+            model=version.name,
             num_prompt_tokens=prompt_len,
             arrival_s=arrival_s,
             release=release,
@@ -178,7 +195,11 @@ def create_app(
         return gen
 
     async def submit_all(
-        tenant: Tenant, prepared: Prepared, request_id: str, arrival_s: float
+        version: ServedVersion,
+        tenant: Tenant,
+        prepared: Prepared,
+        request_id: str,
+        arrival_s: float,
     ) -> list[Generation]:
         """Every sequence of the request, in choice order. Siblings (``n > 1``) are submitted
         once the first sequence of their prompt has its first token: its prompt's blocks are
@@ -191,7 +212,8 @@ def create_app(
                     rid = f"{request_id}-{len(gens)}" if many else request_id
                     params = sibling_params(prepared.params, j)
                     share = {"counts_prompt": j == 0, "counts_output": not prepared.echo_only}
-                    gens.append(await submit(tenant, prompt, params, rid, arrival_s, **share))
+                    gen = await submit(version, tenant, prompt, params, rid, arrival_s, **share)
+                    gens.append(gen)
                     if j == 0 and prepared.n > 1:
                         await gens[-1].prefetch()
         except BaseException:
@@ -204,24 +226,33 @@ def create_app(
         arrival_s = time.perf_counter()
         tenant = auth.authenticate(request.headers.get("authorization"))
         raw = await request.body()
-        prepared: Prepared
+        parsed: ChatCompletionRequest | CompletionRequest
         if chat:
-            chat_req = parse_body(raw, ChatCompletionRequest)
-            check_model(chat_req.model, backend.model_name)
-            prepared = prepare_chat(chat_req, backend.tokenizer, backend.max_model_len)
+            parsed = parse_body(raw, ChatCompletionRequest)
         else:
-            req = parse_body(raw, CompletionRequest)
-            check_model(req.model, backend.model_name)
-            prepared = prepare_completion(req, backend.tokenizer, backend.max_model_len)
-        request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
-        gens = await submit_all(tenant, prepared, request_id, arrival_s)
-        choices = Choices(
-            gens, Renderer(prepared, backend.tokenizer), request_id, backend.model_name
-        )
+            parsed = parse_body(raw, CompletionRequest)
+        version = pick(parsed.model, tenant.name, request.headers.get(SESSION_HEADER))
+        # Held from the pick: a version at weight 0 is not drained while this one prepares.
+        catalog.hold(version)
+        try:
+            backend = version.backend
+            prepared: Prepared
+            if isinstance(parsed, ChatCompletionRequest):
+                prepared = prepare_chat(parsed, backend.tokenizer, backend.max_model_len)
+            else:
+                prepared = prepare_completion(parsed, backend.tokenizer, backend.max_model_len)
+            request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+            gens = await submit_all(version, tenant, prepared, request_id, arrival_s)
+        finally:
+            catalog.drop(version)
+        choices = Choices(gens, Renderer(prepared, backend.tokenizer), request_id, version.name)
+        served = {VERSION_HEADER: version.key}
         if prepared.stream:
             chunks = choices.chat_chunks if chat else choices.completion_chunks
             write_timeout_s = config.stream_write_timeout_s
-            return GenerationStream(choices, chunks(prepared.include_usage), write_timeout_s)
+            stream = GenerationStream(choices, chunks(prepared.include_usage), write_timeout_s)
+            stream.headers.update(served)
+            return stream
         status = 500
         try:
             whole = choices.chat_completion() if chat else choices.completion()
@@ -235,7 +266,18 @@ def create_app(
             raise APIError(502, f"generation failed: {exc}"[:500]) from None
         finally:
             await choices.close(status)
-        return JSONResponse(body.model_dump(), headers={ROUTE_HEADER: choices.route})
+        return JSONResponse(body.model_dump(), headers={ROUTE_HEADER: choices.route, **served})
+
+    def pick(model: str | None, tenant: str, session: str | None) -> ServedVersion:
+        try:
+            return catalog.pick(model, tenant, session[:256] if session else None)
+        except UnknownModel:
+            raise APIError(
+                404,
+                f"The model `{(model or '')[:200]}` does not exist.",
+                code="model_not_found",
+                param="model",
+            ) from None
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:

@@ -14,6 +14,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from prfaas.api.errors import APIError
 
 ROUTE_HEADER = "x-prfaas-route"
+VERSION_HEADER = "x-prfaas-model-version"  # name@version of the model version that served
+SESSION_HEADER = "x-prfaas-session"  # a client's session key: it keeps one model version
 
 
 class BodyLimitMiddleware:

@@ -132,6 +132,10 @@ class KVCacheManager:
         del self._num_cached[request_id]
         self.pool.free(reversed(table))
 
+    def reset_cache(self) -> int:
+        """Forget every unreferenced cached block (a drained model version's caches)."""
+        return self.pool.reset_cache()
+
     def drain_events(self) -> list[CacheEvent]:
         return self.pool.drain_events()
 
@@ -175,5 +179,6 @@ class CacheManager(Protocol):
         self, request_id: str, hashes: Sequence[BlockHash], num_computed_tokens: int
     ) -> None: ...
     def free(self, request_id: str) -> None: ...
+    def reset_cache(self) -> int: ...
     def drain_events(self) -> list[CacheEvent]: ...
     def check_integrity(self) -> None: ...

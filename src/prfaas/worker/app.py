@@ -150,6 +150,12 @@ def create_worker_app(worker: Worker) -> FastAPI:
             raise HTTPException(400, str(e)) from e
         return Response(result.encode(), media_type="application/json")
 
+    @app.post("/internal/free_cache")
+    async def free_cache(request: Request) -> dict[str, int]:
+        """Drop the prefix cache (its model version was drained; nothing will reuse it)."""
+        check(request)
+        return {"freed_blocks": await worker.engine.free_cache()}
+
     @app.get("/internal/check")
     async def internal_check(request: Request) -> Response:
         check(request)

@@ -38,6 +38,9 @@ Contract (every implementation):
 - ``check`` reports integrity and everything that could leak (``EngineCheck``).
 - ``switch_role`` is awaited once no request is waiting, running or parked (the worker
   drains first); the engine then takes the other role's commands.
+- ``free_cache`` drops every prefix-cached block no request holds (its model version was
+  drained), nothing in use; the reference engine reports the drops as removals in
+  ``drain_cache_events``.
 - Every await on another process or socket has a deadline.
 """
 
@@ -128,3 +131,6 @@ class InstanceEngine(Protocol):
     def drain_cache_events(self) -> list[CacheEventMsg]: ...
     async def check(self) -> EngineCheck: ...
     async def switch_role(self, role: Role) -> None: ...
+    async def free_cache(self) -> int:
+        """Drop every prefix-cached block no request holds; how many (0 if unknown)."""
+        ...

@@ -187,6 +187,11 @@ class ReferenceEngine:
     async def switch_role(self, role: Role) -> None:
         """Nothing to do: this engine serves either role's commands once drained."""
 
+    async def free_cache(self) -> int:
+        """Evictions become cache events: the kv index forgets the blocks with the next
+        heartbeat."""
+        return await self.engine.call(lambda engine: engine.kv.reset_cache())
+
 
 def _engine_side(engine: Engine) -> tuple[str | None, BlockCounts, tuple[int, int, int]]:
     try:

@@ -344,6 +344,12 @@ class VllmEngine:
     async def switch_role(self, role: Role) -> None:
         """Nothing to do: the connector runs as kv_both, either role's commands."""
 
+    async def free_cache(self) -> int:
+        """vLLM's own prefix-cache reset (it refuses while requests run); vLLM does not
+        say how many blocks it dropped."""
+        await self.llm.reset_prefix_cache()
+        return 0
+
 
 def free_port(host: str) -> int:
     """A free TCP port now (the connector's receiver binds it when vLLM starts)."""
