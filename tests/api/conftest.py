@@ -48,6 +48,8 @@ TOOLS_TEMPLATE = (
     "{% else %}{{ m.role }}: {{ m.content }}{% endif %}\n{% endfor %}assistant:"
 )
 VLLM_TOKEN = "api-tests-cluster-token"
+# Three vLLM engines starting side by side on 2 shared cores: over 5 minutes at load 16.
+VLLM_START_S = 900.0
 
 
 class Served(Protocol):
@@ -110,7 +112,7 @@ def vllm_bytes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     for cluster in config["clusters"]:
         for inst in cluster["instances"]:
             inst |= {"num_threads": 1, "kv_cache_gb": 0.25}
-    with deploy(config, tmp, VLLM_TOKEN) as running:
+    with deploy(config, tmp, VLLM_TOKEN, start_s=VLLM_START_S) as running:
         yield Deployed(running.base_url)
 
 

@@ -241,6 +241,13 @@ def test_repeat_reports_cached_tokens_never_across_tenants(deployment: Deploymen
     assert other_cached == 0  # same prompt, another tenant: computed afresh
     assert other_text == text
 
+    # vLLM's own KV events reached the kv index under each tenant's salted hashes: the
+    # PrfaaS instance that computed the prompt twice holds both tenants' full blocks there.
+    def indexed() -> int:
+        return int(deployment.workers()["prfaas-0"]["kv_index_blocks"])
+
+    wait_for(lambda: indexed() >= 2 * (len(prompt) // 32), 10, "the kv index to hold the blocks")
+
 
 def test_prefill_instance_killed_mid_transfer_falls_back(deployment: Deployment) -> None:
     d = deployment

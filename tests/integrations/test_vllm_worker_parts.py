@@ -27,18 +27,31 @@ from prfaas.messages import SamplingSpec
 FINGERPRINT = "ab" * 16
 
 
-def test_full_blocks_are_reported_once_per_tenant_and_the_oldest_leave_first() -> None:
-    report = CacheReport(FINGERPRINT, block_size=4, capacity_blocks=3)
-    prompt = list(range(10))  # two full blocks, a partial one
-    report.computed(prompt, b"alice")
-    alice = block_hashes(prompt, 4, root_hash(FINGERPRINT, b"alice"))
+def test_vllm_kv_events_become_ours_under_each_tenants_salted_hashes() -> None:
+    """vLLM's BlockStored/BlockRemoved (as its engine publishes them: its own hashes, the
+    parent's, the tokens, the cache salt among the first block's extra keys) become stored
+    and removed events under prfaas's chain, the one the gateway computes."""
+    report = CacheReport(FINGERPRINT, block_size=4)
+    prompt = list(range(12))  # three full blocks, stored in two steps
+    alice = block_hashes(prompt, 4, root_hash(FINGERPRINT, b"\xa1"))
+    report.stored([101, 102], None, prompt[:8], [("a1",), None], 4)
+    report.stored([103], 102, prompt[8:], None, 4)
     assert [(e.block_hash, e.stored) for e in report.drain()] == [(h.hex(), True) for h in alice]
-    report.computed(prompt, b"alice")
-    assert report.drain() == []  # already reported
-    report.computed(prompt, b"bob")  # another tenant: other hashes; over capacity
-    bob = block_hashes(prompt, 4, root_hash(FINGERPRINT, b"bob"))
-    events = [(e.block_hash, e.stored) for e in report.drain()]
-    assert events == [(bob[0].hex(), True), (bob[1].hex(), True), (alice[0].hex(), False)]
+    report.stored([101], None, prompt[:4], [("a1",)], 4)  # stored again: nothing new
+    report.stored([201], None, prompt[:4], None, 4)  # no salt: the empty tenant's chain
+    (bare,) = report.drain()
+    assert bare.block_hash == block_hashes(prompt[:4], 4, root_hash(FINGERPRINT))[0].hex()
+    report.stored([302], 999, prompt[4:8], None, 4)  # its parent was never seen: not placed
+    assert report.drain() == [] and report.num_blocks == 4
+    report.removed([102, 555])  # 555: never stored
+    assert [(e.block_hash, e.stored) for e in report.drain()] == [(alice[1].hex(), False)]
+    report.cleared()
+    assert sorted(e.block_hash for e in report.drain()) == sorted(
+        [alice[0].hex(), alice[2].hex(), bare.block_hash]
+    )
+    assert report.num_blocks == 0
+    with pytest.raises(ValueError, match="blocks of 8 tokens"):
+        report.stored([1], None, list(range(8)), None, 8)
 
 
 def test_the_log_tells_each_transfer_once_it_ended(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from prfaas.integrations.vllm.cache_report import CacheReport
 from prfaas.integrations.vllm.handoff_log import HandoffLog
+from prfaas.integrations.vllm.kv_event_feed import KvEventFeed
 from prfaas.integrations.vllm.launch import (
     BLOCK_SIZE,
     LOAD_TIMEOUT_S,
@@ -103,6 +104,7 @@ def for_worker(config: WorkerConfig) -> VllmEngine:
         kv_port=config.kv_port or free_port(config.kv_host),
         events_file=private / "handoffs.jsonl",
         token_file=write_token(private, config.cluster_token),
+        kv_events_endpoint=f"ipc://{private / 'kv-events'}",
     )
     return VllmEngine(config, launch, private)
 
@@ -113,9 +115,17 @@ class VllmEngine:
 
         self.launch, self._private = launch, private
         self.gauge = PoolGauge()
-        self.llm = AsyncLLM.from_engine_args(
-            engine_args(config, launch), stat_loggers=[self.gauge.factory]
+        # Subscribed before the engine starts: every cache event of its life is read.
+        self.cache = KvEventFeed(
+            launch.kv_events_endpoint, CacheReport(launch.fingerprint, BLOCK_SIZE)
         )
+        try:
+            self.llm = AsyncLLM.from_engine_args(
+                engine_args(config, launch), stat_loggers=[self.gauge.factory]
+            )
+        except BaseException:
+            self.cache.close()
+            raise
         vllm_config = self.llm.vllm_config
         model = vllm_config.model_config
         hf = model.hf_config
@@ -136,7 +146,6 @@ class VllmEngine:
             kv_port=launch.kv_port,
         )
         self.handoffs = HandoffLog(launch.events_file)
-        self.cache = CacheReport(launch.fingerprint, BLOCK_SIZE, self.num_blocks)
         self._held: dict[str, Held] = {}
         self._ids = itertools.count()
         self._fallbacks = 0
@@ -150,6 +159,7 @@ class VllmEngine:
 
     async def stop(self) -> None:
         self.llm.shutdown()
+        self.cache.close()
         shutil.rmtree(self._private, ignore_errors=True)
 
     # -- requests ------------------------------------------------------------------------
@@ -196,7 +206,6 @@ class VllmEngine:
                 async for out in self._generate(cmd, params):
                     held.phase, last = "running", out
             assert last is not None
-            self.cache.computed(cmd.prompt_token_ids, bytes.fromhex(cmd.tenant_salt_hex))
             held.phase = "sending"
             sent = await self.handoffs.wait(cmd.request_id, "send", end_s - time.monotonic())
         except TimeoutError:
@@ -252,7 +261,6 @@ class VllmEngine:
             elif take_kv:
                 await self._landed(cmd.request_id)
             held.phase = "running"
-            self.cache.computed(prompt, bytes.fromhex(cmd.tenant_salt_hex))
             # Prompt tokens not computed here: none when KV was expected and not refused
             # (landed, or recomputed by the connector: counted as computed); else the hit.
             # Prompt tokens computed here (the canary's check): all but the hit when this
@@ -338,16 +346,16 @@ class VllmEngine:
 
     async def check(self) -> EngineCheck:
         """What the worker can see of the engine: vLLM's KV pool use (its last step's
-        report), the requests held here, and the connector's receive buffers (after its
-        last load). vLLM does not report its prefix-cached block count here (``cached``
-        is 0) nor the receiver's open connections (0)."""
+        report), its prefix-cached blocks (its KV events: those not leased), the requests
+        held here, and the connector's receive buffers (after its last load). The
+        receiver's open connections are not visible here (0)."""
         self.handoffs.poll()
         leased = round(self.gauge.kv_usage * self.num_blocks)
+        free = self.num_blocks - leased
+        cached = min(free, self.cache.num_blocks)
         return EngineCheck(
             integrity_error=None,
-            blocks=BlockCounts(
-                total=self.num_blocks, free=self.num_blocks - leased, cached=0, leased=leased
-            ),
+            blocks=BlockCounts(total=self.num_blocks, free=free, cached=cached, leased=leased),
             num_waiting=self._count("waiting"),
             num_running=self._count("running"),
             num_parked=self._count("parked"),

@@ -37,6 +37,7 @@ class Launch:
     kv_port: int
     events_file: Path
     token_file: Path
+    kv_events_endpoint: str  # where vLLM publishes its KV events (kv_event_feed.py)
 
 
 def write_token(folder: Path, token: str) -> Path:
@@ -59,7 +60,7 @@ def thread_env(config: WorkerConfig) -> dict[str, str]:
 
 
 def engine_args(config: WorkerConfig, launch: Launch) -> AsyncEngineArgs:
-    from vllm.config import KVTransferConfig
+    from vllm.config import KVEventsConfig, KVTransferConfig
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     engine = config.engine
@@ -97,5 +98,8 @@ def engine_args(config: WorkerConfig, launch: Launch) -> AsyncEngineArgs:
         enable_prefix_caching=engine.enable_prefix_caching,
         seed=engine.seed,
         kv_transfer_config=transfer,
+        kv_events_config=KVEventsConfig(
+            enable_kv_cache_events=True, publisher="zmq", endpoint=launch.kv_events_endpoint
+        ),
         disable_log_stats=False,  # our stat logger reads the KV pool's use
     )
