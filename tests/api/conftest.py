@@ -60,6 +60,7 @@ class Served(Protocol):
 @dataclass
 class Deployed:
     base_url: str
+    folder: Path  # the checkpoint it serves
 
 
 def byte_level_checkpoint(folder: Path) -> Path:
@@ -113,7 +114,7 @@ def vllm_bytes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
         for inst in cluster["instances"]:
             inst |= {"num_threads": 1, "kv_cache_gb": 0.25}
     with deploy(config, tmp, VLLM_TOKEN, start_s=VLLM_START_S) as running:
-        yield Deployed(running.base_url)
+        yield Deployed(running.base_url, folder)
 
 
 @pytest.fixture

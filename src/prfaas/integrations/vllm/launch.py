@@ -60,7 +60,7 @@ def thread_env(config: WorkerConfig) -> dict[str, str]:
 
 
 def engine_args(config: WorkerConfig, launch: Launch) -> AsyncEngineArgs:
-    from vllm.config import KVEventsConfig, KVTransferConfig
+    from vllm.config import KVEventsConfig, KVTransferConfig, StructuredOutputsConfig
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     engine = config.engine
@@ -100,6 +100,11 @@ def engine_args(config: WorkerConfig, launch: Launch) -> AsyncEngineArgs:
         kv_transfer_config=transfer,
         kv_events_config=KVEventsConfig(
             enable_kv_cache_events=True, publisher="zmq", endpoint=launch.kv_events_endpoint
+        ),
+        # Grammars as the reference engine compiles them (engine/grammar.py): llguidance, JSON
+        # without free whitespace (else a model may spend max_tokens on blanks it allows).
+        structured_outputs_config=StructuredOutputsConfig(
+            backend="guidance", disable_any_whitespace=True
         ),
         disable_log_stats=False,  # our stat logger reads the KV pool's use
     )

@@ -44,6 +44,7 @@ def sampling_params(
 
     structured = None
     if not prefill_only and (spec.json_schema is not None or spec.json_object):
+        # Compiled without free whitespace by the engine's backend (launch.engine_args).
         structured = StructuredOutputsParams(
             json=spec.json_schema, json_object=spec.json_object or None
         )
