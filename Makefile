@@ -75,9 +75,11 @@ smoke-vllm: setup-vllm
 	$(VLLM_PY) examples/vllm_generate.py
 
 # The vLLM integration tests: two vLLM engines handing KV over prfaas.transfer, and
-# `prfaas serve --engine vllm` under the openai client (tests/integrations).
+# `prfaas serve --engine vllm` under the openai client (tests/integrations); then the API
+# tests' vLLM cases (tests/api: the same tests as on the reference engine, one deployment).
 test-vllm: setup-vllm
 	nice -n 5 $(VLLM_VENV)/bin/pytest -q -p no:cacheprovider tests/integrations
+	nice -n 5 $(VLLM_VENV)/bin/pytest -q -p no:cacheprovider tests/api -k vllm
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) $(VLLM_LOG) .mypy_cache .pytest_cache .ruff_cache

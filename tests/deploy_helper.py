@@ -146,11 +146,12 @@ def start(
     name: str = "serve",
     until: str = "prfaas is serving",
     env: dict[str, str] | None = None,
+    start_s: float = START_S,
 ) -> Running:
     """``launch``; return once it printed ``until`` (fails with its output and the workers'
-    logs if it does not within ``START_S``)."""
+    logs if it does not within ``start_s``)."""
     proc, out_path = launch(config, tmp, cluster_token, name=name, env=env)
-    deadline = time.monotonic() + START_S
+    deadline = time.monotonic() + start_s
     while True:
         lines = out_path.read_text(errors="replace").splitlines(keepends=True)
         if any(until in line for line in lines):
@@ -171,9 +172,10 @@ def deploy(
     *,
     until: str = "prfaas is serving",
     env: dict[str, str] | None = None,
+    start_s: float = START_S,
 ) -> Iterator[Running]:
     """``start``, and stop the whole deployment (SIGINT, then SIGKILL) when the block exits."""
-    running = start(config, tmp, cluster_token, until=until, env=env)
+    running = start(config, tmp, cluster_token, until=until, env=env, start_s=start_s)
     try:
         yield running
     finally:

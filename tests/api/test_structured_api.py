@@ -1,6 +1,8 @@
 """``response_format`` through the API: a strict ``json_schema`` over 50 seeded prompts all
 parse and validate; ``json_object`` gives objects. The model is the tiny random-weight one
-with a byte-level tokenizer (any JSON text is expressible), so only the grammar makes JSON."""
+with a byte-level tokenizer (any JSON text is expressible), so only the grammar makes JSON.
+On both engines: the reference engine's grammar masks, and vLLM's own structured outputs
+(`prfaas serve --engine vllm`; these prompts take the remote path there)."""
 
 from __future__ import annotations
 
@@ -12,17 +14,18 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.api.conftest import byte_level_server
+from tests.api.conftest import ENGINES, Served, byte_level_server
 from tests.engine.test_structured_outputs import SCHEMA, _validate
-from tests.gateway.conftest import TINY_CHAT_TEMPLATE, LocalServer
 
 NUM_PROMPTS = 50
 MAX_TOKENS = 120  # the schema's longest object is well under this
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Iterator[LocalServer]:
-    yield from byte_level_server(tmp_path_factory, cache_dir, TINY_CHAT_TEMPLATE)
+@pytest.fixture(scope="module", params=ENGINES)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, cache_dir: Path
+) -> Iterator[Served]:
+    yield from byte_level_server(request, tmp_path_factory, cache_dir)
 
 
 def test_strict_json_schema_over_seeded_prompts(client: openai.OpenAI) -> None:

@@ -2,7 +2,8 @@
 the grammar (the calls always parse and their arguments validate), a call round-trips
 through the chat template, ``auto`` parses Hermes-format calls, and a model whose template
 knows no tools gets a 400. The model is the tiny byte-level one (only the grammar makes its
-output JSON) with a small tools-aware template."""
+output JSON) with a small tools-aware template, on both engines (vLLM: its own structured
+outputs, through `prfaas serve --engine vllm`)."""
 
 from __future__ import annotations
 
@@ -15,15 +16,9 @@ import openai
 import pytest
 
 from prfaas.api.tools import ToolMode, tool_calls
-from tests.api.conftest import byte_level_server
+from tests.api.conftest import ENGINES, Served, byte_level_server
 from tests.gateway.conftest import API_KEY, LocalServer
 
-TOOLS_TEMPLATE = (
-    "{% if tools %}tools:{% for t in tools %} {{ t.function.name }}{% endfor %}\n{% endif %}"
-    "{% for m in messages %}{% if m.tool_calls %}{% for c in m.tool_calls %}"
-    "<tool_call>{{ c.function | tojson }}</tool_call>{% endfor %}"
-    "{% else %}{{ m.role }}: {{ m.content }}{% endif %}\n{% endfor %}assistant:"
-)
 CITY = {
     "type": "object",
     "properties": {
@@ -50,9 +45,11 @@ TOOLS: list[Any] = [
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Iterator[LocalServer]:
-    yield from byte_level_server(tmp_path_factory, cache_dir, TOOLS_TEMPLATE)
+@pytest.fixture(scope="module", params=ENGINES)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, cache_dir: Path
+) -> Iterator[Served]:
+    yield from byte_level_server(request, tmp_path_factory, cache_dir)
 
 
 def valid_city(arguments: str) -> bool:

@@ -39,7 +39,14 @@ import httpx
 import openai
 
 from prfaas.deploy.launcher import free_port
-from prfaas.messages import TOKEN_HEADER, LinkControl, WorkerCheck
+from prfaas.messages import (
+    TOKEN_HEADER,
+    DecodeCommand,
+    LinkControl,
+    SamplingSpec,
+    TokenEvent,
+    WorkerCheck,
+)
 from tests.deploy_helper import Running, gateway_tls, start, topology
 
 pytestmark = pytest.mark.slow
@@ -95,6 +102,20 @@ def check(url: str) -> WorkerCheck:
     r = httpx.get(url + "/internal/check", headers=headers, timeout=10, verify=gateway_tls())
     r.raise_for_status()
     return WorkerCheck.decode(r.content)
+
+
+def decode_at(d: Deployment, instance: str, cmd: DecodeCommand) -> list[TokenEvent]:
+    """``cmd``'s whole token stream at a decode worker, as the gateway opens it."""
+    url = d.workers()[instance]["http_url"]
+    r = httpx.post(
+        url + "/decode",
+        content=cmd.encode(),
+        headers=d.headers(),
+        timeout=120,
+        verify=gateway_tls(),
+    )
+    r.raise_for_status()
+    return [TokenEvent.decode(line) for line in r.text.splitlines()]
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -220,6 +241,13 @@ def test_repeat_reports_cached_tokens_never_across_tenants(deployment: Deploymen
     assert other_cached == 0  # same prompt, another tenant: computed afresh
     assert other_text == text
 
+    # vLLM's own KV events reached the kv index under each tenant's salted hashes: the
+    # PrfaaS instance that computed the prompt twice holds both tenants' full blocks there.
+    def indexed() -> int:
+        return int(deployment.workers()["prfaas-0"]["kv_index_blocks"])
+
+    wait_for(lambda: indexed() >= 2 * (len(prompt) // 32), 10, "the kv index to hold the blocks")
+
 
 def test_prefill_instance_killed_mid_transfer_falls_back(deployment: Deployment) -> None:
     d = deployment
@@ -240,3 +268,28 @@ def test_prefill_instance_killed_mid_transfer_falls_back(deployment: Deployment)
     assert text == d.reference["fault"]["text"]
     wait_for(lambda: d.fallbacks() >= before + 1, 10, "the fallback to be counted")
     assert_clean(d, ["pd-p-0", "pd-d-0"])
+
+
+def test_a_resumed_stream_goes_on_from_the_streamed_tokens(deployment: Deployment) -> None:
+    """Decode failover lands on a vLLM instance: it prefills the prompt and the tokens
+    another instance streamed, and streams the rest of vLLM alone's greedy answer. What vLLM
+    cannot carry across the resume (output-only penalties, a grammar) is refused."""
+    want = deployment.reference["short"]["token_ids"]
+    assert len(want) == MAX_TOKENS  # no early stop: a resume point mid-answer exists
+    cmd = DecodeCommand(
+        request_id="resume-0",
+        prompt_token_ids=SHORT,
+        params=SamplingSpec(max_tokens=MAX_TOKENS, temperature=0.0),
+        tenant_salt_hex="",
+        expect_kv=False,
+        deadline_s=120.0,
+        resume_token_ids=want[:5],
+    )
+    events = decode_at(deployment, "pd-d-0", cmd)
+    assert [t for e in events for t in e.token_ids] == want[5:]
+    assert events[-1].finished and events[-1].finish_reason == "length"
+    penalized = SamplingSpec(max_tokens=MAX_TOKENS, temperature=0.0, presence_penalty=0.5)
+    refused = cmd.model_copy(update={"request_id": "resume-1", "params": penalized})
+    (event,) = decode_at(deployment, "pd-d-0", refused)
+    assert event.finish_reason == "error" and "presence_penalty" in (event.error or "")
+    assert_clean(deployment, ["pd-d-0"])

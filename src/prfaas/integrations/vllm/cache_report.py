@@ -1,49 +1,75 @@
-"""Prefix-cache events for the kv index, under prfaas's salted block hashes, for a vLLM
-instance.
+"""Prefix-cache events for the kv index, under prfaas's salted block hashes, from vLLM's own
+KV events.
 
-vLLM keys its prefix cache by the prompt's full blocks and the request's ``cache_salt``
-(the tenant salt, which the worker always passes); prfaas keys the same blocks by
-``kvcache.hashing.block_hashes`` under ``root_hash(fingerprint, tenant salt)``. Once vLLM has
-computed (or landed) a prompt, its full blocks are in vLLM's cache: ``stored`` events for
-those not reported yet. vLLM evicts least-recently-used blocks and never holds more than its
-pool, so when the reported set outgrows the pool the oldest are reported ``removed``: an
-upper bound on what vLLM holds, not a record of its evictions (the kv index may claim a
-block vLLM has already evicted; the engine's own ``cached_tokens`` stays exact). Plain
-Python: no vLLM, no torch.
+vLLM publishes what its prefix cache does (kv_event_feed.py reads it): ``BlockStored`` (full
+blocks now cached: their vLLM hashes, the parent block's vLLM hash, their token ids, and per
+block the extra keys vLLM hashed, the first block's holding the request's ``cache_salt``),
+``BlockRemoved`` (evicted) and ``AllBlocksCleared``. prfaas keys the same blocks by the
+``kvcache.hashing`` chain under ``root_hash(fingerprint, tenant salt)``, so each stored block's
+prfaas hash is its parent's prfaas hash (the root for a first block, under the salt its extra
+keys name) chained with its tokens; this class keeps vLLM hash -> prfaas hash for the blocks
+vLLM holds, and answers a removal with the prfaas hash it stored. A block whose parent was
+never seen (its store event was lost) cannot be placed and is not reported, nor are the
+blocks after it in that event. Plain Python: no vLLM, no torch, no sockets.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
+from typing import Any
 
-from prfaas.kvcache.hashing import block_hashes, root_hash
+from prfaas.integrations.vllm.params import salt_bytes
+from prfaas.kvcache.hashing import BlockHash, block_hash, root_hash
 from prfaas.messages import CacheEventMsg
 
 MAX_PENDING = 65536
 
 
 class CacheReport:
-    def __init__(self, fingerprint: str, block_size: int, capacity_blocks: int) -> None:
-        if capacity_blocks <= 0:
-            raise ValueError(f"capacity_blocks must be positive, got {capacity_blocks}")
+    def __init__(self, fingerprint: str, block_size: int) -> None:
         self.fingerprint, self.block_size = fingerprint, block_size
-        self.capacity_blocks = capacity_blocks
-        self._held: OrderedDict[bytes, None] = OrderedDict()  # least recently used first
+        self._ours: dict[Hashable, BlockHash] = {}  # vLLM's hash -> ours, blocks vLLM holds
         self._pending: list[CacheEventMsg] = []
 
-    def computed(self, prompt_token_ids: Sequence[int], tenant_salt: bytes) -> None:
-        """vLLM now holds this prompt's full blocks (it just computed or landed them)."""
-        root = root_hash(self.fingerprint, tenant_salt)
-        for h in block_hashes(prompt_token_ids, self.block_size, root):
-            if h in self._held:
-                self._held.move_to_end(h)
-                continue
-            self._held[h] = None
-            self._add(CacheEventMsg(block_hash=h.hex(), stored=True))
-        while len(self._held) > self.capacity_blocks:
-            evicted, _ = self._held.popitem(last=False)
-            self._add(CacheEventMsg(block_hash=evicted.hex(), stored=False))
+    @property
+    def num_blocks(self) -> int:
+        """Blocks vLLM's prefix cache holds, as its events told."""
+        return len(self._ours)
+
+    def stored(
+        self,
+        block_hashes: Sequence[Hashable],
+        parent: Hashable | None,
+        token_ids: Sequence[int],
+        extra_keys: Sequence[tuple[Any, ...] | None] | None,
+        block_size: int,
+    ) -> None:
+        """vLLM cached ``block_hashes`` (their tokens concatenated in ``token_ids``)."""
+        if block_size != self.block_size:
+            raise ValueError(f"vLLM stored blocks of {block_size} tokens, not {self.block_size}")
+        for i, vllm_hash in enumerate(block_hashes):
+            if parent is None:
+                keys = extra_keys[i] if extra_keys else None
+                prev = root_hash(self.fingerprint, salt_bytes(_cache_salt(keys)))
+            elif parent in self._ours:
+                prev = self._ours[parent]
+            else:
+                return  # the parent's store was never seen: this chain cannot be placed
+            tokens = token_ids[i * block_size : (i + 1) * block_size]
+            ours = block_hash(prev, tokens)
+            if vllm_hash not in self._ours:
+                self._ours[vllm_hash] = ours
+                self._add(CacheEventMsg(block_hash=ours.hex(), stored=True))
+            parent = vllm_hash
+
+    def removed(self, block_hashes: Sequence[Hashable]) -> None:
+        for vllm_hash in block_hashes:
+            ours = self._ours.pop(vllm_hash, None)
+            if ours is not None:
+                self._add(CacheEventMsg(block_hash=ours.hex(), stored=False))
+
+    def cleared(self) -> None:
+        self.removed(list(self._ours))
 
     def _add(self, event: CacheEventMsg) -> None:
         self._pending.append(event)
@@ -53,3 +79,12 @@ class CacheReport:
     def drain(self) -> list[CacheEventMsg]:
         events, self._pending = self._pending, []
         return events
+
+
+def _cache_salt(keys: tuple[Any, ...] | None) -> str | None:
+    """The ``cache_salt`` among a first block's extra keys: the one string (a prfaas worker
+    passes no LoRA, multimodal input or prompt embeddings, the other keys vLLM may add)."""
+    strings = [k for k in keys or () if isinstance(k, str)]
+    if len(strings) > 1:
+        raise ValueError(f"cannot tell the cache salt among a block's extra keys {keys!r}")
+    return strings[0] if strings else None

@@ -32,17 +32,23 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from prfaas.integrations.vllm.cache_report import CacheReport
 from prfaas.integrations.vllm.handoff_log import HandoffLog
+from prfaas.integrations.vllm.kv_event_feed import KvEventFeed
 from prfaas.integrations.vllm.launch import (
     BLOCK_SIZE,
     LOAD_TIMEOUT_S,
     Launch,
     engine_args,
-    sampling_params,
     thread_env,
     write_token,
 )
 from prfaas.integrations.vllm.params import LINK, SEND_TO, TRANSFER_ID
 from prfaas.integrations.vllm.profiling import ProfileTarget, profile_vllm
+from prfaas.integrations.vllm.sampling import (
+    logprob_entries,
+    prompt_logprob_entries,
+    resume_refusal,
+    sampling_params,
+)
 from prfaas.integrations.vllm.stat_gauge import PoolGauge
 from prfaas.messages import (
     BlockCounts,
@@ -55,6 +61,7 @@ from prfaas.messages import (
     PullCommand,
     PullResult,
     Role,
+    SamplingSpec,
     TokenEvent,
 )
 from prfaas.worker.engine_api import EngineCheck, EngineFacts, InstanceStats
@@ -97,6 +104,7 @@ def for_worker(config: WorkerConfig) -> VllmEngine:
         kv_port=config.kv_port or free_port(config.kv_host),
         events_file=private / "handoffs.jsonl",
         token_file=write_token(private, config.cluster_token),
+        kv_events_endpoint=f"ipc://{private / 'kv-events'}",
     )
     return VllmEngine(config, launch, private)
 
@@ -107,9 +115,17 @@ class VllmEngine:
 
         self.launch, self._private = launch, private
         self.gauge = PoolGauge()
-        self.llm = AsyncLLM.from_engine_args(
-            engine_args(config, launch), stat_loggers=[self.gauge.factory]
+        # Subscribed before the engine starts: every cache event of its life is read.
+        self.cache = KvEventFeed(
+            launch.kv_events_endpoint, CacheReport(launch.fingerprint, BLOCK_SIZE)
         )
+        try:
+            self.llm = AsyncLLM.from_engine_args(
+                engine_args(config, launch), stat_loggers=[self.gauge.factory]
+            )
+        except BaseException:
+            self.cache.close()
+            raise
         vllm_config = self.llm.vllm_config
         model = vllm_config.model_config
         hf = model.hf_config
@@ -130,7 +146,6 @@ class VllmEngine:
             kv_port=launch.kv_port,
         )
         self.handoffs = HandoffLog(launch.events_file)
-        self.cache = CacheReport(launch.fingerprint, BLOCK_SIZE, self.num_blocks)
         self._held: dict[str, Held] = {}
         self._ids = itertools.count()
         self._fallbacks = 0
@@ -144,6 +159,7 @@ class VllmEngine:
 
     async def stop(self) -> None:
         self.llm.shutdown()
+        self.cache.close()
         shutil.rmtree(self._private, ignore_errors=True)
 
     # -- requests ------------------------------------------------------------------------
@@ -152,11 +168,15 @@ class VllmEngine:
         return f"{request_id}#{next(self._ids)}"
 
     def _generate(
-        self, cmd: PrefillCommand | DecodeCommand, params: SamplingParams
+        self,
+        cmd: PrefillCommand | DecodeCommand,
+        params: SamplingParams,
+        prompt_token_ids: list[int] | None = None,  # default: the command's prompt
     ) -> AsyncIterator[RequestOutput]:
         from vllm.inputs import TokensPrompt
 
-        prompt = TokensPrompt(prompt_token_ids=list(cmd.prompt_token_ids))
+        ids = list(cmd.prompt_token_ids) if prompt_token_ids is None else prompt_token_ids
+        prompt = TokensPrompt(prompt_token_ids=ids)
         if cmd.tenant_salt_hex:  # tenants never share vLLM's cache blocks
             prompt["cache_salt"] = cmd.tenant_salt_hex
         return self.llm.generate(prompt, params, self._vllm_id(cmd.request_id))
@@ -171,7 +191,7 @@ class VllmEngine:
             )
 
         try:
-            params = sampling_params(cmd.params, max_tokens=1)
+            params = sampling_params(cmd.params, prefill_only=True)
         except ValueError as e:
             return failed(str(e))
         t = cmd.target
@@ -186,7 +206,6 @@ class VllmEngine:
                 async for out in self._generate(cmd, params):
                     held.phase, last = "running", out
             assert last is not None
-            self.cache.computed(cmd.prompt_token_ids, bytes.fromhex(cmd.tenant_salt_hex))
             held.phase = "sending"
             sent = await self.handoffs.wait(cmd.request_id, "send", end_s - time.monotonic())
         except TimeoutError:
@@ -209,43 +228,50 @@ class VllmEngine:
         )
 
     async def decode(self, cmd: DecodeCommand) -> AsyncIterator[TokenEvent]:
-        if cmd.resume_token_ids:
-            raise ValueError("a vLLM instance does not resume another's stream (failover) yet")
-        params = sampling_params(cmd.params)  # ValueError before any event
+        spec, resumed = cmd.params, list(cmd.resume_token_ids)
+        refusal = resume_refusal(spec, len(resumed)) if resumed else None
+        if refusal is not None:
+            raise ValueError(refusal)
+        # Failover: the streamed tokens are prompt to vLLM, prefilled here; the stream goes on.
+        prompt = [*cmd.prompt_token_ids, *resumed]
+        params = sampling_params(spec, num_resumed=len(resumed))  # ValueError before any event
         local = params.clone()
-        if cmd.expect_kv:
+        # vLLM computes prompt logprobs only for prompt tokens it computes itself: such a
+        # request holds no room for KV and is prefilled here (reserved=False: none is sent).
+        take_kv = cmd.expect_kv and spec.prompt_logprobs is None
+        if take_kv:
             params.extra_args = {"kv_transfer_params": {TRANSFER_ID: cmd.request_id}}
-        held = Held(len(cmd.prompt_token_ids), "parked" if cmd.expect_kv else "waiting")
+        held = Held(len(prompt), "parked" if take_kv else "waiting")
         if cmd.request_id in self._held:
             raise ValueError(f"request {cmd.request_id} is already held here")
         self._held[cmd.request_id] = held
-        outputs = self._generate(cmd, params)
+        outputs = self._generate(cmd, params, prompt)
         try:
             if cmd.expect_kv:
-                # vLLM's scheduler holds room for the KV itself (through the connector): the
-                # reservation is granted here; KV that cannot land falls back below.
-                yield TokenEvent(request_id=cmd.request_id, reserved=True)
+                # With take_kv the KV is always taken: the connector's receiver buffers it
+                # and lands it once vLLM's scheduler admits the request (it queues, never
+                # refuses, for want of blocks); KV that cannot land falls back below.
+                yield TokenEvent(request_id=cmd.request_id, reserved=take_kv)
             out = await self._first(outputs, held, cmd.deadline_s + LOAD_TIMEOUT_S)
             fell_back = out is None
             if out is None:  # the KV will not come: prefill here
                 await _close(outputs)
-                outputs = self._generate(cmd, local)
+                outputs = self._generate(cmd, local, prompt)
                 out = await _next(outputs)
-            elif cmd.expect_kv:
+            elif take_kv:
                 await self._landed(cmd.request_id)
             held.phase = "running"
-            self.cache.computed(cmd.prompt_token_ids, bytes.fromhex(cmd.tenant_salt_hex))
             # Prompt tokens not computed here: none when KV was expected and not refused
             # (landed, or recomputed by the connector: counted as computed); else the hit.
             # Prompt tokens computed here (the canary's check): all but the hit when this
             # instance prefilled; none when the connector confirmed the KV landed.
             hit = out.num_cached_tokens or 0
-            here = fell_back or not cmd.expect_kv
-            computed = len(cmd.prompt_token_ids) - hit if here else 0
-            yield _event(cmd.request_id, out, hit if here else 0, computed)
+            here = fell_back or not take_kv
+            computed = len(prompt) - hit if here else 0
+            yield _event(cmd.request_id, out, spec, hit if here else 0, computed, prompt)
             while not out.finished:
                 out = await _next(outputs)
-                yield _event(cmd.request_id, out, 0)
+                yield _event(cmd.request_id, out, spec, 0)
         finally:
             del self._held[cmd.request_id]
             await _close(outputs)
@@ -320,16 +346,16 @@ class VllmEngine:
 
     async def check(self) -> EngineCheck:
         """What the worker can see of the engine: vLLM's KV pool use (its last step's
-        report), the requests held here, and the connector's receive buffers (after its
-        last load). vLLM does not report its prefix-cached block count here (``cached``
-        is 0) nor the receiver's open connections (0)."""
+        report), its prefix-cached blocks (its KV events: those not leased), the requests
+        held here, and the connector's receive buffers (after its last load). The
+        receiver's open connections are not visible here (0)."""
         self.handoffs.poll()
         leased = round(self.gauge.kv_usage * self.num_blocks)
+        free = self.num_blocks - leased
+        cached = min(free, self.cache.num_blocks)
         return EngineCheck(
             integrity_error=None,
-            blocks=BlockCounts(
-                total=self.num_blocks, free=self.num_blocks - leased, cached=0, leased=leased
-            ),
+            blocks=BlockCounts(total=self.num_blocks, free=free, cached=cached, leased=leased),
             num_waiting=self._count("waiting"),
             num_running=self._count("running"),
             num_parked=self._count("parked"),
@@ -373,9 +399,19 @@ async def _close(outputs: AsyncIterator[Any]) -> None:
 
 
 def _event(
-    request_id: str, out: RequestOutput, cached_tokens: int, computed_tokens: int = 0
+    request_id: str,
+    out: RequestOutput,
+    spec: SamplingSpec,
+    cached_tokens: int,
+    computed_tokens: int = 0,
+    prompt: list[int] | None = None,  # on the first event: the prompt vLLM computed
 ) -> TokenEvent:
     completion = out.outputs[0]
+    logprobs = prompt_logprobs = None
+    if spec.logprobs is not None and completion.logprobs is not None:
+        logprobs = logprob_entries(completion.logprobs, completion.token_ids, spec.logprobs)
+    if spec.prompt_logprobs is not None and prompt is not None and out.prompt_logprobs:
+        prompt_logprobs = prompt_logprob_entries(out.prompt_logprobs, prompt, spec.prompt_logprobs)
     return TokenEvent(
         request_id=request_id,
         token_ids=list(completion.token_ids),
@@ -384,4 +420,6 @@ def _event(
         finish_reason=completion.finish_reason if out.finished else None,
         cached_tokens=cached_tokens,
         computed_tokens=computed_tokens,
+        logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
     )

@@ -1,5 +1,5 @@
 """What a prfaas worker hands vLLM: engine arguments with the prfaas connector configured from
-the worker's config, and our sampling spec as vLLM's ``SamplingParams``.
+the worker's config (our sampling spec becomes vLLM's in sampling.py).
 
 The connector runs in vLLM's engine process, so everything it needs is in its extra config:
 the KV receiver's address (a fixed port, which the worker announces), the cluster's
@@ -14,10 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prfaas.messages import SamplingSpec
-
 if TYPE_CHECKING:
-    from vllm import SamplingParams
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     from prfaas.worker.config import WorkerConfig
@@ -40,6 +37,7 @@ class Launch:
     kv_port: int
     events_file: Path
     token_file: Path
+    kv_events_endpoint: str  # where vLLM publishes its KV events (kv_event_feed.py)
 
 
 def write_token(folder: Path, token: str) -> Path:
@@ -62,7 +60,7 @@ def thread_env(config: WorkerConfig) -> dict[str, str]:
 
 
 def engine_args(config: WorkerConfig, launch: Launch) -> AsyncEngineArgs:
-    from vllm.config import KVTransferConfig
+    from vllm.config import KVEventsConfig, KVTransferConfig, StructuredOutputsConfig
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     engine = config.engine
@@ -100,42 +98,13 @@ def engine_args(config: WorkerConfig, launch: Launch) -> AsyncEngineArgs:
         enable_prefix_caching=engine.enable_prefix_caching,
         seed=engine.seed,
         kv_transfer_config=transfer,
+        kv_events_config=KVEventsConfig(
+            enable_kv_cache_events=True, publisher="zmq", endpoint=launch.kv_events_endpoint
+        ),
+        # Grammars as the reference engine compiles them (engine/grammar.py): llguidance, JSON
+        # without free whitespace (else a model may spend max_tokens on blanks it allows).
+        structured_outputs_config=StructuredOutputsConfig(
+            backend="guidance", disable_any_whitespace=True
+        ),
         disable_log_stats=False,  # our stat logger reads the KV pool's use
-    )
-
-
-def sampling_params(spec: SamplingSpec, *, max_tokens: int | None = None) -> SamplingParams:
-    """vLLM's params for ours, deltas streamed; ValueError for what this engine does not do."""
-    from vllm import SamplingParams
-    from vllm.sampling_params import RequestOutputKind
-
-    unsupported = [
-        name
-        for name, used in (
-            ("json_schema", spec.json_schema is not None),
-            ("json_object", spec.json_object),
-            ("logprobs", spec.logprobs is not None),
-            ("prompt_logprobs", spec.prompt_logprobs is not None),
-        )
-        if used
-    ]
-    if unsupported:
-        raise ValueError(f"the vLLM engine does not serve {', '.join(unsupported)} yet")
-    return SamplingParams(
-        max_tokens=spec.max_tokens if max_tokens is None else max_tokens,
-        temperature=spec.temperature,
-        top_k=spec.top_k or -1,
-        top_p=spec.top_p,
-        seed=spec.seed,
-        stop=list(spec.stop) or None,
-        stop_token_ids=list(spec.stop_token_ids) or None,
-        ignore_eos=spec.ignore_eos,
-        presence_penalty=spec.presence_penalty,
-        frequency_penalty=spec.frequency_penalty,
-        repetition_penalty=spec.repetition_penalty,
-        min_tokens=spec.min_tokens,
-        min_p=spec.min_p,
-        logit_bias=dict(spec.logit_bias) or None,
-        include_stop_str_in_output=spec.include_stop_str_in_output,
-        output_kind=RequestOutputKind.DELTA,
     )
