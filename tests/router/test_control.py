@@ -67,12 +67,16 @@ def test_queue_imbalance_nudges_t_within_bounds() -> None:
     assert c.state.threshold_tokens == pytest.approx(c.t_plan * 2)
 
 
-def test_long_tick_converts_decode_to_prefill_when_prompts_grow() -> None:
+def test_long_tick_converts_decode_to_prefill_when_prompts_grow_and_pd_p_queues() -> None:
     c = controller()
     rng = np.random.default_rng(0)
     lengths = np.exp(rng.normal(10.5, 1.0, 4000))
     lengths = lengths[(lengths >= 128) & (lengths <= 131072)].astype(int).tolist()
-    state, changes = c.long_tick(fleet(), lengths)
+    t0 = c.state.threshold_tokens
+    # Nothing queued: the planner gains capacity, but nothing asks for it.
+    assert c.long_tick(fleet(), lengths) == (c.state, [])
+    assert c.n_p == 3 and c.state.threshold_tokens == t0
+    state, changes = c.long_tick(fleet(local_tokens=400_000), lengths)
     assert changes and all(ch.to_role == "prefill" for ch in changes)
     assert changes[0].instance == "d0"  # least loaded first
     assert c.n_p == 3 + len(changes)
@@ -109,7 +113,7 @@ def test_t_stays_within_the_operating_points_bounds() -> None:
     for _ in range(400):
         c.short_tick(fleet(local_tokens=400_000), link())  # and down
     assert c.state.threshold_tokens == 10_000.0
-    state, _ = c.long_tick(fleet(), grown_lengths())  # the planner wants > 25K now
+    state, _ = c.long_tick(fleet(local_tokens=400_000), grown_lengths())  # the planner: > 25K
     assert state.threshold_tokens == 20_000.0 and c.t_plan == 20_000.0 and c.t_solved > 25_000
 
 
@@ -143,8 +147,33 @@ def test_egress_is_smoothed_by_the_controller() -> None:
 
 def test_a_role_change_not_applied_goes_back_to_the_split() -> None:
     c = controller()
-    _, changes = c.long_tick(fleet(), grown_lengths())
+    _, changes = c.long_tick(fleet(local_tokens=400_000), grown_lengths())
     assert changes
     for change in changes:
         c.not_applied(change)
     assert c.n_p == 3
+
+
+def test_decode_is_given_back_only_when_its_slots_are_full() -> None:
+    c = controller_at(OperatingPoint(n_p=6))  # the planner's best is 3 / 5
+    rng = np.random.default_rng(0)
+    lengths = np.exp(rng.normal(9.9, 1.0, 4000))
+    lengths = lengths[(lengths >= 128) & (lengths <= 131072)].astype(int).tolist()
+    prefill = [InstanceView(f"p{k}", "pd", "prefill") for k in range(6)]
+    idle = [InstanceView(f"d{k}", "pd", "decode", load=3) for k in range(2)]
+    busy = [InstanceView(f"d{k}", "pd", "decode", load=20) for k in range(2)]
+    assert c.long_tick(prefill + idle, lengths)[1] == []
+    _, changes = c.long_tick(prefill + busy, lengths)
+    assert changes and all(ch.to_role == "decode" for ch in changes)
+
+
+def test_states_carry_the_measured_path_costs() -> None:
+    c = controller()
+    state = c.short_tick(fleet(remote_tokens=400_000), link(utilization=0.5))
+    assert state.costs is not None
+    assert state.costs.wait_s["remote"] > 0 and state.costs.wait_s["pd"] == 0
+    half = state.costs.pull_s_per_token
+    assert c.short_tick(fleet(), link(utilization=0.75)).costs.pull_s_per_token == (  # type: ignore[union-attr]
+        pytest.approx(2 * half)
+    )
+    assert c.short_tick(fleet(), link(utilization=1.0)).costs.pull_s_per_token == float("inf")  # type: ignore[union-attr]

@@ -1,7 +1,8 @@
 """Path policies at the boundaries of t, in both modes, with residency."""
 
+from prfaas.router.instance_choice import PrefillTimeModel
 from prfaas.router.policies import HomogeneousPolicy, NaivePolicy, PrfaasThreshold
-from prfaas.router.types import PathChoice, RouteRequest, RouterState
+from prfaas.router.types import PathChoice, PathCosts, RouteRequest, RouterState
 
 T = 1000.0
 
@@ -51,3 +52,38 @@ def test_naive_and_homogeneous_ignore_the_threshold() -> None:
     state = RouterState(T)
     assert NaivePolicy().choose(req(10), {}, "pd", ["remote"], state).path == "prfaas"
     assert HomogeneousPolicy().choose(req(10**6), {}, "pd", ["remote"], state).path == "pd-p"
+
+
+def costs(wait_s: dict[str, float], pull_s_per_token: float = 1e-5) -> PathCosts:
+    """PrfaaS twice as fast as PD per token; ``wait_s`` queued per instance."""
+    prefill = {"remote": PrefillTimeModel(0.1, 1e-4), "pd": PrefillTimeModel(0.1, 2e-4)}
+    return PathCosts(prefill, wait_s, pull_s_per_token)
+
+
+def choose_costed(prompt_len: int, cached: dict[str, int], path_costs: PathCosts) -> PathChoice:
+    state = RouterState(T, "abundant", path_costs)
+    return PrfaasThreshold().choose(req(prompt_len), cached, "pd", ["remote"], state)
+
+
+def test_abundant_pulls_to_the_slower_cluster_only_when_the_faster_is_queued() -> None:
+    cached = {"pd": 0, "remote": 8000}
+    # Idle: the remote cluster computes the same 1,000 tokens in 0.2 s against PD's 0.3 s
+    # plus 0.08 s of pull: no pull, the scarce rule's answer.
+    got = choose_costed(9000, cached, costs({"remote": 0.0, "pd": 0.0}))
+    assert got == PathChoice("prfaas", "remote", 1000)
+    # Remote queued for 1 s: 0.3 + 0.08 s at PD beats 1.2 s there.
+    got = choose_costed(9000, cached, costs({"remote": 1.0, "pd": 0.0}))
+    assert got == PathChoice("pd-p", "pd", 1000, pull_from="remote")
+    # The same, with no headroom on the link: no pull.
+    got = choose_costed(9000, cached, costs({"remote": 1.0, "pd": 0.0}, float("inf")))
+    assert got == PathChoice("prfaas", "remote", 1000)
+
+
+def test_abundant_pulls_a_prefix_when_carrying_it_beats_recomputing_it() -> None:
+    cached = {"pd": 3000, "remote": 100}
+    # Pulling 2,900 tokens (0.029 s) saves 0.29 s of remote prefill: pulled.
+    got = choose_costed(5000, cached, costs({"remote": 0.0, "pd": 0.0}))
+    assert got == PathChoice("prfaas", "remote", 2000, pull_from="pd")
+    # At 1 ms per token the pull (2.9 s) costs more than recomputing: not pulled.
+    got = choose_costed(5000, cached, costs({"remote": 0.0, "pd": 0.0}, 1e-3))
+    assert got == PathChoice("prfaas", "remote", 4900)

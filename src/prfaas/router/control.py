@@ -10,8 +10,11 @@ Short term (``short_tick``, about a second):
   side, or a saturated link, raises t; more on the PD-P side lowers it. t stays within
   [t_plan / max_nudge, t_plan * max_nudge] and relaxes toward t_plan when queues balance.
 Long term (``long_tick``, minutes): re-solve the planner (t and the N_p/N_d split) on the
-observed incremental lengths; if the best split beats the current one by ``min_gain``, return
-the role changes (least-loaded instances first) and adopt the new t_plan.
+observed incremental lengths; if the best split beats the current one by ``min_gain`` and the
+queues ask for it (``_queues_ask``: the side to be strengthened is short now), return the role
+changes (least-loaded instances first) and adopt the new t_plan; with no role change and no
+queue beyond ``queue_slack_s`` the t in force stays (the planner's t maximizes throughput; under
+light load moving work to the slower cluster only costs TTFT).
 
 Operating-point rules, kept here so that the live loop and the simulator run the same code:
 - ``bounds``: t (and t_plan) never leave [lo, hi];
@@ -19,6 +22,10 @@ Operating-point rules, kept here so that the live loop and the simulator run the
 - ``adapt_mode`` off: the returned mode is the configured one (the hysteresis still runs);
 - egress: each tick's measured ``LinkView`` is smoothed here (``egress_smoothing``, the
   newest sample's weight; 1 keeps it raw) before the mode and t read it (``egress``).
+- pulls: each state carries ``PathCosts`` (``policies.py``): T(l) fitted on each side's
+  profile, the queued prefill seconds per instance measured this tick, and the seconds a
+  pulled token's KV takes over the link's measured headroom (capacity × (1 − utilization)),
+  so abundant mode pulls a prefix only where that is estimated to give an earlier first token.
 
 The controller only decides; the caller measures (instances, the link's rate), applies role
 changes (drain, then switch; ``not_applied`` for those that failed) and installs the returned
@@ -36,10 +43,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from prfaas.planner.deployments import PlanResult, PrfaasPd
+from prfaas.planner.profile import PrefillProfile
 from prfaas.planner.search import best_threshold_for_split, plan
 from prfaas.planner.throughput import DecodeSpec
 from prfaas.planner.workload import EmpiricalLengths, LengthDistribution
-from prfaas.router.types import InstanceView, LinkView, Mode, Role, RouterState
+from prfaas.router.instance_choice import PrefillTimeModel
+from prfaas.router.types import InstanceView, LinkView, Mode, PathCosts, Role, RouterState
 
 
 @dataclass(frozen=True)
@@ -114,8 +123,15 @@ class Controller:
         if start.pinned_tokens is not None:
             t = start.pinned_tokens
         self._mode: Mode = start.mode  # the link's mode, with hysteresis
-        self.state = RouterState(t, start.mode)
+        max_tokens = int(workload.max_tokens)
+        self._prefill_models = {
+            prfaas_cluster: _time_model(deployment.prfaas_profile, max_tokens),
+            pd_cluster: _time_model(deployment.pd_prefill_profile, max_tokens),
+        }
+        self._kv_bits_per_token = _kv_bits_per_token(deployment.prfaas_profile, max_tokens)
         self.egress = LinkView(prfaas_cluster, pd_cluster, deployment.bandwidth_gbps)
+        self._costs = self._path_costs(0.0, 0.0)
+        self.state = RouterState(t, start.mode, self._costs)
 
     def short_tick(self, instances: Sequence[InstanceView], link: LinkView) -> RouterState:
         """One short tick: ``link`` is the PrfaaS → PD link's cap and its measured rate over
@@ -132,6 +148,7 @@ class Controller:
         elif egress.utilization < c.abundant_below:
             self._mode = "abundant"
         remote_s, local_s = self._queued_seconds(instances)
+        self._costs = self._path_costs(remote_s, local_s)
         t = self.state.threshold_tokens
         if (
             egress.utilization > c.saturated_above
@@ -143,7 +160,7 @@ class Controller:
         else:
             t += 0.1 * (self.t_plan - t)
         t = min(max(t, self.t_plan / c.max_nudge), self.t_plan * c.max_nudge)
-        self.state = RouterState(self._hold(t), self._mode_out())
+        self.state = RouterState(self._hold(t), self._mode_out(), self._costs)
         return self.state
 
     def long_tick(
@@ -156,12 +173,16 @@ class Controller:
         assert self._plan.n_p is not None
         _, current = best_threshold_for_split(self._plan, self.n_p)
         changes: list[RoleChange] = []
-        if self._plan.throughput_rps > (1 + self.config.min_gain) * current:
-            changes = self._conversions(instances, self._plan.n_p - self.n_p)
+        delta = self._plan.n_p - self.n_p
+        gains = self._plan.throughput_rps > (1 + self.config.min_gain) * current
+        if gains and self._queues_ask(instances, delta):
+            changes = self._conversions(instances, delta)
             self.n_p += sum(1 if ch.to_role == "prefill" else -1 for ch in changes)
+        if not changes and max(self._queued_seconds(instances)) <= self.config.queue_slack_s:
+            return self.state, []  # light load: the t in force serves; the planner's is for Λ_max
         self.t_solved = self._threshold()
         self.t_plan = self._clamp(self.t_solved)
-        self.state = RouterState(self._hold(self.t_solved), self._mode_out())
+        self.state = RouterState(self._hold(self.t_solved), self._mode_out(), self._costs)
         return self.state, changes
 
     def not_applied(self, change: RoleChange) -> None:
@@ -176,6 +197,14 @@ class Controller:
             utilization=w * link.utilization + (1 - w) * old.utilization,
         )
         return self.egress
+
+    def _path_costs(self, remote_s: float, local_s: float) -> PathCosts:
+        headroom_gbps = self.egress.capacity_gbps * max(1.0 - self.egress.utilization, 0.0)
+        pull_s_per_token = (
+            self._kv_bits_per_token / (headroom_gbps * 1e9) if headroom_gbps > 0 else float("inf")
+        )
+        waits = {self.prfaas_cluster: remote_s, self.pd_cluster: local_s}
+        return PathCosts(self._prefill_models, waits, pull_s_per_token)
 
     def _clamp(self, t: float) -> float:
         bounds = self._point.bounds
@@ -224,6 +253,18 @@ class Controller:
             result.append(queued / (len(group) * tokens_per_s))
         return result[0], result[1]
 
+    def _queues_ask(self, instances: Sequence[InstanceView], delta: int) -> bool:
+        """Whether the side a conversion would strengthen is short now: more PD prefill
+        instances (``delta`` > 0) only while PD-P prefills queue beyond ``queue_slack_s``,
+        more decode instances only while decode slots are all taken. A planner gain alone
+        is about capacity; under light load a conversion only costs a drained instance and a
+        cold cache, and more PD-P capacity moves work to the slower cluster."""
+        if delta > 0:
+            return self._queued_seconds(instances)[1] > self.config.queue_slack_s
+        decodes = [i for i in instances if i.cluster == self.pd_cluster and i.role == "decode"]
+        slots = self._deployment.decode.max_batch_size * len(decodes)
+        return delta < 0 and sum(i.load for i in decodes) >= slots > 0
+
     def _conversions(self, instances: Sequence[InstanceView], delta: int) -> list[RoleChange]:
         """``delta`` > 0: decode → prefill; < 0: prefill → decode; least loaded first."""
         from_role: Role = "decode" if delta > 0 else "prefill"
@@ -235,3 +276,18 @@ class Controller:
         ]
         group.sort(key=lambda i: (i.load, i.name))
         return [RoleChange(i.name, to_role) for i in group[: min(abs(delta), len(group) - 1)]]
+
+
+def _time_model(profile: PrefillProfile, max_tokens: int) -> PrefillTimeModel:
+    return PrefillTimeModel.sampled(
+        lambda n: float(profile.prefill_s(np.array([float(n)]))[0]), max_tokens
+    )
+
+
+def _kv_bits_per_token(profile: PrefillProfile, max_tokens: int) -> float:
+    """The KV size's slope (bits per token); 0 for a profile without KV sizes."""
+    try:
+        size = profile.kv_bytes(np.array([1.0, float(max_tokens)]))
+    except ValueError:
+        return 0.0
+    return float(size[1] - size[0]) * 8 / (max_tokens - 1)

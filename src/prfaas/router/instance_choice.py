@@ -23,7 +23,7 @@ always qualifies, so the bound never leaves a request without an instance.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,6 +31,8 @@ import numpy as np
 
 from prfaas.router.inflight import InflightPrefills, QueuedWork
 from prfaas.router.types import InstanceView, RouteRequest
+
+FIT_POINTS = 16  # even steps of a profile ``PrefillTimeModel.sampled`` fits on
 
 
 class InstanceChoice(Protocol):
@@ -77,6 +79,16 @@ class PrefillTimeModel:
         lengths, seconds = zip(*points, strict=True)
         c, b, a = (float(v) for v in np.polyfit(lengths, seconds, 2))  # as planner profiles
         return cls(max(a, 0.0), max(b, 0.0), max(c, 0.0))
+
+    @classmethod
+    def sampled(cls, prefill_s: Callable[[int], float], max_tokens: int) -> PrefillTimeModel:
+        """``fit`` on a profile sampled at ``FIT_POINTS`` even steps up to ``max_tokens`` and
+        at powers of two from 256 (short prompts are most of the traffic)."""
+        lengths = sorted(
+            {max_tokens * (k + 1) // FIT_POINTS for k in range(FIT_POINTS)}
+            | {256 << k for k in range(12) if 256 << k < max_tokens}
+        )
+        return cls.fit([(float(n), prefill_s(n)) for n in lengths])
 
 
 @dataclass(frozen=True)

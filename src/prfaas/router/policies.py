@@ -12,6 +12,14 @@ The PrfaaS rule (paper section 3.4.3), threshold t from ``RouterState``:
   ``prompt_len - cached[pd] <= t`` → PD-P, else PrfaaS (incremental = prompt - cached[prfaas]).
 - abundant bandwidth: ``l_prefix = max over clusters``; ``prompt_len - l_prefix <= t`` → PD-P,
   else PrfaaS; if the longer prefix sits in the other cluster it is pulled across first.
+  The two rules differ only where abundant mode pulls. With the control loop's measured
+  ``PathCosts`` in the state, a pull is taken only when it is estimated to give the earlier
+  first token: ``pull_tokens · pull_s_per_token + wait_s[c] + T_c(l_inc)`` for the pulled
+  path against ``wait_s[c'] + T_c'(l_inc')`` for the scarce rule's answer, which it gets
+  otherwise. Pulling a prefix to the slower cluster only to compute the same remainder there
+  is then a loss unless the faster one is queued; recomputing a prefix the link could carry
+  in a fraction of the time is a loss the other way. (The KV a PrfaaS prefill ships streams
+  layer by layer during the prefill, so it is left out of both sides.)
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from prfaas.router.types import PathChoice, RouteRequest, RouterState
+from prfaas.router.types import PathChoice, PathCosts, RouteRequest, RouterState
 
 
 class PathPolicy(Protocol):
@@ -97,16 +105,37 @@ class PrfaasThreshold:
         remote = _best_prfaas(cached_tokens, prfaas_clusters)
         l_pd, l_remote = cached_tokens.get(pd_cluster, 0), cached_tokens.get(remote, 0)
         l_total, t = request.prompt_len, state.threshold_tokens
+        if l_total - l_pd <= t:
+            scarce = PathChoice("pd-p", pd_cluster, l_total - l_pd)
+        else:
+            scarce = PathChoice("prfaas", remote, l_total - l_remote)
         if state.mode == "scarce":
-            if l_total - l_pd <= t:
-                return PathChoice("pd-p", pd_cluster, l_total - l_pd)
-            return PathChoice("prfaas", remote, l_total - l_remote)
+            return scarce
         l_prefix = max(l_pd, l_remote)
         if l_total - l_prefix <= t:
             pull = remote if l_remote > l_pd else None
-            return PathChoice("pd-p", pd_cluster, l_total - l_prefix, pull_from=pull)
-        pull = pd_cluster if l_pd > l_remote else None
-        return PathChoice("prfaas", remote, l_total - l_prefix, pull_from=pull)
+            pulled = PathChoice("pd-p", pd_cluster, l_total - l_prefix, pull_from=pull)
+        else:
+            pull = pd_cluster if l_pd > l_remote else None
+            pulled = PathChoice("prfaas", remote, l_total - l_prefix, pull_from=pull)
+        if pulled.pull_from is None or state.costs is None:
+            return pulled
+        pull_tokens = cached_tokens.get(pulled.pull_from, 0) - cached_tokens.get(
+            pulled.prefill_cluster, 0
+        )
+        if _ttft_s(state.costs, pulled, pull_tokens) < _ttft_s(state.costs, scarce, 0):
+            return pulled
+        return scarce
+
+
+def _ttft_s(costs: PathCosts, choice: PathChoice, pull_tokens: int) -> float:
+    """Estimated time to the end of the prefill on ``choice`` (``PathCosts``)."""
+    cluster = choice.prefill_cluster
+    model = costs.prefill.get(cluster)
+    if model is None:
+        return float("inf")
+    pull_s = pull_tokens * costs.pull_s_per_token if pull_tokens > 0 else 0.0
+    return pull_s + costs.wait_s.get(cluster, 0.0) + model.seconds(choice.incremental_tokens)
 
 
 POLICIES: dict[str, type[HomogeneousPolicy] | type[NaivePolicy] | type[PrfaasThreshold]] = {

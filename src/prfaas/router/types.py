@@ -7,12 +7,15 @@ the router only compares and hashes them. Lengths are in tokens, rates in Gbps, 
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 # One definition of a role: the one an instance registers with (re-exported here).
 from prfaas.messages import Role as Role
+
+if TYPE_CHECKING:
+    from prfaas.router.instance_choice import PrefillTimeModel
 
 Path = Literal["prfaas", "pd-p"]
 ClusterKind = Literal["prfaas", "pd"]
@@ -78,6 +81,18 @@ class RouterState:
 
     threshold_tokens: float
     mode: Mode = "scarce"
+    costs: PathCosts | None = None  # None: abundant mode pulls by the paper's rule alone
+
+
+@dataclass(frozen=True)
+class PathCosts:
+    """What the control loop measured for abundant mode's pull decision (``policies.py``):
+    per cluster, one prefill instance's T(l) and the prefill work queued per instance (s);
+    seconds a pulled token's KV takes over the link's measured headroom (inf: none)."""
+
+    prefill: Mapping[str, PrefillTimeModel]
+    wait_s: Mapping[str, float]
+    pull_s_per_token: float
 
 
 @dataclass(frozen=True)

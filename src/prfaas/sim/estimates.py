@@ -1,8 +1,7 @@
 """The router's TTFT estimate for a simulated fleet, from the same profiles the cost model uses.
 
-Per cluster, T(l) = a + b·l + c·l² is least-squares fitted on the profile sampled at
-``FIT_POINTS`` even steps up to ``max_tokens`` and at powers of two from 256 (short
-prompts are most of the traffic) (the live system fits the same on its start-up
+Per cluster, T(l) = a + b·l + c·l² is least-squares fitted on the profile sampled up to
+``max_tokens`` (``PrefillTimeModel.sampled``; the live system fits the same on its start-up
 profile); the KV transfer term is the KV size's slope over the link to the decode cluster
 at its configured capacity (what the router can know; the simulator's link may dip).
 """
@@ -12,8 +11,6 @@ from __future__ import annotations
 from prfaas.router.instance_choice import ClusterCosts, EstimatedTtft, PrefillTimeModel
 from prfaas.sim.topology import FleetSpec
 
-FIT_POINTS = 16
-
 
 def ttft_choice(fleet: FleetSpec, balance_factor: float, max_tokens: int = 131072) -> EstimatedTtft:
     decode_cluster = next((c.name for c in fleet.clusters if c.num_decode > 0), None)
@@ -22,11 +19,7 @@ def ttft_choice(fleet: FleetSpec, balance_factor: float, max_tokens: int = 13107
         cost = cluster.prefill_cost
         if cost is None:
             continue
-        lengths = sorted(
-            {max_tokens * (k + 1) // FIT_POINTS for k in range(FIT_POINTS)}
-            | {256 << k for k in range(12) if 256 << k < max_tokens}
-        )
-        model = PrefillTimeModel.fit([(float(n), cost.prefill_s(n)) for n in lengths])
+        model = PrefillTimeModel.sampled(cost.prefill_s, max_tokens)
         transfer_s_per_token = 0.0
         link = next(
             (s for s in fleet.links if s.src == cluster.name and s.dst == decode_cluster), None
