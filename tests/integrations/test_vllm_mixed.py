@@ -33,7 +33,7 @@ if importlib.util.find_spec("vllm") is None:
         allow_module_level=True,
     )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # the start-up and run bounds below
 
 BLOCK = 32  # vllm_instance.ENGINE_ARGS["block_size"]; the reference engine runs the same
 MAX_TOKENS = 16
