@@ -233,9 +233,7 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "run_s": time.monotonic() - ready_s,
         }
     finally:
-        if vllm.proc.poll() is None:
-            vllm.proc.kill()
-            vllm.proc.wait(10)
+        vllm.kill()  # its engine processes too, even where the script itself has ended
 
 
 @pytest.mark.parametrize("name", list(R2V))

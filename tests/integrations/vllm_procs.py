@@ -3,8 +3,10 @@ tests' shared plumbing)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +34,13 @@ class Instance:
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:]
 
+    def kill(self) -> None:
+        """End the script and vLLM's engine processes, which outlive a kill of the script
+        alone (its own process group)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
 
 def start(
     name: str, spec: dict[str, Any], tmp: Path, env: dict[str, str] | None = None
@@ -47,6 +56,7 @@ def start(
             stdout=f,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            start_new_session=True,  # its process group: ``kill`` ends vLLM's children too
         )
     return Instance(name, spec, proc, log)
 
