@@ -82,6 +82,25 @@ def test_handoff_after_prefix_cache_hit(engines: tuple[Engine, Engine, Engine]) 
     assert import_decode(b, payload) == generate_alone(ref, prompt)
 
 
+@pytest.mark.parametrize("prompt_len", [1, 16, 33])
+def test_payload_without_first_token_computes_the_last_prompt_token_here(
+    engines: tuple[Engine, Engine, Engine], prompt_len: int
+) -> None:
+    """What a vLLM prefill instance sends: the KV alone. The decode engine keeps every row
+    but the last, computes the last prompt token itself and samples the first token."""
+    a, b, ref = engines
+    prompt = [(7 * i + prompt_len) % 250 + 3 for i in range(prompt_len)]
+    payload = dataclasses.replace(prefill_export(a, prompt), first_token_id=None)
+    req = b.import_request(payload, GREEDY)
+    assert req.num_computed_tokens == prompt_len - 1 and not req.output_token_ids
+    while b.has_unfinished():
+        b.step()
+        b.check_integrity()
+    assert list(req.output_token_ids) == generate_alone(ref, prompt)
+    for e in engines:
+        assert e.kv.usage == 0.0
+
+
 def _corrupt(payload: KvPayload, **changes: object) -> KvPayload:
     return dataclasses.replace(payload, **changes)  # type: ignore[arg-type]
 

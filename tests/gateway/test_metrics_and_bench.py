@@ -56,6 +56,7 @@ def test_bench_reports_sane_numbers(local_server: LocalServer) -> None:
     assert report.tpot_ms.mean > 0 and report.itl_ms.p90 > 0
     assert report.request_throughput > 0 and report.output_throughput > 0
     assert "Mean TTFT (ms):" in report.format()
+    assert report.ttft_ms_by_route["local"] == report.ttft_ms  # every request took that path
     local_server.check_engine()
 
 

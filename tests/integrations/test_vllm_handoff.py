@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.integrations.vllm_procs import free_port, read_events, start, wait_for
 
 if importlib.util.find_spec("vllm") is None:
     pytest.skip(
@@ -32,9 +29,8 @@ if importlib.util.find_spec("vllm") is None:
         allow_module_level=True,
     )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # the start-up and run bounds below
 
-SCRIPT = Path(__file__).with_name("vllm_instance.py")
 BLOCK = 32  # vllm_instance.ENGINE_ARGS["block_size"]
 MAX_TOKENS = 16
 # The decode instance waits for its first transfer while the prefill instance still sends
@@ -60,59 +56,6 @@ OTHER = "other"  # sent for another prompt of the same length (its tokens revers
 CUT = "cut"  # a prefill instance that dies mid-transfer (emulated: see cut_transfer)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Instance:
-    name: str
-    spec: dict[str, Any]
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
-
-
-def start(name: str, spec: dict[str, Any], tmp: Path) -> Instance:
-    spec = {**spec, "ready": str(tmp / f"{name}.ready"), "go": str(tmp / "go")}
-    spec["out"] = str(tmp / f"{name}.out.json")
-    spec_path = tmp / f"{name}.json"
-    spec_path.write_text(json.dumps(spec))
-    log = tmp / f"{name}.log"
-    with log.open("wb") as f:
-        proc = subprocess.Popen(
-            ["nice", "-n", "10", sys.executable, str(SCRIPT), str(spec_path)],
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    return Instance(name, spec, proc, log)
-
-
-def wait_for(instances: list[Instance], ready: bool, timeout_s: float) -> None:
-    end_s = time.monotonic() + timeout_s
-    for inst in instances:
-        while not (Path(inst.spec["ready"]).exists() if ready else inst.proc.poll() is not None):
-            if inst.proc.poll() is not None and ready:
-                raise AssertionError(f"{inst.name} exited early:\n{inst.tail()}")
-            if time.monotonic() > end_s:
-                raise AssertionError(f"{inst.name} not done within {timeout_s}s:\n{inst.tail()}")
-            time.sleep(0.2)
-        if not ready and inst.proc.returncode != 0:
-            raise AssertionError(f"{inst.name} failed:\n{inst.tail()}")
-
-
-def read_events(path: Path) -> dict[str, dict[str, Any]]:
-    if not path.exists():
-        return {}
-    lines = path.read_text().splitlines()
-    return {e["transfer_id"]: e for e in map(json.loads, lines)}
-
-
 def cut_transfer(folder: Path, port: int, tmp: Path, prompt: list[int]) -> None:
     """A prefill instance killed mid-transfer, as the decode instance sees it: a peer with
     valid credentials streams a third of the layers (zeros), then its connections drop.
@@ -120,10 +63,11 @@ def cut_transfer(folder: Path, port: int, tmp: Path, prompt: list[int]) -> None:
     reliably at a chosen layer on this machine, hence this stand-in on the real transport.
     The header carries the prompt's true hash, so only the cut makes the load fail."""
     import numpy as np
+    import torch
 
     from prfaas.config import default_cache_dir
     from prfaas.kvcache.hashing import prompt_hash, root_hash
-    from prfaas.model.loader import fingerprint_folder
+    from prfaas.model.loader import fingerprint_folder, model_fingerprint
     from prfaas.transfer.auth import kv_auth_key
     from prfaas.transfer.config import LinkConfig
     from prfaas.transfer.link import Link
@@ -140,7 +84,10 @@ def cut_transfer(folder: Path, port: int, tmp: Path, prompt: list[int]) -> None:
         for i in range(model["num_hidden_layers"])
         for part in ("k", "v")
     )
-    fingerprint_hex = fingerprint_folder(folder, default_cache_dir())
+    # the connector's: the folder's digest at the engines' dtype (float32)
+    fingerprint_hex = model_fingerprint(
+        fingerprint_folder(folder, default_cache_dir()), torch.float32
+    )
     hashed = prompt_hash(prompt, BLOCK, root_hash(fingerprint_hex, b""))
     header = TransferHeader(f"t-{CUT}", bytes.fromhex(fingerprint_hex), "raw", entries, hashed)
     sender = KvSender(
@@ -284,9 +231,7 @@ def handoff(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         }
     finally:
         for inst in instances:
-            if inst.proc.poll() is None:
-                inst.proc.kill()
-                inst.proc.wait(10)
+            inst.kill()  # its engine processes too, even where the script itself has ended
 
 
 @pytest.mark.parametrize("name", list(PROMPTS))

@@ -185,7 +185,7 @@ def test_tenant_limits_and_the_usage_log_reach_the_gateway(tmp_path: Path) -> No
     assert (limits.burst_requests, limits.burst_tokens) == (None, 50)
 
 
-def test_the_engine_is_chosen_per_instance_and_one_per_deployment() -> None:
+def test_the_engine_is_chosen_per_instance_and_a_mixed_fleet_takes_vllms_block_size() -> None:
     from prfaas.deploy.config import DeployConfig, default_config
 
     cfg = default_config()
@@ -196,8 +196,12 @@ def test_the_engine_is_chosen_per_instance_and_one_per_deployment() -> None:
     assert vllm.block_size() == 32  # vLLM's CPU backend: multiples of 32
     raw = cfg.model_dump()
     raw["clusters"][1]["engine"] = "vllm"
-    with pytest.raises(ValueError, match="one engine per deployment"):
-        DeployConfig.model_validate(raw)
+    mixed = DeployConfig.model_validate(raw)
+    assert {mixed.engine_of(c, i) for c in mixed.clusters for i in c.instances} == {
+        "reference",
+        "vllm",
+    }
+    assert mixed.block_size() == 32  # the reference instances too: one hash chain
 
 
 def pd_cluster(name: str, prefix: str) -> dict[str, object]:

@@ -71,21 +71,31 @@ def test_bad_devices_name_the_problem(tmp_path: Path, change: object, message: s
 
 def test_the_worker_command_line_carries_them() -> None:
     spawn = WorkerSpawn("w", "c", "prefill", 1, 2, ("http://g",), None, None, {})
-    assert not {"--device", "--dtype", "--num-threads", "--kv-cache-gb"} & set(spawn.argv())
+    flags = {"--device", "--dtype", "--num-threads", "--kv-cache-gb", "--block-size"}
+    assert not flags & set(spawn.argv())
     args = WorkerSpawn(
         *("w", "c", "prefill", 1, 2, ("http://g",), None, None, {}),
         device="cuda:1",
         dtype="float16",
         num_threads=4,
         kv_cache_gb=2.5,
+        block_size=32,
     ).argv()
+    assert args[args.index("--block-size") + 1] == "32"
     assert args[args.index("--device") + 1] == "cuda:1"
     assert args[args.index("--dtype") + 1] == "float16"
     assert args[args.index("--num-threads") + 1] == "4"
     assert args[args.index("--kv-cache-gb") + 1] == "2.5"
 
 
-def test_a_bad_worker_device_is_a_clear_error() -> None:
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--device", "tpu"], "device must be auto, cpu or cuda[:N], got 'tpu'"),
+        (["--block-size", "24"], "block_size must be a positive power of two, got 24"),
+    ],
+)
+def test_a_bad_worker_setting_is_a_clear_error(flags: list[str], message: str) -> None:
     env = dict(os.environ, PRFAAS_CLUSTER_TOKEN="t")
     common = ["--name", "w", "--role", "prefill", "--cluster", "c", "--listen", "127.0.0.1:0"]
     proc = subprocess.run(
@@ -98,12 +108,12 @@ def test_a_bad_worker_device_is_a_clear_error() -> None:
             "--gateway",
             "http://g",
             "--insecure",
-        ]
-        + ["--device", "tpu"],
+            *flags,
+        ],
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert proc.returncode == 2
-    assert "prfaas worker: device must be auto, cpu or cuda[:N], got 'tpu'" in proc.stderr
+    assert f"prfaas worker: {message}" in proc.stderr

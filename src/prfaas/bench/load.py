@@ -75,6 +75,7 @@ class BenchReport:
     e2e_ms: Percentiles
     route_share: dict[str, float]  # route kind -> share of completed requests
     errors: dict[str, int]
+    ttft_ms_by_route: dict[str, Percentiles] = field(default_factory=dict)  # route kind -> TTFT
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -108,6 +109,8 @@ class BenchReport:
         lines.append("{:-^56}".format("Routes"))
         for route, share in sorted(self.route_share.items()):
             row(f"Share routed {route}:", f"{100 * share:.1f}%")
+        for route, p in sorted(self.ttft_ms_by_route.items()):
+            row(f"Median / P90 TTFT {route} (ms):", f"{p.median:.0f} / {p.p90:.0f}")
         for error, count in sorted(self.errors.items()):
             row(f"Error {error[:32]}:", count)
         lines.append("=" * 56)
@@ -227,4 +230,7 @@ def summarize(results: list[RequestResult], duration_s: float) -> BenchReport:
         e2e_ms=Percentiles.of([r.e2e_s for r in ok]),
         route_share={k: v / len(ok) for k, v in routes.items()} if ok else {},
         errors=dict(Counter(r.error for r in results if not r.ok)),
+        ttft_ms_by_route={
+            route: Percentiles.of([r.ttft_s for r in ok if r.route == route]) for route in routes
+        },
     )

@@ -2,7 +2,9 @@
 
 The wire layers must be exactly this model's tensor names (``tensor_names(layout)``) plus
 the first token (and, when the request asked for them, its logprobs and the prompt's: pairs
-of layers named in ``messages``), each of the kind its name implies; the engine's
+of layers named in ``messages``), each of the kind its name implies. A prefill side that does
+not send the first token (vLLM's: it streams the KV before it samples) sends the tensors
+alone; the engine then computes the last prompt token itself (``Engine.land_kv``). The engine's
 ``KvPayload.validate`` then checks shapes and dtypes against the model. The tensors are
 copies: the receiver reuses its buffers once released.
 """
@@ -45,7 +47,7 @@ def wire_to_payload(
     entries, arrays = received.header.layers, received.layers
     expected = tensor_names(layout)
     first_at = len(expected)  # the first token's layer; logprob layers may follow it
-    if len(entries) not in (first_at + 1, first_at + 3, first_at + 5):
+    if len(entries) not in (first_at, first_at + 1, first_at + 3, first_at + 5):
         raise KvImportError(
             f"transfer has {len(entries)} wire layers, expected {len(expected) + 1}"
         )
@@ -61,15 +63,18 @@ def wire_to_payload(
         if per_token:
             kv_dtype = kv_dtype or entry.dtype
         tensors[name] = _as_torch(array, entry.dtype)
-    meta, first = entries[first_at], arrays[first_at]
-    if meta.name != KV_FIRST_TOKEN_LAYER or meta.dtype is not DType.INT64 or meta.shape != (1,):
-        raise KvImportError("transfer lacks the first token")
+    first_token_id: int | None = None
+    if len(entries) > first_at:
+        meta, first = entries[first_at], arrays[first_at]
+        if meta.name != KV_FIRST_TOKEN_LAYER or meta.dtype is not DType.INT64 or meta.shape != (1,):
+            raise KvImportError(f"unexpected wire layer {meta.name!r} after the KV")
+        first_token_id = int(first[0])
     logprobs = _logprobs(received, first_at + 1, len(prompt_token_ids))
     dtype = str(WIRE_TO_TORCH[kv_dtype or DType.FLOAT32]).removeprefix("torch.")
     payload = KvPayload.from_named_tensors(
         received.header.fingerprint.hex(),
         list(prompt_token_ids),
-        int(first[0]),
+        first_token_id,
         dtype,
         list(layout),
         tensors,

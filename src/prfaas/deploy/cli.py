@@ -72,6 +72,12 @@ def register(commands: Commands) -> None:
     w.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     w.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     w.add_argument("--kv-cache-gb", type=float, default=1.0, help="KV pool memory (GiB)")
+    w.add_argument(
+        "--block-size",
+        type=int,
+        default=None,
+        help="tokens per KV block (reference engine; every instance of a fleet uses the same)",
+    )
     w.add_argument("--parent-pid", type=int, default=None, help="exit when it exits")
     w.add_argument(
         "--engine",
@@ -148,6 +154,7 @@ def _worker(args: argparse.Namespace) -> int:
             max_model_len=args.max_model_len,
             num_threads=args.num_threads,
             kv_cache_memory_gb=args.kv_cache_gb,
+            **({} if args.block_size is None else {"block_size": args.block_size}),
         )
     except ValueError as e:
         print(f"prfaas worker: {e}", file=sys.stderr)
@@ -200,9 +207,6 @@ def _serve(args: argparse.Namespace) -> int:
         updates["policy"] = cfg.policy.model_copy(update={"threshold_tokens": args.threshold})
     cfg = cfg.model_copy(update=updates)
     engines = {cfg.engine_of(c, i) for c in cfg.clusters for i in c.instances if i.spawn}
-    if len(engines) > 1:  # --engine is applied after the file's validation
-        print(f"prfaas serve: one engine per deployment, got {sorted(engines)}", file=sys.stderr)
-        return 2
     if "vllm" in engines and _vllm_missing():
         print(f"prfaas serve: engine vllm: {VLLM_MISSING}", file=sys.stderr)
         return 2

@@ -70,24 +70,17 @@ class DeployConfig(_Strict):
         return inst.engine or cluster.engine or self.engine
 
     def block_size(self) -> int:
-        """Tokens per KV block on every spawned instance (all must agree: one hash chain)."""
+        """Tokens per KV block on every spawned instance, the one owner of it: the kv index
+        and the router compare block hashes across instances, and every KV transfer's prompt
+        hash is chained in these blocks, so all must agree. vLLM's CPU backend takes
+        multiples of 32; the reference engine any power of two, so a deployment with a vLLM
+        instance runs its reference instances at vLLM's size."""
         from prfaas.config import EngineConfig
         from prfaas.integrations.vllm.launch import BLOCK_SIZE
 
         clusters = [*self.clusters, *(c for m in self.models for c in m.clusters)]
         engines = {self.engine_of(c, i) for c in clusters for i in c.instances}
         return BLOCK_SIZE if "vllm" in engines else EngineConfig().block_size
-
-    @model_validator(mode="after")
-    def _one_engine(self) -> DeployConfig:
-        clusters = [*self.clusters, *(c for m in self.models for c in m.clusters)]
-        engines = {self.engine_of(c, i) for c in clusters for i in c.instances if i.spawn}
-        if len(engines) > 1:
-            raise ValueError(
-                "spawned instances run one engine per deployment for now (the reference "
-                "engine's block size differs from vLLM's); got " + ", ".join(sorted(engines))
-            )
-        return self
 
     @model_validator(mode="after")
     def _references(self) -> DeployConfig:

@@ -50,6 +50,9 @@ class WorkerSpawn:
     dtype: str = "auto"
     num_threads: int | None = None
     kv_cache_gb: float | None = None
+    block_size: int | None = (
+        None  # the deployment's (``DeployConfig.block_size``); None: the engine's
+    )
     host: str = "127.0.0.1"
     exit_with_launcher: bool = True  # False: outlive it (several gateways: the others serve)
     insecure_control: bool = False  # plain HTTP to and from the gateway, even with certs
@@ -92,6 +95,8 @@ class WorkerSpawn:
             args += ["--num-threads", str(self.num_threads)]
         if self.kv_cache_gb is not None:
             args += ["--kv-cache-gb", str(self.kv_cache_gb)]
+        if self.block_size is not None:
+            args += ["--block-size", str(self.block_size)]
         if self.engine != "reference":
             args += ["--engine", self.engine]
         for link, rate in self.link_rates.items():

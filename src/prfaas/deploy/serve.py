@@ -173,6 +173,7 @@ def build_deployment(
     for version, cluster in clusters:
         for inst in cluster.instances:
             if inst.spawn:
+                engine = cfg.engine_of(cluster, inst)
                 rates = {
                     f"{link.src}->{link.dst}": link.rate_gbps
                     for link in all_links
@@ -196,7 +197,9 @@ def build_deployment(
                         kv_cache_gb=inst.kv_cache_gb,
                         exit_with_launcher=len(gateway_urls) == 1,
                         insecure_control=insecure,
-                        engine=cfg.engine_of(cluster, inst),
+                        engine=engine,
+                        # vLLM's instances take its CPU backend's block size (``launch``)
+                        block_size=block_size if engine == "reference" else None,
                     )
                 )
     warn_insecure_links(cfg)

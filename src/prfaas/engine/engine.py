@@ -162,9 +162,19 @@ class Engine:
         payload.validate(self.fingerprint, self.layout, self.dtype, self.vocab_size)
         if payload.token_ids != req.prompt_token_ids:
             raise KvImportError("payload tokens differ from the request's prompt")
+        if payload.first_token_id is None:
+            _check_tokenless(req, payload)
         self.runner.write_payload(
             self.kv.block_table(request_id), self.kv.state_slot(request_id), payload
         )
+        if payload.first_token_id is None:
+            # No first token came (a vLLM prefill instance does not know it while its KV
+            # streams): the rows of every prompt token but the last are kept, and the last
+            # one is computed here, as after a prefix hit; its row is written again.
+            req.num_computed_tokens = req.num_cached_tokens = payload.num_tokens - 1
+            self.kv.cache_blocks(request_id, req.block_hashes, req.num_computed_tokens)
+            self.scheduler.unpark_prefilling(req)
+            return
         req.num_computed_tokens = req.num_cached_tokens = payload.num_tokens
         self.kv.cache_blocks(request_id, req.block_hashes, req.num_computed_tokens)
         req.move_to(RequestStatus.DECODING)
@@ -390,3 +400,13 @@ class Engine:
         if status is RequestStatus.ABORTED and req.finish_reason is None:
             req.finish_reason = "abort"
         self.scheduler.finish(req, status)
+
+
+def _check_tokenless(req: Request, payload: KvPayload) -> None:
+    """A payload without the first token lands only where recomputing the last prompt token
+    is exact: per-token KV (a linear state already covers that token) and no prompt logprobs
+    asked for (this side would see only the last position)."""
+    if payload.states:
+        raise KvImportError("a linear-attention state needs the first token with it")
+    if req.params.prompt_logprobs is not None:
+        raise KvImportError("prompt logprobs need the first token's layer with the KV")

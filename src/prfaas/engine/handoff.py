@@ -93,7 +93,9 @@ def tensor_names(layout: Sequence[LayerLayout]) -> list[tuple[str, bool]]:
 class KvPayload:
     model_fingerprint: str
     token_ids: list[int]  # the prompt; the KV below covers all of them
-    first_token_id: int  # sampled by the prefill side from the last prompt position
+    # Sampled by the prefill side from the last prompt position; None when that side did not
+    # send it (vLLM's): the decode side then computes the last prompt token itself.
+    first_token_id: int | None
     dtype: str  # torch dtype name of the KV tensors (KDA recurrent states are float32)
     layout: list[LayerLayout]
     # Per full_attention layer, in layout order, (K, V), each (num_tokens, num_kv_heads, head_dim).
@@ -138,7 +140,7 @@ class KvPayload:
         cls,
         model_fingerprint: str,
         token_ids: list[int],
-        first_token_id: int,
+        first_token_id: int | None,
         dtype: str,
         layout: list[LayerLayout],
         tensors: Mapping[str, torch.Tensor],
@@ -172,9 +174,8 @@ class KvPayload:
             )
         if not self.token_ids:
             raise KvImportError("payload has no tokens")
-        if not 0 <= self.first_token_id < vocab_size or any(
-            not 0 <= t < vocab_size for t in self.token_ids
-        ):
+        first = [] if self.first_token_id is None else [self.first_token_id]
+        if any(not 0 <= t < vocab_size for t in [*first, *self.token_ids]):
             raise KvImportError("payload token id outside the vocabulary")
         if self.layout != layout:
             raise KvImportError("payload layer layout differs from this model's")

@@ -6,6 +6,7 @@ States and who moves a request between them::
        ▲                     │  │                              │
        └──────preempt────────┘  └─prefill_only─▶ SENDING_KV ──released──▶ FINISHED
     WAITING_FOR_KV ──KV landed──▶ DECODING          (any live state) ──abort──▶ ABORTED
+    WAITING_FOR_KV ──KV landed without the first token──▶ PREFILLING (the last prompt token)
     WAITING_FOR_KV ──KV failed──▶ WAITING   (fallback: prefill locally)
 
 A prefill-only request (the prefill role) samples its first token, then holds its blocks in
@@ -39,7 +40,7 @@ class RequestStatus(enum.Enum):
 S = RequestStatus
 ALLOWED_TRANSITIONS: dict[RequestStatus, frozenset[RequestStatus]] = {
     S.WAITING: frozenset({S.PREFILLING, S.ABORTED}),
-    S.WAITING_FOR_KV: frozenset({S.DECODING, S.WAITING, S.ABORTED}),
+    S.WAITING_FOR_KV: frozenset({S.DECODING, S.PREFILLING, S.WAITING, S.ABORTED}),
     S.PREFILLING: frozenset({S.DECODING, S.SENDING_KV, S.WAITING, S.FINISHED, S.ABORTED}),
     S.DECODING: frozenset({S.WAITING, S.FINISHED, S.ABORTED}),
     S.SENDING_KV: frozenset({S.FINISHED, S.ABORTED}),

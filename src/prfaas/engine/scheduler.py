@@ -142,6 +142,13 @@ class Scheduler:
         del self.parked[req.request_id]
         self.running.append(req)
 
+    def unpark_prefilling(self, req: Request) -> None:
+        """A parked request whose KV has landed for all but its last prompt token (the
+        prefill side sent no first token): it keeps its blocks and computes that token."""
+        del self.parked[req.request_id]
+        req.move_to(RequestStatus.PREFILLING)
+        self.running.append(req)
+
     def unpark_waiting(self, req: Request) -> None:
         """A parked request whose KV failed: free its blocks and prefill it locally."""
         del self.parked[req.request_id]

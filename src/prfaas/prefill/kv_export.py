@@ -56,8 +56,9 @@ def payload_to_wire(
         kind = LayerKind.BLOCKS if per_token else LayerKind.STATE
         entries.append(LayerEntry(name, kind, TORCH_TO_WIRE[t.dtype], tuple(t.shape)))
         arrays.append(as_numpy(t))
-    entries.append(LayerEntry(KV_FIRST_TOKEN_LAYER, LayerKind.STATE, DType.INT64, (1,)))
-    arrays.append(first_token_array(payload.first_token_id))
+    if payload.first_token_id is not None:
+        entries.append(LayerEntry(KV_FIRST_TOKEN_LAYER, LayerKind.STATE, DType.INT64, (1,)))
+        arrays.append(first_token_array(payload.first_token_id))
     extra = logprob_arrays(
         payload.first_logprobs,
         payload.prompt_logprobs,

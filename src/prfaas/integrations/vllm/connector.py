@@ -51,7 +51,7 @@ from prfaas.integrations.vllm.scheduler_side import HandoffScheduler
 from prfaas.integrations.vllm.worker_side import HandoffWorker
 
 if TYPE_CHECKING:
-    from vllm.config import VllmConfig
+    from vllm.config import ModelConfig, VllmConfig
     from vllm.forward_context import ForwardContext
     from vllm.v1.attention.backend import AttentionMetadata
     from vllm.v1.core.kv_cache_manager import KVCacheBlocks, KVCacheManager
@@ -61,17 +61,21 @@ if TYPE_CHECKING:
     from vllm.v1.request import Request
 
 
-def model_fingerprint(config: ConnectorConfig, model: str) -> bytes:
-    """The configured fingerprint, else prfaas's fingerprint of the model folder."""
+def model_fingerprint(config: ConnectorConfig, model_config: ModelConfig) -> bytes:
+    """The configured fingerprint, else prfaas's fingerprint of the model folder at vLLM's
+    compute dtype: what the reference engine computes for that folder and dtype, so KV
+    moves between the two engines (``model.loader.model_fingerprint``)."""
     if config.fingerprint is not None:
         return bytes.fromhex(config.fingerprint)
-    folder = Path(model)
+    folder = Path(model_config.model)
     if not (folder / "config.json").is_file():
-        raise ValueError(f"model {model!r} is not a local folder: set 'fingerprint'")
+        raise ValueError(f"model {model_config.model!r} is not a local folder: set 'fingerprint'")
     from prfaas.config import default_cache_dir
     from prfaas.model.loader import fingerprint_folder
+    from prfaas.model.loader import model_fingerprint as bind_dtype
 
-    return bytes.fromhex(fingerprint_folder(folder, default_cache_dir()))
+    digest = fingerprint_folder(folder, default_cache_dir())
+    return bytes.fromhex(bind_dtype(digest, model_config.dtype))
 
 
 def cpu_cache_writer(vllm_config: VllmConfig) -> CacheWriter:
@@ -121,7 +125,7 @@ class PrfaasConnector(KVConnectorBase_V1):
         else:
             self.worker = HandoffWorker(
                 self.config,
-                model_fingerprint(self.config, vllm_config.model_config.model),
+                model_fingerprint(self.config, vllm_config.model_config),
                 block_size,
                 cpu_cache_writer(vllm_config),
                 is_producer=transfer_config.is_kv_producer,

@@ -38,6 +38,7 @@ from prfaas.integrations.vllm.launch import (
     LOAD_TIMEOUT_S,
     Launch,
     engine_args,
+    fingerprint,
     thread_env,
     write_token,
 )
@@ -91,7 +92,7 @@ def for_worker(config: WorkerConfig) -> VllmEngine:
     """A vLLM instance for this worker: the model folder prfaas resolves (a GGUF converted
     once), prfaas's fingerprint of it, a fixed KV port, a private folder for the token file
     and the hand-off log."""
-    from prfaas.model.loader import fingerprint_folder, resolve_model_folder
+    from prfaas.model.loader import resolve_model_folder
 
     os.environ.update(thread_env(config))  # read by vLLM's engine processes at their start
     cache_dir = config.engine.resolved_cache_dir
@@ -99,7 +100,7 @@ def for_worker(config: WorkerConfig) -> VllmEngine:
     private = Path(tempfile.mkdtemp(prefix="prfaas-vllm-"))
     launch = Launch(
         model_folder=folder,
-        fingerprint=fingerprint_folder(folder, cache_dir),
+        fingerprint=fingerprint(folder, config.engine),
         kv_host=config.kv_host,
         kv_port=config.kv_port or free_port(config.kv_host),
         events_file=private / "handoffs.jsonl",

