@@ -213,29 +213,40 @@ def flatten_step(
     )
     if decode_rows:
         lens = np.asarray(decode_lens, dtype=np.int64)
-        slots, valid = context_slots(decode_tables, lens, block_size)
+        tables = padded_tables(decode_tables, lens, block_size)
+        slots, valid = context_slots(tables, lens, block_size)
         rows = np.asarray(decode_rows, dtype=np.int64)
         meta.decode_rows, meta.decode_slots, meta.decode_mask = _padded(device, rows, slots, valid)
         meta.decode_groups = _decode_groups(device, rows, lens, slots, valid)
+        if device.type == "cpu":
+            meta.decode_tables, meta.decode_lens = torch.from_numpy(tables), torch.from_numpy(lens)
+            meta.block_size = block_size
     input_ids = _tensor(device, np.asarray(ids, dtype=np.int64))
     return input_ids, _tensor(device, np.concatenate(positions)), meta, sample_rows
 
 
-def context_slots(
-    tables: list[list[int]], lens: np.ndarray, block_size: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Slots of positions ``[0, lens[i])`` of each decode row under its block table, as one
-    (D, max_len) array padded with slot 0, and its (D, max_len) validity. Python touches
-    each row's block ids only (O(blocks)); the slots are one vectorized expression."""
-    max_len = int(lens.max())
-    width = -(-max_len // block_size)
+def padded_tables(tables: list[list[int]], lens: np.ndarray, block_size: int) -> np.ndarray:
+    """The block ids covering positions ``[0, lens[i])`` of each decode row, as one
+    (D, cdiv(max_len, block_size)) int64 array padded with block 0 (Python touches each
+    row's block ids only: O(blocks))."""
+    width = -(-int(lens.max()) // block_size)
     tables_np = np.zeros((len(tables), width), dtype=np.int64)
     for i, table in enumerate(tables):
         n = min(len(table), width)
         tables_np[i, :n] = table[:n]
+    return tables_np
+
+
+def context_slots(
+    tables: np.ndarray, lens: np.ndarray, block_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Slots of positions ``[0, lens[i])`` of each decode row under its ``padded_tables``
+    row, as one (D, max_len) array padded with slot 0, and its (D, max_len) validity: one
+    vectorized expression."""
+    max_len = int(lens.max())
     pos = np.arange(max_len, dtype=np.int64)
     valid = pos[None, :] < lens[:, None]
-    slots = tables_np[:, pos // block_size] * block_size + pos % block_size
+    slots = tables[:, pos // block_size] * block_size + pos % block_size
     return np.where(valid, slots, 0), valid
 
 

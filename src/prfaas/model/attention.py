@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from prfaas.model import decode_kernel
+
 
 @dataclass
 class PrefillSegment:
@@ -50,6 +52,11 @@ class AttentionMetadata:
     decode_mask: torch.Tensor | None
     # The same decode rows split by context length (for attention over the flat KV cache).
     decode_groups: list[DecodeGroup] | None = None
+    # For the in-place kernel (``decode_kernel``): (D, width) int64 block ids of each decode
+    # row, padded with 0; (D,) int64 context lengths; tokens per block. CPU tensors.
+    decode_tables: torch.Tensor | None = None
+    decode_lens: torch.Tensor | None = None
+    block_size: int = 0
 
 
 def write_kv(
@@ -112,7 +119,20 @@ def paged_attention(
         else:
             o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=seg.mask, scale=scale)
         out[seg.q_start : seg.q_end] = o[0].transpose(0, 1)
-    if meta.decode_rows is not None:
+    if meta.decode_tables is not None and decode_kernel.usable(q, k_cache):
+        assert meta.decode_rows is not None and meta.decode_lens is not None
+        decode_kernel.decode_attention(
+            q,
+            k_cache,
+            v_cache,
+            out,
+            meta.decode_rows,
+            meta.decode_tables,
+            meta.decode_lens,
+            meta.block_size,
+            scale,
+        )
+    elif meta.decode_rows is not None:
         assert meta.decode_slots is not None
         # One query per request: fold each KV head's query group into the query axis,
         # (D, Hkv, group, d), so no KV head is copied. Exact, since decode has no causal
