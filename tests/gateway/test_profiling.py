@@ -373,6 +373,8 @@ def test_long_tick_applies_role_changes_and_counts_only_those_applied() -> None:
     f = fleet()
     control, recorder = loop(f)
     control.router.observed_lengths.extend(lengths)
+    assert asyncio.run(control.long_tick()) == []  # no PD-P queue: nothing asks for more
+    backlog(f, "pd-p-0", 10**6)  # prompts queue at PD-P
     changes = asyncio.run(control.long_tick())
     assert [(c.instance, c.to_role) for c in changes] == recorder.calls == [("pd-d-0", "prefill")]
     assert f.workers["pd-d-0"].info.role == "prefill"
@@ -383,6 +385,7 @@ def test_long_tick_applies_role_changes_and_counts_only_those_applied() -> None:
     f = fleet()
     control, recorder = loop(f, fail=True)
     control.router.observed_lengths.extend(lengths)
+    backlog(f, "pd-p-0", 10**6)
     assert asyncio.run(control.long_tick()) == []
     assert recorder.calls == [("pd-d-0", "prefill")]
     assert control.controller is not None and control.controller.n_p == 1  # not applied

@@ -1,7 +1,7 @@
 """Path policies at the boundaries of t, in both modes, with residency."""
 
-from prfaas.router.instance_choice import PrefillTimeModel
 from prfaas.router.policies import HomogeneousPolicy, NaivePolicy, PrfaasThreshold
+from prfaas.router.prefill_time import PrefillTimeModel
 from prfaas.router.types import PathChoice, PathCosts, RouteRequest, RouterState
 
 T = 1000.0

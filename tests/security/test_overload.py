@@ -24,6 +24,9 @@ from prfaas.gateway.config import GatewayConfig
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.messages import SamplingSpec, TokenEvent, WorkerInfo
 from prfaas.router.kv_index import KvIndex
+from prfaas.router.policies import POLICIES
+from prfaas.router.router import Router, RouterConfig
+from prfaas.router.types import RouterState
 from tests.security.conftest import MAX_INFLIGHT_PER_DECODE, Secured
 
 PROMPT = " ".join(f"w{i}" for i in range(40, 50))  # below t: local PD path, one decode worker
@@ -224,7 +227,15 @@ def test_a_stream_closed_before_its_first_event_gives_its_slot_back() -> None:
                 epoch=1,
             )
         )
-        backend = ClusterBackend(BackendSettings("tiny", "t"), fleet, None, None, 512)
+        # A real router (nothing is routed here: the decode stream is opened directly).
+        router = Router(
+            RouterConfig(block_tokens=16),
+            POLICIES["prfaas"](),
+            fleet,
+            fleet.kv_index,
+            RouterState(64.0, "scarce"),
+        )
+        backend = ClusterBackend(BackendSettings("tiny", "t"), fleet, router, None, 512)
         reserved = TokenEvent(request_id="r", reserved=True)
         event = TokenEvent(request_id="r", token_ids=[5], finished=True, finish_reason="stop")
 

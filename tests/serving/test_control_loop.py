@@ -10,6 +10,7 @@ prompt lengths, converts a decode instance to prefill through the real drain-and
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ssl
 import threading
 from collections.abc import Coroutine, Iterator
@@ -203,7 +204,16 @@ def test_long_tick_converts_a_decode_instance_on_a_real_worker(gateway: Gateway)
     fleet = gateway.deployment.fleet
     # The lengths 300 routed long prompts would have left in the router's window.
     gateway.call(_observe(gateway, [380 + (7 * i) % 120 for i in range(300)]))
-    changes = gateway.call(control.long_tick(), 120)
+    # When to ask for a conversion (a PD-P queue past the slack) is the controller's, tested
+    # in tests/router/test_control.py; here the question is whether a real worker applies
+    # one, so any queue counts as asking (these idle workers report none).
+    assert control.controller is not None
+    config = control.controller.config
+    control.controller.config = dataclasses.replace(config, queue_slack_s=-1.0)
+    try:
+        changes = gateway.call(control.long_tick(), 120)
+    finally:
+        control.controller.config = config
     # One decode instance becomes a prefill instance: the least loaded (by the latest
     # heartbeats, so either of the two idle ones).
     assert len(changes) == 1 and changes[0].to_role == "prefill"
@@ -231,7 +241,7 @@ def test_long_tick_converts_a_decode_instance_on_a_real_worker(gateway: Gateway)
     )
     assert r.status_code == 200, r.text
     health = httpx.get(
-        fleet.workers["pd-d-0"].info.http_url + "/health",
+        fleet.workers[converted].info.http_url + "/health",
         headers={TOKEN_HEADER: CLUSTER_TOKEN},
         timeout=10,
         verify=as_gateway(gateway),

@@ -26,15 +26,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol, Self, TypeVar
 
 from pydantic import Field
 
 from prfaas.deploy.regions import Fleet, residency_within
-from prfaas.deploy.specs import ClusterSpec, LinkSpec, _Strict
-
-if TYPE_CHECKING:
-    from prfaas.deploy.config import DeployConfig
+from prfaas.deploy.specs import ClusterSpec, LinkSpec, TenantSpec, _Strict
 
 NAME_PATTERN = r"^[A-Za-z0-9_.:/-]+$"
 DEFAULT_SERVED_NAME = "SmolLM2-135M-Instruct"  # the embedded default model's
@@ -118,6 +115,36 @@ def _with_weight(v: ModelVersion, weight: float) -> ModelVersion:
     return ModelVersion(v.name, v.version, v.model, weight, v.clusters, v.links, v.sticky_tenant)
 
 
+class DeployConfig(Protocol):
+    """The parts of ``deploy.config.DeployConfig`` versions are cut from (a protocol: that
+    module validates ``models:`` through this one)."""
+
+    @property
+    def served_model_name(self) -> str | None: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def clusters(self) -> list[ClusterSpec]: ...
+    @property
+    def links(self) -> list[LinkSpec]: ...
+    @property
+    def tenants(self) -> list[TenantSpec]: ...
+    @property
+    def models(self) -> list[ModelSpec]: ...
+
+    def model_copy(self, *, update: dict[str, Any] | None = None) -> Self: ...
+
+    def model_dump(self) -> dict[str, Any]: ...
+
+    @classmethod
+    def model_validate(cls, obj: Any) -> Self: ...
+
+
+C = TypeVar("C", bound=DeployConfig)
+
+
 @dataclass(frozen=True)
 class ModelFacts:
     """A version's checkpoint as resolved at start: its folder, tokenizer, context limit."""
@@ -127,7 +154,7 @@ class ModelFacts:
     max_model_len: int
 
 
-def served_versions(cfg: DeployConfig) -> list[tuple[ModelVersion, DeployConfig]]:
+def served_versions(cfg: C) -> list[tuple[ModelVersion, C]]:
     """Each version with its own view of the deployment: ``cfg`` with that version's model,
     name, clusters and links, and no ``models`` (validated like any deployment: one PD
     cluster, secure links, ...). Tenants keep their limits; their residency (clusters,
@@ -140,7 +167,7 @@ def served_versions(cfg: DeployConfig) -> list[tuple[ModelVersion, DeployConfig]
         tuple(cfg.clusters),
         tuple(cfg.links),
     )
-    out: list[tuple[ModelVersion, DeployConfig]] = []
+    out: list[tuple[ModelVersion, C]] = []
     # Residency (clusters, regions) ranges over the whole fleet: applied per version by the
     # caller (``residency``), not validated against one version's clusters.
     tenants = [t.model_copy(update={"clusters": None, "regions": None}) for t in cfg.tenants]

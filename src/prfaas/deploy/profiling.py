@@ -36,7 +36,7 @@ from prfaas.planner.profile import TableProfile
 from prfaas.planner.search import best_threshold_for_split, plan
 from prfaas.planner.throughput import DecodeSpec
 from prfaas.planner.workload import EmpiricalLengths
-from prfaas.router.instance_choice import PrefillTimeModel
+from prfaas.router.prefill_time import PrefillTimeModel
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from prfaas.deploy.profiling import MeasuredPrefill
-from prfaas.router.instance_choice import ClusterCosts, EstimatedTtft, PrefillTimeModel
+from prfaas.router.instance_choice import ClusterCosts, EstimatedTtft
+from prfaas.router.prefill_time import PrefillTimeModel
 
 # 5 ms per call + 0.1 ms per token: the shape of a small model's prefill on a CPU core.
 PLACEHOLDER = PrefillTimeModel(a_s=0.005, b_s_per_token=1e-4)

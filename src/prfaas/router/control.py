@@ -47,7 +47,7 @@ from prfaas.planner.profile import PrefillProfile
 from prfaas.planner.search import best_threshold_for_split, plan
 from prfaas.planner.throughput import DecodeSpec
 from prfaas.planner.workload import EmpiricalLengths, LengthDistribution
-from prfaas.router.instance_choice import PrefillTimeModel
+from prfaas.router.prefill_time import PrefillTimeModel
 from prfaas.router.types import InstanceView, LinkView, Mode, PathCosts, Role, RouterState
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 from prfaas.messages import Role as Role
 
 if TYPE_CHECKING:
-    from prfaas.router.instance_choice import PrefillTimeModel
+    from prfaas.router.prefill_time import PrefillTimeModel
 
 Path = Literal["prfaas", "pd-p"]
 ClusterKind = Literal["prfaas", "pd"]

@@ -8,7 +8,8 @@ at its configured capacity (what the router can know; the simulator's link may d
 
 from __future__ import annotations
 
-from prfaas.router.instance_choice import ClusterCosts, EstimatedTtft, PrefillTimeModel
+from prfaas.router.instance_choice import ClusterCosts, EstimatedTtft
+from prfaas.router.prefill_time import PrefillTimeModel
 from prfaas.sim.topology import FleetSpec
 
 
