@@ -30,8 +30,9 @@ from typing import Any, Literal, Protocol, Self, TypeVar
 
 from pydantic import Field
 
+from prfaas.deploy import regions
 from prfaas.deploy.regions import Fleet, residency_within
-from prfaas.deploy.specs import ClusterSpec, LinkSpec, TenantSpec, _Strict
+from prfaas.deploy.specs import ClusterSpec, LinkSpec, _Strict
 
 NAME_PATTERN = r"^[A-Za-z0-9_.:/-]+$"
 DEFAULT_SERVED_NAME = "SmolLM2-135M-Instruct"  # the embedded default model's
@@ -115,7 +116,7 @@ def _with_weight(v: ModelVersion, weight: float) -> ModelVersion:
     return ModelVersion(v.name, v.version, v.model, weight, v.clusters, v.links, v.sticky_tenant)
 
 
-class DeployConfig(Protocol):
+class DeployConfig(regions.DeployConfig, Protocol):
     """The parts of ``deploy.config.DeployConfig`` versions are cut from (a protocol: that
     module validates ``models:`` through this one)."""
 
@@ -125,12 +126,6 @@ class DeployConfig(Protocol):
     def model(self) -> str | None: ...
     @property
     def version(self) -> str: ...
-    @property
-    def clusters(self) -> list[ClusterSpec]: ...
-    @property
-    def links(self) -> list[LinkSpec]: ...
-    @property
-    def tenants(self) -> list[TenantSpec]: ...
     @property
     def models(self) -> list[ModelSpec]: ...
 
