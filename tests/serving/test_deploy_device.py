@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from prfaas.deploy.config import DeployConfigError, default_config, load_deploy_config
-from prfaas.deploy.launcher import WorkerSpawn
+from prfaas.deploy.launcher import Launcher, WorkerSpawn
 
 
 def load(tmp_path: Path, change: object) -> object:
@@ -117,3 +117,25 @@ def test_a_bad_worker_setting_is_a_clear_error(flags: list[str], message: str) -
     )
     assert proc.returncode == 2
     assert f"prfaas worker: {message}" in proc.stderr
+
+
+class _PrintsArenas(WorkerSpawn):
+    """A spawn whose process only prints the glibc arena cap it was started with."""
+
+    def argv(self) -> list[str]:
+        code = "import os; print(os.environ.get('MALLOC_ARENA_MAX'))"
+        return [sys.executable, "-c", code]
+
+
+@pytest.mark.parametrize(("ours", "seen"), [(None, "2"), ("8", "8")])
+def test_spawned_workers_get_two_heap_arenas_unless_the_operator_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ours: str | None, seen: str
+) -> None:
+    if ours is None:
+        monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    else:
+        monkeypatch.setenv("MALLOC_ARENA_MAX", ours)
+    launcher = Launcher("token", tmp_path)
+    proc = launcher.spawn(_PrintsArenas("w", "c", "prefill", 1, 2, ("http://g",), None, None, {}))
+    assert proc.wait(timeout=60) == 0
+    assert (tmp_path / "w.log").read_text().strip() == seen

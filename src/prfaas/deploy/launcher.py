@@ -104,6 +104,9 @@ class WorkerSpawn:
         return args
 
 
+MALLOC_ARENAS = 2  # a spawned worker's glibc arenas, unless MALLOC_ARENA_MAX says otherwise
+
+
 class Launcher:
     """Owns the spawned processes; ``stop`` ends each one's whole process group."""
 
@@ -115,6 +118,10 @@ class Launcher:
 
     def spawn(self, spec: WorkerSpawn) -> subprocess.Popen[bytes]:
         env = dict(os.environ, **{CLUSTER_TOKEN_ENV: self.cluster_token})
+        # Two glibc heaps, not 8 per core: each arena a thread lands in keeps its freed
+        # activations (engine.host_memory raises the trim threshold), so the worker's RSS grew
+        # with every arena its KV-wait and I/O threads opened (docs/operations.md, the soak).
+        env.setdefault("MALLOC_ARENA_MAX", str(MALLOC_ARENAS))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = (self.log_dir / f"{spec.name}.log").open("ab")
         proc = subprocess.Popen(
