@@ -268,22 +268,13 @@ def _print_threshold(data: dict[str, object]) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    import httpx
+    from prfaas.deploy.admin_client import admin_call
 
-    from prfaas.config import cluster_token_from_env
-    from prfaas.messages import TOKEN_HEADER
-
-    token = args.token or cluster_token_from_env()
-    headers = {TOKEN_HEADER: token} if token else {}
-    try:
-        r = httpx.get(args.url.rstrip("/") + "/status", headers=headers, timeout=5.0)
-    except httpx.HTTPError as e:
-        print(f"prfaas status: {args.url} unreachable: {e}", file=sys.stderr)
-        return 1
-    if r.status_code == 401:
-        print("prfaas status: the gateway wants its admin key: --token", file=sys.stderr)
-        return 1
-    data = r.json()
+    data = admin_call(
+        "status", args.url, "/status", args.token, timeout_s=5.0, token_required=False
+    )
+    if isinstance(data, int):
+        return data
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
@@ -305,25 +296,13 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _canary(args: argparse.Namespace) -> int:
-    import httpx
+    from prfaas.deploy.admin_client import admin_call
 
-    from prfaas.config import cluster_token_from_env
-    from prfaas.messages import TOKEN_HEADER
-
-    token = args.token or cluster_token_from_env()
-    if not token:
-        print("prfaas canary: pass --token or set $PRFAAS_CLUSTER_TOKEN", file=sys.stderr)
-        return 2
-    url = args.url.rstrip("/") + "/admin/canary"
-    try:
-        r = httpx.post(url, headers={TOKEN_HEADER: token}, timeout=args.timeout)
-    except httpx.HTTPError as e:
-        print(f"prfaas canary: {args.url} unreachable: {e}", file=sys.stderr)
-        return 1
-    if r.status_code != 200:
-        print(f"prfaas canary: HTTP {r.status_code}: {r.text[:300]}", file=sys.stderr)
-        return 1
-    data = r.json()
+    data = admin_call(
+        "canary", args.url, "/admin/canary", args.token, timeout_s=args.timeout, post=True
+    )
+    if isinstance(data, int):
+        return data
     if args.json:
         print(json.dumps(data, indent=2))
     else:

@@ -1,12 +1,15 @@
 """Where KV from one cluster reaches a decode instance: the link routes the deployment set up
-(emulator relays, WAN addresses, codec, TLS), turned into a ``KvTarget`` per transfer. The
-gateway's dispatch calls ``kv_target`` through ``BackendSettings.kv_target``."""
+(emulator relays, WAN addresses, codec, TLS: ``kv_routes``), turned into a ``KvTarget`` per
+transfer. The gateway's dispatch calls ``kv_target`` through ``BackendSettings.kv_target``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from prfaas.deploy.launcher import WorkerSpawn
+from prfaas.deploy.specs import ClusterSpec, LinkSpec
 from prfaas.messages import KvTarget, WorkerInfo
+from prfaas.transfer.emulator import EmulatorConfig, LinkEmulator
 
 
 @dataclass(frozen=True)
@@ -43,3 +46,42 @@ def kv_target(links: Routes, source_cluster: str, receiver: WorkerInfo) -> KvTar
         tls=link.tls,
         server_name=receiver.cluster,
     )
+
+
+def kv_routes(
+    spawns: list[WorkerSpawn], clusters: list[ClusterSpec], all_links: list[LinkSpec], *, tls: bool
+) -> tuple[list[LinkEmulator], dict[str, list[LinkEmulator]], Routes]:
+    """The KV routes between clusters, with a link emulator in front of every decode worker
+    that an emulated link reaches; ``tls``: the receivers speak mutual TLS."""
+    emulators: list[LinkEmulator] = []
+    emulators_by_link: dict[str, list[LinkEmulator]] = {}  # for POST /internal/link/{name}
+    links: Routes = {}
+    for link in all_links:
+        via: dict[str, tuple[str, int]] = {}
+        if link.emulate:
+            for s in spawns:
+                if s.cluster == link.dst and s.role == "decode":
+                    emu = LinkEmulator(
+                        EmulatorConfig(
+                            listen=("127.0.0.1", 0),
+                            target=("127.0.0.1", s.kv_port),
+                            rate_gbps=link.rate_gbps,
+                            rtt_ms=link.rtt_ms,
+                        )
+                    ).start()
+                    emulators.append(emu)
+                    emulators_by_link.setdefault(f"{link.src}->{link.dst}", []).append(emu)
+                    via[s.name] = emu.address
+        links[link.src, link.dst] = LinkRoute(
+            name=f"{link.src}->{link.dst}",
+            codec=link.codec,
+            connections=link.connections,
+            tls=link.tls,
+            via=via,
+        )
+    # Inside a cluster KV travels straight to the decode worker; with certificates, every
+    # KV connection (intra-cluster too) is mutual TLS, since a receiver speaks one protocol.
+    for cluster in clusters:
+        links.setdefault((cluster.name, cluster.name), LinkRoute(name="local", tls=tls))
+
+    return emulators, emulators_by_link, links

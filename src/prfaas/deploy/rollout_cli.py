@@ -43,37 +43,22 @@ def parse_weight(value: str) -> tuple[str, float]:
 
 
 def _rollout(args: argparse.Namespace) -> int:
-    import httpx
+    from prfaas.deploy.admin_client import admin_call
 
-    from prfaas.config import cluster_token_from_env
-    from prfaas.messages import TOKEN_HEADER
-
-    token = args.token or cluster_token_from_env()
-    if not token:
-        print("prfaas rollout: pass --token or set $PRFAAS_CLUSTER_TOKEN", file=sys.stderr)
-        return 2
     if (args.model is None) != (args.weight is None):
         print("prfaas rollout: --model and --weight go together", file=sys.stderr)
         return 2
-    url = args.url.rstrip("/") + "/admin/rollout"
-    headers = {TOKEN_HEADER: token}
-    try:
-        if args.weight is not None:
+    body = None
+    if args.weight is not None:
+        try:
             version, percent = parse_weight(args.weight)
-            body = {"model": args.model, "version": version, "weight": percent}
-            r = httpx.post(url, json=body, headers=headers, timeout=10.0)
-        else:
-            r = httpx.get(url, headers=headers, timeout=10.0)
-    except ValueError as e:
-        print(f"prfaas rollout: {e}", file=sys.stderr)
-        return 2
-    except httpx.HTTPError as e:
-        print(f"prfaas rollout: {args.url} unreachable: {e}", file=sys.stderr)
-        return 1
-    if r.status_code != 200:
-        print(f"prfaas rollout: HTTP {r.status_code}: {r.text[:300]}", file=sys.stderr)
-        return 1
-    data = r.json()
+        except ValueError as e:
+            print(f"prfaas rollout: {e}", file=sys.stderr)
+            return 2
+        body = {"model": args.model, "version": version, "weight": percent}
+    data = admin_call("rollout", args.url, "/admin/rollout", args.token, timeout_s=10.0, body=body)
+    if isinstance(data, int):
+        return data
     if args.json:
         print(json.dumps(data, indent=2))
     elif "weights" in data:

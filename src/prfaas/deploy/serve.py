@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import re
 import secrets
 import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -34,35 +33,36 @@ from prfaas.deploy.canary import add_canary_metrics, add_canary_routes, build_ca
 from prfaas.deploy.cluster_metrics import ClusterMetrics, add_kv_index_metrics
 from prfaas.deploy.config import DeployConfig, binds_loopback, open_kv_index, warn_insecure_links
 from prfaas.deploy.control_loop import ControlLoop, running
-from prfaas.deploy.launcher import Launcher, WorkerSpawn, free_port
-from prfaas.deploy.links import LinkRoute, Routes, kv_target
+from prfaas.deploy.launcher import Launcher
+from prfaas.deploy.links import kv_routes, kv_target
 from prfaas.deploy.models import ModelFacts, ModelVersion, residency, served_versions
 from prfaas.deploy.profiling import (
     ThresholdChoice,
-    default_threshold,
     profile_deployment,
     profiles_at_start,
 )
 from prfaas.deploy.readiness import not_ready_reason
 from prfaas.deploy.region_status import RegionMetrics
-from prfaas.deploy.regions import region_map, tenant_regions
+from prfaas.deploy.regions import tenant_regions
 from prfaas.deploy.roles import add_role_route, add_status_route, switch_role
 from prfaas.deploy.rollout import Drains, add_rollout_metrics, add_rollout_routes
-from prfaas.deploy.ttft_estimate import placeholder_choice
+from prfaas.deploy.versions import (
+    VersionParts,
+    catalog_of,
+    fleet_and_router,
+    further_versions,
+    worker_spawns,
+)
 from prfaas.dispatch.cluster import ClusterBackend
 from prfaas.dispatch.config import BackendSettings
-from prfaas.gateway.catalog import ModelCatalog, ServedVersion
 from prfaas.gateway.fleet import WorkerFleet
 from prfaas.gateway.internal import add_internal_routes
 from prfaas.gateway.metrics import GatewayMetrics
 from prfaas.messages import Role, WorkerInfo
-from prfaas.router.kv_index import KvIndex, KvIndexBackend
-from prfaas.router.policies import POLICIES
+from prfaas.router.kv_index import KvIndexBackend
 from prfaas.router.redis_index import RedisKvIndex
-from prfaas.router.router import Router, RouterConfig
-from prfaas.router.types import RouterState
 from prfaas.transfer.audit import AuditLog
-from prfaas.transfer.emulator import EmulatorConfig, LinkEmulator
+from prfaas.transfer.emulator import LinkEmulator
 from prfaas.transfer.tls import write_certs
 
 logger = logging.getLogger(__name__)
@@ -118,20 +118,6 @@ class Deployment:
             self.tmp.cleanup()
 
 
-@dataclass
-class VersionParts:
-    """One served model version's own side of the gateway: its view of the deployment
-    (its clusters and links), fleet and backend (router and kv index inside)."""
-
-    version: ModelVersion
-    config: DeployConfig
-    backend: ClusterBackend
-
-    @property
-    def fleet(self) -> WorkerFleet:
-        return self.backend.fleet
-
-
 def build_deployment(
     cfg: DeployConfig,
     tokenizer: Any,
@@ -169,72 +155,13 @@ def build_deployment(
         write_certs(certs_dir, [c.name for _, c in clusters])
     control_tls = None if insecure or certs_dir is None else ControlTls.from_dir(certs_dir, GATEWAY)
     worker_tls = None if control_tls is None else control_tls.client_context()
-    spawns: list[WorkerSpawn] = []
-    for version, cluster in clusters:
-        for inst in cluster.instances:
-            if inst.spawn:
-                engine = cfg.engine_of(cluster, inst)
-                rates = {
-                    f"{link.src}->{link.dst}": link.rate_gbps
-                    for link in all_links
-                    if link.src == cluster.name and link.rate_gbps
-                }
-                spawns.append(
-                    WorkerSpawn(
-                        name=inst.name,
-                        cluster=cluster.name,
-                        role=inst.role,
-                        port=free_port(),
-                        kv_port=free_port(),
-                        gateway_urls=gateway_urls,
-                        model=facts[version.key].folder,
-                        certs_dir=certs_dir,
-                        link_rates=rates,
-                        max_model_len=cfg.max_model_len,
-                        device=cluster.device_of(inst),
-                        dtype=cluster.dtype_of(inst),
-                        num_threads=inst.num_threads,
-                        kv_cache_gb=inst.kv_cache_gb,
-                        exit_with_launcher=len(gateway_urls) == 1,
-                        insecure_control=insecure,
-                        engine=engine,
-                        # vLLM's instances take its CPU backend's block size (``launch``)
-                        block_size=block_size if engine == "reference" else None,
-                    )
-                )
+    spawns = worker_spawns(
+        cfg, clusters, all_links, facts, block_size, gateway_urls, certs_dir, insecure
+    )
     warn_insecure_links(cfg)
-    emulators: list[LinkEmulator] = []
-    emulators_by_link: dict[str, list[LinkEmulator]] = {}  # for POST /internal/link/{name}
-    links: Routes = {}
-    for link in all_links:
-        via: dict[str, tuple[str, int]] = {}
-        if link.emulate:
-            for s in spawns:
-                if s.cluster == link.dst and s.role == "decode":
-                    emu = LinkEmulator(
-                        EmulatorConfig(
-                            listen=("127.0.0.1", 0),
-                            target=("127.0.0.1", s.kv_port),
-                            rate_gbps=link.rate_gbps,
-                            rtt_ms=link.rtt_ms,
-                        )
-                    ).start()
-                    emulators.append(emu)
-                    emulators_by_link.setdefault(f"{link.src}->{link.dst}", []).append(emu)
-                    via[s.name] = emu.address
-        links[link.src, link.dst] = LinkRoute(
-            name=f"{link.src}->{link.dst}",
-            codec=link.codec,
-            connections=link.connections,
-            tls=link.tls,
-            via=via,
-        )
-    # Inside a cluster KV travels straight to the decode worker; with certificates, every
-    # KV connection (intra-cluster too) is mutual TLS, since a receiver speaks one protocol.
-    for _, cluster in clusters:
-        links.setdefault(
-            (cluster.name, cluster.name), LinkRoute(name="local", tls=certs_dir is not None)
-        )
+    emulators, emulators_by_link, links = kv_routes(
+        spawns, [c for _, c in clusters], all_links, tls=certs_dir is not None
+    )
 
     def settings(version: ModelVersion, view: DeployConfig) -> BackendSettings:
         return BackendSettings(
@@ -248,7 +175,7 @@ def build_deployment(
             worker_tls=worker_tls,
         )
 
-    fleet, router = _fleet_and_router(cfg, kv_index, block_size, max_model_len)
+    fleet, router = fleet_and_router(cfg, kv_index, block_size, max_model_len)
     metrics = GatewayMetrics()
     if isinstance(kv_index, RedisKvIndex):
         add_kv_index_metrics(metrics, kv_index)
@@ -265,28 +192,8 @@ def build_deployment(
         audit=audit,
     )
     parts = [VersionParts(versions[0][0], versions[0][1], backend)]
-    for version, view in versions[1:]:
-        # Its own kv index: a version's blocks are found on its own instances only.
-        own_index: KvIndexBackend
-        if cfg.kv_index.backend == "memory":
-            own_index = KvIndex()
-        else:
-            prefix = re.sub(r"[^A-Za-z0-9_.:-]", "_", f"{cfg.kv_index.prefix}:{version.key}")
-            own_index = open_kv_index(cfg.kv_index.model_copy(update={"prefix": prefix}))
-        its = facts[version.key]
-        v_fleet, v_router = _fleet_and_router(view, own_index, block_size, its.max_model_len)
-        v_backend = ClusterBackend(
-            settings(version, view), v_fleet, v_router, its.tokenizer, its.max_model_len
-        )
-        v_backend.audit = audit
-        parts.append(VersionParts(version, view, v_backend))
-    catalog = ModelCatalog(
-        [ServedVersion(p.version.name, p.version.version, p.backend) for p in parts],
-        {p.version.key: p.version.weight for p in parts},
-        sticky_tenants=frozenset(p.version.name for p in parts if p.version.sticky_tenant),
-    )
-    drains = Drains({p.version.key: p.backend for p in parts})
-    catalog.on_drained = drains.start
+    parts += further_versions(cfg, versions[1:], facts, settings, block_size, audit)
+    catalog, drains = catalog_of(parts)
     add_rollout_metrics(metrics, catalog)
 
     async def switch(name: str, role: Role) -> WorkerInfo:
@@ -356,31 +263,6 @@ def build_deployment(
     for spec in spawns:
         launcher.spawn(spec)
     return deployment
-
-
-def _fleet_and_router(
-    view: DeployConfig, kv_index: KvIndexBackend, block_size: int, max_model_len: int
-) -> tuple[WorkerFleet, Router]:
-    """One model version's fleet (its clusters) and router (its policy and threshold)."""
-    # The router counts cached tokens in ``block_size``: a worker with another is refused.
-    clusters = {c.name: c.kind for c in view.clusters}
-    fleet = WorkerFleet(clusters, kv_index, block_size=block_size)
-    threshold = view.policy.threshold_tokens
-    if threshold is None:
-        threshold = default_threshold(max_model_len)
-    instance_choice = None  # CHWBL
-    if view.policy.instance_choice == "ttft":
-        instance_choice = placeholder_choice(list(clusters), view.policy.balance_factor)
-    router = Router(
-        RouterConfig(block_tokens=block_size, balance_factor=view.policy.balance_factor),
-        POLICIES[view.policy.name](),
-        fleet,
-        kv_index,
-        RouterState(float(threshold), view.policy.mode),
-        instance_choice,
-        region_map(view, view.overload.max_inflight_per_decode),
-    )
-    return fleet, router
 
 
 def control_server(deployment: Deployment, host: str, port: int) -> uvicorn.Server | None:

@@ -18,6 +18,7 @@ from prfaas.engine.detokenizer import IncrementalDetokenizer
 from prfaas.engine.handoff import KvImportError, KvPayload, layout_from_specs
 from prfaas.engine.host_memory import placement
 from prfaas.engine.kv_setup import build_kv_cache
+from prfaas.engine.landing import export_payload, land_payload
 from prfaas.engine.layer_export import LayerExport, Sink, host_copy_for
 from prfaas.engine.logprobs import TokenLogprobs
 from prfaas.engine.outputs import TokenDelta
@@ -157,31 +158,10 @@ class Engine:
         """Write a payload into a reserved request's blocks; it then decodes. On a payload that
         does not fit, raise KvImportError and leave the request waiting for KV."""
         req = self.scheduler.parked[request_id]
-        if req.status is not RequestStatus.WAITING_FOR_KV:
-            raise KvImportError(f"request {request_id} is not waiting for KV")
         payload.validate(self.fingerprint, self.layout, self.dtype, self.vocab_size)
-        if payload.token_ids != req.prompt_token_ids:
-            raise KvImportError("payload tokens differ from the request's prompt")
-        if payload.first_token_id is None:
-            _check_tokenless(req, payload)
-        self.runner.write_payload(
-            self.kv.block_table(request_id), self.kv.state_slot(request_id), payload
-        )
-        if payload.first_token_id is None:
-            # No first token came (a vLLM prefill instance does not know it while its KV
-            # streams): the rows of every prompt token but the last are kept, and the last
-            # one is computed here, as after a prefix hit; its row is written again.
-            req.num_computed_tokens = req.num_cached_tokens = payload.num_tokens - 1
-            self.kv.cache_blocks(request_id, req.block_hashes, req.num_computed_tokens)
-            self.scheduler.unpark_prefilling(req)
-            return
-        req.num_computed_tokens = req.num_cached_tokens = payload.num_tokens
-        self.kv.cache_blocks(request_id, req.block_hashes, req.num_computed_tokens)
-        req.move_to(RequestStatus.DECODING)
-        self.scheduler.unpark_running(req)
-        req.append_token(payload.first_token_id)
-        self._sampling.land(req, payload.prompt_logprobs)  # computed where the prompt was
-        self._pending.append(self._after_token(req, payload.first_logprobs))  # next step()
+        if land_payload(req, payload, self.kv, self.runner, self.scheduler):
+            self._sampling.land(req, payload.prompt_logprobs)  # computed where the prompt was
+            self._pending.append(self._after_token(req, payload.first_logprobs))  # next step()
 
     def fail_kv(self, request_id: str) -> None:
         """The KV will not come: prefill this request locally instead (the fallback)."""
@@ -250,19 +230,7 @@ class Engine:
         req = self.scheduler.parked.get(request_id)
         if req is None or req.status is not RequestStatus.SENDING_KV:
             raise KeyError(f"request {request_id} has no KV ready to export")
-        tensors = self.runner.read_payload(
-            self.kv.block_table(request_id), self.kv.state_slot(request_id), req.num_prompt_tokens
-        )
-        return KvPayload(
-            model_fingerprint=self.fingerprint,
-            token_ids=list(req.prompt_token_ids),
-            first_token_id=req.output_token_ids[0],
-            dtype=str(self.dtype).removeprefix("torch."),
-            layout=list(self.layout),
-            kv=tensors.kv,
-            latent=tensors.latent,
-            states=tensors.states,
-        )
+        return export_payload(req, self.kv, self.runner, self.fingerprint, self.dtype, self.layout)
 
     def stream_layers(self, request_id: str, sink: LayerSink) -> None:
         """Hand a queued prefill-only request's KV to ``sink`` layer by layer, during the step
@@ -400,13 +368,3 @@ class Engine:
         if status is RequestStatus.ABORTED and req.finish_reason is None:
             req.finish_reason = "abort"
         self.scheduler.finish(req, status)
-
-
-def _check_tokenless(req: Request, payload: KvPayload) -> None:
-    """A payload without the first token lands only where recomputing the last prompt token
-    is exact: per-token KV (a linear state already covers that token) and no prompt logprobs
-    asked for (this side would see only the last position)."""
-    if payload.states:
-        raise KvImportError("a linear-attention state needs the first token with it")
-    if req.params.prompt_logprobs is not None:
-        raise KvImportError("prompt logprobs need the first token's layer with the KV")

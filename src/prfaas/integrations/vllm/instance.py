@@ -17,7 +17,6 @@ aborted request's blocks until its load thread ends (scheduler_side.py).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import os
@@ -28,7 +27,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from prfaas.integrations.vllm.cache_report import CacheReport
 from prfaas.integrations.vllm.handoff_log import HandoffLog
@@ -44,13 +43,9 @@ from prfaas.integrations.vllm.launch import (
 )
 from prfaas.integrations.vllm.params import LINK, SEND_TO, TRANSFER_ID
 from prfaas.integrations.vllm.profiling import ProfileTarget, profile_vllm
-from prfaas.integrations.vllm.sampling import (
-    logprob_entries,
-    prompt_logprob_entries,
-    resume_refusal,
-    sampling_params,
-)
+from prfaas.integrations.vllm.sampling import resume_refusal, sampling_params
 from prfaas.integrations.vllm.stat_gauge import PoolGauge
+from prfaas.integrations.vllm.stream import close, first_output, next_output, token_event
 from prfaas.messages import (
     BlockCounts,
     CacheEventMsg,
@@ -62,7 +57,6 @@ from prfaas.messages import (
     PullCommand,
     PullResult,
     Role,
-    SamplingSpec,
     TokenEvent,
 )
 from prfaas.worker.engine_api import EngineCheck, EngineFacts, InstanceStats
@@ -73,7 +67,6 @@ if TYPE_CHECKING:
     from prfaas.worker.config import WorkerConfig
 
 logger = logging.getLogger(__name__)
-STALL_S = 120.0  # the longest wait for vLLM's next output of a running request
 LOAD_EVENT_WAIT_S = 2.0  # the connector logs a load's end before the request runs on
 
 Phase = Literal["waiting", "parked", "running", "sending"]
@@ -253,12 +246,12 @@ class VllmEngine:
                 # and lands it once vLLM's scheduler admits the request (it queues, never
                 # refuses, for want of blocks); KV that cannot land falls back below.
                 yield TokenEvent(request_id=cmd.request_id, reserved=take_kv)
-            out = await self._first(outputs, held, cmd.deadline_s + LOAD_TIMEOUT_S)
+            out = await first_output(outputs, held.fallback, cmd.deadline_s + LOAD_TIMEOUT_S)
             fell_back = out is None
             if out is None:  # the KV will not come: prefill here
-                await _close(outputs)
+                await close(outputs)
                 outputs = self._generate(cmd, local, prompt)
-                out = await _next(outputs)
+                out = await next_output(outputs)
             elif take_kv:
                 await self._landed(cmd.request_id)
             held.phase = "running"
@@ -269,35 +262,13 @@ class VllmEngine:
             hit = out.num_cached_tokens or 0
             here = fell_back or not take_kv
             computed = len(prompt) - hit if here else 0
-            yield _event(cmd.request_id, out, spec, hit if here else 0, computed, prompt)
+            yield token_event(cmd.request_id, out, spec, hit if here else 0, computed, prompt)
             while not out.finished:
-                out = await _next(outputs)
-                yield _event(cmd.request_id, out, spec, 0)
+                out = await next_output(outputs)
+                yield token_event(cmd.request_id, out, spec, 0)
         finally:
             del self._held[cmd.request_id]
-            await _close(outputs)
-
-    async def _first(
-        self, outputs: AsyncIterator[RequestOutput], held: Held, timeout_s: float
-    ) -> RequestOutput | None:
-        """The first output, or None once ``kv_failed`` says the KV will not come (the
-        pending vLLM request is aborted)."""
-        nxt: asyncio.Future[RequestOutput] = asyncio.ensure_future(anext(outputs))
-        failed = asyncio.ensure_future(held.fallback.wait())
-        try:
-            done, _ = await asyncio.wait(
-                {nxt, failed}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            failed.cancel()
-        if nxt in done:
-            return nxt.result()
-        nxt.cancel()  # vLLM's generate aborts the request when cancelled
-        with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-            await nxt
-        if not done:
-            raise TimeoutError(f"no output from vLLM within {timeout_s:.0f}s")
-        return None
+            await close(outputs)
 
     async def _landed(self, request_id: str) -> bool:
         event = await self.handoffs.wait(request_id, "load", LOAD_EVENT_WAIT_S)
@@ -387,40 +358,3 @@ def free_port(host: str) -> int:
 
 def _since(started_s: float) -> float:
     return time.monotonic() - started_s
-
-
-async def _next(outputs: AsyncIterator[RequestOutput]) -> RequestOutput:
-    return await asyncio.wait_for(anext(outputs), STALL_S)
-
-
-async def _close(outputs: AsyncIterator[Any]) -> None:
-    aclose = getattr(outputs, "aclose", None)
-    if aclose is not None:
-        await aclose()
-
-
-def _event(
-    request_id: str,
-    out: RequestOutput,
-    spec: SamplingSpec,
-    cached_tokens: int,
-    computed_tokens: int = 0,
-    prompt: list[int] | None = None,  # on the first event: the prompt vLLM computed
-) -> TokenEvent:
-    completion = out.outputs[0]
-    logprobs = prompt_logprobs = None
-    if spec.logprobs is not None and completion.logprobs is not None:
-        logprobs = logprob_entries(completion.logprobs, completion.token_ids, spec.logprobs)
-    if spec.prompt_logprobs is not None and prompt is not None and out.prompt_logprobs:
-        prompt_logprobs = prompt_logprob_entries(out.prompt_logprobs, prompt, spec.prompt_logprobs)
-    return TokenEvent(
-        request_id=request_id,
-        token_ids=list(completion.token_ids),
-        text=completion.text,
-        finished=out.finished,
-        finish_reason=completion.finish_reason if out.finished else None,
-        cached_tokens=cached_tokens,
-        computed_tokens=computed_tokens,
-        logprobs=logprobs,
-        prompt_logprobs=prompt_logprobs,
-    )
