@@ -1,5 +1,6 @@
-"""The canary on real workers (`prfaas serve`, tiny random-weight models, real TCP and TLS):
-every path of a raw-link deployment agrees with its reference; a decode worker switched to
+"""The canary on real workers (`prfaas serve`, real TCP and TLS): on the embedded default
+(SmolLM2) with raw links every path gives its reference's tokens and logprobs; on tiny
+random-weight models, a quantized link keeps its bound; a decode worker switched to
 recompute prompts whose KV it was sent is flagged as fake disaggregation and quarantined,
 and returns when switched back; on a hybrid model, a decode worker that zeroes the imported
 linear-attention state still decodes but diverges, and the canary catches that too. The
@@ -46,6 +47,25 @@ def switch(base_url: str, worker: str, fault: str, on: bool) -> None:
 def remote(paths: dict[str, dict[str, Any]]) -> dict[str, Any]:
     (path,) = [p for name, p in paths.items() if name.startswith("prfaas-0")]
     return path
+
+
+def test_every_raw_path_of_the_embedded_default_is_consistent(
+    cache_dir: Path, tmp_path: Path
+) -> None:
+    from prfaas.model.loader import resolve_model_folder
+
+    smollm2 = resolve_model_folder(None, cache_dir)  # the embedded GGUF, converted once
+    prompts = ["What is the capital of France?", "Write one sentence about the sea. " * 6]
+    canary = {**CANARY, "max_tokens": 6, "prompts": prompts}
+    config = topology(smollm2, free_port(), served_model_name="smollm2", canary=canary)
+    with deploy(config, tmp_path, TOKEN) as running:
+        paths = run_round(running.base_url)
+    assert len(paths) == 3, paths  # pd-d-0's reference, from pd-p-0, from prfaas-0
+    for name, p in paths.items():
+        assert p["ok"] and not p["fake_disaggregation"], p
+        if "reference" not in name:  # raw KV: the reference's tokens, logprobs within 1e-4
+            assert p["codec"] == "raw" and p["first_divergence"] is None, p
+            assert p["max_abs_dlogprob"] <= 1e-4, p
 
 
 def test_every_path_keeps_its_bound_and_fake_disaggregation_is_caught(
