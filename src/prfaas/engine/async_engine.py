@@ -41,6 +41,7 @@ from prfaas.engine.commands import (
 )
 from prfaas.engine.engine import Engine, LayerSink
 from prfaas.engine.handoff import KvImportError, KvPayload, LayerLayout
+from prfaas.engine.host_memory import HeapTrim
 from prfaas.engine.outputs import TokenDelta
 from prfaas.engine.sampling_params import SamplingParams
 from prfaas.engine.streams import PromptLedger, PromptTokens, Streams
@@ -71,6 +72,7 @@ class AsyncEngine:
         # Thread only: how each prompt was served, streamed prefills awaiting their first token.
         self._served = PromptLedger()
         self._prefills: dict[str, Reply] = {}
+        self._heap = HeapTrim(engine.device)  # a long-running worker's RSS stays bounded
 
     # ---- properties (immutable after load, safe from any thread) ---------------------------
 
@@ -265,6 +267,7 @@ class AsyncEngine:
                 self._execute(*sent)
             stalled = engine.has_unfinished() and not self._step()
             self._publish()
+            self._heap.tick()
 
     def _take_commands(self, block: bool) -> list[_Sent]:
         commands = [self._commands.get()] if block else []

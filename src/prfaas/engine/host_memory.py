@@ -6,14 +6,22 @@ every activation (a third of a 2K-token prefill on CPU was elementwise work, muc
 Raising the mmap and trim thresholds keeps those blocks in the heap, where the next step
 reuses them. It is process-wide and only touches glibc's allocator; elsewhere (musl, macOS)
 nothing is done.
+
+The price: freed memory is never handed back, and blocks of every size (activations, KV
+payloads of every length a decode worker receives) fragment the heap, so a long-running
+worker's RSS creeps up. ``HeapTrim`` hands the free pages back every ``TRIM_EVERY_S``
+(``malloc_trim``: the heap's top and the free pages inside it), which bounds RSS by what is
+live plus what the last ``TRIM_EVERY_S`` freed; the steps between trims keep their reuse.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import sys
+import time
 
 import torch
 
@@ -24,6 +32,7 @@ _M_MMAP_THRESHOLD = -3
 # The largest block still served from the heap (glibc caps the mmap threshold at 32 MiB on
 # 64-bit when it adjusts it itself; set explicitly, any value up to HEAP_MAX is kept).
 _KEEP_BYTES = 1 << 30
+TRIM_EVERY_S = 30.0  # a trim of a 2 GiB heap takes milliseconds; a step of SmolLM2 ~20 ms
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -42,19 +51,45 @@ def placement(device: str, dtype: str) -> tuple[torch.device, torch.dtype | None
     return resolved, None if dtype == "auto" else _DTYPES[dtype]
 
 
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt, libc.malloc_trim  # noqa: B018  (both exist: glibc, not musl)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
 def keep_freed_memory() -> bool:
     """Returns True when the allocator was tuned."""
-    if not sys.platform.startswith("linux"):
+    libc = _glibc()
+    if libc is None:
         return False
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    ok = bool(mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES)
+    ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)) and bool(
+        libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES)
     )
     if not ok:
         logger.debug("mallopt refused the thresholds; host allocator left as it is")
     return ok
+
+
+class HeapTrim:
+    """Hands freed heap pages back to the OS at most every ``every_s`` (call ``tick`` from
+    the thread that steps the engine, between steps). Does nothing where the allocator was
+    not tuned (a GPU device, not glibc)."""
+
+    def __init__(self, device: torch.device, every_s: float = TRIM_EVERY_S) -> None:
+        self._libc = _glibc() if device.type == "cpu" else None
+        self._every_s = every_s
+        self._next_s = time.monotonic() + every_s
+        self.trims = 0
+
+    def tick(self) -> None:
+        if self._libc is None or time.monotonic() < self._next_s:
+            return
+        self._libc.malloc_trim(0)
+        self.trims += 1
+        self._next_s = time.monotonic() + self._every_s
