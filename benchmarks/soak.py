@@ -7,8 +7,9 @@ cluster behind the emulated WAN link with mutual TLS, a short KV deadline) and s
 steady mix of short (local) and long (remote) greedy requests, each checked against the
 offline engine's output. Faults recur: every ``--kill-every-s`` the remote prefill worker
 is SIGKILLed and restarted; every ``--stall-every-s`` the WAN link stalls past the KV
-deadline (the admin route of the link emulator). The RSS of every process that is not
-killed (the gateway, the PD-P and PD-D workers) is sampled every 10 s; growth is measured
+deadline (the admin route of the link emulator). The memory of every process that is not
+killed (the gateway, the PD-P and PD-D workers) is sampled every 10 s: RssAnon, its own
+pages (VmRSS beside it: it adds file pages that come and go with the page cache); growth is measured
 from the end of ``--warmup-min`` to the end (goal: < 5% per process), with the least-squares
 slope over the same samples (MiB per minute). Counts as in the stress run: completed
 (correct), failed cleanly, hung, wrong; then a leak check.
@@ -65,19 +66,24 @@ class SoakReport:
     stalls: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     paths: dict[str, int] = field(default_factory=dict)
-    rss_mib: dict[str, list[float]] = field(default_factory=dict)  # process -> samples
-    growth_pct: dict[str, float] = field(default_factory=dict)
+    rss_mib: dict[str, list[float]] = field(default_factory=dict)  # process -> VmRSS samples
+    # process -> RssAnon samples: the process's own memory (heap, arenas, stacks). VmRSS also
+    # counts file pages (the .so files), which the kernel drops and reads back with memory
+    # pressure: up to 100 MiB either way on this machine, more than the growth measured.
+    anon_mib: dict[str, list[float]] = field(default_factory=dict)
+    growth_pct: dict[str, float] = field(default_factory=dict)  # of RssAnon
     slope_mib_per_min: dict[str, float] = field(default_factory=dict)  # after the warm-up
     malloc_arena_max: str = ""  # this process's MALLOC_ARENA_MAX ("" when unset)
     clean: bool = False
     leaks: list[str] = field(default_factory=list)
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+def memory_mib(pid: int) -> tuple[float, float]:
+    """(VmRSS, RssAnon) of ``pid`` in MiB."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["RssAnon"].split()[0]) / 1024
 
 
 def faults(dep: Deployment, args: argparse.Namespace, stop: threading.Event, r: SoakReport) -> None:
@@ -106,7 +112,9 @@ def sampler(dep: Deployment, stop: threading.Event, r: SoakReport) -> None:
     while True:
         for name, pid in pids.items():
             with contextlib.suppress(OSError):
-                r.rss_mib.setdefault(name, []).append(rss_mib(pid))
+                rss, anon = memory_mib(pid)
+                r.rss_mib.setdefault(name, []).append(rss)
+                r.anon_mib.setdefault(name, []).append(anon)
         if stop.wait(10.0):
             return
 
@@ -173,7 +181,7 @@ def run(args: argparse.Namespace) -> SoakReport:
         report.counts.setdefault(kind, 0)
     report.paths = dict(Counter(o.path for o in outcomes if o.path))
     warm = max(1, int(6 * args.warmup_min))  # samples every 10 s
-    for name, samples in report.rss_mib.items():
+    for name, samples in report.anon_mib.items():
         if len(samples) > warm + 3:
             base = statistics.median(samples[warm : warm + 3])
             last = statistics.median(samples[-3:])
@@ -209,11 +217,11 @@ def main() -> int:
         print(f"MALLOC_ARENA_MAX: {arenas}")
         print(f"requests {r.requests}: {r.counts}; routes {r.paths}")
         for name, pct in r.growth_pct.items():
-            s = r.rss_mib[name]
+            s, rss = r.anon_mib[name], r.rss_mib[name]
             slope = r.slope_mib_per_min[name]
             print(
-                f"  RSS {name:<8} {s[0]:7.0f} MiB at start, {s[-1]:7.0f} at end, {pct:+.1f}%,"
-                f" {slope:+.2f} MiB/min after the warm-up"
+                f"  RssAnon {name:<8} {s[0]:7.0f} MiB at start, {s[-1]:7.0f} at end, {pct:+.1f}%"
+                f" after the warm-up, {slope:+.2f} MiB/min (VmRSS {rss[0]:.0f} -> {rss[-1]:.0f})"
             )
         print("pools clean afterwards:", "yes" if r.clean else f"NO: {r.leaks}")
     bad = r.counts["hung"] + r.counts["wrong"] + (0 if r.clean else 1)
