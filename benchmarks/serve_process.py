@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from prfaas.deploy.launcher import die_with_parent
+
 
 def start_serve(
     name: str, cfg: dict[str, Any], log_dir: Path, timeout_s: float, *extra_args: str
@@ -27,6 +29,7 @@ def start_serve(
         stderr=(log_dir / f"{name}.log").open("wb"),
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
         start_new_session=True,
+        preexec_fn=die_with_parent,  # never outlives this process
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout_s

@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from prfaas.deploy.launcher import die_with_parent
+
 START_S = 300.0
 TEST_CERTS = Path(tempfile.mkdtemp(prefix="prfaas-test-certs-"))
 
@@ -134,6 +136,7 @@ def launch(
             stderr=subprocess.STDOUT,
             env=environment,
             start_new_session=True,
+            preexec_fn=die_with_parent,  # never outlives this process
         )
     return proc, out_path
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prfaas.deploy.launcher import die_with_parent
+
 SCRIPT = Path(__file__).with_name("vllm_instance.py")
 
 
@@ -57,6 +59,7 @@ def start(
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             start_new_session=True,  # its process group: ``kill`` ends vLLM's children too
+            preexec_fn=die_with_parent,  # never outlives this process
         )
     return Instance(name, spec, proc, log)
 

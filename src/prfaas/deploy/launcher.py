@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import random
 import signal
@@ -32,6 +34,23 @@ def free_port(host: str = "127.0.0.1") -> int:
                 continue
             return port
     raise OSError(f"no free port in {PORT_RANGE} on {host}")
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for a child that must not outlive the process that starts it (a test,
+    a benchmark), even when that one is SIGKILLed: the kernel sends the child SIGTERM
+    (Linux's parent-death signal; elsewhere nothing). A `prfaas serve` that gets it stops
+    its workers; workers leave on their own once their gateway is gone."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
 
 
 @dataclass(frozen=True)
