@@ -68,12 +68,16 @@ class ControlConfig:
     threshold_step_tokens: float = 250.0
     adapt_mode: bool = True  # False: the configured mode holds whatever the link does
     egress_smoothing: float = 1.0  # EWMA weight of the newest egress sample; 1: none
+    # Abundant mode with PrfaaS not queued: t relaxes to t_plan * this (more to the faster side).
+    abundant_t_factor: float = 0.9
 
     def __post_init__(self) -> None:
         if self.short_interval_s <= 0 or self.long_interval_s <= 0:
             raise ValueError("control intervals must be positive")
         if not 0.0 < self.egress_smoothing <= 1.0:
             raise ValueError("egress_smoothing must be in (0, 1]")
+        if not 0.0 < self.abundant_t_factor <= 1.0:
+            raise ValueError("abundant_t_factor must be in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,7 @@ class Controller:
         assert self._plan.n_p is not None
         # The split the loop steers to (counts pending conversions, not failed ones).
         self.n_p = self._plan.n_p if start.n_p is None else start.n_p
+        self._deployed_n_p = self.n_p  # the split the loop gives instances back to
         self._solved_gbps = deployment.bandwidth_gbps
         # The planner's own t (before the bounds) at the last re-plan, and t_plan within them.
         self.t_solved = self._threshold() if start.t_plan is None else start.t_plan
@@ -149,6 +154,9 @@ class Controller:
             self._mode = "abundant"
         remote_s, local_s = self._queued_seconds(instances)
         self._costs = self._path_costs(remote_s, local_s)
+        target = self.t_plan
+        if self._mode_out() == "abundant" and remote_s <= c.queue_slack_s:
+            target = self.t_plan * c.abundant_t_factor
         t = self.state.threshold_tokens
         if (
             egress.utilization > c.saturated_above
@@ -158,7 +166,7 @@ class Controller:
         elif local_s > c.queue_ratio * remote_s + c.queue_slack_s:
             t /= 1 + c.nudge
         else:
-            t += 0.1 * (self.t_plan - t)
+            t += 0.1 * (target - t)
         t = min(max(t, self.t_plan / c.max_nudge), self.t_plan * c.max_nudge)
         self.state = RouterState(self._hold(t), self._mode_out(), self._costs)
         return self.state
@@ -259,8 +267,13 @@ class Controller:
         more decode instances only while decode slots are all taken. A planner gain alone
         is about capacity; under light load a conversion only costs a drained instance and a
         cold cache, and more PD-P capacity moves work to the slower cluster."""
+        c = self.config
+        local_s = self._queued_seconds(instances)[1]
         if delta > 0:
-            return self._queued_seconds(instances)[1] > self.config.queue_slack_s
+            dipped = self._solved_gbps < (1 - c.bandwidth_change) * self._deployment.bandwidth_gbps
+            return local_s > c.queue_slack_s or dipped
+        if delta < 0 and self.n_p > self._deployed_n_p and local_s <= c.queue_slack_s:
+            return True  # the pressure that took decode instances is gone: give them back
         decodes = [i for i in instances if i.cluster == self.pd_cluster and i.role == "decode"]
         slots = self._deployment.decode.max_batch_size * len(decodes)
         return delta < 0 and sum(i.load for i in decodes) >= slots > 0
