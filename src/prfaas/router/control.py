@@ -8,13 +8,15 @@ Short term (``short_tick``, about a second):
   re-solved when the capacity moves by more than ``bandwidth_change``. Around it, queue
   depth nudges t by ``nudge`` per tick: more queued prefill work (in seconds) on the PrfaaS
   side, or a saturated link, raises t; more on the PD-P side lowers it. t stays within
-  [t_plan / max_nudge, t_plan * max_nudge] and relaxes toward t_plan when queues balance.
+  [t_plan / max_nudge, t_plan * max_nudge] and relaxes toward t_plan when queues balance, or
+  toward ``abundant_t_factor`` * t_plan in abundant mode while PrfaaS is not queued (the
+  planner's t maximizes throughput; below capacity the faster PrfaaS side gives lower TTFT).
 Long term (``long_tick``, minutes): re-solve the planner (t and the N_p/N_d split) on the
-observed incremental lengths; if the best split beats the current one by ``min_gain`` and the
-queues ask for it (``_queues_ask``: the side to be strengthened is short now), return the role
-changes (least-loaded instances first) and adopt the new t_plan; with no role change and no
-queue beyond ``queue_slack_s`` the t in force stays (the planner's t maximizes throughput; under
-light load moving work to the slower cluster only costs TTFT).
+observed incremental lengths; if the best split beats the current one by ``min_gain`` and
+something asks for it (``_queues_ask``: the side to be strengthened is short now, the link has
+dipped, or instances a dip took can go back), return the role changes (least-loaded instances
+first) and adopt the new t_plan; with no role change and no queue beyond ``queue_slack_s`` the
+t in force stays (under light load moving work to the slower cluster only costs TTFT).
 
 Operating-point rules, kept here so that the live loop and the simulator run the same code:
 - ``bounds``: t (and t_plan) never leave [lo, hi];
@@ -262,11 +264,15 @@ class Controller:
         return result[0], result[1]
 
     def _queues_ask(self, instances: Sequence[InstanceView], delta: int) -> bool:
-        """Whether the side a conversion would strengthen is short now: more PD prefill
-        instances (``delta`` > 0) only while PD-P prefills queue beyond ``queue_slack_s``,
-        more decode instances only while decode slots are all taken. A planner gain alone
-        is about capacity; under light load a conversion only costs a drained instance and a
-        cold cache, and more PD-P capacity moves work to the slower cluster."""
+        """Whether something asks for the conversion: more PD prefill instances (``delta``
+        > 0) while PD-P prefills queue beyond ``queue_slack_s`` or while the measured link
+        capacity is more than ``bandwidth_change`` below the cap (a dip: the gain comes from
+        the link, and waiting for the queue costs the requests that build it); more decode
+        instances while decode slots are all taken, or while the split holds more PD prefill
+        instances than it started with and PD-P does not queue (a dip's are given back).
+        A planner gain alone is about capacity; under light load a conversion only costs a
+        drained instance and a cold cache, and more PD-P capacity moves work to the slower
+        cluster."""
         c = self.config
         local_s = self._queued_seconds(instances)[1]
         if delta > 0:
