@@ -177,3 +177,44 @@ def test_states_carry_the_measured_path_costs() -> None:
         pytest.approx(2 * half)
     )
     assert c.short_tick(fleet(), link(utilization=1.0)).costs.pull_s_per_token == float("inf")  # type: ignore[union-attr]
+
+
+def case_lengths() -> list[int]:
+    """The case study's own lengths (log-normal, mu 9.9): the planner's split there is 3 / 5."""
+    rng = np.random.default_rng(0)
+    lengths = np.exp(rng.normal(9.9, 1.0, 4000))
+    return lengths[(lengths >= 128) & (lengths <= 131072)].astype(int).tolist()
+
+
+def test_a_link_dip_takes_decode_instances_and_gives_them_back_without_queues() -> None:
+    c = controller()
+    assert c.long_tick(fleet(), case_lengths())[1] == []  # 100 Gbps, no queue: nothing
+    c.short_tick(fleet(), link(capacity=5.0, utilization=1.0))
+    _, changes = c.long_tick(fleet(), case_lengths())  # no PD-P queue yet: the dip asks
+    assert changes and all(ch.to_role == "prefill" for ch in changes)
+    assert c.n_p > 3
+    converted = {ch.instance for ch in changes}
+    now = [
+        InstanceView(v.name, v.cluster, "prefill") if v.name in converted else v for v in fleet()
+    ]
+    c.short_tick(now, link(capacity=100.0, utilization=0.1))  # the link is back
+    _, back = c.long_tick(now, case_lengths())  # decode slots far from full: still given back
+    assert back and all(ch.to_role == "decode" for ch in back)
+    assert c.n_p == 3
+
+
+def test_abundant_idle_prfaas_relaxes_t_below_t_plan() -> None:
+    c = controller_at(OperatingPoint(), abundant_t_factor=0.8)
+    for _ in range(100):
+        c.short_tick(fleet(), link(utilization=0.1))  # abundant, nothing queued
+    assert c.state.threshold_tokens == pytest.approx(0.8 * c.t_plan, rel=1e-3)
+    for _ in range(100):  # PrfaaS queued 8 s, PD-P 7 s (no nudge): back to t_plan
+        c.short_tick(fleet(remote_tokens=150_000, local_tokens=40_000), link(utilization=0.1))
+    assert c.state.threshold_tokens == pytest.approx(c.t_plan, rel=1e-3)
+    for _ in range(100):
+        c.short_tick(fleet(), link(utilization=0.1))
+    for _ in range(100):  # scarce: t_plan
+        c.short_tick(fleet(), link(utilization=0.8))
+    assert c.state.threshold_tokens == pytest.approx(c.t_plan, rel=1e-3)
+    with pytest.raises(ValueError, match="abundant_t_factor"):
+        ControlConfig(abundant_t_factor=0.0)

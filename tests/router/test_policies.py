@@ -65,18 +65,35 @@ def choose_costed(prompt_len: int, cached: dict[str, int], path_costs: PathCosts
     return PrfaasThreshold().choose(req(prompt_len), cached, "pd", ["remote"], state)
 
 
-def test_abundant_pulls_to_the_slower_cluster_only_when_the_faster_is_queued() -> None:
+def test_abundant_pulls_into_a_much_slower_pd_p_never_into_an_equal_one_by_estimate() -> None:
     cached = {"pd": 0, "remote": 8000}
-    # Idle: the remote cluster computes the same 1,000 tokens in 0.2 s against PD's 0.3 s
-    # plus 0.08 s of pull: no pull, the scarce rule's answer.
-    got = choose_costed(9000, cached, costs({"remote": 0.0, "pd": 0.0}))
-    assert got == PathChoice("prfaas", "remote", 1000)
-    # Remote queued for 1 s: 0.3 + 0.08 s at PD beats 1.2 s there.
+    # Remote queued for 1 s: 0.3 + 0.08 s at PD would beat 1.2 s there for this request,
+    # but at the prompt's 9,000 tokens PD-P is 1.9 times slower (> SLOWER_RATIO): the pulled
+    # prefix would keep its later requests on the slower side. No pull.
     got = choose_costed(9000, cached, costs({"remote": 1.0, "pd": 0.0}))
-    assert got == PathChoice("pd-p", "pd", 1000, pull_from="remote")
-    # The same, with no headroom on the link: no pull.
-    got = choose_costed(9000, cached, costs({"remote": 1.0, "pd": 0.0}, float("inf")))
     assert got == PathChoice("prfaas", "remote", 1000)
+    # Without the control loop's costs the paper's rule still pulls it.
+    assert choose(9000, cached, mode="abundant") == PathChoice(
+        "pd-p", "pd", 1000, pull_from="remote"
+    )
+    # Equally fast clusters: the estimate decides. Queued remote: pulled; idle: not.
+    same = {"remote": PrefillTimeModel(0.1, 1e-4), "pd": PrefillTimeModel(0.1, 1e-4)}
+    got = choose_costed(9000, cached, PathCosts(same, {"remote": 1.0, "pd": 0.0}, 1e-5))
+    assert got == PathChoice("pd-p", "pd", 1000, pull_from="remote")
+    got = choose_costed(9000, cached, PathCosts(same, {"remote": 0.0, "pd": 0.0}, 1e-5))
+    assert got == PathChoice("prfaas", "remote", 1000)
+
+
+def test_abundant_pulls_into_prfaas_under_t_when_that_finishes_first() -> None:
+    # 1,800 of 2,500 tokens cached in PD: the 700-token remainder is under t, so the scarce
+    # rule computes it on PD-P (0.1 + 0.14 s). Pulling the 1,800 tokens (0.018 s) and
+    # computing 700 on PrfaaS (0.1 + 0.07 s) finishes first: taken.
+    cached = {"pd": 1800, "remote": 0}
+    got = choose_costed(2500, cached, costs({"remote": 0.0, "pd": 0.0}))
+    assert got == PathChoice("prfaas", "remote", 700, pull_from="pd")
+    # PrfaaS queued for 1 s: the scarce rule's PD-P answer.
+    got = choose_costed(2500, cached, costs({"remote": 1.0, "pd": 0.0}))
+    assert got == PathChoice("pd-p", "pd", 700)
 
 
 def test_abundant_pulls_a_prefix_when_carrying_it_beats_recomputing_it() -> None:

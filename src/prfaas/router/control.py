@@ -8,13 +8,15 @@ Short term (``short_tick``, about a second):
   re-solved when the capacity moves by more than ``bandwidth_change``. Around it, queue
   depth nudges t by ``nudge`` per tick: more queued prefill work (in seconds) on the PrfaaS
   side, or a saturated link, raises t; more on the PD-P side lowers it. t stays within
-  [t_plan / max_nudge, t_plan * max_nudge] and relaxes toward t_plan when queues balance.
+  [t_plan / max_nudge, t_plan * max_nudge] and relaxes toward t_plan when queues balance, or
+  toward ``abundant_t_factor`` * t_plan in abundant mode while PrfaaS is not queued (the
+  planner's t maximizes throughput; below capacity the faster PrfaaS side gives lower TTFT).
 Long term (``long_tick``, minutes): re-solve the planner (t and the N_p/N_d split) on the
-observed incremental lengths; if the best split beats the current one by ``min_gain`` and the
-queues ask for it (``_queues_ask``: the side to be strengthened is short now), return the role
-changes (least-loaded instances first) and adopt the new t_plan; with no role change and no
-queue beyond ``queue_slack_s`` the t in force stays (the planner's t maximizes throughput; under
-light load moving work to the slower cluster only costs TTFT).
+observed incremental lengths; if the best split beats the current one by ``min_gain`` and
+something asks for it (``_queues_ask``: the side to be strengthened is short now, the link has
+dipped, or instances a dip took can go back), return the role changes (least-loaded instances
+first) and adopt the new t_plan; with no role change and no queue beyond ``queue_slack_s`` the
+t in force stays (under light load moving work to the slower cluster only costs TTFT).
 
 Operating-point rules, kept here so that the live loop and the simulator run the same code:
 - ``bounds``: t (and t_plan) never leave [lo, hi];
@@ -68,12 +70,16 @@ class ControlConfig:
     threshold_step_tokens: float = 250.0
     adapt_mode: bool = True  # False: the configured mode holds whatever the link does
     egress_smoothing: float = 1.0  # EWMA weight of the newest egress sample; 1: none
+    # Abundant mode with PrfaaS not queued: t relaxes to t_plan * this (more to the faster side).
+    abundant_t_factor: float = 0.9
 
     def __post_init__(self) -> None:
         if self.short_interval_s <= 0 or self.long_interval_s <= 0:
             raise ValueError("control intervals must be positive")
         if not 0.0 < self.egress_smoothing <= 1.0:
             raise ValueError("egress_smoothing must be in (0, 1]")
+        if not 0.0 < self.abundant_t_factor <= 1.0:
+            raise ValueError("abundant_t_factor must be in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,7 @@ class Controller:
         assert self._plan.n_p is not None
         # The split the loop steers to (counts pending conversions, not failed ones).
         self.n_p = self._plan.n_p if start.n_p is None else start.n_p
+        self._deployed_n_p = self.n_p  # the split the loop gives instances back to
         self._solved_gbps = deployment.bandwidth_gbps
         # The planner's own t (before the bounds) at the last re-plan, and t_plan within them.
         self.t_solved = self._threshold() if start.t_plan is None else start.t_plan
@@ -149,6 +156,9 @@ class Controller:
             self._mode = "abundant"
         remote_s, local_s = self._queued_seconds(instances)
         self._costs = self._path_costs(remote_s, local_s)
+        target = self.t_plan
+        if self._mode_out() == "abundant" and remote_s <= c.queue_slack_s:
+            target = self.t_plan * c.abundant_t_factor
         t = self.state.threshold_tokens
         if (
             egress.utilization > c.saturated_above
@@ -158,7 +168,7 @@ class Controller:
         elif local_s > c.queue_ratio * remote_s + c.queue_slack_s:
             t /= 1 + c.nudge
         else:
-            t += 0.1 * (self.t_plan - t)
+            t += 0.1 * (target - t)
         t = min(max(t, self.t_plan / c.max_nudge), self.t_plan * c.max_nudge)
         self.state = RouterState(self._hold(t), self._mode_out(), self._costs)
         return self.state
@@ -254,13 +264,22 @@ class Controller:
         return result[0], result[1]
 
     def _queues_ask(self, instances: Sequence[InstanceView], delta: int) -> bool:
-        """Whether the side a conversion would strengthen is short now: more PD prefill
-        instances (``delta`` > 0) only while PD-P prefills queue beyond ``queue_slack_s``,
-        more decode instances only while decode slots are all taken. A planner gain alone
-        is about capacity; under light load a conversion only costs a drained instance and a
-        cold cache, and more PD-P capacity moves work to the slower cluster."""
+        """Whether something asks for the conversion: more PD prefill instances (``delta``
+        > 0) while PD-P prefills queue beyond ``queue_slack_s`` or while the measured link
+        capacity is more than ``bandwidth_change`` below the cap (a dip: the gain comes from
+        the link, and waiting for the queue costs the requests that build it); more decode
+        instances while decode slots are all taken, or while the split holds more PD prefill
+        instances than it started with and PD-P does not queue (a dip's are given back).
+        A planner gain alone is about capacity; under light load a conversion only costs a
+        drained instance and a cold cache, and more PD-P capacity moves work to the slower
+        cluster."""
+        c = self.config
+        local_s = self._queued_seconds(instances)[1]
         if delta > 0:
-            return self._queued_seconds(instances)[1] > self.config.queue_slack_s
+            dipped = self._solved_gbps < (1 - c.bandwidth_change) * self._deployment.bandwidth_gbps
+            return local_s > c.queue_slack_s or dipped
+        if delta < 0 and self.n_p > self._deployed_n_p and local_s <= c.queue_slack_s:
+            return True  # the pressure that took decode instances is gone: give them back
         decodes = [i for i in instances if i.cluster == self.pd_cluster and i.role == "decode"]
         slots = self._deployment.decode.max_batch_size * len(decodes)
         return delta < 0 and sum(i.load for i in decodes) >= slots > 0

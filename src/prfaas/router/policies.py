@@ -13,13 +13,19 @@ The PrfaaS rule (paper section 3.4.3), threshold t from ``RouterState``:
 - abundant bandwidth: ``l_prefix = max over clusters``; ``prompt_len - l_prefix <= t`` → PD-P,
   else PrfaaS; if the longer prefix sits in the other cluster it is pulled across first.
   The two rules differ only where abundant mode pulls. With the control loop's measured
-  ``PathCosts`` in the state, a pull is taken only when it is estimated to give the earlier
-  first token: ``pull_tokens · pull_s_per_token + wait_s[c] + T_c(l_inc)`` for the pulled
-  path against ``wait_s[c'] + T_c'(l_inc')`` for the scarce rule's answer, which it gets
-  otherwise. Pulling a prefix to the slower cluster only to compute the same remainder there
-  is then a loss unless the faster one is queued; recomputing a prefix the link could carry
-  in a fraction of the time is a loss the other way. (The KV a PrfaaS prefill ships streams
-  layer by layer during the prefill, so it is left out of both sides.)
+  ``PathCosts`` in the state (the adaptive policy), abundant mode pulls a prefix into PrfaaS
+  only when that is estimated to give the earlier first token:
+  ``pull_tokens · pull_s_per_token + wait_s[prfaas] + T_prfaas(prompt - cached[pd])``
+  against ``wait_s[c] + T_c(l_inc)`` for the scarce rule's answer, which it gets otherwise;
+  that also holds where the remainder is under t (the scarce rule would compute it on the
+  slower PD-P). A pull *into PD-P* (remainder under t, the longer prefix on PrfaaS) is judged
+  the same way, except where PD-P is more than ``SLOWER_RATIO`` times slower than PrfaaS at
+  the prompt's whole length (heterogeneous hardware): then it is never taken, as the prefix
+  would sit in PD-P and keep the requests that follow it there (the scarce rule sends a
+  short remainder local), so a pull that wins for one request loses over the ones after it,
+  which the estimate cannot see (measured in ``docs/simulator.md``, "Where the adaptive
+  policy pulls"). (The KV a PrfaaS prefill ships streams layer by layer during the prefill,
+  so it is left out of both sides.)
 """
 
 from __future__ import annotations
@@ -111,21 +117,36 @@ class PrfaasThreshold:
             scarce = PathChoice("prfaas", remote, l_total - l_remote)
         if state.mode == "scarce":
             return scarce
-        l_prefix = max(l_pd, l_remote)
-        if l_total - l_prefix <= t:
-            pull = remote if l_remote > l_pd else None
-            pulled = PathChoice("pd-p", pd_cluster, l_total - l_prefix, pull_from=pull)
-        else:
+        if state.costs is None:  # the paper's rule alone
+            l_prefix = max(l_pd, l_remote)
+            if l_total - l_prefix <= t:
+                pull = remote if l_remote > l_pd else None
+                return PathChoice("pd-p", pd_cluster, l_total - l_prefix, pull_from=pull)
             pull = pd_cluster if l_pd > l_remote else None
-            pulled = PathChoice("prfaas", remote, l_total - l_prefix, pull_from=pull)
-        if pulled.pull_from is None or state.costs is None:
-            return pulled
-        pull_tokens = cached_tokens.get(pulled.pull_from, 0) - cached_tokens.get(
-            pulled.prefill_cluster, 0
-        )
+            return PathChoice("prfaas", remote, l_total - l_prefix, pull_from=pull)
+        if l_pd > l_remote:
+            pulled = PathChoice("prfaas", remote, l_total - l_pd, pull_from=pd_cluster)
+        elif l_remote > l_pd and l_total - l_remote <= t:
+            pulled = PathChoice("pd-p", pd_cluster, l_total - l_remote, pull_from=remote)
+            if _slower(state.costs, pd_cluster, remote, l_total):
+                return scarce  # its later requests would stay on the slower side
+        else:
+            return scarce
+        pull_tokens = abs(l_pd - l_remote)
         if _ttft_s(state.costs, pulled, pull_tokens) < _ttft_s(state.costs, scarce, 0):
             return pulled
         return scarce
+
+
+# PD-P this many times slower than PrfaaS at a prompt's whole length: no pull into PD-P.
+SLOWER_RATIO = 1.5
+
+
+def _slower(costs: PathCosts, cluster: str, other: str, tokens: int) -> bool:
+    mine, theirs = costs.prefill.get(cluster), costs.prefill.get(other)
+    if mine is None or theirs is None:
+        return False
+    return mine.seconds(tokens) > SLOWER_RATIO * theirs.seconds(tokens)
 
 
 def _ttft_s(costs: PathCosts, choice: PathChoice, pull_tokens: int) -> float:
