@@ -17,6 +17,9 @@ NIXL is not installed by ``make setup-vllm``:
     .venv-vllm/bin/pip install --no-deps nixl==1.5.2 nixl-cu12==1.5.1
     .venv-vllm/bin/python dev/vllm_connectors.py [--lengths 128 256 480] [--repeats 3]
 
+Not measured yet: the one run that got both NIXL engines ready had them OOM-killed on the
+shared machine during the first prefill (docs/vllm.md).
+
 On CPU, vLLM's NIXL worker pins its engine thread to the last core of each NUMA node
 (``nixl/base_worker.py``): both of its engines share that core here, so every instance of
 both pairs is started pinned to it (one core for two engines, for both connectors).
@@ -183,7 +186,7 @@ def run_pair(
                 if time.monotonic() - started_s > START_TIMEOUT_S:
                     raise RuntimeError(f"{connector}: not ready; logs in {folder}")
                 time.sleep(0.5)
-        (folder / "go").touch()
+        write_json(folder / "go", {"t": time.time()})  # wait_file reads it as JSON
         for p in procs:
             if p.wait(RUN_TIMEOUT_S) != 0:
                 raise RuntimeError(f"{connector}: an instance failed; logs in {folder}")
