@@ -7,8 +7,10 @@ prefill instance on vLLM, the PD cluster on the reference engine: vLLM's KV land
 reference engine). Each gets the same seeded mixed-length workload through `prfaas bench
 serve`'s client at a fixed request rate, the routing threshold pinned so that all three
 split it alike. Reported: request and token throughput, TTFT per path (remote: prefilled
-by the PrfaaS cluster, its KV over the link; local: PD-P), and, from the gateway's audit log,
-the KV bytes and the transfer time (opened to acknowledged) per remote request.
+by the PrfaaS cluster, its KV over the link; local: PD-P), from the gateway's audit log the
+KV bytes (as stored and on the wire) and the transfer time (opened to acknowledged) per
+remote request, and from `prfaas status` how many of those KV transfers a decode instance
+did not land and recomputed (its fallback count, before and after the workload).
 
     .venv-vllm/bin/python benchmarks/serve_engines.py [--num-prompts 16] [--json]
 
@@ -31,6 +33,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks.` as a script too
 
 from benchmarks.serve_process import start_serve, stop_serve
@@ -47,6 +51,7 @@ DEPLOYMENTS = {
     "mixed": ("reference", "vllm"),
 }
 START_TIMEOUT_S = 900.0
+HEARTBEAT_WAIT_S = 2.0  # four worker heartbeats: the gateway's fallback counts are current
 
 
 def config(name: str, args: argparse.Namespace, tmp: Path) -> tuple[dict[str, Any], str]:
@@ -69,17 +74,35 @@ def audit_lines(path: Path) -> list[str]:
 
 
 def transfers(path: Path, skip: int) -> dict[str, Any]:
-    """KV bytes and transfer seconds per remote request, from the audit log's records past
-    the first ``skip`` (the warm-up's)."""
+    """KV bytes and transfer seconds per remote request, from the audit log's ``kv_transfer``
+    records past its first ``skip`` lines (the warm-up's). The log also holds a ``request``
+    line per routed request: those are not transfers."""
     records = [json.loads(line) for line in audit_lines(path)[skip:]]
-    ok = [r for r in records if r["event"] == "kv_transfer" and r["outcome"] == "ok"]
+    shipped = [r for r in records if r["event"] == "kv_transfer"]
+    ok = [r for r in shipped if r["outcome"] == "ok"]
+
+    def mean(key: str) -> float:
+        return statistics.fmean(r[key] for r in ok) if ok else 0.0
+
     return {
         "num_ok": len(ok),
-        "num_failed": len(records) - len(ok),
-        "kv_bytes_mean": statistics.fmean(r["kv_bytes"] for r in ok) if ok else 0.0,
+        "num_failed": len(shipped) - len(ok),
+        "kv_bytes_mean": mean("kv_bytes"),
+        "wire_bytes_mean": mean("wire_bytes"),
         "transfer_ms_median": 1000 * statistics.median(r["seconds"] for r in ok) if ok else 0.0,
         "transfer_ms_max": 1000 * max((r["seconds"] for r in ok), default=0.0),
+        "per_request": [
+            {k: r[k] for k in ("request_id", "kv_bytes", "wire_bytes", "seconds", "reason")}
+            for r in shipped
+        ],
     }
+
+
+def fallbacks(base: str) -> dict[str, int]:
+    """Each instance's count of KV that did not land (recomputed locally), from `prfaas
+    status` (the workers' heartbeats)."""
+    data = httpx.get(f"{base}/status", timeout=10.0).raise_for_status().json()
+    return {i["name"]: i["fallbacks"] for i in data["instances"]}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -96,13 +119,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             asyncio.run(run_bench(base, warm, request_rate=float("inf")))
             # the gateway keeps the file open: count the warm-up's records, never unlink
             warm_records = len(audit_lines(Path(cfg["audit_log"])))
+            time.sleep(HEARTBEAT_WAIT_S)
+            before = fallbacks(base)
             report = asyncio.run(run_bench(base, workload, request_rate=args.request_rate))
+            time.sleep(HEARTBEAT_WAIT_S)
+            after = fallbacks(base)
         finally:
             stop_serve(proc)
         results["deployments"][name] = {
             "start_s": start_s,
             "bench": asdict(report),
             "transfers": transfers(Path(cfg["audit_log"]), warm_records),
+            "fallbacks": sum(after[n] - before.get(n, 0) for n in after),
         }
         (tmp / "results.json").write_text(json.dumps(results, indent=2))  # as each one ends
     return results
@@ -116,7 +144,8 @@ def _print(results: dict[str, Any]) -> None:
     )
     print(
         f"  {'deployment':<11}{'req/s':>7}{'out tok/s':>10}{'TTFT remote':>13}"
-        f"{'TTFT local':>12}{'KV/remote req':>15}{'transfer ms':>13}  failed"
+        f"{'TTFT local':>12}{'KV/remote req':>15}{'on wire':>12}{'transfer ms':>13}"
+        f"{'shipped':>9}{'fallbacks':>10}  failed"
     )
     for name, d in results["deployments"].items():
         b, t = d["bench"], d["transfers"]
@@ -126,13 +155,19 @@ def _print(results: dict[str, Any]) -> None:
             p = by_route.get(route)
             return "-" if p is None else f"{p['median']:.0f}/{p['p90']:.0f}"
 
+        transfer = f"{t['transfer_ms_median']:.0f}/{t['transfer_ms_max']:.0f}"
+        shipped = f"{t['num_ok']}/{t['num_ok'] + t['num_failed']}"
         print(
             f"  {name:<11}{b['request_throughput']:>7.3f}{b['output_throughput']:>10.2f}"
-            f"{ttft('prfaas'):>13}{ttft('pd-p'):>12}{t['kv_bytes_mean'] / 2**20:>12.2f} MiB"
-            f"{t['transfer_ms_median']:>13.0f}  {b['failed']} (transfers failed "
-            f"{t['num_failed']})"
+            f"{ttft('prfaas'):>13}{ttft('pd-p'):>12}{t['kv_bytes_mean'] / 2**20:>11.2f} MiB"
+            f"{t['wire_bytes_mean'] / 2**20:>8.2f} MiB{transfer:>13}{shipped:>9}"
+            f"{d['fallbacks']:>10}  {b['failed']}"
         )
-    print("  TTFT: median/P90 ms; transfer: median, opened to acknowledged")
+    print(
+        "  TTFT: median/P90 ms; KV: mean per acknowledged transfer, as stored and on the wire;"
+        " transfer: median/max ms, opened to acknowledged; shipped: acknowledged/dispatched;"
+        " fallbacks: KV recomputed by a decode instance"
+    )
 
 
 def main() -> int:

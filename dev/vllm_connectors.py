@@ -17,9 +17,12 @@ NIXL is not installed by ``make setup-vllm``:
     .venv-vllm/bin/pip install --no-deps nixl==1.5.2 nixl-cu12==1.5.1
     .venv-vllm/bin/python dev/vllm_connectors.py [--lengths 128 256 480] [--repeats 3]
 
-Not run yet (written when the shared machine had no room for two more engine pairs); on
-CPU, vLLM's NIXL worker pins itself to the last core of each NUMA node
-(``nixl/base_worker.py``), which a run here must report beside its figures.
+Not measured yet: the one run that got both NIXL engines ready had them OOM-killed on the
+shared machine during the first prefill (docs/vllm.md).
+
+On CPU, vLLM's NIXL worker pins its engine thread to the last core of each NUMA node
+(``nixl/base_worker.py``): both of its engines share that core here, so every instance of
+both pairs is started pinned to it (one core for two engines, for both connectors).
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ def kv_config(connector: str, port: int) -> dict[str, Any]:
             "kv_load_failure_policy": "recompute",
             "kv_connector_extra_config": {"listen_port": port, "codec": "raw"},
         }
+    # nixl_backends defaults to UCX; UCX_TLS (run_pair) keeps it on TCP
     return {"kv_connector": "NixlConnector", "kv_role": "kv_both", "kv_buffer_device": "cpu"}
 
 
@@ -116,10 +120,13 @@ def instance(spec_path: str) -> None:
             sampling = SamplingParams(
                 temperature=0.0, max_tokens=1, extra_args={"kv_transfer_params": params}
             )
+            submitted_s = time.time()
             (out,) = llm.generate([prompt], sampling, use_tqdm=False)
             results[name] = {
                 "token": out.outputs[0].token_ids[0],
                 "handoff_s": time.time() - started["t"],
+                # NIXL: the pull and the last prompt token; prfaas: the whole prefill too
+                "decode_s": time.time() - submitted_s,
                 "cached_tokens": out.num_cached_tokens,
             }
             write_json(folder / f"{name}.decoded", {})
@@ -150,8 +157,13 @@ def run_pair(
             "send_to": f"127.0.0.1:{port}",
             "kv": kv_config(connector, port),
         }
-        if role == "prefill" and connector == "prfaas":  # the listener is the decode side's
-            spec["kv"]["kv_connector_extra_config"] = {"codec": "raw"}
+        if connector == "prfaas":
+            extra = spec["kv"]["kv_connector_extra_config"]
+            if role == "prefill":  # the listener is the decode side's
+                extra = {"codec": "raw"}
+            # one line per ended hand-off: the send's seconds (open to ACK), the load's end
+            extra["events_file"] = str(folder / f"{role}.handoffs.jsonl")
+            spec["kv"]["kv_connector_extra_config"] = extra
         path = folder / f"{role}.json"
         path.write_text(json.dumps(spec))
         env = {**base_env, "VLLM_NIXL_SIDE_CHANNEL_PORT": str(_free_port())}
@@ -162,6 +174,7 @@ def run_pair(
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=env,
+                    preexec_fn=_pin_like_nixl,
                 )
             )
     try:
@@ -173,7 +186,7 @@ def run_pair(
                 if time.monotonic() - started_s > START_TIMEOUT_S:
                     raise RuntimeError(f"{connector}: not ready; logs in {folder}")
                 time.sleep(0.5)
-        (folder / "go").touch()
+        write_json(folder / "go", {"t": time.time()})  # wait_file reads it as JSON
         for p in procs:
             if p.wait(RUN_TIMEOUT_S) != 0:
                 raise RuntimeError(f"{connector}: an instance failed; logs in {folder}")
@@ -181,12 +194,24 @@ def run_pair(
         for job in jobs:
             prefilled = json.loads((folder / f"{job['name']}.prefilled").read_text())
             results[job["name"]]["prefill_token"] = prefilled["token"]
+        for role in ("prefill", "decode"):  # prfaas's hand-off logs
+            path = folder / f"{role}.handoffs.jsonl"
+            for line in path.read_text().splitlines() if path.exists() else []:
+                event = json.loads(line)
+                results[event["transfer_id"]][event["side"]] = event
         return results
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait(10)
+
+
+def _pin_like_nixl() -> None:
+    """Every instance of both pairs on the last core: on CPU, vLLM's NIXL worker pins its
+    engine thread to the last core of each NUMA node (``nixl/base_worker.py``), so both of
+    NIXL's engines share one core; prfaas's pair gets the same placement."""
+    os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
 
 
 def _free_port() -> int:
@@ -226,16 +251,28 @@ def main() -> int:
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
-    print(f"hand-off latency, prefill start to decode first token (ms), median of {args.repeats}")
-    print(f"  {'connector':<10}" + "".join(f"{n:>10}" for n in args.lengths) + "  tokens agree")
+
+    def median_ms(results: dict[str, Any], n: int, key: str) -> float:
+        return 1000 * statistics.median(results[f"n{n}-r{r}"][key] for r in range(args.repeats))
+
+    print(f"median of {args.repeats} (ms) per prompt length; hand-off: prefill start to decode")
+    print("first token; decode: decode request to its first token (NIXL: the pull after the")
+    print("prefill returned, and the last prompt token; prfaas: submitted at the prefill's start)")
+    print(f"  {'connector':<10}{'':<9}" + "".join(f"{n:>9}" for n in args.lengths) + "  agree")
     for connector, results in out["connectors"].items():
-        row = [
-            1000
-            * statistics.median(results[f"n{n}-r{r}"]["handoff_s"] for r in range(args.repeats))
-            for n in args.lengths
-        ]
         agree = all(r["token"] == r["prefill_token"] for r in results.values())
-        print(f"  {connector:<10}" + "".join(f"{v:>10.0f}" for v in row) + f"  {agree}")
+        for key in ("handoff_s", "decode_s"):
+            row = "".join(f"{median_ms(results, n, key):>9.0f}" for n in args.lengths)
+            print(f"  {connector:<10}{key[:-2]:<9}{row}  {agree}")
+        if connector == "prfaas":
+            sends = [r.get("send", {}) for r in results.values()]
+            landed = sum(bool(r.get("load", {}).get("ok")) for r in results.values())
+            sent_ms = [1000 * e["seconds"] for e in sends if e.get("ok")]
+            sent = f"median {statistics.median(sent_ms):.0f} ms" if sent_ms else "-"
+            print(
+                f"  prfaas sends: {len(sent_ms)} acknowledged, {sent} (open to ACK, overlapping"
+                f" the prefill); loads landed {landed}/{len(results)}"
+            )
     print(f"logs: {tmp}")
     return 0
 

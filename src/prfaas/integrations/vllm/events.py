@@ -20,6 +20,8 @@ class HandoffEvent:
     seconds: float  # send: open to ACK; load: issued to landed or given up
     error: str = ""
     held_bytes: int = 0  # decode side: receive buffers still held after this load ended
+    kv_bytes: int = 0  # send side, acknowledged: KV delivered, as stored (before the codec)
+    wire_bytes: int = 0  # send side, acknowledged: bytes on the link, after the codec
 
 
 class EventLog:

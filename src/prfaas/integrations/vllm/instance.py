@@ -215,7 +215,8 @@ class VllmEngine:
         return PrefillResult(
             request_id=cmd.request_id,
             ok=True,
-            kv_bytes=sent.num_tokens * self.kv_bytes_per_token,
+            kv_bytes=sent.kv_bytes,  # the sender's count, as the reference engine reports
+            wire_bytes=sent.wire_bytes,
             seconds=_since(started_s),
             transfer_s=sent.seconds,
             cached_tokens=last.num_cached_tokens or 0,

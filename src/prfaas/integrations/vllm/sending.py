@@ -96,7 +96,15 @@ class LayerStream:
         with self._outcomes.lock:
             self._outcomes.sent.append(stats)
         self._outcomes.events.record(
-            HandoffEvent(transfer_id, "send", True, self._num_tokens, stats.seconds)
+            HandoffEvent(
+                transfer_id,
+                "send",
+                True,
+                self._num_tokens,
+                stats.seconds,
+                kv_bytes=stats.raw_bytes,
+                wire_bytes=stats.wire_bytes,
+            )
         )
 
     @property
