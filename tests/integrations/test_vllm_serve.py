@@ -48,15 +48,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # the deployment's s
 
 MAX_TOKENS = 16
 SETTLE_S = 30.0
-# The tiny model's KV is 1 KiB a token (2 layers, K and V, 2 heads of 32 fp32 dims): at
-# 100 kbit/s the fault prompt's 260 KiB take about 20 s, time to kill the sender mid-way.
-SLOW_GBPS = 0.0001
+# The tiny model's KV is 1 KiB a token (2 layers, K and V, 2 heads of 32 fp32 dims): the
+# link emulator passes its first 256 KiB at once (its pacer's burst), the fault prompt's
+# other 224 KiB take about 35 s at 50 kbit/s, time to kill the sender mid-way.
+SLOW_GBPS = 0.00005
 # Token-id prompts (the completions API takes them) over the byte-level vocabulary's 256
 # byte tokens (ids 3..258): no tokenizer question between the deployment and vLLM alone.
 SHORT = [(17 * i + 5) % 250 + 5 for i in range(20)]  # below t: the PD cluster prefills
 LONG = [(31 * i + 7) % 250 + 5 for i in range(300)]  # above t: the PrfaaS cluster
 BOUNDARY = [(23 * i + 4) % 250 + 5 for i in range(9 * 32)]  # the same, on a block boundary
-FAULT = [(13 * i + 3) % 250 + 5 for i in range(260)]  # above t, no block shared
+FAULT = [(13 * i + 3) % 250 + 5 for i in range(480)]  # above t, no block shared
 REPEAT = [(11 * i + 9) % 250 + 5 for i in range(303)]  # above t, no block shared
 # route -> a prompt taking it, sampled with seeds
 SEEDED = {"pd-p": [(7 * i + 1) % 250 + 5 for i in range(24)]}
