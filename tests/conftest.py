@@ -9,6 +9,10 @@ from typing import Any
 
 import pytest
 
+# The session's vLLM deployment, shared by tests/api and tests/integrations (it starts only
+# where a test asks for it: in vLLM's venv).
+from tests.vllm_deployment import vllm_bytes  # noqa: F401
+
 
 def _tokenizer_files(folder: Path, vocab_size: int) -> None:
     """A tiny word-level tokenizer (ids 0..vocab_size-1) so tiny models load like real ones."""

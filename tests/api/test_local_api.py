@@ -20,9 +20,10 @@ import openai
 import pytest
 
 from prfaas import LLM, SamplingParams
-from tests.api.conftest import ENGINES, TOOLS_TEMPLATE, Deployed
+from tests.api.conftest import ENGINES
 from tests.gateway.conftest import API_KEY, LocalServer
 from tests.gateway.test_openai_api import client, llm
+from tests.vllm_deployment import TOOLS_TEMPLATE, Deployed
 
 MESSAGES = [{"role": "user", "content": "w5 w9 w17 w33 w65 w129 w200 w7"}]
 PROMPT = "w11 w22 w33 w44 w55 w66 w77 w88 w99"

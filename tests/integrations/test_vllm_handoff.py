@@ -11,7 +11,6 @@ Runs in the vLLM venv (`make test-vllm`); skipped where vLLM is not installed.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from collections.abc import Iterator
@@ -20,14 +19,9 @@ from typing import Any
 
 import pytest
 
-from tests.integrations.vllm_procs import free_port, read_events, start, wait_for
+from tests.integrations.vllm_procs import free_port, read_events, require_vllm, start, wait_for
 
-if importlib.util.find_spec("vllm") is None:
-    pytest.skip(
-        "vLLM is not installed in this environment: `make test-vllm` runs these tests in "
-        "the .venv-vllm environment that `make setup-vllm` creates",
-        allow_module_level=True,
-    )
+require_vllm()
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # the start-up and run bounds below
 

@@ -8,13 +8,12 @@ cache-write op, and the gathered rows must be exactly what that op was given.
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 import torch
 
 from prfaas.integrations.vllm.layout import BlockLayout, CacheWriter
+from tests.integrations.vllm_procs import HAS_VLLM
 
 BLOCK, HEADS, DIM = 32, 3, 64
 
@@ -48,7 +47,7 @@ def vllm_write() -> CacheWriter:
     return write
 
 
-WRITERS = ["fake"] + (["vllm"] if importlib.util.find_spec("vllm") else [])
+WRITERS = ["fake"] + (["vllm"] if HAS_VLLM else [])
 
 
 def as_torch(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:

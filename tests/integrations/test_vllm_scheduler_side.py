@@ -7,17 +7,16 @@ is checked in milliseconds; the real scheduler drives it in test_vllm_handoff.py
 
 from __future__ import annotations
 
-import importlib.util
 from types import SimpleNamespace
 from typing import Any
 
-import pytest
+from tests.integrations.vllm_procs import require_vllm
 
-if importlib.util.find_spec("vllm") is None:
-    pytest.skip("vLLM is not installed (make test-vllm)", allow_module_level=True)
+require_vllm()
 
-from prfaas.integrations.vllm.metadata import LoadSpec, SendSpec
-from prfaas.integrations.vllm.scheduler_side import HandoffScheduler
+# After the skip: these import vLLM.
+from prfaas.integrations.vllm.metadata import LoadSpec, SendSpec  # noqa: E402
+from prfaas.integrations.vllm.scheduler_side import HandoffScheduler  # noqa: E402
 
 BLOCK = 32
 

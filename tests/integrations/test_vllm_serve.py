@@ -1,44 +1,35 @@
-"""`prfaas serve --engine vllm` with the official openai client: the embedded default topology
-(PD cluster: pd-p-0, pd-d-0; PrfaaS cluster: prfaas-0; an emulated WAN link with mutual TLS),
-every instance a vLLM engine behind the worker protocol, the KV moving through prfaas's
-connector. One deployment serves every test of this module (engine starts dominate).
+"""`prfaas serve --engine vllm` with the official openai client: the session's vLLM deployment
+(tests/vllm_deployment.py: the standard topology, PD cluster pd-p-0, pd-d-0, PrfaaS cluster
+prfaas-0, an emulated WAN link with mutual TLS; every instance a vLLM engine behind the
+worker protocol, the KV moving through prfaas's connector; the byte-level tiny Llama). The
+API tests' vLLM cases use the same deployment, so its engines start once per session.
 
-The answers must equal one vLLM engine generating alone (vllm_instance.py, started beside
-the deployment), on both paths; the last test kills the PrfaaS prefill instance (its whole
-process group: worker and vLLM engine core) while its KV crawls over a throttled link, and
-the request must still complete by local prefill, leaving every worker clean.
-Runs in the vLLM venv (`make test-vllm`); skipped where vLLM is not installed.
+The answers must equal vLLM alone: the decode instance's engine computing the whole prompt
+itself (a decode command that expects no KV, under a tenant salt no request shares, so
+neither a transfer nor a prefix hit is involved), on both paths. A seed gives the same
+sample twice on either path (vLLM's own sampler: it draws other tokens for a seed than the
+reference engine's). The last test kills the PrfaaS prefill instance (its whole process
+group: worker and vLLM engine core) while its KV crawls over a throttled link, and the
+request must still complete by local prefill, leaving every worker clean; it must stay the
+last test of the session to use the deployment (it is: tests/api is collected first).
+Runs in the vLLM venv; skipped where vLLM is not installed.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-import pytest
-
-if importlib.util.find_spec("vllm") is None:
-    pytest.skip(
-        "vLLM is not installed in this environment: `make test-vllm` runs these tests in "
-        "the .venv-vllm environment that `make setup-vllm` creates",
-        allow_module_level=True,
-    )
 
 import httpx
 import openai
+import pytest
 
-from prfaas.deploy.launcher import free_port
 from prfaas.messages import (
     TOKEN_HEADER,
     DecodeCommand,
@@ -47,35 +38,35 @@ from prfaas.messages import (
     TokenEvent,
     WorkerCheck,
 )
-from tests.deploy_helper import Running, gateway_tls, start, topology
+from tests.deploy_helper import gateway_tls
+from tests.integrations.vllm_procs import require_vllm
+from tests.vllm_deployment import KEYS, MODEL, VLLM_TOKEN, Deployed
 
-pytestmark = pytest.mark.slow
+require_vllm()
 
-SCRIPT = Path(__file__).with_name("vllm_instance.py")
-CLUSTER_TOKEN = "vllm-serve-cluster-token"
-KEYS = {"alice": "key-alice", "carol": "key-carol"}
-MODEL = "smollm2"
-THRESHOLD_TOKENS = 32
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # the deployment's start bound
+
 MAX_TOKENS = 16
-REFERENCE_START_S = 600.0
 SETTLE_S = 30.0
-SLOW_GBPS = 0.002  # 250 KB/s: the long prompt's ~12 MB of KV takes about a minute
-# Token-id prompts (the completions API takes them): no tokenizer question between the
-# deployment and the reference engine.
-SHORT = [(17 * i + 5) % 4000 + 100 for i in range(20)]  # below t: the PD cluster prefills
-LONG = [(31 * i + 7) % 9000 + 200 for i in range(300)]  # above t: the PrfaaS cluster
-FAULT = [(13 * i + 3) % 9000 + 300 for i in range(260)]  # above t, no block shared
-PROMPTS = {"short": SHORT, "long": LONG, "fault": FAULT}
+# The tiny model's KV is 1 KiB a token (2 layers, K and V, 2 heads of 32 fp32 dims): the
+# link emulator passes its first 256 KiB at once (its pacer's burst), the fault prompt's
+# other 224 KiB take about 35 s at 50 kbit/s, time to kill the sender mid-way.
+SLOW_GBPS = 0.00005
+# Token-id prompts (the completions API takes them) over the byte-level vocabulary's 256
+# byte tokens (ids 3..258): no tokenizer question between the deployment and vLLM alone.
+SHORT = [(17 * i + 5) % 250 + 5 for i in range(20)]  # below t: the PD cluster prefills
+LONG = [(31 * i + 7) % 250 + 5 for i in range(300)]  # above t: the PrfaaS cluster
+BOUNDARY = [(23 * i + 4) % 250 + 5 for i in range(9 * 32)]  # the same, on a block boundary
+FAULT = [(13 * i + 3) % 250 + 5 for i in range(480)]  # above t, no block shared
+REPEAT = [(11 * i + 9) % 250 + 5 for i in range(303)]  # above t, no block shared
+# route -> a prompt taking it, sampled with seeds
+SEEDED = {"pd-p": [(7 * i + 1) % 250 + 5 for i in range(24)]}
+SEEDED["prfaas"] = [(19 * i + 2) % 250 + 5 for i in range(200)]
 
 
 @dataclass
 class Deployment:
-    running: Running
-    reference: dict[str, Any]  # name -> vLLM alone: {"token_ids", "text"}
-
-    @property
-    def base_url(self) -> str:
-        return self.running.base_url
+    base_url: str
 
     def client(self, tenant: str = "alice", timeout_s: float = 300.0) -> openai.OpenAI:
         return openai.OpenAI(
@@ -83,7 +74,7 @@ class Deployment:
         )
 
     def headers(self) -> dict[str, str]:
-        return {TOKEN_HEADER: CLUSTER_TOKEN}
+        return {TOKEN_HEADER: VLLM_TOKEN}
 
     def workers(self) -> dict[str, dict[str, Any]]:
         r = httpx.get(self.base_url + "/status", headers=self.headers(), timeout=10)
@@ -98,7 +89,7 @@ class Deployment:
 
 def check(url: str) -> WorkerCheck:
     # A worker's control port: HTTPS, a gateway's certificate.
-    headers = {TOKEN_HEADER: CLUSTER_TOKEN}
+    headers = {TOKEN_HEADER: VLLM_TOKEN}
     r = httpx.get(url + "/internal/check", headers=headers, timeout=10, verify=gateway_tls())
     r.raise_for_status()
     return WorkerCheck.decode(r.content)
@@ -116,6 +107,23 @@ def decode_at(d: Deployment, instance: str, cmd: DecodeCommand) -> list[TokenEve
     )
     r.raise_for_status()
     return [TokenEvent.decode(line) for line in r.text.splitlines()]
+
+
+def alone(d: Deployment, name: str, prompt: list[int], **params: Any) -> list[TokenEvent]:
+    """vLLM alone on ``prompt`` (greedy, ``MAX_TOKENS``): pd-d-0's engine computes it all
+    itself, under a tenant salt of its own (no prefix hit on anything a test cached)."""
+    cmd = DecodeCommand(
+        request_id=f"alone-{name}",
+        prompt_token_ids=prompt,
+        params=SamplingSpec(max_tokens=MAX_TOKENS, temperature=0.0, **params),
+        tenant_salt_hex=f"a1{len(name):02x}{name.encode().hex()}",
+        expect_kv=False,
+        deadline_s=120.0,
+    )
+    events = decode_at(d, "pd-d-0", cmd)
+    assert events and events[0].cached_tokens == 0, events[:1]
+    assert all(e.error is None for e in events), events[-1]
+    return events
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -142,71 +150,17 @@ def assert_clean(d: Deployment, names: list[str]) -> None:
         time.sleep(0.25)
 
 
-def start_reference(folder: Path, tmp: Path) -> tuple[subprocess.Popen[bytes], Path]:
-    """vLLM alone (no connector) on every prompt, in its own process."""
-    jobs = [
-        {"name": name, "prompt_token_ids": p, "max_tokens": MAX_TOKENS}
-        for name, p in PROMPTS.items()
-    ]
-    spec = {
-        "model": str(folder),
-        "kv_transfer_config": None,
-        "ready": str(tmp / "ref.ready"),
-        "go": str(tmp / "ref.ready"),  # no need to wait for anyone
-        "out": str(tmp / "ref.out.json"),
-        "jobs": jobs,
-    }
-    (tmp / "ref.json").write_text(json.dumps(spec))
-    with (tmp / "ref.log").open("wb") as log:
-        proc = subprocess.Popen(
-            ["nice", "-n", "10", sys.executable, str(SCRIPT), str(tmp / "ref.json")],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "1"},
-        )
-    return proc, tmp / "ref.out.json"
-
-
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    from prfaas.config import default_cache_dir
-    from prfaas.model.loader import resolve_model_folder
-
-    tmp = tmp_path_factory.mktemp("vllm-serve")
-    folder = resolve_model_folder(None, default_cache_dir())
-    ref_proc, ref_out = start_reference(folder, tmp)
-    config = topology(
-        folder,
-        free_port(),
-        served_model_name=MODEL,
-        threshold_tokens=THRESHOLD_TOKENS,
-        link={"rtt_ms": 2.0},
-        max_model_len=1024,
-        tenants=[{"name": t, "api_keys": [k]} for t, k in KEYS.items()],
-        kv_deadline_s=60.0,
-        engine="vllm",
-    )
-    # One unbound thread each (see launch.thread_env) and a small KV pool: three engines
-    # and the reference share 2 cores and a memory other test runs use too (an engine's
-    # worker holds about 1.3 GB besides its pool; 1 GiB pools got one OOM-killed).
-    for cluster in config["clusters"]:
-        for inst in cluster["instances"]:
-            inst |= {"num_threads": 1, "kv_cache_gb": 0.25}
-    running = start(config, tmp, CLUSTER_TOKEN)
-    try:
-        ref_proc.wait(REFERENCE_START_S)
-        assert ref_proc.returncode == 0, (tmp / "ref.log").read_text()[-3000:]
-        yield Deployment(running, json.loads(ref_out.read_text()))
-    finally:
-        running.stop()
-        if ref_proc.poll() is None:
-            ref_proc.kill()
+def deployment(vllm_bytes: Deployed) -> Deployment:
+    return Deployment(vllm_bytes.base_url)
 
 
-def complete(d: Deployment, prompt: list[int], tenant: str = "alice") -> tuple[str, str, int]:
-    """(route, text, cached_tokens) of one greedy completion."""
+def complete(
+    d: Deployment, prompt: list[int], tenant: str = "alice", **sampling: Any
+) -> tuple[str, str, int]:
+    """(route, text, cached_tokens) of one completion (greedy unless ``sampling`` says)."""
     raw = d.client(tenant).completions.with_raw_response.create(
-        model=MODEL, prompt=prompt, max_tokens=MAX_TOKENS, temperature=0
+        model=MODEL, prompt=prompt, max_tokens=MAX_TOKENS, **{"temperature": 0.0, **sampling}
     )
     completion = raw.parse()
     usage = completion.usage
@@ -216,19 +170,29 @@ def complete(d: Deployment, prompt: list[int], tenant: str = "alice") -> tuple[s
     return raw.headers["x-prfaas-route"], completion.choices[0].text, cached
 
 
-@pytest.mark.parametrize(("name", "route"), [("short", "pd-p"), ("long", "prfaas")])
-def test_both_paths_equal_vllm_alone(deployment: Deployment, name: str, route: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "prompt", "route"),
+    [("short", SHORT, "pd-p"), ("long", LONG, "prfaas"), ("boundary", BOUNDARY, "prfaas")],
+)
+def test_both_paths_equal_vllm_alone(
+    deployment: Deployment, name: str, prompt: list[int], route: str
+) -> None:
+    want = "".join(e.text for e in alone(deployment, name, prompt))
     before = deployment.fallbacks()
-    got_route, text, _ = complete(deployment, PROMPTS[name])
+    got_route, text, _ = complete(deployment, prompt)
     assert got_route.split()[0] == route, got_route
-    assert text == deployment.reference[name]["text"]
+    assert text == want
     time.sleep(1.5)  # three heartbeats: the decode instance's fallback count is current
     assert deployment.fallbacks() == before  # the KV landed; nothing was recomputed
     assert_clean(deployment, ["pd-p-0", "pd-d-0", "prfaas-0"])
 
 
 def test_repeat_reports_cached_tokens_never_across_tenants(deployment: Deployment) -> None:
-    prompt = [*LONG, 11, 12, 13]
+    def indexed() -> int:
+        return int(deployment.workers()["prfaas-0"]["kv_index_blocks"])
+
+    prompt = REPEAT
+    before = indexed()  # the blocks other tests (the API tests too) left there
     complete(deployment, prompt)
     cached = 0
     for _ in range(20):  # cache events reach the gateway with the next heartbeat
@@ -243,43 +207,21 @@ def test_repeat_reports_cached_tokens_never_across_tenants(deployment: Deploymen
 
     # vLLM's own KV events reached the kv index under each tenant's salted hashes: the
     # PrfaaS instance that computed the prompt twice holds both tenants' full blocks there.
-    def indexed() -> int:
-        return int(deployment.workers()["prfaas-0"]["kv_index_blocks"])
-
-    wait_for(lambda: indexed() >= 2 * (len(prompt) // 32), 10, "the kv index to hold the blocks")
-
-
-def test_prefill_instance_killed_mid_transfer_falls_back(deployment: Deployment) -> None:
-    d = deployment
-    prefill_url = d.workers()["prfaas-0"]["http_url"]
-    victim = check(prefill_url)
-    before = d.fallbacks()
-    link = LinkControl(rate_gbps=SLOW_GBPS).encode()
-    r = httpx.post(
-        f"{d.base_url}/internal/link/remote->local", content=link, headers=d.headers(), timeout=10
-    )
-    r.raise_for_status()
-    with ThreadPoolExecutor(1) as pool:
-        answer = pool.submit(complete, d, FAULT)
-        wait_for(lambda: check(prefill_url).kv_sending == 1, 120, "the KV send to start")
-        os.killpg(victim.pid, signal.SIGKILL)  # the worker and its vLLM engine core
-        route, text, _ = answer.result()
-    assert route.startswith("prfaas prefill=prfaas-0"), route
-    assert text == d.reference["fault"]["text"]
-    wait_for(lambda: d.fallbacks() >= before + 1, 10, "the fallback to be counted")
-    assert_clean(d, ["pd-p-0", "pd-d-0"])
+    wanted = before + 2 * (len(prompt) // 32)
+    wait_for(lambda: indexed() >= wanted, 10, "the kv index to hold both tenants' blocks")
 
 
 def test_a_resumed_stream_goes_on_from_the_streamed_tokens(deployment: Deployment) -> None:
     """Decode failover lands on a vLLM instance: it prefills the prompt and the tokens
     another instance streamed, and streams the rest of vLLM alone's greedy answer. What vLLM
     cannot carry across the resume (output-only penalties, a grammar) is refused."""
-    want = deployment.reference["short"]["token_ids"]
-    assert len(want) == MAX_TOKENS  # no early stop: a resume point mid-answer exists
+    events = alone(deployment, "resume", SHORT, ignore_eos=True)
+    want = [t for e in events for t in e.token_ids]
+    assert len(want) == MAX_TOKENS  # a resume point mid-answer exists
     cmd = DecodeCommand(
         request_id="resume-0",
         prompt_token_ids=SHORT,
-        params=SamplingSpec(max_tokens=MAX_TOKENS, temperature=0.0),
+        params=SamplingSpec(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True),
         tenant_salt_hex="",
         expect_kv=False,
         deadline_s=120.0,
@@ -288,8 +230,52 @@ def test_a_resumed_stream_goes_on_from_the_streamed_tokens(deployment: Deploymen
     events = decode_at(deployment, "pd-d-0", cmd)
     assert [t for e in events for t in e.token_ids] == want[5:]
     assert events[-1].finished and events[-1].finish_reason == "length"
-    penalized = SamplingSpec(max_tokens=MAX_TOKENS, temperature=0.0, presence_penalty=0.5)
+    penalized = cmd.params.model_copy(update={"presence_penalty": 0.5})
     refused = cmd.model_copy(update={"request_id": "resume-1", "params": penalized})
     (event,) = decode_at(deployment, "pd-d-0", refused)
     assert event.finish_reason == "error" and "presence_penalty" in (event.error or "")
     assert_clean(deployment, ["pd-d-0"])
+
+
+@pytest.mark.parametrize("route", ["pd-p", "prfaas"])
+def test_a_seed_draws_the_same_sample_on_either_path(deployment: Deployment, route: str) -> None:
+    """A seeded sample through prfaas on vLLM instances: the same seed twice gives the same
+    text, another seed another (vLLM's sampler on both, so the check is vLLM's own
+    determinism; on the remote path the decode instance draws every output token). The two
+    tenants keep the repeat off the first one's cached blocks: both take ``route``."""
+    prompt = SEEDED[route]
+    sampled = {"temperature": 1.0, "seed": 7}
+    first_route, first, _ = complete(deployment, prompt, "alice", **sampled)
+    again_route, again, _ = complete(deployment, prompt, "carol", **sampled)
+    _, other, _ = complete(deployment, prompt, "alice", **{**sampled, "seed": 8})
+    assert [first_route.split()[0], again_route.split()[0]] == [route, route]
+    assert again == first
+    assert other != first  # 16 draws from a near-uniform 260-token distribution
+
+
+def set_link(d: Deployment, control: LinkControl) -> None:
+    url = f"{d.base_url}/internal/link/remote->local"
+    httpx.post(url, content=control.encode(), headers=d.headers(), timeout=10).raise_for_status()
+
+
+def test_prefill_instance_killed_mid_transfer_falls_back(deployment: Deployment) -> None:
+    """The last test of the session on the deployment: it has no PrfaaS prefill instance
+    afterwards."""
+    d = deployment
+    want = "".join(e.text for e in alone(d, "fault", FAULT))
+    prefill_url = d.workers()["prfaas-0"]["http_url"]
+    victim = check(prefill_url)
+    before = d.fallbacks()
+    set_link(d, LinkControl(rate_gbps=SLOW_GBPS))
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(complete, d, FAULT)
+            wait_for(lambda: check(prefill_url).kv_sending == 1, 120, "the KV send to start")
+            os.killpg(victim.pid, signal.SIGKILL)  # the worker and its vLLM engine core
+            route, text, _ = answer.result()
+    finally:
+        set_link(d, LinkControl(rate_gbps=1.0))  # the topology's rate
+    assert route.startswith("prfaas prefill=prfaas-0"), route
+    assert text == want
+    wait_for(lambda: d.fallbacks() >= before + 1, 10, "the fallback to be counted")
+    assert_clean(d, ["pd-p-0", "pd-d-0"])

@@ -1,9 +1,10 @@
 """Start ``vllm_instance.py`` engines as processes and collect what they wrote (the hand-off
-tests' shared plumbing)."""
+tests' shared plumbing), and the one skip of the modules that need vLLM."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -15,9 +16,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from prfaas.deploy.launcher import die_with_parent
 
 SCRIPT = Path(__file__).with_name("vllm_instance.py")
+
+
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
+VLLM_MISSING = (
+    "vLLM is not installed in this environment: its tests run in the .venv-vllm environment "
+    "that `make setup-vllm` creates (`make test` runs the vLLM tier there, `make test-vllm` "
+    "all of them)"
+)
+
+
+def require_vllm() -> None:
+    """Skip the calling test module where vLLM is not installed (call it at module level,
+    before anything imports vLLM)."""
+    if not HAS_VLLM:
+        pytest.skip(VLLM_MISSING, allow_module_level=True)
 
 
 def free_port() -> int:
