@@ -35,3 +35,11 @@ def test_other_dtypes_take_f_linear() -> None:
     with torch.inference_mode():
         assert torch.equal(layer(x), F.linear(x, layer.weight))
     assert layer._packed is None
+
+
+def test_weights_made_in_inference_mode_take_f_linear() -> None:
+    with torch.inference_mode():
+        layer = Linear(32, 16, bias=False)
+        x = torch.randn(4, 32)
+        assert torch.equal(layer(x), F.linear(x, layer.weight))
+    assert layer._packed is None

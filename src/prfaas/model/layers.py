@@ -31,7 +31,8 @@ class Linear(nn.Linear):
     result to float32 rounding. Other devices and dtypes take ``F.linear``.
 
     The reordered copy costs one more copy of the weight in host memory. It is rebuilt when
-    the weight changes (a new tensor or an in-place write, seen by its version counter).
+    the weight changes (a new tensor or an in-place write, seen by its version counter); a
+    weight made under ``torch.inference_mode`` has no version counter and takes ``F.linear``.
     """
 
     _packed: tuple[int, int, torch.Tensor] | None = None  # (data_ptr, version, reordered)
@@ -43,6 +44,7 @@ class Linear(nn.Linear):
             and x.dim() == 2
             and x.dtype == w.dtype == torch.float32
             and torch.backends.mkldnn.is_available()
+            and not w.is_inference()  # no version counter to see in-place writes by
         ):
             return F.linear(x, w, self.bias)
         key = (w.data_ptr(), w._version)
