@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prfaas.model.attention import AttentionMetadata, paged_attention, write_kv
-from prfaas.model.layers import RMSNorm
+from prfaas.model.layers import Linear, RMSNorm
 from prfaas.model.rope import RotaryEmbedding, rotate_
 
 KVCache = tuple[torch.Tensor, torch.Tensor]  # K, V: (num_slots, num_kv_heads, head_dim)
@@ -37,8 +37,8 @@ class LlamaAttention(nn.Module):
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
         bias = bool(getattr(cfg, "attention_bias", False)) or cfg.model_type == "qwen2"
-        self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=bias)
-        self.o_proj = nn.Linear(
+        self.qkv_proj = Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=bias)
+        self.o_proj = Linear(
             self.q_size, cfg.hidden_size, bias=bool(getattr(cfg, "attention_bias", False))
         )
         self.qk_norm = cfg.model_type == "qwen3"
@@ -69,8 +69,8 @@ class LlamaMLP(nn.Module):
         super().__init__()
         bias = bool(getattr(cfg, "mlp_bias", False))
         self.intermediate = cfg.intermediate_size
-        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * self.intermediate, bias=bias)
-        self.down_proj = nn.Linear(self.intermediate, cfg.hidden_size, bias=bias)
+        self.gate_up_proj = Linear(cfg.hidden_size, 2 * self.intermediate, bias=bias)
+        self.down_proj = Linear(self.intermediate, cfg.hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
