@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import random
 import signal
@@ -15,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prfaas.config import CLUSTER_TOKEN_ENV
+from prfaas.libc import glibc
 
 # Ports handed to processes that bind them later. Below the kernel's ephemeral range
 # (net.ipv4.ip_local_port_range, 32768-60999 by default), so no outgoing connection can take
@@ -44,10 +43,10 @@ def die_with_parent() -> None:
     a benchmark), even when that one is SIGKILLed: the kernel sends the child SIGTERM
     (Linux's parent-death signal; elsewhere nothing). A `prfaas serve` that gets it stops
     its workers; workers leave on their own once their gateway is gone."""
-    if not sys.platform.startswith("linux"):
+    libc = glibc()
+    if libc is None:
         return
     parent = os.getppid()
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() != parent:  # the parent died before the signal was armed
         os._exit(1)

@@ -16,14 +16,12 @@ live plus what the last ``TRIM_EVERY_S`` freed; the steps between trims keep the
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import logging
-import sys
 import time
 
 import torch
+
+from prfaas.libc import glibc
 
 logger = logging.getLogger(__name__)
 
@@ -51,21 +49,9 @@ def placement(device: str, dtype: str) -> tuple[torch.device, torch.dtype | None
     return resolved, None if dtype == "auto" else _DTYPES[dtype]
 
 
-@functools.cache
-def _glibc() -> ctypes.CDLL | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt, libc.malloc_trim  # noqa: B018  (both exist: glibc, not musl)
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
 def keep_freed_memory() -> bool:
     """Returns True when the allocator was tuned."""
-    libc = _glibc()
+    libc = glibc()
     if libc is None:
         return False
     ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)) and bool(
@@ -82,7 +68,7 @@ class HeapTrim:
     not tuned (a GPU device, not glibc)."""
 
     def __init__(self, device: torch.device, every_s: float = TRIM_EVERY_S) -> None:
-        self._libc = _glibc() if device.type == "cpu" else None
+        self._libc = glibc() if device.type == "cpu" else None
         self._every_s = every_s
         self._next_s = time.monotonic() + every_s
         self.trims = 0
