@@ -57,6 +57,9 @@ class WorkerSpawn:
     name: str
     cluster: str
     role: str
+    # 0: the worker binds a port the kernel picks and announces it when registering (the
+    # gateway reads both ports from there); no port is chosen here and bound later, where
+    # another process could take it in between.
     port: int
     kv_port: int
     gateway_urls: tuple[str, ...]
@@ -156,9 +159,9 @@ class Launcher:
         return proc
 
     def restart(self, name: str) -> subprocess.Popen[bytes]:
-        """Start worker ``name`` again on the same ports (SIGKILL first if it still runs).
-        The new process registers with a new epoch: the gateway forgets the old one's
-        kv-index entries."""
+        """Start worker ``name`` again with the same spawn (SIGKILL first if it still runs;
+        ports 0 give it new ones). The new process registers with a new epoch and its ports:
+        the gateway forgets the old one's kv-index entries."""
         spec = self.specs[name]  # KeyError: never spawned here
         old = self.procs.get(name)
         if old is not None:

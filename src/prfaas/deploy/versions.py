@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prfaas.deploy.config import DeployConfig, open_kv_index
-from prfaas.deploy.launcher import WorkerSpawn, free_port
+from prfaas.deploy.launcher import WorkerSpawn
 from prfaas.deploy.models import ModelFacts, ModelVersion
 from prfaas.deploy.profiling import default_threshold
 from prfaas.deploy.regions import region_map
@@ -139,8 +139,8 @@ def worker_spawns(
                         name=inst.name,
                         cluster=cluster.name,
                         role=inst.role,
-                        port=free_port(),
-                        kv_port=free_port(),
+                        port=0,  # bound by the worker itself; announced when registering
+                        kv_port=0,
                         gateway_urls=gateway_urls,
                         model=facts[version.key].folder,
                         certs_dir=certs_dir,
