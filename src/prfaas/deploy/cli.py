@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -134,16 +133,11 @@ def _split_host_port(value: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
-def listen_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host``:``port`` (0: a free port the kernel picks)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host.strip("[]"), port), family=family, backlog=2048)
-
-
 def _worker(args: argparse.Namespace) -> int:
     import uvicorn
 
     from prfaas.config import CLUSTER_TOKEN_ENV, EngineConfig, cluster_token_from_env
+    from prfaas.deploy.launcher import listen_socket
     from prfaas.worker import Worker, WorkerConfig, create_worker_app
 
     if args.engine == "vllm" and _vllm_missing():

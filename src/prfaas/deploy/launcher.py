@@ -35,6 +35,14 @@ def free_port(host: str = "127.0.0.1") -> int:
     raise OSError(f"no free port in {PORT_RANGE} on {host}")
 
 
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host``:``port``; port 0: a free one the kernel picks.
+    Bind where the port is needed and serve from the socket: a port chosen here and bound
+    later can be taken by another process in between."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host.strip("[]"), port), family=family, backlog=2048)
+
+
 _PR_SET_PDEATHSIG = 1
 
 

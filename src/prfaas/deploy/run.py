@@ -54,7 +54,7 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
     from rich.console import Console
 
     from prfaas.deploy.config import open_kv_index
-    from prfaas.deploy.launcher import MALLOC_ARENAS, free_port
+    from prfaas.deploy.launcher import MALLOC_ARENAS, listen_socket
     from prfaas.deploy.serve import (
         build_deployment,
         control_server,
@@ -80,7 +80,14 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
     url = f"http://{cfg.host}:{cfg.port}"
     control = cfg.control_plane
     control_host = control.host or cfg.host
-    control_port = control.port or free_port(control_host)
+    # Bound now, served from this socket: the workers spawned below register here, and no
+    # other process can take the port before the listener starts (port 0: the kernel picks).
+    try:
+        control_socket = None if control.insecure else listen_socket(control_host, control.port)
+    except OSError as e:
+        print(f"prfaas serve: control_plane port {control.port}: {e}", file=sys.stderr)
+        return 2
+    control_port = control_socket.getsockname()[1] if control_socket is not None else 0
     # Where spawned workers register: the control listener (mutual TLS), unless insecure.
     worker_url = url if control.insecure else f"https://{control_host}:{control_port}"
     deployment = build_deployment(
@@ -100,7 +107,11 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
     )
     control_listener = control_server(deployment, control_host, control_port)
     servers = [server] if control_listener is None else [server, control_listener]
-    serving = asyncio.gather(*(srv.serve() for srv in servers))
+    runs = [server.serve()]
+    if control_listener is not None:
+        assert control_socket is not None  # a secure control plane: bound above
+        runs.append(control_listener.serve(sockets=[control_socket]))
+    serving = asyncio.gather(*runs)
     trimming = asyncio.create_task(trim_heap_every(HEAP_TRIM_EVERY_S))
     try:
         names = ", ".join(deployment.expected_workers)
