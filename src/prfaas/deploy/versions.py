@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prfaas.deploy.config import DeployConfig, open_kv_index
-from prfaas.deploy.launcher import WorkerSpawn
+from prfaas.deploy.launcher import WorkerSpawn, free_port
 from prfaas.deploy.models import ModelFacts, ModelVersion
 from prfaas.deploy.profiling import default_threshold
 from prfaas.deploy.regions import region_map
@@ -140,7 +140,10 @@ def worker_spawns(
                         cluster=cluster.name,
                         role=inst.role,
                         port=0,  # bound by the worker itself; announced when registering
-                        kv_port=0,
+                        # vLLM's connector binds its receiver in vLLM's engine core, so its
+                        # port is chosen before (outside the ephemeral range); the reference
+                        # engine binds its own.
+                        kv_port=0 if engine == "reference" else free_port(),
                         gateway_urls=gateway_urls,
                         model=facts[version.key].folder,
                         certs_dir=certs_dir,
