@@ -20,3 +20,25 @@ def glibc() -> ctypes.CDLL | None:
     except (OSError, AttributeError):
         return None
     return libc
+
+
+_M_ARENA_MAX = -8
+
+
+def cap_arenas(n: int) -> bool:
+    """At most ``n`` glibc arenas from now on (``MALLOC_ARENA_MAX``, set from inside): every
+    thread otherwise may open one, up to 8 per core, and each keeps what its threads freed.
+    False where not glibc."""
+    libc = glibc()
+    return libc is not None and bool(libc.mallopt(_M_ARENA_MAX, n))
+
+
+def trim_heap() -> bool:
+    """Hand the allocator's free pages back to the OS: glibc's ``malloc_trim(0)``, which
+    releases the free pages inside every arena, not only the main heap's top. False where
+    not glibc."""
+    libc = glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True

@@ -176,8 +176,14 @@ def test_decode_worker_killed_mid_decode(
     assert refused.value.status_code == 503
     serve.restart("pd-d-0")
     serve.wait_healthy(["pd-d-0"], {"pd-d-0": victim.epoch})
-    for prompt in (SHORT, long_prompt(4)):  # the emulated link reaches the new receiver too
-        assert complete(serve, prompt).text == reference(prompt, MAX_TOKENS)
+    before = serve.fallbacks()
+    for prompt in (SHORT, long_prompt(4)):
+        got = complete(serve, prompt)
+        assert got.text == reference(prompt, MAX_TOKENS)
+    assert got.route.startswith("prfaas"), got.route
+    # The new process bound new ports; the emulated link follows its registration, so the
+    # remote prefill's KV reached it (no local fallback).
+    assert fallbacks_after(serve, before, 0) == 0
     assert_clean(urls(serve), baseline)
     serve.assert_idle()
 

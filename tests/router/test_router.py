@@ -6,7 +6,7 @@ import pytest
 
 from prfaas.router.kv_index import KvIndex
 from prfaas.router.policies import PrfaasThreshold
-from prfaas.router.router import Router, RouterConfig
+from prfaas.router.router import RINGS_KEPT, Router, RouterConfig
 from prfaas.router.types import InstanceView, NoRouteError, RouteRequest, RouterState
 from tests.router.fleet import StaticFleet
 
@@ -114,3 +114,23 @@ def test_a_path_with_no_healthy_prefill_instance_falls_to_the_other_path() -> No
     # A tenant pinned to the PD cluster is never sent remote for it: no route at all.
     with pytest.raises(NoRouteError):
         router.route(RouteRequest("b", "t", 100, (1,), allowed_clusters=frozenset({"pd"})))
+
+
+def test_the_rings_of_changing_healthy_sets_stay_bounded_and_route_alike() -> None:
+    """One hash ring per set of healthy prefill instances: a cluster whose instances come and
+    go makes new sets all the time, and only the last ``RINGS_KEPT`` are kept. A set whose
+    ring was dropped routes as before when it comes back (the ring is rebuilt the same)."""
+    prefills = [InstanceView(f"pd-p{k}", "pd", "prefill") for k in range(12)]
+    fleet = StaticFleet(instance_views=[*prefills, InstanceView("pd-d0", "pd", "decode")])
+    router, _, _ = make(fleet=fleet)
+    first = router.route(RouteRequest("a", "t", 100, tuple(range(1))))
+    for mask in range(1, 400):  # 399 distinct healthy sets
+        views = [
+            dataclasses.replace(p, healthy=bool(mask >> k & 1)) for k, p in enumerate(prefills)
+        ]
+        fleet.instance_views = [*views, InstanceView("pd-d0", "pd", "decode")]
+        router.route(RouteRequest(f"r{mask}", "t", 100, tuple(range(1))))
+        assert router.num_rings <= RINGS_KEPT
+    fleet.instance_views = [*prefills, InstanceView("pd-d0", "pd", "decode")]
+    again = router.route(RouteRequest("b", "t", 100, tuple(range(1))))
+    assert again.prefill_instance == first.prefill_instance

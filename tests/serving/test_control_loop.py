@@ -23,7 +23,7 @@ import uvicorn
 from tests.serving.conftest import CLUSTER_TOKEN
 
 from prfaas.deploy.config import DeployConfig
-from prfaas.deploy.launcher import free_port
+from prfaas.deploy.launcher import free_port, listen_socket
 from prfaas.deploy.run import model_facts
 from prfaas.deploy.serve import (
     Deployment,
@@ -54,7 +54,9 @@ class Gateway:
 
     async def _start(self, cfg: DeployConfig, log_dir: Path) -> Deployment:
         folder, tokenizer, max_model_len = await asyncio.to_thread(model_facts, cfg)
-        control_port = free_port()  # the control listener: workers register there (mTLS)
+        # The control listener, bound before the workers start: they register there (mTLS).
+        control_socket = listen_socket("127.0.0.1", 0)
+        control_port = control_socket.getsockname()[1]
         deployment = build_deployment(
             cfg,
             tokenizer,
@@ -71,7 +73,7 @@ class Gateway:
         control = control_server(deployment, "127.0.0.1", control_port)
         assert control is not None
         self.servers = [self.server, control]
-        self.serving = asyncio.gather(*(server.serve() for server in self.servers))
+        self.serving = asyncio.gather(self.server.serve(), control.serve(sockets=[control_socket]))
         try:
             await wait_ready(deployment, 240)
             await start_control(deployment)

@@ -4,7 +4,7 @@ and restart a spawned worker. For fault drills, tests and the stress benchmark.
   POST /internal/link/{name}              LinkControl (rate, blackhole, stall, cut) on each emulator
                                           of link ``name`` (e.g. ``remote->local``)
   POST /internal/workers/{name}/restart   SIGKILL worker ``name`` if it runs, start it again
-                                          on its ports (it registers with a new epoch)
+                                          (it registers with a new epoch and its new ports)
 """
 
 from __future__ import annotations

@@ -45,8 +45,18 @@ def register(commands: Commands) -> None:
     w.add_argument("--name", required=True)
     w.add_argument("--role", choices=["prefill", "decode"], required=True)
     w.add_argument("--cluster", required=True)
-    w.add_argument("--listen", required=True, metavar="HOST:PORT")
-    w.add_argument("--kv-listen", default="127.0.0.1:0", metavar="HOST:PORT")
+    w.add_argument(
+        "--listen",
+        required=True,
+        metavar="HOST:PORT",
+        help="control HTTP(S) listener; port 0: a free one, announced when registering",
+    )
+    w.add_argument(
+        "--kv-listen",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="KV receiver; port 0 (default): a free one, announced when registering",
+    )
     w.add_argument(
         "--gateway",
         action="append",
@@ -127,6 +137,7 @@ def _worker(args: argparse.Namespace) -> int:
     import uvicorn
 
     from prfaas.config import CLUSTER_TOKEN_ENV, EngineConfig, cluster_token_from_env
+    from prfaas.deploy.launcher import listen_socket
     from prfaas.worker import Worker, WorkerConfig, create_worker_app
 
     if args.engine == "vllm" and _vllm_missing():
@@ -145,6 +156,15 @@ def _worker(args: argparse.Namespace) -> int:
         return 2
     host, port = _split_host_port(args.listen)
     kv_host, kv_port = _split_host_port(args.kv_listen)
+    # Bound now, before the engine loads, and served from this socket: the port registered
+    # is the one held. With port 0 the kernel picks a free one, so no other process can take
+    # it between a choice and the bind (`prfaas serve` spawns its workers so).
+    try:
+        listener = listen_socket(host, port)
+    except OSError as e:
+        print(f"prfaas worker: --listen {args.listen}: {e}", file=sys.stderr)
+        return 2
+    port = listener.getsockname()[1]
     rates = {k: float(v) for k, _, v in (r.partition("=") for r in args.link_rate)}
     try:
         engine = EngineConfig(
@@ -179,10 +199,12 @@ def _worker(args: argparse.Namespace) -> int:
     try:
         worker = Worker(config)
     except (ValueError, OSError) as e:  # e.g. an http:// gateway with certificates
+        listener.close()
         print(f"prfaas worker: {e}", file=sys.stderr)
         return 2
     tls = {} if worker.control is None else worker.control.uvicorn_options()
-    uvicorn.run(create_worker_app(worker), host=host, port=port, log_level="warning", **tls)
+    server = uvicorn.Server(uvicorn.Config(create_worker_app(worker), log_level="warning", **tls))
+    server.run(sockets=[listener])
     return 0
 
 

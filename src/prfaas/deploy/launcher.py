@@ -35,6 +35,14 @@ def free_port(host: str = "127.0.0.1") -> int:
     raise OSError(f"no free port in {PORT_RANGE} on {host}")
 
 
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host``:``port``; port 0: a free one the kernel picks.
+    Bind where the port is needed and serve from the socket: a port chosen here and bound
+    later can be taken by another process in between."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host.strip("[]"), port), family=family, backlog=2048)
+
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -57,6 +65,9 @@ class WorkerSpawn:
     name: str
     cluster: str
     role: str
+    # 0: the worker binds a port the kernel picks and announces it when registering (the
+    # gateway reads both ports from there); no port is chosen here and bound later, where
+    # another process could take it in between.
     port: int
     kv_port: int
     gateway_urls: tuple[str, ...]
@@ -156,9 +167,9 @@ class Launcher:
         return proc
 
     def restart(self, name: str) -> subprocess.Popen[bytes]:
-        """Start worker ``name`` again on the same ports (SIGKILL first if it still runs).
-        The new process registers with a new epoch: the gateway forgets the old one's
-        kv-index entries."""
+        """Start worker ``name`` again with the same spawn (SIGKILL first if it still runs;
+        ports 0 give it new ones). The new process registers with a new epoch and its ports:
+        the gateway forgets the old one's kv-index entries."""
         spec = self.specs[name]  # KeyError: never spawned here
         old = self.procs.get(name)
         if old is not None:

@@ -48,13 +48,33 @@ def kv_target(links: Routes, source_cluster: str, receiver: WorkerInfo) -> KvTar
     )
 
 
+@dataclass
+class Emulators:
+    """The link emulators of a deployment, by link (``POST /internal/link/{name}``) and by
+    the worker each one fronts, (cluster, name)."""
+
+    by_link: dict[str, list[LinkEmulator]] = field(default_factory=dict)
+    by_worker: dict[tuple[str, str], list[LinkEmulator]] = field(default_factory=dict)
+
+    @property
+    def all(self) -> list[LinkEmulator]:
+        return [emu for emus in self.by_worker.values() for emu in emus]
+
+    def registered(self, info: WorkerInfo) -> None:
+        """Point the emulators in front of worker ``info.name`` at the KV receiver it
+        announced (a spawned worker binds its own port: known once it registers). Called
+        for accepted registrations only, whose cluster the worker's certificate proved."""
+        for emu in self.by_worker.get((info.cluster, info.name), ()):
+            emu.retarget((info.kv_host, info.kv_port))
+
+
 def kv_routes(
     spawns: list[WorkerSpawn], clusters: list[ClusterSpec], all_links: list[LinkSpec], *, tls: bool
-) -> tuple[list[LinkEmulator], dict[str, list[LinkEmulator]], Routes]:
+) -> tuple[Emulators, Routes]:
     """The KV routes between clusters, with a link emulator in front of every decode worker
-    that an emulated link reaches; ``tls``: the receivers speak mutual TLS."""
-    emulators: list[LinkEmulator] = []
-    emulators_by_link: dict[str, list[LinkEmulator]] = {}  # for POST /internal/link/{name}
+    that an emulated link reaches (relaying to it once it registers); ``tls``: the
+    receivers speak mutual TLS."""
+    emulators = Emulators()
     links: Routes = {}
     for link in all_links:
         via: dict[str, tuple[str, int]] = {}
@@ -64,13 +84,13 @@ def kv_routes(
                     emu = LinkEmulator(
                         EmulatorConfig(
                             listen=("127.0.0.1", 0),
-                            target=("127.0.0.1", s.kv_port),
+                            target=("127.0.0.1", s.kv_port) if s.kv_port else None,
                             rate_gbps=link.rate_gbps,
                             rtt_ms=link.rtt_ms,
                         )
                     ).start()
-                    emulators.append(emu)
-                    emulators_by_link.setdefault(f"{link.src}->{link.dst}", []).append(emu)
+                    emulators.by_link.setdefault(f"{link.src}->{link.dst}", []).append(emu)
+                    emulators.by_worker.setdefault((s.cluster, s.name), []).append(emu)
                     via[s.name] = emu.address
         links[link.src, link.dst] = LinkRoute(
             name=f"{link.src}->{link.dst}",
@@ -84,4 +104,4 @@ def kv_routes(
     for cluster in clusters:
         links.setdefault((cluster.name, cluster.name), LinkRoute(name="local", tls=tls))
 
-    return emulators, emulators_by_link, links
+    return emulators, links

@@ -7,16 +7,29 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from prfaas.deploy.config import DeployConfig
 from prfaas.deploy.models import ModelFacts, served_versions
+from prfaas.libc import cap_arenas, trim_heap
 from prfaas.router.kv_index import KvIndexUnavailableError
 
 logger = logging.getLogger(__name__)
 START_TIMEOUT_S = 600.0
+HEAP_TRIM_EVERY_S = 30.0  # a trim of the gateway's heap takes about a millisecond
+
+
+async def trim_heap_every(every_s: float) -> None:
+    """Hand the allocator's free pages back every ``every_s``. The gateway's threads (link
+    emulator relays, a thread per connection direction; ``to_thread`` calls) free
+    megabytes that glibc keeps in the arena each thread used: without a trim its RSS grew
+    by what every arena once held at its peak (docs/operations.md, the soak)."""
+    while True:
+        await asyncio.sleep(every_s)
+        trim_heap()
 
 
 def model_facts(cfg: DeployConfig) -> tuple[str, Any, int]:
@@ -41,7 +54,7 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
     from rich.console import Console
 
     from prfaas.deploy.config import open_kv_index
-    from prfaas.deploy.launcher import free_port
+    from prfaas.deploy.launcher import MALLOC_ARENAS, listen_socket
     from prfaas.deploy.serve import (
         build_deployment,
         control_server,
@@ -51,6 +64,8 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
     )
 
     console = Console(stderr=True)
+    if "MALLOC_ARENA_MAX" not in os.environ:  # an operator's own value wins
+        cap_arenas(MALLOC_ARENAS)  # as for the workers it spawns (``Launcher.spawn``)
     try:  # before the model: an unreachable Redis is a configuration error, said at once
         kv_index = open_kv_index(cfg.kv_index)
     except KvIndexUnavailableError as e:
@@ -65,7 +80,14 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
     url = f"http://{cfg.host}:{cfg.port}"
     control = cfg.control_plane
     control_host = control.host or cfg.host
-    control_port = control.port or free_port(control_host)
+    # Bound now, served from this socket: the workers spawned below register here, and no
+    # other process can take the port before the listener starts (port 0: the kernel picks).
+    try:
+        control_socket = None if control.insecure else listen_socket(control_host, control.port)
+    except OSError as e:
+        print(f"prfaas serve: control_plane port {control.port}: {e}", file=sys.stderr)
+        return 2
+    control_port = control_socket.getsockname()[1] if control_socket is not None else 0
     # Where spawned workers register: the control listener (mutual TLS), unless insecure.
     worker_url = url if control.insecure else f"https://{control_host}:{control_port}"
     deployment = build_deployment(
@@ -85,7 +107,12 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
     )
     control_listener = control_server(deployment, control_host, control_port)
     servers = [server] if control_listener is None else [server, control_listener]
-    serving = asyncio.gather(*(srv.serve() for srv in servers))
+    runs = [server.serve()]
+    if control_listener is not None:
+        assert control_socket is not None  # a secure control plane: bound above
+        runs.append(control_listener.serve(sockets=[control_socket]))
+    serving = asyncio.gather(*runs)
+    trimming = asyncio.create_task(trim_heap_every(HEAP_TRIM_EVERY_S))
     try:
         names = ", ".join(deployment.expected_workers)
         with console.status(f"starting workers ({names}); loading the model in each…"):
@@ -129,6 +156,7 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
         print(f"prfaas serve: {e}", file=sys.stderr)
         return 1
     finally:
+        trimming.cancel()
         for srv in servers:
             srv.should_exit = True
         with contextlib.suppress(BaseException):

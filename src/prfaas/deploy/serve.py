@@ -159,7 +159,7 @@ def build_deployment(
         cfg, clusters, all_links, facts, block_size, gateway_urls, certs_dir, insecure
     )
     warn_insecure_links(cfg)
-    emulators, emulators_by_link, links = kv_routes(
+    emulators, links = kv_routes(
         spawns, [c for _, c in clusters], all_links, tls=certs_dir is not None
     )
 
@@ -223,6 +223,7 @@ def build_deployment(
     for p in parts:
         p.fleet.inflight = app.state.admission.by_instance  # the one owner of in-flight counts
         p.fleet.on_capacity = app.state.admission.grant
+        p.fleet.on_register = emulators.registered  # spawned workers announce their KV port
         p.backend.failover.on_moved = app.state.admission.move  # a failed-over request counts anew
     audit.listeners.append(app.state.tenants.ledger.transferred)  # KV bytes per tenant
     assert router.regions is not None
@@ -241,7 +242,7 @@ def build_deployment(
     add_canary_routes(app, canary, cluster_token)
     add_role_route(app, fleet, cluster_token, worker_tls)
     launcher = Launcher(cluster_token, log_dir or Path(tmp.name) / "logs")
-    add_admin_routes(app, emulators_by_link, launcher, cluster_token)
+    add_admin_routes(app, emulators.by_link, launcher, cluster_token)
     add_rollout_routes(app, catalog, drains, cluster_token)
     expected = [s.name for s in spawns]
     deployment = Deployment(
@@ -251,7 +252,7 @@ def build_deployment(
         fleet,
         launcher,
         control,
-        emulators,
+        emulators.all,
         expected,
         tmp,
         control_app,

@@ -139,8 +139,11 @@ def worker_spawns(
                         name=inst.name,
                         cluster=cluster.name,
                         role=inst.role,
-                        port=free_port(),
-                        kv_port=free_port(),
+                        port=0,  # bound by the worker itself; announced when registering
+                        # vLLM's connector binds its receiver in vLLM's engine core, so its
+                        # port is chosen before (outside the ephemeral range); the reference
+                        # engine binds its own.
+                        kv_port=0 if engine == "reference" else free_port(),
                         gateway_urls=gateway_urls,
                         model=facts[version.key].folder,
                         certs_dir=certs_dir,

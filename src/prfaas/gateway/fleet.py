@@ -61,6 +61,9 @@ class WorkerFleet:
         # Called when an instance joins or comes back (registers, heartbeats again after a
         # silence, stops draining): capacity grew, so queued requests may go (``Admission``).
         self.on_capacity: Callable[[], None] = lambda: None
+        # Called with every accepted registration (e.g. to point a link emulator at the KV
+        # port the worker announced).
+        self.on_register: Callable[[WorkerInfo], None] = lambda _info: None
 
     @property
     def block_size(self) -> int | None:
@@ -111,6 +114,7 @@ class WorkerFleet:
             info.cluster,
             info.epoch,
         )
+        self.on_register(info)
         self.on_capacity()
 
     def heartbeat(self, hb: Heartbeat) -> bool:

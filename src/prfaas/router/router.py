@@ -14,7 +14,7 @@ prefills (``inflight``): the caller then reports each prefill's end (``prefill_f
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -35,6 +35,10 @@ from prfaas.router.types import (
     RouteRequest,
     RouterState,
 )
+
+# Hash rings kept: one per set of healthy prefill instances a cluster had lately (a ring is
+# ``virtual_nodes`` points per instance; one evicted is built again when its set returns).
+RINGS_KEPT = 32
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,9 @@ class Router:
         self.regions = regions
         self.inflight = InflightPrefills()  # fed only when instance_choice is set
         self.observed_lengths: deque[int] = deque(maxlen=config.length_window)
-        self._rings: dict[tuple[str, ...], ConsistentHashRing] = {}
+        # The rings of the healthy-instance sets seen last (LRU): a large cluster whose
+        # instances come and go would otherwise keep one ring per set it ever had.
+        self._rings: OrderedDict[tuple[str, ...], ConsistentHashRing] = OrderedDict()
         # (prefill instance, decode instance) -> whether that path is quarantined (the live
         # canary sets it; the simulator has none).
         self.quarantined: Callable[[str, str], bool] | None = None
@@ -214,7 +220,15 @@ class Router:
         ring = self._rings.get(names)
         if ring is None:
             ring = self._rings[names] = ConsistentHashRing(names, self.config.virtual_nodes)
+            if len(self._rings) > RINGS_KEPT:
+                self._rings.popitem(last=False)
+        else:
+            self._rings.move_to_end(names)
         return ring
+
+    @property
+    def num_rings(self) -> int:
+        return len(self._rings)
 
     def _decision(
         self,

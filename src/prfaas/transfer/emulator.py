@@ -34,7 +34,9 @@ Address = tuple[str, int]
 @dataclass(frozen=True)
 class EmulatorConfig:
     listen: Address
-    target: Address
+    # None: not known yet (a worker that binds its own port announces it when registering;
+    # ``retarget`` sets it). Until then connections are accepted and closed.
+    target: Address | None
     rate_gbps: float | None = None  # per direction; None = uncapped
     rtt_ms: float = 0.0
     jitter_ms: float = 0.0  # uniform extra one-way delay in [0, jitter_ms]
@@ -127,6 +129,7 @@ class LinkEmulator:
         self.up_pacer = Pacer(config.rate_gbps)
         self.down_pacer = Pacer(config.rate_gbps)
         self._lock = threading.Lock()
+        self._target = config.target
         self._conns: list[tuple[socket.socket, socket.socket]] = []
         self._threads: list[threading.Thread] = []
         self._stalled_until_s = 0.0
@@ -145,6 +148,15 @@ class LinkEmulator:
     @property
     def forwarded_up_bytes(self) -> int:
         return self._up_bytes
+
+    @property
+    def target(self) -> Address | None:
+        return self._target
+
+    def retarget(self, target: Address) -> None:
+        """Relay new connections to ``target`` (open ones keep theirs)."""
+        with self._lock:
+            self._target = target
 
     def set_rate_gbps(self, rate_gbps: float | None) -> None:
         self.up_pacer.set_rate_gbps(rate_gbps)
@@ -225,8 +237,13 @@ class LinkEmulator:
                 continue
             except OSError:
                 return
+            target = self._target
+            if target is None:
+                logger.warning("link emulator: no target yet; connection closed")
+                client.close()
+                continue
             try:
-                upstream = socket.create_connection(self.config.target, timeout=5.0)
+                upstream = socket.create_connection(target, timeout=5.0)
             except OSError as exc:
                 logger.warning("link emulator: target unreachable: %s", exc)
                 client.close()
