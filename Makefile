@@ -106,16 +106,17 @@ smoke-vllm: setup-vllm
 #   tiny byte-level Llama (block boundaries, a prefix hit, the faults).
 # - vllm-mixed-tests: reference <-> vLLM on SmolLM2 fp32, a vLLM engine of its own.
 # --output-sync: each session's output in one piece, as it ends.
-VLLM_TIER := tests/api tests/integrations/test_vllm_layout.py \
+VLLM_DEPLOYMENT_MODULES := tests/api tests/integrations/test_vllm_layout.py \
 	tests/integrations/test_vllm_params.py tests/integrations/test_vllm_scheduler_side.py \
 	tests/integrations/test_vllm_worker_parts.py tests/integrations/test_vllm_serve.py
 VLLM_PYTEST := nice -n 5 $(VLLM_VENV)/bin/pytest -q -p no:cacheprovider
 vllm-tier: setup-vllm
+	@echo "vLLM tier: three pytest sessions side by side, each printed as it ends"
 	@$(MAKE) --no-print-directory -j3 --output-sync=target \
 		vllm-deployment-tests vllm-handoff-tests vllm-mixed-tests
 
 vllm-deployment-tests: setup-vllm
-	$(VLLM_PYTEST) -k vllm $(VLLM_TIER)
+	$(VLLM_PYTEST) -k vllm $(VLLM_DEPLOYMENT_MODULES)
 
 vllm-handoff-tests: setup-vllm
 	$(VLLM_PYTEST) tests/integrations/test_vllm_handoff.py

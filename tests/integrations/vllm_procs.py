@@ -29,8 +29,8 @@ THREADS = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "1"}
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 VLLM_MISSING = (
     "vLLM is not installed in this environment: its tests run in the .venv-vllm environment "
-    "that `make setup-vllm` creates (`make test` runs the vLLM tier there, `make test-vllm` "
-    "all of them)"
+    "that `make setup-vllm` creates (`make test` runs them there, `make test-vllm` runs "
+    "them alone)"
 )
 
 
