@@ -7,10 +7,10 @@ engine computing the whole prompt itself (the prefill instance again, with a cac
 that rules out any prefix hit). Each instance appends one JSON line per ended hand-off
 (events.py): that is how the test knows the KV was really loaded, not silently recomputed.
 The engines serve the vLLM tier's tiny byte-level Llama (tests/vllm_deployment.py), token-id
-prompts over its byte tokens: the connector's paths (block boundaries, a prefix hit, the
-faults) are the model's size's business nowhere, and the tiny model's jobs take seconds where
-SmolLM2's took minutes on 2 cores (docs/vllm.md, "Tests"). Runs in the vLLM tier of
-`make test`; skipped where vLLM is not installed.
+prompts over its byte tokens: none of the connector's paths checked here (block boundaries,
+a prefix hit, the faults) depends on the model's size, and the tiny model's jobs take
+seconds where SmolLM2's took minutes on 2 cores (docs/vllm.md, "Tests"). Runs in the vLLM
+tier of `make test`; skipped where vLLM is not installed.
 """
 
 from __future__ import annotations
