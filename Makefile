@@ -5,7 +5,8 @@ STAMP  := $(VENV)/.installed-stamp
 PIP    := $(PY) -m pip install -q --disable-pip-version-check
 
 .PHONY: setup run test test-main lint typecheck imports unit clean setup-vllm smoke-vllm test-vllm \
-	main-suite setup-vllm-quiet vllm-tier
+	main-suite setup-vllm-quiet vllm-tier vllm-deployment-tests \
+	vllm-handoff-tests vllm-mixed-tests
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -94,23 +95,37 @@ setup-vllm-quiet:
 smoke-vllm: setup-vllm
 	$(VLLM_PY) examples/vllm_generate.py
 
-# The vLLM tier of `make test`: one `prfaas serve --engine vllm` deployment for the session
-# (tests/vllm_deployment.py) serves the API tests' vLLM cases (tests/api) and the serving
-# tests (test_vllm_serve.py, collected last: its last test kills an instance), beside the
-# connector's plain parts (layout probe, params, scheduler half, worker parts).
-VLLM_TIER := tests/api tests/integrations/test_vllm_layout.py \
+# The vLLM tier of `make test`: three pytest sessions side by side (docs/vllm.md, "Tests"),
+# each mostly waiting on engine starts, deadlines and a throttled link, so on 2 cores the
+# three take little longer than the longest alone.
+# - vllm-deployment-tests: one `prfaas serve --engine vllm` deployment for the session
+#   (tests/vllm_deployment.py) serves the API tests' vLLM cases (tests/api) and the serving
+#   tests (test_vllm_serve.py, collected last: its last test kills an instance), beside the
+#   connector's plain parts (layout probe, params, scheduler half, worker parts).
+# - vllm-handoff-tests: vLLM -> vLLM through the connector, two engines of its own on the
+#   tiny byte-level Llama (block boundaries, a prefix hit, the faults).
+# - vllm-mixed-tests: reference <-> vLLM on SmolLM2 fp32, a vLLM engine of its own.
+# --output-sync: each session's output in one piece, as it ends.
+VLLM_DEPLOYMENT_MODULES := tests/api tests/integrations/test_vllm_layout.py \
 	tests/integrations/test_vllm_params.py tests/integrations/test_vllm_scheduler_side.py \
 	tests/integrations/test_vllm_worker_parts.py tests/integrations/test_vllm_serve.py
+VLLM_PYTEST := nice -n 5 $(VLLM_VENV)/bin/pytest -q -p no:cacheprovider
 vllm-tier: setup-vllm
-	nice -n 5 $(VLLM_VENV)/bin/pytest -q -p no:cacheprovider -k vllm $(VLLM_TIER)
+	@echo "vLLM tier: three pytest sessions side by side, each printed as it ends"
+	@$(MAKE) --no-print-directory -j3 --output-sync=target \
+		vllm-deployment-tests vllm-handoff-tests vllm-mixed-tests
 
-# Every vLLM test: the engine-to-engine hand-offs (vLLM -> vLLM over several prompt lengths,
-# reference <-> vLLM; each module starts its own SmolLM2 engines, 3 to 6 minutes apiece
-# here), then the tier (a session of its own: the hand-off engines are gone by then).
-test-vllm: setup-vllm
-	nice -n 5 $(VLLM_VENV)/bin/pytest -q -p no:cacheprovider \
-		tests/integrations/test_vllm_handoff.py tests/integrations/test_vllm_mixed.py
-	@$(MAKE) --no-print-directory vllm-tier
+vllm-deployment-tests: setup-vllm
+	$(VLLM_PYTEST) -k vllm $(VLLM_DEPLOYMENT_MODULES)
+
+vllm-handoff-tests: setup-vllm
+	$(VLLM_PYTEST) tests/integrations/test_vllm_handoff.py
+
+vllm-mixed-tests: setup-vllm
+	$(VLLM_PYTEST) tests/integrations/test_vllm_mixed.py
+
+# Every vLLM test, as `make test` runs them: the tier alone.
+test-vllm: vllm-tier
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) $(VLLM_LOG) .mypy_cache .pytest_cache .ruff_cache

@@ -6,7 +6,11 @@ instance loads it and generates 16 greedy tokens, which must equal the tokens of
 engine computing the whole prompt itself (the prefill instance again, with a cache salt
 that rules out any prefix hit). Each instance appends one JSON line per ended hand-off
 (events.py): that is how the test knows the KV was really loaded, not silently recomputed.
-Runs in the vLLM venv (`make test-vllm`); skipped where vLLM is not installed.
+The engines serve the vLLM tier's tiny byte-level Llama (tests/vllm_deployment.py), token-id
+prompts over its byte tokens: none of the connector's paths checked here (block boundaries,
+a prefix hit, the faults) depends on the model's size, and the tiny model's jobs take
+seconds where SmolLM2's took minutes on 2 cores (docs/vllm.md, "Tests"). Runs in the vLLM
+tier of `make test`; skipped where vLLM is not installed.
 """
 
 from __future__ import annotations
@@ -28,26 +32,26 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # the start-up and r
 BLOCK = 32  # vllm_instance.ENGINE_ARGS["block_size"]
 MAX_TOKENS = 16
 # The decode instance waits for its first transfer while the prefill instance still sends
-# two others (4 to 9 s each with 2 cores shared by other test runs): 20 s was missed there.
-LOAD_TIMEOUT_S = 45.0
+# two others: the first landed 0.5 s after the start here at load 12, the engines warm
+# (vllm_instance.py: a cold engine's first request with logprobs took 15 s). MISSING
+# waits it out.
+LOAD_TIMEOUT_S = 10.0
 START_TIMEOUT_S = 480.0
-RUN_TIMEOUT_S = 600.0  # the jobs took 330 s on a 2-core machine at load 16 to 22
-TEXT = (
-    "Prefill-as-a-Service moves the prefill of long prompts to a remote cluster with dense "
-    "compute, and ships the resulting key-value cache over ordinary Ethernet to a local "
-    "cluster that decodes. The scheduler exports only long uncached requests, whose compute "
-    "is worth the transfer, and keeps short ones local. Hybrid models with few full attention "
-    "layers emit little cache per token, which makes the link between datacenters enough. "
-)
-# name -> (first token, prompt length) in the tokenized text: on a block boundary, one past
-# it, one short of it (distinct starts: no prefix shared), and a prompt that extends
-# "boundary" (a prefix hit on both instances).
-PROMPTS = {"boundary": (0, 2 * BLOCK), "off_by_one": (210, 3 * BLOCK + 1)}
-PROMPTS |= {"short_of": (420, 3 * BLOCK - 1), "prefix_hit": (0, 5 * BLOCK + 7)}
+RUN_TIMEOUT_S = 600.0  # a bound only: the jobs took 27 s here at load 12
+# name -> (step, length): a token-id prompt over the byte tokens (ids 5..254) with its own
+# step, so no two prompts share a block: on a block boundary, one past it, one short of it,
+# and a prompt that extends "boundary" (a prefix hit on both instances).
+PROMPTS = {"boundary": (3, 2 * BLOCK), "off_by_one": (7, 3 * BLOCK + 1)}
+PROMPTS |= {"short_of": (11, 3 * BLOCK - 1), "prefix_hit": (29, 5 * BLOCK + 7)}
 MISSING = "missing"  # the decode instance expects it; the prefill instance never sends it
 MISFIT = "misfit"  # sent for a shorter prompt than the one the decode instance has
 OTHER = "other"  # sent for another prompt of the same length (its tokens reversed)
 CUT = "cut"  # a prefill instance that dies mid-transfer (emulated: see cut_transfer)
+
+
+def token_ids(step: int, n: int) -> list[int]:
+    """``n`` byte-token ids in steps of ``step`` (coprime to 250: no repeat within 250)."""
+    return [(step * (i + 1)) % 250 + 5 for i in range(n)]
 
 
 def cut_transfer(folder: Path, port: int, tmp: Path, prompt: list[int]) -> None:
@@ -100,21 +104,19 @@ def cut_transfer(folder: Path, port: int, tmp: Path, prompt: list[int]) -> None:
 
 @pytest.fixture(scope="module")
 def handoff(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    from transformers import AutoTokenizer
-
-    from prfaas.config import default_cache_dir
-    from prfaas.model.loader import resolve_model_folder
     from prfaas.transfer.tls import write_certs
+    from tests.vllm_deployment import byte_level_checkpoint
 
     tmp = tmp_path_factory.mktemp("vllm-handoff")
-    folder = resolve_model_folder(None, default_cache_dir())
-    ids = AutoTokenizer.from_pretrained(folder)(TEXT * 8)["input_ids"]
-    prompts = {name: ids[at : at + n] for name, (at, n) in PROMPTS.items()}
-    prompts[MISSING] = ids[630 : 630 + 2 * BLOCK + 5]
-    prompts[MISFIT] = ids[520 : 520 + 3 * BLOCK + 3]
-    prompts[CUT] = ids[330 : 330 + 2 * BLOCK + 9]
-    prompts[OTHER] = ids[137 : 137 + 2 * BLOCK + 3]  # the text repeats every 87 tokens
-    assert all(len(p) == n for p, (_, n) in zip(prompts.values(), PROMPTS.values(), strict=False))
+    folder = byte_level_checkpoint(tmp / "bytes")
+    prompts = {name: token_ids(step, n) for name, (step, n) in PROMPTS.items()}
+    prefix = prompts["boundary"]
+    prompts["prefix_hit"] = prefix + prompts["prefix_hit"][len(prefix) :]
+    prompts[MISSING] = token_ids(13, 2 * BLOCK + 5)
+    prompts[MISFIT] = token_ids(17, 3 * BLOCK + 3)
+    prompts[CUT] = token_ids(19, 2 * BLOCK + 9)
+    prompts[OTHER] = token_ids(23, 2 * BLOCK + 3)
+    assert all(len(prompts[name]) == n for name, (_, n) in PROMPTS.items())
     write_certs(tmp / "certs", ["prefill", "decode"])
     (tmp / "token").write_text("cluster token for the hand-off test\n")
     port = free_port()

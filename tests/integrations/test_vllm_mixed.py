@@ -189,11 +189,8 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         },
     }
     started_s = time.monotonic()
-    # One unbound OpenMP thread: the reference engine computes in this process meanwhile.
-    threads = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "1"}
-    vllm = start(
-        "vllm", {"model": str(folder), "jobs": jobs, "kv_transfer_config": kv}, tmp, threads
-    )
+    # One OpenMP thread (vllm_procs.THREADS): the reference engine computes here meanwhile.
+    vllm = start("vllm", {"model": str(folder), "jobs": jobs, "kv_transfer_config": kv}, tmp)
     try:
         tls = TlsConfig.from_dir(tmp / "certs", "reference")
         reference = ReferenceEngine(

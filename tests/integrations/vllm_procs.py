@@ -21,13 +21,16 @@ import pytest
 from prfaas.deploy.launcher import die_with_parent
 
 SCRIPT = Path(__file__).with_name("vllm_instance.py")
+# One unbound OpenMP thread per engine: several engines (and the reference engine, or the
+# tier's deployment) share 2 cores, and vLLM's default binds every engine to all of them.
+THREADS = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "1"}
 
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 VLLM_MISSING = (
     "vLLM is not installed in this environment: its tests run in the .venv-vllm environment "
-    "that `make setup-vllm` creates (`make test` runs the vLLM tier there, `make test-vllm` "
-    "all of them)"
+    "that `make setup-vllm` creates (`make test` runs them there, `make test-vllm` runs "
+    "them alone)"
 )
 
 
@@ -62,9 +65,7 @@ class Instance:
         self.proc.wait(10)
 
 
-def start(
-    name: str, spec: dict[str, Any], tmp: Path, env: dict[str, str] | None = None
-) -> Instance:
+def start(name: str, spec: dict[str, Any], tmp: Path) -> Instance:
     spec = {**spec, "ready": str(tmp / f"{name}.ready"), "go": str(tmp / "go")}
     spec["out"] = str(tmp / f"{name}.out.json")
     spec_path = tmp / f"{name}.json"
@@ -75,7 +76,7 @@ def start(
             ["nice", "-n", "10", sys.executable, str(SCRIPT), str(spec_path)],
             stdout=f,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **THREADS},
             start_new_session=True,  # its process group: ``kill`` ends vLLM's children too
             preexec_fn=die_with_parent,  # never outlives this process
         )
