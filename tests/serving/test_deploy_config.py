@@ -43,6 +43,7 @@ def test_default_round_trips(tmp_path: Path) -> None:
         (lambda d: d["clusters"][0].update(kind="prfaas"), "at least one cluster of kind 'pd'"),
         (lambda d: d.update(tenants=[{"name": "t", "clusters": ["nowhere"]}]), "nowhere"),
         (lambda d: d.update(kv_deadline_s=30, stream_stall_s=10), "stream_stall_s"),
+        (lambda d: d.update(heartbeat_timeout_s=0.5), "heartbeat_timeout_s"),
         (lambda d: d.update(tenants=[{"name": "t", "burst_tokens": 5}]), "needs tokens_per_min"),
         (lambda d: d.update(tenants=[{"name": "t", "requests_per_s": 0}]), "requests_per_s"),
         (lambda d: d.update(tenants=[{"name": "t"}, {"name": "t"}]), "tenant names"),
@@ -183,6 +184,17 @@ def test_tenant_limits_and_the_usage_log_reach_the_gateway(tmp_path: Path) -> No
     limits = a.limits()
     assert limits is not None and (limits.requests_per_s, limits.tokens_per_min) == (2, 600)
     assert (limits.burst_requests, limits.burst_tokens) == (None, 50)
+
+
+def test_the_heartbeat_timeout_reaches_the_fleet(tmp_path: Path) -> None:
+    from prfaas.deploy.versions import fleet_and_router
+    from prfaas.router.kv_index import KvIndex
+
+    data = base()
+    data["heartbeat_timeout_s"] = 12.5
+    cfg = load_deploy_config(write(tmp_path, data))
+    fleet, _ = fleet_and_router(cfg, KvIndex(), block_size=16, max_model_len=2048)
+    assert fleet.heartbeat_timeout_s == 12.5
 
 
 def test_the_engine_is_chosen_per_instance_and_a_mixed_fleet_takes_vllms_block_size() -> None:

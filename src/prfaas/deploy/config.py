@@ -49,6 +49,9 @@ class DeployConfig(_Strict):
     policy: PolicySpec = PolicySpec()
     kv_deadline_s: float = Field(30.0, gt=0)
     stream_stall_s: float = Field(120.0, gt=0)  # a decode stream silent this long ends (502)
+    # A worker whose heartbeats (every 0.5 s) lapse this long is unhealthy: its streams end or
+    # fail over. Raise it where workers may starve for CPU or memory for seconds at a time.
+    heartbeat_timeout_s: float = Field(3.0, gt=1.0, le=60.0)
     certs_dir: Path | None = None  # from `prfaas certs`; default: a fresh CA per run
     control_plane: ControlPlaneSpec = ControlPlaneSpec()
     max_model_len: int | None = Field(None, gt=1)

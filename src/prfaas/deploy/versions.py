@@ -53,7 +53,9 @@ def fleet_and_router(
     """One model version's fleet (its clusters) and router (its policy and threshold)."""
     # The router counts cached tokens in ``block_size``: a worker with another is refused.
     clusters = {c.name: c.kind for c in view.clusters}
-    fleet = WorkerFleet(clusters, kv_index, block_size=block_size)
+    fleet = WorkerFleet(
+        clusters, kv_index, heartbeat_timeout_s=view.heartbeat_timeout_s, block_size=block_size
+    )
     threshold = view.policy.threshold_tokens
     if threshold is None:
         threshold = default_threshold(max_model_len)
