@@ -4,7 +4,7 @@ tree, back to back, so both see the same load. Prints each run and the medians.
 
     git archive BASE | tar -x -C /tmp/base          # the tree to compare against
     .venv/bin/python dev/engine_ab.py /tmp/base/src prefill 5   # base src, workload, rounds
-    .venv/bin/python dev/engine_ab.py /tmp/base/src serving 3
+    .venv/bin/python dev/engine_ab.py /tmp/base/src serving 3 [64]   # ... requests
 
 The other tree is this checkout's ``src``. A process runs one warm-up, then the workload
 once (prefill: twice, the faster kept; process start-up and loading are not timed).
@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def child(what: str) -> None:
+def child(what: str, num_requests: int) -> None:
     import torch
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -36,7 +36,7 @@ def child(what: str) -> None:
     torch.set_num_threads(2)
     folder = resolve_model_folder(None, default_cache_dir())
     vocab = int(json.loads((folder / "config.json").read_text())["vocab_size"])
-    reqs = workload(64, 0, vocab)
+    reqs = workload(num_requests, 0, vocab)
     llm = LLM(
         None, num_threads=2, kv_cache_memory_gb=0.5, max_num_seqs=64, max_num_batched_tokens=2048
     )
@@ -58,9 +58,10 @@ def child(what: str) -> None:
 
 def main() -> None:
     if sys.argv[1] == "child":
-        child(sys.argv[2])
+        child(sys.argv[2], int(sys.argv[3]))
         return
     base, what, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    num_requests = sys.argv[4] if len(sys.argv) > 4 else "64"
     trees = {"base": str(Path(base).resolve()), "this": str(ROOT / "src")}
     times: dict[str, list[float]] = {name: [] for name in trees}
     tokens = 0
@@ -68,7 +69,7 @@ def main() -> None:
         for name, src in trees.items():
             env = {**os.environ, "PYTHONPATH": src}
             done = subprocess.run(
-                [sys.executable, __file__, "child", what],
+                [sys.executable, __file__, "child", what, num_requests],
                 env=env,
                 capture_output=True,
                 text=True,
