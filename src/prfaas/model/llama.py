@@ -12,11 +12,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from prfaas.model.attention import AttentionMetadata, paged_attention, write_kv
-from prfaas.model.layers import Linear, RMSNorm
+from prfaas.model.layers import GateUpLinear, Linear, PackedWeight, RMSNorm, linear
 from prfaas.model.rope import RotaryEmbedding, rotate_
 
 KVCache = tuple[torch.Tensor, torch.Tensor]  # K, V: (num_slots, num_kv_heads, head_dim)
@@ -47,8 +46,14 @@ class LlamaAttention(nn.Module):
             self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
 
     def forward(
-        self, x: torch.Tensor, rope: Rope, meta: AttentionMetadata, cache: KVCache
+        self,
+        x: torch.Tensor,
+        rope: Rope,
+        meta: AttentionMetadata,
+        cache: KVCache,
+        residual: torch.Tensor,
     ) -> torch.Tensor:
+        """``residual`` + attention of x (the residual added in the output projection)."""
         num_tokens = x.shape[0]
         qkv = self.qkv_proj(x)  # (T, q_size + 2 * kv_size), rows [q | k | v]
         # q and k side by side, (T, num_heads + num_kv_heads, head_dim): one rotation for both.
@@ -61,7 +66,7 @@ class LlamaAttention(nn.Module):
         q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]
         write_kv(cache[0], cache[1], k, v, meta.slot_mapping)
         o = paged_attention(q, k, v, cache[0], cache[1], meta, self.scale)
-        return self.o_proj(o.reshape(num_tokens, self.q_size))
+        return self.o_proj.forward_add(o.reshape(num_tokens, self.q_size), residual)
 
 
 class LlamaMLP(nn.Module):
@@ -69,12 +74,12 @@ class LlamaMLP(nn.Module):
         super().__init__()
         bias = bool(getattr(cfg, "mlp_bias", False))
         self.intermediate = cfg.intermediate_size
-        self.gate_up_proj = Linear(cfg.hidden_size, 2 * self.intermediate, bias=bias)
+        self.gate_up_proj = GateUpLinear(cfg.hidden_size, 2 * self.intermediate, bias=bias)
         self.down_proj = Linear(self.intermediate, cfg.hidden_size, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
-        return self.down_proj(F.silu(gate).mul_(up))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``residual`` + the MLP of x (the residual added in the down projection)."""
+        return self.down_proj.forward_add(self.gate_up_proj(x), residual)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -88,8 +93,8 @@ class LlamaDecoderLayer(nn.Module):
     def forward(
         self, x: torch.Tensor, rope: Rope, meta: AttentionMetadata, cache: KVCache
     ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rope, meta, cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        x = self.self_attn(self.input_layernorm(x), rope, meta, cache, residual=x)
+        return self.mlp(self.post_attention_layernorm(x), residual=x)
 
 
 class LlamaBackbone(nn.Module):
@@ -112,6 +117,8 @@ class LlamaForCausalLM(nn.Module):
         self.tie_word_embeddings = bool(getattr(cfg, "tie_word_embeddings", False))
         if not self.tie_word_embeddings:
             self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        # The logits' weight (the embedding's when tied) reordered for oneDNN: one more copy.
+        self.logits_weight = PackedWeight()
 
     @property
     def num_kv_layers(self) -> int:
@@ -137,7 +144,7 @@ class LlamaForCausalLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: (N, hidden_size) -> float32 logits (N, vocab_size)."""
         weight = self.model.embed_tokens.weight if self.tie_word_embeddings else self.lm_head.weight
-        return F.linear(hidden, weight).float()
+        return linear(hidden, weight, None, self.logits_weight).float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load Hugging Face named tensors, fusing q/k/v and gate/up as they arrive."""
