@@ -18,7 +18,9 @@ Workloads (fp32, CPU, ``--threads`` threads, the same seeded prompts for all):
   (``--vllm-compile`` for its torch.compile). Reported: generated tokens per second, counting
   each request's own output tokens only.
 - batch-1 decode: a 32-token prompt, 128 new tokens, tokens/s after the first.
-- prefill: one 2048-token prompt, seconds to the first token.
+- prefill: one 2048-token prompt, seconds to the first token, the better of two runs (the
+  first also builds each engine's kernels for 2048-row matmuls, which vLLM's start-up
+  profiling run has already done for its own).
 """
 
 from __future__ import annotations
@@ -96,8 +98,13 @@ class Transformers:
         h1 = timed(lambda: self.generate_batch([(decode, 1)]))
         h129 = timed(lambda: self.generate_batch([(decode, 129)]))
         out["hf_decode_b1_tok_s"] = 128 / (h129 - h1)
-        out["hf_prefill_2048_s"] = timed(lambda: self.generate_batch([(long, 1)]))
+        out["hf_prefill_2048_s"] = min(
+            timed(lambda: self.generate_batch([(long, 1)])) for _ in range(PREFILL_RUNS)
+        )
         return out
+
+
+PREFILL_RUNS = 2  # the 2K prefill's figure is the best of these (the first warms the shapes)
 
 
 def prfaas_serving(llm: LLM, reqs: list[tuple[list[int], int]]) -> None:
@@ -244,8 +251,12 @@ def measure_prfaas(
     t1 = timed(lambda: llm.generate([decode], one))
     t129 = timed(lambda: llm.generate([decode], many))
     out["prfaas_decode_b1_tok_s"] = 128 / (t129 - t1)
-    llm.engine.kv.pool.reset_cache()
-    out["prfaas_prefill_2048_s"] = timed(lambda: llm.generate([long], one))
+
+    def prefill() -> float:
+        llm.engine.kv.pool.reset_cache()  # the whole prompt computed each time
+        return timed(lambda: llm.generate([long], one))
+
+    out["prfaas_prefill_2048_s"] = min(prefill() for _ in range(PREFILL_RUNS))
     return out
 
 

@@ -69,7 +69,8 @@ def main() -> None:
     results["vllm_serving_tok_s"] = sum(n for _, n in reqs) / run(reqs)
     prompt = spec["decode_prompt"]
     results["vllm_decode_b1_tok_s"] = 128 / (run([(prompt, 129)]) - run([(prompt, 1)]))
-    results["vllm_prefill_2048_s"] = run([(spec["long_prompt"], 1)])
+    # The better of two, as for the other engines (prefix caching is off: both compute it all).
+    results["vllm_prefill_2048_s"] = min(run([(spec["long_prompt"], 1)]) for _ in range(2))
     print(json.dumps(results))
 
 
