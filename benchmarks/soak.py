@@ -64,6 +64,7 @@ class SoakReport:
     requests: int = 0
     kills: int = 0
     stalls: int = 0
+    fault_errors: int = 0  # kills or stalls that failed to happen (then retried)
     counts: dict[str, int] = field(default_factory=dict)
     paths: dict[str, int] = field(default_factory=dict)
     rss_mib: dict[str, list[float]] = field(default_factory=dict)  # process -> VmRSS samples
@@ -87,19 +88,28 @@ def memory_mib(pid: int) -> tuple[float, float]:
 
 
 def faults(dep: Deployment, args: argparse.Namespace, stop: threading.Event, r: SoakReport) -> None:
-    url = dep.worker_urls()[VICTIM]
+    """Kill and stall on schedule. The victim's URL is looked up at each kill: a restarted
+    worker binds new ports. A fault that could not be made is retried a second later and
+    counted (``fault_errors``), never skipped in silence."""
     next_kill = time.monotonic() + args.kill_every_s
     next_stall = time.monotonic() + args.stall_every_s
     while not stop.wait(1.0):
         now = time.monotonic()
-        with contextlib.suppress(httpx.HTTPError):
-            if now >= next_kill:
-                os.kill(dep.check(url).pid, signal.SIGKILL)
+        if now >= next_kill:
+            try:
+                os.kill(dep.check(dep.worker_urls()[VICTIM]).pid, signal.SIGKILL)
                 dep.restart(VICTIM)
+            except (httpx.HTTPError, KeyError, ProcessLookupError):
+                r.fault_errors += 1  # e.g. the victim still starting: again in a second
+            else:
                 r.kills += 1
                 next_kill = now + args.kill_every_s
-            if now >= next_stall:
+        if now >= next_stall:
+            try:
                 dep.link(stall_s=args.kv_deadline_s * 1.5)
+            except httpx.HTTPError:
+                r.fault_errors += 1
+            else:
                 r.stalls += 1
                 next_stall = now + args.stall_every_s
 
@@ -213,7 +223,10 @@ def main() -> int:
         print(json.dumps(asdict(r), indent=2))
     else:
         arenas = r.malloc_arena_max or "unset (the launcher's default)"
-        print(f"soak: {r.minutes:g} min on {r.model}; {r.kills} kills, {r.stalls} link stalls")
+        print(
+            f"soak: {r.minutes:g} min on {r.model}; {r.kills} kills, {r.stalls} link stalls, "
+            f"{r.fault_errors} fault attempts retried"
+        )
         print(f"MALLOC_ARENA_MAX: {arenas}")
         print(f"requests {r.requests}: {r.counts}; routes {r.paths}")
         for name, pct in r.growth_pct.items():
