@@ -55,11 +55,8 @@ test:
 # The main suite alone, as `make test` was before the vLLM tier.
 test-main: main-suite
 
-# lint and the import contracts take a second; mypy (~50 s of one core, from a cold cache)
-# runs beside the tests, whose start-up waits leave it room.
 main-suite: setup
-	@$(MAKE) --no-print-directory -j1 lint imports
-	@$(MAKE) --no-print-directory -j2 typecheck unit
+	@$(MAKE) --no-print-directory -j1 lint typecheck imports unit
 
 # vLLM (the CPU build, pinned: its KV-connector API is experimental) in its own venv: it needs
 # transformers<5.20, older than the main venv's. torch is pinned first, as above; the

@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -107,6 +108,50 @@ class Transformers:
 PREFILL_RUNS = 2  # the 2K prefill's figure is the best of these (the first warms the shapes)
 
 
+def long_prompt() -> list[int]:
+    """The prefill workload's 2048 token ids (seeded)."""
+    return [random.Random(1).randrange(100, 49000) for _ in range(2048)]
+
+
+def warmed_prfaas(
+    num_requests: int, threads: int = 2, kv_cache_gb: float = 0.5
+) -> tuple[LLM, list[tuple[list[int], int]]]:
+    """For the scripts in ``dev/``: the prfaas engine with this benchmark's limits and the
+    seeded serving mix of ``num_requests`` (at least 2), after a warm-up on two of them."""
+    torch.set_num_threads(threads)
+    folder = resolve_model_folder(None, default_cache_dir())
+    vocab = int(json.loads((folder / "config.json").read_text())["vocab_size"])
+    reqs = workload(max(num_requests, 2), 0, vocab)
+    llm = LLM(
+        None,
+        num_threads=threads,
+        kv_cache_memory_gb=kv_cache_gb,
+        max_num_seqs=64,
+        max_num_batched_tokens=2048,
+    )
+    prfaas_serving(llm, reqs[:2])
+    return llm, reqs
+
+
+def print_medians(times: dict[str, list[float]], what: str, tokens: int) -> None:
+    """For the A/B scripts in ``dev/``: each variant's median seconds (and generated tokens
+    per second for the serving mix) with its runs."""
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        rate = f", {tokens / med:.1f} generated tok/s" if what == "serving" else ""
+        print(f"{name}: median {med:.2f} s{rate} (runs {', '.join(f'{t:.2f}' for t in ts)})")
+
+
+def run_workload(llm: LLM, what: str, reqs: list[tuple[list[int], int]]) -> float:
+    """Seconds for one run of ``serving`` (the mix) or ``prefill`` (the 2K prompt), from an
+    empty prefix cache."""
+    llm.engine.kv.pool.reset_cache()
+    if what == "serving":
+        return timed(lambda: prfaas_serving(llm, reqs))
+    one = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
+    return timed(lambda: llm.generate([long_prompt()], one))
+
+
 def prfaas_serving(llm: LLM, reqs: list[tuple[list[int], int]]) -> None:
     engine = llm.engine
     for prompt, n in reqs:
@@ -176,7 +221,7 @@ def main() -> None:
     reqs = workload(args.num_requests, args.seed, vocab)
     useful = sum(n for _, n in reqs)
     decode_prompt = reqs[0][0][:32]
-    long_prompt = [random.Random(1).randrange(100, 49000) for _ in range(2048)]
+    long = long_prompt()
 
     results: dict[str, float] = {}
     if "vllm" in peers:
@@ -186,7 +231,7 @@ def main() -> None:
                 args.threads,
                 reqs,
                 decode_prompt,
-                long_prompt,
+                long,
                 args.vllm_compile,
                 args.kv_cache_gb,
             )
@@ -198,10 +243,10 @@ def main() -> None:
         max_num_seqs=64,
         max_num_batched_tokens=2048,
     )
-    results.update(measure_prfaas(llm, reqs, decode_prompt, long_prompt))
+    results.update(measure_prfaas(llm, reqs, decode_prompt, long))
     if "transformers" in peers:
         hf = Transformers(str(llm.engine.loaded.folder))
-        results.update(hf.measure(reqs, decode_prompt, long_prompt))
+        results.update(hf.measure(reqs, decode_prompt, long))
     names = ["prfaas"] + [{"vllm": "vllm", "transformers": "hf"}[p] for p in peers]
     for peer in names[1:]:
         results[f"serving_ratio_{peer}"] = (

@@ -14,46 +14,21 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def child(what: str, num_requests: int) -> None:
-    import torch
-
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from engine import prfaas_serving, workload
-    from prfaas import LLM, SamplingParams
-    from prfaas.config import default_cache_dir
-    from prfaas.model.loader import resolve_model_folder
+    from engine import run_workload, warmed_prfaas
 
-    torch.set_num_threads(2)
-    folder = resolve_model_folder(None, default_cache_dir())
-    vocab = int(json.loads((folder / "config.json").read_text())["vocab_size"])
-    reqs = workload(num_requests, 0, vocab)
-    llm = LLM(
-        None, num_threads=2, kv_cache_memory_gb=0.5, max_num_seqs=64, max_num_batched_tokens=2048
-    )
-    prfaas_serving(llm, reqs[:2])  # warm-up
-    long = [random.Random(1).randrange(100, 49000) for _ in range(2048)]
-    one = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
-    times = []
-    for _ in range(1 if what == "serving" else 2):
-        llm.engine.kv.pool.reset_cache()
-        t0 = time.perf_counter()
-        if what == "serving":
-            prfaas_serving(llm, reqs)
-        else:
-            llm.generate([long], one)
-        times.append(time.perf_counter() - t0)
-    result = {"s": min(times), "tok": sum(n for _, n in reqs)}
-    print(json.dumps(result))
+    llm, reqs = warmed_prfaas(num_requests)
+    runs = 1 if what == "serving" else 2
+    seconds = min(run_workload(llm, what, reqs) for _ in range(runs))
+    print(json.dumps({"s": seconds, "tok": sum(n for _, n in reqs)}))
 
 
 def main() -> None:
@@ -80,10 +55,10 @@ def main() -> None:
             times[name].append(result["s"])
             tokens = result["tok"]
             print(f"{name} {result['s']:.2f} s", flush=True)
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        rate = f", {tokens / med:.1f} generated tok/s" if what == "serving" else ""
-        print(f"{name}: median {med:.2f} s{rate} (runs {', '.join(f'{t:.2f}' for t in ts)})")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from engine import print_medians
+
+    print_medians(times, what, tokens)
 
 
 if __name__ == "__main__":

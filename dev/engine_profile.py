@@ -9,20 +9,13 @@ Prints the ops by self CPU time and the run's wall time (the profiler adds a few
 
 from __future__ import annotations
 
-import json
-import random
 import sys
-import time
 from pathlib import Path
 
-import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from engine import prfaas_serving, workload
-from prfaas import LLM, SamplingParams
-from prfaas.config import default_cache_dir
-from prfaas.model.loader import resolve_model_folder
+from engine import run_workload, warmed_prfaas
 
 
 def main() -> None:
@@ -33,29 +26,10 @@ def main() -> None:
         if len(sys.argv) > 2 + (what == "serving")
         else 25
     )
-    torch.set_num_threads(2)
-    folder = resolve_model_folder(None, default_cache_dir())
-    vocab = int(json.loads((folder / "config.json").read_text())["vocab_size"])
-    reqs = workload(max(num_requests, 2), 0, vocab)
-    llm = LLM(
-        None, num_threads=2, kv_cache_memory_gb=0.5, max_num_seqs=64, max_num_batched_tokens=2048
-    )
-    long = [random.Random(1).randrange(100, 49000) for _ in range(2048)]
-    one = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
-
-    def run() -> None:
-        llm.engine.kv.pool.reset_cache()
-        if what == "serving":
-            prfaas_serving(llm, reqs)
-        else:
-            llm.generate([long], one)
-
-    prfaas_serving(llm, reqs[:2])  # warm-up
-    run()
+    llm, reqs = warmed_prfaas(num_requests)
+    run_workload(llm, what, reqs)  # a second warm-up: the workload's own shapes
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        t0 = time.perf_counter()
-        run()
-        wall = time.perf_counter() - t0
+        wall = run_workload(llm, what, reqs)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
     print(f"{what}: {wall:.2f} s under the profiler")
 

@@ -77,6 +77,10 @@ def vllm_bytes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
         link={"rtt_ms": 2.0},
         tenants=[{"name": t, "api_keys": [k]} for t, k in {"acme": API_KEY, **KEYS}.items()],
         kv_deadline_s=60.0,
+        # Six vLLM engines share 2 cores while the tier's three sessions run: a worker's
+        # heartbeats can lapse past the default 3 s, and an instance counted unhealthy
+        # takes no requests (a remote prompt would go local and its test wait for nothing).
+        heartbeat_timeout_s=10.0,
         engine="vllm",
         max_model_len=512,
     )
