@@ -113,22 +113,28 @@ def long_prompt() -> list[int]:
     return [random.Random(1).randrange(100, 49000) for _ in range(2048)]
 
 
-def warmed_prfaas(
-    num_requests: int, threads: int = 2, kv_cache_gb: float = 0.5
-) -> tuple[LLM, list[tuple[list[int], int]]]:
-    """For the scripts in ``dev/``: the prfaas engine with this benchmark's limits and the
-    seeded serving mix of ``num_requests`` (at least 2), after a warm-up on two of them."""
-    torch.set_num_threads(threads)
-    folder = resolve_model_folder(None, default_cache_dir())
-    vocab = int(json.loads((folder / "config.json").read_text())["vocab_size"])
-    reqs = workload(max(num_requests, 2), 0, vocab)
-    llm = LLM(
+def prfaas_llm(threads: int, kv_cache_gb: float) -> LLM:
+    """The prfaas engine with the limits every engine gets here (64 sequences, 2048 tokens a
+    step)."""
+    return LLM(
         None,
         num_threads=threads,
         kv_cache_memory_gb=kv_cache_gb,
         max_num_seqs=64,
         max_num_batched_tokens=2048,
     )
+
+
+def warmed_prfaas(
+    num_requests: int, threads: int = 2, kv_cache_gb: float = 0.5
+) -> tuple[LLM, list[tuple[list[int], int]]]:
+    """For the scripts in ``dev/``: the prfaas engine and the seeded serving mix of
+    ``num_requests`` (at least 2), after a warm-up on two of them."""
+    torch.set_num_threads(threads)
+    folder = resolve_model_folder(None, default_cache_dir())
+    vocab = int(json.loads((folder / "config.json").read_text())["vocab_size"])
+    reqs = workload(max(num_requests, 2), 0, vocab)
+    llm = prfaas_llm(threads, kv_cache_gb)
     prfaas_serving(llm, reqs[:2])
     return llm, reqs
 
@@ -144,12 +150,12 @@ def print_medians(times: dict[str, list[float]], what: str, tokens: int) -> None
 
 def run_workload(llm: LLM, what: str, reqs: list[tuple[list[int], int]]) -> float:
     """Seconds for one run of ``serving`` (the mix) or ``prefill`` (the 2K prompt), from an
-    empty prefix cache."""
+    empty prefix cache (vLLM runs with prefix caching off: nothing carried into a run)."""
     llm.engine.kv.pool.reset_cache()
     if what == "serving":
         return timed(lambda: prfaas_serving(llm, reqs))
-    one = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
-    return timed(lambda: llm.generate([long_prompt()], one))
+    prompt, one = long_prompt(), SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
+    return timed(lambda: llm.generate([prompt], one))
 
 
 def prfaas_serving(llm: LLM, reqs: list[tuple[list[int], int]]) -> None:
@@ -236,14 +242,8 @@ def main() -> None:
                 args.kv_cache_gb,
             )
         )
-    llm = LLM(
-        None,
-        num_threads=args.threads,
-        kv_cache_memory_gb=args.kv_cache_gb,
-        max_num_seqs=64,
-        max_num_batched_tokens=2048,
-    )
-    results.update(measure_prfaas(llm, reqs, decode_prompt, long))
+    llm = prfaas_llm(args.threads, args.kv_cache_gb)
+    results.update(measure_prfaas(llm, reqs, decode_prompt))
     if "transformers" in peers:
         hf = Transformers(str(llm.engine.loaded.folder))
         results.update(hf.measure(reqs, decode_prompt, long))
@@ -284,24 +284,18 @@ def main() -> None:
 
 
 def measure_prfaas(
-    llm: LLM, reqs: list[tuple[list[int], int]], decode: list[int], long: list[int]
+    llm: LLM, reqs: list[tuple[list[int], int]], decode: list[int]
 ) -> dict[str, float]:
     useful = sum(n for _, n in reqs)
     prfaas_serving(llm, reqs[:2])  # warm-up
-    # No prefix cache carried into a timed run (vLLM runs with prefix caching off).
-    llm.engine.kv.pool.reset_cache()
-    out = {"prfaas_serving_tok_s": useful / timed(lambda: prfaas_serving(llm, reqs))}
+    out = {"prfaas_serving_tok_s": useful / run_workload(llm, "serving", reqs)}
     one = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
     many = SamplingParams(max_tokens=129, temperature=0, ignore_eos=True)
     t1 = timed(lambda: llm.generate([decode], one))
     t129 = timed(lambda: llm.generate([decode], many))
     out["prfaas_decode_b1_tok_s"] = 128 / (t129 - t1)
-
-    def prefill() -> float:
-        llm.engine.kv.pool.reset_cache()  # the whole prompt computed each time
-        return timed(lambda: llm.generate([long], one))
-
-    out["prfaas_prefill_2048_s"] = min(prefill() for _ in range(PREFILL_RUNS))
+    prefills = [run_workload(llm, "prefill", reqs) for _ in range(PREFILL_RUNS)]
+    out["prfaas_prefill_2048_s"] = min(prefills)
     return out
 
 

@@ -14,12 +14,11 @@ from typing import Any
 
 from prfaas.deploy.config import DeployConfig
 from prfaas.deploy.models import ModelFacts, served_versions
-from prfaas.libc import cap_arenas, trim_heap
+from prfaas.libc import TRIM_EVERY_S, cap_arenas, trim_heap
 from prfaas.router.kv_index import KvIndexUnavailableError
 
 logger = logging.getLogger(__name__)
 START_TIMEOUT_S = 600.0
-HEAP_TRIM_EVERY_S = 30.0  # a trim of the gateway's heap takes about a millisecond
 
 
 async def trim_heap_every(every_s: float) -> None:
@@ -106,13 +105,13 @@ async def run_deployment(cfg: DeployConfig, api_keys: dict[str, str], log_dir: P
         uvicorn.Config(deployment.app, host=cfg.host, port=cfg.port, log_level="warning")
     )
     control_listener = control_server(deployment, control_host, control_port)
-    servers = [server] if control_listener is None else [server, control_listener]
-    runs = [server.serve()]
+    servers, runs = [server], [server.serve()]
     if control_listener is not None:
         assert control_socket is not None  # a secure control plane: bound above
+        servers.append(control_listener)
         runs.append(control_listener.serve(sockets=[control_socket]))
     serving = asyncio.gather(*runs)
-    trimming = asyncio.create_task(trim_heap_every(HEAP_TRIM_EVERY_S))
+    trimming = asyncio.create_task(trim_heap_every(TRIM_EVERY_S))
     try:
         names = ", ".join(deployment.expected_workers)
         with console.status(f"starting workers ({names}); loading the model in each…"):

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from prfaas.libc import glibc
+from prfaas.libc import TRIM_EVERY_S, glibc, trim_heap
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,6 @@ _M_MMAP_THRESHOLD = -3
 # The largest block still served from the heap (glibc caps the mmap threshold at 32 MiB on
 # 64-bit when it adjusts it itself; set explicitly, any value up to HEAP_MAX is kept).
 _KEEP_BYTES = 1 << 30
-TRIM_EVERY_S = 30.0  # a trim of a 2 GiB heap takes milliseconds; a step of SmolLM2 ~20 ms
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -68,14 +67,14 @@ class HeapTrim:
     not tuned (a GPU device, not glibc)."""
 
     def __init__(self, device: torch.device, every_s: float = TRIM_EVERY_S) -> None:
-        self._libc = glibc() if device.type == "cpu" else None
+        self._enabled = device.type == "cpu" and glibc() is not None
         self._every_s = every_s
         self._next_s = time.monotonic() + every_s
         self.trims = 0
 
     def tick(self) -> None:
-        if self._libc is None or time.monotonic() < self._next_s:
+        if not self._enabled or time.monotonic() < self._next_s:
             return
-        self._libc.malloc_trim(0)
+        trim_heap()
         self.trims += 1
         self._next_s = time.monotonic() + self._every_s
