@@ -54,6 +54,7 @@ from stress import (
     wait_clean,
 )
 
+MIB = 1 << 20
 STEADY = ("pd-p-0", "pd-d-0")  # workers never killed: their memory must stay flat
 
 
@@ -72,8 +73,14 @@ class SoakReport:
     # counts file pages (the .so files), which the kernel drops and reads back with memory
     # pressure: up to 100 MiB either way on this machine, more than the growth measured.
     anon_mib: dict[str, list[float]] = field(default_factory=dict)
+    # worker -> glibc's heap over every arena (WorkerCheck): live allocations, and the free
+    # chunks it keeps. RssAnon that grows with neither is memory outside malloc.
+    heap_in_use_mib: dict[str, list[float]] = field(default_factory=dict)
+    heap_free_mib: dict[str, list[float]] = field(default_factory=dict)
     growth_pct: dict[str, float] = field(default_factory=dict)  # of RssAnon
     slope_mib_per_min: dict[str, float] = field(default_factory=dict)  # after the warm-up
+    heap_in_use_slope: dict[str, float] = field(default_factory=dict)  # MiB/min, after it
+    heap_free_slope: dict[str, float] = field(default_factory=dict)
     malloc_arena_max: str = ""  # this process's MALLOC_ARENA_MAX ("" when unset)
     clean: bool = False
     leaks: list[str] = field(default_factory=list)
@@ -116,15 +123,21 @@ def faults(dep: Deployment, args: argparse.Namespace, stop: threading.Event, r: 
 
 def sampler(dep: Deployment, stop: threading.Event, r: SoakReport) -> None:
     pids = {"gateway": dep.proc.pid}
-    for name, url in dep.worker_urls().items():
-        if name in STEADY:
-            pids[name] = dep.check(url).pid
+    urls = {name: url for name, url in dep.worker_urls().items() if name in STEADY}
+    for name, url in urls.items():
+        pids[name] = dep.check(url).pid
     while True:
         for name, pid in pids.items():
             with contextlib.suppress(OSError):
                 rss, anon = memory_mib(pid)
                 r.rss_mib.setdefault(name, []).append(rss)
                 r.anon_mib.setdefault(name, []).append(anon)
+        for name, url in urls.items():
+            with contextlib.suppress(httpx.HTTPError):
+                check = dep.check(url)
+                if check.heap_in_use_bytes is not None and check.heap_free_bytes is not None:
+                    r.heap_in_use_mib.setdefault(name, []).append(check.heap_in_use_bytes / MIB)
+                    r.heap_free_mib.setdefault(name, []).append(check.heap_free_bytes / MIB)
         if stop.wait(10.0):
             return
 
@@ -196,10 +209,21 @@ def run(args: argparse.Namespace) -> SoakReport:
             base = statistics.median(samples[warm : warm + 3])
             last = statistics.median(samples[-3:])
             report.growth_pct[name] = 100 * (last - base) / base
-            minutes = [i / 6 for i in range(warm, len(samples))]
-            fit = statistics.linear_regression(minutes, samples[warm:])
-            report.slope_mib_per_min[name] = fit.slope
+            report.slope_mib_per_min[name] = slope_after(samples, warm)
+    for samples_of, slopes in (
+        (report.heap_in_use_mib, report.heap_in_use_slope),
+        (report.heap_free_mib, report.heap_free_slope),
+    ):
+        for name, samples in samples_of.items():
+            if len(samples) > warm + 3:
+                slopes[name] = slope_after(samples, warm)
     return report
+
+
+def slope_after(samples: list[float], warm: int) -> float:
+    """Least-squares MiB per minute of samples taken every 10 s, from sample ``warm`` on."""
+    minutes = [i / 6 for i in range(warm, len(samples))]
+    return statistics.linear_regression(minutes, samples[warm:]).slope
 
 
 def main() -> int:
@@ -236,6 +260,13 @@ def main() -> int:
                 f"  RssAnon {name:<8} {s[0]:7.0f} MiB at start, {s[-1]:7.0f} at end, {pct:+.1f}%"
                 f" after the warm-up, {slope:+.2f} MiB/min (VmRSS {rss[0]:.0f} -> {rss[-1]:.0f})"
             )
+            if name in r.heap_in_use_slope:
+                used, free = r.heap_in_use_mib[name], r.heap_free_mib[name]
+                print(
+                    f"    glibc heap: in use {used[0]:.0f} -> {used[-1]:.0f} MiB"
+                    f" ({r.heap_in_use_slope[name]:+.2f} MiB/min), free chunks"
+                    f" {free[0]:.0f} -> {free[-1]:.0f} MiB ({r.heap_free_slope[name]:+.2f} MiB/min)"
+                )
         print("pools clean afterwards:", "yes" if r.clean else f"NO: {r.leaks}")
     bad = r.counts["hung"] + r.counts["wrong"] + (0 if r.clean else 1)
     bad += sum(1 for pct in r.growth_pct.values() if pct >= 5.0)

@@ -1,7 +1,7 @@
 """The C library, for the few calls prfaas makes past Python's standard library (glibc's
 allocator settings and heap trims, for the engine in ``engine.host_memory`` and the gateway
-in ``deploy.run``; Linux's parent-death signal in ``deploy.launcher``). None where it is not
-glibc on Linux."""
+in ``deploy.run``, and its heap statistics for a worker's check; Linux's parent-death signal
+in ``deploy.launcher``). None where it is not glibc on Linux."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import ctypes
 import ctypes.util
 import functools
 import sys
+from typing import NamedTuple
 
 
 @functools.cache
@@ -46,3 +47,44 @@ def trim_heap() -> bool:
         return False
     libc.malloc_trim(0)
     return True
+
+
+class _MallInfo2(ctypes.Structure):
+    # glibc's ``struct mallinfo2`` (2.33+): every field a size_t, in this order.
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",  # bytes the arenas took from the OS (not mmapped chunks)
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",  # bytes in chunks served by their own mmap
+            "usmblks",
+            "fsmblks",
+            "uordblks",  # bytes in chunks handed out and not yet freed
+            "fordblks",  # bytes in free chunks (resident or not: a trim only unmaps pages)
+            "keepcost",
+        )
+    ]
+
+
+class HeapBytes(NamedTuple):
+    """What glibc's allocator holds, over every arena: ``in_use`` is live allocations (the
+    mmapped ones included), ``free`` the free chunks it keeps (resident or trimmed),
+    ``mmapped`` the chunks served by their own mmap."""
+
+    in_use: int
+    free: int
+    mmapped: int
+
+
+def heap_bytes() -> HeapBytes | None:
+    """glibc's ``mallinfo2`` (it walks every arena under its lock: milliseconds, not for a
+    hot path). None where not glibc 2.33 or later."""
+    libc = glibc()
+    mallinfo2 = getattr(libc, "mallinfo2", None)
+    if mallinfo2 is None:
+        return None
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    return HeapBytes(in_use=info.uordblks + info.hblkhd, free=info.fordblks, mmapped=info.hblkhd)

@@ -341,6 +341,10 @@ class WorkerCheck(Message):
     kv_sending: int  # prefill commands whose KV is being sent
     asyncio_tasks: int
     threads: int
+    # glibc's allocator over every arena (``prfaas.libc.heap_bytes``); None elsewhere. Not a
+    # leak check (a busy worker holds activations): the soak follows them beside RssAnon.
+    heap_in_use_bytes: int | None = None
+    heap_free_bytes: int | None = None
 
     @property
     def idle_clean(self) -> bool:

@@ -20,6 +20,7 @@ import time
 import httpx
 
 from prfaas.control_plane import GATEWAY, ControlTls, warn_insecure
+from prfaas.libc import heap_bytes
 from prfaas.messages import TOKEN_HEADER, Heartbeat, Role, WorkerCheck, WorkerInfo
 from prfaas.worker.cache_events import CacheEventLog, EventBatch
 from prfaas.worker.config import WorkerConfig
@@ -159,6 +160,7 @@ class Worker:
     async def check(self) -> WorkerCheck:
         """Integrity and leak report: the engine's parts, and this process's."""
         part = await self.engine.check()
+        heap = heap_bytes()
         return WorkerCheck(
             name=self.config.name,
             pid=os.getpid(),
@@ -177,6 +179,8 @@ class Worker:
             kv_sending=part.kv_sending,
             asyncio_tasks=len(asyncio.all_tasks()),
             threads=threading.active_count(),
+            heap_in_use_bytes=heap.in_use if heap else None,
+            heap_free_bytes=heap.free if heap else None,
         )
 
     async def switch_role(self, role: Role) -> None:
