@@ -3,11 +3,13 @@
     make setup-vllm    # once: vLLM in its own venv, .venv-vllm
     .venv/bin/python benchmarks/engine.py [--num-requests 64] [--threads 2] [--json]
         [--peers vllm,transformers] [--vllm-python .venv-vllm/bin/python]
+        [--device cpu|cuda] [--dtype float32|bfloat16|float16]
 
 vLLM runs in its own venv and process (``benchmarks/engine_vllm.py``), first, on the token ids
 this script draws; prfaas and transformers then run here. Ratios are prfaas over each peer
 (speed; for the prefill, the peer's seconds over prfaas's). The machine may be shared: only
-the ratios of one run mean much.
+the ratios of one run mean much. ``--device cuda`` runs prfaas and transformers on the GPU
+(``benchmarks/engine_gpu.sh``; vLLM's CPU build is then no peer).
 
 Workloads (fp32, CPU, ``--threads`` threads, the same seeded prompts for all):
 - serving-like: N requests, prompt lengths 32-1024 and output lengths 16-256 drawn from a
@@ -41,7 +43,7 @@ from typing import Any
 import torch
 
 from prfaas import LLM, SamplingParams
-from prfaas.config import default_cache_dir
+from prfaas.config import DTYPES, default_cache_dir
 from prfaas.model.loader import resolve_model_folder
 
 
@@ -60,13 +62,19 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t0
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a CUDA kernel launch returns before it ran)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class Transformers:
-    def __init__(self, folder: str) -> None:
+    def __init__(self, folder: str, device: torch.device, dtype: torch.dtype) -> None:
         import transformers
 
-        self.model = transformers.AutoModelForCausalLM.from_pretrained(
-            folder, dtype=torch.float32
-        ).eval()
+        self.device = device
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+        torch.nn.Module.to(self.model, device)
         self.pad_id = 0
 
     def generate_batch(self, batch: list[tuple[list[int], int]]) -> None:
@@ -79,13 +87,14 @@ class Transformers:
         max_new = max(n for _, n in batch)
         with torch.inference_mode():
             self.model.generate(
-                input_ids=ids,
-                attention_mask=mask,
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
                 max_new_tokens=max_new,
                 min_new_tokens=max_new,
                 do_sample=False,
                 pad_token_id=self.pad_id,
             )
+        sync(self.device)
 
     def serving(self, reqs: list[tuple[list[int], int]], batch_size: int) -> None:
         for i in range(0, len(reqs), batch_size):
@@ -113,7 +122,9 @@ def long_prompt() -> list[int]:
     return [random.Random(1).randrange(100, 49000) for _ in range(2048)]
 
 
-def prfaas_llm(threads: int, kv_cache_gb: float) -> LLM:
+def prfaas_llm(
+    threads: int, kv_cache_gb: float, device: str = "cpu", dtype: str = "float32"
+) -> LLM:
     """The prfaas engine with the limits every engine gets here (64 sequences, 2048 tokens a
     step)."""
     return LLM(
@@ -122,6 +133,8 @@ def prfaas_llm(threads: int, kv_cache_gb: float) -> LLM:
         kv_cache_memory_gb=kv_cache_gb,
         max_num_seqs=64,
         max_num_batched_tokens=2048,
+        device=device,
+        dtype=dtype,
     )
 
 
@@ -215,10 +228,14 @@ def main() -> None:
     ap.add_argument("--vllm-python", default=".venv-vllm/bin/python")
     ap.add_argument("--vllm-compile", action="store_true")
     ap.add_argument("--kv-cache-gb", type=float, default=1.0, help="KV memory of each engine")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (prfaas and transformers)")
+    ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     args = ap.parse_args()
     peers = [p for p in args.peers.split(",") if p]
     if not set(peers) <= {"vllm", "transformers"}:
         raise SystemExit(f"--peers: vllm and/or transformers, not {args.peers!r}")
+    if "vllm" in peers and (args.device != "cpu" or args.dtype != "float32"):
+        raise SystemExit("the vLLM peer is its CPU build in float32: pass --peers transformers")
     torch.set_num_threads(args.threads)
 
     # vLLM runs first, before prfaas holds its KV memory (the two never run at once).
@@ -242,10 +259,10 @@ def main() -> None:
                 args.kv_cache_gb,
             )
         )
-    llm = prfaas_llm(args.threads, args.kv_cache_gb)
+    llm = prfaas_llm(args.threads, args.kv_cache_gb, args.device, args.dtype)
     results.update(measure_prfaas(llm, reqs, decode_prompt))
     if "transformers" in peers:
-        hf = Transformers(str(llm.engine.loaded.folder))
+        hf = Transformers(str(llm.engine.loaded.folder), llm.engine.device, llm.engine.dtype)
         results.update(hf.measure(reqs, decode_prompt, long))
     names = ["prfaas"] + [{"vllm": "vllm", "transformers": "hf"}[p] for p in peers]
     for peer in names[1:]:
@@ -261,9 +278,11 @@ def main() -> None:
     if args.json:
         print(json.dumps(results, indent=2))
         return
+    where = "CPU" if args.device == "cpu" else torch.cuda.get_device_name(args.device)
     print(
-        f"SmolLM2-135M fp32, CPU, {args.threads} threads, {args.num_requests} requests, "
-        f"{useful} generated tokens; ratio = prfaas / peer (prefill: peer s / prfaas s)"
+        f"SmolLM2-135M {args.dtype}, {where}, {args.threads} threads, "
+        f"{args.num_requests} requests, {useful} generated tokens; "
+        "ratio = prfaas / peer (prefill: peer s / prfaas s)"
     )
     print(
         f"{'workload':<32}"

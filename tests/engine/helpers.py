@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,14 @@ from prfaas.engine.request import RequestStatus
 from prfaas.engine.sampling_params import SamplingParams
 
 GREEDY = SamplingParams(max_tokens=32, temperature=0.0, ignore_eos=True)
+# Where the engines of these tests compute: the host, unless benchmarks/engine_gpu.sh runs the
+# oracle and hand-off tests with the engine on a GPU (PRFAAS_TEST_DEVICE=cuda).
+TEST_DEVICE = os.environ.get("PRFAAS_TEST_DEVICE", "cpu")
 
 
 def make_engine(model: Path | str | None, cache_dir: Path, **kw: Any) -> Engine:
     kw.setdefault("num_kv_blocks", 256)
+    kw.setdefault("device", TEST_DEVICE)
     return Engine(
         EngineConfig(model=None if model is None else str(model), cache_dir=cache_dir, **kw)
     )
@@ -47,7 +52,9 @@ def run_recording_logits(
 
     def spy(out: Any) -> torch.Tensor:
         logits = execute(out)
-        rows.extend(logits[i] for i in range(logits.shape[0]))
+        # On the host: transformers, the oracle, runs there (benchmarks/engine_gpu.sh runs
+        # these tests with the engine on a GPU).
+        rows.extend(logits[i].cpu() for i in range(logits.shape[0]))
         return logits
 
     engine.runner.execute = spy  # type: ignore[method-assign]

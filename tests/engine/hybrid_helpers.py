@@ -115,7 +115,6 @@ def kimi_engine(
     kw.setdefault("block_size", 16)
     kw.setdefault("num_kv_blocks", 64)
     kw.setdefault("dtype", "float32")
-    kw.setdefault("device", "cpu")
     engine = make_engine(folder, cache_dir, **kw)
     # Tiny states: the default share of a 64-block pool would hold only one snapshot.
     return Engine(engine.config, engine.loaded, state or StateCacheConfig(max_snapshots=16))
