@@ -4,7 +4,6 @@ what they freed back. Run in child processes: the settings are process-wide."""
 
 from __future__ import annotations
 
-import ctypes
 import json
 import subprocess
 import sys
@@ -82,36 +81,49 @@ def test_capped_arenas_and_the_trim_bound_what_threads_freed() -> None:
     assert capped["after"] < 0.5 * capped["before"], capped
 
 
+HEAP_CHILD = r"""
+import ctypes, json
+from prfaas.libc import glibc, heap_bytes
+
+libc = glibc()
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+big = 48 << 20  # above glibc's default mmap threshold: its own mapping
+before = heap_bytes()
+block = libc.malloc(big)
+during = heap_bytes()
+libc.free(block)
+after = heap_bytes()
+# A heap block (past the thread cache's sizes) freed below a block still in use: a free
+# chunk, not in use.
+low, high = libc.malloc(64 << 10), libc.malloc(1 << 10)
+held = heap_bytes()
+libc.free(low)
+freed = heap_bytes()
+libc.free(high)
+print(json.dumps(dict(big=big, before=before, during=during, after=after, held=held,
+                      freed=freed)))
+"""
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator: Linux")
 def test_heap_bytes_follow_live_allocations_and_the_free_chunks() -> None:
     """What a worker's check reports beside its RssAnon (benchmarks/soak.py): a block malloc
-    hands out counts as in use until it is freed; a heap block freed below the top of the
-    heap is a free chunk until malloc reuses it."""
-    from prfaas.libc import glibc, heap_bytes
-
-    libc = glibc()
-    assert libc is not None
-    libc.malloc.restype = ctypes.c_void_p
-    libc.malloc.argtypes = [ctypes.c_size_t]
-    libc.free.argtypes = [ctypes.c_void_p]
-    big = 48 << 20  # above glibc's default mmap threshold: its own mapping
-    before = heap_bytes()
-    assert before is not None
-    block = libc.malloc(big)
-    during = heap_bytes()
-    libc.free(block)
-    after = heap_bytes()
-    assert during is not None and after is not None
-    assert during.in_use - before.in_use >= big, (before, during)
-    assert during.mmapped - before.mmapped >= big, (before, during)
-    assert during.in_use - after.in_use >= big, (during, after)
-    # A heap block (past the thread cache's sizes) freed below a block still in use: a free
-    # chunk, not in use.
-    low, high = libc.malloc(64 << 10), libc.malloc(1 << 10)
-    held = heap_bytes()
-    libc.free(low)
-    freed = heap_bytes()
-    libc.free(high)
-    assert held is not None and freed is not None
-    assert freed.free - held.free >= 64 << 10, (held, freed)
-    assert held.in_use - freed.in_use >= 64 << 10, (held, freed)
+    hands out counts as in use until it is freed; a heap block freed below a block still in
+    use is a free chunk. In a child process: one thread, glibc's default thresholds (an
+    engine in this process would have raised the mmap threshold)."""
+    out = subprocess.run(
+        [sys.executable, "-c", HEAP_CHILD], capture_output=True, text=True, timeout=60, check=True
+    )
+    r = {
+        k: v if k == "big" else dict(zip(("in_use", "free", "mmapped"), v, strict=True))
+        for k, v in json.loads(out.stdout).items()
+    }
+    big, before, during, after = r["big"], r["before"], r["during"], r["after"]
+    assert during["in_use"] - before["in_use"] >= big, r
+    assert during["mmapped"] - before["mmapped"] >= big, r
+    assert during["in_use"] - after["in_use"] >= big, r
+    held, freed = r["held"], r["freed"]
+    assert freed["free"] - held["free"] >= 64 << 10, r
+    assert held["in_use"] - freed["in_use"] >= 64 << 10, r

@@ -85,14 +85,43 @@ def checkpoint(folder: Path, kv_heads: int = KV_HEADS) -> Path:
     )
 
 
+# Start-ups with t at its upper bound that the fixture retries (see ``gateway``).
+BOUND_RETRIES = 2
+
+
+def room_to_rise(gw: Gateway) -> bool:
+    """Whether the start-up t is below 90 % of its upper bound, so that a dip can raise it."""
+    control = gw.deployment.control
+    return (
+        control.inputs is not None
+        and control.choice is not None
+        and control.choice.applied_tokens < 0.9 * control.inputs.bounds[1]
+    )
+
+
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """The deployment, its t profiled at start-up. The tiny model's prefills take tens of
+    milliseconds, so the profile is noisy where the other tests load the cores: it has put t
+    at its upper bound (the remote side measured 3x slower at 511 tokens), where no dip can
+    raise it. That start-up is a precondition, not the behaviour under test: the deployment
+    is started again, at most ``BOUND_RETRIES`` times, and the test still fails if t has no
+    room."""
     tmp = tmp_path_factory.mktemp("dip")
     model = checkpoint(tmp / "model")
     with pytest.MonkeyPatch.context() as env:  # the in-process gateway reads them once
         env.setenv("PRFAAS_CLUSTER_TOKEN", CLUSTER_TOKEN)
         env.setenv("PRFAAS_CACHE_DIR", str(tmp / "cache"))
         gw = Gateway(config(model), tmp / "logs")
+        for attempt in range(BOUND_RETRIES):
+            if room_to_rise(gw):
+                break
+            logging.getLogger(__name__).warning(
+                "start-up t at its bound (%s); starting the deployment again",
+                gw.deployment.control.choice,
+            )
+            gw.close()
+            gw = Gateway(config(model), tmp / f"logs-{attempt + 1}")
     try:
         yield gw
     finally:
@@ -287,6 +316,7 @@ def test_a_dip_is_measured_raises_t_and_t_returns(gateway: Gateway) -> None:
     assert min(g for g, _ in before[-6:]) > 2 * DIPPED_GBPS, shown_all
     assert first_after(trace, dip_s, lambda g: g < 2 * DIPPED_GBPS) <= 5.0, shown_all
     t_before, t_during = before[-1][1], max(t for _, t in during)
+    assert room_to_rise(gateway), shown_all  # the start-up left t room to rise
     assert t_during > t_before, shown_all  # t rose
     shares = remote_share(run, run.start_s, dip_s), remote_share(run, dip_s + 5, restore_s)
     if t_before < 0.9 * bounds[1]:  # the profile may start t near its bound: no room to rise
