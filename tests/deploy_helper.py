@@ -100,6 +100,14 @@ class Running:
         stop_process(self.proc, sig)
 
 
+def shared_cache(tmp: Path) -> str:
+    """The ``PRFAAS_CACHE_DIR`` of a deployment a test starts in ``tmp``: beside that folder,
+    so shared by the deployments of a test process. In a fresh cache each worker would hash
+    its model's weights again (0.75 s for SmolLM2) and build the decode kernel again; both
+    are written atomically, so workers filling it at once are safe."""
+    return str(tmp.parent / "prfaas-cache")
+
+
 def launch(
     config: dict[str, Any],
     tmp: Path,
@@ -123,7 +131,7 @@ def launch(
     out_path = tmp / f"{name}.out"
     environment = dict(
         os.environ,
-        PRFAAS_CACHE_DIR=str(tmp / "cache"),
+        PRFAAS_CACHE_DIR=shared_cache(tmp),
         PYTHONUNBUFFERED="1",
         PRFAAS_CLUSTER_TOKEN=cluster_token,
         **(env or {}),

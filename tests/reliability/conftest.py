@@ -22,7 +22,7 @@ from prfaas import LLM, SamplingParams
 from prfaas.deploy.launcher import free_port
 from prfaas.messages import TOKEN_HEADER, LinkControl, WorkerCheck
 from tests.conftest import make_tiny_checkpoint
-from tests.deploy_helper import gateway_tls, start, stop_process, topology
+from tests.deploy_helper import gateway_tls, shared_cache, start, stop_process, topology
 
 CLUSTER_TOKEN = "reliability-cluster-token"
 API_KEY = "key-drill"
@@ -49,7 +49,7 @@ LONG = long_prompt(0)
 def env_for(tmp: Path) -> dict[str, str]:
     return dict(
         os.environ,
-        PRFAAS_CACHE_DIR=str(tmp / "cache"),
+        PRFAAS_CACHE_DIR=shared_cache(tmp),
         PYTHONUNBUFFERED="1",
         PRFAAS_CLUSTER_TOKEN=CLUSTER_TOKEN,
     )

@@ -31,6 +31,7 @@ import httpx
 import openai
 import pytest
 import yaml
+from tests.deploy_helper import shared_cache
 
 from prfaas import LLM, SamplingParams
 from prfaas.deploy.launcher import free_port
@@ -151,7 +152,7 @@ def deployment(
     certs = tmp / "certs"
     env = dict(
         os.environ,
-        PRFAAS_CACHE_DIR=str(tmp / "cache"),
+        PRFAAS_CACHE_DIR=shared_cache(tmp),
         PRFAAS_CLUSTER_TOKEN=CLUSTER_TOKEN,
         PYTHONUNBUFFERED="1",
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,7 +117,9 @@ def fingerprint_folder(folder: Path, cache_dir: Path) -> str:
                 h.update(chunk)
     digest = h.hexdigest()
     memo.parent.mkdir(parents=True, exist_ok=True)
-    tmp = memo.with_suffix(".tmp")
+    # A name of this process's own: workers of one deployment fingerprint the same folder at
+    # once, and a shared temporary name would be moved away under one of them.
+    tmp = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
     tmp.write_text(digest)
     tmp.replace(memo)
     return digest
