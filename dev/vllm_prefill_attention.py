@@ -2,7 +2,8 @@
 CPU attention op (``cpu_attention_with_kv_cache``, what its CPU backend calls, reading the
 paged cache) against PyTorch's SDPA (what prfaas calls), one SmolLM2 layer's causal
 attention over a 2048-token prompt (9 query heads of 64, 3 KV heads, float32, 32-token
-blocks, its "vec" ISA path), 2 threads. Checks that they agree; best and median of 9 runs.
+blocks, its "vec" ISA path), 2 threads. Checks that they agree; best and median of 9 runs
+after a warm-up.
 Run with vLLM's venv (``make setup-vllm``):
 
     .venv-vllm/bin/python dev/vllm_prefill_attention.py
@@ -10,25 +11,14 @@ Run with vLLM's venv (``make setup-vllm``):
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 import vllm._custom_ops as ops
+from prefill_attention import best_and_median_ms  # this folder's: the same timing
 
 HEADS, KV_HEADS, HEAD_DIM, TOKENS, BLOCK = 9, 3, 64, 2048, 32
-
-
-def best_and_median_ms(fn: Callable[[], object], runs: int = 9) -> tuple[float, float]:
-    fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[0] * 1e3, times[runs // 2] * 1e3
 
 
 def main() -> None:
@@ -69,7 +59,8 @@ def main() -> None:
     flop = 4 * HEADS * HEAD_DIM * TOKENS * (TOKENS + 1) / 2  # QK^T and PV, causal
     ways: dict[str, Callable[[], object]] = {"vLLM's CPU op": vllm_op, "SDPA (prfaas)": sdpa}
     for name, fn in ways.items():
-        best, median = best_and_median_ms(fn)
+        fn()
+        best, median = best_and_median_ms(fn, runs=9)
         rate = flop / best / 1e6
         print(f"{name:<16} best {best:6.1f} ms  median {median:6.1f} ms  {rate:5.0f} GFLOP/s")
 
