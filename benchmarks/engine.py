@@ -56,6 +56,13 @@ def workload(n: int, seed: int, vocab: int) -> list[tuple[list[int], int]]:
     return out
 
 
+def serving_mix(num_requests: int, seed: int) -> list[tuple[list[int], int]]:
+    """The seeded serving workload over the embedded default model's vocabulary."""
+    folder = resolve_model_folder(None, default_cache_dir())
+    vocab = int(json.loads((folder / "config.json").read_text())["vocab_size"])
+    return workload(num_requests, seed, vocab)
+
+
 def timed(fn: Callable[[], Any]) -> float:
     t0 = time.perf_counter()
     fn()
@@ -144,9 +151,7 @@ def warmed_prfaas(
     """For the scripts in ``dev/``: the prfaas engine and the seeded serving mix of
     ``num_requests`` (at least 2), after a warm-up on two of them."""
     torch.set_num_threads(threads)
-    folder = resolve_model_folder(None, default_cache_dir())
-    vocab = int(json.loads((folder / "config.json").read_text())["vocab_size"])
-    reqs = workload(max(num_requests, 2), 0, vocab)
+    reqs = serving_mix(max(num_requests, 2), 0)
     llm = prfaas_llm(threads, kv_cache_gb)
     prfaas_serving(llm, reqs[:2])
     return llm, reqs
@@ -239,9 +244,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     # vLLM runs first, before prfaas holds its KV memory (the two never run at once).
-    folder = resolve_model_folder(None, default_cache_dir())
-    vocab = int(json.loads((folder / "config.json").read_text())["vocab_size"])
-    reqs = workload(args.num_requests, args.seed, vocab)
+    reqs = serving_mix(args.num_requests, args.seed)
     useful = sum(n for _, n in reqs)
     decode_prompt = reqs[0][0][:32]
     long = long_prompt()
