@@ -40,8 +40,10 @@ imports: setup
 # and sockets, so on 2 cores two processes take the suite from ~12.8 to ~8.5 minutes.
 PYTEST_WORKERS ?= 2
 
+# A test process that dies (the kernel's OOM killer) ends the run, failed, rather than being
+# replaced: one run hung after a replacement took over the dead process's tests.
 unit: setup
-	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadfile
+	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadfile --max-worker-restart 0
 
 # `make test`: the main suite (lint, mypy, import contracts, the tests in .venv) while
 # .venv-vllm builds beside it (pip, mostly waiting on I/O; its output goes to VLLM_LOG),

@@ -31,6 +31,12 @@ import yaml
 from prfaas.deploy.launcher import die_with_parent
 
 START_S = 300.0
+# Every test deployment's KV pool per instance, unless its config sets one: a worker zeroes its
+# whole pool at start (the default is 1 GiB), and a test needs a few thousand tokens of KV
+# (SmolLM2: 46 KiB a token, 5.7k tokens here). Two test processes run deployments side by
+# side; at 1 GiB a worker the suite's peak was ~20 GiB of this 23 GiB machine (one run was
+# OOM-killed), and zeroing the pools cost ~0.5 s of CPU per worker.
+TEST_KV_GB = 0.25
 TEST_CERTS = Path(tempfile.mkdtemp(prefix="prfaas-test-certs-"))
 
 
@@ -108,6 +114,15 @@ def shared_cache(tmp: Path) -> str:
     return str(tmp.parent / "prfaas-cache")
 
 
+def sized_for_tests(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with ``TEST_KV_GB`` for every instance that sets no KV pool of its own."""
+    clusters = [
+        {**c, "instances": [{"kv_cache_gb": TEST_KV_GB, **i} for i in c["instances"]]}
+        for c in config["clusters"]
+    ]
+    return {**config, "clusters": clusters}
+
+
 def launch(
     config: dict[str, Any],
     tmp: Path,
@@ -127,7 +142,7 @@ def launch(
             "certs_dir": str(session_certs([c["name"] for c in config["clusters"]])),
         }
     path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(sized_for_tests(config)))
     out_path = tmp / f"{name}.out"
     environment = dict(
         os.environ,

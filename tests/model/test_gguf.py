@@ -44,7 +44,7 @@ def folder(gguf_path: Path, cache_dir: Path) -> Path:
     return cached_hf_folder(gguf_path, cache_dir)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # 0.5 GB: not kept for the rest of the session
 def model(folder: Path) -> PreTrainedModel:
     return AutoModelForCausalLM.from_pretrained(folder).eval()
 

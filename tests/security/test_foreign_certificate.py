@@ -18,7 +18,7 @@ import httpx
 
 from prfaas.deploy.launcher import free_port
 from prfaas.messages import TOKEN_HEADER
-from tests.deploy_helper import launch, session_certs, stop_process, topology
+from tests.deploy_helper import launch, session_certs, shared_cache, stop_process, topology
 
 TOKEN = "foreign-certificate-token"
 
@@ -43,7 +43,7 @@ def start_worker(
             + ["--max-model-len", "256", "--kv-cache-gb", "0.05"],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=dict(os.environ, PRFAAS_CLUSTER_TOKEN=TOKEN, PRFAAS_CACHE_DIR=str(tmp / "cache")),
+            env=dict(os.environ, PRFAAS_CLUSTER_TOKEN=TOKEN, PRFAAS_CACHE_DIR=shared_cache(tmp)),
             start_new_session=True,
         )
     return proc, log
@@ -74,19 +74,20 @@ def test_a_worker_with_another_clusters_certificate_is_refused(
             except (httpx.HTTPError, ValueError):
                 return {}
 
+        # Both machines start at once (each loads the model for seconds): the impostor, and
+        # the same certificate in the cluster it names.
         impostor, impostor_log = start_worker(
             tiny_llama, tmp_path, "pd-p-0", "local", forged, control_url
         )
         procs.append(impostor)
-        wait_for(lambda: "refused us" in impostor_log.read_text(), 120, "the refusal")
-        assert "certificate of 'remote' cannot register into 'local'" in impostor_log.read_text()
-        assert "refused worker pd-p-0 into cluster 'local'" in serve_out.read_text()
-        assert "pd-p-0" not in instances()
-        # The same certificate, in the cluster it names: registered.
         honest, _ = start_worker(
             tiny_llama, tmp_path, "prfaas-0", "remote", certs / "remote", control_url
         )
         procs.append(honest)
+        wait_for(lambda: "refused us" in impostor_log.read_text(), 120, "the refusal")
+        assert "certificate of 'remote' cannot register into 'local'" in impostor_log.read_text()
+        assert "refused worker pd-p-0 into cluster 'local'" in serve_out.read_text()
+        assert "pd-p-0" not in instances()
         wait_for(lambda: bool(instances().get("prfaas-0", {}).get("healthy")), 120, "prfaas-0")
         assert instances()["prfaas-0"]["cluster"] == "remote"
         assert "pd-p-0" not in instances()

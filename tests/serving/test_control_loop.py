@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import uvicorn
+from tests.deploy_helper import shared_cache, sized_for_tests
 from tests.serving.conftest import CLUSTER_TOKEN
 
 from prfaas.deploy.config import DeployConfig
@@ -99,35 +100,41 @@ class Gateway:
 
 def config(model: Path) -> DeployConfig:
     return DeployConfig.model_validate(
-        {
-            "model": str(model),
-            "served_model_name": "tiny",
-            "port": free_port(),
-            "max_model_len": MAX_MODEL_LEN,
-            "clusters": [
-                {
-                    "name": "local",
-                    "kind": "pd",
-                    "instances": [
-                        {"name": "pd-p-0", "role": "prefill"},
-                        {"name": "pd-d-0", "role": "decode"},
-                        {"name": "pd-d-1", "role": "decode"},
-                    ],
+        sized_for_tests(
+            {
+                "model": str(model),
+                "served_model_name": "tiny",
+                "port": free_port(),
+                "max_model_len": MAX_MODEL_LEN,
+                "clusters": [
+                    {
+                        "name": "local",
+                        "kind": "pd",
+                        "instances": [
+                            {"name": "pd-p-0", "role": "prefill"},
+                            {"name": "pd-d-0", "role": "decode"},
+                            {"name": "pd-d-1", "role": "decode"},
+                        ],
+                    },
+                    {
+                        "name": "remote",
+                        "kind": "prfaas",
+                        "instances": [{"name": "prfaas-0", "role": "prefill"}],
+                    },
+                ],
+                "links": [{"src": "remote", "dst": "local", "rate_gbps": 1.0, "rtt_ms": 2.0}],
+                # No threshold_tokens: t is profiled. Long intervals: the test ticks the loop.
+                # One output token: decode cannot bind (a batch-4 step per request against a
+                # whole ~400-token prefill), so the planner wants more PD prefill.
+                "policy": {
+                    "control": {
+                        "short_interval_s": 3600,
+                        "long_interval_s": 3600,
+                        "output_tokens": 1,
+                    }
                 },
-                {
-                    "name": "remote",
-                    "kind": "prfaas",
-                    "instances": [{"name": "prfaas-0", "role": "prefill"}],
-                },
-            ],
-            "links": [{"src": "remote", "dst": "local", "rate_gbps": 1.0, "rtt_ms": 2.0}],
-            # No threshold_tokens: t is profiled. Long intervals: the test ticks the loop.
-            # One output token: decode cannot bind (a batch-4 step per request against a
-            # whole ~400-token prefill), so the planner wants more PD prefill.
-            "policy": {
-                "control": {"short_interval_s": 3600, "long_interval_s": 3600, "output_tokens": 1}
-            },
-        }
+            }
+        )
     )
 
 
@@ -136,7 +143,7 @@ def gateway(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     tmp = tmp_path_factory.mktemp("control")
     with pytest.MonkeyPatch.context() as env:  # the in-process gateway reads them once
         env.setenv("PRFAAS_CLUSTER_TOKEN", CLUSTER_TOKEN)
-        env.setenv("PRFAAS_CACHE_DIR", str(tmp / "cache"))
+        env.setenv("PRFAAS_CACHE_DIR", shared_cache(tmp))
         gw = Gateway(config(tiny_llama), tmp / "logs")
     try:
         yield gw

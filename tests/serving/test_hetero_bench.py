@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 from benchmarks.hetero import PRESETS, deploy_yaml, parse_args, workload
+from tests.deploy_helper import TEST_KV_GB, shared_cache
 
 from prfaas.deploy.config import load_deploy_config
 
@@ -30,8 +31,9 @@ def test_tiny_hetero_bench_serves_every_request_in_each_deployment(tmp_path: Pat
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "hetero.py"), "--tiny"]
         + ["--num-prompts", str(NUM_PROMPTS), "--json", str(out)]
+        + ["--kv-cache-gb", str(TEST_KV_GB)]  # 4 prompts; the preset's pools are for 24
         + ["--checkpoint", str(tmp_path / "model"), "--log-dir", str(tmp_path / "logs")],
-        env=dict(os.environ, PRFAAS_CACHE_DIR=str(tmp_path / "cache")),
+        env=dict(os.environ, PRFAAS_CACHE_DIR=shared_cache(tmp_path)),
         capture_output=True,
         text=True,
         timeout=400,

@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import pytest
 from tests.conftest import make_tiny_checkpoint
+from tests.deploy_helper import shared_cache, sized_for_tests
 from tests.serving.conftest import CLUSTER_TOKEN
 from tests.serving.test_control_loop import BLOCK, Gateway
 
@@ -47,35 +48,41 @@ DIPPED_GBPS = 0.05
 
 def config(model: Path) -> DeployConfig:
     return DeployConfig.model_validate(
-        {
-            "model": str(model),
-            "served_model_name": "tiny",
-            "port": free_port(),
-            "max_model_len": MAX_MODEL_LEN,
-            "kv_deadline_s": 15.0,
-            "clusters": [
-                {
-                    "name": "local",
-                    "kind": "pd",
-                    "instances": [
-                        {"name": "pd-p-0", "role": "prefill"},
-                        {"name": "pd-d-0", "role": "decode"},
-                    ],
+        sized_for_tests(
+            {
+                "model": str(model),
+                "served_model_name": "tiny",
+                "port": free_port(),
+                "max_model_len": MAX_MODEL_LEN,
+                "kv_deadline_s": 15.0,
+                "clusters": [
+                    {
+                        "name": "local",
+                        "kind": "pd",
+                        "instances": [
+                            {"name": "pd-p-0", "role": "prefill"},
+                            {"name": "pd-d-0", "role": "decode"},
+                        ],
+                    },
+                    {
+                        "name": "remote",
+                        "kind": "prfaas",
+                        "instances": [
+                            {"name": "prfaas-0", "role": "prefill"},
+                            {"name": "prfaas-1", "role": "prefill"},
+                        ],
+                    },
+                ],
+                "links": [{"src": "remote", "dst": "local", "rate_gbps": 1.0, "rtt_ms": 0.0}],
+                "policy": {
+                    "control": {
+                        "short_interval_s": 1.0,
+                        "long_interval_s": 3600,
+                        "output_tokens": 4,
+                    }
                 },
-                {
-                    "name": "remote",
-                    "kind": "prfaas",
-                    "instances": [
-                        {"name": "prfaas-0", "role": "prefill"},
-                        {"name": "prfaas-1", "role": "prefill"},
-                    ],
-                },
-            ],
-            "links": [{"src": "remote", "dst": "local", "rate_gbps": 1.0, "rtt_ms": 0.0}],
-            "policy": {
-                "control": {"short_interval_s": 1.0, "long_interval_s": 3600, "output_tokens": 4}
-            },
-        }
+            }
+        )
     )
 
 
@@ -111,7 +118,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     model = checkpoint(tmp / "model")
     with pytest.MonkeyPatch.context() as env:  # the in-process gateway reads them once
         env.setenv("PRFAAS_CLUSTER_TOKEN", CLUSTER_TOKEN)
-        env.setenv("PRFAAS_CACHE_DIR", str(tmp / "cache"))
+        env.setenv("PRFAAS_CACHE_DIR", shared_cache(tmp))
         gw = Gateway(config(model), tmp / "logs")
         for attempt in range(BOUND_RETRIES):
             if room_to_rise(gw):
