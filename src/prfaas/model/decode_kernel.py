@@ -5,10 +5,10 @@ into a contiguous tensor every step and runs SDPA on it: per layer it writes and
 context once more than attention itself needs (~60% of a batched decode step on 2 cores).
 This kernel walks each row's block table instead and reads every K and V row once, in place.
 
-It is C compiled at first use with the system C compiler (``cc``) into the prfaas cache
-directory, keyed by its source, flags and this CPU; loaded with ctypes, which releases the
-GIL. Where there is no compiler, or the device or dtype is not CPU float32, ``load()`` is
-None and the reference path runs. ``tests/model/test_decode_kernel.py`` holds it to that path.
+It is C built at first use by ``c_kernels.build`` (the system C compiler, cached per source,
+flags and CPU; called through ctypes, which releases the GIL). Where there is no compiler,
+``load()`` is None; there, or where the device or dtype is not CPU float32, the reference
+path runs. ``tests/model/test_decode_kernel.py`` holds it to that path.
 
 Per (decode row, KV head): the row's ``g = num_heads / num_kv_heads`` query heads score
 the row's ``len`` context tokens (one pass over K), softmax, then one pass over V.
@@ -19,20 +19,10 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import torch
 
-from prfaas.config import default_cache_dir
-
-logger = logging.getLogger(__name__)
+from prfaas.model import c_kernels
 
 _SOURCE = r"""
 #include <math.h>
@@ -173,28 +163,14 @@ int decode_attention(const float *q, const float *k, const float *v, float *out,
     return (int)failed;
 }
 """
-_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC", "-pthread"]
 
 
 @functools.cache
 def load() -> ctypes.CDLL | None:
-    """The compiled kernel (built once per source, flags and CPU), or None without a C compiler."""
-    compiler = shutil.which(os.environ.get("CC", "cc")) if os.name == "posix" else None
-    if compiler is None:
-        logger.info("no C compiler: decode attention runs the gather + SDPA path")
+    """The compiled kernel, or None without a C compiler."""
+    lib = c_kernels.build("decode_attention", _SOURCE)
+    if lib is None:
         return None
-    key = hashlib.sha256(
-        "\0".join([_SOURCE, *_FLAGS, compiler, platform.machine(), _cpu_flags()]).encode()
-    ).hexdigest()[:16]
-    folder = default_cache_dir() / "kernels"
-    path = folder / f"decode_attention-{key}.so"
-    if not path.exists():
-        try:
-            _compile(compiler, folder, path)
-        except (OSError, subprocess.SubprocessError) as exc:
-            logger.warning("decode attention kernel not built (%s); gather + SDPA path", exc)
-            return None
-    lib = ctypes.CDLL(str(path))
     fn = lib.decode_attention
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 8 + [ctypes.c_float, ctypes.c_int64]
@@ -256,29 +232,3 @@ def decode_attention(
     )
     if failed:
         raise MemoryError("decode attention kernel: no memory for the scores")
-
-
-def _compile(compiler: str, folder: Path, path: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        src = Path(tmp) / "decode_attention.c"
-        src.write_text(_SOURCE)
-        built = Path(tmp) / path.name
-        subprocess.run(
-            [compiler, *_FLAGS, str(src), "-o", str(built), "-lm"],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        os.replace(built, path)  # atomic: a concurrent builder's copy is the same file
-
-
-def _cpu_flags() -> str:
-    """This CPU's feature flags (``-march=native`` builds for them)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return platform.processor()

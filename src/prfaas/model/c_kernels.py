@@ -1,0 +1,74 @@
+"""Small C kernels built at first use: the one place that compiles, caches and loads them.
+
+A kernel is C source compiled with the system C compiler (``$CC``, else ``cc``) for this
+CPU (``-march=native``) into ``<prfaas cache dir>/kernels/<name>-<key>.so``, where the key
+hashes the source, the flags, the compiler and the CPU's feature flags: a changed kernel,
+compiler or machine builds anew, an unchanged one loads the file. Loaded with ctypes, whose
+calls release the GIL. Without a compiler, or when the build fails, ``build`` is None and
+the caller runs its reference path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from prfaas.config import default_cache_dir
+
+logger = logging.getLogger(__name__)
+
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC", "-pthread")
+
+
+def build(name: str, source: str) -> ctypes.CDLL | None:
+    """The library built from ``source`` (once per source, flags, compiler and CPU), or None
+    without a C compiler or when it does not build. Callers cache the result."""
+    compiler = shutil.which(os.environ.get("CC", "cc")) if os.name == "posix" else None
+    if compiler is None:
+        logger.info("no C compiler: %s runs its reference path", name)
+        return None
+    key = hashlib.sha256(
+        "\0".join([source, *FLAGS, compiler, platform.machine(), _cpu_flags()]).encode()
+    ).hexdigest()[:16]
+    folder = default_cache_dir() / "kernels"
+    path = folder / f"{name}-{key}.so"
+    if not path.exists():
+        try:
+            _compile(compiler, name, source, folder, path)
+        except (OSError, subprocess.SubprocessError) as exc:
+            logger.warning("%s kernel not built (%s); its reference path runs", name, exc)
+            return None
+    return ctypes.CDLL(str(path))
+
+
+def _compile(compiler: str, name: str, source: str, folder: Path, path: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        src = Path(tmp) / f"{name}.c"
+        src.write_text(source)
+        built = Path(tmp) / path.name
+        subprocess.run(
+            [compiler, *FLAGS, str(src), "-o", str(built), "-lm"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        os.replace(built, path)  # atomic: a concurrent builder's copy is the same file
+
+
+def _cpu_flags() -> str:
+    """This CPU's feature flags (``-march=native`` builds for them)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
