@@ -6,6 +6,10 @@ hashes the source, the flags, the compiler and the CPU's feature flags: a change
 compiler or machine builds anew, an unchanged one loads the file. Loaded with ctypes, whose
 calls release the GIL. Without a compiler, or when the build fails, ``build`` is None and
 the caller runs its reference path.
+
+Kernel sources start with ``PRELUDE``: the 16-float vector type (a gcc/clang vector
+extension, so the compiler picks the instructions this CPU has) and ``run_jobs``, the
+POSIX-thread split they share.
 """
 
 from __future__ import annotations
@@ -24,12 +28,52 @@ from prfaas.config import default_cache_dir
 
 logger = logging.getLogger(__name__)
 
+PRELUDE = r"""
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* 16 floats as one vector; loads and stores through v16u need no alignment. */
+typedef float v16 __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));
+typedef int32_t v16iu __attribute__((vector_size(64), aligned(4), may_alias));
+
+static inline v16 load16(const float *p) { return *(const v16u *)p; }
+static inline v16i load16i(const int32_t *p) { return *(const v16iu *)p; }
+static inline void store16(float *p, v16 x) { *(v16u *)p = x; }
+
+/* fn over jobs[0, n), each job_size bytes: jobs 1.. on threads of their own, job 0 on this
+   one, then any job whose thread did not start. Returns 1 when any fn returned nonzero. */
+static int run_jobs(void *(*fn)(void *), void *jobs, size_t job_size, int64_t n) {
+    enum { MAX_THREADS = 64 };
+    pthread_t threads[MAX_THREADS];
+    char *job = (char *)jobs;
+    int64_t started = 0;
+    int failed = 0;
+    for (int64_t i = 1; i < n && i < MAX_THREADS; i++) {
+        if (pthread_create(&threads[i], 0, fn, job + i * job_size) != 0) break;
+        started = i;
+    }
+    failed |= fn(job) != 0;
+    for (int64_t i = 1; i <= started; i++) {
+        void *res = 0;
+        pthread_join(threads[i], &res);
+        failed |= res != 0;
+    }
+    for (int64_t i = started + 1; i < n; i++) failed |= fn(job + i * job_size) != 0;
+    return failed;
+}
+"""
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC", "-pthread")
 
 
 def build(name: str, source: str) -> ctypes.CDLL | None:
-    """The library built from ``source`` (once per source, flags, compiler and CPU), or None
-    without a C compiler or when it does not build. Callers cache the result."""
+    """The library built from ``PRELUDE + source`` (once per source, flags, compiler and CPU),
+    or None without a C compiler or when it does not build. Callers cache the result."""
+    source = PRELUDE + source
     compiler = shutil.which(os.environ.get("CC", "cc")) if os.name == "posix" else None
     if compiler is None:
         logger.info("no C compiler: %s runs its reference path", name)

@@ -25,11 +25,6 @@ import torch
 from prfaas.model import c_kernels
 
 _SOURCE = r"""
-#include <math.h>
-#include <pthread.h>
-#include <stdint.h>
-#include <stdlib.h>
-
 typedef struct {
     const float *q;          /* (T, num_heads, head_dim), rows q_stride floats apart */
     const float *k, *v;      /* (num_slots, num_kv_heads, head_dim), contiguous */
@@ -43,16 +38,8 @@ typedef struct {
     int64_t task_begin, task_end; /* decode rows [begin, end) of this thread */
 } Job;
 
-/* 16 floats as one vector (gcc/clang vector extension; unaligned loads via memcpy). */
-typedef float v16 __attribute__((vector_size(64)));
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v4 __attribute__((vector_size(16)));
-
-static inline v16 load16(const float *p) {
-    v16 x;
-    __builtin_memcpy(&x, p, sizeof(x));
-    return x;
-}
 
 /* A tree of halves: 4 dependent adds, not 15 (the compiler keeps the written order). */
 static inline float hsum16(v16 x) {
@@ -129,7 +116,6 @@ int decode_attention(const float *q, const float *k, const float *v, float *out,
                      int64_t out_stride, float scale, int64_t num_threads) {
     enum { MAX_THREADS = 64 };
     Job jobs[MAX_THREADS];
-    pthread_t threads[MAX_THREADS];
     int64_t total = 0, max_len = 1;
     for (int64_t r = 0; r < num_rows; r++) {
         total += lens[r];
@@ -148,19 +134,7 @@ int decode_attention(const float *q, const float *k, const float *v, float *out,
                         num_kv_heads, head_dim, q_stride, out_stride, max_len, scale, begin, end};
         begin = end;
     }
-    int64_t started = 0, failed = 0;
-    for (int64_t n = 1; n < num_threads; n++) {
-        if (pthread_create(&threads[n], 0, run, &jobs[n]) != 0) break;
-        started = n;
-    }
-    failed |= run(&jobs[0]) != 0;
-    for (int64_t n = 1; n <= started; n++) {
-        void *res = 0;
-        pthread_join(threads[n], &res);
-        failed |= res != 0;
-    }
-    for (int64_t n = started + 1; n < num_threads; n++) failed |= run(&jobs[n]) != 0;
-    return (int)failed;
+    return run_jobs(run, jobs, sizeof(Job), num_threads);
 }
 """
 
