@@ -9,7 +9,8 @@ the caller runs its reference path.
 
 Kernel sources start with ``PRELUDE``: the 16-float vector type (a gcc/clang vector
 extension, so the compiler picks the instructions this CPU has) and ``run_jobs``, the
-POSIX-thread split they share.
+thread split they share: on torch's OpenMP threads where the compiler has OpenMP, else on
+POSIX threads of its own.
 """
 
 from __future__ import annotations
@@ -45,8 +46,22 @@ static inline v16 load16(const float *p) { return *(const v16u *)p; }
 static inline v16i load16i(const int32_t *p) { return *(const v16iu *)p; }
 static inline void store16(float *p, v16 x) { *(v16u *)p = x; }
 
-/* fn over jobs[0, n), each job_size bytes: jobs 1.. on threads of their own, job 0 on this
-   one, then any job whose thread did not start. Returns 1 when any fn returned nonzero. */
+/* fn over jobs[0, n), each job_size bytes; returns 1 when any fn returned nonzero.
+   Built with OpenMP, the jobs run on the process's OpenMP threads: torch's, which after each
+   op spin a while waiting for the next; threads of our own would compete with them for the
+   cores (a 2K prefill's attention took 34 ms a layer in the engine instead of 26). Without
+   OpenMP: jobs 1.. on POSIX threads of their own, job 0 on this one, then any job whose
+   thread did not start. */
+#ifdef _OPENMP
+static int run_jobs(void *(*fn)(void *), void *jobs, size_t job_size, int64_t n) {
+    char *job = (char *)jobs;
+    int failed = 0;
+    if (n <= 1) return n == 1 && fn(job) != 0;
+#pragma omp parallel for num_threads(n) schedule(static, 1) reduction(| : failed)
+    for (int64_t i = 0; i < n; i++) failed |= fn(job + i * job_size) != 0;
+    return failed;
+}
+#else
 static int run_jobs(void *(*fn)(void *), void *jobs, size_t job_size, int64_t n) {
     enum { MAX_THREADS = 64 };
     pthread_t threads[MAX_THREADS];
@@ -66,8 +81,12 @@ static int run_jobs(void *(*fn)(void *), void *jobs, size_t job_size, int64_t n)
     for (int64_t i = started + 1; i < n; i++) failed |= fn(job + i * job_size) != 0;
     return failed;
 }
+#endif
 """
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC", "-pthread")
+# Tried first: libgomp's soname is torch's (torch/lib/libgomp.so.1), and torch is imported
+# before any kernel loads, so the dynamic loader binds the kernel to torch's OpenMP runtime.
+OPENMP = ("-fopenmp",)
 
 
 def build(name: str, source: str) -> ctypes.CDLL | None:
@@ -78,28 +97,29 @@ def build(name: str, source: str) -> ctypes.CDLL | None:
     if compiler is None:
         logger.info("no C compiler: %s runs its reference path", name)
         return None
-    key = hashlib.sha256(
-        "\0".join([source, *FLAGS, compiler, platform.machine(), _cpu_flags()]).encode()
-    ).hexdigest()[:16]
-    folder = default_cache_dir() / "kernels"
-    path = folder / f"{name}-{key}.so"
-    if not path.exists():
+    for flags in (FLAGS + OPENMP, FLAGS):
+        key = hashlib.sha256(
+            "\0".join([source, *flags, compiler, platform.machine(), _cpu_flags()]).encode()
+        ).hexdigest()[:16]
+        path = default_cache_dir() / "kernels" / f"{name}-{key}.so"
         try:
-            _compile(compiler, name, source, folder, path)
+            if not path.exists():
+                _compile(compiler, name, source, flags, path)
+            return ctypes.CDLL(str(path))
         except (OSError, subprocess.SubprocessError) as exc:
-            logger.warning("%s kernel not built (%s); its reference path runs", name, exc)
-            return None
-    return ctypes.CDLL(str(path))
+            logger.info("%s kernel not built with %s (%s)", name, " ".join(flags), exc)
+    logger.warning("%s kernel not built; its reference path runs", name)
+    return None
 
 
-def _compile(compiler: str, name: str, source: str, folder: Path, path: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+def _compile(compiler: str, name: str, source: str, flags: tuple[str, ...], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         src = Path(tmp) / f"{name}.c"
         src.write_text(source)
         built = Path(tmp) / path.name
         subprocess.run(
-            [compiler, *FLAGS, str(src), "-o", str(built), "-lm"],
+            [compiler, *flags, str(src), "-o", str(built), "-lm"],
             check=True,
             capture_output=True,
             timeout=120,
