@@ -201,11 +201,11 @@ def test_metadata_that_does_not_fit_is_refused() -> None:
         call(meta.prefill_spans, bad_block)
     past_q = meta.prefill_spans.clone()
     past_q[1, 1] = s.q.shape[0] + 1
-    with pytest.raises(ValueError, match="outside q"):
+    with pytest.raises(ValueError, match="span falls outside"):
         call(past_q, meta.prefill_tables)
     past_table = meta.prefill_spans.clone()
     past_table[0, 2] = meta.prefill_tables.shape[1] * meta.block_size
-    with pytest.raises(ValueError, match="outside its table"):
+    with pytest.raises(ValueError, match="span falls outside"):
         call(past_table, meta.prefill_tables)
     with pytest.raises(ValueError, match="int64"):
         call(meta.prefill_spans.int(), meta.prefill_tables)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import ctypes
 import functools
 
-import numpy as np
 import torch
 
 from prfaas.model import c_kernels
@@ -285,14 +284,35 @@ static double tile_work(const int64_t *span, int64_t g, int64_t t) {
     return (double)span[2] + (double)(t * R / g + last / g) / 2.0 + 1.0 + 16.0;
 }
 
-/* Returns 0, or 1 when memory for the scratch ran out (nothing is then trusted). */
+/* 0 when every span lies in q's rows and in its table (positions below 2^31), and the entries
+   covering each segment's context are blocks of the cache; 2 for a span, 3 for an entry. */
+static int check(const int64_t *spans, const int64_t *tables, int64_t num_segments,
+                 int64_t width, int64_t block_size, int64_t num_rows, int64_t num_blocks) {
+    for (int64_t s = 0; s < num_segments; s++) {
+        const int64_t first = spans[s * 3], end = spans[s * 3 + 1], start = spans[s * 3 + 2];
+        if (first < 0 || end <= first || end > num_rows || start < 0 || start > INT32_MAX)
+            return 2;
+        const int64_t ctx = start + (end - first);
+        if (ctx > INT32_MAX || ctx > width * block_size) return 2;
+        for (int64_t b = 0; b * block_size < ctx; b++) {
+            const int64_t block = tables[s * width + b];
+            if (block < 0 || block >= num_blocks) return 3;
+        }
+    }
+    return 0;
+}
+
+/* Returns 0; 1 when memory for the scratch ran out (nothing is then trusted); 2 or 3 when
+   the metadata does not fit (``check``: nothing is read or written). */
 int prefill_attention(const float *q, const float *k, const float *v, float *out,
                       const int64_t *spans, const int64_t *tables, int64_t num_segments,
                       int64_t width, int64_t block_size, int64_t num_heads, int64_t num_kv_heads,
                       int64_t head_dim, int64_t q_stride, int64_t out_stride, float scale,
-                      int64_t num_threads) {
+                      int64_t num_threads, int64_t num_rows, int64_t num_blocks) {
     enum { MAX_THREADS = 64 };
     const int64_t g = num_heads / num_kv_heads;
+    const int bad = check(spans, tables, num_segments, width, block_size, num_rows, num_blocks);
+    if (bad) return bad;
     int64_t *tile_base = malloc(sizeof(int64_t) * (size_t)(num_segments + 1));
     if (!tile_base) return 1;
     double total = 0.0;
@@ -331,9 +351,6 @@ int prefill_attention(const float *q, const float *k, const float *v, float *out
 }
 """
 
-# A token's position is an int32 in the kernel.
-MAX_POSITIONS = 2**31 - 1
-
 
 @functools.cache
 def load() -> ctypes.CDLL | None:
@@ -343,7 +360,8 @@ def load() -> ctypes.CDLL | None:
         return None
     fn = lib.prefill_attention
     fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 8 + [ctypes.c_float, ctypes.c_int64]
+    fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 8 + [ctypes.c_float]
+    fn.argtypes += [ctypes.c_int64] * 3
     return lib
 
 
@@ -379,7 +397,9 @@ def prefill_attention(
     num_heads, head_dim), the paged caches (num_slots, num_kv_heads, head_dim), the segments'
     ``spans`` (S, 3): first row, end row, position of the first row (query ``i`` of a segment
     attends its positions ``[0, start + i]``), and block ``tables`` (S, width): CPU int64.
-    ``usable`` first. Raises ValueError for metadata that does not fit the tensors."""
+    ``usable`` first. Raises ValueError for metadata that does not fit the tensors: shapes and
+    types here; the spans' and tables' values in C, before anything is read (here they would
+    be host reads of the step's tensors, which a step makes for the sampled ids only)."""
     lib = load()
     assert lib is not None
     _check(q, k_cache, v_cache, out, spans, tables, block_size, scale)
@@ -400,9 +420,15 @@ def prefill_attention(
         out.stride(0),
         scale,
         torch.get_num_threads(),
+        q.shape[0],
+        k_cache.shape[0] // block_size,
     )
-    if failed:
+    if failed == 1:
         raise MemoryError("prefill attention kernel: no memory for its scratch")
+    if failed == 2:
+        raise ValueError("prefill attention kernel: a span falls outside q or its table")
+    if failed == 3:
+        raise ValueError("prefill attention kernel: a table entry is not a block of the cache")
 
 
 def _check(
@@ -415,7 +441,7 @@ def _check(
     block_size: int,
     scale: float,
 ) -> None:
-    """Everything the C code trusts: it reads and writes only where these hold."""
+    """The shapes, types and layouts the C code trusts (it checks the values itself)."""
     if not usable(q, k_cache):
         raise ValueError("prefill attention kernel: q and the cache do not fit (see usable)")
     if v_cache.shape != k_cache.shape or v_cache.dtype != k_cache.dtype:
@@ -431,16 +457,3 @@ def _check(
             raise ValueError(f"prefill attention kernel: {name} has shape {tuple(t.shape)}")
     if spans.shape[0] == 0 or tables.shape[1] == 0 or block_size <= 0 or not scale > 0:
         raise ValueError("prefill attention kernel: no segment, block or scale")
-    # Values, through numpy views (a few microseconds; torch's small ops cost ~10x more).
-    first, end, start = spans.numpy().T
-    ctx = start + (end - first)
-    limit = min(MAX_POSITIONS, tables.shape[1] * block_size)
-    if first.min() < 0 or (end <= first).any() or end.max() > q.shape[0]:
-        raise ValueError("prefill attention kernel: a span's rows fall outside q")
-    if start.min() < 0 or ctx.max() > limit:
-        raise ValueError("prefill attention kernel: a span's positions fall outside its table")
-    # The entries covering each segment's context must be blocks of the cache.
-    blocks = tables.numpy()
-    covered = np.arange(tables.shape[1]) * block_size < ctx[:, None]
-    if ((blocks < 0) | (blocks >= k_cache.shape[0] // block_size))[covered].any():
-        raise ValueError("prefill attention kernel: a table entry is not a block of the cache")
