@@ -12,7 +12,8 @@ path runs. ``tests/model/test_decode_kernel.py`` holds it to that path.
 
 Per (decode row, KV head): the row's ``g = num_heads / num_kv_heads`` query heads score
 the row's ``len`` context tokens (one pass over K), softmax, then one pass over V.
-Rows and heads are split over ``num_threads`` POSIX threads, balanced by context length.
+Rows and heads are split over ``num_threads`` threads (``c_kernels.run_jobs``: torch's OpenMP
+threads), balanced by context length.
 """
 
 from __future__ import annotations
