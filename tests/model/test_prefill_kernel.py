@@ -20,7 +20,7 @@ import torch
 
 from prfaas.engine.runner import flatten_step
 from prfaas.engine.scheduler import ScheduledChunk, SchedulerOutput
-from prfaas.model import prefill_kernel
+from prfaas.model import c_kernels, prefill_kernel
 from prfaas.model.attention import AttentionMetadata, paged_attention, write_kv
 
 pytestmark = pytest.mark.skipif(
@@ -174,6 +174,26 @@ def test_threads_give_the_same_bits() -> None:
     step = _step(random.Random(3), [(0, 600), (100, 250), (200, 1)], 9, 3, 64, 16)
     assert torch.equal(_ours(step, 1), _ours(step, 3))
     _assert_matches(step, threads=2)
+
+
+def _built_file() -> str:
+    lib = prefill_kernel.load()
+    assert lib is not None
+    return str(lib._name)
+
+
+def test_posix_threads_give_the_same_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the compiler has no OpenMP the kernel is built without it and runs POSIX threads
+    of its own: the same output."""
+    step = _step(random.Random(4), [(0, 500), (30, 200)], 9, 3, 64, 16)
+    with_openmp, openmp_build = _ours(step, 2), _built_file()
+    monkeypatch.setattr(c_kernels, "OPENMP", ("-fno-such-option",))  # that build fails
+    prefill_kernel.load.cache_clear()
+    try:
+        assert torch.equal(_ours(step, 2), with_openmp)
+        assert _built_file() != openmp_build
+    finally:
+        prefill_kernel.load.cache_clear()
 
 
 def test_other_head_sizes_take_the_reference_path() -> None:
