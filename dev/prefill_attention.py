@@ -1,10 +1,12 @@
-"""A 2K prefill's attention for one SmolLM2 layer (9 query heads of 64, causal, float32) on
-the CPU, three ways: PyTorch's SDPA (its CPU flash kernel, what ``model/attention.py`` calls);
-a blocked causal attention out of batched matmuls (query blocks of B rows, each against the
-keys up to its end, the diagonal block masked); and SDPA split into query chunks of C rows,
-each a causal square on the diagonal plus a full (unmasked) block against the keys before
-it, merged by their log-sum-exps (so no masked block is computed in vain). Checks that they
-agree, then prints the best and median of 7 runs each, with the kernel's FLOP rate, and the
+"""A 2K prefill's attention for one SmolLM2 layer (9 query heads of 64 over 3 KV heads,
+causal, float32) on the CPU, four ways: the engine's C kernel over the paged cache
+(``model/prefill_kernel.py``, what ``model/attention.py`` calls on a CPU); PyTorch's SDPA
+(its CPU flash kernel, the reference path, K/V heads expanded first); a blocked causal
+attention out of batched matmuls (query blocks of B rows, each against the keys up to its
+end, the diagonal block masked); and SDPA split into query chunks of C rows, each a causal
+square on the diagonal plus a full (unmasked) block against the keys before it, merged by
+their log-sum-exps (so no masked block is computed in vain). Checks that they agree, then
+prints the best and median of 7 runs each, with the FLOP rate of the causal work, and the
 non-causal SDPA over the same tensors (twice the work, no masking) for its rate.
 
     .venv/bin/python dev/prefill_attention.py [threads]
@@ -19,7 +21,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-HEADS, TOKENS, HEAD_DIM = 9, 2048, 64
+from prfaas.model import prefill_kernel
+
+HEADS, KV_HEADS, TOKENS, HEAD_DIM, BLOCK = 9, 3, 2048, 64, 16
 
 
 def blocked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int) -> torch.Tensor:
@@ -56,6 +60,30 @@ def split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk: int) -> torc
     return out
 
 
+def paged_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Callable[[], object]:
+    """The engine's kernel on q (H, n, d) and k, v (Hkv, n, d) laid in a paged cache on
+    shuffled blocks; the call writes (n, H, d) into the tensor it returns."""
+    n = q.shape[1]
+    num_blocks = -(-n // BLOCK)
+    table = torch.randperm(num_blocks)
+    pos = torch.arange(n)
+    slots = table[pos // BLOCK] * BLOCK + pos % BLOCK
+    k_cache = torch.zeros(num_blocks * BLOCK, *k.shape[::2])
+    v_cache = torch.zeros_like(k_cache)
+    k_cache[slots], v_cache[slots] = k.transpose(0, 1), v.transpose(0, 1)
+    q_rows = q.transpose(0, 1).contiguous()  # (n, H, d)
+    out = torch.empty_like(q_rows)
+    spans = torch.tensor([[0, n, 0]])
+    tables = table[None].contiguous()
+
+    def run() -> torch.Tensor:
+        scale = q.shape[-1] ** -0.5
+        prefill_kernel.prefill_attention(q_rows, k_cache, v_cache, out, spans, tables, BLOCK, scale)
+        return out
+
+    return run
+
+
 def best_and_median_ms(fn: Callable[[], object], runs: int = 7) -> tuple[float, float]:
     times = []
     for _ in range(runs):
@@ -69,7 +97,10 @@ def best_and_median_ms(fn: Callable[[], object], runs: int = 7) -> tuple[float, 
 def main() -> None:
     torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 2)
     torch.manual_seed(0)
-    q, k, v = (torch.randn(HEADS, TOKENS, HEAD_DIM) for _ in range(3))
+    q = torch.randn(HEADS, TOKENS, HEAD_DIM)
+    k_grouped, v_grouped = (torch.randn(KV_HEADS, TOKENS, HEAD_DIM) for _ in range(2))
+    # Each KV head repeated for its query group: what SDPA and the others take.
+    k, v = (x.repeat_interleave(HEADS // KV_HEADS, 0) for x in (k_grouped, v_grouped))
 
     def sdpa() -> torch.Tensor:
         return F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True)[0]
@@ -79,6 +110,10 @@ def main() -> None:
 
     ref = sdpa()
     ways: dict[str, Callable[[], object]] = {"sdpa (flash)": sdpa}
+    if prefill_kernel.load() is not None:
+        kernel = paged_kernel(q, k_grouped, v_grouped)
+        torch.testing.assert_close(kernel().transpose(0, 1), ref, atol=1e-4, rtol=1e-4)
+        ways = {"prfaas C kernel": kernel, **ways}
     for block in (128, 256, 512):
         torch.testing.assert_close(blocked(q, k, v, block), ref, atol=1e-4, rtol=1e-4)
         ways[f"blocked bmm, B={block}"] = lambda b=block: blocked(q, k, v, b)  # type: ignore[misc]

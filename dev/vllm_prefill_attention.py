@@ -1,22 +1,29 @@
 """The peer's prefill attention on the same problem as ``dev/prefill_attention.py``: vLLM's
 CPU attention op (``cpu_attention_with_kv_cache``, what its CPU backend calls, reading the
-paged cache) against PyTorch's SDPA (what prfaas calls), one SmolLM2 layer's causal
-attention over a 2048-token prompt (9 query heads of 64, 3 KV heads, float32, 32-token
-blocks, its "vec" ISA path), 2 threads. Checks that they agree; best and median of 9 runs
-after a warm-up.
-Run with vLLM's venv (``make setup-vllm``):
+paged cache) against prfaas's C kernel (``model/prefill_kernel.py``, what the engine calls
+on a CPU, reading its own paged cache) and PyTorch's SDPA (prfaas's reference path), one
+SmolLM2 layer's causal attention over a 2048-token prompt (9 query heads of 64, 3 KV heads,
+float32; vLLM: 32-token blocks, its "vec" ISA path; prfaas: 16-token blocks), 2 threads,
+one process, the same q, k and v. Checks that they agree within 1e-4; best and median of 9
+runs after a warm-up.
+Run with vLLM's venv (``make setup-vllm``); prfaas is imported from this checkout's src:
 
     .venv-vllm/bin/python dev/vllm_prefill_attention.py
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
+from pathlib import Path
+
+# This checkout's prfaas, ahead of the one .venv-vllm has installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch
 import torch.nn.functional as F
 import vllm._custom_ops as ops
-from prefill_attention import best_and_median_ms  # this folder's: the same timing
+from prefill_attention import best_and_median_ms, paged_kernel  # this folder's
 
 HEADS, KV_HEADS, HEAD_DIM, TOKENS, BLOCK = 9, 3, 64, 2048, 32
 
@@ -54,10 +61,17 @@ def main() -> None:
         vs = v.transpose(0, 1).repeat_interleave(group, 0)[None]
         return F.scaled_dot_product_attention(qs, ks, vs, is_causal=True)[0].transpose(0, 1)
 
+    # (n, Hkv, d) -> (Hkv, n, d), as prefill_attention.py lays them out
+    kernel = paged_kernel(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1))
     vllm_op()
     torch.testing.assert_close(out, sdpa(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(kernel(), out, atol=1e-4, rtol=1e-4)
     flop = 4 * HEADS * HEAD_DIM * TOKENS * (TOKENS + 1) / 2  # QK^T and PV, causal
-    ways: dict[str, Callable[[], object]] = {"vLLM's CPU op": vllm_op, "SDPA (prfaas)": sdpa}
+    ways: dict[str, Callable[[], object]] = {
+        "vLLM's CPU op": vllm_op,
+        "prfaas C kernel": kernel,
+        "SDPA (reference)": sdpa,
+    }
     for name, fn in ways.items():
         fn()
         best, median = best_and_median_ms(fn, runs=9)

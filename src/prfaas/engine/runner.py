@@ -182,6 +182,8 @@ def flatten_step(
     decode_rows: list[int] = []
     decode_tables: list[list[int]] = []
     decode_lens: list[int] = []
+    prefill_spans: list[tuple[int, int, int]] = []  # first row, end row, first position
+    prefill_tables: list[list[int]] = []
     sample_rows: list[int] = []
     row = 0
     for chunk in out.chunks:
@@ -194,13 +196,16 @@ def flatten_step(
             decode_rows.append(row)
             decode_tables.append(chunk.block_table)
             decode_lens.append(end)
-        elif chunk.start == 0:
-            prefills.append(PrefillSegment(row, row + n, None, None))
         else:
-            ctx = torch.from_numpy(slot_ids(chunk.block_table, block_size, 0, end)).to(device)
-            q_pos = torch.arange(chunk.start, end, device=device)
-            mask = torch.arange(end, device=device)[None, :] <= q_pos[:, None]
-            prefills.append(PrefillSegment(row, row + n, ctx, mask))
+            prefill_spans.append((row, row + n, chunk.start))
+            prefill_tables.append(chunk.block_table)
+            if chunk.start == 0:
+                prefills.append(PrefillSegment(row, row + n, None, None))
+            else:
+                ctx = torch.from_numpy(slot_ids(chunk.block_table, block_size, 0, end)).to(device)
+                q_pos = torch.arange(chunk.start, end, device=device)
+                mask = torch.arange(end, device=device)[None, :] <= q_pos[:, None]
+                prefills.append(PrefillSegment(row, row + n, ctx, mask))
         row += n
         if chunk.sample:
             sample_rows.append(row - 1)
@@ -210,7 +215,13 @@ def flatten_step(
         decode_rows=None,
         decode_slots=None,
         decode_mask=None,
+        block_size=block_size,
     )
+    if prefill_spans and device.type == "cpu":
+        spans = np.asarray(prefill_spans, dtype=np.int64)
+        ends = spans[:, 2] + spans[:, 1] - spans[:, 0]  # each segment's context length
+        meta.prefill_spans = torch.from_numpy(spans)
+        meta.prefill_tables = torch.from_numpy(padded_tables(prefill_tables, ends, block_size))
     if decode_rows:
         lens = np.asarray(decode_lens, dtype=np.int64)
         tables = padded_tables(decode_tables, lens, block_size)
@@ -220,13 +231,12 @@ def flatten_step(
         meta.decode_groups = _decode_groups(device, rows, lens, slots, valid)
         if device.type == "cpu":
             meta.decode_tables, meta.decode_lens = torch.from_numpy(tables), torch.from_numpy(lens)
-            meta.block_size = block_size
     input_ids = _tensor(device, np.asarray(ids, dtype=np.int64))
     return input_ids, _tensor(device, np.concatenate(positions)), meta, sample_rows
 
 
 def padded_tables(tables: list[list[int]], lens: np.ndarray, block_size: int) -> np.ndarray:
-    """The block ids covering positions ``[0, lens[i])`` of each decode row, as one
+    """The block ids covering positions ``[0, lens[i])`` of each row (decode or prefill), as one
     (D, cdiv(max_len, block_size)) int64 array padded with block 0 (Python touches each
     row's block ids only: O(blocks))."""
     width = -(-int(lens.max()) // block_size)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prfaas.model import decode_kernel
+from prfaas.model import decode_kernel, prefill_kernel
 
 
 @dataclass
@@ -53,10 +53,15 @@ class AttentionMetadata:
     # The same decode rows split by context length (for attention over the flat KV cache).
     decode_groups: list[DecodeGroup] | None = None
     # For the in-place kernel (``decode_kernel``): (D, width) int64 block ids of each decode
-    # row, padded with 0; (D,) int64 context lengths; tokens per block. CPU tensors.
+    # row, padded with 0; (D,) int64 context lengths. CPU tensors.
     decode_tables: torch.Tensor | None = None
     decode_lens: torch.Tensor | None = None
-    block_size: int = 0
+    block_size: int = 0  # tokens per block (for both kernels)
+    # For the prefill kernel (``prefill_kernel``), one row per entry of ``prefills``: (S, 3)
+    # int64 first row, end row and position of the first row; (S, width) int64 block ids
+    # covering each segment's context, padded with 0. CPU tensors.
+    prefill_spans: torch.Tensor | None = None
+    prefill_tables: torch.Tensor | None = None
 
 
 def write_kv(
@@ -104,21 +109,21 @@ def paged_attention(
     """
     num_heads = q.shape[1]
     out = torch.empty_like(q)
-    for seg in meta.prefills:
-        qs = q[seg.q_start : seg.q_end].transpose(0, 1).unsqueeze(0)  # (1, H, n, d)
-        if seg.context_slots is None:
-            ks = k[seg.q_start : seg.q_end]
-            vs = v[seg.q_start : seg.q_end]
-        else:
-            ks = k_cache.index_select(0, seg.context_slots)  # (ctx, Hkv, d)
-            vs = v_cache.index_select(0, seg.context_slots)
-        ks = _expand_kv(ks.transpose(0, 1).to(q.dtype), num_heads).unsqueeze(0)
-        vs = _expand_kv(vs.transpose(0, 1).to(q.dtype), num_heads).unsqueeze(0)
-        if seg.mask is None:
-            o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale)
-        else:
-            o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=seg.mask, scale=scale)
-        out[seg.q_start : seg.q_end] = o[0].transpose(0, 1)
+    if meta.prefill_tables is not None and prefill_kernel.usable(q, k_cache):
+        assert meta.prefill_spans is not None
+        prefill_kernel.prefill_attention(
+            q,
+            k_cache,
+            v_cache,
+            out,
+            meta.prefill_spans,
+            meta.prefill_tables,
+            meta.block_size,
+            scale,
+        )
+    else:
+        for seg in meta.prefills:
+            _prefill_sdpa(q, k, v, k_cache, v_cache, seg, scale, out)
     if meta.decode_tables is not None and decode_kernel.usable(q, k_cache):
         assert meta.decode_rows is not None and meta.decode_lens is not None
         decode_kernel.decode_attention(
@@ -149,3 +154,32 @@ def paged_attention(
             od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=g.mask, scale=scale)
             out.index_copy_(0, g.rows, od.reshape(num_decode, num_heads, head_dim))
     return out
+
+
+def _prefill_sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    seg: PrefillSegment,
+    scale: float,
+    out: torch.Tensor,
+) -> None:
+    """The reference prefill: the segment's rows of ``out`` by SDPA over its context (the
+    chunk's own K/V for a first chunk, else gathered from the cache), K/V heads expanded."""
+    num_heads = q.shape[1]
+    qs = q[seg.q_start : seg.q_end].transpose(0, 1).unsqueeze(0)  # (1, H, n, d)
+    if seg.context_slots is None:
+        ks = k[seg.q_start : seg.q_end]
+        vs = v[seg.q_start : seg.q_end]
+    else:
+        ks = k_cache.index_select(0, seg.context_slots)  # (ctx, Hkv, d)
+        vs = v_cache.index_select(0, seg.context_slots)
+    ks = _expand_kv(ks.transpose(0, 1).to(q.dtype), num_heads).unsqueeze(0)
+    vs = _expand_kv(vs.transpose(0, 1).to(q.dtype), num_heads).unsqueeze(0)
+    if seg.mask is None:
+        o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale)
+    else:
+        o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=seg.mask, scale=scale)
+    out[seg.q_start : seg.q_end] = o[0].transpose(0, 1)

@@ -5,41 +5,27 @@ into a contiguous tensor every step and runs SDPA on it: per layer it writes and
 context once more than attention itself needs (~60% of a batched decode step on 2 cores).
 This kernel walks each row's block table instead and reads every K and V row once, in place.
 
-It is C compiled at first use with the system C compiler (``cc``) into the prfaas cache
-directory, keyed by its source, flags and this CPU; loaded with ctypes, which releases the
-GIL. Where there is no compiler, or the device or dtype is not CPU float32, ``load()`` is
-None and the reference path runs. ``tests/model/test_decode_kernel.py`` holds it to that path.
+It is C built at first use by ``c_kernels.build`` (the system C compiler, cached per source,
+flags and CPU; called through ctypes, which releases the GIL). Where there is no compiler,
+``load()`` is None; there, or where the device or dtype is not CPU float32, the reference
+path runs. ``tests/model/test_decode_kernel.py`` holds it to that path.
 
 Per (decode row, KV head): the row's ``g = num_heads / num_kv_heads`` query heads score
 the row's ``len`` context tokens (one pass over K), softmax, then one pass over V.
-Rows and heads are split over ``num_threads`` POSIX threads, balanced by context length.
+Rows and heads are split over ``num_threads`` threads (``c_kernels.run_jobs``: torch's OpenMP
+threads), balanced by context length.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import torch
 
-from prfaas.config import default_cache_dir
-
-logger = logging.getLogger(__name__)
+from prfaas.model import c_kernels
 
 _SOURCE = r"""
-#include <math.h>
-#include <pthread.h>
-#include <stdint.h>
-#include <stdlib.h>
-
 typedef struct {
     const float *q;          /* (T, num_heads, head_dim), rows q_stride floats apart */
     const float *k, *v;      /* (num_slots, num_kv_heads, head_dim), contiguous */
@@ -53,16 +39,8 @@ typedef struct {
     int64_t task_begin, task_end; /* decode rows [begin, end) of this thread */
 } Job;
 
-/* 16 floats as one vector (gcc/clang vector extension; unaligned loads via memcpy). */
-typedef float v16 __attribute__((vector_size(64)));
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v4 __attribute__((vector_size(16)));
-
-static inline v16 load16(const float *p) {
-    v16 x;
-    __builtin_memcpy(&x, p, sizeof(x));
-    return x;
-}
 
 /* A tree of halves: 4 dependent adds, not 15 (the compiler keeps the written order). */
 static inline float hsum16(v16 x) {
@@ -139,7 +117,6 @@ int decode_attention(const float *q, const float *k, const float *v, float *out,
                      int64_t out_stride, float scale, int64_t num_threads) {
     enum { MAX_THREADS = 64 };
     Job jobs[MAX_THREADS];
-    pthread_t threads[MAX_THREADS];
     int64_t total = 0, max_len = 1;
     for (int64_t r = 0; r < num_rows; r++) {
         total += lens[r];
@@ -158,43 +135,17 @@ int decode_attention(const float *q, const float *k, const float *v, float *out,
                         num_kv_heads, head_dim, q_stride, out_stride, max_len, scale, begin, end};
         begin = end;
     }
-    int64_t started = 0, failed = 0;
-    for (int64_t n = 1; n < num_threads; n++) {
-        if (pthread_create(&threads[n], 0, run, &jobs[n]) != 0) break;
-        started = n;
-    }
-    failed |= run(&jobs[0]) != 0;
-    for (int64_t n = 1; n <= started; n++) {
-        void *res = 0;
-        pthread_join(threads[n], &res);
-        failed |= res != 0;
-    }
-    for (int64_t n = started + 1; n < num_threads; n++) failed |= run(&jobs[n]) != 0;
-    return (int)failed;
+    return run_jobs(run, jobs, sizeof(Job), num_threads);
 }
 """
-_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC", "-pthread"]
 
 
 @functools.cache
 def load() -> ctypes.CDLL | None:
-    """The compiled kernel (built once per source, flags and CPU), or None without a C compiler."""
-    compiler = shutil.which(os.environ.get("CC", "cc")) if os.name == "posix" else None
-    if compiler is None:
-        logger.info("no C compiler: decode attention runs the gather + SDPA path")
+    """The compiled kernel, or None without a C compiler."""
+    lib = c_kernels.build("decode_attention", _SOURCE)
+    if lib is None:
         return None
-    key = hashlib.sha256(
-        "\0".join([_SOURCE, *_FLAGS, compiler, platform.machine(), _cpu_flags()]).encode()
-    ).hexdigest()[:16]
-    folder = default_cache_dir() / "kernels"
-    path = folder / f"decode_attention-{key}.so"
-    if not path.exists():
-        try:
-            _compile(compiler, folder, path)
-        except (OSError, subprocess.SubprocessError) as exc:
-            logger.warning("decode attention kernel not built (%s); gather + SDPA path", exc)
-            return None
-    lib = ctypes.CDLL(str(path))
     fn = lib.decode_attention
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 8 + [ctypes.c_float, ctypes.c_int64]
@@ -256,29 +207,3 @@ def decode_attention(
     )
     if failed:
         raise MemoryError("decode attention kernel: no memory for the scores")
-
-
-def _compile(compiler: str, folder: Path, path: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        src = Path(tmp) / "decode_attention.c"
-        src.write_text(_SOURCE)
-        built = Path(tmp) / path.name
-        subprocess.run(
-            [compiler, *_FLAGS, str(src), "-o", str(built), "-lm"],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        os.replace(built, path)  # atomic: a concurrent builder's copy is the same file
-
-
-def _cpu_flags() -> str:
-    """This CPU's feature flags (``-march=native`` builds for them)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
