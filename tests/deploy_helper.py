@@ -58,6 +58,19 @@ def gateway_tls() -> ssl.SSLContext:
     return ControlTls.from_dir(session_certs([]), GATEWAY).client_context()
 
 
+def pd_cluster(prefill: int, decode: int, **keys: Any) -> dict[str, Any]:
+    """The PD cluster ``local``: instances ``pd-p-<i>`` and ``pd-d-<i>``, each with ``keys``."""
+    instances = [{"name": f"pd-p-{i}", "role": "prefill", **keys} for i in range(prefill)]
+    instances += [{"name": f"pd-d-{i}", "role": "decode", **keys} for i in range(decode)]
+    return {"name": "local", "kind": "pd", "instances": instances}
+
+
+def prfaas_cluster(prefill: int, **keys: Any) -> dict[str, Any]:
+    """The PrfaaS cluster ``remote``: prefill instances ``prfaas-<i>``, each with ``keys``."""
+    instances = [{"name": f"prfaas-{i}", "role": "prefill", **keys} for i in range(prefill)]
+    return {"name": "remote", "kind": "prfaas", "instances": instances}
+
+
 def topology(
     model: Path,
     port: int,
@@ -71,21 +84,11 @@ def topology(
     """The deploy.yaml dict; ``link`` updates the link's keys, ``overrides`` top-level keys
     (``tenants``, ``kv_deadline_s``, ``overload``, ``policy``, …)."""
 
-    def inst(name: str, role: str) -> dict[str, Any]:
-        return {"name": name, "role": role, "spawn": spawn}
-
     return {
         "model": str(model),
         "served_model_name": served_model_name,
         "port": port,
-        "clusters": [
-            {
-                "name": "local",
-                "kind": "pd",
-                "instances": [inst("pd-p-0", "prefill"), inst("pd-d-0", "decode")],
-            },
-            {"name": "remote", "kind": "prfaas", "instances": [inst("prfaas-0", "prefill")]},
-        ],
+        "clusters": [pd_cluster(1, 1, spawn=spawn), prfaas_cluster(1, spawn=spawn)],
         "links": [{"src": "remote", "dst": "local", "rate_gbps": 1.0, "tls": True, **(link or {})}],
         "policy": {"name": "prfaas", "threshold_tokens": threshold_tokens},
         **overrides,

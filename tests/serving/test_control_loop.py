@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import uvicorn
-from tests.deploy_helper import shared_cache, sized_for_tests
+from tests.deploy_helper import pd_cluster, prfaas_cluster, shared_cache, sized_for_tests
 from tests.serving.conftest import CLUSTER_TOKEN
 
 from prfaas.deploy.config import DeployConfig
@@ -106,22 +106,7 @@ def config(model: Path) -> DeployConfig:
                 "served_model_name": "tiny",
                 "port": free_port(),
                 "max_model_len": MAX_MODEL_LEN,
-                "clusters": [
-                    {
-                        "name": "local",
-                        "kind": "pd",
-                        "instances": [
-                            {"name": "pd-p-0", "role": "prefill"},
-                            {"name": "pd-d-0", "role": "decode"},
-                            {"name": "pd-d-1", "role": "decode"},
-                        ],
-                    },
-                    {
-                        "name": "remote",
-                        "kind": "prfaas",
-                        "instances": [{"name": "prfaas-0", "role": "prefill"}],
-                    },
-                ],
+                "clusters": [pd_cluster(1, 2), prfaas_cluster(1)],
                 "links": [{"src": "remote", "dst": "local", "rate_gbps": 1.0, "rtt_ms": 2.0}],
                 # No threshold_tokens: t is profiled. Long intervals: the test ticks the loop.
                 # One output token: decode cannot bind (a batch-4 step per request against a

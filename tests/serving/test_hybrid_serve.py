@@ -15,6 +15,7 @@ from pathlib import Path
 
 import openai
 import pytest
+from tests.deploy_helper import pd_cluster
 from tests.engine.helpers import make_engine
 from tests.engine.hybrid_helpers import PATTERNS, greedy, prompt_of, save_kimi_checkpoint
 from tests.serving.conftest import serving
@@ -57,16 +58,7 @@ def test_gateway_reports_the_hybrid_engines_real_hits(
         "model": str(kimi),
         "served_model_name": "kimi",
         "port": free_port(),
-        "clusters": [
-            {
-                "name": "local",
-                "kind": "pd",
-                "instances": [
-                    {"name": "pd-p-0", "role": "prefill"},
-                    {"name": "pd-d-0", "role": "decode"},
-                ],
-            }
-        ],
+        "clusters": [pd_cluster(1, 1)],
         "policy": {"name": "prfaas", "threshold_tokens": 1 << 20},
     }
     with serving(config, tmp_path, kimi) as deployed:

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import pytest
 from tests.conftest import make_tiny_checkpoint
-from tests.deploy_helper import shared_cache, sized_for_tests
+from tests.deploy_helper import pd_cluster, prfaas_cluster, shared_cache, sized_for_tests
 from tests.serving.conftest import CLUSTER_TOKEN
 from tests.serving.test_control_loop import BLOCK, Gateway
 
@@ -55,24 +55,7 @@ def config(model: Path) -> DeployConfig:
                 "port": free_port(),
                 "max_model_len": MAX_MODEL_LEN,
                 "kv_deadline_s": 15.0,
-                "clusters": [
-                    {
-                        "name": "local",
-                        "kind": "pd",
-                        "instances": [
-                            {"name": "pd-p-0", "role": "prefill"},
-                            {"name": "pd-d-0", "role": "decode"},
-                        ],
-                    },
-                    {
-                        "name": "remote",
-                        "kind": "prfaas",
-                        "instances": [
-                            {"name": "prfaas-0", "role": "prefill"},
-                            {"name": "prfaas-1", "role": "prefill"},
-                        ],
-                    },
-                ],
+                "clusters": [pd_cluster(1, 1), prfaas_cluster(2)],
                 "links": [{"src": "remote", "dst": "local", "rate_gbps": 1.0, "rtt_ms": 0.0}],
                 "policy": {
                     "control": {
